@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what llamagen-rs needs and is missing; a second run only checks and returns.
+#
+#   - a project-local Python virtualenv (.venv) with PyTorch 2.11.0 (libtorch for tch) and
+#     ONNX Runtime 1.31 (loaded by ort at run time), pinned in scripts/requirements.txt;
+#   - stable links .venv/libtorch and .venv/libonnxruntime.so that .cargo/config.toml points at,
+#     so `cargo build`, `cargo test` and target/*/llamagen need no environment variables;
+#   - PostgreSQL server binaries (Debian's `postgresql`) when `initdb` cannot be found;
+#   - the rustfmt and clippy components when the toolchain lacks them.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+req="$root/scripts/requirements.txt"
+stamp="$venv/.llamagen-requirements.sha256"
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root to run: $*"; return 1
+    fi
+}
+apt_install() {
+    log "installing Debian packages: $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- Python virtualenv with torch and onnxruntime ------------------------------------------
+python="${PYTHON:-python3}"
+if ! command -v "$python" >/dev/null; then apt_install python3 python3-venv python3-pip; fi
+if [ ! -x "$venv/bin/python" ]; then
+    log "creating virtualenv $venv"
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        rm -rf "$venv"
+        apt_install python3-venv
+        "$python" -m venv "$venv"
+    fi
+fi
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
+    "$venv/bin/pip" install --disable-pip-version-check -q -r "$req"
+    echo "$want" >"$stamp"
+fi
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ln -sfn "$site/torch" "$venv/libtorch"
+ort_lib="$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n1)"
+ln -sfn "$ort_lib" "$venv/libonnxruntime.so"
+
+# --- PostgreSQL server binaries ------------------------------------------------------------
+find_initdb() {
+    if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then return 0; fi
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
+    command -v initdb >/dev/null
+}
+if ! find_initdb; then apt_install postgresql; fi
+
+# --- Rust components used by the test command -----------------------------------------------
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "adding rustfmt and clippy"
+    rustup component add rustfmt clippy
+fi
+
+log "ready: $("$venv/bin/python" -c 'import torch, onnxruntime; print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")')"

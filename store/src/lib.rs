@@ -1,0 +1,46 @@
+//! PostgreSQL for llamagen-rs.
+//!
+//! - [`cluster`]: the embedded default, a private cluster under the data directory, used when
+//!   `DATABASE_URL` is unset.
+//! - [`Store`]: a connection pool to either, with the migrations in `migrations/` applied.
+//! - [`runs`]: pipeline runs, stage runs, and shards that workers claim under a lease.
+//! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
+
+pub mod cluster;
+mod db;
+pub mod runs;
+pub mod testing;
+
+pub use db::{DbStatus, MigrationState, Store, StoreOptions, TableCount, migrate};
+
+/// The schema, embedded from `migrations/` at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("private PostgreSQL cluster: {0}")]
+    Cluster(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("shard {shard_index}: worker {worker} no longer holds its lease (another worker took it over)")]
+    LeaseLost { shard_index: i32, worker: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Bookkeeping of pipeline runs, their stages, and the shards workers share.
+//!
+//! Workers on any number of machines share a stage by claiming shards one at a time with
+//! `SELECT ... FOR UPDATE SKIP LOCKED`: a claim sets a lease, a live worker renews it, and a
+//! shard whose lease ran out (its worker died) is claimable again. Every update that finishes a
+//! shard checks that the caller still holds the lease, so a worker that was presumed dead cannot
+//! overwrite the result of the worker that redid its shard.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// What started a pipeline run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    Demo,
+    Worker,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Schedule => "schedule",
+            Self::Demo => "demo",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+/// How a run, stage or evaluation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A pipeline run to record; `config` is the whole resolved pipeline config.
+#[derive(Debug, Clone)]
+pub struct NewPipelineRun<'a> {
+    pub pipeline: &'a str,
+    pub trigger: Trigger,
+    pub config: &'a serde_json::Value,
+    pub git_revision: Option<&'a str>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+/// SHA-256 of a config's canonical JSON (serde_json sorts object keys), so equal configs hash
+/// equally whatever order their TOML was written in.
+pub fn config_sha256(config: &serde_json::Value) -> String {
+    let canonical = serde_json::to_vec(config).unwrap_or_default();
+    hex(&Sha256::digest(canonical))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn create_pipeline_run(pool: &PgPool, run: &NewPipelineRun<'_>) -> Result<i64, StoreError> {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok());
+    let id = sqlx::query_scalar(
+        "INSERT INTO pipeline_runs (pipeline, trigger, config, config_sha256, git_revision, host, scheduled_for)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(run.pipeline)
+    .bind(run.trigger.as_str())
+    .bind(run.config)
+    .bind(config_sha256(run.config))
+    .bind(run.git_revision)
+    .bind(host)
+    .bind(run.scheduled_for)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
+
+pub async fn finish_pipeline_run(
+    pool: &PgPool,
+    run_id: i64,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE pipeline_runs SET status = $2, error = $3, finished_at = now()
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(outcome.as_str())
+    .bind(error)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::Invalid(format!(
+            "pipeline run {run_id} does not exist or has already finished"
+        )));
+    }
+    Ok(())
+}
+
+/// Starts (or resumes) `stage` of a run; returns the stage run's id.
+pub async fn start_stage(
+    pool: &PgPool,
+    run_id: i64,
+    stage: &str,
+    config: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO stage_runs (run_id, stage, config) VALUES ($1, $2, $3)
+         ON CONFLICT (run_id, stage) DO UPDATE
+             SET status = 'running', finished_at = NULL, error = NULL, config = EXCLUDED.config
+         RETURNING id",
+    )
+    .bind(run_id)
+    .bind(stage)
+    .bind(config)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
+
+pub async fn finish_stage(
+    pool: &PgPool,
+    stage_run_id: i64,
+    outcome: Outcome,
+    counts: &serde_json::Value,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE stage_runs SET status = $2, counts = $3, error = $4, finished_at = now() WHERE id = $1",
+    )
+    .bind(stage_run_id)
+    .bind(outcome.as_str())
+    .bind(counts)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Registers shards `0..count` of a stage run; existing ones are kept as they are, so calling
+/// this again on resume adds nothing. Returns how many were new.
+pub async fn add_shards(
+    pool: &PgPool,
+    stage_run_id: i64,
+    count: i32,
+    max_attempts: i32,
+) -> Result<u64, StoreError> {
+    if count < 0 || max_attempts < 1 {
+        return Err(StoreError::Invalid(format!(
+            "add_shards: count {count} and max_attempts {max_attempts} must be >= 0 and >= 1"
+        )));
+    }
+    let added = sqlx::query(
+        "INSERT INTO shards (stage_run_id, shard_index, max_attempts)
+         SELECT $1, i, $3 FROM generate_series(0, $2 - 1) AS i
+         ON CONFLICT (stage_run_id, shard_index) DO NOTHING",
+    )
+    .bind(stage_run_id)
+    .bind(count)
+    .bind(max_attempts)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(added)
+}
+
+/// A shard this worker holds until `expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardLease {
+    pub shard_id: i64,
+    pub stage_run_id: i64,
+    pub shard_index: i32,
+    /// 1 on the first claim, 2 when redoing it after a failure or an expired lease, ...
+    pub attempt: i32,
+    pub worker: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Claims the lowest-numbered shard that is pending, or whose lease has expired. `None` when
+/// nothing is left to claim (all done, failed, or held by live workers).
+pub async fn claim_shard(
+    pool: &PgPool,
+    stage_run_id: i64,
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<ShardLease>, StoreError> {
+    let mut tx = pool.begin().await?;
+    // Expired leases of shards that used up their attempts end as failed, not as claimable.
+    sqlx::query(
+        "UPDATE shards SET status = 'failed', lease_expires_at = NULL, finished_at = now(),
+                error = coalesce(error, 'lease expired') || ' (gave up after ' || attempts || ' attempts)'
+         WHERE stage_run_id = $1 AND status = 'running' AND lease_expires_at < now()
+           AND attempts >= max_attempts",
+    )
+    .bind(stage_run_id)
+    .execute(&mut *tx)
+    .await?;
+    let row: Option<(i64, i32, i32, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE shards SET status = 'running', worker = $2, attempts = attempts + 1,
+                lease_expires_at = now() + make_interval(secs => $3),
+                started_at = now(), finished_at = NULL
+         WHERE id = (
+             SELECT id FROM shards
+             WHERE stage_run_id = $1 AND attempts < max_attempts
+               AND (status = 'pending' OR (status = 'running' AND lease_expires_at < now()))
+             ORDER BY shard_index
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, shard_index, attempts, lease_expires_at",
+    )
+    .bind(stage_run_id)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row.map(|(shard_id, shard_index, attempt, expires_at)| ShardLease {
+        shard_id,
+        stage_run_id,
+        shard_index,
+        attempt,
+        worker: worker.to_owned(),
+        expires_at,
+    }))
+}
+
+/// Extends a lease; fails with [`StoreError::LeaseLost`] if another worker has taken the shard.
+pub async fn renew_lease(
+    pool: &PgPool,
+    lease: &ShardLease,
+    extend_by: Duration,
+) -> Result<ShardLease, StoreError> {
+    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE shards SET lease_expires_at = now() + make_interval(secs => $4)
+         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
+         RETURNING lease_expires_at",
+    )
+    .bind(lease.shard_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
+    .bind(extend_by.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    match expires_at {
+        Some(expires_at) => Ok(ShardLease {
+            expires_at,
+            ..lease.clone()
+        }),
+        None => Err(lease_lost(lease)),
+    }
+}
+
+/// What a finished shard produced.
+#[derive(Debug, Clone, Default)]
+pub struct ShardCounts {
+    pub input_rows: i64,
+    pub output_rows: i64,
+    pub failed_rows: i64,
+    pub bytes_written: i64,
+    /// Stage-specific counts, e.g. errors by kind.
+    pub extra: serde_json::Value,
+}
+
+/// Marks a held shard done with its counts.
+pub async fn complete_shard(
+    pool: &PgPool,
+    lease: &ShardLease,
+    counts: &ShardCounts,
+) -> Result<(), StoreError> {
+    let extra = if counts.extra.is_null() {
+        serde_json::json!({})
+    } else {
+        counts.extra.clone()
+    };
+    let done = sqlx::query(
+        "UPDATE shards SET status = 'succeeded', lease_expires_at = NULL, finished_at = now(),
+                duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+                input_rows = $4, output_rows = $5, failed_rows = $6, bytes_written = $7,
+                counts = $8, error = NULL
+         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'",
+    )
+    .bind(lease.shard_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
+    .bind(counts.input_rows)
+    .bind(counts.output_rows)
+    .bind(counts.failed_rows)
+    .bind(counts.bytes_written)
+    .bind(extra)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Err(lease_lost(lease));
+    }
+    Ok(())
+}
+
+/// What happens to a shard after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back to pending: another claim will retry it.
+    WillRetry,
+    /// Out of attempts: failed for good.
+    GaveUp,
+}
+
+/// Records a failed attempt at a held shard.
+pub async fn fail_shard(
+    pool: &PgPool,
+    lease: &ShardLease,
+    error: &str,
+) -> Result<AfterFailure, StoreError> {
+    let status: Option<String> = sqlx::query_scalar(
+        "UPDATE shards
+         SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+             lease_expires_at = NULL, worker = NULL, error = $4,
+             finished_at = CASE WHEN attempts >= max_attempts THEN now() END
+         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
+         RETURNING status",
+    )
+    .bind(lease.shard_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
+    .bind(error)
+    .fetch_optional(pool)
+    .await?;
+    match status.as_deref() {
+        Some("failed") => Ok(AfterFailure::GaveUp),
+        Some(_) => Ok(AfterFailure::WillRetry),
+        None => Err(lease_lost(lease)),
+    }
+}
+
+fn lease_lost(lease: &ShardLease) -> StoreError {
+    StoreError::LeaseLost {
+        shard_index: lease.shard_index,
+        worker: lease.worker.clone(),
+    }
+}
+
+/// Shard counts by status for one stage run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardProgress {
+    pub pending: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+impl ShardProgress {
+    pub fn total(&self) -> i64 {
+        self.pending + self.running + self.succeeded + self.failed
+    }
+
+    /// No shard is waiting or in flight.
+    pub fn finished(&self) -> bool {
+        self.pending == 0 && self.running == 0
+    }
+}
+
+pub async fn shard_progress(pool: &PgPool, stage_run_id: i64) -> Result<ShardProgress, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM shards WHERE stage_run_id = $1 GROUP BY status",
+    )
+    .bind(stage_run_id)
+    .fetch_all(pool)
+    .await?;
+    let mut progress = ShardProgress::default();
+    for (status, n) in rows {
+        match status.as_str() {
+            "pending" => progress.pending = n,
+            "running" => progress.running = n,
+            "succeeded" => progress.succeeded = n,
+            "failed" => progress.failed = n,
+            other => {
+                return Err(StoreError::Invalid(format!("unknown shard status {other:?}")));
+            }
+        }
+    }
+    Ok(progress)
+}
+
+/// One rule of a filter funnel: how many rows reached it and how many it removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunnelStep {
+    pub rule: String,
+    pub threshold: Option<String>,
+    pub rows_in: i64,
+    pub rows_dropped: i64,
+}
+
+/// Adds `steps` to a stage's funnel, accumulating into rules already recorded (each shard
+/// adds its own counts), in the order given.
+pub async fn record_funnel(
+    pool: &PgPool,
+    stage_run_id: i64,
+    steps: &[FunnelStep],
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for (i, step) in steps.iter().enumerate() {
+        if step.rows_dropped > step.rows_in || step.rows_dropped < 0 {
+            return Err(StoreError::Invalid(format!(
+                "funnel rule {}: dropped {} of {} rows",
+                step.rule, step.rows_dropped, step.rows_in
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO filter_funnel (stage_run_id, step, rule, threshold, rows_in, rows_dropped)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (stage_run_id, rule) DO UPDATE
+                 SET rows_in = filter_funnel.rows_in + EXCLUDED.rows_in,
+                     rows_dropped = filter_funnel.rows_dropped + EXCLUDED.rows_dropped,
+                     threshold = EXCLUDED.threshold",
+        )
+        .bind(stage_run_id)
+        .bind(i as i32)
+        .bind(&step.rule)
+        .bind(&step.threshold)
+        .bind(step.rows_in)
+        .bind(step.rows_dropped)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_hash_ignores_key_order() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
+        assert_eq!(config_sha256(&a), config_sha256(&b));
+        let c: serde_json::Value = serde_json::from_str(r#"{"a": 2, "b": {"c": 2, "d": 3}}"#).unwrap();
+        assert_ne!(config_sha256(&a), config_sha256(&c));
+        assert_eq!(config_sha256(&a).len(), 64);
+    }
+}

@@ -1,0 +1,108 @@
+//! The embedded default end to end: initdb, start, sharing between users, stop, restart, and
+//! recovery after the server is killed.
+
+use std::path::Path;
+
+use llamagen_store::cluster::{ClusterOptions, PrivateCluster};
+use llamagen_store::{Store, StoreOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+
+fn server_pid(pgdata: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Running, not a zombie waiting for whoever inherited it to reap it.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+async fn select_one(cluster: &PrivateCluster) -> i32 {
+    let mut conn = cluster.connect_options("postgres").connect().await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    one
+}
+
+#[tokio::test]
+async fn the_last_user_stops_the_server_and_data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ClusterOptions { durable: false };
+    let first = PrivateCluster::start(dir.path(), &options).unwrap();
+    let pgdata = first.pgdata().to_path_buf();
+    let pid = server_pid(&pgdata).expect("server running after start");
+    assert_eq!(select_one(&first).await, 1);
+
+    // A second user (another llamagen process) reuses the running server.
+    let second = PrivateCluster::start(dir.path(), &options).unwrap();
+    assert_eq!(server_pid(&pgdata), Some(pid), "second start reused the server");
+    first.stop().unwrap();
+    assert!(alive(pid), "server stopped while another user still had it");
+    assert_eq!(select_one(&second).await, 1);
+    second.stop().unwrap();
+    assert!(!alive(pid), "last user left the server running");
+    assert!(!pgdata.join("postmaster.pid").exists());
+
+    // The store on top: migrate, write, stop, reopen, read back.
+    let store_options = StoreOptions {
+        database_url: None,
+        cluster: options.clone(),
+        ..StoreOptions::from_env(dir.path())
+    };
+    let store = Store::open(&store_options).await.unwrap();
+    sqlx::query("INSERT INTO models (name, kind, architecture) VALUES ('kept', 'generator', 'llamagen-gpt')")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let store = Store::open(&store_options).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM models")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(names, ["kept"]);
+    let status = store.status().await.unwrap();
+    assert_eq!(status.pending(), 0);
+    assert!(status.server_version.starts_with(|c: char| c.is_ascii_digit()));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_server_is_recovered_on_the_next_start() {
+    // pg_ctl daemonises the server, which then belongs to PID 1. Become its subreaper so this
+    // test can reap it after the kill: an unreaped zombie still "holds" postmaster.pid.
+    // SAFETY: plain prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let dir = tempfile::tempdir().unwrap();
+    let options = ClusterOptions { durable: false };
+    let cluster = PrivateCluster::start(dir.path(), &options).unwrap();
+    let pgdata = cluster.pgdata().to_path_buf();
+    let pid = server_pid(&pgdata).unwrap();
+    // SIGKILL leaves a stale postmaster.pid and shared memory behind, like a crashed machine.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    assert!(!alive(pid));
+    // Releasing the handle finds no server to stop; the stale postmaster.pid stays behind.
+    drop(cluster);
+    assert!(pgdata.join("postmaster.pid").exists());
+    let again = PrivateCluster::start(dir.path(), &options).unwrap();
+    assert_ne!(server_pid(&pgdata), Some(pid));
+    assert_eq!(select_one(&again).await, 1);
+    again.stop().unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_initdb_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a kill during initdb leaves: a scratch folder and a pgdata without PG_VERSION.
+    let root = dir.path().join("postgres");
+    std::fs::create_dir_all(root.join("pgdata.init-999999/base")).unwrap();
+    std::fs::create_dir_all(root.join("pgdata/base")).unwrap();
+    let cluster = PrivateCluster::start(dir.path(), &ClusterOptions { durable: false }).unwrap();
+    assert!(cluster.pgdata().join("PG_VERSION").exists());
+    assert_eq!(select_one(&cluster).await, 1);
+    cluster.stop().unwrap();
+}
