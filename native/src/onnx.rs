@@ -128,6 +128,9 @@ mod tests {
     fn parses_release_from_build_info() {
         let s = "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release";
         assert_eq!(release_from_build_info(s).as_deref(), Some("1.31.1"));
-        assert_eq!(release_from_build_info("ORT Build Info: git-branch=main"), None);
+        assert_eq!(
+            release_from_build_info("ORT Build Info: git-branch=main"),
+            None
+        );
     }
 }

@@ -25,7 +25,10 @@ fn torch_gradients_match_the_closed_form() {
     let expected = x.transpose(0, 1).matmul(&residual.detach()) * (2.0 / 16.0);
     let got = w.grad();
     let max_err = (&got - &expected).abs().max().double_value(&[]);
-    assert!(max_err < 1e-6, "gradient differs from closed form by {max_err}");
+    assert!(
+        max_err < 1e-6,
+        "gradient differs from closed form by {max_err}"
+    );
 }
 
 #[test]
@@ -37,7 +40,9 @@ fn torch_training_reduces_loss_and_safetensors_round_trips() {
         .add_fn(|t| t.relu())
         .add(nn::linear(vs.root() / "fc2", 16, 1, Default::default()));
     let x = Tensor::randn([64, 4], (Kind::Float, Device::Cpu));
-    let target = x.sum_dim_intlist([1i64].as_slice(), true, Kind::Float).sin();
+    let target = x
+        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+        .sin();
     let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
     let loss_of = |net: &dyn Module| (net.forward(&x) - &target).square().mean(Kind::Float);
     let first = loss_of(&net).double_value(&[]);
@@ -62,9 +67,19 @@ fn torch_training_reduces_loss_and_safetensors_round_trips() {
 
     let mut restored = nn::VarStore::new(Device::Cpu);
     let net2 = nn::seq()
-        .add(nn::linear(restored.root() / "fc1", 4, 16, Default::default()))
+        .add(nn::linear(
+            restored.root() / "fc1",
+            4,
+            16,
+            Default::default(),
+        ))
         .add_fn(|t| t.relu())
-        .add(nn::linear(restored.root() / "fc2", 16, 1, Default::default()));
+        .add(nn::linear(
+            restored.root() / "fc2",
+            16,
+            1,
+            Default::default(),
+        ));
     restored.load(&path).unwrap();
     let diff = (net.forward(&x) - net2.forward(&x))
         .abs()
@@ -106,7 +121,11 @@ fn onnx_runtime_runs_the_tiny_model_like_numpy() {
 #[test]
 fn native_info_reports_versions() {
     let torch = llamagen_native::torch::info();
-    assert!(torch.version_matches(), "libtorch version {:?}", torch.version);
+    assert!(
+        torch.version_matches(),
+        "libtorch version {:?}",
+        torch.version
+    );
     let ort = llamagen_native::onnx::info().unwrap();
     assert!(
         ort.version.as_deref().is_some_and(|v| v.starts_with("1.")),

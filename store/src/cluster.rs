@@ -205,8 +205,11 @@ impl PrivateCluster {
             .append(true)
             .open(&conf)
             .map_err(|e| StoreError::io(&conf, e))?;
-        writeln!(f, "\n# llamagen: per-start settings\ninclude_if_exists = 'llamagen.conf'")
-            .map_err(|e| StoreError::io(&conf, e))?;
+        writeln!(
+            f,
+            "\n# llamagen: per-start settings\ninclude_if_exists = 'llamagen.conf'"
+        )
+        .map_err(|e| StoreError::io(&conf, e))?;
         f.sync_all().map_err(|e| StoreError::io(&conf, e))?;
         if self.pgdata.exists() {
             // A folder without PG_VERSION is debris from an interrupted older layout.
@@ -218,7 +221,8 @@ impl PrivateCluster {
 
     fn write_settings(&self, options: &ClusterOptions) -> Result<(), StoreError> {
         if self.socket_dir != self.pgdata {
-            fs::create_dir_all(&self.socket_dir).map_err(|e| StoreError::io(&self.socket_dir, e))?;
+            fs::create_dir_all(&self.socket_dir)
+                .map_err(|e| StoreError::io(&self.socket_dir, e))?;
             fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| StoreError::io(&self.socket_dir, e))?;
             self.give_to_server_user(&self.socket_dir)?;
@@ -473,6 +477,10 @@ mod tests {
         let long = PathBuf::from(format!("/tmp/{}/postgres/pgdata", "d".repeat(120)));
         let dir = socket_dir_for(&long);
         assert!(dir.as_os_str().len() < 60, "{}", dir.display());
-        assert_eq!(dir, socket_dir_for(&long), "same data folder, same socket folder");
+        assert_eq!(
+            dir,
+            socket_dir_for(&long),
+            "same data folder, same socket folder"
+        );
     }
 }

@@ -65,9 +65,23 @@ impl Store {
                 .map_err(|e| StoreError::Cluster(format!("start task: {e}")))??;
                 create_database_if_missing(&cluster.connect_options("postgres"), DATABASE).await?;
                 let description = format!("private cluster {}", cluster.pgdata().display());
-                (cluster.connect_options(DATABASE), Some(cluster), description)
+                (
+                    cluster.connect_options(DATABASE),
+                    Some(cluster),
+                    description,
+                )
             }
         };
+        // One direct connection first: the pool retries refused connections until its acquire
+        // timeout, while a dead or mistyped server should be reported at once.
+        let probe = connect
+            .connect()
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                target: description.clone(),
+                source,
+            })?;
+        probe.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -186,12 +200,11 @@ const COUNTED_TABLES: &[&str] = &[
 
 /// Applies pending migrations; returns the versions applied now.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
-    let before: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
+    let before: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
     MIGRATOR.run(pool).await?;
     Ok(MIGRATOR
         .iter()
@@ -242,7 +255,10 @@ pub(crate) async fn create_database_if_missing(
             .await?;
     if !exists {
         let sql = format!("CREATE DATABASE {}", quote_ident(name));
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => {}
             // Another process created it between our check and our CREATE.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

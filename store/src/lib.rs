@@ -26,13 +26,19 @@ pub enum StoreError {
     },
     #[error("private PostgreSQL cluster: {0}")]
     Cluster(String),
+    #[error(
+        "cannot reach PostgreSQL ({target}): {source}; is the server running and DATABASE_URL right?"
+    )]
+    Unreachable { target: String, source: sqlx::Error },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("applying migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
-    #[error("shard {shard_index}: worker {worker} no longer holds its lease (another worker took it over)")]
+    #[error(
+        "shard {shard_index}: worker {worker} no longer holds its lease (another worker took it over)"
+    )]
     LeaseLost { shard_index: i32, worker: String },
 }
 

@@ -73,7 +73,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub async fn create_pipeline_run(pool: &PgPool, run: &NewPipelineRun<'_>) -> Result<i64, StoreError> {
+pub async fn create_pipeline_run(
+    pool: &PgPool,
+    run: &NewPipelineRun<'_>,
+) -> Result<i64, StoreError> {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok());
@@ -234,14 +237,16 @@ pub async fn claim_shard(
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(row.map(|(shard_id, shard_index, attempt, expires_at)| ShardLease {
-        shard_id,
-        stage_run_id,
-        shard_index,
-        attempt,
-        worker: worker.to_owned(),
-        expires_at,
-    }))
+    Ok(
+        row.map(|(shard_id, shard_index, attempt, expires_at)| ShardLease {
+            shard_id,
+            stage_run_id,
+            shard_index,
+            attempt,
+            worker: worker.to_owned(),
+            expires_at,
+        }),
+    )
 }
 
 /// Extends a lease; fails with [`StoreError::LeaseLost`] if another worker has taken the shard.
@@ -394,7 +399,9 @@ pub async fn shard_progress(pool: &PgPool, stage_run_id: i64) -> Result<ShardPro
             "succeeded" => progress.succeeded = n,
             "failed" => progress.failed = n,
             other => {
-                return Err(StoreError::Invalid(format!("unknown shard status {other:?}")));
+                return Err(StoreError::Invalid(format!(
+                    "unknown shard status {other:?}"
+                )));
             }
         }
     }
@@ -452,10 +459,13 @@ mod tests {
 
     #[test]
     fn config_hash_ignores_key_order() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
         assert_eq!(config_sha256(&a), config_sha256(&b));
-        let c: serde_json::Value = serde_json::from_str(r#"{"a": 2, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"a": 2, "b": {"c": 2, "d": 3}}"#).unwrap();
         assert_ne!(config_sha256(&a), config_sha256(&c));
         assert_eq!(config_sha256(&a).len(), 64);
     }

@@ -121,7 +121,10 @@ impl TestDatabase {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connecting to drop {}: {e}", self.name));
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.name));
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&self.name)
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await

@@ -15,14 +15,22 @@ fn server_pid(pgdata: &Path) -> Option<i32> {
 /// Running, not a zombie waiting for whoever inherited it to reap it.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
 
 async fn select_one(cluster: &PrivateCluster) -> i32 {
     let mut conn = cluster.connect_options("postgres").connect().await.unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     conn.close().await.unwrap();
     one
 }
@@ -38,7 +46,11 @@ async fn the_last_user_stops_the_server_and_data_survives_a_restart() {
 
     // A second user (another llamagen process) reuses the running server.
     let second = PrivateCluster::start(dir.path(), &options).unwrap();
-    assert_eq!(server_pid(&pgdata), Some(pid), "second start reused the server");
+    assert_eq!(
+        server_pid(&pgdata),
+        Some(pid),
+        "second start reused the server"
+    );
     first.stop().unwrap();
     assert!(alive(pid), "server stopped while another user still had it");
     assert_eq!(select_one(&second).await, 1);
@@ -66,7 +78,11 @@ async fn the_last_user_stops_the_server_and_data_survives_a_restart() {
     assert_eq!(names, ["kept"]);
     let status = store.status().await.unwrap();
     assert_eq!(status.pending(), 0);
-    assert!(status.server_version.starts_with(|c: char| c.is_ascii_digit()));
+    assert!(
+        status
+            .server_version
+            .starts_with(|c: char| c.is_ascii_digit())
+    );
     store.close().await.unwrap();
 }
 
@@ -82,7 +98,11 @@ async fn a_killed_server_is_recovered_on_the_next_start() {
     let pgdata = cluster.pgdata().to_path_buf();
     let pid = server_pid(&pgdata).unwrap();
     // SIGKILL leaves a stale postmaster.pid and shared memory behind, like a crashed machine.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
     assert!(!alive(pid));
     // Releasing the handle finds no server to stop; the stale postmaster.pid stays behind.

@@ -55,9 +55,21 @@ async fn leaderboard_pivots_metrics_per_evaluation() {
     with_database(|pool| async move {
         let b = seed_checkpoint(&pool, "LlamaGen-B", "B").await;
         let l = seed_checkpoint(&pool, "LlamaGen-L", "L").await;
-        seed_evaluation(&pool, b, 2.0, &[("fid", 5.46), ("inception_score", 193.61), ("precision", 0.83), ("recall", 0.45)]).await;
+        seed_evaluation(
+            &pool,
+            b,
+            2.0,
+            &[
+                ("fid", 5.46),
+                ("inception_score", 193.61),
+                ("precision", 0.83),
+                ("recall", 0.45),
+            ],
+        )
+        .await;
         seed_evaluation(&pool, l, 2.0, &[("fid", 3.07), ("inception_score", 256.06)]).await;
-        let rows: Vec<(String, Option<f64>, Option<f64>, Option<f64>)> = sqlx::query_as(
+        type Row = (String, Option<f64>, Option<f64>, Option<f64>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT model, fid, inception_score, recall FROM leaderboard ORDER BY fid",
         )
         .fetch_all(&pool)
@@ -67,7 +79,12 @@ async fn leaderboard_pivots_metrics_per_evaluation() {
             rows,
             vec![
                 ("LlamaGen-L".to_owned(), Some(3.07), Some(256.06), None),
-                ("LlamaGen-B".to_owned(), Some(5.46), Some(193.61), Some(0.45)),
+                (
+                    "LlamaGen-B".to_owned(),
+                    Some(5.46),
+                    Some(193.61),
+                    Some(0.45)
+                ),
             ]
         );
     })

@@ -22,10 +22,22 @@ async fn stage_with_shards(pool: &PgPool, shards: i32, max_attempts: i32) -> i64
     )
     .await
     .unwrap();
-    let stage = runs::start_stage(pool, run, "ingest", &config).await.unwrap();
-    assert_eq!(runs::add_shards(pool, stage, shards, max_attempts).await.unwrap(), shards as u64);
+    let stage = runs::start_stage(pool, run, "ingest", &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs::add_shards(pool, stage, shards, max_attempts)
+            .await
+            .unwrap(),
+        shards as u64
+    );
     // Registering again on resume adds nothing.
-    assert_eq!(runs::add_shards(pool, stage, shards, max_attempts).await.unwrap(), 0);
+    assert_eq!(
+        runs::add_shards(pool, stage, shards, max_attempts)
+            .await
+            .unwrap(),
+        0
+    );
     stage
 }
 
@@ -39,11 +51,24 @@ async fn concurrent_workers_never_claim_the_same_shard() {
             workers.push(tokio::spawn(async move {
                 let name = format!("worker-{w}");
                 let mut done = Vec::new();
-                while let Some(lease) = runs::claim_shard(&pool, stage, &name, Duration::from_secs(60)).await.unwrap() {
-                    assert_eq!(lease.attempt, 1);
-                    runs::complete_shard(&pool, &lease, &ShardCounts { input_rows: 10, output_rows: 9, failed_rows: 1, ..Default::default() })
+                while let Some(lease) =
+                    runs::claim_shard(&pool, stage, &name, Duration::from_secs(60))
                         .await
-                        .unwrap();
+                        .unwrap()
+                {
+                    assert_eq!(lease.attempt, 1);
+                    runs::complete_shard(
+                        &pool,
+                        &lease,
+                        &ShardCounts {
+                            input_rows: 10,
+                            output_rows: 9,
+                            failed_rows: 1,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
                     done.push(lease.shard_index);
                 }
                 done
@@ -59,11 +84,13 @@ async fn concurrent_workers_never_claim_the_same_shard() {
         let progress = runs::shard_progress(&pool, stage).await.unwrap();
         assert_eq!((progress.succeeded, progress.total()), (40, 40));
         assert!(progress.finished());
-        let rows: i64 = sqlx::query_scalar("SELECT sum(output_rows)::bigint FROM shards WHERE stage_run_id = $1")
-            .bind(stage)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT sum(output_rows)::bigint FROM shards WHERE stage_run_id = $1",
+        )
+        .bind(stage)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!(rows, 360);
     })
     .await;
@@ -74,23 +101,51 @@ async fn an_expired_lease_is_redone_and_the_old_worker_cannot_finish_it() {
     with_database(|pool| async move {
         let stage = stage_with_shards(&pool, 1, 3).await;
         // A zero lease has expired by the next transaction: the worker "died".
-        let dead = runs::claim_shard(&pool, stage, "dead", Duration::ZERO).await.unwrap().unwrap();
-        let alive = runs::claim_shard(&pool, stage, "alive", Duration::from_secs(60)).await.unwrap().unwrap();
+        let dead = runs::claim_shard(&pool, stage, "dead", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        let alive = runs::claim_shard(&pool, stage, "alive", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((alive.shard_index, alive.attempt), (dead.shard_index, 2));
         // Nothing else to claim while "alive" holds a live lease.
-        assert!(runs::claim_shard(&pool, stage, "third", Duration::from_secs(60)).await.unwrap().is_none());
+        assert!(
+            runs::claim_shard(&pool, stage, "third", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none()
+        );
 
-        let err = runs::complete_shard(&pool, &dead, &ShardCounts::default()).await.unwrap_err();
+        let err = runs::complete_shard(&pool, &dead, &ShardCounts::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
-        assert!(matches!(runs::renew_lease(&pool, &dead, Duration::from_secs(5)).await, Err(StoreError::LeaseLost { .. })));
-        let renewed = runs::renew_lease(&pool, &alive, Duration::from_secs(120)).await.unwrap();
-        assert!(renewed.expires_at > alive.expires_at);
-        runs::complete_shard(&pool, &renewed, &ShardCounts { output_rows: 5, ..Default::default() }).await.unwrap();
-        let worker: String = sqlx::query_scalar("SELECT worker FROM shards WHERE stage_run_id = $1")
-            .bind(stage)
-            .fetch_one(&pool)
+        assert!(matches!(
+            runs::renew_lease(&pool, &dead, Duration::from_secs(5)).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+        let renewed = runs::renew_lease(&pool, &alive, Duration::from_secs(120))
             .await
             .unwrap();
+        assert!(renewed.expires_at > alive.expires_at);
+        runs::complete_shard(
+            &pool,
+            &renewed,
+            &ShardCounts {
+                output_rows: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let worker: String =
+            sqlx::query_scalar("SELECT worker FROM shards WHERE stage_run_id = $1")
+                .bind(stage)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(worker, "alive");
     })
     .await;
@@ -100,25 +155,53 @@ async fn an_expired_lease_is_redone_and_the_old_worker_cannot_finish_it() {
 async fn failures_retry_until_attempts_run_out() {
     with_database(|pool| async move {
         let stage = stage_with_shards(&pool, 1, 2).await;
-        let first = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60)).await.unwrap().unwrap();
-        assert_eq!(runs::fail_shard(&pool, &first, "disk full").await.unwrap(), AfterFailure::WillRetry);
-        let second = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60)).await.unwrap().unwrap();
+        let first = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            runs::fail_shard(&pool, &first, "disk full").await.unwrap(),
+            AfterFailure::WillRetry
+        );
+        let second = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second.attempt, 2);
-        assert_eq!(runs::fail_shard(&pool, &second, "disk still full").await.unwrap(), AfterFailure::GaveUp);
-        assert!(runs::claim_shard(&pool, stage, "w", Duration::from_secs(60)).await.unwrap().is_none());
+        assert_eq!(
+            runs::fail_shard(&pool, &second, "disk still full")
+                .await
+                .unwrap(),
+            AfterFailure::GaveUp
+        );
+        assert!(
+            runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let progress = runs::shard_progress(&pool, stage).await.unwrap();
         assert_eq!(progress.failed, 1);
         assert!(progress.finished());
 
         // A shard whose last attempt's lease expired ends failed instead of hanging in 'running'.
         let stage = stage_with_shards(&pool, 1, 1).await;
-        runs::claim_shard(&pool, stage, "dies", Duration::ZERO).await.unwrap().unwrap();
-        assert!(runs::claim_shard(&pool, stage, "w", Duration::from_secs(60)).await.unwrap().is_none());
-        let (status, error): (String, Option<String>) = sqlx::query_as("SELECT status, error FROM shards WHERE stage_run_id = $1")
-            .bind(stage)
-            .fetch_one(&pool)
+        runs::claim_shard(&pool, stage, "dies", Duration::ZERO)
             .await
+            .unwrap()
             .unwrap();
+        assert!(
+            runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (status, error): (String, Option<String>) =
+            sqlx::query_as("SELECT status, error FROM shards WHERE stage_run_id = $1")
+                .bind(stage)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(status, "failed");
         assert!(error.unwrap().contains("lease expired"));
     })

@@ -1,0 +1,766 @@
+//! The pipeline configuration (`PIPELINE.toml`): one section per stage, every field with a
+//! default that matches the paper or LlamaGen's code (docs/config.md says which, field by
+//! field). Unknown keys are errors, so a misspelt threshold never silently falls back.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub pipeline: PipelineSection,
+    pub ingest: IngestConfig,
+    pub filter: FilterConfig,
+    pub caption: CaptionConfig,
+    pub encode: EncodeConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub sample: SampleConfig,
+    pub evaluate: EvaluateConfig,
+}
+
+/// The stages in pipeline order.
+pub const STAGES: [&str; 7] = [
+    "ingest", "filter", "caption", "encode", "train", "sample", "evaluate",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name under which runs are recorded and scheduled.
+    pub name: String,
+    /// Stages that `llamagen run` executes, in pipeline order.
+    pub stages: Vec<String>,
+    /// Cron entries (5 fields, UTC) for `llamagen schedule`.
+    pub schedule: Vec<String>,
+    /// What the scheduler does with ticks missed while it was down: "skip" or "run_once".
+    pub missed_runs: String,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        Self {
+            name: "laion-coco-t2i".into(),
+            stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            schedule: Vec::new(),
+            missed_runs: "skip".into(),
+        }
+    }
+}
+
+/// LAION-COCO metadata, the metadata filter, and the downloader (img2dataset's options).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Parquet files (a glob) with LAION-COCO's columns.
+    pub input: String,
+    /// Output folder for shards, relative to the data directory.
+    pub output: String,
+    pub url_column: String,
+    pub caption_column: String,
+    pub rows_per_shard: u32,
+    pub concurrency: u32,
+    pub timeout_secs: f64,
+    pub retries: u32,
+    pub max_redirects: u32,
+    pub max_body_bytes: u64,
+    pub user_agent_token: String,
+    /// X-Robots-Tag directives that opt an image out (img2dataset's defaults).
+    pub disallowed_header_directives: Vec<String>,
+    /// Allow loopback and private addresses (local mirrors and tests only).
+    pub allow_private_addresses: bool,
+    pub image_size: u32,
+    /// "no", "keep_ratio", "center_crop" or "border", as img2dataset.
+    pub resize_mode: String,
+    pub jpeg_quality: u8,
+    pub max_image_pixels: u64,
+    pub metadata_filter: MetadataFilter,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            input: "laion-coco/*.parquet".into(),
+            output: "shards".into(),
+            url_column: "URL".into(),
+            caption_column: "TEXT".into(),
+            rows_per_shard: 10_000,
+            concurrency: 128,
+            timeout_secs: 10.0,
+            retries: 2,
+            max_redirects: 5,
+            max_body_bytes: 32 << 20,
+            user_agent_token: "llamagen-rs".into(),
+            disallowed_header_directives: ["noai", "noimageai", "noindex", "noimageindex"]
+                .map(String::from)
+                .to_vec(),
+            allow_private_addresses: false,
+            image_size: 256,
+            resize_mode: "center_crop".into(),
+            jpeg_quality: 95,
+            max_image_pixels: 89_478_485,
+            metadata_filter: MetadataFilter::default(),
+        }
+    }
+}
+
+/// Rules applied to metadata rows before any download (the paper's filters; it does not
+/// publish thresholds, so these are LAION's customary ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataFilter {
+    pub min_aesthetic: f64,
+    pub max_watermark: f64,
+    pub max_unsafe: f64,
+    pub min_clip_similarity: f64,
+    pub min_width: u32,
+    pub min_height: u32,
+    pub max_aspect_ratio: f64,
+    pub dedup_urls: bool,
+}
+
+impl Default for MetadataFilter {
+    fn default() -> Self {
+        Self {
+            min_aesthetic: 5.0,
+            max_watermark: 0.5,
+            max_unsafe: 0.5,
+            min_clip_similarity: 0.28,
+            min_width: 256,
+            min_height: 256,
+            max_aspect_ratio: 2.0,
+            dedup_urls: true,
+        }
+    }
+}
+
+/// Post-download filters with model scores computed on the images themselves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    pub min_width: u32,
+    pub min_height: u32,
+    pub min_clip_similarity: f64,
+    pub min_aesthetic: f64,
+    pub max_watermark: f64,
+    pub clip_image_model: String,
+    pub clip_text_model: String,
+    pub aesthetic_model: String,
+    pub watermark_model: String,
+    pub batch_size: u32,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            min_width: 256,
+            min_height: 256,
+            min_clip_similarity: 0.28,
+            min_aesthetic: 5.0,
+            max_watermark: 0.5,
+            clip_image_model: "weights/clip-vit-l-14-image.onnx".into(),
+            clip_text_model: "weights/clip-vit-l-14-text.onnx".into(),
+            aesthetic_model: "weights/laion-aesthetic-v2.onnx".into(),
+            watermark_model: "weights/laion-watermark.onnx".into(),
+            batch_size: 64,
+        }
+    }
+}
+
+/// LLaVA captions through an OpenAI-compatible server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptionConfig {
+    pub endpoint: String,
+    pub model: String,
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub temperature: f64,
+    pub concurrency: u32,
+    pub timeout_secs: f64,
+    pub retries: u32,
+}
+
+impl Default for CaptionConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:8000/v1".into(),
+            model: "llava-hf/llava-v1.6-mistral-7b-hf".into(),
+            prompt: "Describe this image in as much detail as possible".into(),
+            max_tokens: 512,
+            temperature: 0.0,
+            concurrency: 32,
+            timeout_secs: 120.0,
+            retries: 3,
+        }
+    }
+}
+
+/// VQ codes and FLAN-T5 embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncodeConfig {
+    pub vq_checkpoint: String,
+    pub codebook_size: u32,
+    pub codebook_embed_dim: u32,
+    pub downsample: u32,
+    pub image_size: u32,
+    /// LlamaGen's ten-crop augmentation (class-conditional data); else a center crop.
+    pub ten_crop: bool,
+    pub t5_model: String,
+    pub t5_tokenizer: String,
+    pub t5_max_length: u32,
+    pub batch_size: u32,
+}
+
+impl Default for EncodeConfig {
+    fn default() -> Self {
+        Self {
+            vq_checkpoint: "weights/vq_ds16_t2i.safetensors".into(),
+            codebook_size: 16384,
+            codebook_embed_dim: 8,
+            downsample: 16,
+            image_size: 256,
+            ten_crop: false,
+            t5_model: "weights/flan-t5-xl-encoder.onnx".into(),
+            t5_tokenizer: "weights/flan-t5-xl/tokenizer.json".into(),
+            t5_max_length: 120,
+            batch_size: 64,
+        }
+    }
+}
+
+/// The GPT (LlamaGen sizes and its defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// B, L, XL, XXL, XXXL, 1B, 3B or 7B.
+    pub size: String,
+    /// "c2i" (class prefix, 1 token) or "t2i" (FLAN-T5 prefix, 120 tokens).
+    pub task: String,
+    pub vocab_size: u32,
+    pub num_classes: u32,
+    pub caption_dim: u32,
+    pub image_size: u32,
+    pub downsample: u32,
+    pub rope_base: f64,
+    pub token_dropout: f64,
+    pub attn_dropout: f64,
+    pub resid_dropout: f64,
+    pub ffn_dropout: f64,
+    pub drop_path: f64,
+    pub class_dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            size: "XL".into(),
+            task: "t2i".into(),
+            vocab_size: 16384,
+            num_classes: 1000,
+            caption_dim: 2048,
+            image_size: 256,
+            downsample: 16,
+            rope_base: 10000.0,
+            token_dropout: 0.1,
+            attn_dropout: 0.0,
+            resid_dropout: 0.1,
+            ffn_dropout: 0.1,
+            drop_path: 0.0,
+            class_dropout: 0.1,
+        }
+    }
+}
+
+/// Layers, heads and width of each LlamaGen GPT size.
+pub const GPT_SIZES: [(&str, u32, u32, u32); 8] = [
+    ("B", 12, 12, 768),
+    ("L", 24, 16, 1024),
+    ("XL", 36, 20, 1280),
+    ("XXL", 48, 24, 1536),
+    ("XXXL", 48, 40, 2560),
+    ("1B", 22, 32, 2048),
+    ("3B", 24, 32, 3200),
+    ("7B", 32, 32, 4096),
+];
+
+impl ModelConfig {
+    /// Condition prefix length: 1 class token, or 120 T5 tokens.
+    pub fn prefix_tokens(&self) -> u32 {
+        if self.task == "c2i" { 1 } else { 120 }
+    }
+
+    /// Image tokens per sample (256 for 256 px at downsample 16).
+    pub fn image_tokens(&self) -> u32 {
+        (self.image_size / self.downsample).pow(2)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub global_batch_size: u32,
+    pub gradient_accumulation: u32,
+    /// Learning rate per 256 samples of global batch; scaled linearly to the real batch.
+    pub lr_per_256: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub epochs: u32,
+    pub warmup_steps: u32,
+    /// "constant" (LlamaGen) or "cosine".
+    pub lr_schedule: String,
+    /// "bf16", "fp16" or "fp32".
+    pub precision: String,
+    pub ema: bool,
+    pub ema_decay: f64,
+    pub checkpoint_every: u32,
+    pub log_every: u32,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            global_batch_size: 256,
+            gradient_accumulation: 1,
+            lr_per_256: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 0.05,
+            grad_clip: 1.0,
+            epochs: 300,
+            warmup_steps: 0,
+            lr_schedule: "constant".into(),
+            precision: "bf16".into(),
+            ema: false,
+            ema_decay: 0.9999,
+            checkpoint_every: 5000,
+            log_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate for the configured global batch (1e-4 per 256, scaled linearly).
+    pub fn learning_rate(&self) -> f64 {
+        self.lr_per_256 * f64::from(self.global_batch_size) / 256.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Classifier-free guidance scale; 1.0 is no guidance.
+    pub cfg_scale: f64,
+    /// Stop guiding after this many tokens; -1 guides every token.
+    pub cfg_interval: i32,
+    /// 0 keeps the whole vocabulary.
+    pub top_k: u32,
+    pub top_p: f64,
+    pub temperature: f64,
+    pub num_samples: u32,
+    pub batch_size: u32,
+    pub seed: u64,
+    pub precision: String,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            cfg_scale: 7.5,
+            cfg_interval: -1,
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            num_samples: 30_000,
+            batch_size: 32,
+            seed: 0,
+            precision: "bf16".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluateConfig {
+    pub benchmark: String,
+    /// ADM-style reference batch (npz with images or mu/sigma).
+    pub reference: String,
+    pub inception_model: String,
+    /// Generated images are resized to this before feature extraction.
+    pub eval_image_size: u32,
+    pub metrics: Vec<String>,
+    /// Guidance scales to sweep; empty evaluates `sample.cfg_scale` only.
+    pub cfg_sweep: Vec<f64>,
+}
+
+impl Default for EvaluateConfig {
+    fn default() -> Self {
+        Self {
+            benchmark: "coco30k-t2i".into(),
+            reference: "references/coco_val2014_30k_256.npz".into(),
+            inception_model: "weights/pt_inception-2015-12-05.onnx".into(),
+            eval_image_size: 256,
+            metrics: ["fid", "sfid", "inception_score", "precision", "recall"]
+                .map(String::from)
+                .to_vec(),
+            cfg_sweep: Vec::new(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading pipeline config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in pipeline config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML, every field written out.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let p = &self.pipeline;
+        ensure!(!p.name.trim().is_empty(), "pipeline.name is empty");
+        let mut last = None;
+        for stage in &p.stages {
+            let Some(pos) = STAGES.iter().position(|s| s == stage) else {
+                bail!(
+                    "pipeline.stages: unknown stage {stage:?} (known: {})",
+                    STAGES.join(", ")
+                );
+            };
+            ensure!(
+                last.is_none_or(|l| pos > l),
+                "pipeline.stages must be in pipeline order without repeats ({})",
+                STAGES.join(", ")
+            );
+            last = Some(pos);
+        }
+        for entry in &p.schedule {
+            ensure!(
+                entry.split_whitespace().count() == 5,
+                "pipeline.schedule: {entry:?} is not a 5-field cron expression"
+            );
+        }
+        one_of(
+            "pipeline.missed_runs",
+            &p.missed_runs,
+            &["skip", "run_once"],
+        )?;
+
+        let i = &self.ingest;
+        ensure!(
+            i.rows_per_shard > 0,
+            "ingest.rows_per_shard must be positive"
+        );
+        ensure!(i.concurrency > 0, "ingest.concurrency must be positive");
+        ensure!(
+            i.timeout_secs.is_finite() && i.timeout_secs > 0.0,
+            "ingest.timeout_secs must be positive"
+        );
+        ensure!(i.image_size > 0, "ingest.image_size must be positive");
+        ensure!(
+            (1..=100).contains(&i.jpeg_quality),
+            "ingest.jpeg_quality must be in 1..=100"
+        );
+        one_of(
+            "ingest.resize_mode",
+            &i.resize_mode,
+            &["no", "keep_ratio", "center_crop", "border"],
+        )?;
+        let m = &i.metadata_filter;
+        probability("ingest.metadata_filter.max_watermark", m.max_watermark)?;
+        probability("ingest.metadata_filter.max_unsafe", m.max_unsafe)?;
+        ensure!(
+            (-1.0..=1.0).contains(&m.min_clip_similarity),
+            "ingest.metadata_filter.min_clip_similarity must be a cosine in [-1, 1]"
+        );
+        ensure!(
+            (0.0..=10.0).contains(&m.min_aesthetic),
+            "ingest.metadata_filter.min_aesthetic must be in [0, 10]"
+        );
+        ensure!(
+            m.max_aspect_ratio >= 1.0,
+            "ingest.metadata_filter.max_aspect_ratio must be >= 1"
+        );
+
+        let f = &self.filter;
+        probability("filter.max_watermark", f.max_watermark)?;
+        ensure!(
+            (-1.0..=1.0).contains(&f.min_clip_similarity),
+            "filter.min_clip_similarity must be a cosine in [-1, 1]"
+        );
+        ensure!(f.batch_size > 0, "filter.batch_size must be positive");
+
+        let c = &self.caption;
+        ensure!(
+            c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://"),
+            "caption.endpoint must be an http(s) URL"
+        );
+        ensure!(!c.prompt.trim().is_empty(), "caption.prompt is empty");
+        ensure!(c.concurrency > 0, "caption.concurrency must be positive");
+
+        let e = &self.encode;
+        ensure!(
+            e.downsample > 0 && e.image_size.is_multiple_of(e.downsample),
+            "encode.image_size must be a multiple of encode.downsample"
+        );
+        ensure!(
+            e.codebook_size > 0 && e.codebook_size <= 65536,
+            "encode.codebook_size must fit the u16 codes (1..=65536)"
+        );
+        ensure!(e.t5_max_length > 0, "encode.t5_max_length must be positive");
+
+        let md = &self.model;
+        ensure!(
+            GPT_SIZES.iter().any(|(s, ..)| *s == md.size),
+            "model.size {:?} is not one of {}",
+            md.size,
+            GPT_SIZES.map(|s| s.0).join(", ")
+        );
+        one_of("model.task", &md.task, &["c2i", "t2i"])?;
+        ensure!(
+            md.downsample > 0 && md.image_size.is_multiple_of(md.downsample),
+            "model.image_size must be a multiple of model.downsample"
+        );
+        for (name, v) in [
+            ("token_dropout", md.token_dropout),
+            ("attn_dropout", md.attn_dropout),
+            ("resid_dropout", md.resid_dropout),
+            ("ffn_dropout", md.ffn_dropout),
+            ("drop_path", md.drop_path),
+            ("class_dropout", md.class_dropout),
+        ] {
+            ensure!((0.0..1.0).contains(&v), "model.{name} must be in [0, 1)");
+        }
+
+        let t = &self.train;
+        ensure!(
+            t.global_batch_size > 0,
+            "train.global_batch_size must be positive"
+        );
+        ensure!(
+            t.gradient_accumulation > 0
+                && t.global_batch_size.is_multiple_of(t.gradient_accumulation),
+            "train.global_batch_size must be a multiple of train.gradient_accumulation"
+        );
+        ensure!(
+            t.lr_per_256.is_finite() && t.lr_per_256 > 0.0,
+            "train.lr_per_256 must be positive"
+        );
+        ensure!(
+            (0.0..1.0).contains(&t.beta1) && (0.0..1.0).contains(&t.beta2),
+            "train.beta1 and train.beta2 must be in [0, 1)"
+        );
+        ensure!(
+            t.weight_decay >= 0.0 && t.grad_clip >= 0.0,
+            "train.weight_decay and train.grad_clip must be >= 0"
+        );
+        one_of("train.lr_schedule", &t.lr_schedule, &["constant", "cosine"])?;
+        one_of("train.precision", &t.precision, &["bf16", "fp16", "fp32"])?;
+        ensure!(
+            (0.0..1.0).contains(&t.ema_decay),
+            "train.ema_decay must be in [0, 1)"
+        );
+        ensure!(
+            t.checkpoint_every > 0,
+            "train.checkpoint_every must be positive"
+        );
+
+        let s = &self.sample;
+        ensure!(
+            s.cfg_scale.is_finite() && s.cfg_scale >= 1.0,
+            "sample.cfg_scale must be >= 1 (1 disables guidance)"
+        );
+        ensure!(
+            s.top_p > 0.0 && s.top_p <= 1.0,
+            "sample.top_p must be in (0, 1]"
+        );
+        ensure!(
+            s.temperature.is_finite() && s.temperature > 0.0,
+            "sample.temperature must be positive"
+        );
+        ensure!(
+            s.top_k <= md.vocab_size,
+            "sample.top_k must not exceed model.vocab_size"
+        );
+        ensure!(
+            s.num_samples > 0 && s.batch_size > 0,
+            "sample.num_samples and sample.batch_size must be positive"
+        );
+        one_of("sample.precision", &s.precision, &["bf16", "fp16", "fp32"])?;
+
+        let ev = &self.evaluate;
+        const METRICS: [&str; 9] = [
+            "fid",
+            "sfid",
+            "inception_score",
+            "precision",
+            "recall",
+            "rfid",
+            "psnr",
+            "ssim",
+            "codebook_usage",
+        ];
+        for metric in &ev.metrics {
+            ensure!(
+                METRICS.contains(&metric.as_str()),
+                "evaluate.metrics: unknown metric {metric:?} (known: {})",
+                METRICS.join(", ")
+            );
+        }
+        for cfg in &ev.cfg_sweep {
+            ensure!(
+                cfg.is_finite() && *cfg >= 1.0,
+                "evaluate.cfg_sweep: {cfg} must be >= 1"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> anyhow::Result<()> {
+    ensure!(
+        allowed.contains(&value),
+        "{key} = {value:?} is not one of {}",
+        allowed.join(", ")
+    );
+    Ok(())
+}
+
+fn probability(key: &str, value: f64) -> anyhow::Result<()> {
+    ensure!(
+        (0.0..=1.0).contains(&value),
+        "{key} must be a probability in [0, 1]"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_paper() {
+        let c = PipelineConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.train.learning_rate(), 1e-4);
+        assert_eq!(
+            (
+                c.train.beta1,
+                c.train.beta2,
+                c.train.weight_decay,
+                c.train.grad_clip
+            ),
+            (0.9, 0.95, 0.05, 1.0)
+        );
+        assert_eq!(
+            (
+                c.model.token_dropout,
+                c.model.resid_dropout,
+                c.model.ffn_dropout,
+                c.model.class_dropout
+            ),
+            (0.1, 0.1, 0.1, 0.1)
+        );
+        assert_eq!(
+            (c.sample.top_k, c.sample.top_p, c.sample.temperature),
+            (0, 1.0, 1.0)
+        );
+        assert_eq!(
+            (
+                c.encode.codebook_size,
+                c.encode.codebook_embed_dim,
+                c.encode.downsample
+            ),
+            (16384, 8, 16)
+        );
+        assert_eq!(c.encode.t5_max_length, 120);
+        assert_eq!(
+            c.caption.prompt,
+            "Describe this image in as much detail as possible"
+        );
+        assert_eq!(
+            (c.model.prefix_tokens(), c.model.image_tokens()),
+            (120, 256)
+        );
+    }
+
+    #[test]
+    fn learning_rate_scales_with_the_global_batch() {
+        let t = TrainConfig {
+            global_batch_size: 1024,
+            ..Default::default()
+        };
+        assert!((t.learning_rate() - 4e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = PipelineConfig::default();
+        assert_eq!(PipelineConfig::parse(&c.to_toml().unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn partial_files_keep_defaults_for_the_rest() {
+        let c = PipelineConfig::parse(
+            "[sample]\ncfg_scale = 2.0\n[model]\ntask = \"c2i\"\nsize = \"B\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sample.cfg_scale, 2.0);
+        assert_eq!(c.model.prefix_tokens(), 1);
+        assert_eq!(c.train, TrainConfig::default());
+    }
+
+    #[test]
+    fn rejects_mistakes_with_the_key_named() {
+        let cases = [
+            ("[sample]\ntop_p = 1.5", "sample.top_p"),
+            ("[sample]\ncfg_scale = 0.5", "sample.cfg_scale"),
+            ("[model]\nsize = \"M\"", "model.size"),
+            (
+                "[ingest.metadata_filter]\nmax_watermark = 2.0",
+                "max_watermark",
+            ),
+            ("[ingest]\nresize_mode = \"stretch\"", "ingest.resize_mode"),
+            (
+                "[pipeline]\nstages = [\"train\", \"ingest\"]",
+                "pipeline order",
+            ),
+            ("[pipeline]\nschedule = [\"every day\"]", "cron"),
+            ("[evaluate]\nmetrics = [\"fid\", \"vibes\"]", "vibes"),
+            ("[sample]\ncfg = 2.0", "unknown field"),
+            (
+                "[train]\nglobal_batch_size = 100\ngradient_accumulation = 3",
+                "gradient_accumulation",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = format!("{:#}", PipelineConfig::parse(text).unwrap_err());
+            assert!(
+                err.contains(needle),
+                "{text:?}: error {err:?} does not mention {needle:?}"
+            );
+        }
+    }
+}

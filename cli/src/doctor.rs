@@ -1,0 +1,189 @@
+//! `llamagen doctor`: is the native stack usable, and can the database be reached?
+//!
+//! libtorch is linked into the binary (through its rpath), so a missing libtorch stops the
+//! binary before this code runs, with the loader naming the missing library; everything else
+//! is checked here and reported one line per part.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use llamagen_store::{Store, StoreOptions};
+
+/// The ONNX model scripts/make_tiny_onnx.py writes; run once to prove ONNX Runtime works.
+const TINY_ONNX: &[u8] = include_bytes!("../../native/tests/fixtures/tiny_mlp.onnx");
+
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn line(&mut self, ok: bool, part: &str, detail: impl std::fmt::Display) {
+        if !ok {
+            self.problems += 1;
+        }
+        println!(
+            "  [{}] {part:<13} {detail}",
+            if ok { " ok " } else { "FAIL" }
+        );
+    }
+
+    fn info(&self, part: &str, detail: impl std::fmt::Display) {
+        println!("  [info] {part:<13} {detail}");
+    }
+}
+
+pub async fn run(data_dir: &Path, check_db: bool) -> anyhow::Result<ExitCode> {
+    println!("llamagen doctor");
+    let mut report = Report {
+        problems: native(&mut Report { problems: 0 }),
+    };
+    match llamagen_store::cluster::find_bin_dir() {
+        Ok(dir) => {
+            let version = llamagen_store::cluster::server_binaries_version()
+                .unwrap_or_else(|e| e.to_string());
+            report.line(
+                true,
+                "PostgreSQL",
+                format!("{version} in {}", dir.display()),
+            );
+        }
+        Err(e) if std::env::var_os("DATABASE_URL").is_some() => report.info(
+            "PostgreSQL",
+            format!("no server binaries ({e}); using DATABASE_URL"),
+        ),
+        Err(e) => report.line(false, "PostgreSQL", e),
+    }
+    if check_db {
+        match Store::open(&StoreOptions::from_env(data_dir)).await {
+            Ok(store) => {
+                match store.status().await {
+                    Ok(status) => report.line(
+                        status.pending() == 0,
+                        "database",
+                        format!(
+                            "{}: PostgreSQL {}, {} of {} migrations applied",
+                            status.backend,
+                            status.server_version,
+                            status.migrations.len() - status.pending(),
+                            status.migrations.len()
+                        ),
+                    ),
+                    Err(e) => report.line(false, "database", e),
+                }
+                store.close().await?;
+            }
+            Err(e) => report.line(false, "database", format!("{e:#}")),
+        }
+    }
+    if report.problems == 0 {
+        println!("all good");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} problem(s); scripts/setup.sh installs the native stack",
+            report.problems
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Checks libtorch and ONNX Runtime, one line each; returns the number of problems.
+pub fn check_native() -> usize {
+    native(&mut Report { problems: 0 })
+}
+
+fn native(report: &mut Report) -> usize {
+    check_torch(report);
+    check_onnx(report);
+    report.problems
+}
+
+fn check_torch(report: &mut Report) {
+    let info = llamagen_native::torch::info();
+    let dir = info
+        .libtorch_dir
+        .as_ref()
+        .map_or("(location unknown)".into(), |d| d.display().to_string());
+    match &info.version {
+        Some(v) => report.line(
+            info.version_matches(),
+            "libtorch",
+            format!(
+                "{v} at {dir} (tch wants {})",
+                llamagen_native::torch::EXPECTED_TORCH_VERSION
+            ),
+        ),
+        None => report.line(false, "libtorch", format!("no version.py at {dir}")),
+    }
+    // A forward and backward pass proves the library does arithmetic, not only that it loads.
+    let x = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+    let y = (&x * &x).sum(tch::Kind::Float);
+    y.backward();
+    let grad: Vec<f32> = Vec::<f32>::try_from(x.grad()).unwrap_or_default();
+    report.line(
+        grad == [2.0, 4.0, 6.0],
+        "tch",
+        format!(
+            "d/dx sum(x^2) at (1,2,3) = {grad:?}; {} CPU threads",
+            info.cpu_threads
+        ),
+    );
+    if info.cuda_available {
+        report.info(
+            "CUDA",
+            format!(
+                "{} device(s), cuDNN {}",
+                info.cuda_devices,
+                if info.cudnn_available {
+                    "available"
+                } else {
+                    "unavailable"
+                }
+            ),
+        );
+    } else {
+        report.info(
+            "CUDA",
+            "no CUDA device: training and sampling run on the CPU",
+        );
+    }
+}
+
+fn check_onnx(report: &mut Report) {
+    let info = match llamagen_native::onnx::info() {
+        Ok(info) => info,
+        Err(e) => return report.line(false, "ONNX Runtime", e),
+    };
+    report.line(
+        true,
+        "ONNX Runtime",
+        format!(
+            "{} at {}; providers: {}",
+            info.version.as_deref().unwrap_or("unknown version"),
+            info.dylib_path.display(),
+            info.providers.join(", ")
+        ),
+    );
+    let result = (|| -> anyhow::Result<Vec<f32>> {
+        let env = llamagen_native::onnx::environment()?;
+        let mut session = ort::session::Session::builder(env)?.commit_from_memory(TINY_ONNX)?;
+        let x = ndarray::Array2::<f32>::zeros((1, 4));
+        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array(x)?])?;
+        Ok(out["probs"]
+            .try_extract_array::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    })();
+    match result {
+        Ok(probs) => {
+            let sum: f32 = probs.iter().sum();
+            report.line(
+                (sum - 1.0).abs() < 1e-5,
+                "ONNX model",
+                format!("tiny MLP ran, softmax sums to {sum:.6}"),
+            );
+        }
+        Err(e) => report.line(false, "ONNX model", format!("{e:#}")),
+    }
+}

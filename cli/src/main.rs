@@ -1,0 +1,229 @@
+//! `llamagen`: the command line of llamagen-rs. Each subcommand is one stage of the pipeline
+//! (docs/architecture.md) or a service around it; this file only parses arguments and
+//! dispatches.
+
+mod db;
+mod demo;
+mod doctor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use llamagen_cli::config::PipelineConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llamagen",
+    version,
+    about = "Data pipeline and evaluation service for LlamaGen-style autoregressive image generators"
+)]
+struct Cli {
+    /// Where shards, checkpoints and the private PostgreSQL cluster live.
+    #[arg(long, global = true, env = "LLAMAGEN_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read LAION-COCO parquet, filter metadata, download and resize images into shards.
+    Ingest(StageArgs),
+    /// Score downloaded images (CLIP similarity, aesthetic, watermark, size) and keep the good ones.
+    Filter(StageArgs),
+    /// Caption images with LLaVA through an OpenAI-compatible server.
+    Caption(StageArgs),
+    /// Precompute VQ image codes and FLAN-T5 text embeddings.
+    Encode(StageArgs),
+    /// Train a LlamaGen generator and record its checkpoints.
+    Train(StageArgs),
+    /// Generate images from a checkpoint (KV cache, classifier-free guidance).
+    Sample(StageArgs),
+    /// Compute FID, sFID, IS, precision/recall (or rFID, PSNR, SSIM, codebook usage) and store them.
+    Evaluate(StageArgs),
+    /// Run every stage listed in a pipeline config.
+    Run {
+        /// The pipeline config (TOML).
+        config: PathBuf,
+    },
+    /// Check the native stack (libtorch, ONNX Runtime, PostgreSQL) and the database.
+    Doctor {
+        /// Skip the database check.
+        #[arg(long)]
+        no_db: bool,
+    },
+    /// Run pipelines on their cron schedules, one run per pipeline at a time.
+    Schedule(StageArgs),
+    /// Serve the leaderboard dashboard.
+    Serve(StageArgs),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Pipeline configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run the whole pipeline on the bundled small data set and show the results.
+    Demo,
+}
+
+/// Arguments of a stage that is not built yet: accepted so that `--help` works, then refused.
+#[derive(Debug, clap::Args)]
+struct StageArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply pending migrations.
+    Migrate,
+    /// Server, migrations and row counts.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a config with every default filled in (the built-in defaults without a file).
+    Show { config: Option<PathBuf> },
+    /// Validate config files.
+    Check {
+        #[arg(required = true)]
+        configs: Vec<PathBuf>,
+    },
+}
+
+/// The issue that builds each stage not built yet.
+fn not_built(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "ingest" => "issue #3 (ingest: LAION-COCO metadata, filter funnel, downloader)",
+        "filter" | "caption" => {
+            "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
+        }
+        "encode" | "train" => "issue #7 (encode VQ codes and T5 embeddings, train)",
+        "sample" => "issue #6 (models: VQ tokenizer, GPT, KV-cache sampling)",
+        "evaluate" => "issue #4 (evaluate: FID, sFID, IS, precision/recall, ...)",
+        "schedule" | "serve" => "issue #5 (leaderboard dashboard and scheduled runs)",
+        _ => return None,
+    })
+}
+
+/// Exit status of a command that exists in the interface but is not built yet.
+const EXIT_NOT_BUILT: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let name = command_name(&cli.command);
+    if let Some(issue) = not_built(name) {
+        eprintln!("llamagen {name}: not built yet; it arrives with {issue}");
+        return ExitCode::from(EXIT_NOT_BUILT);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Doctor { no_db } => doctor::run(&cli.data_dir, !no_db).await,
+        Command::Db(cmd) => db::run(&cli.data_dir, cmd).await,
+        Command::Config(ConfigCommand::Show { config }) => {
+            let config = match config {
+                Some(path) => PipelineConfig::load(&path)?,
+                None => PipelineConfig::default(),
+            };
+            print!("{}", config.to_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { configs }) => {
+            for path in configs {
+                let config = PipelineConfig::load(&path)?;
+                println!(
+                    "{}: ok (pipeline {:?}, stages {})",
+                    path.display(),
+                    config.pipeline.name,
+                    config.pipeline.stages.join(" -> ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let config = PipelineConfig::load(&config)?;
+            let missing: Vec<String> = config
+                .pipeline
+                .stages
+                .iter()
+                .filter_map(|s| not_built(s).map(|issue| format!("{s} ({issue})")))
+                .collect();
+            if !missing.is_empty() {
+                eprintln!(
+                    "llamagen run: pipeline {:?} needs stages that are not built yet:\n  {}",
+                    config.pipeline.name,
+                    missing.join("\n  ")
+                );
+                return Ok(ExitCode::from(EXIT_NOT_BUILT));
+            }
+            println!(
+                "llamagen run: pipeline {:?} lists no stages; nothing to do",
+                config.pipeline.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => demo::run(&cli.data_dir).await,
+        other => unreachable!("{} is handled before dispatch", command_name(&other)),
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Ingest(_) => "ingest",
+        Command::Filter(_) => "filter",
+        Command::Caption(_) => "caption",
+        Command::Encode(_) => "encode",
+        Command::Train(_) => "train",
+        Command::Sample(_) => "sample",
+        Command::Evaluate(_) => "evaluate",
+        Command::Run { .. } => "run",
+        Command::Doctor { .. } => "doctor",
+        Command::Schedule(_) => "schedule",
+        Command::Serve(_) => "serve",
+        Command::Db(_) => "db",
+        Command::Config(_) => "config",
+        Command::Demo => "demo",
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info,sqlx=warn,ort=warn",
+        1 => "debug,sqlx=info,ort=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
