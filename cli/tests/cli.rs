@@ -210,3 +210,26 @@ async fn doctor_and_db_status_use_database_url() {
     );
     db.drop_database().await;
 }
+
+#[test]
+fn doctor_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = llamagen(dir.path())
+        .args(["doctor", "--no-db"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .env("LLAMAGEN_PG_BIN", "/nonexistent/bin")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        report.contains("[FAIL] ONNX Runtime") && report.contains("/nonexistent/libonnxruntime.so"),
+        "{report}"
+    );
+    assert!(
+        report.contains("[FAIL] PostgreSQL") && report.contains("LLAMAGEN_PG_BIN"),
+        "{report}"
+    );
+    assert!(report.contains("[ ok ] libtorch"), "{report}");
+    assert!(report.contains("2 problem(s)"), "{report}");
+}

@@ -1,0 +1,43 @@
+//! Metrics for image generators and tokenizers, computed the way the reference implementations
+//! compute them, so that our numbers can be put next to the paper's tables.
+//!
+//! | metric | module | reference |
+//! | --- | --- | --- |
+//! | FID, sFID, rFID | [`frechet`] | pytorch-fid / ADM evaluator (`scipy.linalg.sqrtm`) |
+//! | Inception Score | [`inception_score`] | ADM evaluator (improved-GAN formula, splits of 5000) |
+//! | precision, recall | [`precision_recall`] | ADM evaluator (Kynkaanniemi et al., k = 3) |
+//! | PSNR, SSIM | [`image_quality`] | scikit-image, with LlamaGen's tokenizer-eval convention |
+//! | codebook usage | [`codebook`] | LlamaGen: distinct codes among the last 65536 |
+//! | reference batches | [`npz`] | ADM's `.npz` (`arr_0` images, `mu`/`sigma` statistics) |
+//!
+//! Features come from the FID Inception network (2048-d pool features for FID and
+//! precision/recall, 2023-d spatial `mixed_6` features for sFID, 1008 logits for IS).
+
+pub mod codebook;
+pub mod frechet;
+pub mod image_quality;
+pub mod inception_score;
+pub mod npz;
+pub mod precision_recall;
+
+/// What can go wrong while computing a metric.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{what}: expected {expected}, got {got}")]
+    Shape {
+        what: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("non-finite value in {0}")]
+    NonFinite(&'static str),
+    #[error("linear algebra: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{path}: {message}")]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
