@@ -1,1 +1,168 @@
-fn main() {}
+//! Our metrics against the Python references, side by side in one run:
+//!
+//! - Frechet distance of two sets of N x 2048 features (default N = 50,000): statistics and
+//!   distance, ours (f64 covariance, two symmetric eigendecompositions) vs pytorch-fid's
+//!   (`np.cov` and `scipy.linalg.sqrtm`), with the relative difference of the two FIDs;
+//! - PSNR + SSIM throughput on the fixture photos, ours vs scikit-image.
+//!
+//! `cargo bench -p llamagen-evaluate --bench metrics_vs_python` (set `LLAMAGEN_BENCH_N` for
+//! fewer samples). The Python side runs in the project's virtualenv with OPENBLAS_CORETYPE and
+//! OPENBLAS_L2_SIZE unset, so numpy uses its fastest kernels. Results go to docs/BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
+use ndarray::{Array2, Array3};
+use tch::{Device, Kind, Tensor};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/bench_metrics.py"))
+        .args(args)
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output()
+        .expect("running the Python reference (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from bench_metrics.py")
+}
+
+/// Inception-like features: non-negative, correlated through a random mixing matrix.
+fn features(n: i64, d: i64, seed: i64, perturb: f64) -> Array2<f32> {
+    tch::manual_seed(seed);
+    let opts = (Kind::Float, Device::Cpu);
+    tch::manual_seed(7);
+    let mix = Tensor::randn([d, d], opts) / (d as f64).sqrt();
+    tch::manual_seed(seed);
+    let mix = &mix + Tensor::randn([d, d], opts) * perturb / (d as f64).sqrt();
+    let x = Tensor::randn([n, d], opts).matmul(&mix).relu();
+    let v: Vec<f32> = Vec::try_from(x.view([-1])).unwrap();
+    Array2::from_shape_vec((n as usize, d as usize), v).unwrap()
+}
+
+fn bench_frechet(dir: &Path) {
+    let n: i64 = std::env::var("LLAMAGEN_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
+    let d = 2048;
+    println!("Frechet distance, 2 x {n} x {d} features");
+    let a = features(n, d, 1, 0.0);
+    let b = features(n, d, 2, 0.3);
+    let (pa, pb) = (dir.join("a.npy"), dir.join("b.npy"));
+    ndarray_npy::write_npy(&pa, &a).unwrap();
+    ndarray_npy::write_npy(&pb, &b).unwrap();
+
+    let t0 = Instant::now();
+    let sa = Statistics::from_features(a.view()).unwrap();
+    let sb = Statistics::from_features(b.view()).unwrap();
+    let stats_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let ours = frechet_distance(&sa, &sb).unwrap();
+    let dist_s = t1.elapsed().as_secs_f64();
+    drop((a, b));
+
+    let py = python(&["frechet", pa.to_str().unwrap(), pb.to_str().unwrap()]);
+    let theirs = py["fid"].as_f64().unwrap();
+    let (py_stats, py_dist) = (
+        py["stats_s"].as_f64().unwrap(),
+        py["distance_s"].as_f64().unwrap(),
+    );
+    println!(
+        "  {:<34} {:>12} {:>12} {:>14}",
+        "", "statistics", "distance", "FID"
+    );
+    println!(
+        "  {:<34} {:>10.2} s {:>10.2} s {:>14.6}",
+        "llamagen-evaluate (tch eigh)", stats_s, dist_s, ours
+    );
+    println!(
+        "  {:<34} {:>10.2} s {:>10.2} s {:>14.6}",
+        "pytorch-fid (np.cov, scipy sqrtm)", py_stats, py_dist, theirs
+    );
+    println!(
+        "  distance speed-up {:.1}x, total speed-up {:.1}x, relative FID difference {:.2e}",
+        py_dist / dist_s,
+        (py_stats + py_dist) / (stats_s + dist_s),
+        (ours - theirs).abs() / theirs.abs()
+    );
+}
+
+fn bench_quality() {
+    let names = ["astronaut", "coffee", "chelsea"];
+    let fixtures = repo().join("evaluate/tests/fixtures");
+    let load = |file: String| {
+        let img = image::open(fixtures.join(file)).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw()).unwrap()
+    };
+    let pairs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            (
+                load(format!("{n}_original.png")),
+                load(format!("{n}_restored.png")),
+            )
+        })
+        .collect();
+    let rounds = 200;
+    let t0 = Instant::now();
+    let mut checksum = 0.0;
+    for _ in 0..rounds {
+        for (gt, rs) in &pairs {
+            let (p, s) =
+                reconstruction_quality(gt.view(), rs.view(), Convention::LlamaGen).unwrap();
+            checksum += p + s;
+        }
+    }
+    let ours_s = t0.elapsed().as_secs_f64();
+    let images = (rounds * pairs.len()) as f64;
+    let py = python(
+        &[
+            &["quality", &rounds.to_string(), fixtures.to_str().unwrap()],
+            &names[..],
+        ]
+        .concat(),
+    );
+    let py_s = py["seconds"].as_f64().unwrap();
+    println!(
+        "PSNR + SSIM, {} pairs of 160 x 160 x 3 photos (LlamaGen convention)",
+        images
+    );
+    println!("  llamagen-evaluate  {:>8.0} images/s", images / ours_s);
+    println!("  scikit-image       {:>8.0} images/s", images / py_s);
+    println!(
+        "  speed-up {:.1}x, checksum difference {:.2e}",
+        py_s / ours_s,
+        (checksum - py["checksum"].as_f64().unwrap()).abs() / checksum
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument picks one benchmark.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let run = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    println!(
+        "threads: libtorch {}, machine {}",
+        tch::get_num_threads(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if run("quality") {
+        bench_quality();
+    }
+    if run("frechet") {
+        let dir = tempfile::tempdir().unwrap();
+        bench_frechet(dir.path());
+    }
+}

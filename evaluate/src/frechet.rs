@@ -5,9 +5,10 @@
 //!
 //! pytorch-fid and the ADM evaluator take the matrix square root of the non-symmetric product
 //! `S1 S2` with `scipy.linalg.sqrtm` (a complex Schur decomposition) and keep the trace of its
-//! real part. Only that trace is needed, and it equals `tr((A S2 A)^{1/2})` with `A = S1^{1/2}`:
-//! `A S2 A` is symmetric positive semi-definite, so two symmetric eigendecompositions give it
-//! exactly, in real arithmetic, an order of magnitude faster (docs/BENCHMARKS.md).
+//! real part. Only that trace is needed, and it equals `tr((L^T S2 L)^{1/2})` for any `L` with
+//! `S1 = L L^T`: that matrix is symmetric positive semi-definite, so a Cholesky factorisation
+//! and one symmetric eigenvalue solve give the trace exactly, in real arithmetic, an order of
+//! magnitude faster (docs/BENCHMARKS.md).
 
 use ndarray::{Array1, Array2, ArrayView2};
 use tch::{Device, Kind, Tensor};
@@ -106,9 +107,19 @@ fn psd_sqrt(m: &Tensor) -> Tensor {
 }
 
 /// `tr((S1 S2)^{1/2})` for covariances S1, S2.
+///
+/// With a Cholesky factor `S1 = L L^T`, `S1 S2` is similar to the symmetric `L^T S2 L`, so the
+/// trace is the sum of the square roots of that matrix's eigenvalues: one factorisation, two
+/// matrix products and one eigenvalue-only solve. A singular covariance (a feature that never
+/// varies) has no Cholesky factor; then `L` is replaced by the symmetric square root of S1.
 fn trace_sqrt_product(s1: &Tensor, s2: &Tensor) -> f64 {
-    let a = psd_sqrt(s1);
-    let m = a.matmul(s2).matmul(&a);
+    let (factor, info) = s1.linalg_cholesky_ex(false, false);
+    let factor = if info.int64_value(&[]) == 0 {
+        factor
+    } else {
+        psd_sqrt(s1)
+    };
+    let m = factor.transpose(0, 1).matmul(s2).matmul(&factor);
     // Symmetrise away the round-off of the two products before the symmetric solver.
     let m = (&m + m.transpose(0, 1)) * 0.5;
     m.linalg_eigvalsh("L")
@@ -174,6 +185,26 @@ mod tests {
             s.sigma.iter().copied().collect::<Vec<_>>(),
             vec![4.0, 8.0, 8.0, 16.0]
         );
+    }
+
+    #[test]
+    fn a_singular_covariance_takes_the_eigen_route_to_the_same_answer() {
+        // The second feature never varies in `a`: its covariance has no Cholesky factor.
+        let a = Array2::from_shape_fn((40, 3), |(i, j)| {
+            if j == 1 {
+                2.0
+            } else {
+                ((i * 7 + j) % 5) as f32
+            }
+        });
+        let b = Array2::from_shape_fn((40, 3), |(i, j)| ((i * 3 + j * 5) % 7) as f32 * 0.5);
+        let (sa, sb) = (
+            Statistics::from_features(a.view()).unwrap(),
+            Statistics::from_features(b.view()).unwrap(),
+        );
+        let ab = frechet_distance(&sa, &sb).unwrap();
+        let ba = frechet_distance(&sb, &sa).unwrap();
+        assert!((ab - ba).abs() < 1e-9 * ab.abs(), "{ab} vs {ba}");
     }
 
     #[test]

@@ -105,70 +105,87 @@ pub fn ssim(
             "SSIM needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels, got {h} x {w} x {c}"
         )));
     }
-    let mut total = 0.0;
-    let mut x = vec![0.0; h * w];
-    let mut y = vec![0.0; h * w];
-    for ch in 0..c {
-        for i in 0..h {
-            for j in 0..w {
-                x[i * w + j] = a[[i, j, ch]];
-                y[i * w + j] = b[[i, j, ch]];
-            }
-        }
-        total += ssim_channel(&x, &y, h, w, data_range);
-    }
-    Ok(total / c as f64)
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    let (a, b) = (a.as_slice().unwrap_or(&[]), b.as_slice().unwrap_or(&[]));
+    let per_channel = ssim_channels(a, b, (h, w, c), data_range);
+    Ok(per_channel.iter().sum::<f64>() / c as f64)
 }
 
-/// SSIM of one channel, row-major [h, w].
-fn ssim_channel(x: &[f64], y: &[f64], h: usize, w: usize, data_range: f64) -> f64 {
-    let np = (SSIM_WINDOW * SSIM_WINDOW) as f64;
+/// Mean SSIM of each channel of two interleaved [h, w, c] images.
+///
+/// Window sums of x, y, x^2, y^2 and xy are running sums, first along rows, then down columns,
+/// over every position whose 7 x 7 window fits in the image: exactly the positions that
+/// survive scikit-image's final crop, so its border mode never enters. All channels go through
+/// together, so every pass reads memory in order.
+fn ssim_channels(
+    a: &[f64],
+    b: &[f64],
+    (h, w, c): (usize, usize, usize),
+    data_range: f64,
+) -> Vec<f64> {
+    const Q: usize = 5;
+    let k = SSIM_WINDOW;
+    let (oh, ow) = (h - k + 1, w - k + 1);
+    let np = (k * k) as f64;
     let cov_norm = np / (np - 1.0);
     let c1 = (K1 * data_range).powi(2);
     let c2 = (K2 * data_range).powi(2);
-    // Window means of x, y, x^2, y^2, xy at every position whose window fits in the image:
-    // exactly the positions that survive scikit-image's final crop.
-    let xx: Vec<f64> = x.iter().map(|v| v * v).collect();
-    let yy: Vec<f64> = y.iter().map(|v| v * v).collect();
-    let xy: Vec<f64> = x.iter().zip(y).map(|(a, b)| a * b).collect();
-    let [ux, uy, uxx, uyy, uxy] = [x, y, &xx, &yy, &xy].map(|img| box_mean(img, h, w));
-    let mut sum = 0.0;
-    for i in 0..ux.len() {
-        let vx = cov_norm * (uxx[i] - ux[i] * ux[i]);
-        let vy = cov_norm * (uyy[i] - uy[i] * uy[i]);
-        let vxy = cov_norm * (uxy[i] - ux[i] * uy[i]);
-        let a1 = 2.0 * ux[i] * uy[i] + c1;
-        let a2 = 2.0 * vxy + c2;
-        let b1 = ux[i] * ux[i] + uy[i] * uy[i] + c1;
-        let b2 = vx + vy + c2;
-        sum += (a1 * a2) / (b1 * b2);
-    }
-    sum / ux.len() as f64
-}
-
-/// Means over every full 7 x 7 window: [(h - 6) * (w - 6)], separable, one pass per axis.
-fn box_mean(img: &[f64], h: usize, w: usize) -> Vec<f64> {
-    let k = SSIM_WINDOW;
-    let (oh, ow) = (h - k + 1, w - k + 1);
-    let mut rows = vec![0.0; h * ow];
+    let stride = c * Q;
+    // rows[(i * ow + j) * stride + ch * Q + q]: sum over columns j..j + k of row i.
+    let mut rows = vec![0.0; h * ow * stride];
+    let mut acc = vec![0.0; stride];
     for i in 0..h {
-        let line = &img[i * w..(i + 1) * w];
-        for j in 0..ow {
-            rows[i * ow + j] = line[j..j + k].iter().sum::<f64>();
-        }
-    }
-    let scale = 1.0 / (k * k) as f64;
-    let mut out = vec![0.0; oh * ow];
-    for i in 0..oh {
-        for j in 0..ow {
-            let mut s = 0.0;
-            for r in 0..k {
-                s += rows[(i + r) * ow + j];
+        acc.fill(0.0);
+        let line_a = &a[i * w * c..(i + 1) * w * c];
+        let line_b = &b[i * w * c..(i + 1) * w * c];
+        for j in 0..w {
+            for ch in 0..c {
+                let (x, y) = (line_a[j * c + ch], line_b[j * c + ch]);
+                let t = &mut acc[ch * Q..(ch + 1) * Q];
+                t[0] += x;
+                t[1] += y;
+                t[2] += x * x;
+                t[3] += y * y;
+                t[4] += x * y;
+                if j >= k {
+                    let (x, y) = (line_a[(j - k) * c + ch], line_b[(j - k) * c + ch]);
+                    t[0] -= x;
+                    t[1] -= y;
+                    t[2] -= x * x;
+                    t[3] -= y * y;
+                    t[4] -= x * y;
+                }
             }
-            out[i * ow + j] = s * scale;
+            if j + 1 >= k {
+                rows[(i * ow + j + 1 - k) * stride..][..stride].copy_from_slice(&acc);
+            }
         }
     }
-    out
+    let row = |r: usize| &rows[r * ow * stride..(r + 1) * ow * stride];
+    let mut cols = vec![0.0; ow * stride];
+    for r in 0..k - 1 {
+        cols.iter_mut().zip(row(r)).for_each(|(s, v)| *s += v);
+    }
+    let scale = 1.0 / np;
+    let mut sums = vec![0.0; c];
+    for i in 0..oh {
+        cols.iter_mut()
+            .zip(row(i + k - 1))
+            .for_each(|(s, v)| *s += v);
+        for pixel in cols.chunks_exact(stride) {
+            for (ch, win) in pixel.chunks_exact(Q).enumerate() {
+                let (ux, uy) = (win[0] * scale, win[1] * scale);
+                let vx = cov_norm * (win[2] * scale - ux * ux);
+                let vy = cov_norm * (win[3] * scale - uy * uy);
+                let vxy = cov_norm * (win[4] * scale - ux * uy);
+                let num = (2.0 * ux * uy + c1) * (2.0 * vxy + c2);
+                let den = (ux * ux + uy * uy + c1) * (vx + vy + c2);
+                sums[ch] += num / den;
+            }
+        }
+        cols.iter_mut().zip(row(i)).for_each(|(s, v)| *s -= v);
+    }
+    sums.iter().map(|s| s / (oh * ow) as f64).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""The Python side of `cargo bench -p llamagen-evaluate`: the reference implementations, timed.
+
+    bench_metrics.py frechet A.npy B.npy      # pytorch-fid: np.mean/np.cov + scipy sqrtm
+    bench_metrics.py quality ROUNDS DIR NAME.. # scikit-image PSNR + SSIM on image pairs
+
+Prints one JSON object on stdout.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def frechet(a_path: str, b_path: str) -> dict:
+    from scipy import linalg
+
+    a, b = np.load(a_path), np.load(b_path)
+    t0 = time.perf_counter()
+    mu1, s1 = np.mean(a, axis=0), np.cov(a, rowvar=False)
+    mu2, s2 = np.mean(b, axis=0), np.cov(b, rowvar=False)
+    t1 = time.perf_counter()
+    # pytorch_fid.fid_score.calculate_frechet_distance, step by step.
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    fid = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    t2 = time.perf_counter()
+    return {"fid": fid, "stats_s": t1 - t0, "distance_s": t2 - t1}
+
+
+def quality(rounds: int, folder: str, names: list) -> dict:
+    from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    pairs = []
+    for name in names:
+        gt = np.asarray(Image.open(Path(folder) / f"{name}_original.png").convert("RGB"))
+        rs = np.asarray(Image.open(Path(folder) / f"{name}_restored.png").convert("RGB"))
+        pairs.append((gt.astype(np.float64) / 255.0, rs.astype(np.float64) / 255.0))
+    t0 = time.perf_counter()
+    total = 0.0
+    for _ in range(rounds):
+        for gt, rs in pairs:
+            total += peak_signal_noise_ratio(rs, gt)
+            total += structural_similarity(rs, gt, data_range=2.0, channel_axis=-1)
+    elapsed = time.perf_counter() - t0
+    return {"images": rounds * len(pairs), "seconds": elapsed, "checksum": total}
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "frechet":
+        print(json.dumps(frechet(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "quality":
+        print(json.dumps(quality(int(sys.argv[2]), sys.argv[3], sys.argv[4:])))
+    else:
+        sys.exit(f"unknown benchmark {sys.argv[1]!r}")
