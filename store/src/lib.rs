@@ -4,10 +4,12 @@
 //!   `DATABASE_URL` is unset.
 //! - [`Store`]: a connection pool to either, with the migrations in `migrations/` applied.
 //! - [`runs`]: pipeline runs, stage runs, and shards that workers claim under a lease.
+//! - [`results`]: models, checkpoints, evaluations and metrics (the leaderboard).
 //! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
 
 pub mod cluster;
 mod db;
+pub mod results;
 pub mod runs;
 pub mod testing;
 

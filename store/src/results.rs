@@ -1,0 +1,235 @@
+//! Models, checkpoints, evaluations and their metrics: what the leaderboard is made of.
+//!
+//! An evaluation is identified by (checkpoint, benchmark, hash of everything that changes its
+//! result); running the same configuration again updates that row and replaces its metrics,
+//! so results are never duplicated.
+
+use sqlx::PgPool;
+
+use crate::StoreError;
+use crate::runs::config_sha256;
+
+/// A model to register (or update, matched by name).
+#[derive(Debug, Clone)]
+pub struct NewModel<'a> {
+    pub name: &'a str,
+    /// "generator" or "tokenizer".
+    pub kind: &'a str,
+    pub architecture: &'a str,
+    pub size: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub params: Option<i64>,
+    pub image_size: Option<i32>,
+    pub config: &'a serde_json::Value,
+}
+
+/// Registers a model by name; an existing model keeps its id and takes the new description.
+pub async fn upsert_model(pool: &PgPool, model: &NewModel<'_>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO models (name, kind, architecture, size, task, params, image_size, config)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, architecture = EXCLUDED.architecture,
+             size = EXCLUDED.size, task = EXCLUDED.task, params = EXCLUDED.params,
+             image_size = EXCLUDED.image_size, config = EXCLUDED.config
+         RETURNING id",
+    )
+    .bind(model.name)
+    .bind(model.kind)
+    .bind(model.architecture)
+    .bind(model.size)
+    .bind(model.task)
+    .bind(model.params)
+    .bind(model.image_size)
+    .bind(model.config)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// A checkpoint file to register.
+#[derive(Debug, Clone, Default)]
+pub struct NewCheckpoint<'a> {
+    pub model_id: i64,
+    pub training_run_id: Option<i64>,
+    pub path: &'a str,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: &'a str,
+    pub bytes: Option<i64>,
+    pub step: i64,
+    pub epoch: Option<f64>,
+    pub tokens_seen: Option<i64>,
+    pub train_loss: Option<f64>,
+    pub ema: bool,
+    pub config: Option<&'a serde_json::Value>,
+    pub git_revision: Option<&'a str>,
+    pub seed: Option<i64>,
+}
+
+/// Registers a checkpoint; the same file (same SHA-256) registered again keeps its row.
+pub async fn register_checkpoint(pool: &PgPool, c: &NewCheckpoint<'_>) -> Result<i64, StoreError> {
+    let empty = serde_json::json!({});
+    Ok(sqlx::query_scalar(
+        "INSERT INTO checkpoints (model_id, training_run_id, path, sha256, bytes, step, epoch,
+                                  tokens_seen, train_loss, ema, config, git_revision, seed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (sha256) DO UPDATE SET path = EXCLUDED.path
+         RETURNING id",
+    )
+    .bind(c.model_id)
+    .bind(c.training_run_id)
+    .bind(c.path)
+    .bind(c.sha256)
+    .bind(c.bytes)
+    .bind(c.step)
+    .bind(c.epoch)
+    .bind(c.tokens_seen)
+    .bind(c.train_loss)
+    .bind(c.ema)
+    .bind(c.config.unwrap_or(&empty))
+    .bind(c.git_revision)
+    .bind(c.seed)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The reproducible configuration of one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvaluation<'a> {
+    pub checkpoint_id: i64,
+    pub benchmark: &'a str,
+    pub reference_set_id: Option<i64>,
+    pub cfg_scale: Option<f64>,
+    pub cfg_interval: Option<i32>,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+    pub image_size: Option<i32>,
+    pub eval_image_size: Option<i32>,
+    pub num_samples: Option<i32>,
+    pub seed: Option<i64>,
+    pub precision: Option<&'a str>,
+    /// Everything else that shapes the result (sampler options, reference path, ...).
+    pub extra: Option<&'a serde_json::Value>,
+    pub git_revision: Option<&'a str>,
+}
+
+impl NewEvaluation<'_> {
+    /// The sampling configuration as stored, and hashed to recognise a re-run.
+    pub fn sampling_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "benchmark": self.benchmark,
+            "reference_set_id": self.reference_set_id,
+            "cfg_scale": self.cfg_scale,
+            "cfg_interval": self.cfg_interval,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "temperature": self.temperature,
+            "image_size": self.image_size,
+            "eval_image_size": self.eval_image_size,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "precision": self.precision,
+            "extra": self.extra,
+        })
+    }
+}
+
+/// Starts an evaluation, or restarts the existing one with the same configuration; returns its id.
+pub async fn begin_evaluation(pool: &PgPool, e: &NewEvaluation<'_>) -> Result<i64, StoreError> {
+    let config = e.sampling_config();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO evaluations (checkpoint_id, benchmark, reference_set_id, cfg_scale, cfg_interval,
+                                  top_k, top_p, temperature, image_size, eval_image_size, num_samples,
+                                  seed, precision, sampling_config, config_sha256, git_revision)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (checkpoint_id, benchmark, config_sha256) DO UPDATE
+             SET status = 'running', started_at = now(), finished_at = NULL, duration_ms = NULL,
+                 error = NULL, git_revision = EXCLUDED.git_revision
+         RETURNING id",
+    )
+    .bind(e.checkpoint_id)
+    .bind(e.benchmark)
+    .bind(e.reference_set_id)
+    .bind(e.cfg_scale)
+    .bind(e.cfg_interval)
+    .bind(e.top_k)
+    .bind(e.top_p)
+    .bind(e.temperature)
+    .bind(e.image_size)
+    .bind(e.eval_image_size)
+    .bind(e.num_samples)
+    .bind(e.seed)
+    .bind(e.precision)
+    .bind(&config)
+    .bind(config_sha256(&config))
+    .bind(e.git_revision)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Stores the metrics of a running evaluation (replacing those of an earlier run of the same
+/// configuration) and marks it succeeded, in one transaction. Non-finite values are refused.
+pub async fn finish_evaluation(
+    pool: &PgPool,
+    evaluation_id: i64,
+    metrics: &[(&str, f64)],
+    samples_path: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(StoreError::Invalid(format!(
+            "evaluation {evaluation_id}: metric {name} is {value}; refusing to store a non-finite result"
+        )));
+    }
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE evaluations SET status = 'succeeded', finished_at = now(), samples_path = $2,
+                duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(evaluation_id)
+    .bind(samples_path)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::Invalid(format!(
+            "evaluation {evaluation_id} does not exist or is not running"
+        )));
+    }
+    sqlx::query("DELETE FROM metrics WHERE evaluation_id = $1")
+        .bind(evaluation_id)
+        .execute(&mut *tx)
+        .await?;
+    for (name, value) in metrics {
+        sqlx::query("INSERT INTO metrics (evaluation_id, name, value) VALUES ($1, $2, $3)")
+            .bind(evaluation_id)
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Marks a running evaluation failed; an earlier run's metrics are removed with it, since they
+/// no longer describe the row's state.
+pub async fn fail_evaluation(
+    pool: &PgPool,
+    evaluation_id: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE evaluations SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
+    )
+    .bind(evaluation_id)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM metrics WHERE evaluation_id = $1")
+        .bind(evaluation_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
