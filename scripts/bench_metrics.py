@@ -3,6 +3,7 @@
 
     bench_metrics.py frechet A.npy B.npy      # pytorch-fid: np.mean/np.cov + scipy sqrtm
     bench_metrics.py quality ROUNDS DIR NAME.. # scikit-image PSNR + SSIM on image pairs
+    bench_metrics.py inception SEED IMAGES.npy # pytorch-fid's InceptionV3 (random weights)
 
 Prints one JSON object on stdout.
 """
@@ -54,9 +55,36 @@ def quality(rounds: int, folder: str, names: list) -> dict:
     return {"images": rounds * len(pairs), "seconds": elapsed, "checksum": total}
 
 
+def inception(seed: int, images_path: str, batch_size: int = 32) -> dict:
+    import torch
+    import torch.nn as nn
+    from pytorch_fid import inception as fid
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export_inception import _pytorch_fid_blocks, build_network, no_download
+
+    net = build_network(None, seed)
+    with no_download():
+        model = fid.InceptionV3([3], resize_input=True, normalize_input=True)
+    model.blocks = nn.ModuleList(_pytorch_fid_blocks(net))
+    model.eval()
+    images = np.load(images_path)
+    t0 = time.perf_counter()
+    checksum = 0.0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            # As pytorch-fid's ImagePathDataset + ToTensor: uint8 HWC -> float CHW in [0, 1].
+            batch = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255.0
+            checksum += float(model(batch)[0].sum())
+    elapsed = time.perf_counter() - t0
+    return {"images": len(images), "seconds": elapsed, "checksum": checksum, "threads": torch.get_num_threads()}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "frechet":
         print(json.dumps(frechet(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "inception":
+        print(json.dumps(inception(int(sys.argv[2]), sys.argv[3])))
     elif sys.argv[1] == "quality":
         print(json.dumps(quality(int(sys.argv[2]), sys.argv[3], sys.argv[4:])))
     else:

@@ -73,7 +73,7 @@ async fn with_store(store: &Store) -> anyhow::Result<ExitCode> {
     );
     let mut unbuilt = Vec::new();
     for stage in &config.pipeline.stages {
-        match crate::not_built(stage) {
+        match crate::stage_not_built(stage) {
             Some(issue) => {
                 println!("  {stage:<9} not built yet: {issue}");
                 unbuilt.push(stage.as_str());

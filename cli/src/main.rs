@@ -5,6 +5,7 @@
 mod db;
 mod demo;
 mod doctor;
+mod evaluate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,8 +45,8 @@ enum Command {
     Train(StageArgs),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
     Sample(StageArgs),
-    /// Compute FID, sFID, IS, precision/recall (or rFID, PSNR, SSIM, codebook usage) and store them.
-    Evaluate(StageArgs),
+    /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.
+    Evaluate(evaluate::EvaluateArgs),
     /// Run every stage listed in a pipeline config.
     Run {
         /// The pipeline config (TOML).
@@ -110,10 +111,21 @@ fn not_built(command: &str) -> Option<&'static str> {
         }
         "encode" | "train" => "issue #7 (encode VQ codes and T5 embeddings, train)",
         "sample" => "issue #6 (models: VQ tokenizer, GPT, KV-cache sampling)",
-        "evaluate" => "issue #4 (evaluate: FID, sFID, IS, precision/recall, ...)",
         "schedule" | "serve" => "issue #5 (leaderboard dashboard and scheduled runs)",
         _ => return None,
     })
+}
+
+/// The issue that builds each pipeline stage that `llamagen run` cannot execute yet. The
+/// `evaluate` command compares image sets already; the stage (sample a checkpoint, evaluate,
+/// record the results) needs the models.
+pub(crate) fn stage_not_built(stage: &str) -> Option<&'static str> {
+    match stage {
+        "evaluate" => Some(
+            "issue #4 (the benchmark runner: sample a checkpoint, evaluate, record in PostgreSQL)",
+        ),
+        other => not_built(other),
+    }
 }
 
 /// Exit status of a command that exists in the interface but is not built yet.
@@ -173,7 +185,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .pipeline
                 .stages
                 .iter()
-                .filter_map(|s| not_built(s).map(|issue| format!("{s} ({issue})")))
+                .filter_map(|s| stage_not_built(s).map(|issue| format!("{s} ({issue})")))
                 .collect();
             if !missing.is_empty() {
                 eprintln!(
@@ -189,6 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Evaluate(args) => evaluate::run(&args),
         Command::Demo => demo::run(&cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),
     }

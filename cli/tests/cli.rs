@@ -48,7 +48,7 @@ fn help_lists_every_stage_and_service() {
 fn unbuilt_stages_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     for cmd in [
-        "ingest", "filter", "caption", "encode", "train", "sample", "evaluate", "schedule", "serve",
+        "ingest", "filter", "caption", "encode", "train", "sample", "schedule", "serve",
     ] {
         let out = llamagen(dir.path())
             .args([cmd, "--some-flag", "x"])
@@ -232,4 +232,112 @@ fn doctor_names_what_is_missing() {
     );
     assert!(report.contains("[ ok ] libtorch"), "{report}");
     assert!(report.contains("2 problem(s)"), "{report}");
+}
+
+/// Exports the FID Inception with seeded random weights (the real ones cannot be downloaded
+/// here) through the project's own script.
+fn random_inception(dir: &Path) -> PathBuf {
+    let model = dir.join("inception.onnx");
+    let status = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/export_inception.py"))
+        .args(["--random-weights", "1", "--out"])
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    model
+}
+
+/// Six 64 x 64 crops of each fixture photo, as an ADM npz.
+fn photo_batch(dir: &Path, suffix: &str) -> PathBuf {
+    let mut crops = Vec::new();
+    for name in ["astronaut", "coffee", "chelsea"] {
+        let file = repo().join(format!("evaluate/tests/fixtures/{name}_{suffix}.png"));
+        let img = image::open(file).unwrap().to_rgb8();
+        for (x, y) in [(0, 0), (64, 64)] {
+            let crop = image::imageops::crop_imm(&img, x, y, 64, 64).to_image();
+            crops.push(ndarray::Array3::from_shape_vec((64, 64, 3), crop.into_raw()).unwrap());
+        }
+    }
+    let views: Vec<_> = crops
+        .iter()
+        .map(|c| c.view().insert_axis(ndarray::Axis(0)))
+        .collect();
+    let batch = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+    let path = dir.join(format!("{suffix}.npz"));
+    llamagen_evaluate::npz::write_reference(&path, Some(batch.view()), None, None).unwrap();
+    path
+}
+
+#[test]
+fn evaluate_compares_image_sets_like_the_adm_evaluator() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_inception(dir.path());
+    let reference = photo_batch(dir.path(), "original");
+    let samples = photo_batch(dir.path(), "restored");
+    let stats = dir.path().join("reference_stats.npz");
+    let out = llamagen(dir.path())
+        .arg("evaluate")
+        .arg(&reference)
+        .arg(&samples)
+        .arg("--inception")
+        .arg(&model)
+        .arg("--save-stats")
+        .arg(&stats)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["fid", "sfid", "inception_score", "precision", "recall"] {
+        let v = full[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} in {full}"));
+        assert!(v.is_finite() && v >= 0.0, "{key} = {v}");
+    }
+    assert!(full["fid"].as_f64().unwrap() > 0.0);
+
+    // Against the saved statistics the FID is the same; precision/recall need reference images.
+    let out = llamagen(dir.path())
+        .arg("evaluate")
+        .arg(&stats)
+        .arg(&samples)
+        .arg("--inception")
+        .arg(&model)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let from_stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (a, b) = (
+        full["fid"].as_f64().unwrap(),
+        from_stats["fid"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-9 * a, "{a} vs {b}");
+    assert!(from_stats.get("precision").is_none());
+
+    // A sample set without images, and a missing network, are clear errors.
+    let out = llamagen(dir.path())
+        .arg("evaluate")
+        .arg(&reference)
+        .arg(&stats)
+        .arg("--inception")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("must hold images"), "{}", text(&out));
+    let out = llamagen(dir.path())
+        .arg("evaluate")
+        .arg(&reference)
+        .arg(&samples)
+        .arg("--inception")
+        .arg("/nonexistent.onnx")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("scripts/export_inception.py"),
+        "{}",
+        text(&out)
+    );
 }

@@ -3,7 +3,9 @@
 //! - Frechet distance of two sets of N x 2048 features (default N = 50,000): statistics and
 //!   distance, ours (f64 covariance, two symmetric eigendecompositions) vs pytorch-fid's
 //!   (`np.cov` and `scipy.linalg.sqrtm`), with the relative difference of the two FIDs;
-//! - PSNR + SSIM throughput on the fixture photos, ours vs scikit-image.
+//! - PSNR + SSIM throughput on the fixture photos, ours vs scikit-image;
+//! - FID Inception feature throughput, ours (ONNX Runtime) vs pytorch-fid (PyTorch), on the same
+//!   seeded random weights and the same 256 x 256 images, batch 32.
 //!
 //! `cargo bench -p llamagen-evaluate --bench metrics_vs_python` (set `LLAMAGEN_BENCH_N` for
 //! fewer samples). The Python side runs in the project's virtualenv with OPENBLAS_CORETYPE and
@@ -149,6 +151,47 @@ fn bench_quality() {
     );
 }
 
+fn bench_inception(dir: &Path) {
+    let n = 128;
+    let model = dir.join("inception.onnx");
+    let status = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/export_inception.py"))
+        .args(["--random-weights", "0", "--out"])
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tch::manual_seed(3);
+    let pixels = Tensor::randint(256, [n, 256, 256, 3], (Kind::Uint8, Device::Cpu));
+    let pixels: Vec<u8> = Vec::try_from(pixels.view([-1])).unwrap();
+    let images = ndarray::Array4::from_shape_vec((n as usize, 256, 256, 3), pixels).unwrap();
+    let path = dir.join("images.npy");
+    ndarray_npy::write_npy(&path, &images).unwrap();
+
+    let mut net = llamagen_evaluate::inception::Inception::open(&model, 0, 32).unwrap();
+    let t0 = Instant::now();
+    let features = net.features(images.view()).unwrap();
+    let ours_s = t0.elapsed().as_secs_f64();
+    let py = python(&["inception", "0", path.to_str().unwrap()]);
+    let py_s = py["seconds"].as_f64().unwrap();
+    let ours_sum: f64 = features.pool.iter().map(|v| f64::from(*v)).sum();
+    println!("FID Inception features, {n} images of 256 x 256, batch 32, same random weights");
+    println!(
+        "  llamagen-evaluate (ONNX Runtime)  {:>6.1} images/s",
+        n as f64 / ours_s
+    );
+    println!(
+        "  pytorch-fid (PyTorch, {} threads)  {:>6.1} images/s",
+        py["threads"],
+        n as f64 / py_s
+    );
+    println!(
+        "  speed-up {:.2}x, pool-feature sum relative difference {:.2e}",
+        py_s / ours_s,
+        (ours_sum - py["checksum"].as_f64().unwrap()).abs() / ours_sum.abs()
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument picks one benchmark.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -160,6 +203,10 @@ fn main() {
     );
     if run("quality") {
         bench_quality();
+    }
+    if run("inception") {
+        let dir = tempfile::tempdir().unwrap();
+        bench_inception(dir.path());
     }
     if run("frechet") {
         let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@
 //! | precision, recall | [`precision_recall`] | ADM evaluator (Kynkaanniemi et al., k = 3) |
 //! | PSNR, SSIM | [`image_quality`] | scikit-image, with LlamaGen's tokenizer-eval convention |
 //! | codebook usage | [`codebook`] | LlamaGen: distinct codes among the last 65536 |
+//! | Inception features | [`inception`] | pytorch-fid's FID Inception, exported to ONNX |
 //! | reference batches | [`npz`] | ADM's `.npz` (`arr_0` images, `mu`/`sigma` statistics) |
 //!
 //! Features come from the FID Inception network (2048-d pool features for FID and
@@ -16,6 +17,7 @@
 pub mod codebook;
 pub mod frechet;
 pub mod image_quality;
+pub mod inception;
 pub mod inception_score;
 pub mod npz;
 pub mod precision_recall;

@@ -1,0 +1,170 @@
+//! `llamagen evaluate REFERENCE SAMPLES`: the ADM evaluator's job. Both sides are an ADM-style
+//! npz (`arr_0` images and/or `mu`/`sigma` statistics) or a folder of PNG/JPEG images; the
+//! output is FID, sFID, Inception Score, precision and recall. `--save-stats` writes a side's
+//! statistics as a reference npz for later runs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::inception::{Inception, InceptionFeatures};
+use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
+use llamagen_evaluate::npz::{read_reference, write_reference};
+use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
+use ndarray::{Array3, Array4, Axis};
+
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// Reference set: ADM npz (arr_0 and/or mu, sigma) or a folder of images.
+    pub reference: PathBuf,
+    /// Generated set: ADM npz with arr_0, or a folder of images.
+    pub samples: PathBuf,
+    /// The FID Inception network exported by scripts/export_inception.py.
+    #[arg(long, default_value = "weights/pt_inception-2015-12-05.onnx")]
+    pub inception: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// ONNX Runtime threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write the reference side's statistics (mu, sigma, mu_s, sigma_s) to this npz.
+    #[arg(long)]
+    pub save_stats: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One side of the comparison.
+struct Side {
+    features: Option<InceptionFeatures>,
+    pool: Statistics,
+    spatial: Option<Statistics>,
+}
+
+pub fn run(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
+    if !args.inception.exists() {
+        bail!(
+            "no Inception network at {}: export it with scripts/export_inception.py (see its --help)",
+            args.inception.display()
+        );
+    }
+    let mut net = Inception::open(&args.inception, args.threads, args.batch_size)?;
+    let reference = load_side(&args.reference, &mut net)
+        .with_context(|| format!("reference {}", args.reference.display()))?;
+    let samples = load_side(&args.samples, &mut net)
+        .with_context(|| format!("samples {}", args.samples.display()))?;
+    let Some(sample_features) = &samples.features else {
+        bail!(
+            "{}: the generated set must hold images (arr_0 or a folder), not only statistics",
+            args.samples.display()
+        );
+    };
+
+    let mut metrics: Vec<(&str, f64)> = Vec::new();
+    let is = inception_score(sample_features.logits.view(), ADM_SPLIT_SIZE)?;
+    metrics.push(("inception_score", is.mean));
+    metrics.push(("fid", frechet_distance(&reference.pool, &samples.pool)?));
+    if let (Some(r), Some(s)) = (&reference.spatial, &samples.spatial) {
+        metrics.push(("sfid", frechet_distance(r, s)?));
+    }
+    if let Some(ref_features) = &reference.features {
+        let pr = precision_recall(ref_features.pool.view(), sample_features.pool.view(), ADM_K)?;
+        metrics.push(("precision", pr.precision));
+        metrics.push(("recall", pr.recall));
+    }
+    if let Some(path) = &args.save_stats {
+        write_reference(
+            path,
+            None,
+            Some(&reference.pool),
+            reference.spatial.as_ref(),
+        )?;
+    }
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = metrics
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (name, value) in &metrics {
+            println!("{name:<16} {value:.6}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side> {
+    let images = if path.is_dir() {
+        Some(read_folder(path)?)
+    } else {
+        let batch = read_reference(path)?;
+        if batch.images.is_none() {
+            let pool = batch.pool.context("npz without images has no mu/sigma")?;
+            return Ok(Side {
+                features: None,
+                pool,
+                spatial: batch.spatial,
+            });
+        }
+        batch.images
+    };
+    let images = images.context("no images")?;
+    if images.dim().0 < 2 {
+        bail!("need at least 2 images, found {}", images.dim().0);
+    }
+    let features = net.features(images.view())?;
+    let pool = Statistics::from_features(features.pool.view())?;
+    let spatial = Some(Statistics::from_features(features.spatial.view())?);
+    Ok(Side {
+        features: Some(features),
+        pool,
+        spatial,
+    })
+}
+
+/// PNG and JPEG files of a folder, in name order, as one batch (all must have one size).
+fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    let mut images: Vec<Array3<u8>> = Vec::with_capacity(files.len());
+    for file in &files {
+        let img = image::open(file)
+            .with_context(|| format!("decoding {}", file.display()))?
+            .to_rgb8();
+        let (w, h) = img.dimensions();
+        let img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
+        if let Some(first) = images.first()
+            && first.dim() != img.dim()
+        {
+            bail!(
+                "{} is {}x{} but {} is {}x{}: resize the set to one size first",
+                file.display(),
+                w,
+                h,
+                files[0].display(),
+                first.dim().1,
+                first.dim().0
+            );
+        }
+        images.push(img);
+    }
+    let views: Vec<_> = images
+        .iter()
+        .map(|i| i.view().insert_axis(Axis(0)))
+        .collect();
+    if views.is_empty() {
+        bail!("{} holds no PNG or JPEG images", dir.display());
+    }
+    Ok(ndarray::concatenate(Axis(0), &views)?)
+}

@@ -1,0 +1,126 @@
+//! Features of the FID Inception-v3 through ONNX Runtime, from an export made by
+//! `scripts/export_inception.py` (pytorch-fid's port of the TensorFlow graph that the ADM
+//! evaluator uses, with the real weights or with seeded random ones for tests).
+//!
+//! Images go in as they are stored: uint8 [N, H, W, 3], any size. The graph itself does what
+//! pytorch-fid does to them (scale to [0, 1], bilinear resize to 299 x 299 with
+//! `align_corners=False`, scale to [-1, 1]), so there is no preprocessing here to drift.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView4, Axis, s};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::EvalError;
+
+/// What the network gives for a batch of images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InceptionFeatures {
+    /// [N, 2048] pool features: FID, precision/recall.
+    pub pool: Array2<f32>,
+    /// [N, 2023] spatial features (17 x 17 x 7 of `mixed_6/conv`, HWC order): sFID.
+    pub spatial: Array2<f32>,
+    /// [N, 1008] classifier logits: Inception Score.
+    pub logits: Array2<f32>,
+}
+
+pub const POOL_DIM: usize = 2048;
+pub const SPATIAL_DIM: usize = 17 * 17 * 7;
+pub const LOGITS_DIM: usize = 1008;
+
+/// An open FID Inception network.
+pub struct Inception {
+    session: Session,
+    batch_size: usize,
+}
+
+impl Inception {
+    /// Opens an export of scripts/export_inception.py; `threads` 0 lets ONNX Runtime choose.
+    pub fn open(model: &Path, threads: usize, batch_size: usize) -> Result<Self, EvalError> {
+        let session =
+            llamagen_native::onnx::session(model, threads).map_err(|e| EvalError::File {
+                path: model.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        for (kind, names, want) in [
+            ("input", &inputs, "images"),
+            ("output", &outputs, "pool"),
+            ("output", &outputs, "spatial"),
+            ("output", &outputs, "logits"),
+        ] {
+            if !names.contains(&want) {
+                return Err(EvalError::File {
+                    path: model.to_path_buf(),
+                    message: format!(
+                        "not an export of scripts/export_inception.py: no {kind} named {want:?} (has {names:?})"
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            session,
+            batch_size: batch_size.max(1),
+        })
+    }
+
+    /// Features of `images`: uint8 [N, H, W, 3], run in batches.
+    pub fn features(&mut self, images: ArrayView4<'_, u8>) -> Result<InceptionFeatures, EvalError> {
+        let (n, h, w, c) = images.dim();
+        if c != 3 || h == 0 || w == 0 {
+            return Err(EvalError::Shape {
+                what: "images",
+                expected: "[N, H, W, 3] with H, W > 0".into(),
+                got: format!("{:?}", images.dim()),
+            });
+        }
+        let mut out = InceptionFeatures {
+            pool: Array2::zeros((n, POOL_DIM)),
+            spatial: Array2::zeros((n, SPATIAL_DIM)),
+            logits: Array2::zeros((n, LOGITS_DIM)),
+        };
+        for start in (0..n).step_by(self.batch_size) {
+            let end = (start + self.batch_size).min(n);
+            let batch = images
+                .slice(s![start..end, .., .., ..])
+                .as_standard_layout()
+                .into_owned();
+            let input = TensorRef::from_array_view(batch.view()).map_err(ort_error)?;
+            let result = self
+                .session
+                .run(ort::inputs!["images" => input])
+                .map_err(ort_error)?;
+            for (name, target, dim) in [
+                ("pool", &mut out.pool, POOL_DIM),
+                ("spatial", &mut out.spatial, SPATIAL_DIM),
+                ("logits", &mut out.logits, LOGITS_DIM),
+            ] {
+                let values = result[name].try_extract_array::<f32>().map_err(ort_error)?;
+                let values = values
+                    .into_shape_with_order((end - start, dim))
+                    .map_err(|e| EvalError::Invalid(format!("output {name}: {e}")))?;
+                target.slice_mut(s![start..end, ..]).assign(&values);
+            }
+        }
+        if out.pool.iter().any(|v| !v.is_finite()) {
+            return Err(EvalError::NonFinite("Inception pool features"));
+        }
+        Ok(out)
+    }
+}
+
+fn ort_error(e: ort::Error) -> EvalError {
+    EvalError::Invalid(format!("ONNX Runtime: {e}"))
+}
+
+/// Stacks same-sized images [H, W, 3] into one batch [N, H, W, 3].
+pub fn stack(images: &[ndarray::Array3<u8>]) -> Result<ndarray::Array4<u8>, EvalError> {
+    let views: Vec<_> = images
+        .iter()
+        .map(|i| i.view().insert_axis(Axis(0)))
+        .collect();
+    ndarray::concatenate(Axis(0), &views)
+        .map_err(|e| EvalError::Invalid(format!("images of different sizes: {e}")))
+}
