@@ -34,6 +34,43 @@ pub struct EvaluateArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub record: RecordArgs,
+}
+
+/// Where the result goes on the leaderboard (`--record`): the model and checkpoint that made
+/// the samples and how they were sampled. Re-recording the same configuration updates its row.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// Store the metrics in PostgreSQL (needs --model and --checkpoint).
+    #[arg(long, requires_all = ["model", "checkpoint"])]
+    pub record: bool,
+    /// Model name, e.g. LlamaGen-B.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// GPT size (B, L, XL, XXL, XXXL, 1B, 3B, 7B).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// The checkpoint file that generated the samples (hashed to identify it).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Training step of the checkpoint.
+    #[arg(long, default_value_t = 0)]
+    pub step: i64,
+    #[arg(long, default_value = "imagenet256-c2i")]
+    pub benchmark: String,
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    #[arg(long)]
+    pub top_k: Option<i32>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub image_size: Option<i32>,
+    #[arg(long)]
+    pub seed: Option<i64>,
 }
 
 /// One side of the comparison.
@@ -43,7 +80,7 @@ struct Side {
     spatial: Option<Statistics>,
 }
 
-pub fn run(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     if !args.inception.exists() {
         bail!(
             "no Inception network at {}: export it with scripts/export_inception.py (see its --help)",
@@ -81,6 +118,16 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
             Some(&reference.pool),
             reference.spatial.as_ref(),
         )?;
+    }
+    if args.record.record {
+        let id = record(
+            &args.record,
+            data_dir,
+            &metrics,
+            sample_features.pool.nrows(),
+        )
+        .await?;
+        eprintln!("recorded as evaluation #{id}");
     }
     if args.json {
         let map: serde_json::Map<String, serde_json::Value> = metrics
@@ -167,4 +214,86 @@ fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
         bail!("{} holds no PNG or JPEG images", dir.display());
     }
     Ok(ndarray::concatenate(Axis(0), &views)?)
+}
+
+async fn record(
+    r: &RecordArgs,
+    data_dir: &Path,
+    metrics: &[(&str, f64)],
+    num_samples: usize,
+) -> anyhow::Result<i64> {
+    use llamagen_store::results::{self, NewCheckpoint, NewEvaluation, NewModel};
+    use sha2::Digest as _;
+
+    let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
+        bail!("--record needs --model and --checkpoint");
+    };
+    let mut file = std::fs::File::open(checkpoint)
+        .with_context(|| format!("opening checkpoint {}", checkpoint.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("hashing {}", checkpoint.display()))?;
+    let sha256: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let revision = llamagen_cli::provenance::git_revision();
+
+    let store =
+        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+    let result = async {
+        let pool = store.pool();
+        let config = serde_json::json!({});
+        let model_id = results::upsert_model(
+            pool,
+            &NewModel {
+                name: model,
+                kind: "generator",
+                architecture: "llamagen-gpt",
+                size: r.size.as_deref(),
+                task: Some(if r.benchmark.contains("t2i") {
+                    "t2i"
+                } else {
+                    "c2i"
+                }),
+                params: None,
+                image_size: r.image_size,
+                config: &config,
+            },
+        )
+        .await?;
+        let path = checkpoint.display().to_string();
+        let checkpoint_id = results::register_checkpoint(
+            pool,
+            &NewCheckpoint {
+                model_id,
+                path: &path,
+                sha256: &sha256,
+                bytes: Some(bytes as i64),
+                step: r.step,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let evaluation = NewEvaluation {
+            checkpoint_id,
+            benchmark: &r.benchmark,
+            cfg_scale: r.cfg_scale,
+            top_k: r.top_k,
+            top_p: r.top_p,
+            temperature: r.temperature,
+            image_size: r.image_size,
+            num_samples: Some(num_samples as i32),
+            seed: r.seed,
+            git_revision: revision.as_deref(),
+            ..Default::default()
+        };
+        let id = results::begin_evaluation(pool, &evaluation).await?;
+        results::finish_evaluation(pool, id, metrics, None).await?;
+        anyhow::Ok(id)
+    }
+    .await;
+    store.close().await?;
+    result
 }

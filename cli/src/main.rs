@@ -46,7 +46,7 @@ enum Command {
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
     Sample(StageArgs),
     /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.
-    Evaluate(evaluate::EvaluateArgs),
+    Evaluate(Box<evaluate::EvaluateArgs>),
     /// Run every stage listed in a pipeline config.
     Run {
         /// The pipeline config (TOML).
@@ -201,7 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Evaluate(args) => evaluate::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Demo => demo::run(&cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),
     }

@@ -316,6 +316,65 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     assert!((a - b).abs() <= 1e-9 * a, "{a} vs {b}");
     assert!(from_stats.get("precision").is_none());
 
+    // Recorded twice with the same configuration: one leaderboard row, updated.
+    let checkpoint = dir.path().join("c2i_B_256.pt");
+    std::fs::write(&checkpoint, b"stand-in checkpoint bytes").unwrap();
+    for _ in 0..2 {
+        let out = llamagen(dir.path())
+            .arg("evaluate")
+            .arg(&reference)
+            .arg(&samples)
+            .arg("--inception")
+            .arg(&model)
+            .args([
+                "--record",
+                "--model",
+                "LlamaGen-B",
+                "--size",
+                "B",
+                "--step",
+                "1000",
+                "--cfg-scale",
+                "2.0",
+                "--top-k",
+                "0",
+            ])
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("recorded as evaluation #1"),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = llamagen(dir.path())
+        .args(["db", "status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = |table: &str| {
+        status["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .unwrap()["rows"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            rows("models"),
+            rows("checkpoints"),
+            rows("evaluations"),
+            rows("metrics")
+        ),
+        (1, 1, 1, 5)
+    );
+
     // A sample set without images, and a missing network, are clear errors.
     let out = llamagen(dir.path())
         .arg("evaluate")
