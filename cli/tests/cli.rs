@@ -276,12 +276,16 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     let reference = photo_batch(dir.path(), "original");
     let samples = photo_batch(dir.path(), "restored");
     let stats = dir.path().join("reference_stats.npz");
-    let out = llamagen(dir.path())
-        .arg("evaluate")
-        .arg(&reference)
-        .arg(&samples)
-        .arg("--inception")
-        .arg(&model)
+    let evaluate = |reference: &Path, samples: &Path| {
+        let mut cmd = llamagen(dir.path());
+        cmd.arg("evaluate")
+            .arg(reference)
+            .arg(samples)
+            .arg("--inception")
+            .arg(&model);
+        cmd
+    };
+    let out = evaluate(&reference, &samples)
         .arg("--save-stats")
         .arg(&stats)
         .arg("--json")
@@ -298,15 +302,7 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     assert!(full["fid"].as_f64().unwrap() > 0.0);
 
     // Against the saved statistics the FID is the same; precision/recall need reference images.
-    let out = llamagen(dir.path())
-        .arg("evaluate")
-        .arg(&stats)
-        .arg(&samples)
-        .arg("--inception")
-        .arg(&model)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = evaluate(&stats, &samples).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let from_stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (a, b) = (
@@ -320,12 +316,7 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     let checkpoint = dir.path().join("c2i_B_256.pt");
     std::fs::write(&checkpoint, b"stand-in checkpoint bytes").unwrap();
     for _ in 0..2 {
-        let out = llamagen(dir.path())
-            .arg("evaluate")
-            .arg(&reference)
-            .arg(&samples)
-            .arg("--inception")
-            .arg(&model)
+        let out = evaluate(&reference, &samples)
             .args([
                 "--record",
                 "--model",
@@ -376,14 +367,7 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     );
 
     // A sample set without images, and a missing network, are clear errors.
-    let out = llamagen(dir.path())
-        .arg("evaluate")
-        .arg(&reference)
-        .arg(&stats)
-        .arg("--inception")
-        .arg(&model)
-        .output()
-        .unwrap();
+    let out = evaluate(&reference, &stats).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("must hold images"), "{}", text(&out));
     let out = llamagen(dir.path())
