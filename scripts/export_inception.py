@@ -59,9 +59,17 @@ def build_network(weights, seed):
     if weights is not None:
         net.load_state_dict(torch.load(weights, map_location="cpu"))
     else:
-        # Default init leaves batch-norm statistics at 0/1; spread them so every layer matters.
+        # torch's default init shrinks activations layer after layer until the features are
+        # constant; He-normal weights keep their scale, and spread batch-norm statistics make
+        # every layer matter.
         g = torch.Generator().manual_seed(seed)
         for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            if isinstance(m, nn.Linear):
+                m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
+                m.bias.data.zero_()
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
                 m.running_mean.copy_(0.1 * torch.randn(n, generator=g))

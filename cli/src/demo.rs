@@ -1,8 +1,9 @@
 //! `llamagen demo`: everything that is built, end to end, against the private database.
 //!
-//! Today that is the native stack, the private PostgreSQL cluster with its schema, and the
-//! bookkeeping of a pipeline run of the bundled demo config; each stage joins this command as
-//! its issue lands (the README's demo command stays the same).
+//! Today that is the native stack, the private PostgreSQL cluster with its schema, the
+//! bookkeeping of a pipeline run of the bundled demo config, and the metrics on the bundled
+//! photos (JPEG-degraded copies against their originals); each stage joins this command as its
+//! issue lands (the README's demo command stays the same).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,16 +22,16 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/4] native stack");
+    println!("\n[1/5] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/4] database");
+    println!("\n[2/5] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
-    let result = with_store(&store).await;
+    let result = with_store(&store, data_dir).await;
     store.close().await?;
     let code = result?;
     println!(
@@ -40,7 +41,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn with_store(store: &Store) -> anyhow::Result<ExitCode> {
+async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let status = store.status().await?;
     println!(
         "  {}: PostgreSQL {}, schema {} of {} migrations applied",
@@ -50,7 +51,7 @@ async fn with_store(store: &Store) -> anyhow::Result<ExitCode> {
         status.migrations.len()
     );
 
-    println!("\n[3/4] pipeline run of the bundled demo config");
+    println!("\n[3/5] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -91,7 +92,12 @@ async fn with_store(store: &Store) -> anyhow::Result<ExitCode> {
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/4] what the database holds now");
+    println!("\n[4/5] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    if let Err(e) = crate::demo_metrics::run(data_dir) {
+        println!("  metrics skipped: {e:#}");
+    }
+
+    println!("\n[5/5] what the database holds now");
     let status = store.status().await?;
     for t in &status.tables {
         println!("  {:<16} {:>8} rows", t.table, t.rows.unwrap_or(0));

@@ -4,6 +4,7 @@
 
 mod db;
 mod demo;
+mod demo_metrics;
 mod doctor;
 mod evaluate;
 
