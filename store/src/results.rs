@@ -23,14 +23,19 @@ pub struct NewModel<'a> {
     pub config: &'a serde_json::Value,
 }
 
-/// Registers a model by name; an existing model keeps its id and takes the new description.
+/// Registers a model by name; an existing model keeps its id and takes the new description,
+/// except where the new one says nothing (a `None` field or an empty config keeps the old value),
+/// so recording a result with few flags does not erase what training registered.
 pub async fn upsert_model(pool: &PgPool, model: &NewModel<'_>) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "INSERT INTO models (name, kind, architecture, size, task, params, image_size, config)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, architecture = EXCLUDED.architecture,
-             size = EXCLUDED.size, task = EXCLUDED.task, params = EXCLUDED.params,
-             image_size = EXCLUDED.image_size, config = EXCLUDED.config
+             size = coalesce(EXCLUDED.size, models.size),
+             task = coalesce(EXCLUDED.task, models.task),
+             params = coalesce(EXCLUDED.params, models.params),
+             image_size = coalesce(EXCLUDED.image_size, models.image_size),
+             config = CASE WHEN EXCLUDED.config = '{}' THEN models.config ELSE EXCLUDED.config END
          RETURNING id",
     )
     .bind(model.name)
