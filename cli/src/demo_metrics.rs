@@ -6,12 +6,11 @@
 //! quality. `scripts/export_inception.py --weights ...` makes the real network.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::frechet::{Statistics, frechet_distance};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
-use llamagen_evaluate::inception::{Inception, stack};
+use llamagen_evaluate::inception::{Inception, export_random_weights, stack};
 use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
 use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
 use ndarray::{Array3, s};
@@ -105,19 +104,6 @@ fn random_inception(data_dir: &Path) -> anyhow::Result<PathBuf> {
     println!(
         "  exporting a random-weight FID Inception (once) with scripts/export_inception.py ..."
     );
-    let out = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/export_inception.py"))
-        .args(["--random-weights", "0", "--out"])
-        .arg(&model)
-        .output()
-        .context(
-            "running scripts/export_inception.py (scripts/setup.sh installs its virtualenv)",
-        )?;
-    if !out.status.success() {
-        bail!(
-            "scripts/export_inception.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    export_random_weights(&root, &model, 0, &[])?;
     Ok(model)
 }

@@ -238,13 +238,7 @@ fn doctor_names_what_is_missing() {
 /// here) through the project's own script.
 fn random_inception(dir: &Path) -> PathBuf {
     let model = dir.join("inception.onnx");
-    let status = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("scripts/export_inception.py"))
-        .args(["--random-weights", "1", "--out"])
-        .arg(&model)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    llamagen_evaluate::inception::export_random_weights(&repo(), &model, 1, &[]).unwrap();
     model
 }
 

@@ -154,13 +154,7 @@ fn bench_quality() {
 fn bench_inception(dir: &Path) {
     let n = 128;
     let model = dir.join("inception.onnx");
-    let status = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("scripts/export_inception.py"))
-        .args(["--random-weights", "0", "--out"])
-        .arg(&model)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    llamagen_evaluate::inception::export_random_weights(&repo(), &model, 0, &[]).unwrap();
     tch::manual_seed(3);
     let pixels = Tensor::randint(256, [n, 256, 256, 3], (Kind::Uint8, Device::Cpu));
     let pixels: Vec<u8> = Vec::try_from(pixels.view([-1])).unwrap();

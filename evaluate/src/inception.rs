@@ -6,7 +6,9 @@
 //! pytorch-fid does to them (scale to [0, 1], bilinear resize to 299 x 299 with
 //! `align_corners=False`, scale to [-1, 1]), so there is no preprocessing here to drift.
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Command;
 
 use ndarray::{Array2, ArrayView4, Axis, s};
 use ort::session::Session;
@@ -109,6 +111,40 @@ impl Inception {
         }
         Ok(out)
     }
+}
+
+/// Exports the FID Inception with seeded random weights by running `scripts/export_inception.py`
+/// of the repository at `root` in its virtualenv (for tests, benchmarks and the demo, where the
+/// real weights cannot be downloaded). `extra` arguments are passed on to the script.
+pub fn export_random_weights(
+    root: &Path,
+    out: &Path,
+    seed: u64,
+    extra: &[&OsStr],
+) -> Result<(), EvalError> {
+    let script = root.join("scripts/export_inception.py");
+    let result = Command::new(root.join(".venv/bin/python"))
+        .arg(&script)
+        .arg("--random-weights")
+        .arg(seed.to_string())
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .map_err(|e| EvalError::File {
+            path: script.clone(),
+            message: format!("running it (scripts/setup.sh installs its virtualenv): {e}"),
+        })?;
+    if !result.status.success() {
+        return Err(EvalError::File {
+            path: script,
+            message: format!(
+                "export failed:\n{}",
+                String::from_utf8_lossy(&result.stderr)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn ort_error(e: ort::Error) -> EvalError {

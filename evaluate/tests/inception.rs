@@ -5,10 +5,12 @@
 //! folder, together with PyTorch's outputs for three real photos; the script itself checks
 //! that its graph equals pytorch-fid's own InceptionV3 pipeline.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use llamagen_evaluate::inception::{Inception, LOGITS_DIM, POOL_DIM, SPATIAL_DIM, stack};
+use llamagen_evaluate::inception::{
+    Inception, LOGITS_DIM, POOL_DIM, SPATIAL_DIM, export_random_weights, stack,
+};
 use ndarray::{Array2, Array3};
 use ndarray_npy::NpzReader;
 
@@ -24,21 +26,9 @@ fn export(dir: &Path) -> (PathBuf, PathBuf) {
         .iter()
         .map(|p| repo().join(format!("evaluate/tests/fixtures/{p}_original.png")))
         .collect();
-    let out = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("scripts/export_inception.py"))
-        .args(["--random-weights", "0", "--out"])
-        .arg(&model)
-        .arg("--expect")
-        .arg(&expect)
-        .arg("--images")
-        .args(&photos)
-        .output()
-        .expect("running scripts/export_inception.py (scripts/setup.sh installs its virtualenv)");
-    assert!(
-        out.status.success(),
-        "export failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut extra: Vec<&OsStr> = vec!["--expect".as_ref(), expect.as_os_str(), "--images".as_ref()];
+    extra.extend(photos.iter().map(|p| p.as_os_str()));
+    export_random_weights(&repo(), &model, 0, &extra).unwrap();
     (model, expect)
 }
 
