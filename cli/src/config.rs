@@ -275,18 +275,6 @@ impl Default for ModelConfig {
     }
 }
 
-/// Layers, heads and width of each LlamaGen GPT size.
-pub const GPT_SIZES: [(&str, u32, u32, u32); 8] = [
-    ("B", 12, 12, 768),
-    ("L", 24, 16, 1024),
-    ("XL", 36, 20, 1280),
-    ("XXL", 48, 24, 1536),
-    ("XXXL", 48, 40, 2560),
-    ("1B", 22, 32, 2048),
-    ("3B", 24, 32, 3200),
-    ("7B", 32, 32, 4096),
-];
-
 impl ModelConfig {
     /// Condition prefix length: 1 class token, or 120 T5 tokens.
     pub fn prefix_tokens(&self) -> u32 {
@@ -532,11 +520,12 @@ impl PipelineConfig {
         ensure!(e.t5_max_length > 0, "encode.t5_max_length must be positive");
 
         let md = &self.model;
+        let sizes = llamagen_models::gpt::SIZES.map(|s| s.0.trim_start_matches("GPT-"));
         ensure!(
-            GPT_SIZES.iter().any(|(s, ..)| *s == md.size),
+            sizes.contains(&md.size.as_str()),
             "model.size {:?} is not one of {}",
             md.size,
-            GPT_SIZES.map(|s| s.0).join(", ")
+            sizes.join(", ")
         );
         one_of("model.task", &md.task, &["c2i", "t2i"])?;
         ensure!(

@@ -1,9 +1,10 @@
 //! `llamagen demo`: everything that is built, end to end, against the private database.
 //!
 //! Today that is the native stack, the private PostgreSQL cluster with its schema, the
-//! bookkeeping of a pipeline run of the bundled demo config, and the metrics on the bundled
-//! photos (JPEG-degraded copies against their originals); each stage joins this command as its
-//! issue lands (the README's demo command stays the same).
+//! bookkeeping of a pipeline run of the bundled demo config, the metrics on the bundled photos
+//! (JPEG-degraded copies against their originals), and guided sampling from tiny random-weight
+//! LlamaGen models; each stage joins this command as its issue lands (the README's demo command
+//! stays the same).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,14 +23,14 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/5] native stack");
+    println!("\n[1/6] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/5] database");
+    println!("\n[2/6] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
     store.close().await?;
@@ -51,7 +52,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/5] pipeline run of the bundled demo config");
+    println!("\n[3/6] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -92,12 +93,15 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/5] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!("\n[4/6] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[5/5] what the database holds now");
+    println!("\n[5/6] sampling from tiny random-weight LlamaGen models (noise by design)");
+    sample_step(data_dir)?;
+
+    println!("\n[6/6] what the database holds now");
     let status = store.status().await?;
     for t in &status.tables {
         println!("  {:<16} {:>8} rows", t.table, t.rows.unwrap_or(0));
@@ -121,4 +125,55 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         .await?;
     println!("  leaderboard: {evaluations} evaluation(s) (filled once the evaluate stage lands)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a tiny VQ + GPT pair (seeded, so a second demo finds the same weights and keeps the
+/// images it made) and samples eight 32 px images with guidance through `llamagen sample`'s code.
+fn sample_step(data_dir: &Path) -> anyhow::Result<()> {
+    let dir = data_dir.join("demo");
+    let models = llamagen_models::tiny::write(&dir.join("models"), 0)?;
+    let args = crate::sample::SampleArgs {
+        gpt_ckpt: models.gpt_ckpt.clone(),
+        gpt_model: String::new(),
+        gpt_config: Some(models.gpt_config.clone()),
+        vq: crate::sample::VqArgs {
+            vq_ckpt: models.vq_ckpt.clone(),
+            vq_model: String::new(),
+            vq_config: Some(models.vq_config.clone()),
+            codebook_size: 0,
+            codebook_embed_dim: 0,
+        },
+        image_size: models.image_size,
+        image_size_eval: None,
+        num_classes: models.num_classes,
+        classes: Vec::new(),
+        num_samples: 8,
+        start: 0,
+        cfg_scale: 4.0,
+        cfg_interval: -1,
+        top_k: 0,
+        top_p: 1.0,
+        temperature: 1.0,
+        seed: 0,
+        batch_size: 8,
+        device: "cpu".into(),
+        precision: "fp32".into(),
+        out: dir.join("samples"),
+        no_npz: false,
+    };
+    let report = crate::sample::sample(&args)?;
+    println!(
+        "  GPT: 2 layers, width 64, 8 x 8 tokens, 10 classes; VQ: downsample 4, 64 codes ({})",
+        models.gpt_ckpt.display()
+    );
+    println!(
+        "  {} image(s) made, {} kept from an earlier run; guidance 4.0, top-k 0, top-p 1: \
+         GPT {:.2} s, VQ decode {:.2} s",
+        report.made, report.skipped, report.gpt_seconds, report.decode_seconds
+    );
+    println!(
+        "  written to {}/000000.png ... 000007.png and samples.npz",
+        args.out.display()
+    );
+    Ok(())
 }

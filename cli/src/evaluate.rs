@@ -74,10 +74,10 @@ pub struct RecordArgs {
 }
 
 /// One side of the comparison.
-struct Side {
-    features: Option<InceptionFeatures>,
-    pool: Statistics,
-    spatial: Option<Statistics>,
+pub(crate) struct Side {
+    pub features: Option<InceptionFeatures>,
+    pub pool: Statistics,
+    pub spatial: Option<Statistics>,
 }
 
 pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -92,25 +92,8 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         .with_context(|| format!("reference {}", args.reference.display()))?;
     let samples = load_side(&args.samples, &mut net)
         .with_context(|| format!("samples {}", args.samples.display()))?;
-    let Some(sample_features) = &samples.features else {
-        bail!(
-            "{}: the generated set must hold images (arr_0 or a folder), not only statistics",
-            args.samples.display()
-        );
-    };
 
-    let mut metrics: Vec<(&str, f64)> = Vec::new();
-    let is = inception_score(sample_features.logits.view(), ADM_SPLIT_SIZE)?;
-    metrics.push(("inception_score", is.mean));
-    metrics.push(("fid", frechet_distance(&reference.pool, &samples.pool)?));
-    if let (Some(r), Some(s)) = (&reference.spatial, &samples.spatial) {
-        metrics.push(("sfid", frechet_distance(r, s)?));
-    }
-    if let Some(ref_features) = &reference.features {
-        let pr = precision_recall(ref_features.pool.view(), sample_features.pool.view(), ADM_K)?;
-        metrics.push(("precision", pr.precision));
-        metrics.push(("recall", pr.recall));
-    }
+    let metrics = generation_metrics(&reference, &samples)?;
     if let Some(path) = &args.save_stats {
         write_reference(
             path,
@@ -120,13 +103,31 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         )?;
     }
     if args.record.record {
-        let id = record(
-            &args.record,
-            data_dir,
-            &metrics,
-            sample_features.pool.nrows(),
-        )
-        .await?;
+        let r = &args.record;
+        let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
+            bail!("--record needs --model and --checkpoint");
+        };
+        let recording = Recording {
+            kind: "generator",
+            architecture: "llamagen-gpt",
+            model,
+            size: r.size.as_deref(),
+            checkpoint,
+            step: r.step,
+            benchmark: &r.benchmark,
+            cfg_scale: r.cfg_scale,
+            cfg_interval: None,
+            top_k: r.top_k,
+            top_p: r.top_p,
+            temperature: r.temperature,
+            image_size: r.image_size,
+            eval_image_size: None,
+            seed: r.seed,
+            precision: None,
+            extra: None,
+        };
+        let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
+        let id = record(&recording, data_dir, &metrics, count).await?;
         eprintln!("recorded as evaluation #{id}");
     }
     if args.json {
@@ -143,7 +144,32 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side> {
+/// FID, sFID (when both sides have spatial statistics), IS, and precision/recall (when the
+/// reference has images), as the ADM evaluator computes them.
+pub(crate) fn generation_metrics(
+    reference: &Side,
+    samples: &Side,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let Some(sample_features) = &samples.features else {
+        bail!("the generated set must hold images (arr_0 or a folder), not only statistics");
+    };
+    let mut metrics: Vec<(&'static str, f64)> = Vec::new();
+    let is = inception_score(sample_features.logits.view(), ADM_SPLIT_SIZE)?;
+    metrics.push(("inception_score", is.mean));
+    metrics.push(("fid", frechet_distance(&reference.pool, &samples.pool)?));
+    if let (Some(r), Some(s)) = (&reference.spatial, &samples.spatial) {
+        metrics.push(("sfid", frechet_distance(r, s)?));
+    }
+    if let Some(ref_features) = &reference.features {
+        let pr = precision_recall(ref_features.pool.view(), sample_features.pool.view(), ADM_K)?;
+        metrics.push(("precision", pr.precision));
+        metrics.push(("recall", pr.recall));
+    }
+    Ok(metrics)
+}
+
+/// Images (npz arr_0 or a folder) through the Inception, or an npz's stored statistics.
+pub(crate) fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side> {
     let images = if path.is_dir() {
         Some(read_folder(path)?)
     } else {
@@ -173,7 +199,7 @@ fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side> {
 }
 
 /// PNG and JPEG files of a folder, in name order, as one batch (all must have one size).
-fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
+pub(crate) fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -216,28 +242,41 @@ fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
     Ok(ndarray::concatenate(Axis(0), &views)?)
 }
 
-async fn record(
-    r: &RecordArgs,
+/// What an evaluation row says about the model, checkpoint and sampling that produced it.
+pub(crate) struct Recording<'a> {
+    /// "generator" or "tokenizer".
+    pub kind: &'a str,
+    pub architecture: &'a str,
+    pub model: &'a str,
+    pub size: Option<&'a str>,
+    /// The weights file, hashed to identify the checkpoint.
+    pub checkpoint: &'a Path,
+    pub step: i64,
+    pub benchmark: &'a str,
+    pub cfg_scale: Option<f64>,
+    pub cfg_interval: Option<i32>,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+    pub image_size: Option<i32>,
+    pub eval_image_size: Option<i32>,
+    pub seed: Option<i64>,
+    pub precision: Option<&'a str>,
+    /// Everything else that shapes the result (reference set, full sampler settings).
+    pub extra: Option<serde_json::Value>,
+}
+
+/// Stores the metrics in PostgreSQL; the same checkpoint, benchmark and configuration update
+/// their existing evaluation. Returns the evaluation's id.
+pub(crate) async fn record(
+    r: &Recording<'_>,
     data_dir: &Path,
     metrics: &[(&str, f64)],
     num_samples: usize,
 ) -> anyhow::Result<i64> {
     use llamagen_store::results::{self, NewCheckpoint, NewEvaluation, NewModel};
-    use sha2::Digest as _;
 
-    let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
-        bail!("--record needs --model and --checkpoint");
-    };
-    let mut file = std::fs::File::open(checkpoint)
-        .with_context(|| format!("opening checkpoint {}", checkpoint.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher)
-        .with_context(|| format!("hashing {}", checkpoint.display()))?;
-    let sha256: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (sha256, bytes) = llamagen_cli::provenance::file_sha256(r.checkpoint)?;
     let revision = llamagen_cli::provenance::git_revision();
 
     let store =
@@ -248,11 +287,11 @@ async fn record(
         let model_id = results::upsert_model(
             pool,
             &NewModel {
-                name: model,
-                kind: "generator",
-                architecture: "llamagen-gpt",
-                size: r.size.as_deref(),
-                task: Some(if r.benchmark.contains("t2i") {
+                name: r.model,
+                kind: r.kind,
+                architecture: r.architecture,
+                size: r.size,
+                task: (r.kind == "generator").then_some(if r.benchmark.contains("t2i") {
                     "t2i"
                 } else {
                     "c2i"
@@ -263,7 +302,7 @@ async fn record(
             },
         )
         .await?;
-        let path = checkpoint.display().to_string();
+        let path = r.checkpoint.display().to_string();
         let checkpoint_id = results::register_checkpoint(
             pool,
             &NewCheckpoint {
@@ -278,14 +317,18 @@ async fn record(
         .await?;
         let evaluation = NewEvaluation {
             checkpoint_id,
-            benchmark: &r.benchmark,
+            benchmark: r.benchmark,
             cfg_scale: r.cfg_scale,
+            cfg_interval: r.cfg_interval,
             top_k: r.top_k,
             top_p: r.top_p,
             temperature: r.temperature,
             image_size: r.image_size,
+            eval_image_size: r.eval_image_size,
             num_samples: Some(num_samples as i32),
             seed: r.seed,
+            precision: r.precision,
+            extra: r.extra.as_ref(),
             git_revision: revision.as_deref(),
             ..Default::default()
         };

@@ -2,11 +2,13 @@
 //! (docs/architecture.md) or a service around it; this file only parses arguments and
 //! dispatches.
 
+mod benchmark;
 mod db;
 mod demo;
 mod demo_metrics;
 mod doctor;
 mod evaluate;
+mod sample;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,9 +47,13 @@ enum Command {
     /// Train a LlamaGen generator and record its checkpoints.
     Train(StageArgs),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
-    Sample(StageArgs),
+    Sample(Box<sample::SampleArgs>),
     /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.
     Evaluate(Box<evaluate::EvaluateArgs>),
+    /// Evaluate a checkpoint end to end and record it: sample + metrics per guidance scale
+    /// (generator), or reconstructions (tokenizer).
+    #[command(subcommand)]
+    Benchmark(benchmark::BenchmarkCommand),
     /// Run every stage listed in a pipeline config.
     Run {
         /// The pipeline config (TOML).
@@ -111,7 +117,6 @@ fn not_built(command: &str) -> Option<&'static str> {
             "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
         }
         "encode" | "train" => "issue #7 (encode VQ codes and T5 embeddings, train)",
-        "sample" => "issue #6 (models: VQ tokenizer, GPT, KV-cache sampling)",
         "schedule" | "serve" => "issue #5 (leaderboard dashboard and scheduled runs)",
         _ => return None,
     })
@@ -203,6 +208,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
+        Command::Sample(args) => sample::run(&args),
+        Command::Benchmark(cmd) => benchmark::run(&cmd, &cli.data_dir).await,
         Command::Demo => demo::run(&cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),
     }
@@ -217,6 +224,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Train(_) => "train",
         Command::Sample(_) => "sample",
         Command::Evaluate(_) => "evaluate",
+        Command::Benchmark(_) => "benchmark",
         Command::Run { .. } => "run",
         Command::Doctor { .. } => "doctor",
         Command::Schedule(_) => "schedule",

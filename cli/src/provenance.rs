@@ -21,3 +21,20 @@ pub fn git_revision() -> Option<String> {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
+
+/// sha256 (lowercase hex) and length of a file, streamed; identifies checkpoints and weights.
+pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("hashing {}", path.display()))?;
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, bytes))
+}

@@ -34,8 +34,21 @@ fn help_lists_every_stage_and_service() {
     assert!(out.status.success());
     let help = text(&out);
     for cmd in [
-        "ingest", "filter", "caption", "encode", "train", "sample", "evaluate", "run", "doctor",
-        "schedule", "serve", "db", "config", "demo",
+        "ingest",
+        "filter",
+        "caption",
+        "encode",
+        "train",
+        "sample",
+        "evaluate",
+        "benchmark",
+        "run",
+        "doctor",
+        "schedule",
+        "serve",
+        "db",
+        "config",
+        "demo",
     ] {
         assert!(
             help.contains(&format!("  {cmd} ")),
@@ -48,7 +61,7 @@ fn help_lists_every_stage_and_service() {
 fn unbuilt_stages_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     for cmd in [
-        "ingest", "filter", "caption", "encode", "train", "sample", "schedule", "serve",
+        "ingest", "filter", "caption", "encode", "train", "schedule", "serve",
     ] {
         let out = llamagen(dir.path())
             .args([cmd, "--some-flag", "x"])
@@ -173,8 +186,16 @@ fn private_cluster_commands_are_idempotent_and_leave_no_server() {
         assert!(out.status.success(), "demo round {round}: {}", text(&out));
         let shown = text(&out);
         assert!(shown.contains(&format!("recorded run #{round}")), "{shown}");
+        // The second demo finds the same tiny models and keeps the images of the first.
+        let sampled = if round == 1 {
+            "8 image(s) made, 0 kept"
+        } else {
+            "0 image(s) made, 8 kept"
+        };
+        assert!(shown.contains(sampled), "{shown}");
         assert!(shown.contains("demo finished"), "{shown}");
     }
+    assert!(dir.path().join("demo/samples/samples.npz").is_file());
     // Every command stopped the server it started.
     assert!(!dir.path().join("postgres/pgdata/postmaster.pid").exists());
 }

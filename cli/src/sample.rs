@@ -1,0 +1,408 @@
+//! `llamagen sample`: class-conditional images from a GPT checkpoint and a VQ tokenizer, as
+//! LlamaGen's `sample_c2i.py` / `sample_c2i_ddp.py` make them, written as `NNNNNN.png` plus an
+//! ADM-style `samples.npz` (uint8 `arr_0`, [N, H, W, 3]) that `llamagen evaluate` reads.
+//!
+//! Sample i uses class `i % num_classes` (or `--classes`) and its own seed derived from
+//! `--seed` and i, so a folder can be filled in any order, resumed after a kill (finished PNGs
+//! are kept) and split across machines with `--start` / `--num-samples`, always drawing the same
+//! tokens (pixels may differ by one level where a different batch shape changes the decoder's
+//! float rounding).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use llamagen_cli::provenance::file_sha256;
+use llamagen_models::generate::{Sampling, generate};
+use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
+use llamagen_models::images::to_uint8_nhwc;
+use llamagen_models::vq::{VqConfig, VqModel};
+use llamagen_models::weights;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    /// GPT weights (safetensors from scripts/convert_llamagen.py or our trainer).
+    #[arg(long)]
+    pub gpt_ckpt: PathBuf,
+    /// GPT size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B.
+    #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
+    pub gpt_model: String,
+    /// A JSON GptConfig instead of a named size (every field of models::gpt::GptConfig).
+    #[arg(long)]
+    pub gpt_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub vq: VqArgs,
+    /// Image side in pixels (256 or 384 for the released c2i models).
+    #[arg(long, default_value_t = 256)]
+    pub image_size: i64,
+    /// Resize the decoded images to this side (bicubic, as LlamaGen's sample_c2i_ddp.py
+    /// `--image-size-eval`; the paper evaluates its 384 px models at 256).
+    #[arg(long)]
+    pub image_size_eval: Option<i64>,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Class ids to cycle through (comma-separated); default: every class in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<i64>,
+    /// Samples to make (the FID protocol uses 50,000).
+    #[arg(long, default_value_t = 16)]
+    pub num_samples: u64,
+    /// First sample index this process makes (to split a run across machines).
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg_scale: f64,
+    #[arg(long, default_value_t = -1)]
+    pub cfg_interval: i64,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Conditions per batch (doubled internally when guidance is on).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// cpu, cuda or auto (cuda when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// GPT precision: fp32, or bf16 (CUDA only; the tokenizer stays fp32 as in LlamaGen).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Output folder for PNGs, samples.npz and sampling.json.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Skip writing samples.npz.
+    #[arg(long)]
+    pub no_npz: bool,
+}
+
+/// The tokenizer: its weights and architecture (shared with `llamagen benchmark tokenizer`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VqArgs {
+    /// VQ tokenizer weights (safetensors).
+    #[arg(long)]
+    pub vq_ckpt: PathBuf,
+    /// VQ-16 or VQ-8.
+    #[arg(long, default_value = "VQ-16", conflicts_with = "vq_config")]
+    pub vq_model: String,
+    /// A JSON VqConfig instead of a named tokenizer.
+    #[arg(long)]
+    pub vq_config: Option<PathBuf>,
+    /// Codebook entries of the tokenizer (also the GPT vocabulary).
+    #[arg(long, default_value_t = 16384)]
+    pub codebook_size: i64,
+    #[arg(long, default_value_t = 8)]
+    pub codebook_embed_dim: i64,
+}
+
+impl VqArgs {
+    /// The architecture: the JSON file, or the named preset with the given codebook; dropout off.
+    pub fn config(&self) -> anyhow::Result<VqConfig> {
+        let mut vq = match &self.vq_config {
+            Some(path) => read_json(path)?,
+            None => {
+                let mut c = VqConfig::named(&self.vq_model)?;
+                c.codebook_size = self.codebook_size;
+                c.codebook_embed_dim = self.codebook_embed_dim;
+                c
+            }
+        };
+        vq.dropout_p = 0.0;
+        Ok(vq)
+    }
+
+    /// The tokenizer on `device` with its weights loaded (the VarStore owns them).
+    pub fn load(&self, device: Device) -> anyhow::Result<(VarStore, VqModel)> {
+        let vs = VarStore::new(device);
+        let vq = VqModel::new(&vs.root(), self.config()?)?;
+        weights::load_strict(&vs, &self.vq_ckpt)?;
+        Ok((vs, vq))
+    }
+}
+
+/// Everything that determines the images, stored as `sampling.json` next to them; a folder
+/// refuses to be filled with different settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingRecord {
+    pub gpt_ckpt_sha256: String,
+    pub vq_ckpt_sha256: String,
+    pub gpt: GptConfig,
+    pub vq: VqConfig,
+    pub image_size: i64,
+    pub image_size_eval: i64,
+    pub classes: Vec<i64>,
+    pub cfg_scale: f64,
+    pub cfg_interval: i64,
+    pub top_k: i64,
+    pub top_p: f64,
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    pub made: u64,
+    pub skipped: u64,
+    pub gpt_seconds: f64,
+    pub decode_seconds: f64,
+    pub npz: Option<PathBuf>,
+}
+
+pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
+    let report = sample(args)?;
+    println!(
+        "made {} image(s), kept {} finished one(s); GPT {:.2} s, VQ decode {:.2} s{}",
+        report.made,
+        report.skipped,
+        report.gpt_seconds,
+        report.decode_seconds,
+        report
+            .npz
+            .as_ref()
+            .map(|p| format!("; {}", p.display()))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => bail!("--device cuda: libtorch sees no CUDA device"),
+        other => bail!("--device must be cpu, cuda or auto, got {other:?}"),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn configs(args: &SampleArgs) -> anyhow::Result<(GptConfig, VqConfig)> {
+    let vq = args.vq.config()?;
+    let f = vq.downsample();
+    if args.image_size <= 0 || args.image_size % f != 0 {
+        bail!(
+            "--image-size {} is not a multiple of the tokenizer's downsample {f}",
+            args.image_size
+        );
+    }
+    let grid = args.image_size / f;
+    let gpt = match &args.gpt_config {
+        Some(path) => read_json::<GptConfig>(path)?,
+        None => {
+            let mut c = GptConfig::named(&args.gpt_model, Conditioning::Class, grid)?;
+            c.vocab_size = vq.codebook_size;
+            c.num_classes = args.num_classes;
+            c
+        }
+    };
+    if gpt.conditioning != Conditioning::Class {
+        bail!(
+            "text-to-image sampling needs FLAN-T5 caption embeddings, which arrive with issue #7 \
+             (encode); llamagen_models::generate::generate takes them already"
+        );
+    }
+    if gpt.block_size != grid * grid {
+        bail!(
+            "the GPT generates {} tokens per image but {} px at downsample {f} needs {}",
+            gpt.block_size,
+            args.image_size,
+            grid * grid
+        );
+    }
+    if gpt.vocab_size != vq.codebook_size {
+        bail!(
+            "GPT vocabulary {} differs from the codebook size {}",
+            gpt.vocab_size,
+            vq.codebook_size
+        );
+    }
+    Ok((gpt, vq))
+}
+
+/// Seed of sample `index`: the run seed in the high half, the index in the low half, so that no
+/// two (seed, index) pairs below 2^32 share a stream.
+pub fn sample_seed(seed: u64, index: u64) -> u64 {
+    (seed << 32) ^ index
+}
+
+pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
+    let (gpt_config, vq_config) = configs(args)?;
+    let sampling = Sampling {
+        cfg_scale: args.cfg_scale,
+        cfg_interval: args.cfg_interval,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    };
+    sampling.validate()?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let classes: Vec<i64> = if args.classes.is_empty() {
+        (0..gpt_config.num_classes).collect()
+    } else {
+        args.classes.clone()
+    };
+    if let Some(bad) = classes
+        .iter()
+        .find(|&&c| c < 0 || c >= gpt_config.num_classes)
+    {
+        bail!("class {bad} is outside 0..{}", gpt_config.num_classes);
+    }
+    let image_size_eval = args.image_size_eval.unwrap_or(args.image_size);
+    if image_size_eval <= 0 {
+        bail!("--image-size-eval must be positive");
+    }
+    let device = device(&args.device)?;
+    let gpt_kind = match args.precision.as_str() {
+        "fp32" => Kind::Float,
+        "bf16" if device.is_cuda() => Kind::BFloat16,
+        "bf16" => bail!("--precision bf16 needs CUDA; use fp32 on the CPU"),
+        other => bail!("--precision must be fp32 or bf16, got {other:?}"),
+    };
+
+    let record = SamplingRecord {
+        gpt_ckpt_sha256: file_sha256(&args.gpt_ckpt)?.0,
+        vq_ckpt_sha256: file_sha256(&args.vq.vq_ckpt)?.0,
+        gpt: gpt_config.clone(),
+        vq: vq_config.clone(),
+        image_size: args.image_size,
+        image_size_eval,
+        classes: classes.clone(),
+        cfg_scale: args.cfg_scale,
+        cfg_interval: args.cfg_interval,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        temperature: args.temperature,
+        seed: args.seed,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    claim_folder(&args.out, &record)?;
+
+    let mut gpt_vs = VarStore::new(device);
+    let gpt = Gpt::new(&gpt_vs.root(), gpt_config)?;
+    weights::load_strict(&gpt_vs, &args.gpt_ckpt)?;
+    gpt_vs.set_kind(gpt_kind);
+    let (_vq_vs, vq) = args.vq.load(device)?;
+
+    let end = args.start + args.num_samples;
+    let todo: Vec<u64> = (args.start..end)
+        .filter(|&i| !png_path(&args.out, i).is_file())
+        .collect();
+    let mut report = SampleReport {
+        made: 0,
+        skipped: args.num_samples - todo.len() as u64,
+        gpt_seconds: 0.0,
+        decode_seconds: 0.0,
+        npz: None,
+    };
+    for batch in todo.chunks(args.batch_size) {
+        let labels: Vec<i64> = batch
+            .iter()
+            .map(|&i| classes[(i % classes.len() as u64) as usize])
+            .collect();
+        let seeds: Vec<u64> = batch.iter().map(|&i| sample_seed(args.seed, i)).collect();
+        let cond = Tensor::from_slice(&labels).to_device(device);
+        let t = Instant::now();
+        let codes = generate(&gpt, &cond, None, &sampling, &seeds)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        report.gpt_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut images = tch::no_grad(|| vq.decode_codes(&codes))?;
+        if image_size_eval != args.image_size {
+            let side = [image_size_eval, image_size_eval];
+            images = images.upsample_bicubic2d(side, false, None, None);
+        }
+        let pixels = to_uint8_nhwc(&images);
+        report.decode_seconds += t.elapsed().as_secs_f64();
+        for (row, &index) in batch.iter().enumerate() {
+            write_png(&args.out, index, &pixels.get(row as i64))?;
+        }
+        report.made += batch.len() as u64;
+        tracing::info!(
+            "{} / {} images ({:.2} s GPT, {:.2} s decode so far)",
+            report.made + report.skipped,
+            args.num_samples,
+            report.gpt_seconds,
+            report.decode_seconds
+        );
+    }
+    if !args.no_npz {
+        let path = args.out.join("samples.npz");
+        write_npz(&args.out, args.start..end, &path)?;
+        report.npz = Some(path);
+    }
+    Ok(report)
+}
+
+/// Records the settings in `sampling.json`, or checks that the folder's match them.
+fn claim_folder(out: &Path, record: &SamplingRecord) -> anyhow::Result<()> {
+    let path = out.join("sampling.json");
+    if path.is_file() {
+        let existing: SamplingRecord = read_json(&path)?;
+        if existing != *record {
+            bail!(
+                "{} holds samples made with other settings or weights (see {}); use another --out",
+                out.display(),
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    let tmp = out.join("sampling.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(record)? + "\n")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn png_path(out: &Path, index: u64) -> PathBuf {
+    out.join(format!("{index:06}.png"))
+}
+
+/// pixels: [H, W, 3] uint8. Written under a temporary name and renamed, so a kill never leaves
+/// a truncated PNG that a resumed run would take as finished.
+fn write_png(out: &Path, index: u64, pixels: &Tensor) -> anyhow::Result<()> {
+    let (h, w) = (pixels.size()[0] as u32, pixels.size()[1] as u32);
+    let bytes = Vec::<u8>::try_from(&pixels.contiguous().view([-1]))?;
+    let image = image::RgbImage::from_raw(w, h, bytes).context("pixel buffer size")?;
+    let path = png_path(out, index);
+    let tmp = path.with_extension("png.tmp");
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn write_npz(out: &Path, indices: std::ops::Range<u64>, path: &Path) -> anyhow::Result<()> {
+    let mut images = Vec::new();
+    for i in indices {
+        let png = png_path(out, i);
+        let img = image::open(&png)
+            .with_context(|| format!("reading {}", png.display()))?
+            .into_rgb8();
+        let (w, h) = img.dimensions();
+        images.push(ndarray::Array3::from_shape_vec(
+            (h as usize, w as usize, 3),
+            img.into_raw(),
+        )?);
+    }
+    let stacked = llamagen_evaluate::inception::stack(&images)?;
+    llamagen_evaluate::npz::write_reference(path, Some(stacked.view()), None, None)?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `llamagen benchmark` end to end on tiny random-weight models, a random-weight FID Inception
+//! and a real PostgreSQL (a fresh database from `store::testing`): a guidance sweep records one
+//! evaluation per scale with its sampling configuration, a re-run updates instead of
+//! duplicating, and the tokenizer mode records rFID, PSNR, SSIM and codebook usage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use llamagen_models::tiny;
+use llamagen_store::testing::TestDatabase;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn llamagen(data_dir: &Path, db: &TestDatabase) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn model_args(models: &tiny::TinyModels) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, path) in [
+        ("--gpt-ckpt", &models.gpt_ckpt),
+        ("--gpt-config", &models.gpt_config),
+        ("--vq-ckpt", &models.vq_ckpt),
+        ("--vq-config", &models.vq_config),
+    ] {
+        args.push(flag.into());
+        args.push(path.into());
+    }
+    for a in ["--image-size", "32", "--device", "cpu", "--batch-size", "8"] {
+        args.push(a.into());
+    }
+    args
+}
+
+#[tokio::test]
+async fn generator_sweep_and_tokenizer_are_recorded_once() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny::write(&dir.path().join("models"), 9).unwrap();
+    let inception = dir.path().join("inception.onnx");
+    llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
+
+    // A reference set: 12 samples of the same models with another seed.
+    let reference = dir.path().join("reference");
+    let out = llamagen(dir.path(), &db)
+        .arg("sample")
+        .args(model_args(&models))
+        .args(["--num-samples", "12", "--seed", "99", "--cfg-scale", "1.0"])
+        .arg("--out")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let sweep = |extra: &[&str]| {
+        llamagen(dir.path(), &db)
+            .args(["benchmark", "generator"])
+            .args(model_args(&models))
+            .args(["--num-samples", "12", "--cfg-scales", "1.0,3.0"])
+            .args([
+                "--model",
+                "tiny-c2i",
+                "--benchmark",
+                "tiny32-c2i",
+                "--step",
+                "7",
+            ])
+            .arg("--reference")
+            .arg(reference.join("samples.npz"))
+            .arg("--inception")
+            .arg(&inception)
+            .arg("--out")
+            .arg(dir.path().join("runs"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = sweep(&[]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(
+        text(&first).matches("recorded as evaluation").count(),
+        2,
+        "{}",
+        text(&first)
+    );
+    let again = sweep(&[]);
+    assert!(again.status.success(), "{}", text(&again));
+
+    let pool = &db.pool;
+    let rows: Vec<(f64, i32, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT e.cfg_scale, e.num_samples,
+                (SELECT count(*) FROM metrics m WHERE m.evaluation_id = e.id),
+                e.sampling_config -> 'extra'
+         FROM evaluations e ORDER BY e.cfg_scale",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "a re-run duplicated evaluations: {rows:?}");
+    for (i, (scale, n, metric_count, extra)) in rows.iter().enumerate() {
+        assert_eq!(*scale, [1.0, 3.0][i]);
+        assert_eq!(*n, 12);
+        assert_eq!(
+            *metric_count, 5,
+            "fid, sfid, inception_score, precision, recall"
+        );
+        assert_eq!(extra["sampling"]["cfg_scale"], *scale);
+        assert!(extra["reference"]["sha256"].as_str().unwrap().len() == 64);
+    }
+    let fids: Vec<f64> = sqlx::query_scalar(
+        "SELECT fid FROM leaderboard WHERE model = 'tiny-c2i' ORDER BY cfg_scale",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(fids.len(), 2);
+    assert!(fids.iter().all(|f| f.is_finite() && *f >= 0.0), "{fids:?}");
+
+    let tokenizer = llamagen(dir.path(), &db)
+        .args(["benchmark", "tokenizer", "--device", "cpu"])
+        .arg("--vq-ckpt")
+        .arg(&models.vq_ckpt)
+        .arg("--vq-config")
+        .arg(&models.vq_config)
+        .arg("--reference")
+        .arg(reference.join("samples.npz"))
+        .arg("--inception")
+        .arg(&inception)
+        .args(["--model", "tiny-vq", "--benchmark", "tiny32-reconstruction"])
+        .output()
+        .unwrap();
+    assert!(tokenizer.status.success(), "{}", text(&tokenizer));
+    let metrics: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT m.name, m.value FROM metrics m JOIN evaluations e ON e.id = m.evaluation_id
+         WHERE e.benchmark = 'tiny32-reconstruction' ORDER BY m.name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["codebook_usage", "psnr", "rfid", "ssim"]);
+    let usage = metrics[0].1;
+    assert!(usage > 0.0 && usage <= 1.0, "usage {usage}");
+    assert!(metrics.iter().all(|(_, v)| v.is_finite()), "{metrics:?}");
+}

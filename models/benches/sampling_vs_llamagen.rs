@@ -1,0 +1,208 @@
+//! Sampling speed on this machine, ours against LlamaGen's own PyTorch code on the same weights
+//! in the same run (issue #6's benchmark):
+//!
+//! - GPT-B token generation (KV cache, fp32) for 16 images without guidance and for 8 images
+//!   with guidance (scale 4, so a doubled batch of 16), at 256 px (16 x 16 tokens) and 384 px
+//!   (24 x 24 tokens); LlamaGen's `generate` on the same safetensors;
+//! - VQ-16 `decode_code` of 8 images at 256 px, ours against LlamaGen's `VQModel`.
+//!
+//! ```text
+//! cargo bench -p llamagen-models --bench sampling_vs_llamagen -- [--llamagen DIR] [--sizes 256,384] [--repeat N]
+//! ```
+//!
+//! `--llamagen` (or `LLAMAGEN_REPO`) names a checkout of FoundationVision/LlamaGen; without one
+//! only our figures are printed. Weights are seeded random (real ones cannot be downloaded
+//! here), which changes nothing for speed: every token goes through the same computation.
+//! Results go to docs/BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use llamagen_models::generate::{Sampling, generate};
+use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
+use llamagen_models::vq::{VqConfig, VqModel};
+use llamagen_models::weights;
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Options {
+    llamagen: Option<PathBuf>,
+    sizes: Vec<i64>,
+    /// Runs per measurement; the best is reported (these machines are shared and noisy).
+    repeat: usize,
+}
+
+fn options() -> Options {
+    let mut llamagen = std::env::var_os("LLAMAGEN_REPO").map(PathBuf::from);
+    let mut sizes = vec![256, 384];
+    let mut repeat = 1;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--llamagen" => llamagen = args.next().map(PathBuf::from),
+            "--sizes" => {
+                sizes = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            }
+            "--repeat" => repeat = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    Options {
+        llamagen,
+        sizes,
+        repeat,
+    }
+}
+
+/// Best of `repeat` runs of LlamaGen's side, or None without a checkout.
+fn peer(llamagen: Option<&Path>, repeat: usize, args: &[&str]) -> Option<f64> {
+    (0..repeat)
+        .filter_map(|_| peer_once(llamagen, args))
+        .min_by(f64::total_cmp)
+}
+
+fn peer_once(llamagen: Option<&Path>, args: &[&str]) -> Option<f64> {
+    let llamagen = llamagen?;
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/bench_sampling.py"))
+        .arg("--llamagen")
+        .arg(llamagen)
+        .args(args)
+        .output()
+        .expect("running scripts/bench_sampling.py (scripts/setup.sh installs its virtualenv)");
+    if !out.status.success() {
+        eprintln!(
+            "LlamaGen side failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the peer");
+    v["seconds"].as_f64()
+}
+
+fn best_of(repeat: usize, mut run: impl FnMut()) -> f64 {
+    (0..repeat)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn row(what: &str, ours: f64, theirs: Option<f64>) {
+    match theirs {
+        Some(t) => println!(
+            "  {what:<44} ours {ours:>7.2} s   LlamaGen {t:>7.2} s   {:.2}x",
+            t / ours
+        ),
+        None => println!("  {what:<44} ours {ours:>7.2} s   LlamaGen (no checkout given)"),
+    }
+}
+
+fn gpt_b(dir: &Path, grid: i64) -> (VarStore, Gpt, PathBuf) {
+    tch::manual_seed(1);
+    let mut config = GptConfig::named("GPT-B", Conditioning::Class, grid).unwrap();
+    config.vocab_size = 16384;
+    let vs = VarStore::new(Device::Cpu);
+    let model = Gpt::new(&vs.root(), config).unwrap();
+    // The zero-initialised output layer would make sampling trivially uniform.
+    tch::no_grad(|| {
+        let mut output = vs.variables()["output.weight"].shallow_clone();
+        output.copy_(&(Tensor::randn(output.size(), (Kind::Float, Device::Cpu)) * 0.02));
+    });
+    let path = dir.join(format!("gpt_b_{grid}.safetensors"));
+    weights::save(&vs, &path).unwrap();
+    (vs, model, path)
+}
+
+fn main() {
+    let opts = options();
+    let dir = tempfile::tempdir().unwrap();
+    let llamagen = opts.llamagen.as_deref();
+    let threads = tch::get_num_threads();
+    println!(
+        "sampling on the CPU ({threads} libtorch threads), GPT-B fp32 with KV cache, top-k 0, top-p 1"
+    );
+
+    for size in &opts.sizes {
+        let grid = size / 16;
+        let (_vs, model, path) = gpt_b(dir.path(), grid);
+        let w = path.to_str().unwrap();
+        let size_s = size.to_string();
+        for (images, cfg) in [(16i64, 1.0f64), (8, 4.0)] {
+            let cond = Tensor::arange(images, (Kind::Int64, Device::Cpu));
+            let seeds: Vec<u64> = (0..images as u64).collect();
+            let sampling = Sampling {
+                cfg_scale: cfg,
+                top_k: 0,
+                ..Sampling::default()
+            };
+            let ours = best_of(opts.repeat, || {
+                let codes = generate(&model, &cond, None, &sampling, &seeds).unwrap();
+                assert_eq!(codes.size(), [images, grid * grid]);
+            });
+            let theirs = peer(
+                llamagen,
+                opts.repeat,
+                &[
+                    "--threads",
+                    &threads.to_string(),
+                    "gpt",
+                    "--weights",
+                    w,
+                    "--image-size",
+                    &size_s,
+                    "--classes",
+                    &images.to_string(),
+                    "--cfg-scale",
+                    &cfg.to_string(),
+                ],
+            );
+            let label = if cfg > 1.0 {
+                format!("{size} px, {images} images, CFG {cfg} (batch 16)")
+            } else {
+                format!("{size} px, {images} images, no CFG")
+            };
+            row(&label, ours, theirs);
+        }
+    }
+
+    tch::manual_seed(2);
+    let vs = VarStore::new(Device::Cpu);
+    let vq = VqModel::new(&vs.root(), VqConfig::vq16()).unwrap();
+    let path = dir.path().join("vq16.safetensors");
+    weights::save(&vs, &path).unwrap();
+    let images = 8i64;
+    let codes = Tensor::randint(16384, [images, 16, 16], (Kind::Int64, Device::Cpu));
+    let ours = best_of(opts.repeat, || {
+        let decoded = tch::no_grad(|| vq.decode_codes(&codes).unwrap());
+        assert_eq!(decoded.size(), [images, 3, 256, 256]);
+    });
+    let theirs = peer(
+        llamagen,
+        opts.repeat,
+        &[
+            "--threads",
+            &threads.to_string(),
+            "vq",
+            "--weights",
+            path.to_str().unwrap(),
+            "--image-size",
+            "256",
+            "--images",
+            &images.to_string(),
+        ],
+    );
+    row("VQ-16 decode, 8 images at 256 px", ours, theirs);
+}

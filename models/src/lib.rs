@@ -1,0 +1,41 @@
+//! LlamaGen's models in tch (libtorch), with the official state-dict names and layouts so that
+//! converted checkpoints of FoundationVision/LlamaGen load unchanged.
+//!
+//! - [`vq`]: the VQ tokenizer (VQGAN encoder, l2-normalised codebook quantizer, decoder).
+//! - [`gpt`]: the Llama-style generator (RMSNorm, SwiGLU, 2D RoPE, class or caption prefix) with
+//!   a KV cache for decoding.
+//! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
+//!   temperature sampling.
+//! - [`weights`]: strict safetensors loading that names every missing, extra or misshaped tensor.
+//! - [`tiny`]: tiny random-weight models for the demo and command tests.
+//! - [`images`]: decoder output in [-1, 1] to uint8 pixels exactly as LlamaGen's samplers do.
+//!
+//! Shapes in doc comments use B = batch, L = sequence length, V = vocabulary, D = model width,
+//! H = heads, h x w = token grid.
+
+pub mod generate;
+pub mod gpt;
+pub mod images;
+pub mod tiny;
+pub mod vq;
+pub mod weights;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong building, loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("weights {path}: {problem}")]
+    Weights { path: PathBuf, problem: String },
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}

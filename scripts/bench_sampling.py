@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The peer side of `cargo bench -p llamagen-models --bench sampling_vs_llamagen`: LlamaGen's own
+`generate` (autoregressive/models/generate.py) and VQ `decode_code` on the weights the Rust
+benchmark wrote, timed the same way (wall clock around the call, CPU threads as given).
+
+    .venv/bin/python scripts/bench_sampling.py --llamagen /tmp/llamagen gpt \
+        --weights gpt_b.safetensors --image-size 256 --classes 8 --cfg-scale 4.0
+    .venv/bin/python scripts/bench_sampling.py --llamagen /tmp/llamagen vq \
+        --weights vq16.safetensors --image-size 256 --images 8
+
+Prints one JSON object: {"seconds": ..., "shape": [...]}.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--llamagen", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("what", choices=["gpt", "vq"])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--cfg-scale", type=float, default=4.0)
+    parser.add_argument("--images", type=int, default=8)
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.llamagen))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    state = load_file(str(args.weights))
+
+    if args.what == "gpt":
+        from autoregressive.models.generate import generate
+        from autoregressive.models.gpt import GPT_B
+
+        grid = args.image_size // 16
+        model = GPT_B(block_size=grid * grid, cls_token_num=1, model_type="c2i", vocab_size=16384)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        cond = torch.arange(args.classes) % 1000
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        codes = generate(model, cond, grid * grid, cfg_scale=args.cfg_scale, cfg_interval=-1,
+                         temperature=1.0, top_k=0, top_p=1.0, sample_logits=True)
+        seconds = time.perf_counter() - start
+        shape = list(codes.shape)
+    else:
+        from tokenizer.tokenizer_image.vq_model import VQ_16
+
+        model = VQ_16(codebook_size=16384, codebook_embed_dim=8)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        grid = args.image_size // 16
+        codes = torch.randint(0, 16384, (args.images * grid * grid,), generator=torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        images = model.decode_code(codes, (args.images, 8, grid, grid))
+        seconds = time.perf_counter() - start
+        shape = list(images.shape)
+    print(json.dumps({"seconds": seconds, "shape": shape, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
