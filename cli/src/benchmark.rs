@@ -53,6 +53,9 @@ pub struct EvaluationArgs {
     /// Benchmark name, e.g. imagenet256-c2i or imagenet256-tokenizer.
     #[arg(long)]
     pub benchmark: String,
+    /// Center-crop the images of a reference folder to SIZE first (ADM's center_crop_arr).
+    #[arg(long, value_name = "SIZE")]
+    pub center_crop: Option<usize>,
     /// Images per Inception batch.
     #[arg(long, default_value_t = 32)]
     pub eval_batch_size: usize,
@@ -124,7 +127,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
         args.cfg_scales.clone()
     };
     let mut net = open_inception(e)?;
-    let reference = evaluate::load_side(&e.reference, &mut net)
+    let reference = evaluate::load_side(&e.reference, &mut net, e.center_crop)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let (gpt_sha, _) = file_sha256(&args.sample.gpt_ckpt)?;
     let base = args
@@ -159,7 +162,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
             report.gpt_seconds,
             report.decode_seconds
         );
-        let samples = evaluate::load_side(&s.out.join("samples.npz"), &mut net)?;
+        let samples = evaluate::load_side(&s.out.join("samples.npz"), &mut net, None)?;
         let metrics = evaluate::generation_metrics(&reference, &samples)?;
         let value = |name: &str| {
             metrics
@@ -218,9 +221,9 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
 }
 
 /// Reference images as one uint8 batch [N, H, W, 3].
-fn reference_images(path: &Path) -> anyhow::Result<Array4<u8>> {
+fn reference_images(path: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
     if path.is_dir() {
-        return evaluate::read_folder(path);
+        return evaluate::read_folder(path, center_crop);
     }
     llamagen_evaluate::npz::read_reference(path)?
         .images
@@ -238,7 +241,7 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let originals = reference_images(&e.reference)
+    let originals = reference_images(&e.reference, e.center_crop)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let (n, h, w, _) = originals.dim();
     let f = config.downsample() as usize;

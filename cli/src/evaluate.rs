@@ -34,6 +34,11 @@ pub struct EvaluateArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Bring the images of a folder to SIZE x SIZE first, as ADM's and LlamaGen's
+    /// center_crop_arr does (Pillow BOX halvings, BICUBIC resize, centre crop); without it a
+    /// folder's images must already share one size.
+    #[arg(long, value_name = "SIZE")]
+    pub center_crop: Option<usize>,
     #[command(flatten)]
     pub record: RecordArgs,
 }
@@ -88,9 +93,9 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         );
     }
     let mut net = Inception::open(&args.inception, args.threads, args.batch_size)?;
-    let reference = load_side(&args.reference, &mut net)
+    let reference = load_side(&args.reference, &mut net, args.center_crop)
         .with_context(|| format!("reference {}", args.reference.display()))?;
-    let samples = load_side(&args.samples, &mut net)
+    let samples = load_side(&args.samples, &mut net, args.center_crop)
         .with_context(|| format!("samples {}", args.samples.display()))?;
 
     let metrics = generation_metrics(&reference, &samples)?;
@@ -169,9 +174,14 @@ pub(crate) fn generation_metrics(
 }
 
 /// Images (npz arr_0 or a folder) through the Inception, or an npz's stored statistics.
-pub(crate) fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side> {
+/// `center_crop` applies to folders (see [`read_folder`]).
+pub(crate) fn load_side(
+    path: &Path,
+    net: &mut Inception,
+    center_crop: Option<usize>,
+) -> anyhow::Result<Side> {
     let images = if path.is_dir() {
-        Some(read_folder(path)?)
+        Some(read_folder(path, center_crop)?)
     } else {
         let batch = read_reference(path)?;
         if batch.images.is_none() {
@@ -198,8 +208,9 @@ pub(crate) fn load_side(path: &Path, net: &mut Inception) -> anyhow::Result<Side
     })
 }
 
-/// PNG and JPEG files of a folder, in name order, as one batch (all must have one size).
-pub(crate) fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
+/// PNG and JPEG files of a folder, in name order, as one batch: each center-cropped to
+/// `center_crop` when given (ADM's preprocessing), else all must have one size.
+pub(crate) fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -216,12 +227,16 @@ pub(crate) fn read_folder(dir: &Path) -> anyhow::Result<Array4<u8>> {
             .with_context(|| format!("decoding {}", file.display()))?
             .to_rgb8();
         let (w, h) = img.dimensions();
-        let img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
+        let mut img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
+        if let Some(size) = center_crop {
+            img = llamagen_evaluate::center_crop::center_crop(img.view(), size)
+                .with_context(|| format!("center-cropping {}", file.display()))?;
+        }
         if let Some(first) = images.first()
             && first.dim() != img.dim()
         {
             bail!(
-                "{} is {}x{} but {} is {}x{}: resize the set to one size first",
+                "{} is {}x{} but {} is {}x{}: resize the set to one size first, or pass --center-crop SIZE",
                 file.display(),
                 w,
                 h,

@@ -381,6 +381,28 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
         (1, 1, 1, 5)
     );
 
+    // A folder of photos of mixed sizes: refused as is, accepted with ADM's center crop.
+    let folder = dir.path().join("mixed");
+    std::fs::create_dir(&folder).unwrap();
+    // Six images (precision/recall need more than k = 3), each of its own size.
+    for (i, name) in ["astronaut", "coffee", "chelsea"].iter().enumerate() {
+        let file = repo().join(format!("evaluate/tests/fixtures/{name}_original.png"));
+        let img = image::open(file).unwrap().to_rgb8();
+        for j in 0..2u32 {
+            let (w, h) = (160 - 20 * i as u32 - 7 * j, 160 - 30 * i as u32 - 11 * j);
+            let cut = image::imageops::crop_imm(&img, 0, 0, w, h).to_image();
+            cut.save(folder.join(format!("{i}{j}.png"))).unwrap();
+        }
+    }
+    let out = evaluate(&folder, &samples).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("resize the set"), "{}", text(&out));
+    let out = evaluate(&folder, &samples)
+        .args(["--center-crop", "64", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
     // A sample set without images, and a missing network, are clear errors.
     let out = evaluate(&reference, &stats).output().unwrap();
     assert!(!out.status.success());

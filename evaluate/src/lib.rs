@@ -10,10 +10,12 @@
 //! | codebook usage | [`codebook`] | LlamaGen: distinct codes among the last 65536 |
 //! | Inception features | [`inception`] | pytorch-fid's FID Inception, exported to ONNX |
 //! | reference batches | [`npz`] | ADM's `.npz` (`arr_0` images, `mu`/`sigma` statistics) |
+//! | reference preprocessing | [`center_crop`] | ADM / LlamaGen `center_crop_arr` on Pillow, pixel for pixel |
 //!
 //! Features come from the FID Inception network (2048-d pool features for FID and
 //! precision/recall, 2023-d spatial `mixed_6` features for sFID, 1008 logits for IS).
 
+pub mod center_crop;
 pub mod codebook;
 pub mod frechet;
 pub mod image_quality;

@@ -1,0 +1,205 @@
+//! The ADM / LlamaGen `center_crop_arr` preprocessing, pixel for pixel: halve the image with
+//! Pillow's BOX filter while its short side is at least twice the target, resize it with
+//! Pillow's BICUBIC filter so that the short side equals the target (sides rounded with
+//! Python's `round`, ties to even), then crop the centre square.
+//!
+//! Reference sets (ADM's `VIRTUAL_imagenet256_labeled.npz`) and LlamaGen's training and code
+//! extraction images are made this way, so statistics computed from a folder of raw images are
+//! only comparable with theirs when the crop is the same to the pixel. Pillow's resampler is
+//! reimplemented here (separable convolution, coefficients normalised then fixed-point with 22
+//! fractional bits, horizontal pass then vertical, each rounded and clipped to 8 bits) rather
+//! than approximated with another library's bicubic, which differs by a level here and there.
+
+use ndarray::{Array3, ArrayView3, s};
+
+use crate::EvalError;
+
+/// Fractional bits of Pillow's fixed-point coefficients: 32 - 8 (pixel) - 2 (headroom).
+const PRECISION_BITS: u32 = 22;
+
+#[derive(Clone, Copy)]
+enum Filter {
+    Box,
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Box => 0.5,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Box => {
+                if x > -0.5 && x <= 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                // Keys' cubic convolution with a = -0.5.
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// For each output position: the first input index and fixed-point weights of its window.
+struct Kernel {
+    start: Vec<usize>,
+    weights: Vec<Vec<i64>>,
+}
+
+fn kernel(in_size: usize, out_size: usize, filter: Filter) -> Kernel {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter.support() * filter_scale;
+    let mut start = Vec::with_capacity(out_size);
+    let mut weights = Vec::with_capacity(out_size);
+    for out in 0..out_size {
+        let center = (out as f64 + 0.5) * scale;
+        // C's (int) truncates toward zero; negative values are clamped to 0 next anyway.
+        let lo = ((center - support + 0.5) as i64).max(0) as usize;
+        let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        // Multiplying by the reciprocal (not dividing) keeps Pillow's rounding.
+        let inverse = 1.0 / filter_scale;
+        let raw: Vec<f64> = (lo..hi.max(lo))
+            .map(|i| filter.weight((i as f64 - center + 0.5) * inverse))
+            .collect();
+        let total: f64 = raw.iter().sum();
+        let fixed = raw
+            .iter()
+            .map(|w| {
+                let w = if total != 0.0 { w / total } else { *w };
+                let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                if w < 0.0 {
+                    (scaled - 0.5) as i64
+                } else {
+                    (scaled + 0.5) as i64
+                }
+            })
+            .collect();
+        start.push(lo);
+        weights.push(fixed);
+    }
+    Kernel { start, weights }
+}
+
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Pillow's `Image.resize((width, height), filter)` of an RGB image [H, W, 3].
+fn resize(image: ArrayView3<'_, u8>, width: usize, height: usize, filter: Filter) -> Array3<u8> {
+    let (h, w, c) = image.dim();
+    let horizontal = kernel(w, width, filter);
+    let vertical = kernel(h, height, filter);
+    let rounding = 1i64 << (PRECISION_BITS - 1);
+
+    // Horizontal pass over the rows the vertical pass will read, as Pillow does.
+    let first_row = vertical.start.first().copied().unwrap_or(0);
+    let last_row = vertical
+        .start
+        .iter()
+        .zip(&vertical.weights)
+        .map(|(s, k)| s + k.len())
+        .max()
+        .unwrap_or(first_row);
+    let tmp = if width != w {
+        let mut tmp = Array3::<u8>::zeros((last_row - first_row, width, c));
+        for y in first_row..last_row {
+            for (x, (start, k)) in horizontal.start.iter().zip(&horizontal.weights).enumerate() {
+                for ch in 0..c {
+                    let acc = k.iter().enumerate().fold(rounding, |acc, (i, wk)| {
+                        acc + i64::from(image[[y, start + i, ch]]) * wk
+                    });
+                    tmp[[y - first_row, x, ch]] = clip8(acc);
+                }
+            }
+        }
+        tmp
+    } else {
+        image.slice(s![first_row..last_row, .., ..]).to_owned()
+    };
+    if height == h {
+        return tmp;
+    }
+    let mut out = Array3::<u8>::zeros((height, width, c));
+    for (y, (start, k)) in vertical.start.iter().zip(&vertical.weights).enumerate() {
+        for x in 0..width {
+            for ch in 0..c {
+                let acc = k.iter().enumerate().fold(rounding, |acc, (i, wk)| {
+                    acc + i64::from(tmp[[start - first_row + i, x, ch]]) * wk
+                });
+                out[[y, x, ch]] = clip8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// ADM's `center_crop_arr(pil_image, size)` of an RGB image [H, W, 3]; returns [size, size, 3].
+pub fn center_crop(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>, EvalError> {
+    let (h, w, c) = image.dim();
+    if size == 0 || h == 0 || w == 0 || c != 3 {
+        return Err(EvalError::Invalid(format!(
+            "cannot center-crop a {w}x{h}x{c} image to {size}"
+        )));
+    }
+    let mut current = image.to_owned();
+    while current.dim().0.min(current.dim().1) >= 2 * size {
+        let (ch, cw, _) = current.dim();
+        current = resize(current.view(), cw / 2, ch / 2, Filter::Box);
+    }
+    let (ch, cw, _) = current.dim();
+    let scale = size as f64 / ch.min(cw) as f64;
+    let (nw, nh) = (
+        (cw as f64 * scale).round_ties_even() as usize,
+        (ch as f64 * scale).round_ties_even() as usize,
+    );
+    if (nw, nh) != (cw, ch) {
+        current = resize(current.view(), nw, nh, Filter::Bicubic);
+    }
+    let (y, x) = ((nh - size) / 2, (nw - size) / 2);
+    Ok(current.slice(s![y..y + size, x..x + size, ..]).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point() {
+        for (n_in, n_out) in [(160, 64), (80, 200), (7, 3)] {
+            let k = kernel(n_in, n_out, Filter::Bicubic);
+            for w in &k.weights {
+                let total: i64 = w.iter().sum();
+                assert!(
+                    (total - (1 << PRECISION_BITS)).abs() <= w.len() as i64,
+                    "{total}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flat_images_stay_flat_and_shapes_are_right() {
+        let flat = Array3::from_elem((90, 150, 3), 77u8);
+        let out = center_crop(flat.view(), 40).unwrap();
+        assert_eq!(out.dim(), (40, 40, 3));
+        assert!(out.iter().all(|&v| v == 77));
+        assert!(center_crop(flat.view(), 0).is_err());
+    }
+}
