@@ -108,6 +108,8 @@ pub fn relative_error(ours: &Tensor, theirs: &Tensor) -> f64 {
 #[track_caller]
 pub fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor, tolerance: f64) {
     let err = relative_error(ours, theirs);
+    // Shown with `cargo test -- --nocapture`: the figures quoted in docs/models.md.
+    eprintln!("{what}: relative error {err:.2e}");
     assert!(
         err <= tolerance,
         "{what}: relative error {err:.3e} > {tolerance:.0e}"
