@@ -9,6 +9,7 @@ mod demo_metrics;
 mod doctor;
 mod evaluate;
 mod sample;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ enum Command {
     /// Precompute VQ image codes and FLAN-T5 text embeddings.
     Encode(StageArgs),
     /// Train a LlamaGen generator and record its checkpoints.
-    Train(StageArgs),
+    Train(Box<train::TrainArgs>),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
     Sample(Box<sample::SampleArgs>),
     /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.
@@ -116,7 +117,7 @@ fn not_built(command: &str) -> Option<&'static str> {
         "filter" | "caption" => {
             "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
         }
-        "encode" | "train" => "issue #7 (encode VQ codes and T5 embeddings, train)",
+        "encode" => "issue #7 (encode VQ codes and T5 embeddings)",
         "schedule" | "serve" => "issue #5 (leaderboard dashboard and scheduled runs)",
         _ => return None,
     })
@@ -209,6 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),
+        Command::Train(args) => train::run(&args, &cli.data_dir).await,
         Command::Benchmark(cmd) => benchmark::run(&cmd, &cli.data_dir).await,
         Command::Demo => demo::run(&cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),

@@ -3,23 +3,15 @@
 //! evaluation per scale with its sampling configuration, a re-run updates instead of
 //! duplicating, and the tokenizer mode records rFID, PSNR, SSIM and codebook usage.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{repo, text};
+
+use std::path::Path;
+use std::process::Command;
 
 use llamagen_models::tiny;
 use llamagen_store::testing::TestDatabase;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn llamagen(data_dir: &Path, db: &TestDatabase) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llamagen"));

@@ -1,8 +1,12 @@
 //! The `llamagen` binary as a user runs it: help, unbuilt stages, configs, doctor, db and demo,
 //! against the private cluster (a fresh data directory) and against `DATABASE_URL`.
 
+mod common;
+
+use common::{repo, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use llamagen_store::testing::TestDatabase;
 
@@ -13,18 +17,6 @@ fn llamagen(data_dir: &Path) -> Command {
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn");
     cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 #[test]
@@ -60,9 +52,7 @@ fn help_lists_every_stage_and_service() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for cmd in [
-        "ingest", "filter", "caption", "encode", "train", "schedule", "serve",
-    ] {
+    for cmd in ["ingest", "filter", "caption", "encode", "schedule", "serve"] {
         let out = llamagen(dir.path())
             .args([cmd, "--some-flag", "x"])
             .output()

@@ -2,18 +2,14 @@
 //! `llamagen_models::tiny`: PNGs and an ADM npz come out, a re-run keeps finished images, a
 //! deleted image comes back identical, and a folder refuses other settings.
 
+mod common;
+
+use common::text;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use llamagen_models::tiny;
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn sample(models: &tiny::TinyModels, out: &Path, extra: &[&str]) -> Output {
     sample_with_gpt(&models.gpt_ckpt, models, out, extra)

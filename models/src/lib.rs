@@ -6,6 +6,7 @@
 //!   a KV cache for decoding.
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
+//! - [`train`]: AdamW training steps and exactly resumable checkpoints.
 //! - [`weights`]: strict safetensors loading that names every missing, extra or misshaped tensor.
 //! - [`tiny`]: tiny random-weight models for the demo and command tests.
 //! - [`images`]: decoder output in [-1, 1] to uint8 pixels exactly as LlamaGen's samplers do.
@@ -17,6 +18,7 @@ pub mod generate;
 pub mod gpt;
 pub mod images;
 pub mod tiny;
+pub mod train;
 pub mod vq;
 pub mod weights;
 

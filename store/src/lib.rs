@@ -5,6 +5,7 @@
 //! - [`Store`]: a connection pool to either, with the migrations in `migrations/` applied.
 //! - [`runs`]: pipeline runs, stage runs, and shards that workers claim under a lease.
 //! - [`results`]: models, checkpoints, evaluations and metrics (the leaderboard).
+//! - [`training`]: training runs and their loss curves.
 //! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
 
 pub mod cluster;
@@ -12,6 +13,7 @@ mod db;
 pub mod results;
 pub mod runs;
 pub mod testing;
+pub mod training;
 
 pub use db::{DbStatus, MigrationState, Store, StoreOptions, TableCount, migrate};
 

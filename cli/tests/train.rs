@@ -1,0 +1,132 @@
+//! `llamagen train` on codes in LlamaGen's own layout (written here with numpy's `np.save`, as
+//! `extract_codes_c2i.py` writes them), against a real PostgreSQL: checkpoints every N steps,
+//! the loss curve and checkpoints recorded, and a second invocation resuming the same run.
+
+mod common;
+
+use common::{repo, text};
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use llamagen_models::gpt::{Conditioning, GptConfig};
+use llamagen_store::testing::TestDatabase;
+
+/// 40 samples of 4 classes, two augmentations each, 16 tokens from a learnable rule.
+const WRITE_CODES: &str = r#"
+import sys, os, numpy as np
+root = sys.argv[1]
+os.makedirs(f"{root}/imagenet64_codes"); os.makedirs(f"{root}/imagenet64_labels")
+for i in range(40):
+    c = (i * 7) % 4
+    rows = [[(5 * c + 3 * t + a) % 32 for t in range(16)] for a in range(2)]
+    np.save(f"{root}/imagenet64_codes/{i}.npy", np.array([rows], dtype=np.int64))
+    np.save(f"{root}/imagenet64_labels/{i}.npy", np.array([c], dtype=np.int64))
+"#;
+
+fn train(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .args(["train", "--device", "cpu", "--model", "tiny-trained"])
+        .arg("--codes")
+        .arg(dir.join("codes"))
+        .arg("--gpt-config")
+        .arg(config)
+        .arg("--out")
+        .arg(dir.join("checkpoints"))
+        .args(["--global-batch-size", "8", "--gradient-accumulation", "2"])
+        .args([
+            "--lr-per-256",
+            "0.1",
+            "--checkpoint-every",
+            "10",
+            "--log-every",
+            "5",
+        ])
+        .args(["--max-steps", max_steps])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn trains_records_and_resumes() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", WRITE_CODES])
+        .arg(dir.path().join("codes"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let mut gpt = GptConfig::new(2, 4, 64, Conditioning::Class);
+    gpt.vocab_size = 32;
+    gpt.block_size = 16;
+    gpt.num_classes = 4;
+    gpt.multiple_of = 32;
+    let config = dir.path().join("gpt.json");
+    std::fs::write(&config, serde_json::to_string(&gpt).unwrap()).unwrap();
+
+    let first = train(dir.path(), &db, &config, "30");
+    assert!(first.status.success(), "{}", text(&first));
+    for step in ["0000010", "0000020", "0000030"] {
+        assert!(
+            dir.path()
+                .join(format!("checkpoints/{step}.safetensors"))
+                .is_file()
+        );
+    }
+    let resumed = train(dir.path(), &db, &config, "40");
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("resuming from"),
+        "{}",
+        text(&resumed)
+    );
+
+    let pool = &db.pool;
+    let runs: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM training_runs")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "a resume started a second run: {runs:?}");
+    assert_eq!(runs[0].1, "succeeded");
+    let steps: Vec<i64> =
+        sqlx::query_scalar("SELECT step FROM checkpoints WHERE training_run_id = $1 ORDER BY step")
+            .bind(runs[0].0)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(steps, [10, 20, 30, 40]);
+    let losses: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT step, value FROM training_metrics WHERE name = 'loss' ORDER BY step",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        [5, 10, 15, 20, 25, 30, 35, 40]
+    );
+    let (first_loss, last_loss) = (losses[0].1, losses[losses.len() - 1].1);
+    assert!(
+        last_loss < 0.5 * first_loss,
+        "loss {first_loss} -> {last_loss}"
+    );
+
+    // A damaged newest checkpoint is refused rather than trained on.
+    let newest = dir.path().join("checkpoints/0000040.safetensors");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&newest, bytes).unwrap();
+    let refused = train(dir.path(), &db, &config, "50");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("checksum mismatch"),
+        "{}",
+        text(&refused)
+    );
+}

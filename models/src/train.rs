@@ -1,0 +1,331 @@
+//! Training a GPT the way LlamaGen's `train_c2i.py` / `train_t2i.py` do: AdamW (weight decay on
+//! tensors of two or more dimensions only), gradient clipping, the paper's dropouts and
+//! condition dropout, gradient accumulation, and checkpoints that resume exactly.
+//!
+//! The optimizer is written out here (PyTorch's `AdamW` update, operation for operation) because
+//! tch does not expose its optimizers' moment buffers, and a checkpoint without them does not
+//! resume the same run. Randomness (dropout, condition dropout) is reseeded from the run's seed
+//! and the step number at every step, so a resumed run draws what the uninterrupted one would.
+//!
+//! A checkpoint is one safetensors file: `model.*` (the GPT, LlamaGen's names), `optimizer.m.*`
+//! and `optimizer.v.*` (moments), `trainer.step`, `trainer.tokens_seen`, and `trainer.config`
+//! (the JSON of [`TrainConfig`] and [`GptConfig`] as bytes); next to it `NAME.sha256`, checked
+//! before a resume so that a corrupted or truncated file is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor, nn::VarStore};
+
+use crate::ModelError;
+use crate::gpt::{Gpt, GptConfig};
+use crate::weights;
+
+/// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Learning rate after warm-up (already scaled to the global batch).
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Total gradient norm limit; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Linear warm-up from 0 over this many steps (LlamaGen uses none).
+    pub warmup_steps: i64,
+    pub seed: i64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            grad_clip: 1.0,
+            warmup_steps: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn lr_at(&self, step: i64) -> f64 {
+        if self.warmup_steps > 0 && step < self.warmup_steps {
+            self.lr * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            self.lr
+        }
+    }
+}
+
+/// AdamW with PyTorch's update: decoupled decay, bias-corrected moments.
+struct AdamW {
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+}
+
+impl AdamW {
+    fn new(params: &BTreeMap<String, Tensor>) -> Self {
+        let zeros = |t: &Tensor| t.zeros_like();
+        AdamW {
+            m: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+            v: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+        }
+    }
+
+    /// `step` counts from 1. Parameters without a gradient are skipped.
+    fn update(&mut self, params: &BTreeMap<String, Tensor>, c: &TrainConfig, lr: f64, step: i64) {
+        tch::no_grad(|| {
+            let bias1 = 1.0 - c.beta1.powi(step as i32);
+            let bias2 = 1.0 - c.beta2.powi(step as i32);
+            for (name, p) in params {
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                if p.dim() >= 2 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let m = self.m.get_mut(name).expect("moment for every parameter");
+                let _ = m.lerp_(&grad, 1.0 - c.beta1);
+                let v = self.v.get_mut(name).expect("moment for every parameter");
+                let _ = v.g_mul_scalar_(c.beta2);
+                let _ = v.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
+                let denom = v.sqrt() / bias2.sqrt() + c.eps;
+                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+            }
+        });
+    }
+}
+
+/// A GPT, its optimizer and its position in the run.
+pub struct Trainer {
+    pub gpt: Gpt,
+    pub vs: VarStore,
+    pub config: TrainConfig,
+    /// Optimizer steps taken.
+    pub step: i64,
+    /// Image tokens the model has been trained to predict.
+    pub tokens_seen: i64,
+    params: BTreeMap<String, Tensor>,
+    optimizer: AdamW,
+}
+
+impl Trainer {
+    /// A fresh run: the GPT initialised from `config.seed`.
+    pub fn new(
+        gpt_config: GptConfig,
+        config: TrainConfig,
+        device: tch::Device,
+    ) -> Result<Self, ModelError> {
+        tch::manual_seed(config.seed);
+        let vs = VarStore::new(device);
+        let gpt = Gpt::new(&vs.root(), gpt_config)?;
+        let params: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let optimizer = AdamW::new(&params);
+        Ok(Trainer {
+            gpt,
+            vs,
+            config,
+            step: 0,
+            tokens_seen: 0,
+            params,
+            optimizer,
+        })
+    }
+
+    /// One optimizer step over `micro_batches` of (cond [B] or [B, T, C], codes [B, N]), whose
+    /// gradients are averaged (gradient accumulation). Returns the mean loss.
+    pub fn train_step(&mut self, micro_batches: &[(Tensor, Tensor)]) -> Result<f64, ModelError> {
+        if micro_batches.is_empty() {
+            return Err(ModelError::Input("no micro-batches".into()));
+        }
+        tch::manual_seed(
+            self.config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.step),
+        );
+        for p in self.params.values_mut() {
+            p.zero_grad();
+        }
+        let mut total = 0.0;
+        let share = 1.0 / micro_batches.len() as f64;
+        for (cond, codes) in micro_batches {
+            let b = codes.size()[0];
+            let drop = Tensor::rand([b], (Kind::Float, cond.device()))
+                .lt(self.gpt.config.class_dropout_prob);
+            let cond = self.gpt.drop_condition(cond, &drop);
+            let (_, loss) = self
+                .gpt
+                .forward_with_targets(&cond, codes, None, None, true)?;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(ModelError::Input(format!(
+                    "loss is {value} at step {}",
+                    self.step
+                )));
+            }
+            (loss * share).backward();
+            total += value * share;
+            self.tokens_seen += codes.numel() as i64;
+        }
+        if self.config.grad_clip > 0.0 {
+            clip_grad_norm(&self.params, self.config.grad_clip);
+        }
+        self.step += 1;
+        let lr = self.config.lr_at(self.step - 1);
+        self.optimizer
+            .update(&self.params, &self.config, lr, self.step);
+        Ok(total)
+    }
+
+    /// Writes the checkpoint atomically and its `.sha256` next to it; returns the sha256.
+    pub fn save(&self, path: &Path) -> Result<String, ModelError> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in self.vs.variables() {
+            tensors.push((format!("model.{name}"), t.to_device(tch::Device::Cpu)));
+        }
+        for (name, t) in &self.optimizer.m {
+            tensors.push((format!("optimizer.m.{name}"), t.to_device(tch::Device::Cpu)));
+        }
+        for (name, t) in &self.optimizer.v {
+            tensors.push((format!("optimizer.v.{name}"), t.to_device(tch::Device::Cpu)));
+        }
+        tensors.push(("trainer.step".into(), Tensor::from_slice(&[self.step])));
+        tensors.push((
+            "trainer.tokens_seen".into(),
+            Tensor::from_slice(&[self.tokens_seen]),
+        ));
+        let config = serde_json::json!({ "train": self.config, "gpt": self.gpt.config });
+        tensors.push((
+            "trainer.config".into(),
+            Tensor::from_slice(config.to_string().as_bytes()),
+        ));
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let tmp = sibling(path, ".tmp");
+        Tensor::write_safetensors(&tensors, &tmp)?;
+        let sha = sha256_file(&tmp)?;
+        let sha_path = sibling(path, ".sha256");
+        std::fs::write(sibling(path, ".sha256.tmp"), format!("{sha}\n"))
+            .map_err(|e| io(&sha_path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        std::fs::rename(sibling(path, ".sha256.tmp"), &sha_path).map_err(|e| io(&sha_path, e))?;
+        Ok(sha)
+    }
+
+    /// Resumes from a checkpoint written by [`Trainer::save`], after checking its sha256
+    /// against the `.sha256` file beside it.
+    pub fn resume(path: &Path, device: tch::Device) -> Result<Self, ModelError> {
+        let sha_path = sibling(path, ".sha256");
+        let expected = std::fs::read_to_string(&sha_path).map_err(|e| io(&sha_path, e))?;
+        let actual = sha256_file(path)?;
+        if expected.trim() != actual {
+            return Err(ModelError::Weights {
+                path: path.to_owned(),
+                problem: format!(
+                    "checksum mismatch: {} expects {}, the file hashes to {actual}; it is corrupted or was changed",
+                    sha_path.display(),
+                    expected.trim()
+                ),
+            });
+        }
+        let mut tensors = weights::read(path)?;
+        let take = |tensors: &mut BTreeMap<String, Tensor>, name: &str| {
+            tensors.remove(name).ok_or_else(|| ModelError::Weights {
+                path: path.to_owned(),
+                problem: format!("not a training checkpoint: {name} is missing"),
+            })
+        };
+        let config_bytes = Vec::<u8>::try_from(&take(&mut tensors, "trainer.config")?)?;
+        let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| ModelError::Config(format!("checkpoint config: {e}")))?;
+        let train: TrainConfig = serde_json::from_value(config["train"].clone())
+            .map_err(|e| ModelError::Config(format!("checkpoint train config: {e}")))?;
+        let gpt_config: GptConfig = serde_json::from_value(config["gpt"].clone())
+            .map_err(|e| ModelError::Config(format!("checkpoint GPT config: {e}")))?;
+        let mut trainer = Trainer::new(gpt_config, train, device)?;
+        trainer.step = take(&mut tensors, "trainer.step")?.int64_value(&[0]);
+        trainer.tokens_seen = take(&mut tensors, "trainer.tokens_seen")?.int64_value(&[0]);
+        tch::no_grad(|| -> Result<(), ModelError> {
+            for (name, mut var) in trainer.vs.variables() {
+                var.f_copy_(&take(&mut tensors, &format!("model.{name}"))?)?;
+            }
+            for (prefix, moments) in [
+                ("optimizer.m.", &mut trainer.optimizer.m),
+                ("optimizer.v.", &mut trainer.optimizer.v),
+            ] {
+                for (name, t) in moments.iter_mut() {
+                    t.f_copy_(&take(&mut tensors, &format!("{prefix}{name}"))?)?;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(extra) = tensors.keys().next() {
+            return Err(ModelError::Weights {
+                path: path.to_owned(),
+                problem: format!("unexpected tensor {extra}"),
+            });
+        }
+        Ok(trainer)
+    }
+}
+
+/// Scales all gradients so that their joint L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`, including its 1e-6 guard). Returns the norm before clipping.
+fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params
+            .values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let total = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
+        let coef = max_norm / (total + 1e-6);
+        if coef < 1.0 {
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(coef);
+            }
+        }
+        total
+    })
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn io(path: &Path, source: std::io::Error) -> ModelError {
+    ModelError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| io(path, e))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""The peer side of `cargo bench -p llamagen-models --bench training_vs_pytorch`: LlamaGen's
+`Transformer` (autoregressive/models/gpt.py) trained as its train_c2i.py does (AdamW with decay on
+>= 2-D tensors, betas 0.9/0.95, clip 1.0, dropouts on) on the same weights and batches, fp32 CPU.
+
+    .venv/bin/python scripts/bench_training.py --llamagen /tmp/llamagen-git --weights w.safetensors \
+        --config gpt.json --batch 8 --steps 5
+
+Prints {"tokens_per_second": ..., "seconds": ...} for the timed steps (one warm-up step first).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--llamagen", type=Path, required=True)
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    sys.path.insert(0, str(args.llamagen))
+    from autoregressive.models.gpt import ModelArgs, Transformer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    c = json.loads(args.config.read_text())
+    model = Transformer(ModelArgs(
+        dim=c["dim"], n_layer=c["n_layer"], n_head=c["n_head"], vocab_size=c["vocab_size"],
+        block_size=c["block_size"], num_classes=c["num_classes"], cls_token_num=1, model_type="c2i",
+        multiple_of=c["multiple_of"]))
+    model.load_state_dict(load_file(str(args.weights)), strict=True)
+    model.train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g)
+    labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g)
+
+    def step():
+        _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = time.perf_counter() - start
+    tokens = args.steps * args.batch * c["block_size"]
+    print(json.dumps({"tokens_per_second": tokens / seconds, "seconds": seconds}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+//! Training runs, their loss curves, and where a resumed run picks up its row.
+
+use sqlx::PgPool;
+
+use crate::StoreError;
+
+/// Starts a training run of a registered model; returns its id.
+pub async fn begin_training_run(
+    pool: &PgPool,
+    model_id: i64,
+    config: &serde_json::Value,
+    git_revision: Option<&str>,
+    seed: i64,
+    global_batch: i32,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO training_runs (model_id, config, git_revision, seed, global_batch)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(model_id)
+    .bind(config)
+    .bind(git_revision)
+    .bind(seed)
+    .bind(global_batch)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The training run that wrote the checkpoint with this SHA-256, if it was registered; a run
+/// resumed from that checkpoint continues the same row and loss curve.
+pub async fn training_run_of_checkpoint(
+    pool: &PgPool,
+    sha256: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT training_run_id FROM checkpoints WHERE sha256 = $1",
+    )
+    .bind(sha256)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
+/// Marks a (resumed) run as running again.
+pub async fn reopen_training_run(pool: &PgPool, run_id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE training_runs SET status = 'running', finished_at = NULL WHERE id = $1")
+        .bind(run_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records scalars of one step; a step logged again (after a resume) is overwritten, not
+/// duplicated. Non-finite values are refused.
+pub async fn log_training_metrics(
+    pool: &PgPool,
+    run_id: i64,
+    step: i64,
+    values: &[(&str, f64)],
+) -> Result<(), StoreError> {
+    if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(StoreError::Invalid(format!("{name} = {v} at step {step}")));
+    }
+    let names: Vec<&str> = values.iter().map(|(n, _)| *n).collect();
+    let numbers: Vec<f64> = values.iter().map(|(_, v)| *v).collect();
+    sqlx::query(
+        "INSERT INTO training_metrics (training_run_id, step, name, value)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::float8[])
+         ON CONFLICT (training_run_id, name, step) DO UPDATE
+             SET value = EXCLUDED.value, logged_at = now()",
+    )
+    .bind(run_id)
+    .bind(step)
+    .bind(&names)
+    .bind(&numbers)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Closes a run as "succeeded", "failed" or "cancelled".
+pub async fn finish_training_run(
+    pool: &PgPool,
+    run_id: i64,
+    status: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE training_runs SET status = $2, finished_at = now() WHERE id = $1")
+        .bind(run_id)
+        .bind(status)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
