@@ -62,7 +62,7 @@ async fn trains_records_and_resumes() {
         .unwrap();
     assert!(made.status.success(), "{}", text(&made));
     let mut gpt = GptConfig::new(2, 4, 64, Conditioning::Class);
-    gpt.vocab_size = 32;
+    gpt.vocab_size = 64; // the tiny VQ's codebook, so the checkpoint samples below
     gpt.block_size = 16;
     gpt.num_classes = 4;
     gpt.multiple_of = 32;
@@ -115,6 +115,33 @@ async fn trains_records_and_resumes() {
         last_loss < 0.5 * first_loss,
         "loss {first_loss} -> {last_loss}"
     );
+
+    // The checkpoint samples as it is, through the tiny VQ (downsample 4: 16 px is 4 x 4 codes).
+    let vq = llamagen_models::tiny::write(&dir.path().join("vq"), 1).unwrap();
+    let sampled = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .args([
+            "sample",
+            "--device",
+            "cpu",
+            "--image-size",
+            "16",
+            "--num-samples",
+            "4",
+        ])
+        .arg("--gpt-ckpt")
+        .arg(dir.path().join("checkpoints/0000040.safetensors"))
+        .arg("--gpt-config")
+        .arg(&config)
+        .arg("--vq-ckpt")
+        .arg(&vq.vq_ckpt)
+        .arg("--vq-config")
+        .arg(&vq.vq_config)
+        .arg("--out")
+        .arg(dir.path().join("samples"))
+        .output()
+        .unwrap();
+    assert!(sampled.status.success(), "{}", text(&sampled));
+    assert!(dir.path().join("samples/samples.npz").is_file());
 
     // A damaged newest checkpoint is refused rather than trained on.
     let newest = dir.path().join("checkpoints/0000040.safetensors");

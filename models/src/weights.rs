@@ -17,8 +17,17 @@ const NAMES_SHOWN: usize = 8;
 /// Copies every tensor of the safetensors file at `path` into the variables of `vs`, converting
 /// dtype and device to the variable's. Fails, changing nothing, when a tensor is missing from
 /// the file, the file holds a tensor the model lacks, or a shape differs; the message names them.
+///
+/// A training checkpoint of [`crate::train::Trainer`] is accepted too: its `model.*` tensors are
+/// the weights, so `llamagen sample` and `llamagen benchmark` take checkpoints as they are saved.
 pub fn load_strict(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
-    let file = read(path)?;
+    let mut file = read(path)?;
+    if file.contains_key("trainer.step") {
+        file = file
+            .into_iter()
+            .filter_map(|(name, t)| name.strip_prefix("model.").map(|n| (n.to_owned(), t)))
+            .collect();
+    }
     let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
 
     let missing: Vec<&String> = variables
