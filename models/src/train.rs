@@ -13,14 +13,14 @@
 //! before a resume so that a corrupted or truncated file is refused.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn::VarStore};
 
 use crate::ModelError;
 use crate::gpt::{Gpt, GptConfig};
-use crate::weights;
+use crate::weights::{self, sibling};
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -303,12 +303,6 @@ fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
         }
         total
     })
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 fn io(path: &Path, source: std::io::Error) -> ModelError {

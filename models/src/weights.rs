@@ -90,7 +90,7 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
         })
         .collect();
     let named: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    let tmp = temporary_sibling(path);
+    let tmp = sibling(path, &format!(".tmp{}", std::process::id()));
     Tensor::write_safetensors(&named, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
         path: path.to_owned(),
@@ -139,8 +139,9 @@ fn weights_error(path: &Path, problem: String) -> ModelError {
     }
 }
 
-fn temporary_sibling(path: &Path) -> PathBuf {
+/// `path` with `suffix` appended to its file name (`w.safetensors` -> `w.safetensors.tmp`).
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
+    name.push(suffix);
     path.with_file_name(name)
 }
