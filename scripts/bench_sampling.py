@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The peer side of `cargo bench -p llamagen-models --bench sampling_vs_llamagen`: LlamaGen's own
 `generate` (autoregressive/models/generate.py) and VQ `decode_code` on the weights the Rust
-benchmark wrote, timed the same way (wall clock around the call, CPU threads as given).
+benchmark wrote, timed the same way (wall clock around the call, CPU threads as given; on CUDA
+after one untimed warm-up call, with the clock stopped after torch.cuda.synchronize()).
 
     .venv/bin/python scripts/bench_sampling.py --llamagen /tmp/llamagen gpt \
         --weights gpt_b.safetensors --image-size 256 --classes 8 --cfg-scale 4.0
@@ -24,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--llamagen", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("what", choices=["gpt", "vq"])
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=256)
@@ -36,6 +39,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     state = load_file(str(args.weights))
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def timed(run):
+        if cuda:
+            run()
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = run()
+        if cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
 
     if args.what == "gpt":
         from autoregressive.models.generate import generate
@@ -44,25 +59,26 @@ def main() -> None:
         grid = args.image_size // 16
         model = GPT_B(block_size=grid * grid, cls_token_num=1, model_type="c2i", vocab_size=16384)
         model.load_state_dict(state, strict=True)
+        # As sample_c2i.py: the model moves to the device in the sampling precision.
+        model.to(device=device, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
         model.eval()
-        cond = torch.arange(args.classes) % 1000
+        cond = torch.arange(args.classes, device=device) % 1000
         torch.manual_seed(0)
-        start = time.perf_counter()
-        codes = generate(model, cond, grid * grid, cfg_scale=args.cfg_scale, cfg_interval=-1,
-                         temperature=1.0, top_k=0, top_p=1.0, sample_logits=True)
-        seconds = time.perf_counter() - start
+        codes, seconds = timed(lambda: generate(
+            model, cond, grid * grid, cfg_scale=args.cfg_scale, cfg_interval=-1,
+            temperature=1.0, top_k=0, top_p=1.0, sample_logits=True))
         shape = list(codes.shape)
     else:
         from tokenizer.tokenizer_image.vq_model import VQ_16
 
         model = VQ_16(codebook_size=16384, codebook_embed_dim=8)
         model.load_state_dict(state, strict=True)
+        model.to(device)
         model.eval()
         grid = args.image_size // 16
         codes = torch.randint(0, 16384, (args.images * grid * grid,), generator=torch.Generator().manual_seed(0))
-        start = time.perf_counter()
-        images = model.decode_code(codes, (args.images, 8, grid, grid))
-        seconds = time.perf_counter() - start
+        codes = codes.to(device)
+        images, seconds = timed(lambda: model.decode_code(codes, (args.images, 8, grid, grid)))
         shape = list(images.shape)
     print(json.dumps({"seconds": seconds, "shape": shape, "threads": torch.get_num_threads()}))
 

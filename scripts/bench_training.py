@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """The peer side of `cargo bench -p llamagen-models --bench training_vs_pytorch`: LlamaGen's
 `Transformer` (autoregressive/models/gpt.py) trained as its train_c2i.py does (AdamW with decay on
->= 2-D tensors, betas 0.9/0.95, clip 1.0, dropouts on) on the same weights and batches, fp32 CPU.
+>= 2-D tensors, betas 0.9/0.95, clip 1.0, dropouts on) on the same weights and batches, fp32 on
+the CPU or CUDA; `--autocast-bf16` wraps the forward pass as train_c2i.py's
+`--mixed-precision bf16` does.
 
     .venv/bin/python scripts/bench_training.py --llamagen /tmp/llamagen-git --weights w.safetensors \
         --config gpt.json --batch 8 --steps 5
 
-Prints {"tokens_per_second": ..., "seconds": ...} for the timed steps (one warm-up step first).
+Prints {"tokens_per_second": ..., "seconds": ..., "gpu_memory_mib": ...} for the timed steps (one
+warm-up step first); the memory is what nvidia-smi reports for this process, as the Rust side.
 """
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--autocast-bf16", action="store_true")
     args = p.parse_args()
     sys.path.insert(0, str(args.llamagen))
     from autoregressive.models.gpt import ModelArgs, Transformer
@@ -38,29 +45,48 @@ def main() -> None:
         block_size=c["block_size"], num_classes=c["num_classes"], cls_token_num=1, model_type="c2i",
         multiple_of=c["multiple_of"]))
     model.load_state_dict(load_file(str(args.weights)), strict=True)
+    device = torch.device(args.device)
+    model.to(device)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                              {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g)
-    labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g)
+    codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g).to(device)
+    labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g).to(device)
+    cuda = device.type == "cuda"
 
     def step():
-        _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast_bf16):
+            _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     tokens = args.steps * args.batch * c["block_size"]
-    print(json.dumps({"tokens_per_second": tokens / seconds, "seconds": seconds}))
+    print(json.dumps({"tokens_per_second": tokens / seconds, "seconds": seconds,
+                      "gpu_memory_mib": gpu_memory_mib() if cuda else None}))
+
+
+def gpu_memory_mib():
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                          "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return int(mib)
+    return None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use llamagen_cli::provenance::{file_sha256, git_revision};
 use llamagen_models::gpt::{Conditioning, GptConfig};
-use llamagen_models::train::{TrainConfig, Trainer};
+use llamagen_models::train::{MixedPrecision, TrainConfig, Trainer};
 use llamagen_store::results::{self, NewCheckpoint, NewModel};
 use llamagen_store::training;
 use ndarray::{ArrayD, IxDyn};
@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// bf16 autocast of the forward pass on CUDA (LlamaGen's default), or none for fp32; the
+    /// CPU always computes in fp32. A resumed run keeps the setting it started with.
+    #[arg(long, default_value = "bf16")]
+    pub mixed_precision: MixedPrecision,
     /// Checkpoint folder; a run resumes from its newest checkpoint.
     #[arg(long)]
     pub out: PathBuf,
@@ -218,6 +222,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
                 grad_clip: args.grad_clip,
                 warmup_steps: args.warmup_steps,
                 seed: args.seed,
+                mixed_precision: args.mixed_precision,
                 ..TrainConfig::default()
             };
             std::fs::create_dir_all(&args.out)?;

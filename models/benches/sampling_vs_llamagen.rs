@@ -8,7 +8,12 @@
 //!
 //! ```text
 //! cargo bench -p llamagen-models --bench sampling_vs_llamagen -- [--llamagen DIR] [--sizes 256,384] [--repeat N]
+//!     [--device cpu|cuda] [--precision fp32|bf16]
 //! ```
+//!
+//! On CUDA both sides run one untimed warm-up first (CUDA context, cuBLAS handles) and the
+//! clock stops after a device synchronise; `--precision bf16` casts the GPT's weights as
+//! LlamaGen's `sample_c2i.py --precision bf16` does (the VQ stays fp32 on both sides).
 //!
 //! `--llamagen` (or `LLAMAGEN_REPO`) names a checkout of FoundationVision/LlamaGen; without one
 //! only our figures are printed. Weights are seeded random (real ones cannot be downloaded
@@ -29,8 +34,19 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The peer's interpreter: `LLAMAGEN_PYTHON`, else the project's virtualenv (on a GPU machine
+/// that has its own CUDA PyTorch, point `LLAMAGEN_PYTHON` at it).
+fn python() -> PathBuf {
+    std::env::var_os("LLAMAGEN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
 struct Options {
     llamagen: Option<PathBuf>,
+    device: Device,
+    /// "fp32" or "bf16" (CUDA only), as `llamagen sample --precision`.
+    precision: String,
     sizes: Vec<i64>,
     /// Runs per measurement; the best is reported (these machines are shared and noisy).
     repeat: usize,
@@ -40,6 +56,8 @@ fn options() -> Options {
     let mut llamagen = std::env::var_os("LLAMAGEN_REPO").map(PathBuf::from);
     let mut sizes = vec![256, 384];
     let mut repeat = 1;
+    let mut device = Device::Cpu;
+    let mut precision = "fp32".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -52,12 +70,25 @@ fn options() -> Options {
                     .filter_map(|s| s.parse().ok())
                     .collect()
             }
+            "--device" => {
+                device = match args.next().as_deref() {
+                    Some("cuda") => Device::Cuda(0),
+                    _ => Device::Cpu,
+                }
+            }
+            "--precision" => precision = args.next().unwrap_or_else(|| "fp32".into()),
             "--repeat" => repeat = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             _ => {} // cargo bench passes --bench
         }
     }
+    assert!(
+        precision == "fp32" || (precision == "bf16" && device.is_cuda()),
+        "--precision is fp32, or bf16 with --device cuda"
+    );
     Options {
         llamagen,
+        device,
+        precision,
         sizes,
         repeat,
     }
@@ -72,7 +103,7 @@ fn peer(llamagen: Option<&Path>, repeat: usize, args: &[&str]) -> Option<f64> {
 
 fn peer_once(llamagen: Option<&Path>, args: &[&str]) -> Option<f64> {
     let llamagen = llamagen?;
-    let out = Command::new(repo().join(".venv/bin/python"))
+    let out = Command::new(python())
         .arg(repo().join("scripts/bench_sampling.py"))
         .arg("--llamagen")
         .arg(llamagen)
@@ -90,11 +121,18 @@ fn peer_once(llamagen: Option<&Path>, args: &[&str]) -> Option<f64> {
     v["seconds"].as_f64()
 }
 
-fn best_of(repeat: usize, mut run: impl FnMut()) -> f64 {
+fn best_of(device: Device, repeat: usize, mut run: impl FnMut()) -> f64 {
+    if device.is_cuda() {
+        run();
+        tch::Cuda::synchronize(0);
+    }
     (0..repeat)
         .map(|_| {
             let t = Instant::now();
             run();
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)
@@ -110,19 +148,22 @@ fn row(what: &str, ours: f64, theirs: Option<f64>) {
     }
 }
 
-fn gpt_b(dir: &Path, grid: i64) -> (VarStore, Gpt, PathBuf) {
+fn gpt_b(dir: &Path, grid: i64, opts: &Options) -> (VarStore, Gpt, PathBuf) {
     tch::manual_seed(1);
     let mut config = GptConfig::named("GPT-B", Conditioning::Class, grid).unwrap();
     config.vocab_size = 16384;
-    let vs = VarStore::new(Device::Cpu);
+    let mut vs = VarStore::new(opts.device);
     let model = Gpt::new(&vs.root(), config).unwrap();
     // The zero-initialised output layer would make sampling trivially uniform.
     tch::no_grad(|| {
         let mut output = vs.variables()["output.weight"].shallow_clone();
-        output.copy_(&(Tensor::randn(output.size(), (Kind::Float, Device::Cpu)) * 0.02));
+        output.copy_(&(Tensor::randn(output.size(), (Kind::Float, opts.device)) * 0.02));
     });
     let path = dir.join(format!("gpt_b_{grid}.safetensors"));
     weights::save(&vs, &path).unwrap();
+    if opts.precision == "bf16" {
+        vs.set_kind(Kind::BFloat16);
+    }
     (vs, model, path)
 }
 
@@ -131,24 +172,31 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let llamagen = opts.llamagen.as_deref();
     let threads = tch::get_num_threads();
+    let device_flag = if opts.device.is_cuda() { "cuda" } else { "cpu" };
+    let on = if opts.device.is_cuda() {
+        "CUDA".to_string()
+    } else {
+        format!("the CPU ({threads} libtorch threads)")
+    };
     println!(
-        "sampling on the CPU ({threads} libtorch threads), GPT-B fp32 with KV cache, top-k 0, top-p 1"
+        "sampling on {on}, GPT-B {} with KV cache, top-k 0, top-p 1",
+        opts.precision
     );
 
     for size in &opts.sizes {
         let grid = size / 16;
-        let (_vs, model, path) = gpt_b(dir.path(), grid);
+        let (_vs, model, path) = gpt_b(dir.path(), grid, &opts);
         let w = path.to_str().unwrap();
         let size_s = size.to_string();
         for (images, cfg) in [(16i64, 1.0f64), (8, 4.0)] {
-            let cond = Tensor::arange(images, (Kind::Int64, Device::Cpu));
+            let cond = Tensor::arange(images, (Kind::Int64, opts.device));
             let seeds: Vec<u64> = (0..images as u64).collect();
             let sampling = Sampling {
                 cfg_scale: cfg,
                 top_k: 0,
                 ..Sampling::default()
             };
-            let ours = best_of(opts.repeat, || {
+            let ours = best_of(opts.device, opts.repeat, || {
                 let codes = generate(&model, &cond, None, &sampling, &seeds).unwrap();
                 assert_eq!(codes.size(), [images, grid * grid]);
             });
@@ -158,6 +206,10 @@ fn main() {
                 &[
                     "--threads",
                     &threads.to_string(),
+                    "--device",
+                    device_flag,
+                    "--precision",
+                    &opts.precision,
                     "gpt",
                     "--weights",
                     w,
@@ -179,13 +231,13 @@ fn main() {
     }
 
     tch::manual_seed(2);
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(opts.device);
     let vq = VqModel::new(&vs.root(), VqConfig::vq16()).unwrap();
     let path = dir.path().join("vq16.safetensors");
     weights::save(&vs, &path).unwrap();
     let images = 8i64;
-    let codes = Tensor::randint(16384, [images, 16, 16], (Kind::Int64, Device::Cpu));
-    let ours = best_of(opts.repeat, || {
+    let codes = Tensor::randint(16384, [images, 16, 16], (Kind::Int64, opts.device));
+    let ours = best_of(opts.device, opts.repeat, || {
         let decoded = tch::no_grad(|| vq.decode_codes(&codes).unwrap());
         assert_eq!(decoded.size(), [images, 3, 256, 256]);
     });
@@ -195,6 +247,8 @@ fn main() {
         &[
             "--threads",
             &threads.to_string(),
+            "--device",
+            device_flag,
             "vq",
             "--weights",
             path.to_str().unwrap(),

@@ -1,90 +1,213 @@
-//! Training throughput on this machine's CPU, ours against LlamaGen's PyTorch model and
-//! train_c2i.py's optimizer setup on the same weights and batch sizes, in the same run:
-//! a 512-wide, 8-layer class-conditional GPT (vocabulary 16384, 16 x 16 tokens), batch 8, fp32,
-//! dropouts on, AdamW + clipping; one warm-up step, then the mean over `--steps`.
+//! Training throughput, ours against LlamaGen's PyTorch model and train_c2i.py's optimizer setup
+//! on the same weights and batch sizes, in the same run: a class-conditional GPT (vocabulary
+//! 16384, 16 x 16 tokens), dropouts on, AdamW + clipping, fp32; one warm-up step, then the mean
+//! over `--steps`; `--precision bf16` runs both forward passes under CUDA bf16 autocast (ours
+//! through [`llamagen_models::autocast`], LlamaGen's as train_c2i.py's `--mixed-precision bf16`).
 //!
 //! ```text
 //! cargo bench -p llamagen-models --bench training_vs_pytorch -- [--llamagen DIR] [--steps N]
+//!     [--model small|GPT-B] [--batch N] [--device cpu|cuda] [--precision fp32|bf16]
 //! ```
+//!
+//! `small` (the default, for this 2-core machine) is 512 wide with 8 layers, batch 8; `GPT-B`
+//! is the paper's 111M model. On CUDA the clock stops after a device synchronise and each side
+//! also reports the GPU memory its process holds (nvidia-smi) after the timed steps.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use llamagen_models::gpt::{Conditioning, GptConfig};
-use llamagen_models::train::{TrainConfig, Trainer};
+use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
+use llamagen_models::train::{MixedPrecision, TrainConfig, Trainer};
 use llamagen_models::weights;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+/// GPU memory (MiB) that nvidia-smi reports for this process, if it can tell.
+fn gpu_memory_mib() -> Option<u64> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let me = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (pid, mib) = l.split_once(',')?;
+        (pid.trim() == me).then(|| mib.trim().parse().ok())?
+    })
+}
 
 fn main() {
     let mut llamagen = std::env::var_os("LLAMAGEN_REPO").map(PathBuf::from);
     let mut steps = 5i64;
+    let mut model = "small".to_string();
+    let mut batch = None;
+    let mut device = Device::Cpu;
+    let mut mixed_precision = MixedPrecision::None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--llamagen" => llamagen = args.next().map(PathBuf::from),
             "--steps" => steps = args.next().and_then(|s| s.parse().ok()).unwrap_or(5),
+            "--model" => model = args.next().unwrap_or_default(),
+            "--batch" => batch = args.next().and_then(|s| s.parse().ok()),
+            "--device" => {
+                device = match args.next().as_deref() {
+                    Some("cuda") => Device::Cuda(0),
+                    _ => Device::Cpu,
+                }
+            }
+            "--precision" => {
+                mixed_precision = args.next().unwrap_or_default().parse().unwrap();
+            }
             _ => {}
         }
     }
-    let batch = 8i64;
-    let mut config = GptConfig::new(8, 8, 512, Conditioning::Class);
+    let (mut config, default_batch) = match model.as_str() {
+        "small" => (GptConfig::new(8, 8, 512, Conditioning::Class), 8),
+        "GPT-B" => (
+            GptConfig::named("GPT-B", Conditioning::Class, 16).expect("GPT-B is a named size"),
+            64,
+        ),
+        other => panic!("--model is small or GPT-B, got {other:?}"),
+    };
+    config.vocab_size = 16384;
     config.block_size = 256;
+    let batch: i64 = batch.unwrap_or(default_batch);
     let tokens = config.block_size;
     let dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(config.clone(), TrainConfig::default(), Device::Cpu).unwrap();
+    // Both sides start from these weights. They are made on the CPU and the peer runs first:
+    // our process keeps libtorch's CUDA cache once it has trained, which would starve it.
+    tch::manual_seed(0);
+    let init = VarStore::new(Device::Cpu);
+    Gpt::new(&init.root(), config.clone()).unwrap();
     let weights_path = dir.path().join("gpt.safetensors");
-    weights::save(&trainer.vs, &weights_path).unwrap();
+    weights::save(&init, &weights_path).unwrap();
     let config_path = dir.path().join("gpt.json");
     std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let peer_rows = llamagen.as_deref().map(|checkout| {
+        peer(
+            checkout,
+            &weights_path,
+            &config_path,
+            batch,
+            steps,
+            device,
+            mixed_precision == MixedPrecision::Bf16 && device.is_cuda(),
+        )
+    });
 
-    let codes = Tensor::randint(
-        config.vocab_size,
-        [batch, tokens],
-        (Kind::Int64, Device::Cpu),
-    );
-    let labels = Tensor::randint(config.num_classes, [batch], (Kind::Int64, Device::Cpu));
+    let train_config = TrainConfig {
+        mixed_precision,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(config.clone(), train_config, device).unwrap();
+    weights::load_strict(&trainer.vs, &weights_path).unwrap();
+    let codes = Tensor::randint(config.vocab_size, [batch, tokens], (Kind::Int64, device));
+    let labels = Tensor::randint(config.num_classes, [batch], (Kind::Int64, device));
     let batches = vec![(labels, codes)];
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0)
+        }
+    };
     trainer.train_step(&batches).unwrap();
+    sync();
     let t = Instant::now();
     for _ in 0..steps {
         trainer.train_step(&batches).unwrap();
     }
+    sync();
     let ours = (steps * batch * tokens) as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "training on the CPU ({} threads): 512 wide, 8 layers, vocab 16384, 256 tokens, batch 8",
-        tch::get_num_threads()
-    );
-    println!("  ours                          {ours:>8.0} tokens/s");
-
-    let Some(llamagen) = llamagen else {
-        println!("  LlamaGen / PyTorch            (no checkout given: --llamagen DIR)");
-        return;
+    let on = if device.is_cuda() {
+        "CUDA".to_string()
+    } else {
+        format!("the CPU ({} threads)", tch::get_num_threads())
     };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(repo.join(".venv/bin/python"))
-        .arg(repo.join("scripts/bench_training.py"))
-        .arg("--llamagen")
-        .arg(&llamagen)
-        .arg("--weights")
-        .arg(&weights_path)
-        .arg("--config")
-        .arg(&config_path)
-        .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
-        .args(["--threads", &tch::get_num_threads().to_string()])
-        .output()
-        .expect("running scripts/bench_training.py");
-    if !out.status.success() {
-        println!(
-            "  LlamaGen / PyTorch failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let theirs = v["tokens_per_second"].as_f64().unwrap();
     println!(
-        "  LlamaGen Transformer + AdamW  {theirs:>8.0} tokens/s   ours / theirs {:.2}x",
-        ours / theirs
+        "training on {on}: {model} ({} wide, {} layers), vocab 16384, 256 tokens, batch {batch}, {}",
+        config.dim,
+        config.n_layer,
+        if mixed_precision == MixedPrecision::Bf16 && device.is_cuda() {
+            "bf16 autocast"
+        } else {
+            "fp32"
+        }
     );
+    let ours_memory = if device.is_cuda() {
+        gpu_memory_mib()
+    } else {
+        None
+    };
+    println!(
+        "  ours                          {ours:>8.0} tokens/s{}",
+        memory(ours_memory)
+    );
+    match peer_rows {
+        None => println!("  LlamaGen / PyTorch            (no checkout given: --llamagen DIR)"),
+        Some(Err(e)) => println!("  LlamaGen / PyTorch failed:\n{e}"),
+        Some(Ok(rows)) => {
+            for (name, theirs, mib) in rows {
+                println!(
+                    "  {name:<30}{theirs:>8.0} tokens/s{}   ours / theirs {:.2}x",
+                    memory(mib),
+                    ours / theirs
+                );
+            }
+        }
+    }
+}
+
+fn memory(mib: Option<u64>) -> String {
+    mib.map(|m| format!("   {m} MiB on the GPU"))
+        .unwrap_or_default()
+}
+
+/// LlamaGen's side: (label, tokens/s, GPU MiB) per run, or its stderr.
+fn peer(
+    llamagen: &Path,
+    weights_path: &Path,
+    config_path: &Path,
+    batch: i64,
+    steps: i64,
+    device: Device,
+    autocast: bool,
+) -> Result<Vec<(String, f64, Option<u64>)>, String> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var_os("LLAMAGEN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/python"));
+    let runs: &[(&str, &[&str])] = if autocast {
+        &[(" (bf16 autocast)", &["--autocast-bf16"])]
+    } else {
+        &[("", &[])]
+    };
+    let mut rows = Vec::new();
+    for (label, extra) in runs {
+        let out = Command::new(&python)
+            .arg(repo.join("scripts/bench_training.py"))
+            .arg("--llamagen")
+            .arg(llamagen)
+            .arg("--weights")
+            .arg(weights_path)
+            .arg("--config")
+            .arg(config_path)
+            .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
+            .args(["--threads", &tch::get_num_threads().to_string()])
+            .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }])
+            .args(*extra)
+            .output()
+            .expect("running scripts/bench_training.py");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.push((
+            format!("LlamaGen + AdamW{label}"),
+            v["tokens_per_second"].as_f64().unwrap(),
+            v["gpu_memory_mib"].as_u64(),
+        ));
+    }
+    Ok(rows)
 }

@@ -7,6 +7,7 @@
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
+//! - [`autocast`]: bf16 autocast on CUDA for the trainer.
 //! - [`weights`]: strict safetensors loading that names every missing, extra or misshaped tensor.
 //! - [`tiny`]: tiny random-weight models for the demo and command tests.
 //! - [`images`]: decoder output in [-1, 1] to uint8 pixels exactly as LlamaGen's samplers do.
@@ -14,6 +15,7 @@
 //! Shapes in doc comments use B = batch, L = sequence length, V = vocabulary, D = model width,
 //! H = heads, h x w = token grid.
 
+pub mod autocast;
 pub mod generate;
 pub mod gpt;
 pub mod images;

@@ -36,6 +36,32 @@ pub struct TrainConfig {
     /// Linear warm-up from 0 over this many steps (LlamaGen uses none).
     pub warmup_steps: i64,
     pub seed: i64,
+    /// bf16 autocast of the forward pass on CUDA (LlamaGen's `--mixed-precision bf16`, its
+    /// default); weights, gradients and optimizer state stay fp32. The CPU computes in fp32.
+    #[serde(default)]
+    pub mixed_precision: MixedPrecision,
+}
+
+/// Forward-pass precision on CUDA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixedPrecision {
+    /// fp32 throughout.
+    #[default]
+    None,
+    /// bf16 autocast (see [`crate::autocast`]).
+    Bf16,
+}
+
+impl std::str::FromStr for MixedPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "fp32" => Ok(MixedPrecision::None),
+            "bf16" => Ok(MixedPrecision::Bf16),
+            other => Err(format!("mixed precision is none or bf16, got {other:?}")),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -49,6 +75,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             warmup_steps: 0,
             seed: 0,
+            mixed_precision: MixedPrecision::None,
         }
     }
 }
@@ -161,14 +188,17 @@ impl Trainer {
         }
         let mut total = 0.0;
         let share = 1.0 / micro_batches.len() as f64;
+        let bf16 =
+            self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
         for (cond, codes) in micro_batches {
             let b = codes.size()[0];
             let drop = Tensor::rand([b], (Kind::Float, cond.device()))
                 .lt(self.gpt.config.class_dropout_prob);
             let cond = self.gpt.drop_condition(cond, &drop);
-            let (_, loss) = self
-                .gpt
-                .forward_with_targets(&cond, codes, None, None, true)?;
+            let (_, loss) = crate::autocast::bf16(bf16, || {
+                self.gpt
+                    .forward_with_targets(&cond, codes, None, None, true)
+            })?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(ModelError::Input(format!(
