@@ -23,14 +23,14 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/6] native stack");
+    println!("\n[1/7] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/6] database");
+    println!("\n[2/7] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
     store.close().await?;
@@ -52,7 +52,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/6] pipeline run of the bundled demo config");
+    println!("\n[3/7] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -93,15 +93,18 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/6] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!("\n[4/7] ingest: the bundled photos served from loopback, as LAION-COCO rows");
+    ingest_step(&config, data_dir).await?;
+
+    println!("\n[5/7] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[5/6] sampling from tiny random-weight LlamaGen models (noise by design)");
+    println!("\n[6/7] sampling from tiny random-weight LlamaGen models (noise by design)");
     sample_step(data_dir)?;
 
-    println!("\n[6/6] what the database holds now");
+    println!("\n[7/7] what the database holds now");
     let status = store.status().await?;
     for t in &status.tables {
         println!("  {:<16} {:>8} rows", t.table, t.rows.unwrap_or(0));
@@ -125,6 +128,81 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         .await?;
     println!("  leaderboard: {evaluations} evaluation(s) (filled once the evaluate stage lands)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the photos (PNG and JPEG) and the hostile responses on loopback, writes LAION-COCO
+/// metadata pointing at them (with rows the metadata filter drops), and ingests it. The port
+/// changes from run to run, so each demo ingests afresh.
+async fn ingest_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Result<()> {
+    use llamagen_ingest::reader::{MetaRow, write_metadata};
+    let photos = llamagen_ingest::testing::bundled_photos();
+    let server = llamagen_ingest::testing::LoopbackServer::start(photos).await?;
+    // WIDTH, HEIGHT, similarity, AESTHETIC_SCORE, pwatermark, punsafe as LAION-COCO has them.
+    let good = [640.0, 480.0, 0.31, 5.8, 0.08, 0.01];
+    let row = |path: String, scores: [f64; 6]| MetaRow {
+        caption: Some(format!("a photo ({path})")),
+        url: Some(server.url(&path)),
+        scores,
+    };
+    let mut rows = Vec::new();
+    for i in 0..4 {
+        for name in ["astronaut", "chelsea", "coffee"] {
+            rows.push(row(format!("/img/{name}.png?v={i}"), good));
+            rows.push(row(format!("/img/{name}.jpg?v={i}"), good));
+        }
+    }
+    for path in [
+        "/status/404",
+        "/corrupt.jpg",
+        "/bomb.png",
+        "/noai/coffee.png",
+    ] {
+        rows.push(row(path.to_string(), good));
+    }
+    let mut low = good;
+    low[3] = 4.2;
+    rows.push(row("/img/coffee.png?low".into(), low));
+    let mut nan = good;
+    nan[4] = f64::NAN;
+    rows.push(row("/img/coffee.png?nan".into(), nan));
+    rows.push(row("/img/coffee.png?v=0".into(), good));
+    let mut ftp = row(String::new(), good);
+    ftp.url = Some("ftp://example.com/photo.jpg".into());
+    rows.push(ftp);
+
+    let metadata = data_dir.join(&config.ingest.input);
+    let output = data_dir.join(&config.ingest.output);
+    if output.exists() {
+        std::fs::remove_dir_all(&output)?;
+    }
+    if let Some(parent) = metadata.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_metadata(
+        &metadata,
+        &config.ingest.url_column,
+        &config.ingest.caption_column,
+        &rows,
+    )?;
+    println!("  {} metadata rows -> {}", rows.len(), metadata.display());
+    let args = crate::ingest::IngestArgs {
+        config: None,
+        input: Vec::new(),
+        output: None,
+        worker: false,
+        run: None,
+        prepare_only: false,
+        lease_secs: 60,
+        max_shards: None,
+        worker_name: Some("demo".into()),
+    };
+    let code = crate::ingest::run_with(config, &args, data_dir).await?;
+    anyhow::ensure!(code == ExitCode::SUCCESS, "ingest failed");
+    println!(
+        "  shards in {}: NNNNN.tar (webdataset), NNNNN.parquet, NNNNN_stats.json",
+        output.display()
+    );
+    Ok(())
 }
 
 /// Writes a tiny VQ + GPT pair (seeded, so a second demo finds the same weights and keeps the

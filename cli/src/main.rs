@@ -8,6 +8,7 @@ mod demo;
 mod demo_metrics;
 mod doctor;
 mod evaluate;
+mod ingest;
 mod sample;
 mod train;
 
@@ -38,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Read LAION-COCO parquet, filter metadata, download and resize images into shards.
-    Ingest(StageArgs),
+    Ingest(Box<ingest::IngestArgs>),
     /// Score downloaded images (CLIP similarity, aesthetic, watermark, size) and keep the good ones.
     Filter(StageArgs),
     /// Caption images with LLaVA through an OpenAI-compatible server.
@@ -113,7 +114,6 @@ enum ConfigCommand {
 /// The issue that builds each stage not built yet.
 fn not_built(command: &str) -> Option<&'static str> {
     Some(match command {
-        "ingest" => "issue #3 (ingest: LAION-COCO metadata, filter funnel, downloader)",
         "filter" | "caption" => {
             "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
         }
@@ -202,16 +202,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(EXIT_NOT_BUILT));
             }
-            println!(
-                "llamagen run: pipeline {:?} lists no stages; nothing to do",
-                config.pipeline.name
+            if config.pipeline.stages.is_empty() {
+                println!(
+                    "llamagen run: pipeline {:?} lists no stages; nothing to do",
+                    config.pipeline.name
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "llamagen run: every stage of {:?} is built, but running them in a chain arrives with issue #5; run each stage's command ({}) in turn",
+                config.pipeline.name,
+                config.pipeline.stages.join(", ")
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(EXIT_NOT_BUILT))
         }
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),
         Command::Train(args) => train::run(&args, &cli.data_dir).await,
         Command::Benchmark(cmd) => benchmark::run(&cmd, &cli.data_dir).await,
+        Command::Ingest(args) => ingest::run(&args, &cli.data_dir).await,
         Command::Demo => demo::run(&cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),
     }

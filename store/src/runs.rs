@@ -425,6 +425,33 @@ pub async fn record_funnel(
     steps: &[FunnelStep],
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
+    insert_funnel(&mut tx, stage_run_id, steps).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sets a stage's funnel to `steps`, replacing what was recorded (a funnel computed in one pass,
+/// such as ingest's metadata filter, recorded again on resume).
+pub async fn replace_funnel(
+    pool: &PgPool,
+    stage_run_id: i64,
+    steps: &[FunnelStep],
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM filter_funnel WHERE stage_run_id = $1")
+        .bind(stage_run_id)
+        .execute(&mut *tx)
+        .await?;
+    insert_funnel(&mut tx, stage_run_id, steps).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_funnel(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    stage_run_id: i64,
+    steps: &[FunnelStep],
+) -> Result<(), StoreError> {
     for (i, step) in steps.iter().enumerate() {
         if step.rows_dropped > step.rows_in || step.rows_dropped < 0 {
             return Err(StoreError::Invalid(format!(
@@ -446,11 +473,100 @@ pub async fn record_funnel(
         .bind(&step.threshold)
         .bind(step.rows_in)
         .bind(step.rows_dropped)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(())
+}
+
+/// Records where a stage reads from and writes to (how workers find a run to join).
+pub async fn set_stage_paths(
+    pool: &PgPool,
+    stage_run_id: i64,
+    input_path: &str,
+    output_path: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE stage_runs SET input_path = $2, output_path = $3 WHERE id = $1")
+        .bind(stage_run_id)
+        .bind(input_path)
+        .bind(output_path)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A stage run: its pipeline run's id, its own, and whether it is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenStage {
+    pub run_id: i64,
+    pub stage_run_id: i64,
+    pub running: bool,
+}
+
+/// The newest stage run of `stage` that writes to `output_path` (running ones first), or with
+/// `run_id` that run's stage.
+pub async fn find_stage_run(
+    pool: &PgPool,
+    stage: &str,
+    output_path: &str,
+    run_id: Option<i64>,
+) -> Result<Option<OpenStage>, StoreError> {
+    let row: Option<(i64, i64, bool)> = match run_id {
+        Some(run_id) => {
+            sqlx::query_as(
+                "SELECT run_id, id, status = 'running' FROM stage_runs WHERE stage = $1 AND run_id = $2",
+            )
+            .bind(stage)
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "SELECT run_id, id, status = 'running' FROM stage_runs
+                 WHERE stage = $1 AND output_path = $2
+                 ORDER BY status = 'running' DESC, id DESC LIMIT 1",
+            )
+            .bind(stage)
+            .bind(output_path)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    Ok(row.map(|(run_id, stage_run_id, running)| OpenStage {
+        run_id,
+        stage_run_id,
+        running,
+    }))
+}
+
+/// Re-opens a finished stage and its run, giving the shards that failed for good a fresh set of
+/// attempts (a re-run after the cause was fixed). Returns how many shards were reset.
+pub async fn reopen_stage(pool: &PgPool, open: &OpenStage) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let reset = sqlx::query(
+        "UPDATE shards SET status = 'pending', attempts = 0, worker = NULL, error = NULL,
+                finished_at = NULL, lease_expires_at = NULL
+         WHERE stage_run_id = $1 AND status = 'failed'",
+    )
+    .bind(open.stage_run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE stage_runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = $1",
+    )
+    .bind(open.stage_run_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE pipeline_runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = $1",
+    )
+    .bind(open.run_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(reset)
 }
 
 #[cfg(test)]

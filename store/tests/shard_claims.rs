@@ -237,3 +237,87 @@ async fn funnel_accumulates_across_shards_and_runs_finish_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_finished_stage_is_found_by_its_output_and_reopened_with_fresh_attempts() {
+    with_database(|pool| async move {
+        let stage = stage_with_shards(&pool, 2, 1).await;
+        runs::set_stage_paths(&pool, stage, "in.parquet", "/out")
+            .await
+            .unwrap();
+        let found = runs::find_stage_run(&pool, "ingest", "/out", None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.stage_run_id, found.running), (stage, true));
+        assert!(
+            runs::find_stage_run(&pool, "ingest", "/elsewhere", None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // One shard succeeds, one fails for good (one attempt allowed); the stage ends.
+        let a = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        runs::complete_shard(&pool, &a, &ShardCounts::default())
+            .await
+            .unwrap();
+        let b = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            runs::fail_shard(&pool, &b, "disk full").await.unwrap(),
+            AfterFailure::GaveUp
+        );
+        runs::finish_stage(
+            &pool,
+            stage,
+            runs::Outcome::Failed,
+            &serde_json::json!({}),
+            None,
+        )
+        .await
+        .unwrap();
+        let found = runs::find_stage_run(&pool, "ingest", "/out", None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!found.running);
+
+        // Re-opening gives the failed shard new attempts and leaves the finished one alone.
+        assert_eq!(runs::reopen_stage(&pool, &found).await.unwrap(), 1);
+        let progress = runs::shard_progress(&pool, stage).await.unwrap();
+        assert_eq!(
+            (progress.pending, progress.succeeded, progress.failed),
+            (1, 1, 0)
+        );
+        let again = runs::claim_shard(&pool, stage, "w2", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.shard_index, again.attempt), (b.shard_index, 1));
+
+        // A funnel recorded again replaces the old one instead of adding to it.
+        let steps = [runs::FunnelStep {
+            rule: "valid_url".into(),
+            threshold: None,
+            rows_in: 10,
+            rows_dropped: 2,
+        }];
+        runs::replace_funnel(&pool, stage, &steps).await.unwrap();
+        runs::replace_funnel(&pool, stage, &steps).await.unwrap();
+        let (rows_in, dropped): (i64, i64) = sqlx::query_as(
+            "SELECT rows_in, rows_dropped FROM filter_funnel WHERE stage_run_id = $1",
+        )
+        .bind(stage)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((rows_in, dropped), (10, 2));
+    })
+    .await;
+}

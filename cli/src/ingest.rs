@@ -1,0 +1,457 @@
+//! `llamagen ingest`: LAION-COCO metadata to img2dataset-compatible shards, shared by any
+//! number of workers through PostgreSQL.
+//!
+//! A first process prepares the run: it filters the metadata, cuts the kept rows into shard
+//! inputs, records the funnel and registers the shards. Then it, and every `--worker` that
+//! joins (same config, same output folder, on any machine that sees the folder), claims shards
+//! one at a time with a lease it renews while it works. A worker that dies stops renewing;
+//! after the lease its shard is claimed again and redone from its input. Shard files are
+//! written atomically and a shard with a stats file is never redone, so a killed worker loses
+//! at most the shard in hand and duplicates nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use llamagen_cli::config::PipelineConfig;
+use llamagen_cli::provenance::git_revision;
+use llamagen_ingest::download::{DownloadOptions, Downloader};
+use llamagen_ingest::prepare::{self, Prepared};
+use llamagen_ingest::resize::ResizeOptions;
+use llamagen_ingest::worker::{Event, run_shard};
+use llamagen_store::runs::{self, FunnelStep, NewPipelineRun, Outcome, ShardCounts, Trigger};
+use llamagen_store::{Store, StoreError, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Pipeline config whose `[ingest]` section applies (built-in defaults without one).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Metadata parquet files or globs, instead of `ingest.input`.
+    #[arg(long)]
+    pub input: Vec<String>,
+    /// Output folder for the shards, instead of `ingest.output` (which is relative to the
+    /// data directory).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Join a run that another process prepared instead of preparing one (Slurm array tasks,
+    /// Kubernetes indexed Job pods): waits for the preparation, then claims shards.
+    #[arg(long)]
+    pub worker: bool,
+    /// The pipeline run to work on (default: the newest unfinished one writing to the output).
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Prepare the run (filter, shard inputs, funnel, shards) and exit; prints the run id.
+    #[arg(long)]
+    pub prepare_only: bool,
+    /// Seconds a claimed shard stays this worker's without renewal.
+    #[arg(long, default_value_t = 300)]
+    pub lease_secs: u64,
+    /// Stop after this many shards.
+    #[arg(long)]
+    pub max_shards: Option<u32>,
+    /// Name of this worker in PostgreSQL (default: host:pid).
+    #[arg(long)]
+    pub worker_name: Option<String>,
+}
+
+fn under(data_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        data_dir.join(path)
+    }
+}
+
+/// The metadata files, sorted (the same order on every machine, so the same shards).
+fn inputs(
+    args: &IngestArgs,
+    config: &PipelineConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let patterns: Vec<String> = if args.input.is_empty() {
+        vec![
+            under(data_dir, Path::new(&config.ingest.input))
+                .display()
+                .to_string(),
+        ]
+    } else {
+        args.input.clone()
+    };
+    let mut files = Vec::new();
+    for pattern in &patterns {
+        let matched: Vec<PathBuf> = glob::glob(pattern)
+            .with_context(|| format!("bad input pattern {pattern:?}"))?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect();
+        if matched.is_empty() {
+            bail!("no metadata files match {pattern:?}");
+        }
+        files.extend(matched);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn funnel_steps(prepared: &Prepared) -> Vec<FunnelStep> {
+    prepared
+        .funnel
+        .steps()
+        .into_iter()
+        .map(|(rule, threshold, rows_in, dropped)| FunnelStep {
+            rule: rule.name().to_owned(),
+            threshold,
+            rows_in: rows_in as i64,
+            rows_dropped: dropped as i64,
+        })
+        .collect()
+}
+
+pub async fn run(args: &IngestArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => PipelineConfig::load(path)?,
+        None => PipelineConfig::default(),
+    };
+    run_with(&config, args, data_dir).await
+}
+
+/// [`run`] with a config already loaded (the demo's is built in).
+pub async fn run_with(
+    config: &PipelineConfig,
+    args: &IngestArgs,
+    data_dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let ingest = &config.ingest;
+    let output = match &args.output {
+        Some(path) => path.clone(),
+        None => under(data_dir, Path::new(&ingest.output)),
+    };
+    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+    let output = output.canonicalize()?;
+    let output_text = output.display().to_string();
+
+    let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
+    let pool = store.pool();
+    let worker = args
+        .worker_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", hostname(), std::process::id()));
+
+    let mut stage = runs::find_stage_run(pool, "ingest", &output_text, args.run).await?;
+    if args.run.is_some() && stage.is_none() {
+        bail!("run {} has no ingest stage", args.run.unwrap_or_default());
+    }
+    if !args.worker {
+        let files = inputs(args, config, data_dir)?;
+        // A run is resumed only over its own preparation: an output folder without one (new,
+        // or wiped) starts a new run even if an old run wrote there.
+        let prepared_before = prepare::load(&output)?.is_some();
+        let open = match stage.filter(|_| prepared_before) {
+            Some(open) if open.running => {
+                println!("resuming ingest run #{} in {output_text}", open.run_id);
+                open
+            }
+            Some(open) => {
+                let state = runs::shard_progress(pool, open.stage_run_id).await?;
+                if state.failed == 0 {
+                    println!(
+                        "ingest into {output_text} already finished in run #{} ({} shards); nothing to do",
+                        open.run_id, state.succeeded
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let reset = runs::reopen_stage(pool, &open).await?;
+                println!(
+                    "re-opening ingest run #{} in {output_text}: {reset} failed shard(s) get new attempts",
+                    open.run_id
+                );
+                runs::OpenStage {
+                    running: true,
+                    ..open
+                }
+            }
+            None => {
+                let config_json = config.to_json();
+                let run_id = runs::create_pipeline_run(
+                    pool,
+                    &NewPipelineRun {
+                        pipeline: &config.pipeline.name,
+                        trigger: Trigger::Manual,
+                        config: &config_json,
+                        git_revision: git_revision().as_deref(),
+                        scheduled_for: None,
+                    },
+                )
+                .await?;
+                let ingest_json = serde_json::to_value(ingest)?;
+                let stage_run_id = runs::start_stage(pool, run_id, "ingest", &ingest_json).await?;
+                println!("ingest run #{run_id} into {output_text}");
+                runs::OpenStage {
+                    run_id,
+                    stage_run_id,
+                    running: true,
+                }
+            }
+        };
+        let input_text = files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        runs::set_stage_paths(pool, open.stage_run_id, &input_text, &output_text).await?;
+        let prepared = {
+            let (ingest, output) = (ingest.clone(), output.clone());
+            tokio::task::spawn_blocking(move || prepare::prepare(&files, &ingest, &output))
+                .await??
+        };
+        for (file, column) in &prepared.missing_columns {
+            println!("note: {file} has no column {column:?}");
+        }
+        println!("metadata filter:\n{}", prepared.funnel.table());
+        runs::replace_funnel(pool, open.stage_run_id, &funnel_steps(&prepared)).await?;
+        runs::add_shards(pool, open.stage_run_id, prepared.shards as i32, 3).await?;
+        println!(
+            "{} rows kept in {} shard(s) of up to {}",
+            prepared.rows, prepared.shards, ingest.rows_per_shard
+        );
+        stage = Some(open);
+        if args.prepare_only {
+            println!("run id: {}", open.run_id);
+            finish_if_done(pool, open).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let open = match stage {
+        Some(open) => open,
+        None => wait_for_run(pool, &output_text).await?,
+    };
+    if !open.running {
+        println!(
+            "ingest run #{} into {output_text} has finished; nothing to do",
+            open.run_id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let prepared = wait_for_preparation(&output).await?;
+
+    let downloader = Arc::new(Downloader::new(DownloadOptions::from_config(ingest))?);
+    let resize = Arc::new(ResizeOptions {
+        image_size: ingest.image_size,
+        mode: ingest
+            .resize_mode
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
+        jpeg_quality: ingest.jpeg_quality,
+        max_pixels: ingest.max_image_pixels,
+    });
+    let lease = Duration::from_secs(args.lease_secs.max(2));
+    let progress = Progress::new(prepared.rows);
+    let mut done_here = 0u32;
+    while args.max_shards.is_none_or(|max| done_here < max) {
+        let Some(held) = runs::claim_shard(pool, open.stage_run_id, &worker, lease).await? else {
+            break;
+        };
+        let index = held.shard_index as u32;
+        // Renew at a third of the lease, so two missed renewals still keep the shard.
+        let renewer = {
+            let (pool, held) = (pool.clone(), held.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if runs::renew_lease(&pool, &held, lease).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = async {
+            let rows = {
+                let output = output.clone();
+                tokio::task::spawn_blocking(move || prepare::read_shard(&output, index)).await??
+            };
+            let on_row = |e: Event| progress.row(e);
+            let stats = run_shard(
+                index,
+                rows,
+                ingest.rows_per_shard,
+                &output,
+                downloader.clone(),
+                resize.clone(),
+                ingest.concurrency as usize,
+                &on_row,
+            )
+            .await?;
+            anyhow::Ok(stats)
+        }
+        .await;
+        renewer.abort();
+        match result {
+            Ok(stats) => {
+                let counts = ShardCounts {
+                    input_rows: stats.count as i64,
+                    output_rows: stats.successes as i64,
+                    failed_rows: (stats.failed_to_download + stats.failed_to_resize) as i64,
+                    bytes_written: stats.bytes_written as i64,
+                    extra: serde_json::json!({
+                        "failed_to_download": stats.failed_to_download,
+                        "failed_to_resize": stats.failed_to_resize,
+                        "bytes_downloaded": stats.bytes_downloaded,
+                        "status_dict": stats.status_dict,
+                        "seconds": stats.seconds,
+                    }),
+                };
+                match runs::complete_shard(pool, &held, &counts).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost { .. }) => {
+                        progress.println(format!(
+                            "shard {index}: lease lost to another worker; its result stands"
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                progress.println(format!(
+                    "shard {index:05}: {} of {} images in {:.1} s ({} failed to download, {} to resize)",
+                    stats.successes,
+                    stats.count,
+                    stats.duration,
+                    stats.failed_to_download,
+                    stats.failed_to_resize
+                ));
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                progress.println(format!("shard {index:05} failed: {message}"));
+                runs::fail_shard(pool, &held, &message).await?;
+            }
+        }
+        done_here += 1;
+    }
+    progress.finish();
+    let state = finish_if_done(pool, open).await?;
+    println!(
+        "worker {worker}: {done_here} shard(s), {} images written, {} failed; run #{}: {} of {} shards done{}",
+        progress.ok.load(Ordering::Relaxed),
+        progress.failed.load(Ordering::Relaxed),
+        open.run_id,
+        state.succeeded,
+        state.total(),
+        if state.failed > 0 {
+            format!(", {} failed for good", state.failed)
+        } else {
+            String::new()
+        }
+    );
+    Ok(if state.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ends the stage and run once no shard is pending or running (whichever worker sees it).
+async fn finish_if_done(
+    pool: &sqlx::PgPool,
+    open: runs::OpenStage,
+) -> anyhow::Result<runs::ShardProgress> {
+    let state = runs::shard_progress(pool, open.stage_run_id).await?;
+    if state.finished() {
+        let outcome = if state.failed > 0 {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        let counts = serde_json::to_value(&state)?;
+        let error = (state.failed > 0).then(|| format!("{} shard(s) failed", state.failed));
+        runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
+        // Another worker may have finished the run first; that is fine.
+        let _ = runs::finish_pipeline_run(pool, open.run_id, outcome, error.as_deref()).await;
+    }
+    Ok(state)
+}
+
+/// A `--worker` started before the preparing process registered the run waits for it.
+async fn wait_for_run(pool: &sqlx::PgPool, output: &str) -> anyhow::Result<runs::OpenStage> {
+    for _ in 0..600 {
+        if let Some(open) = runs::find_stage_run(pool, "ingest", output, None).await? {
+            return Ok(open);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!(
+        "no ingest run writing to {output} appeared within 10 minutes; start one without --worker"
+    )
+}
+
+async fn wait_for_preparation(output: &Path) -> anyhow::Result<Prepared> {
+    for _ in 0..3600 {
+        if let Some(prepared) = prepare::load(output)? {
+            return Ok(prepared);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("{} was not prepared within an hour", output.display())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The progress bar: images/s and error counts (hidden when stderr is not a terminal).
+struct Progress {
+    bar: ProgressBar,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(rows: u64) -> Self {
+        let bar = ProgressBar::new(rows);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} rows {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Progress {
+            bar,
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn row(&self, event: Event) {
+        match event {
+            Event::Success => self.ok.fetch_add(1, Ordering::Relaxed),
+            _ => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        let ok = self.ok.load(Ordering::Relaxed);
+        let rate = ok as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "{rate:.0} images/s, {} errors",
+            self.failed.load(Ordering::Relaxed)
+        ));
+    }
+
+    fn println(&self, line: String) {
+        if self.bar.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,400 @@
+//! `llamagen ingest` end to end: LAION-COCO-style metadata whose URLs point at a real HTTP
+//! server on loopback (real photos and hostile responses), a real PostgreSQL, shards read back
+//! by the Python `webdataset` library; then resume, two workers sharing a run, and a worker
+//! killed with SIGKILL whose shard another worker redoes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{repo, text};
+use llamagen_ingest::reader::{MetaRow, write_metadata};
+use llamagen_ingest::testing::LoopbackServer;
+use llamagen_shards::manifest::{self, Status};
+use llamagen_shards::{ShardPaths, webdataset};
+use llamagen_store::testing::TestDatabase;
+
+fn photos() -> HashMap<String, Vec<u8>> {
+    llamagen_ingest::testing::bundled_photos()
+}
+
+// WIDTH, HEIGHT, similarity, AESTHETIC_SCORE, pwatermark, punsafe
+const GOOD: [f64; 6] = [640.0, 480.0, 0.33, 6.0, 0.1, 0.01];
+
+fn row(url: String, scores: [f64; 6]) -> MetaRow {
+    MetaRow {
+        caption: Some(format!("a photo from {url} <script>x</script>")),
+        url: Some(url),
+        scores,
+    }
+}
+
+fn config(dir: &Path, rows_per_shard: u32) -> PathBuf {
+    let path = dir.join("ingest.toml");
+    let toml = format!(
+        "[pipeline]\nname = \"ingest-test\"\n\n[ingest]\ninput = \"{}\"\noutput = \"{}\"\n\
+         rows_per_shard = {rows_per_shard}\nconcurrency = 4\ntimeout_secs = 2.0\nretries = 1\n\
+         image_size = 64\nallow_private_addresses = true\n",
+        dir.join("metadata/*.parquet").display(),
+        dir.join("shards").display()
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn llamagen(dir: &Path, db: &TestDatabase) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("DATABASE_URL", db.url())
+        .env("LLAMAGEN_GIT_REVISION", "test");
+    cmd
+}
+
+async fn scalar(db: &TestDatabase, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_filters_downloads_resumes_and_reads_back() {
+    let server = LoopbackServer::start(photos()).await.unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("metadata")).unwrap();
+    let with = |i: usize, v: f64| {
+        let mut s = GOOD;
+        s[i] = v;
+        s
+    };
+    let rows = vec![
+        row(server.url("/img/astronaut.png"), GOOD),
+        row(server.url("/img/chelsea.jpg"), GOOD),
+        row(server.url("/redirect/1/coffee.jpg"), GOOD),
+        row(server.url("/flaky/1/coffee.png"), GOOD),
+        row(server.url("/noai/astronaut.png"), GOOD),
+        row(server.url("/status/404"), GOOD),
+        row(server.url("/corrupt.jpg"), GOOD),
+        row(server.url("/bomb.png"), GOOD),
+        // Dropped by the metadata filter:
+        row("ftp://example.com/a.jpg".into(), GOOD),
+        row(server.url("/img/coffee.jpg"), with(3, 4.0)),
+        row(server.url("/img/coffee.jpg?w"), with(4, f64::NAN)),
+        row(server.url("/img/coffee.jpg?s"), with(0, 100.0)),
+        row(server.url("/img/astronaut.png"), GOOD),
+    ];
+    let (first, second) = rows.split_at(7);
+    write_metadata(
+        &dir.path().join("metadata/part-0.parquet"),
+        "URL",
+        "TEXT",
+        first,
+    )
+    .unwrap();
+    write_metadata(
+        &dir.path().join("metadata/part-1.parquet"),
+        "URL",
+        "TEXT",
+        second,
+    )
+    .unwrap();
+    let cfg = config(dir.path(), 3);
+
+    let out = llamagen(dir.path(), &db)
+        .args(["ingest", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("dedup_url"), "the funnel is printed:\n{log}");
+    assert!(log.contains("8 rows kept in 3 shard(s)"), "{log}");
+
+    // The funnel and the shards in PostgreSQL.
+    let funnel: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT rule, rows_in, rows_dropped FROM filter_funnel ORDER BY step")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let dropped: HashMap<&str, i64> = funnel.iter().map(|(r, _, d)| (r.as_str(), *d)).collect();
+    assert_eq!(funnel[0].1, 13, "rows in");
+    assert_eq!(dropped["valid_url"], 1);
+    assert_eq!(dropped["min_aesthetic"], 1);
+    assert_eq!(dropped["max_watermark"], 1, "NaN watermark fails its rule");
+    assert_eq!(dropped["min_size"], 1);
+    assert_eq!(dropped["dedup_url"], 1);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM shards WHERE status = 'succeeded'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(&db, "SELECT sum(output_rows)::bigint FROM shards").await,
+        4
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM pipeline_runs WHERE status = 'succeeded'"
+        )
+        .await,
+        1
+    );
+
+    // The files: every input row in a manifest, every success in a tar.
+    let shards = dir.path().join("shards");
+    let mut manifest_rows = Vec::new();
+    for i in 0..3 {
+        let paths = ShardPaths::new(&shards, i);
+        assert!(paths.is_finished());
+        manifest_rows.extend(manifest::read(&paths.parquet).unwrap());
+    }
+    assert_eq!(manifest_rows.len(), 8);
+    let status = |needle: &str| {
+        manifest_rows
+            .iter()
+            .find(|r| r.url.contains(needle))
+            .map(|r| (r.status, r.error_message.clone().unwrap_or_default()))
+            .unwrap()
+    };
+    assert_eq!(status("noai").0, Status::FailedToDownload);
+    assert!(status("noai").1.contains("X-Robots-Tag"));
+    assert!(status("404").1.contains("HTTP 404"));
+    assert_eq!(status("bomb").0, Status::FailedToResize);
+    assert_eq!(status("corrupt").0, Status::FailedToResize);
+    assert_eq!(status("flaky").0, Status::Success, "retried after a 503");
+    let tars: Vec<PathBuf> = (0..3).map(|i| ShardPaths::new(&shards, i).tar).collect();
+    let members: usize = tars
+        .iter()
+        .map(|t| webdataset::read_members(t).unwrap().len())
+        .sum();
+    assert_eq!(members, 12, "jpg + txt + json for 4 successes");
+
+    // The Python webdataset library reads the shards as a user would.
+    let script = r#"
+import io, json, sys, webdataset as wds
+from PIL import Image
+n = 0
+for sample in wds.WebDataset(sys.argv[1:], shardshuffle=False):
+    img = Image.open(io.BytesIO(sample["jpg"]))
+    meta = json.loads(sample["json"])
+    assert img.size == (64, 64), img.size
+    assert meta["key"] == sample["__key__"] and meta["status"] == "success"
+    assert sample["txt"].decode().startswith("a photo from")
+    n += 1
+print("samples", n)
+"#;
+    let py = Command::new(repo().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .args(&tars)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", text(&py));
+    assert!(text(&py).contains("samples 4"), "{}", text(&py));
+
+    // Re-running resumes: nothing is downloaded again, nothing changes.
+    let tar_before = std::fs::read(&tars[0]).unwrap();
+    let requests = server.requests.load(Ordering::Relaxed);
+    let out = llamagen(dir.path(), &db)
+        .args(["ingest", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(server.requests.load(Ordering::Relaxed), requests);
+    assert_eq!(std::fs::read(&tars[0]).unwrap(), tar_before);
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM shards").await,
+        3,
+        "no duplicate shards"
+    );
+
+    // A missing URL column is a clear error that names it.
+    let bad = dir.path().join("bad.parquet");
+    write_metadata(&bad, "link", "TEXT", first).unwrap();
+    let out = llamagen(dir.path(), &db)
+        .args(["ingest", "--config"])
+        .arg(&cfg)
+        .arg("--input")
+        .arg(&bad)
+        .arg("--output")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("required column \"URL\" is missing"),
+        "{}",
+        text(&out)
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_run_and_a_killed_worker_s_shard_is_redone() {
+    let server = LoopbackServer::start(photos()).await.unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("metadata")).unwrap();
+    // Shard 0 hangs (two /hang rows take the whole timeout); the rest are quick photos.
+    let mut rows = vec![
+        row(server.url("/hang?a"), GOOD),
+        row(server.url("/hang?b"), GOOD),
+    ];
+    for i in 0..22 {
+        let name = ["astronaut.png", "chelsea.jpg", "coffee.jpg"][i % 3];
+        rows.push(row(server.url(&format!("/img/{name}?{i}")), GOOD));
+    }
+    write_metadata(
+        &dir.path().join("metadata/part-0.parquet"),
+        "URL",
+        "TEXT",
+        &rows,
+    )
+    .unwrap();
+    let cfg = config(dir.path(), 2);
+
+    let out = llamagen(dir.path(), &db)
+        .args(["ingest", "--prepare-only", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("12 shard(s)"), "{}", text(&out));
+
+    // A worker that claims shard 0 and is killed while it waits on the hanging server.
+    let mut doomed = llamagen(dir.path(), &db)
+        .args([
+            "ingest",
+            "--worker",
+            "--lease-secs",
+            "3",
+            "--worker-name",
+            "doomed",
+            "--config",
+        ])
+        .arg(&cfg)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let held = scalar(
+            &db,
+            "SELECT count(*) FROM shards WHERE worker = 'doomed' AND shard_index = 0 AND status = 'running'",
+        )
+        .await;
+        if held == 1 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the worker never claimed shard 0"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill().unwrap(); // SIGKILL
+    doomed.wait().unwrap();
+
+    // Two workers finish the run; shard 0 comes back to one of them when the lease runs out.
+    let spawn = |name: &str| {
+        llamagen(dir.path(), &db)
+            .args([
+                "ingest",
+                "--worker",
+                "--lease-secs",
+                "3",
+                "--worker-name",
+                name,
+                "--config",
+            ])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("a");
+    let b = spawn("b");
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    // A worker may finish before the dead worker's lease expires and leave shard 0 behind;
+    // one more worker then picks it up (as a scheduler's retry would).
+    if scalar(
+        &db,
+        "SELECT count(*) FROM shards WHERE status <> 'succeeded'",
+    )
+    .await
+        > 0
+    {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let c = spawn("c").wait_with_output().unwrap();
+        assert!(c.status.success(), "{}", text(&c));
+    }
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM shards WHERE status = 'succeeded'"
+        )
+        .await,
+        12
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT attempts::bigint FROM shards WHERE shard_index = 0"
+        )
+        .await,
+        2,
+        "shard 0 was claimed by the killed worker, then redone once"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM shards WHERE worker = 'doomed'").await,
+        0,
+        "nothing is credited to the dead worker"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT sum(output_rows)::bigint FROM shards").await,
+        22
+    );
+    // Every row appears once across the manifests; every success once across the tars.
+    let shards = dir.path().join("shards");
+    let mut keys = Vec::new();
+    let mut jpgs = 0;
+    for i in 0..12 {
+        let paths = ShardPaths::new(&shards, i);
+        keys.extend(
+            manifest::read(&paths.parquet)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key),
+        );
+        jpgs += webdataset::read_members(&paths.tar)
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n.ends_with(".jpg"))
+            .count();
+    }
+    let unique: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len(), unique.len(), jpgs), (24, 24, 22));
+    let leftovers = std::fs::read_dir(&shards)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp")
+        })
+        .count();
+    // The killed worker may have left a temporary tar; it is never mistaken for a shard.
+    assert!(leftovers <= 1, "{leftovers} temporary files");
+    db.drop_database().await;
+}

@@ -1,0 +1,277 @@
+//! Decode under limits, resize in img2dataset's modes, re-encode as JPEG.
+//!
+//! Resampling follows img2dataset: an area filter when shrinking (its `cv2.INTER_AREA`; here
+//! fast_image_resize's box convolution, which averages the covered source pixels) and
+//! Lanczos-3 when enlarging (its `INTER_LANCZOS4`). An alpha channel is dropped.
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions as FrOptions, Resizer};
+use image::{ImageReader, Limits};
+
+/// img2dataset's `resize_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Keep the downloaded size.
+    No,
+    /// Scale so the shorter side is `image_size`.
+    KeepRatio,
+    /// Scale so the shorter side is `image_size`, then cut the centred square (the paper's
+    /// training data: 256 x 256).
+    CenterCrop,
+    /// Scale so the longer side is `image_size`, then pad with black to a square.
+    Border,
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "no" => ResizeMode::No,
+            "keep_ratio" => ResizeMode::KeepRatio,
+            "center_crop" => ResizeMode::CenterCrop,
+            "border" => ResizeMode::Border,
+            other => {
+                return Err(format!(
+                    "resize mode is no, keep_ratio, center_crop or border, got {other:?}"
+                ));
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResizeOptions {
+    pub image_size: u32,
+    pub mode: ResizeMode,
+    pub jpeg_quality: u8,
+    /// Images with more pixels are refused before decoding (decompression bombs).
+    pub max_pixels: u64,
+}
+
+/// A re-encoded image and where its time went.
+#[derive(Debug, Clone)]
+pub struct Resized {
+    pub jpeg: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub original_width: u32,
+    pub original_height: u32,
+    pub decode: Duration,
+    pub resize: Duration,
+    pub encode: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResizeError {
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    #[error(
+        "image is {width} x {height} = {pixels} pixels, over the limit of {max} (decompression bomb guard)"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("image is {0} x {1}: empty")]
+    Empty(u32, u32),
+    #[error("could not decode the image: {0}")]
+    Decode(String),
+    #[error("could not resize: {0}")]
+    Resize(String),
+    #[error("could not encode JPEG: {0}")]
+    Encode(String),
+}
+
+/// Decodes `bytes`, resizes as `options` say and encodes a JPEG.
+pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeError> {
+    let t = Instant::now();
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ResizeError::Decode(e.to_string()))
+    };
+    let probe = reader()?;
+    if probe.format().is_none() {
+        return Err(ResizeError::NotAnImage(
+            "the bytes are in no image format this build decodes".into(),
+        ));
+    }
+    // Reading the header only: a bomb is refused before a pixel is allocated.
+    let (w, h) = probe
+        .into_dimensions()
+        .map_err(|e| ResizeError::Decode(e.to_string()))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > options.max_pixels {
+        return Err(ResizeError::TooManyPixels {
+            width: w,
+            height: h,
+            pixels,
+            max: options.max_pixels,
+        });
+    }
+    if w == 0 || h == 0 {
+        return Err(ResizeError::Empty(w, h));
+    }
+    let mut decoder = reader()?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // RGBA16 at most, plus the decoder's own buffers.
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder.limits(limits);
+    let rgb = decoder
+        .decode()
+        .map_err(|e| ResizeError::Decode(e.to_string()))?
+        .into_rgb8();
+    let decode = t.elapsed();
+
+    let t = Instant::now();
+    let (width, height, pixels) = resize(rgb, options)?;
+    let resize = t.elapsed();
+
+    let t = Instant::now();
+    let mut jpeg = Vec::with_capacity(pixels.len() / 8);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, options.jpeg_quality)
+        .encode(&pixels, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| ResizeError::Encode(e.to_string()))?;
+    Ok(Resized {
+        jpeg,
+        width,
+        height,
+        original_width: w,
+        original_height: h,
+        decode,
+        resize,
+        encode: t.elapsed(),
+    })
+}
+
+/// Scales `numerator / denominator` of `side`, at least one pixel.
+fn scaled(side: u32, numerator: u32, denominator: u32) -> u32 {
+    ((side as u64 * numerator as u64 + denominator as u64 / 2) / denominator as u64).max(1) as u32
+}
+
+fn resize(rgb: image::RgbImage, o: &ResizeOptions) -> Result<(u32, u32, Vec<u8>), ResizeError> {
+    let (w, h) = rgb.dimensions();
+    let size = o.image_size;
+    let (short, long) = (w.min(h), w.max(h));
+    let (tw, th, crop_square, pad) = match o.mode {
+        ResizeMode::No => return Ok((w, h, rgb.into_raw())),
+        ResizeMode::KeepRatio => (scaled(w, size, short), scaled(h, size, short), false, false),
+        ResizeMode::CenterCrop => (size, size, true, false),
+        ResizeMode::Border => (scaled(w, size, long), scaled(h, size, long), false, true),
+    };
+    let shrinking = if crop_square { short > size } else { tw < w };
+    let alg = if shrinking {
+        ResizeAlg::Convolution(FilterType::Box)
+    } else {
+        ResizeAlg::Convolution(FilterType::Lanczos3)
+    };
+    let mut fr_options = FrOptions::new().resize_alg(alg);
+    if crop_square {
+        fr_options = fr_options.fit_into_destination(Some((0.5, 0.5)));
+    }
+    let src = Image::from_vec_u8(w, h, rgb.into_raw(), PixelType::U8x3)
+        .map_err(|e| ResizeError::Resize(e.to_string()))?;
+    let mut dst = Image::new(tw, th, PixelType::U8x3);
+    if (tw, th) == (w, h) && !crop_square {
+        dst = src;
+    } else {
+        Resizer::new()
+            .resize(&src, &mut dst, &fr_options)
+            .map_err(|e| ResizeError::Resize(e.to_string()))?;
+    }
+    if !pad {
+        return Ok((tw, th, dst.into_vec()));
+    }
+    // Centre the scaled image on a black square.
+    let mut square = vec![0u8; size as usize * size as usize * 3];
+    let (x0, y0) = ((size - tw) / 2, (size - th) / 2);
+    let row = tw as usize * 3;
+    for (y, line) in dst.buffer().chunks_exact(row).enumerate() {
+        let start = ((y0 as usize + y) * size as usize + x0 as usize) * 3;
+        square[start..start + row].copy_from_slice(line);
+    }
+    Ok((size, size, square))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(mode: ResizeMode) -> ResizeOptions {
+        ResizeOptions {
+            image_size: 64,
+            mode,
+            jpeg_quality: 95,
+            max_pixels: 1 << 24,
+        }
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, 128]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    fn decoded(r: &Resized) -> image::RgbImage {
+        image::load_from_memory(&r.jpeg).unwrap().into_rgb8()
+    }
+
+    #[test]
+    fn each_mode_gives_img2dataset_s_sizes() {
+        let bytes = png(200, 100);
+        let cases = [
+            (ResizeMode::No, (200, 100)),
+            (ResizeMode::KeepRatio, (128, 64)),
+            (ResizeMode::CenterCrop, (64, 64)),
+            (ResizeMode::Border, (64, 64)),
+        ];
+        for (mode, size) in cases {
+            let r = process(&bytes, &options(mode)).unwrap();
+            assert_eq!((r.width, r.height), size, "{mode:?}");
+            assert_eq!(decoded(&r).dimensions(), size);
+            assert_eq!((r.original_width, r.original_height), (200, 100));
+        }
+    }
+
+    #[test]
+    fn border_pads_with_black_and_center_crop_keeps_the_middle() {
+        let bytes = png(200, 100);
+        let b = decoded(&process(&bytes, &options(ResizeMode::Border)).unwrap());
+        assert!(
+            b.get_pixel(32, 2).0.iter().all(|&v| v < 8),
+            "top band is black"
+        );
+        assert!(b.get_pixel(32, 32).0[2] > 100, "middle is the image");
+        // The crop of a horizontal gradient keeps its middle: x from 50 to 150 (red 150..450).
+        let c = decoded(&process(&bytes, &options(ResizeMode::CenterCrop)).unwrap());
+        let left = c.get_pixel(1, 32).0[0] as i32;
+        assert!((left - 150).abs() < 12, "left edge red {left}");
+    }
+
+    #[test]
+    fn bombs_and_garbage_are_refused_with_a_reason() {
+        let mut o = options(ResizeMode::CenterCrop);
+        o.max_pixels = 100 * 100;
+        let err = process(&png(200, 100), &o).unwrap_err();
+        assert!(
+            matches!(err, ResizeError::TooManyPixels { pixels: 20000, .. }),
+            "{err}"
+        );
+        let err = process(b"<html>not an image</html>", &options(ResizeMode::No)).unwrap_err();
+        assert!(matches!(err, ResizeError::NotAnImage(_)), "{err}");
+        let mut truncated = png(50, 50);
+        truncated.truncate(truncated.len() / 2);
+        let err = process(&truncated, &options(ResizeMode::No)).unwrap_err();
+        assert!(matches!(err, ResizeError::Decode(_)), "{err}");
+    }
+}

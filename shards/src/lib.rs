@@ -1,0 +1,99 @@
+//! The on-disk shard formats every stage shares, img2dataset-compatible so that existing
+//! readers (webdataset, img2dataset's own tooling, pandas) open them:
+//!
+//! - `NNNNN.tar`: a webdataset shard, one `KEY.jpg`, `KEY.txt` (caption) and `KEY.json`
+//!   (metadata) per successful sample ([`webdataset`]);
+//! - `NNNNN.parquet`: one row per input row, success or not, with its status and error
+//!   ([`manifest`]);
+//! - `NNNNN_stats.json`: the shard's counts and timings ([`stats`]). It is written last, so it
+//!   marks a finished shard.
+//!
+//! Every file goes to a temporary name in its folder, is fsynced, then renamed ([`atomic`]): a
+//! crash never leaves a file that looks finished but is not.
+
+pub mod atomic;
+pub mod manifest;
+pub mod stats;
+pub mod webdataset;
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong reading or writing a shard.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Format { path: PathBuf, problem: String },
+}
+
+impl ShardError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ShardError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(path: &Path, problem: impl std::fmt::Display) -> Self {
+        ShardError::Format {
+            path: path.to_owned(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// `00042`: shard file names are the index in five digits, as img2dataset writes them.
+pub fn shard_name(index: u32) -> String {
+    format!("{index:05}")
+}
+
+/// The three files of shard `index` in `dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPaths {
+    pub tar: PathBuf,
+    pub parquet: PathBuf,
+    pub stats: PathBuf,
+}
+
+impl ShardPaths {
+    pub fn new(dir: &Path, index: u32) -> Self {
+        let name = shard_name(index);
+        ShardPaths {
+            tar: dir.join(format!("{name}.tar")),
+            parquet: dir.join(format!("{name}.parquet")),
+            stats: dir.join(format!("{name}_stats.json")),
+        }
+    }
+
+    /// Whether the shard was finished: its stats file, written last, exists.
+    pub fn is_finished(&self) -> bool {
+        self.stats.is_file()
+    }
+}
+
+/// img2dataset's sample key: the shard index followed by the row's position in the shard,
+/// each zero-padded (`rows_per_shard` 10,000 gives `000420123` for row 123 of shard 42).
+pub fn sample_key(shard: u32, row: u32, rows_per_shard: u32) -> String {
+    let digits = (rows_per_shard.max(2) - 1).to_string().len();
+    format!("{shard:05}{row:0digits$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_names_follow_img2dataset() {
+        assert_eq!(shard_name(42), "00042");
+        assert_eq!(sample_key(42, 123, 10_000), "000420123");
+        assert_eq!(sample_key(0, 7, 16), "0000007");
+        assert_eq!(sample_key(3, 0, 1), "000030");
+        let p = ShardPaths::new(Path::new("/s"), 7);
+        assert_eq!(p.tar, Path::new("/s/00007.tar"));
+        assert_eq!(p.stats, Path::new("/s/00007_stats.json"));
+    }
+}
