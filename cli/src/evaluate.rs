@@ -208,51 +208,67 @@ pub(crate) fn load_side(
     })
 }
 
-/// PNG and JPEG files of a folder, in name order, as one batch: each center-cropped to
-/// `center_crop` when given (ADM's preprocessing), else all must have one size.
+/// PNG and JPEG files of a folder in name order, then the images of its webdataset shards
+/// (`*.tar`, as `llamagen ingest` writes them) in shard and member order, as one batch: each
+/// center-cropped to `center_crop` when given (ADM's preprocessing), else all must have one size.
 pub(crate) fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
+    let extension = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let is_image = |e: &str| matches!(e, "png" | "jpg" | "jpeg");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
         .collect();
     files.sort();
-    let mut images: Vec<Array3<u8>> = Vec::with_capacity(files.len());
-    for file in &files {
-        let img = image::open(file)
-            .with_context(|| format!("decoding {}", file.display()))?
-            .to_rgb8();
+    let mut images: Vec<Array3<u8>> = Vec::new();
+    let mut first_label = String::new();
+    let mut add = |label: String, img: image::DynamicImage| -> anyhow::Result<()> {
+        let img = img.to_rgb8();
         let (w, h) = img.dimensions();
         let mut img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
         if let Some(size) = center_crop {
             img = llamagen_evaluate::center_crop::center_crop(img.view(), size)
-                .with_context(|| format!("center-cropping {}", file.display()))?;
+                .with_context(|| format!("center-cropping {label}"))?;
         }
-        if let Some(first) = images.first()
-            && first.dim() != img.dim()
-        {
-            bail!(
-                "{} is {}x{} but {} is {}x{}: resize the set to one size first, or pass --center-crop SIZE",
-                file.display(),
-                w,
-                h,
-                files[0].display(),
+        match images.first() {
+            Some(first) if first.dim() != img.dim() => bail!(
+                "{label} is {w}x{h} but {first_label} is {}x{}: resize the set to one size first, or pass --center-crop SIZE",
                 first.dim().1,
                 first.dim().0
-            );
+            ),
+            Some(_) => {}
+            None => first_label = label,
         }
         images.push(img);
+        Ok(())
+    };
+    for file in files.iter().filter(|f| is_image(&extension(f))) {
+        let img = image::open(file).with_context(|| format!("decoding {}", file.display()))?;
+        add(file.display().to_string(), img)?;
+    }
+    for tar in files.iter().filter(|f| extension(f) == "tar") {
+        for (name, bytes) in llamagen_shards::webdataset::read_members(tar)? {
+            if is_image(&extension(Path::new(&name))) {
+                let label = format!("{}:{name}", tar.display());
+                let img =
+                    image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
+                add(label, img)?;
+            }
+        }
     }
     let views: Vec<_> = images
         .iter()
         .map(|i| i.view().insert_axis(Axis(0)))
         .collect();
     if views.is_empty() {
-        bail!("{} holds no PNG or JPEG images", dir.display());
+        bail!(
+            "{} holds no PNG or JPEG images and no webdataset shards",
+            dir.display()
+        );
     }
     Ok(ndarray::concatenate(Axis(0), &views)?)
 }
@@ -354,4 +370,39 @@ pub(crate) async fn record(
     .await;
     store.close().await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), format)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn folders_and_their_webdataset_shards_read_as_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.png"),
+            encoded(40, 50, image::ImageFormat::Png),
+        )
+        .unwrap();
+        let mut tar =
+            llamagen_shards::webdataset::TarWriter::create(&dir.path().join("00000.tar")).unwrap();
+        for key in ["0000", "0001"] {
+            tar.append(key, "jpg", &encoded(48, 48, image::ImageFormat::Jpeg))
+                .unwrap();
+            tar.append(key, "txt", b"a caption").unwrap();
+        }
+        tar.finish().unwrap();
+        let batch = read_folder(dir.path(), Some(32)).unwrap();
+        assert_eq!(batch.dim(), (3, 32, 32, 3));
+        let err = read_folder(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("00000.tar:0000.jpg is 48x48"), "{err}");
+    }
 }
