@@ -124,7 +124,10 @@ pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeE
         return Err(ResizeError::Empty(w, h));
     }
     let jpeg_rgb = match (reader()?.format(), target_size(w, h, options)) {
-        (Some(image::ImageFormat::Jpeg), Some((tw, th))) => decode_jpeg_scaled(bytes, tw, th),
+        // At full scale the `image` crate's decoder (zune-jpeg, SIMD) is the faster one.
+        (Some(image::ImageFormat::Jpeg), Some((tw, th))) if w >= 2 * tw && h >= 2 * th => {
+            decode_jpeg_scaled(bytes, tw, th)
+        }
         _ => None,
     };
     let rgb = match jpeg_rgb {
