@@ -161,6 +161,18 @@ async fn respond(
     stream.shutdown().await
 }
 
+/// `200 OK` with a file and its `Content-Type`, plus `extra` headers.
+async fn send_file(
+    stream: &mut TcpStream,
+    name: &str,
+    bytes: &[u8],
+    extra: &[(&str, String)],
+) -> std::io::Result<()> {
+    let mut headers = vec![("Content-Type", content_type(name).to_string())];
+    headers.extend(extra.iter().cloned());
+    respond(stream, "200 OK", &headers, bytes).await
+}
+
 /// A well-formed PNG claiming 100,000 x 100,000 RGB pixels (30 GB decoded) in 65 bytes: an
 /// IHDR, an IDAT holding a (short) zlib stream, and an IEND, each with a valid CRC.
 pub fn bomb_png() -> Vec<u8> {
@@ -216,15 +228,7 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
     let file = |name: &str| files.by_name.get(name).cloned();
     match parts.as_slice() {
         ["img", name] => match file(name) {
-            Some(bytes) => {
-                respond(
-                    &mut stream,
-                    "200 OK",
-                    &[("Content-Type", content_type(name).into())],
-                    &bytes,
-                )
-                .await
-            }
+            Some(bytes) => send_file(&mut stream, name, &bytes, &[]).await,
             None => respond(&mut stream, "404 Not Found", &[], b"").await,
         },
         ["status", code] => {
@@ -240,15 +244,7 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
                 *count
             };
             match file(name) {
-                Some(bytes) if seen > failures => {
-                    respond(
-                        &mut stream,
-                        "200 OK",
-                        &[("Content-Type", content_type(name).into())],
-                        &bytes,
-                    )
-                    .await
-                }
+                Some(bytes) if seen > failures => send_file(&mut stream, name, &bytes, &[]).await,
                 _ => respond(&mut stream, "503 Service Unavailable", &[], b"").await,
             }
         }
@@ -322,11 +318,8 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
         }
         ["noai", name] => match file(name) {
             Some(bytes) => {
-                let headers = [
-                    ("Content-Type", content_type(name).into()),
-                    ("X-Robots-Tag", "noai".into()),
-                ];
-                respond(&mut stream, "200 OK", &headers, &bytes).await
+                let robots = [("X-Robots-Tag", "noai".to_string())];
+                send_file(&mut stream, name, &bytes, &robots).await
             }
             None => respond(&mut stream, "404 Not Found", &[], b"").await,
         },
