@@ -6,6 +6,7 @@
 #   - stable links .venv/libtorch and .venv/libonnxruntime.so that .cargo/config.toml points at,
 #     so `cargo build`, `cargo test` and target/*/llamagen need no environment variables;
 #   - PostgreSQL server binaries (Debian's `postgresql`) when `initdb` cannot be found;
+#   - Debian's `chromium` for the dashboard's browser tests when no chromium is installed;
 #   - the rustfmt and clippy components when the toolchain lacks them.
 set -euo pipefail
 
@@ -55,6 +56,11 @@ find_initdb() {
     command -v initdb >/dev/null
 }
 if ! find_initdb; then apt_install postgresql; fi
+
+# --- Headless chromium for the dashboard's browser tests (dashboards/tests) ----------------
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    apt_install chromium
+fi
 
 # --- Rust components used by the test command -----------------------------------------------
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -21,6 +21,44 @@ pub struct PipelineConfig {
     pub evaluate: EvaluateConfig,
 }
 
+/// Records a new run of `config` in `pipeline_runs` (with the config, its hash and the git
+/// revision); returns its id.
+pub async fn record_pipeline_run(
+    pool: &sqlx::PgPool,
+    config: &PipelineConfig,
+    trigger: llamagen_store::runs::Trigger,
+    scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<i64, llamagen_store::StoreError> {
+    let config_json = config.to_json();
+    llamagen_store::runs::create_pipeline_run(
+        pool,
+        &llamagen_store::runs::NewPipelineRun {
+            pipeline: &config.pipeline.name,
+            trigger,
+            config: &config_json,
+            git_revision: crate::provenance::git_revision().as_deref(),
+            scheduled_for,
+        },
+    )
+    .await
+}
+
+/// A `pipeline.schedule` entry: standard 5-field cron (minute hour day month weekday), or 6
+/// fields with seconds first; always in UTC.
+pub fn parse_cron(entry: &str) -> anyhow::Result<croner::Cron> {
+    let fields = entry.split_whitespace().count();
+    ensure!(
+        fields == 5 || fields == 6,
+        "pipeline.schedule: {entry:?} has {fields} fields; cron needs 5 (or 6 with seconds first)"
+    );
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(entry)
+        .map_err(|e| anyhow::anyhow!("pipeline.schedule: {entry:?} is not a cron expression: {e}"))
+}
+
 /// The stages in pipeline order.
 pub const STAGES: [&str; 7] = [
     "ingest", "filter", "caption", "encode", "train", "sample", "evaluate",
@@ -361,10 +399,7 @@ impl PipelineConfig {
             last = Some(pos);
         }
         for entry in &p.schedule {
-            ensure!(
-                entry.split_whitespace().count() == 5,
-                "pipeline.schedule: {entry:?} is not a 5-field cron expression"
-            );
+            parse_cron(entry)?;
         }
         one_of(
             "pipeline.missed_runs",

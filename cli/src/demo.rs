@@ -9,37 +9,54 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use llamagen_store::runs::{self, NewPipelineRun, Outcome, Trigger};
+use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
 use llamagen_cli::config::PipelineConfig;
 
 const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
-pub async fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     println!(
         "== llamagen demo (data directory {}) ==",
         data_dir.display()
     );
 
-    println!("\n[1/7] native stack");
+    println!("\n[1/8] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/7] database");
+    println!("\n[2/8] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
+    let result = match result {
+        Ok(code) => {
+            println!(
+                "\ndemo finished in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            if serve {
+                println!("\n[8/8] the dashboard over these results");
+                let args = crate::serve::ServeArgs {
+                    listen: "127.0.0.1:8080".parse()?,
+                    reader_url: None,
+                };
+                crate::serve::serve(&store, &args, true, crate::serve::shutdown_signal())
+                    .await
+                    .map(|()| code)
+            } else {
+                println!("\n[8/8] dashboard skipped (--no-serve); `llamagen serve` starts it");
+                Ok(code)
+            }
+        }
+        Err(e) => Err(e),
+    };
     store.close().await?;
-    let code = result?;
-    println!(
-        "\ndemo finished in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(code)
+    result
 }
 
 async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -52,21 +69,13 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/7] pipeline run of the bundled demo config");
+    println!("\n[3/8] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
-    let run_id = runs::create_pipeline_run(
-        store.pool(),
-        &NewPipelineRun {
-            pipeline: &config.pipeline.name,
-            trigger: Trigger::Demo,
-            config: &config_json,
-            git_revision: revision.as_deref(),
-            scheduled_for: None,
-        },
-    )
-    .await?;
+    let run_id =
+        llamagen_cli::config::record_pipeline_run(store.pool(), &config, Trigger::Demo, None)
+            .await?;
     println!(
         "  recorded run #{run_id} of pipeline {:?} (config sha256 {}, git {})",
         config.pipeline.name,
@@ -93,18 +102,23 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/7] ingest: the bundled photos served from loopback, as LAION-COCO rows");
+    println!("\n[4/8] ingest: the bundled photos served from loopback, as LAION-COCO rows");
     ingest_step(&config, data_dir).await?;
 
-    println!("\n[5/7] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!("\n[5/8] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[6/7] sampling from tiny random-weight LlamaGen models (noise by design)");
-    sample_step(data_dir)?;
+    println!("\n[6/8] sampling from tiny random-weight LlamaGen models (noise by design)");
+    let sampling = sample_step(data_dir)?;
 
-    println!("\n[7/7] what the database holds now");
+    println!(
+        "\n[7/8] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
+    );
+    benchmark_step(&config, &sampling, data_dir).await?;
+
+    println!("\n    what the database holds now");
     let status = store.status().await?;
     for t in &status.tables {
         println!("  {:<16} {:>8} rows", t.table, t.rows.unwrap_or(0));
@@ -126,7 +140,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     let evaluations: i64 = sqlx::query_scalar("SELECT count(*) FROM leaderboard")
         .fetch_one(store.pool())
         .await?;
-    println!("  leaderboard: {evaluations} evaluation(s) (filled once the evaluate stage lands)");
+    println!("  leaderboard: {evaluations} evaluation(s)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -195,6 +209,8 @@ async fn ingest_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Result
         lease_secs: 60,
         max_shards: None,
         worker_name: Some("demo".into()),
+        grace_secs: 5,
+        keep_run_open: false,
     };
     let code = crate::ingest::run_with(config, &args, data_dir).await?;
     anyhow::ensure!(code == ExitCode::SUCCESS, "ingest failed");
@@ -207,7 +223,7 @@ async fn ingest_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Result
 
 /// Writes a tiny VQ + GPT pair (seeded, so a second demo finds the same weights and keeps the
 /// images it made) and samples eight 32 px images with guidance through `llamagen sample`'s code.
-fn sample_step(data_dir: &Path) -> anyhow::Result<()> {
+fn sample_step(data_dir: &Path) -> anyhow::Result<crate::sample::SampleArgs> {
     let dir = data_dir.join("demo");
     let models = llamagen_models::tiny::write(&dir.join("models"), 0)?;
     let args = crate::sample::SampleArgs {
@@ -253,5 +269,47 @@ fn sample_step(data_dir: &Path) -> anyhow::Result<()> {
         "  written to {}/000000.png ... 000007.png and samples.npz",
         args.out.display()
     );
+    Ok(args)
+}
+
+/// Records the tiny GPT over a guidance sweep and the tiny VQ's reconstructions, with the
+/// ingested shards as the reference set: the leaderboard and model pages the dashboard shows.
+async fn benchmark_step(
+    config: &PipelineConfig,
+    sampling: &crate::sample::SampleArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::benchmark::{BenchmarkCommand, EvaluationArgs, GeneratorArgs, TokenizerArgs};
+
+    let evaluation = |model: &str, benchmark: &str| -> anyhow::Result<EvaluationArgs> {
+        Ok(EvaluationArgs {
+            reference: data_dir.join(&config.ingest.output),
+            inception: crate::demo_metrics::random_inception(data_dir)?,
+            model: model.into(),
+            step: 0,
+            benchmark: benchmark.into(),
+            center_crop: None,
+            eval_batch_size: 32,
+            threads: 0,
+            no_record: false,
+        })
+    };
+    let mut sample = sampling.clone();
+    sample.num_samples = 16;
+    sample.batch_size = 16;
+    sample.out = data_dir.join("demo/benchmark");
+    let generator = GeneratorArgs {
+        sample,
+        cfg_scales: vec![1.0, 2.0, 4.0],
+        evaluation: evaluation("demo-tiny-GPT", "demo-shards-c2i")?,
+    };
+    crate::benchmark::run(&BenchmarkCommand::Generator(Box::new(generator)), data_dir).await?;
+    let tokenizer = TokenizerArgs {
+        vq: sampling.vq.clone(),
+        batch_size: 8,
+        device: "cpu".into(),
+        evaluation: evaluation("demo-tiny-VQ", "demo-shards-recon")?,
+    };
+    crate::benchmark::run(&BenchmarkCommand::Tokenizer(Box::new(tokenizer)), data_dir).await?;
     Ok(())
 }

@@ -89,7 +89,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The random-weight FID Inception, exported on first use into `<data_dir>/demo/`.
-fn random_inception(data_dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn random_inception(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let model = data_dir.join("demo/inception-random-seed0.onnx");
     if model.exists() {
         return Ok(model);

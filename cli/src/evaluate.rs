@@ -130,6 +130,7 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             seed: r.seed,
             precision: None,
             extra: None,
+            samples_path: args.samples.is_dir().then_some(args.samples.as_path()),
         };
         let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
         let id = record(&recording, data_dir, &metrics, count).await?;
@@ -295,6 +296,8 @@ pub(crate) struct Recording<'a> {
     pub precision: Option<&'a str>,
     /// Everything else that shapes the result (reference set, full sampler settings).
     pub extra: Option<serde_json::Value>,
+    /// The folder of the evaluated samples' PNGs, for the dashboard's sample grid.
+    pub samples_path: Option<&'a Path>,
 }
 
 /// Stores the metrics in PostgreSQL; the same checkpoint, benchmark and configuration update
@@ -364,7 +367,12 @@ pub(crate) async fn record(
             ..Default::default()
         };
         let id = results::begin_evaluation(pool, &evaluation).await?;
-        results::finish_evaluation(pool, id, metrics, None).await?;
+        // Absolute, so the dashboard finds them whatever its working directory.
+        let samples = r
+            .samples_path
+            .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
+            .map(|p| p.display().to_string());
+        results::finish_evaluation(pool, id, metrics, samples.as_deref()).await?;
         anyhow::Ok(id)
     }
     .await;

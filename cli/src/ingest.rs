@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen_cli::config::PipelineConfig;
-use llamagen_cli::provenance::git_revision;
+use llamagen_cli::config::{PipelineConfig, record_pipeline_run};
 use llamagen_ingest::download::{DownloadOptions, Downloader};
 use llamagen_ingest::prepare::{self, Prepared};
 use llamagen_ingest::resize::ResizeOptions;
 use llamagen_ingest::worker::{Event, run_shard};
-use llamagen_store::runs::{self, FunnelStep, NewPipelineRun, Outcome, ShardCounts, Trigger};
+use llamagen_store::runs::{self, FunnelStep, Outcome, ShardCounts, Trigger};
 use llamagen_store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -57,7 +56,38 @@ pub struct IngestArgs {
     /// Name of this worker in PostgreSQL (default: host:pid).
     #[arg(long)]
     pub worker_name: Option<String>,
+    /// On SIGTERM or Ctrl-C no new shard is claimed, and the shard in hand gets this many
+    /// seconds to finish; after that it is released (pending again, the attempt not counted)
+    /// for the next worker or run.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+    /// Leave the pipeline run open when the stage ends (`llamagen run` closes it after its
+    /// last stage).
+    #[arg(skip)]
+    pub keep_run_open: bool,
 }
+
+impl IngestArgs {
+    /// The arguments `llamagen run` uses for its ingest stage in run `run_id`.
+    pub fn for_pipeline_run(run_id: i64, grace_secs: u64) -> Self {
+        Self {
+            config: None,
+            input: Vec::new(),
+            output: None,
+            worker: false,
+            run: Some(run_id),
+            prepare_only: false,
+            lease_secs: 300,
+            max_shards: None,
+            worker_name: None,
+            grace_secs,
+            keep_run_open: true,
+        }
+    }
+}
+
+/// Exit status after SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
+pub const EXIT_STOPPED: u8 = 143;
 
 fn under(data_dir: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
@@ -144,7 +174,7 @@ pub async fn run_with(
         .unwrap_or_else(|| format!("{}:{}", hostname(), std::process::id()));
 
     let mut stage = runs::find_stage_run(pool, "ingest", &output_text, args.run).await?;
-    if args.run.is_some() && stage.is_none() {
+    if args.worker && args.run.is_some() && stage.is_none() {
         bail!("run {} has no ingest stage", args.run.unwrap_or_default());
     }
     if !args.worker {
@@ -177,18 +207,11 @@ pub async fn run_with(
                 }
             }
             None => {
-                let config_json = config.to_json();
-                let run_id = runs::create_pipeline_run(
-                    pool,
-                    &NewPipelineRun {
-                        pipeline: &config.pipeline.name,
-                        trigger: Trigger::Manual,
-                        config: &config_json,
-                        git_revision: git_revision().as_deref(),
-                        scheduled_for: None,
-                    },
-                )
-                .await?;
+                let run_id = match args.run {
+                    // `llamagen run` made the pipeline run; this stage joins it.
+                    Some(run_id) => run_id,
+                    None => record_pipeline_run(pool, config, Trigger::Manual, None).await?,
+                };
                 let ingest_json = serde_json::to_value(ingest)?;
                 let stage_run_id = runs::start_stage(pool, run_id, "ingest", &ingest_json).await?;
                 println!("ingest run #{run_id} into {output_text}");
@@ -223,7 +246,7 @@ pub async fn run_with(
         stage = Some(open);
         if args.prepare_only {
             println!("run id: {}", open.run_id);
-            finish_if_done(pool, open).await?;
+            finish_if_done(pool, open, args.keep_run_open).await?;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -252,8 +275,11 @@ pub async fn run_with(
     });
     let lease = Duration::from_secs(args.lease_secs.max(2));
     let progress = Progress::new(prepared.rows);
+    let stop = StopSignal::listen();
+    let grace = Duration::from_secs(args.grace_secs);
     let mut done_here = 0u32;
-    while args.max_shards.is_none_or(|max| done_here < max) {
+    let mut released = None;
+    while args.max_shards.is_none_or(|max| done_here < max) && !stop.requested() {
         let Some(held) = runs::claim_shard(pool, open.stage_run_id, &worker, lease).await? else {
             break;
         };
@@ -270,7 +296,7 @@ pub async fn run_with(
                 }
             })
         };
-        let result = async {
+        let work = async {
             let rows = {
                 let output = output.clone();
                 tokio::task::spawn_blocking(move || prepare::read_shard(&output, index)).await??
@@ -288,9 +314,24 @@ pub async fn run_with(
             )
             .await?;
             anyhow::Ok(stats)
-        }
-        .await;
+        };
+        // A stop request lets the shard run on for the grace period, then drops it.
+        let result = tokio::select! {
+            result = work => Some(result),
+            () = stop.then_wait(grace, || progress.println(format!(
+                "stop requested: shard {index:05} gets {} s to finish, then it is released",
+                grace.as_secs()
+            ))) => None,
+        };
         renewer.abort();
+        let Some(result) = result else {
+            runs::release_shard(pool, &held).await?;
+            progress.println(format!(
+                "shard {index:05} released unfinished; the next worker or run redoes it"
+            ));
+            released = Some(index);
+            break;
+        };
         match result {
             Ok(stats) => {
                 let counts = ShardCounts {
@@ -333,7 +374,17 @@ pub async fn run_with(
         done_here += 1;
     }
     progress.finish();
-    let state = finish_if_done(pool, open).await?;
+    let state = finish_if_done(pool, open, args.keep_run_open).await?;
+    if stop.requested() {
+        println!(
+            "worker {worker}: stopped by signal after {done_here} shard(s){}; run #{} stays open: re-run to resume",
+            released
+                .map(|i| format!(", shard {i:05} released"))
+                .unwrap_or_default(),
+            open.run_id
+        );
+        return Ok(ExitCode::from(EXIT_STOPPED));
+    }
     println!(
         "worker {worker}: {done_here} shard(s), {} images written, {} failed; run #{}: {} of {} shards done{}",
         progress.ok.load(Ordering::Relaxed),
@@ -354,10 +405,12 @@ pub async fn run_with(
     })
 }
 
-/// Ends the stage and run once no shard is pending or running (whichever worker sees it).
+/// Ends the stage, and the run unless `keep_run_open`, once no shard is pending or running
+/// (whichever worker sees it).
 async fn finish_if_done(
     pool: &sqlx::PgPool,
     open: runs::OpenStage,
+    keep_run_open: bool,
 ) -> anyhow::Result<runs::ShardProgress> {
     let state = runs::shard_progress(pool, open.stage_run_id).await?;
     if state.finished() {
@@ -369,10 +422,48 @@ async fn finish_if_done(
         let counts = serde_json::to_value(&state)?;
         let error = (state.failed > 0).then(|| format!("{} shard(s) failed", state.failed));
         runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
-        // Another worker may have finished the run first; that is fine.
-        let _ = runs::finish_pipeline_run(pool, open.run_id, outcome, error.as_deref()).await;
+        if !keep_run_open {
+            // Another worker may have finished the run first; that is fine.
+            let _ = runs::finish_pipeline_run(pool, open.run_id, outcome, error.as_deref()).await;
+        }
     }
     Ok(state)
+}
+
+/// SIGTERM or Ctrl-C, observed without ending the process: the worker decides what to do
+/// with the shard in hand.
+#[derive(Clone)]
+pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    pub fn listen() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::serve::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    pub fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when a stop is requested.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|stop| *stop).await.is_err() {
+            // The listener is gone without a signal: never stop.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves `grace` after a stop is requested (calling `announce` when it is).
+    pub async fn then_wait(&self, grace: Duration, announce: impl FnOnce()) {
+        self.wait().await;
+        announce();
+        tokio::time::sleep(grace).await;
+    }
 }
 
 /// A `--worker` started before the preparing process registered the run waits for it.

@@ -9,7 +9,10 @@ mod demo_metrics;
 mod doctor;
 mod evaluate;
 mod ingest;
+mod run;
 mod sample;
+mod schedule;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -56,29 +59,30 @@ enum Command {
     /// (generator), or reconstructions (tokenizer).
     #[command(subcommand)]
     Benchmark(benchmark::BenchmarkCommand),
-    /// Run every stage listed in a pipeline config.
-    Run {
-        /// The pipeline config (TOML).
-        config: PathBuf,
-    },
+    /// Run every stage listed in a pipeline config, in order, as one recorded pipeline run.
+    Run(run::RunArgs),
     /// Check the native stack (libtorch, ONNX Runtime, PostgreSQL) and the database.
     Doctor {
         /// Skip the database check.
         #[arg(long)]
         no_db: bool,
     },
-    /// Run pipelines on their cron schedules, one run per pipeline at a time.
-    Schedule(StageArgs),
-    /// Serve the leaderboard dashboard.
-    Serve(StageArgs),
+    /// Run pipelines on their cron schedules, one run per pipeline at a time (across machines).
+    Schedule(schedule::ScheduleArgs),
+    /// Serve the leaderboard dashboard (read-only) with its JSON API and Prometheus metrics.
+    Serve(serve::ServeArgs),
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCommand),
     /// Pipeline configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Run the whole pipeline on the bundled small data set and show the results.
-    Demo,
+    /// Run the whole pipeline on the bundled small data set, then serve the dashboard over it.
+    Demo {
+        /// Stop after printing the results instead of serving the dashboard.
+        #[arg(long)]
+        no_serve: bool,
+    },
 }
 
 /// Arguments of a stage that is not built yet: accepted so that `--help` works, then refused.
@@ -118,7 +122,6 @@ fn not_built(command: &str) -> Option<&'static str> {
             "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
         }
         "encode" => "issue #7 (encode VQ codes and T5 embeddings)",
-        "schedule" | "serve" => "issue #5 (leaderboard dashboard and scheduled runs)",
         _ => return None,
     })
 }
@@ -129,7 +132,7 @@ fn not_built(command: &str) -> Option<&'static str> {
 pub(crate) fn stage_not_built(stage: &str) -> Option<&'static str> {
     match stage {
         "evaluate" => Some(
-            "issue #4 (the benchmark runner: sample a checkpoint, evaluate, record in PostgreSQL)",
+            "issue #7 (`llamagen benchmark` is built; as a pipeline stage it evaluates the checkpoint that training makes)",
         ),
         other => not_built(other),
     }
@@ -186,42 +189,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
-            let config = PipelineConfig::load(&config)?;
-            let missing: Vec<String> = config
-                .pipeline
-                .stages
-                .iter()
-                .filter_map(|s| stage_not_built(s).map(|issue| format!("{s} ({issue})")))
-                .collect();
-            if !missing.is_empty() {
-                eprintln!(
-                    "llamagen run: pipeline {:?} needs stages that are not built yet:\n  {}",
-                    config.pipeline.name,
-                    missing.join("\n  ")
-                );
-                return Ok(ExitCode::from(EXIT_NOT_BUILT));
-            }
-            if config.pipeline.stages.is_empty() {
-                println!(
-                    "llamagen run: pipeline {:?} lists no stages; nothing to do",
-                    config.pipeline.name
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            eprintln!(
-                "llamagen run: every stage of {:?} is built, but running them in a chain arrives with issue #5; run each stage's command ({}) in turn",
-                config.pipeline.name,
-                config.pipeline.stages.join(", ")
-            );
-            Ok(ExitCode::from(EXIT_NOT_BUILT))
-        }
+        Command::Run(args) => run::run(&args, &cli.data_dir).await,
+        Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),
         Command::Train(args) => train::run(&args, &cli.data_dir).await,
         Command::Benchmark(cmd) => benchmark::run(&cmd, &cli.data_dir).await,
         Command::Ingest(args) => ingest::run(&args, &cli.data_dir).await,
-        Command::Demo => demo::run(&cli.data_dir).await,
+        Command::Demo { no_serve } => demo::run(&cli.data_dir, !no_serve).await,
+        Command::Serve(args) => serve::run(&args, &cli.data_dir).await,
         other => unreachable!("{} is handled before dispatch", command_name(&other)),
     }
 }
@@ -236,13 +212,13 @@ fn command_name(command: &Command) -> &'static str {
         Command::Sample(_) => "sample",
         Command::Evaluate(_) => "evaluate",
         Command::Benchmark(_) => "benchmark",
-        Command::Run { .. } => "run",
+        Command::Run(_) => "run",
         Command::Doctor { .. } => "doctor",
         Command::Schedule(_) => "schedule",
         Command::Serve(_) => "serve",
         Command::Db(_) => "db",
         Command::Config(_) => "config",
-        Command::Demo => "demo",
+        Command::Demo { .. } => "demo",
     }
 }
 

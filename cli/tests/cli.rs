@@ -52,7 +52,7 @@ fn help_lists_every_stage_and_service() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for cmd in ["filter", "caption", "encode", "schedule", "serve"] {
+    for cmd in ["filter", "caption", "encode"] {
         let out = llamagen(dir.path())
             .args([cmd, "--some-flag", "x"])
             .output()
@@ -172,7 +172,10 @@ fn private_cluster_commands_are_idempotent_and_leave_no_server() {
     );
 
     for round in 1..=2 {
-        let out = llamagen(dir.path()).arg("demo").output().unwrap();
+        let out = llamagen(dir.path())
+            .args(["demo", "--no-serve"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "demo round {round}: {}", text(&out));
         let shown = text(&out);
         assert!(shown.contains("recorded run #"), "{shown}");
@@ -205,7 +208,7 @@ async fn doctor_and_db_status_use_database_url() {
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(report.contains("external server"), "{report}");
-    assert!(report.contains("1 of 1 migrations applied"), "{report}");
+    assert!(report.contains("2 of 2 migrations applied"), "{report}");
     assert!(
         !dir.path().join("postgres").exists(),
         "a private cluster was started despite DATABASE_URL"

@@ -47,12 +47,7 @@ fn config(dir: &Path, rows_per_shard: u32) -> PathBuf {
 }
 
 fn llamagen(dir: &Path, db: &TestDatabase) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llamagen"));
-    cmd.arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("DATABASE_URL", db.url())
-        .env("LLAMAGEN_GIT_REVISION", "test");
-    cmd
+    common::llamagen_on(dir, &db.url())
 }
 
 async fn scalar(db: &TestDatabase, sql: &'static str) -> i64 {

@@ -43,6 +43,7 @@ impl StoreOptions {
 #[derive(Debug)]
 pub struct Store {
     pool: PgPool,
+    connect: PgConnectOptions,
     cluster: Option<PrivateCluster>,
     description: String,
 }
@@ -85,13 +86,18 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect.log_statements(tracing::log::LevelFilter::Trace))
+            .connect_with(
+                connect
+                    .clone()
+                    .log_statements(tracing::log::LevelFilter::Trace),
+            )
             .await?;
         if options.migrate {
             migrate(&pool).await?;
         }
         Ok(Self {
             pool,
+            connect,
             cluster,
             description,
         })
@@ -99,6 +105,12 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How the pool connects, for a second pool with other session settings (the dashboard's
+    /// read-only one).
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.connect
     }
 
     /// `private cluster /path/pgdata` or `external server postgresql://user@host/db`.

@@ -6,12 +6,14 @@
 //! - [`runs`]: pipeline runs, stage runs, and shards that workers claim under a lease.
 //! - [`results`]: models, checkpoints, evaluations and metrics (the leaderboard).
 //! - [`training`]: training runs and their loss curves.
+//! - [`schedule`]: cron ticks and the per-pipeline lock that `llamagen schedule` shares.
 //! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
 
 pub mod cluster;
 mod db;
 pub mod results;
 pub mod runs;
+pub mod schedule;
 pub mod testing;
 pub mod training;
 

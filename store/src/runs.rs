@@ -357,6 +357,27 @@ pub async fn fail_shard(
     }
 }
 
+/// Gives a held shard back unfinished (its worker is stopping): pending again, and the attempt
+/// does not count against `max_attempts`, since the shard itself did nothing wrong.
+pub async fn release_shard(pool: &PgPool, lease: &ShardLease) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE shards
+         SET status = 'pending', attempts = attempts - 1, lease_expires_at = NULL, worker = NULL,
+             started_at = NULL
+         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'",
+    )
+    .bind(lease.shard_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(lease_lost(lease));
+    }
+    Ok(())
+}
+
 fn lease_lost(lease: &ShardLease) -> StoreError {
     StoreError::LeaseLost {
         shard_index: lease.shard_index,

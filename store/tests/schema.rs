@@ -146,3 +146,70 @@ async fn constraints_reject_impossible_rows() {
     })
     .await;
 }
+
+/// Rows of the view missing from its indexed copy and rows of the copy the view lacks.
+async fn copy_drift(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM (SELECT * FROM leaderboard EXCEPT SELECT * FROM leaderboard_rows) a),
+                (SELECT count(*) FROM (SELECT * FROM leaderboard_rows EXCEPT SELECT * FROM leaderboard) b)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn leaderboard_rows_follow_the_view_through_every_kind_of_write() {
+    with_database(|pool| async move {
+        let ckpt = seed_checkpoint(&pool, "GPT-B", "B").await;
+        let a = seed_evaluation(&pool, ckpt, 1.5, &[("fid", 5.46), ("inception_score", 193.6)]).await;
+        let b = seed_evaluation(&pool, ckpt, 2.0, &[("fid", 6.09)]).await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM leaderboard_rows")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(copy_drift(&pool).await, (0, 0));
+
+        // A metric re-recorded, a metric added, a checkpoint re-numbered, a model renamed.
+        for sql in [
+            "UPDATE metrics SET value = 5.0 WHERE name = 'fid' AND evaluation_id = $1",
+            "INSERT INTO metrics (evaluation_id, name, value) VALUES ($1, 'recall', 0.6)",
+            "UPDATE checkpoints SET step = 2000 WHERE id = (SELECT checkpoint_id FROM evaluations WHERE id = $1)",
+            "UPDATE models SET name = 'GPT-B-renamed' WHERE id = (SELECT c.model_id FROM checkpoints c JOIN evaluations e ON e.checkpoint_id = c.id WHERE e.id = $1)",
+        ] {
+            sqlx::query(sql).bind(a).execute(&pool).await.unwrap();
+            assert_eq!(copy_drift(&pool).await, (0, 0), "after {sql}");
+        }
+        let (fid, model, step): (f64, String, i64) = sqlx::query_as(
+            "SELECT fid, model, step FROM leaderboard_rows WHERE evaluation_id = $1",
+        )
+        .bind(a)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((fid, model.as_str(), step), (5.0, "GPT-B-renamed", 2000));
+
+        // An evaluation that fails on a re-run leaves the leaderboard; a deleted one too.
+        sqlx::query("UPDATE evaluations SET status = 'failed' WHERE id = $1")
+            .bind(b)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(copy_drift(&pool).await, (0, 0));
+        sqlx::query("DELETE FROM metrics WHERE evaluation_id = $1 AND name = 'recall'")
+            .bind(a)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(copy_drift(&pool).await, (0, 0));
+        sqlx::query("DELETE FROM models").execute(&pool).await.unwrap();
+        assert_eq!(copy_drift(&pool).await, (0, 0));
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM leaderboard_rows")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+    })
+    .await;
+}

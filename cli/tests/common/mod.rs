@@ -17,3 +17,14 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// `llamagen --data-dir DIR/data` on the database at `database_url`, with a fixed git
+/// revision so recorded rows do not depend on the checkout.
+pub fn llamagen_on(dir: &std::path::Path, database_url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("DATABASE_URL", database_url)
+        .env("LLAMAGEN_GIT_REVISION", "test");
+    cmd
+}

@@ -1,0 +1,107 @@
+//! `llamagen run CONFIG`: the stages of a pipeline config in order, as one pipeline run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use llamagen_cli::config::{PipelineConfig, record_pipeline_run};
+use llamagen_store::runs::{self, Outcome, Trigger};
+use llamagen_store::{Store, StoreOptions};
+
+use crate::EXIT_NOT_BUILT;
+use crate::ingest::{EXIT_STOPPED, IngestArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline config (TOML).
+    pub config: PathBuf,
+    /// Work inside this pipeline run (the scheduler makes it) instead of recording a new one.
+    #[arg(long)]
+    pub run_id: Option<i64>,
+    /// After SIGTERM or Ctrl-C, seconds the shard in hand may take to finish before it is
+    /// released for the next run.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+}
+
+/// Why a stage cannot be part of a chained run yet, if it cannot.
+fn not_chainable(stage: &str) -> Option<&'static str> {
+    match stage {
+        "ingest" => None,
+        "train" | "sample" | "evaluate" => Some(
+            "its command takes paths on the command line; reading them from the pipeline TOML arrives with issue #7 (encode and train)",
+        ),
+        other => crate::stage_not_built(other),
+    }
+}
+
+pub async fn run(args: &RunArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let blocked: Vec<String> = config
+        .pipeline
+        .stages
+        .iter()
+        .filter_map(|s| not_chainable(s).map(|why| format!("{s}: {why}")))
+        .collect();
+    if !blocked.is_empty() {
+        eprintln!(
+            "llamagen run: pipeline {:?} has stages that cannot run in a chain yet:\n  {}",
+            config.pipeline.name,
+            blocked.join("\n  ")
+        );
+        return Ok(ExitCode::from(EXIT_NOT_BUILT));
+    }
+    let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
+    let result = run_stages(&config, args, &store, data_dir).await;
+    store.close().await?;
+    result
+}
+
+async fn run_stages(
+    config: &PipelineConfig,
+    args: &RunArgs,
+    store: &Store,
+    data_dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let pool = store.pool();
+    let run_id = match args.run_id {
+        Some(id) => id,
+        None => record_pipeline_run(pool, config, Trigger::Manual, None).await?,
+    };
+    println!(
+        "pipeline {:?}, run #{run_id}: {}",
+        config.pipeline.name,
+        config.pipeline.stages.join(" -> ")
+    );
+    for stage in &config.pipeline.stages {
+        println!("== {stage}");
+        let outcome = match stage.as_str() {
+            "ingest" => {
+                let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
+                crate::ingest::run_with(config, &ingest_args, data_dir).await
+            }
+            other => anyhow::bail!("stage {other} cannot run in a chain (checked before starting)"),
+        };
+        let code = match outcome {
+            Ok(code) => code,
+            Err(e) => {
+                let message = format!("{stage}: {e:#}");
+                runs::finish_pipeline_run(pool, run_id, Outcome::Failed, Some(&message)).await?;
+                return Err(e.context(format!("run #{run_id}, stage {stage}")));
+            }
+        };
+        if code == ExitCode::from(EXIT_STOPPED) {
+            // Stopped by a signal: the run stays open, so a re-run of the stage resumes it.
+            println!("run #{run_id} stopped during {stage}; it stays open");
+            return Ok(code);
+        }
+        if code != ExitCode::SUCCESS {
+            let message = format!("stage {stage} failed");
+            runs::finish_pipeline_run(pool, run_id, Outcome::Failed, Some(&message)).await?;
+            println!("run #{run_id} failed in {stage}");
+            return Ok(code);
+        }
+    }
+    runs::finish_pipeline_run(pool, run_id, Outcome::Succeeded, None).await?;
+    println!("run #{run_id} succeeded");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,316 @@
+//! `llamagen schedule` and `llamagen run` end to end on a real PostgreSQL and a loopback HTTP
+//! server: two schedulers competing for one fast cron pipeline never run it twice at once,
+//! missed ticks follow the stated policy, and SIGTERM releases the shard in hand.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::text;
+use llamagen_ingest::reader::{MetaRow, write_metadata};
+use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
+use llamagen_store::testing::TestDatabase;
+
+const GOOD: [f64; 6] = [640.0, 480.0, 0.33, 6.0, 0.1, 0.01];
+
+fn row(url: String) -> MetaRow {
+    MetaRow {
+        caption: Some(format!("caption of {url}")),
+        url: Some(url),
+        scores: GOOD,
+    }
+}
+
+/// A pipeline config that ingests `urls` (one shard each) into its own folder under `dir`.
+fn pipeline(
+    dir: &Path,
+    name: &str,
+    schedule: &str,
+    missed: &str,
+    urls: &[String],
+    timeout: f64,
+) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(folder.join("metadata")).unwrap();
+    let rows: Vec<MetaRow> = urls.iter().cloned().map(row).collect();
+    write_metadata(
+        &folder.join("metadata/part-0.parquet"),
+        "URL",
+        "TEXT",
+        &rows,
+    )
+    .unwrap();
+    let path = folder.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pipeline]\nname = \"{name}\"\nstages = [\"ingest\"]\nschedule = [\"{schedule}\"]\n\
+             missed_runs = \"{missed}\"\n\n[ingest]\ninput = \"{}\"\noutput = \"{}\"\n\
+             rows_per_shard = 1\nconcurrency = 2\ntimeout_secs = {timeout}\nretries = 0\n\
+             image_size = 32\nallow_private_addresses = true\n",
+            folder.join("metadata/*.parquet").display(),
+            folder.join("shards").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn llamagen(dir: &Path, db: &TestDatabase) -> Command {
+    let mut cmd = common::llamagen_on(dir, &db.url());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn sigterm(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// Waits for `child` to exit, killing it (and failing) after `limit`.
+fn wait_exit(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("did not exit within {limit:?}:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+async fn poll<T>(limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_shard_in_hand_and_the_run_resumes() {
+    let server = LoopbackServer::start(bundled_photos()).await.unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Shard 0 hangs for the whole 60 s timeout; shard 1 is a photo.
+    let cfg = pipeline(
+        dir.path(),
+        "sigterm",
+        "0 3 * * *",
+        "skip",
+        &[server.url("/hang?x"), server.url("/img/coffee.jpg")],
+        60.0,
+    );
+    let child = llamagen(dir.path(), &db)
+        .args(["run", "--grace-secs", "1"])
+        .arg(&cfg)
+        .spawn()
+        .unwrap();
+    poll(Duration::from_secs(60), async || {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM shards WHERE status = 'running'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (running == 1).then_some(())
+    })
+    .await;
+    let sent = Instant::now();
+    sigterm(&child);
+    let out = wait_exit(child, Duration::from_secs(30));
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(143), "{log}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert!(log.contains("released unfinished"), "{log}");
+    let shard0: (String, i32, Option<String>) =
+        sqlx::query_as("SELECT status, attempts, worker FROM shards WHERE shard_index = 0")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        shard0,
+        ("pending".into(), 0, None),
+        "released, attempt not counted"
+    );
+    let run: (String, String) = sqlx::query_as("SELECT status, trigger FROM pipeline_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        run,
+        ("running".into(), "manual".into()),
+        "the run stays open to resume"
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_never_run_a_pipeline_twice_at_once() {
+    let server = LoopbackServer::start(bundled_photos()).await.unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Every second; the first run waits 2 s on the hanging URL, so ticks fall while it runs.
+    let cfg = pipeline(
+        dir.path(),
+        "every-second",
+        "* * * * * *",
+        "skip",
+        &[server.url("/hang?y"), server.url("/img/astronaut.png")],
+        2.0,
+    );
+    let spawn = || {
+        llamagen(dir.path(), &db)
+            .arg("schedule")
+            .arg(&cfg)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    sigterm(&a);
+    sigterm(&b);
+    let (out_a, out_b) = (
+        wait_exit(a, Duration::from_secs(60)),
+        wait_exit(b, Duration::from_secs(60)),
+    );
+    assert!(out_a.status.success(), "{}", text(&out_a));
+    assert!(out_b.status.success(), "{}", text(&out_b));
+    let logs = format!("{}\n----\n{}", text(&out_a), text(&out_b));
+
+    let ticks: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT outcome, run_id FROM schedule_ticks ORDER BY scheduled_for")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(ticks.len() >= 5, "{ticks:?}\n{logs}");
+    let count = |o: &str| ticks.iter().filter(|t| t.0 == o).count();
+    assert!(count("succeeded") >= 1, "{ticks:?}\n{logs}");
+    assert!(
+        count("skipped_busy") >= 1,
+        "a tick fell during the 2 s run: {ticks:?}"
+    );
+    assert_eq!(
+        count("started"),
+        0,
+        "every started tick was closed: {ticks:?}"
+    );
+    // Exactly the run ticks carry runs, each run once.
+    type Time = chrono::DateTime<chrono::Utc>;
+    let runs: Vec<(i64, Time, Option<Time>, String, String)> =
+        sqlx::query_as(
+            "SELECT id, started_at, finished_at, status, trigger FROM pipeline_runs ORDER BY started_at",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let mut tick_runs: Vec<i64> = ticks.iter().filter_map(|t| t.1).collect();
+    tick_runs.sort();
+    let mut run_ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+    run_ids.sort();
+    assert_eq!(tick_runs, run_ids, "{ticks:?} {runs:?}");
+    for r in &runs {
+        assert_eq!(r.4, "schedule");
+        assert_ne!(r.3, "running", "run #{} left running", r.0);
+    }
+    // Never two runs at once.
+    for pair in runs.windows(2) {
+        let previous_end = pair[0].2.unwrap();
+        assert!(
+            pair[1].1 >= previous_end,
+            "run #{} started at {} before run #{} ended at {previous_end}\n{logs}",
+            pair[1].0,
+            pair[1].1,
+            pair[0].0
+        );
+    }
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_ticks_are_skipped_or_run_once() {
+    let server = LoopbackServer::start(bundled_photos()).await.unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [server.url("/img/chelsea.jpg")];
+    let hourly = "0 0 * * * *";
+    let skip = pipeline(dir.path(), "skips", hourly, "skip", &urls, 5.0);
+    let catch_up = pipeline(dir.path(), "catches-up", hourly, "run_once", &urls, 5.0);
+    // Both last ran three hours ago: two or three hourly ticks were missed since.
+    for name in ["skips", "catches-up"] {
+        sqlx::query(
+            "INSERT INTO schedule_ticks (pipeline, scheduled_for, outcome)
+             VALUES ($1, date_trunc('hour', now()) - interval '3 hours', 'succeeded')",
+        )
+        .bind(name)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let child = llamagen(dir.path(), &db)
+        .arg("schedule")
+        .arg(&skip)
+        .arg(&catch_up)
+        .spawn()
+        .unwrap();
+    let outcome = poll(Duration::from_secs(60), async || {
+        sqlx::query_scalar::<_, String>(
+            "SELECT outcome FROM schedule_ticks WHERE pipeline = 'catches-up'
+             AND scheduled_for = date_trunc('hour', now()) AND outcome <> 'started'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    sigterm(&child);
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outcome, "succeeded", "{}", text(&out));
+
+    let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT pipeline, outcome, run_id FROM schedule_ticks
+         WHERE scheduled_for = date_trunc('hour', now()) ORDER BY pipeline",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("skips", "skipped_missed")
+    );
+    assert!(rows[1].2.is_none());
+    let run = rows[0].2.expect("the catch-up tick has its run");
+    let (status, scheduled): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT status, scheduled_for FROM pipeline_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "succeeded");
+    assert!(scheduled.is_some());
+    // One catch-up run, not one per missed tick.
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+    db.drop_database().await;
+}

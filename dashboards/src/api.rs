@@ -1,0 +1,128 @@
+//! The JSON API under `/api/`: the same data as the pages, for scripts and notebooks.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::pages::{RunsQuery, parse_query};
+use crate::params::{LeaderboardQuery, Metric};
+use crate::queries::{self, LeaderboardRow, Point};
+use crate::samples::{self, SampleImage};
+use crate::{AppState, DashboardError};
+
+/// API errors are JSON: `{"error": "..."}` with the status code.
+pub struct ApiError(DashboardError);
+
+impl From<DashboardError> for ApiError {
+    fn from(e: DashboardError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.0.public_message() });
+        (self.0.status(), Json(body)).into_response()
+    }
+}
+
+/// `GET /api/leaderboard`: the parameters of `/`, answered as `{total, rows}`.
+pub async fn leaderboard(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let q: LeaderboardQuery = parse_query(&uri)?;
+    q.validate()?;
+    Ok(Json(queries::leaderboard(&state.pool, &q).await?).into_response())
+}
+
+/// Everything the model page shows.
+#[derive(Debug, Serialize)]
+pub struct ModelData {
+    pub model: queries::Model,
+    /// FID (rFID for tokenizers) against the training step, one series per cfg scale.
+    pub fid_by_step: Vec<Point>,
+    /// At the latest evaluated checkpoint.
+    pub fid_by_cfg: Vec<Point>,
+    pub is_by_cfg: Vec<Point>,
+    /// Training loss, averaged into at most 400 points per training run.
+    pub loss: Vec<Point>,
+    pub samples: Vec<SampleImage>,
+    /// The model's best 50 evaluations.
+    pub evaluations: Vec<LeaderboardRow>,
+}
+
+pub async fn model_data(pool: &PgPool, id: i64) -> Result<ModelData, DashboardError> {
+    let model = queries::model(pool, id)
+        .await?
+        .ok_or_else(|| DashboardError::NotFound(format!("no model {id}")))?;
+    let fid = if model.kind == "tokenizer" {
+        Metric::Rfid
+    } else {
+        Metric::Fid
+    };
+    let samples = match queries::latest_samples(pool, id).await? {
+        Some((evaluation_id, dir)) => {
+            tokio::task::spawn_blocking(move || samples::grid(evaluation_id, &dir))
+                .await
+                .map_err(|e| DashboardError::Internal(format!("sample listing: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    let evaluations = queries::model_evaluations(pool, id, fid, 50).await?;
+    Ok(ModelData {
+        fid_by_step: queries::metric_by_step(pool, id, fid).await?,
+        fid_by_cfg: queries::metric_by_cfg(pool, id, fid).await?,
+        is_by_cfg: queries::metric_by_cfg(pool, id, Metric::InceptionScore).await?,
+        loss: queries::training_loss(pool, id, 400).await?,
+        samples,
+        evaluations,
+        model,
+    })
+}
+
+/// `GET /api/models/{id}`.
+pub async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    Ok(Json(model_data(&state.pool, id).await?).into_response())
+}
+
+/// `GET /api/runs?pipeline=NAME&limit=N`.
+pub async fn runs(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let q = RunsQuery::checked(&uri)?;
+    Ok(Json(queries::pipeline_runs(&state.pool, q.pipeline(), q.limit()).await?).into_response())
+}
+
+/// Everything the run page shows.
+#[derive(Debug, Serialize)]
+pub struct RunData {
+    pub run: queries::PipelineRun,
+    pub stages: Vec<queries::Stage>,
+    pub funnel: Vec<queries::FunnelRow>,
+    pub failed_shards: Vec<queries::FailedShard>,
+}
+
+pub async fn run_data(pool: &PgPool, id: i64) -> Result<RunData, DashboardError> {
+    let run = queries::pipeline_run(pool, id)
+        .await?
+        .ok_or_else(|| DashboardError::NotFound(format!("no pipeline run {id}")))?;
+    Ok(RunData {
+        stages: queries::stages(pool, id).await?,
+        funnel: queries::funnel(pool, id).await?,
+        failed_shards: queries::failed_shards(pool, id).await?,
+        run,
+    })
+}
+
+/// `GET /api/runs/{id}`.
+pub async fn run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    Ok(Json(run_data(&state.pool, id).await?).into_response())
+}

@@ -1,0 +1,184 @@
+//! Line charts drawn server-side as SVG with plotters. Server-side drawing keeps the pages free
+//! of JavaScript (the dashboard's Content-Security-Policy forbids scripts outright), needs no
+//! vendored chart bundle, and makes each chart part of the HTML a test can read. plotters
+//! escapes every text it writes into the SVG.
+
+use std::collections::BTreeMap;
+
+use plotters::prelude::*;
+
+use crate::queries::Point;
+
+const WIDTH: u32 = 560;
+const HEIGHT: u32 = 320;
+
+/// Tableau-10, readable on white and distinguishable in print.
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// At most this many series are drawn; the rest are named in the caption as left out.
+const MAX_SERIES: usize = COLOURS.len();
+
+/// An SVG line chart of `points` (one line per series, in the order of first appearance of
+/// each series name), or `None` when there is nothing to draw.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[Point]) -> Option<String> {
+    let finite: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.x.is_finite() && p.y.is_finite())
+        .collect();
+    if finite.is_empty() {
+        return None;
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in &finite {
+        if !series.contains_key(p.series.as_str()) {
+            order.push(&p.series);
+        }
+        series.entry(&p.series).or_default().push((p.x, p.y));
+    }
+    let (x_range, y_range) = ranges(&finite);
+
+    let mut svg = String::new();
+    let drawn = {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(
+            &root, title, x_label, y_label, &order, &series, x_range, y_range,
+        )
+        .and_then(|()| root.present().map_err(|e| e.to_string()))
+    };
+    match drawn {
+        Ok(()) => Some(svg),
+        Err(e) => {
+            tracing::warn!("chart {title:?} could not be drawn: {e}");
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    order: &[&str],
+    series: &BTreeMap<&str, Vec<(f64, f64)>>,
+    x_range: std::ops::Range<f64>,
+    y_range: std::ops::Range<f64>,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let caption = if order.len() > MAX_SERIES {
+        format!("{title} (first {MAX_SERIES} of {} series)", order.len())
+    } else {
+        title.to_string()
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(err)?;
+    for (i, name) in order.iter().take(MAX_SERIES).enumerate() {
+        let colour = COLOURS[i];
+        let mut line = series[name].clone();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(
+                line.iter().copied(),
+                colour.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
+        chart
+            .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Axis ranges with a margin, widened when all values are equal so the range is never empty.
+fn ranges(points: &[&Point]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let span = |values: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        let pad = if hi > lo {
+            (hi - lo) * 0.05
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
+        (lo - pad)..(hi + pad)
+    };
+    (
+        span(&mut points.iter().map(|p| p.x)),
+        span(&mut points.iter().map(|p| p.y)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(series: &str, x: f64, y: f64) -> Point {
+        Point {
+            series: series.into(),
+            x,
+            y,
+        }
+    }
+
+    #[test]
+    fn draws_one_path_per_series_and_escapes_text() {
+        let points = [
+            point("cfg 1.5", 1000.0, 9.0),
+            point("cfg 1.5", 2000.0, 6.0),
+            point("cfg <b>2</b>", 1000.0, 8.0),
+            point("cfg <b>2</b>", 2000.0, 5.0),
+        ];
+        let svg = line_chart("FID & step", "step", "FID", &points).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
+        let lines_in = |colour: &str| {
+            svg.lines()
+                .filter(|l| l.starts_with("<polyline") && l.contains(colour))
+                .count()
+        };
+        // Each series: its line plus its legend swatch; the third colour is unused.
+        assert_eq!(lines_in("#1F77B4"), 2, "{svg}");
+        assert_eq!(lines_in("#FF7F0E"), 2);
+        assert_eq!(lines_in("#2CA02C"), 0);
+        assert!(svg.contains("cfg &lt;b&gt;2&lt;/b&gt;"));
+        assert!(svg.contains("FID &amp; step"));
+        assert!(!svg.contains("<b>"));
+    }
+
+    #[test]
+    fn nothing_to_draw_is_none_and_a_flat_line_still_draws() {
+        assert!(line_chart("t", "x", "y", &[]).is_none());
+        assert!(line_chart("t", "x", "y", &[point("a", f64::NAN, 1.0)]).is_none());
+        let svg = line_chart("t", "x", "y", &[point("a", 5.0, 2.0)]).unwrap();
+        assert!(svg.contains("<circle"));
+    }
+}

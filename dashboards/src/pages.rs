@@ -1,0 +1,457 @@
+//! The HTML pages. Templates live in `dashboards/templates/` and are compiled in by askama,
+//! which escapes every value for HTML unless a template says `|safe` (only the SVG charts,
+//! which plotters escapes itself).
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::params::SortKey::{Column as C, Metric as M};
+use crate::params::{Column, Kind, LeaderboardQuery, Metric, SortKey};
+use crate::queries::{self, LeaderboardRow};
+use crate::samples::SampleImage;
+use crate::{AppState, DashboardError, api, fmt_opt, fmt_params};
+
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => error_page(&DashboardError::Internal(format!("template: {e}"))),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    status: u16,
+    reason: String,
+    message: String,
+}
+
+/// The page for an error, with its status code.
+pub fn error_page(error: &DashboardError) -> Response {
+    let status = error.status();
+    let page = ErrorPage {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("error").into(),
+        message: error.public_message(),
+    };
+    let body = page
+        .render()
+        .unwrap_or_else(|_| format!("{} {}", page.status, page.reason));
+    (status, Html(body)).into_response()
+}
+
+/// Parses the query string into `T` (400 with serde's reason on failure).
+pub(crate) fn parse_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, DashboardError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| DashboardError::BadRequest(e.body_text()))
+}
+
+pub struct SelectOption {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+pub struct Header {
+    pub label: &'static str,
+    pub href: String,
+    pub arrow: &'static str,
+    pub title: &'static str,
+}
+
+pub struct RowView {
+    pub evaluation_id: i64,
+    pub model_id: i64,
+    pub model: String,
+    pub benchmark: String,
+    pub best: bool,
+    pub cells: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "leaderboard.html")]
+struct LeaderboardPageView {
+    total: i64,
+    /// More rows match than were counted.
+    more: bool,
+    first: i64,
+    last: i64,
+    headers: Vec<Header>,
+    rows: Vec<RowView>,
+    benchmarks: Vec<SelectOption>,
+    kinds: Vec<SelectOption>,
+    metrics: Vec<SelectOption>,
+    model: String,
+    min: String,
+    max: String,
+    sort: &'static str,
+    order: &'static str,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+/// (label, key, tooltip) of the sortable columns after the model name and benchmark.
+#[rustfmt::skip]
+const COLUMNS: [(&str, SortKey, &str); 16] = [
+    ("params", C(Column::Params), "parameters"),
+    ("step", C(Column::Step), "training step of the checkpoint"),
+    ("epoch", C(Column::Epoch), "training epochs"),
+    ("tokens", C(Column::Tokens), "training tokens seen"),
+    ("image", C(Column::ImageSize), "generated image size"),
+    ("cfg", C(Column::Cfg), "classifier-free guidance scale"),
+    ("FID", M(Metric::Fid), "Fréchet Inception Distance (lower is better)"),
+    ("sFID", M(Metric::Sfid), "spatial FID (lower is better)"),
+    ("IS", M(Metric::InceptionScore), "Inception Score"),
+    ("Prec.", M(Metric::Precision), "precision (Kynkäänniemi et al.)"),
+    ("Rec.", M(Metric::Recall), "recall (Kynkäänniemi et al.)"),
+    ("rFID", M(Metric::Rfid), "reconstruction FID of a tokenizer"),
+    ("PSNR", M(Metric::Psnr), "reconstruction PSNR (dB)"),
+    ("SSIM", M(Metric::Ssim), "reconstruction SSIM"),
+    ("usage", M(Metric::CodebookUsage), "share of the codebook used"),
+    ("size", C(Column::Params), "model size name"),
+];
+
+fn cells(r: &LeaderboardRow) -> Vec<String> {
+    vec![
+        fmt_params(r.params),
+        r.step.to_string(),
+        fmt_opt(r.epoch, 1),
+        r.tokens_seen.map(fmt_count).unwrap_or_else(|| "–".into()),
+        r.image_size
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "–".into()),
+        fmt_opt(r.cfg_scale, 2),
+        fmt_opt(r.fid, 2),
+        fmt_opt(r.sfid, 2),
+        fmt_opt(r.inception_score, 2),
+        fmt_opt(r.precision, 2),
+        fmt_opt(r.recall, 2),
+        fmt_opt(r.rfid, 2),
+        fmt_opt(r.psnr, 2),
+        fmt_opt(r.ssim, 4),
+        r.codebook_usage
+            .map(|u| format!("{:.1}%", u * 100.0))
+            .unwrap_or_else(|| "–".into()),
+        r.size.clone().unwrap_or_else(|| "–".into()),
+    ]
+}
+
+fn fmt_count(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// `GET /`: the leaderboard.
+pub async fn leaderboard(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, DashboardError> {
+    let q: LeaderboardQuery = parse_query(&uri)?;
+    q.validate()?;
+    let page = queries::leaderboard(&state.pool, &q).await?;
+    let benchmarks = queries::benchmarks(&state.pool).await?;
+
+    let arrow = |key: SortKey| match (q.sort == key, q.descending()) {
+        (false, _) => "",
+        (true, true) => " ▼",
+        (true, false) => " ▲",
+    };
+    let mut headers = vec![
+        Header {
+            label: "model",
+            href: q.with_sort(SortKey::Column(Column::Model)),
+            arrow: arrow(SortKey::Column(Column::Model)),
+            title: "model name",
+        },
+        Header {
+            label: "benchmark",
+            href: q.with_sort(SortKey::Column(Column::Benchmark)),
+            arrow: arrow(SortKey::Column(Column::Benchmark)),
+            title: "benchmark",
+        },
+    ];
+    headers.extend(COLUMNS.iter().map(|&(label, key, title)| Header {
+        label,
+        href: q.with_sort(key),
+        arrow: if label == "size" { "" } else { arrow(key) },
+        title,
+    }));
+    let rows = page
+        .rows
+        .iter()
+        .map(|r| RowView {
+            evaluation_id: r.evaluation_id,
+            model_id: r.model_id,
+            model: r.model.clone(),
+            benchmark: r.benchmark.clone(),
+            best: r.best_of_model,
+            cells: cells(r),
+        })
+        .collect();
+    let options = |values: Vec<(String, String)>, selected: Option<&str>| {
+        let mut all = vec![SelectOption {
+            value: String::new(),
+            label: "all".into(),
+            selected: selected.is_none(),
+        }];
+        all.extend(values.into_iter().map(|(value, label)| SelectOption {
+            selected: selected == Some(value.as_str()),
+            value,
+            label,
+        }));
+        all
+    };
+    let first = i64::from(q.offset()) + 1;
+    let last = i64::from(q.offset()) + page.rows.len() as i64;
+    let page_no = q.page();
+    let view = LeaderboardPageView {
+        total: page.total,
+        first: if page.rows.is_empty() { 0 } else { first },
+        last,
+        headers,
+        rows,
+        benchmarks: options(
+            benchmarks.into_iter().map(|b| (b.clone(), b)).collect(),
+            q.benchmark.as_deref(),
+        ),
+        kinds: options(
+            [Kind::Generator, Kind::Tokenizer]
+                .iter()
+                .map(|k| (k.as_str().into(), k.as_str().into()))
+                .collect(),
+            q.kind.map(Kind::as_str),
+        ),
+        metrics: options(
+            Metric::ALL
+                .iter()
+                .map(|m| (m.as_str().into(), m.as_str().into()))
+                .collect(),
+            q.metric.map(Metric::as_str),
+        ),
+        model: q.model.clone().unwrap_or_default(),
+        min: q.min.map(|v| v.to_string()).unwrap_or_default(),
+        max: q.max.map(|v| v.to_string()).unwrap_or_default(),
+        sort: q.sort.as_str(),
+        order: if q.descending() { "desc" } else { "asc" },
+        prev: (page_no > 1).then(|| q.with_page(page_no - 1)),
+        next: (last < page.total || page.total_is_lower_bound).then(|| q.with_page(page_no + 1)),
+        more: page.total_is_lower_bound,
+    };
+    Ok(render(&view))
+}
+
+pub struct ChartView {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub svg: String,
+}
+
+#[derive(Template)]
+#[template(path = "model.html")]
+struct ModelPageView {
+    model: queries::Model,
+    params: String,
+    charts: Vec<ChartView>,
+    samples: Vec<SampleImage>,
+    rows: Vec<RowView>,
+}
+
+/// `GET /models/{id}`: charts, samples and evaluations of one model.
+pub async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, DashboardError> {
+    let data = api::model_data(&state.pool, id).await?;
+    let tokenizer = data.model.kind == "tokenizer";
+    let (fid, step_title, cfg_title) = if tokenizer {
+        (
+            "rFID",
+            "rFID against training step",
+            "rFID against guidance scale",
+        )
+    } else {
+        (
+            "FID",
+            "FID against training step",
+            "FID against guidance scale",
+        )
+    };
+    let chart = |id, title, x, y, points: &[queries::Point]| {
+        crate::charts::line_chart(title, x, y, points).map(|svg| ChartView { id, title, svg })
+    };
+    let charts = [
+        chart("fid-step", step_title, "step", fid, &data.fid_by_step),
+        chart("fid-cfg", cfg_title, "cfg scale", fid, &data.fid_by_cfg),
+        chart(
+            "is-cfg",
+            "Inception Score against guidance scale",
+            "cfg scale",
+            "IS",
+            &data.is_by_cfg,
+        ),
+        chart("loss", "training loss", "step", "loss", &data.loss),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let rows = data
+        .evaluations
+        .iter()
+        .map(|r| RowView {
+            evaluation_id: r.evaluation_id,
+            model_id: r.model_id,
+            model: r.model.clone(),
+            benchmark: r.benchmark.clone(),
+            best: r.best_of_model,
+            cells: cells(r),
+        })
+        .collect();
+    let view = ModelPageView {
+        params: fmt_params(data.model.params),
+        model: data.model,
+        charts,
+        samples: data.samples,
+        rows,
+    };
+    Ok(render(&view))
+}
+
+pub struct RunView {
+    pub id: i64,
+    pub pipeline: String,
+    pub trigger: String,
+    pub status: String,
+    pub started: String,
+    pub duration: String,
+    pub error: String,
+}
+
+fn run_view(r: &queries::PipelineRun) -> RunView {
+    RunView {
+        id: r.id,
+        pipeline: r.pipeline.clone(),
+        trigger: r.trigger.clone(),
+        status: r.status.clone(),
+        started: r.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        duration: r
+            .seconds
+            .map(|s| format!("{s:.1} s"))
+            .unwrap_or_else(|| "–".into()),
+        error: r.error.clone().unwrap_or_default(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "pipelines.html")]
+struct PipelinesView {
+    runs: Vec<RunView>,
+    ticks: Vec<queries::ScheduleTick>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u16>,
+}
+
+impl RunsQuery {
+    pub fn checked(uri: &Uri) -> Result<Self, DashboardError> {
+        let q: RunsQuery = parse_query(uri)?;
+        if q.limit.is_some_and(|n| n == 0 || n > 1000) {
+            return Err(DashboardError::BadRequest(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        if q.pipeline.as_ref().is_some_and(|p| p.len() > 200) {
+            return Err(DashboardError::BadRequest("pipeline name too long".into()));
+        }
+        Ok(q)
+    }
+
+    pub fn limit(&self) -> i64 {
+        i64::from(self.limit.unwrap_or(100))
+    }
+
+    pub fn pipeline(&self) -> Option<&str> {
+        self.pipeline.as_deref().filter(|p| !p.is_empty())
+    }
+}
+
+/// `GET /pipelines`: run history and the scheduler's decisions.
+pub async fn pipelines(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, DashboardError> {
+    let q = RunsQuery::checked(&uri)?;
+    let runs = queries::pipeline_runs(&state.pool, q.pipeline(), q.limit()).await?;
+    let ticks = queries::schedule_ticks(&state.pool, 50).await?;
+    Ok(render(&PipelinesView {
+        runs: runs.iter().map(run_view).collect(),
+        ticks,
+    }))
+}
+
+pub struct StageView {
+    pub stage: String,
+    pub status: String,
+    pub shards_done: i64,
+    pub shards_total: i64,
+    pub shards_running: i64,
+    pub shards_failed: i64,
+    pub rows_out: i64,
+    pub rows_failed: i64,
+    pub output: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPageView {
+    run: RunView,
+    stages: Vec<StageView>,
+    funnel: Vec<queries::FunnelRow>,
+    failed: Vec<queries::FailedShard>,
+}
+
+/// `GET /pipelines/runs/{id}`: one run's stages, shard progress and funnel.
+pub async fn pipeline_run(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, DashboardError> {
+    let data = api::run_data(&state.pool, id).await?;
+    let stages = data
+        .stages
+        .iter()
+        .map(|s| StageView {
+            stage: s.stage.clone(),
+            status: s.status.clone(),
+            shards_done: s.shards_succeeded + s.shards_failed,
+            shards_total: s.shards_pending
+                + s.shards_running
+                + s.shards_succeeded
+                + s.shards_failed,
+            shards_running: s.shards_running,
+            shards_failed: s.shards_failed,
+            rows_out: s.rows_out,
+            rows_failed: s.rows_failed,
+            output: s.output_path.clone().unwrap_or_default(),
+            error: s.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    Ok(render(&RunPageView {
+        run: run_view(&data.run),
+        stages,
+        funnel: data.funnel,
+        failed: data.failed_shards,
+    }))
+}

@@ -1,0 +1,475 @@
+//! Every SQL statement the dashboard runs. All of them read; every value that comes from a
+//! request is a bound parameter. The only text spliced into SQL is a column name picked from
+//! the fixed lists of [`crate::params::SortKey`] and [`Metric`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::params::{LeaderboardQuery, Metric};
+
+/// One row of the leaderboard (one evaluation of one checkpoint).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LeaderboardRow {
+    pub evaluation_id: i64,
+    pub benchmark: String,
+    pub model_id: i64,
+    pub model: String,
+    pub kind: String,
+    pub size: Option<String>,
+    pub task: Option<String>,
+    pub params: Option<i64>,
+    pub step: i64,
+    pub epoch: Option<f64>,
+    pub tokens_seen: Option<i64>,
+    pub image_size: Option<i32>,
+    pub cfg_scale: Option<f64>,
+    pub top_k: Option<i32>,
+    pub num_samples: Option<i32>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub fid: Option<f64>,
+    pub sfid: Option<f64>,
+    pub inception_score: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub rfid: Option<f64>,
+    pub psnr: Option<f64>,
+    pub ssim: Option<f64>,
+    pub codebook_usage: Option<f64>,
+    /// The best evaluation of its model on its benchmark (lowest FID, or rFID for tokenizers).
+    #[sqlx(default)]
+    pub best_of_model: bool,
+}
+
+/// One page of the leaderboard and the number of rows that match the filters.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderboardPage {
+    /// Matching rows, counted up to [`COUNT_CAP`].
+    pub total: i64,
+    /// `total` stopped at the cap: there are more.
+    pub total_is_lower_bound: bool,
+    pub rows: Vec<LeaderboardRow>,
+}
+
+/// Counting stops here: an exact count of a million rows would cost more than the page.
+pub const COUNT_CAP: i64 = 10_000;
+
+/// The filters: $1 benchmark, $2 kind, $3 model name substring, $4/$5 the range of the
+/// metric named by the query (its column comes from [`Metric`]'s fixed list).
+fn filters(q: &LeaderboardQuery) -> String {
+    let mut sql = String::from(
+        "FROM leaderboard_rows l
+         WHERE ($1::text IS NULL OR l.benchmark = $1)
+           AND ($2::text IS NULL OR l.kind = $2)
+           AND ($3::text IS NULL OR strpos(lower(l.model), lower($3)) > 0)",
+    );
+    match q.metric {
+        Some(metric) => {
+            let col = metric.as_str();
+            sql.push_str(&format!(
+                "\n           AND l.{col} IS NOT NULL
+           AND ($4::float8 IS NULL OR l.{col} >= $4)
+           AND ($5::float8 IS NULL OR l.{col} <= $5)"
+            ));
+        }
+        // Bounds need a metric (`LeaderboardQuery::validate`); without one they are absent.
+        None => sql.push_str("\n           AND $4::float8 IS NULL AND $5::float8 IS NULL"),
+    }
+    sql
+}
+
+/// The leaderboard page `q` asks for. Reads `leaderboard_rows`, the indexed copy of the
+/// `leaderboard` view that triggers keep current, so each sort is an index scan.
+pub async fn leaderboard(
+    pool: &PgPool,
+    q: &LeaderboardQuery,
+) -> Result<LeaderboardPage, sqlx::Error> {
+    let from = filters(q);
+    let counted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM (SELECT 1 {from} LIMIT {}) capped",
+        COUNT_CAP + 1
+    )))
+    .bind(q.benchmark.as_deref())
+    .bind(q.kind.map(|k| k.as_str()))
+    .bind(q.model.as_deref())
+    .bind(q.min)
+    .bind(q.max)
+    .fetch_one(pool)
+    .await?;
+
+    let column = q.sort.column();
+    let direction = if q.descending() { "DESC" } else { "ASC" };
+    let mut rows: Vec<LeaderboardRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {VIEW_COLUMNS} {from}
+         ORDER BY l.{column} {direction} NULLS LAST, l.evaluation_id {direction}
+         LIMIT $6 OFFSET $7"
+    )))
+    .bind(q.benchmark.as_deref())
+    .bind(q.kind.map(|k| k.as_str()))
+    .bind(q.model.as_deref())
+    .bind(q.min)
+    .bind(q.max)
+    .bind(i64::from(q.limit()))
+    .bind(i64::from(q.offset()))
+    .fetch_all(pool)
+    .await?;
+
+    // Each (model, benchmark) on the page: its lowest FID (rFID for tokenizers), one index
+    // probe each.
+    let mut groups: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.model_id, r.benchmark.clone(), r.kind.clone()))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let best: Vec<i64> = sqlx::query_scalar(
+        "SELECT b.evaluation_id
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS p(model_id, benchmark, kind)
+         CROSS JOIN LATERAL (
+            (SELECT r.evaluation_id FROM leaderboard_rows r
+             WHERE p.kind <> 'tokenizer' AND r.model_id = p.model_id AND r.benchmark = p.benchmark
+               AND r.fid IS NOT NULL
+             ORDER BY r.fid, r.evaluation_id LIMIT 1)
+            UNION ALL
+            (SELECT r.evaluation_id FROM leaderboard_rows r
+             WHERE p.kind = 'tokenizer' AND r.model_id = p.model_id AND r.benchmark = p.benchmark
+               AND r.rfid IS NOT NULL
+             ORDER BY r.rfid, r.evaluation_id LIMIT 1)) b",
+    )
+    .bind(groups.iter().map(|g| g.0).collect::<Vec<_>>())
+    .bind(groups.iter().map(|g| g.1.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|g| g.2.clone()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    for row in &mut rows {
+        row.best_of_model = best.contains(&row.evaluation_id);
+    }
+    Ok(LeaderboardPage {
+        total: counted.min(COUNT_CAP),
+        total_is_lower_bound: counted > COUNT_CAP,
+        rows,
+    })
+}
+
+const VIEW_COLUMNS: &str = "evaluation_id, benchmark, model_id, model, kind, size, task, params,
+    step, epoch, tokens_seen, image_size, cfg_scale, top_k, num_samples, finished_at, fid, sfid,
+    inception_score, precision, recall, rfid, psnr, ssim, codebook_usage";
+
+/// A model's evaluations, best first by `metric` (lowest first).
+pub async fn model_evaluations(
+    pool: &PgPool,
+    model_id: i64,
+    metric: Metric,
+    limit: i64,
+) -> Result<Vec<LeaderboardRow>, sqlx::Error> {
+    let order = metric.as_str();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {VIEW_COLUMNS} FROM leaderboard_rows l WHERE model_id = $1
+         ORDER BY {order} ASC NULLS LAST, evaluation_id LIMIT $2"
+    )))
+    .bind(model_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The benchmarks that have results, for the filter menu.
+pub async fn benchmarks(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    // A loose index scan: one index probe per distinct benchmark instead of reading every row.
+    sqlx::query_scalar(
+        "WITH RECURSIVE b(name) AS (
+            SELECT min(benchmark) FROM leaderboard_rows
+            UNION ALL
+            SELECT (SELECT min(benchmark) FROM leaderboard_rows WHERE benchmark > b.name)
+            FROM b WHERE b.name IS NOT NULL)
+         SELECT name FROM b WHERE name IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Model {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub architecture: String,
+    pub size: Option<String>,
+    pub task: Option<String>,
+    pub params: Option<i64>,
+    pub image_size: Option<i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn model(pool: &PgPool, id: i64) -> Result<Option<Model>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, kind, architecture, size, task, params, image_size, created_at
+         FROM models WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// One point of a chart: x, y, and the series it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Point {
+    pub series: String,
+    pub x: f64,
+    pub y: f64,
+}
+
+/// FID (rFID for tokenizers) against the checkpoint's training step, one series per guidance
+/// scale: the paper's Figure 3 (a) for one model.
+pub async fn metric_by_step(
+    pool: &PgPool,
+    model_id: i64,
+    metric: Metric,
+) -> Result<Vec<Point>, sqlx::Error> {
+    let col = metric.as_str();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT CASE WHEN cfg_scale IS NULL THEN 'all' ELSE 'cfg ' || cfg_scale::text END AS series,
+                step::float8 AS x, min({col}) AS y
+         FROM leaderboard_rows
+         WHERE model_id = $1 AND {col} IS NOT NULL
+         GROUP BY 1, 2 ORDER BY 1, 2"
+    )))
+    .bind(model_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// A metric against the guidance scale at the model's latest evaluated checkpoint: the paper's
+/// Figure 3 (b, c).
+pub async fn metric_by_cfg(
+    pool: &PgPool,
+    model_id: i64,
+    metric: Metric,
+) -> Result<Vec<Point>, sqlx::Error> {
+    let col = metric.as_str();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH latest AS (
+            SELECT checkpoint_id, step FROM leaderboard_rows
+            WHERE model_id = $1 AND cfg_scale IS NOT NULL AND {col} IS NOT NULL
+            ORDER BY step DESC, checkpoint_id DESC LIMIT 1)
+         SELECT 'step ' || latest.step::text AS series, r.cfg_scale AS x, min(r.{col}) AS y
+         FROM latest JOIN leaderboard_rows r ON r.checkpoint_id = latest.checkpoint_id
+         WHERE r.cfg_scale IS NOT NULL AND r.{col} IS NOT NULL
+         GROUP BY 1, 2 ORDER BY 2"
+    )))
+    .bind(model_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// The training loss of every training run of the model, averaged into at most `buckets`
+/// step ranges per run so a million-step curve stays a light page.
+pub async fn training_loss(
+    pool: &PgPool,
+    model_id: i64,
+    buckets: i32,
+) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH runs AS (
+            SELECT t.id, min(tm.step) AS lo, max(tm.step) AS hi
+            FROM training_runs t JOIN training_metrics tm ON tm.training_run_id = t.id
+            WHERE t.model_id = $1 AND tm.name = 'loss'
+            GROUP BY t.id)
+         SELECT 'run ' || runs.id::text AS series, avg(tm.step)::float8 AS x, avg(tm.value) AS y
+         FROM runs JOIN training_metrics tm ON tm.training_run_id = runs.id AND tm.name = 'loss'
+         GROUP BY runs.id,
+                  CASE WHEN runs.hi = runs.lo THEN 0
+                       ELSE floor((tm.step - runs.lo)::float8 * $2 / (runs.hi - runs.lo + 1)) END
+         ORDER BY 1, 2",
+    )
+    .bind(model_id)
+    .bind(buckets)
+    .fetch_all(pool)
+    .await
+}
+
+/// The newest evaluation of the model that kept its samples on disk.
+pub async fn latest_samples(
+    pool: &PgPool,
+    model_id: i64,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.id, e.samples_path FROM evaluations e
+         JOIN checkpoints c ON c.id = e.checkpoint_id
+         WHERE c.model_id = $1 AND e.status = 'succeeded' AND e.samples_path IS NOT NULL
+         ORDER BY e.finished_at DESC NULLS LAST, e.id DESC LIMIT 1",
+    )
+    .bind(model_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn samples_path(
+    pool: &PgPool,
+    evaluation_id: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    let path: Option<Option<String>> =
+        sqlx::query_scalar("SELECT samples_path FROM evaluations WHERE id = $1")
+            .bind(evaluation_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(path.flatten())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PipelineRun {
+    pub id: i64,
+    pub pipeline: String,
+    pub trigger: String,
+    pub status: String,
+    pub config_sha256: String,
+    pub git_revision: Option<String>,
+    pub host: Option<String>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+const RUN_COLUMNS: &str = "id, pipeline, trigger, status, config_sha256, git_revision, host,
+    scheduled_for, started_at, finished_at,
+    extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS seconds, error";
+
+/// The newest runs, optionally of one pipeline.
+pub async fn pipeline_runs(
+    pool: &PgPool,
+    pipeline: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PipelineRun>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM pipeline_runs
+         WHERE ($1::text IS NULL OR pipeline = $1)
+         ORDER BY started_at DESC, id DESC LIMIT $2"
+    )))
+    .bind(pipeline)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn pipeline_run(pool: &PgPool, id: i64) -> Result<Option<PipelineRun>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A stage of a run with its shard progress.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stage {
+    pub id: i64,
+    pub stage: String,
+    pub status: String,
+    pub output_path: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub shards_pending: i64,
+    pub shards_running: i64,
+    pub shards_succeeded: i64,
+    pub shards_failed: i64,
+    pub rows_out: i64,
+    pub rows_failed: i64,
+}
+
+pub async fn stages(pool: &PgPool, run_id: i64) -> Result<Vec<Stage>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.id, s.stage, s.status, s.output_path, s.started_at, s.finished_at, s.error,
+                count(*) FILTER (WHERE sh.status = 'pending')   AS shards_pending,
+                count(*) FILTER (WHERE sh.status = 'running')   AS shards_running,
+                count(*) FILTER (WHERE sh.status = 'succeeded') AS shards_succeeded,
+                count(*) FILTER (WHERE sh.status = 'failed')    AS shards_failed,
+                coalesce(sum(sh.output_rows), 0)::bigint AS rows_out,
+                coalesce(sum(sh.failed_rows), 0)::bigint AS rows_failed
+         FROM stage_runs s LEFT JOIN shards sh ON sh.stage_run_id = s.id
+         WHERE s.run_id = $1
+         GROUP BY s.id ORDER BY s.started_at, s.id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FunnelRow {
+    pub stage: String,
+    pub step: i32,
+    pub rule: String,
+    pub threshold: Option<String>,
+    pub rows_in: i64,
+    pub rows_dropped: i64,
+    pub rows_out: i64,
+}
+
+/// The filter funnel of a run, stage by stage, rule by rule.
+pub async fn funnel(pool: &PgPool, run_id: i64) -> Result<Vec<FunnelRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.stage, f.step, f.rule, f.threshold, f.rows_in, f.rows_dropped, f.rows_out
+         FROM filter_funnel f JOIN stage_runs s ON s.id = f.stage_run_id
+         WHERE s.run_id = $1 ORDER BY s.started_at, s.id, f.step",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FailedShard {
+    pub stage: String,
+    pub shard_index: i32,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+pub async fn failed_shards(pool: &PgPool, run_id: i64) -> Result<Vec<FailedShard>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.stage, sh.shard_index, sh.attempts, sh.error
+         FROM shards sh JOIN stage_runs s ON s.id = sh.stage_run_id
+         WHERE s.run_id = $1 AND sh.status = 'failed'
+         ORDER BY s.id, sh.shard_index LIMIT 50",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ScheduleTick {
+    pub pipeline: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub run_id: Option<i64>,
+    pub outcome: String,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// What the scheduler decided for its latest cron ticks.
+pub async fn schedule_ticks(pool: &PgPool, limit: i64) -> Result<Vec<ScheduleTick>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pipeline, scheduled_for, run_id, outcome, decided_at FROM schedule_ticks
+         ORDER BY scheduled_for DESC, pipeline LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Counts that `/metrics` exports as gauges: (table or status label, count).
+pub async fn gauge_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT 'evaluations', status, count(*) FROM evaluations GROUP BY status
+         UNION ALL SELECT 'pipeline_runs', status, count(*) FROM pipeline_runs GROUP BY status
+         UNION ALL SELECT 'shards', status, count(*) FROM shards GROUP BY status
+         UNION ALL SELECT 'models', kind, count(*) FROM models GROUP BY kind
+         UNION ALL SELECT 'checkpoints', 'all', count(*) FROM checkpoints",
+    )
+    .fetch_all(pool)
+    .await
+}

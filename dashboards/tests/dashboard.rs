@@ -1,0 +1,439 @@
+//! The dashboard end to end: a real PostgreSQL with seeded results, the server on loopback
+//! through the read-only role, plain HTTP probes, and Debian's headless chromium clicking
+//! through the pages.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use headless_chrome::{Browser, LaunchOptions, Tab};
+use llamagen_dashboard::testing::{HOSTILE_CAPTION, HOSTILE_NAME, Seeded, seed};
+use llamagen_dashboard::{AppState, ReaderLogin, connect_reader, verify_read_only};
+use llamagen_store::testing::TestDatabase;
+
+struct Server {
+    base: String,
+    seeded: Seeded,
+    db: TestDatabase,
+    _samples: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The bundled photos as a samples folder, the first with the hostile caption beside it.
+fn samples_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../evaluate/tests/fixtures");
+    for (i, name) in ["astronaut", "coffee", "chelsea"].iter().enumerate() {
+        let photo = image::open(fixtures.join(format!("{name}_original.png"))).unwrap();
+        photo
+            .thumbnail(64, 64)
+            .save(dir.path().join(format!("{i:06}.png")))
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("000000.txt"), HOSTILE_CAPTION).unwrap();
+    dir
+}
+
+async fn start() -> Server {
+    let db = TestDatabase::new().await;
+    let samples = samples_folder();
+    let seeded = seed(
+        &db.pool,
+        4,
+        5,
+        &[1.5, 1.75, 2.0, 2.25, 3.0],
+        Some(samples.path().to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let pool = connect_reader(ReaderLogin::SetRole(db.options.clone()), 4)
+        .await
+        .unwrap();
+    verify_read_only(&pool).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(llamagen_dashboard::serve(
+        listener,
+        AppState::new(pool),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        base,
+        seeded,
+        db,
+        _samples: samples,
+        stop,
+    }
+}
+
+impl Server {
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        self.db.drop_database().await;
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn pages_and_api_answer_and_bad_parameters_get_400() {
+    let server = start().await;
+    let base = &server.base;
+
+    let (status, html) = get(&format!("{base}/")).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<table id=\"leaderboard\""));
+    let (status, html) = get(&format!("{base}/?model=evil")).await;
+    assert_eq!(status, 200, "{html}");
+    // The hostile name is escaped in the leaderboard.
+    assert!(
+        html.contains("&#60;script&#62;window.pwned="),
+        "escaped name missing"
+    );
+    assert!(!html.contains("<script"));
+    assert!(!html.contains(HOSTILE_NAME));
+
+    let (status, json) = get(&format!("{base}/api/leaderboard?per_page=500")).await;
+    assert_eq!(status, 200, "{json}");
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // 5 generators x 5 checkpoints x 5 scales, plus the tokenizer's reconstruction.
+    assert_eq!(page["total"], 126);
+    assert_eq!(server.seeded.evaluations, 126);
+    let fids: Vec<f64> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["fid"].as_f64())
+        .collect();
+    assert_eq!(fids.len(), 125);
+    assert!(
+        fids.windows(2).all(|w| w[0] <= w[1]),
+        "not ascending by FID"
+    );
+    let best = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["best_of_model"] == true)
+        .count();
+    assert_eq!(best, 6, "one best row per model and benchmark");
+
+    // Filters: a metric range and a model substring are honoured, as bound parameters.
+    let (_, json) = get(&format!(
+        "{base}/api/leaderboard?metric=fid&max=4&model=%27%20OR%201%3D1%20--"
+    ))
+    .await;
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        page["total"], 0,
+        "an injection-shaped name matched rows: {json}"
+    );
+    let (_, json) = get(&format!(
+        "{base}/api/leaderboard?metric=fid&max=10&kind=generator"
+    ))
+    .await;
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let n = page["total"].as_i64().unwrap();
+    assert!(n > 0 && n < 125, "{n}");
+    assert!(
+        page["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["fid"].as_f64().unwrap() <= 10.0)
+    );
+
+    for probe in [
+        "/?sort=fid;DROP%20TABLE%20models",
+        "/?sort=fid%20desc",
+        "/?order=1;SELECT%20pg_sleep(5)",
+        "/?kind=generator%27%20OR%20%271%27=%271",
+        "/?metric=fid&min=abc",
+        "/?metric=fid&min=NaN",
+        "/?page=0",
+        "/?per_page=999999",
+        "/?unknown=1",
+        "/api/leaderboard?sort=password",
+        "/models/1%20OR%201=1",
+        "/models/-1;DROP",
+        "/pipelines/runs/abc",
+        "/api/runs?limit=0",
+        "/samples/1/99",
+    ] {
+        let (status, body) = get(&format!("{base}{probe}")).await;
+        assert_eq!(status, 400, "{probe}: {body}");
+    }
+    // No endpoint writes: other methods are refused.
+    let client = reqwest::Client::new();
+    for path in ["/", "/api/leaderboard", "/api/runs/1"] {
+        let status = client
+            .post(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 405, "POST {path}");
+        let status = client
+            .delete(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 405, "DELETE {path}");
+    }
+    let (status, _) = get(&format!("{base}/models/999999")).await;
+    assert_eq!(status, 404);
+    let (status, body) = get(&format!("{base}/api/models/999999")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""), "{body}");
+
+    // The model API carries the chart data and the sample grid.
+    let id = server.seeded.hostile_model_id;
+    let (status, json) = get(&format!("{base}/api/models/{id}")).await;
+    assert_eq!(status, 200, "{json}");
+    let model: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(model["model"]["name"], HOSTILE_NAME);
+    assert_eq!(model["fid_by_step"].as_array().unwrap().len(), 25);
+    assert_eq!(model["fid_by_cfg"].as_array().unwrap().len(), 5);
+    assert_eq!(model["samples"].as_array().unwrap().len(), 3);
+    assert_eq!(model["samples"][0]["caption"], HOSTILE_CAPTION);
+    let (status, png) = {
+        let r = reqwest::get(format!("{base}/samples/{}", "x"))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    };
+    assert_eq!(status, 404, "{png:?}");
+
+    // Pipeline pages: stages, shard progress, the funnel.
+    let (status, html) = get(&format!("{base}/pipelines/runs/{}", server.seeded.run_id)).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<progress value=\"7\" max=\"10\">"), "{html}");
+    assert!(html.contains("600000000") && html.contains("aesthetic"));
+    assert!(
+        !html.contains(HOSTILE_CAPTION),
+        "the shard error was not escaped"
+    );
+    let (status, json) = get(&format!("{base}/api/runs/{}", server.seeded.run_id)).await;
+    assert_eq!(status, 200);
+    let run: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(run["stages"][0]["shards_running"], 1);
+    assert_eq!(run["funnel"].as_array().unwrap().len(), 4);
+
+    // Prometheus metrics count what was asked, by route pattern.
+    let (status, text) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("llamagen_dashboard_http_requests_total{route=\"/\",status=\"400\"}"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "llamagen_dashboard_database_rows{table=\"evaluations\",status=\"succeeded\"} 126"
+    ));
+    assert!(text.contains("llamagen_dashboard_http_request_duration_seconds_bucket"));
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_role_cannot_write() {
+    let db = TestDatabase::new().await;
+    let reader = connect_reader(ReaderLogin::SetRole(db.options.clone()), 2)
+        .await
+        .unwrap();
+    verify_read_only(&reader).await.unwrap();
+    let err =
+        sqlx::query("INSERT INTO models (name, kind, architecture) VALUES ('x', 'generator', 'y')")
+            .execute(&reader)
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("read-only") || err.to_string().contains("permission denied"),
+        "{err}"
+    );
+    // Even outside the read-only transaction default, the role has no write privilege.
+    let mut conn = reader.acquire().await.unwrap();
+    sqlx::query("SET default_transaction_read_only = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let err = sqlx::query("DELETE FROM evaluations")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    drop(conn);
+    // The owner's login is refused as a dashboard login.
+    let err = verify_read_only(&db.pool).await.unwrap_err();
+    assert!(err.to_string().contains("can write to"), "{err}");
+    reader.close().await;
+    db.drop_database().await;
+}
+
+fn chromium() -> PathBuf {
+    if let Some(path) = std::env::var_os("LLAMAGEN_CHROMIUM") {
+        return path.into();
+    }
+    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if Path::new(candidate).is_file() {
+            return candidate.into();
+        }
+    }
+    panic!("Debian's chromium is needed for the browser tests: scripts/setup.sh installs it");
+}
+
+fn browser() -> Browser {
+    Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium()))
+            .headless(true)
+            .sandbox(false)
+            .idle_browser_timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    )
+    .expect("launching headless chromium")
+}
+
+fn eval(tab: &Tab, js: &str) -> serde_json::Value {
+    tab.evaluate(js, false)
+        .unwrap_or_else(|e| panic!("{js}: {e}"))
+        .value
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until the address holds `fragment` (a form submission navigates asynchronously).
+fn wait_for_location(tab: &Tab, fragment: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let here = eval(
+            tab,
+            "location.href + (document.readyState === 'complete' ? ' ready' : '')",
+        );
+        let here = here.as_str().unwrap_or_default().to_string();
+        if here.contains(fragment) && here.ends_with(" ready") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached {fragment}: at {here}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The FID column (9th) of the leaderboard as numbers, top to bottom.
+fn fid_column(tab: &Tab) -> Vec<f64> {
+    let v = eval(
+        tab,
+        "JSON.stringify([...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.children[8].textContent))",
+    );
+    let cells: Vec<String> = serde_json::from_str(v.as_str().unwrap()).unwrap();
+    cells.iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_text() {
+    let server = start().await;
+    let base = server.base.clone();
+    let hostile = server.seeded.hostile_model_id;
+    tokio::task::spawn_blocking(move || {
+        let browser = browser();
+        let tab = browser.new_tab().unwrap();
+
+        // Start sorted by step, then click the FID header: ascending, then descending.
+        tab.navigate_to(&format!("{base}/?sort=step"))
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        tab.wait_for_element("#leaderboard tbody tr").unwrap();
+        let by_step = fid_column(&tab);
+        assert_eq!(by_step.len(), 50, "a page of 50 rows");
+        assert!(!by_step.windows(2).all(|w| w[0] <= w[1]), "already sorted by FID");
+        tab.find_element("a[data-sort='FID']").unwrap().click().unwrap();
+        tab.wait_until_navigated().unwrap();
+        let ascending = fid_column(&tab);
+        assert_eq!(ascending.len(), 50);
+        assert!(ascending.windows(2).all(|w| w[0] <= w[1]), "{ascending:?}");
+        assert!(ascending[0] < by_step.iter().cloned().fold(f64::INFINITY, f64::min) + 1e-9);
+        // Each model's best row is highlighted (the best rows lead an ascending FID sort).
+        let best = eval(&tab, "document.querySelectorAll('#leaderboard tr.best').length");
+        assert!(best.as_u64().unwrap() >= 1);
+        assert!(eval(&tab, "location.search").as_str().unwrap().contains("sort=fid"));
+        tab.find_element("a[data-sort='FID']").unwrap().click().unwrap();
+        tab.wait_until_navigated().unwrap();
+        let descending = fid_column(&tab);
+        assert!(descending.windows(2).all(|w| w[0] >= w[1]), "{descending:?}");
+        assert_ne!(ascending, descending);
+
+        // The filter form: a model substring narrows the table.
+        tab.navigate_to(&format!("{base}/")).unwrap().wait_until_navigated().unwrap();
+        tab.find_element("input[name='model']").unwrap().type_into("VQ-16").unwrap();
+        tab.find_element("button[type='submit']").unwrap().click().unwrap();
+        wait_for_location(&tab, "model=VQ-16");
+        let models = eval(
+            &tab,
+            "JSON.stringify([...document.querySelectorAll('#leaderboard td.model')].map(c => c.textContent))",
+        );
+        assert_eq!(models.as_str().unwrap(), "[\"VQ-16\"]");
+
+        // The hostile model's page: its name and caption are text, no script ran or exists.
+        tab.navigate_to(&format!("{base}/models/{hostile}"))
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        tab.wait_for_element("#samples img").unwrap();
+        assert_eq!(
+            eval(&tab, "document.getElementById('model-name').textContent").as_str(),
+            Some(HOSTILE_NAME)
+        );
+        assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
+        assert_eq!(eval(&tab, "typeof window.pwned").as_str(), Some("undefined"));
+        assert_eq!(
+            eval(&tab, "document.querySelector('#samples figcaption').textContent").as_str(),
+            Some(HOSTILE_CAPTION)
+        );
+        assert_eq!(eval(&tab, "document.querySelectorAll('#samples img[onerror]').length").as_u64(), Some(0));
+
+        // Charts: FID against step, FID and IS against cfg, loss; each an SVG with lines.
+        for chart in ["fid-step", "fid-cfg", "is-cfg", "loss"] {
+            let lines = eval(
+                &tab,
+                &format!("document.querySelectorAll('#chart-{chart} svg polyline').length"),
+            );
+            assert!(lines.as_u64().unwrap() >= 2, "{chart}: {lines:?}");
+        }
+        let width = eval(&tab, "document.querySelector('#chart-fid-cfg svg').getBoundingClientRect().width");
+        assert!(width.as_f64().unwrap() > 100.0, "{width:?}");
+
+        // The sample grid shows decoded images.
+        let wait_loaded = "Promise.all([...document.querySelectorAll('#samples img')].map(i => i.complete ? 1 : new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => [...document.querySelectorAll('#samples img')].map(i => i.naturalWidth).join(','))";
+        let widths = tab.evaluate(wait_loaded, true).unwrap().value.unwrap();
+        assert_eq!(widths.as_str(), Some("64,64,64"), "{widths:?}");
+
+        // The leaderboard shows the same name as text too.
+        tab.navigate_to(&format!("{base}/?model=GPT-evil")).unwrap().wait_until_navigated().unwrap();
+        let names = eval(&tab, "[...document.querySelectorAll('#leaderboard td.model')].map(c => c.textContent).join('|')");
+        assert!(names.as_str().unwrap().starts_with(HOSTILE_NAME), "{names:?}");
+        assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
+        assert_eq!(eval(&tab, "typeof window.pwned").as_str(), Some("undefined"));
+
+        // A bad parameter in the address bar gets the 400 page.
+        tab.navigate_to(&format!("{base}/?sort=fid%3BDROP")).unwrap().wait_until_navigated().unwrap();
+        let message = eval(&tab, "document.getElementById('error-message').textContent");
+        assert!(message.as_str().unwrap().contains("sort"), "{message:?}");
+
+        // The pipeline page lists the run.
+        tab.navigate_to(&format!("{base}/pipelines")).unwrap().wait_until_navigated().unwrap();
+        let runs = eval(&tab, "document.querySelectorAll('#runs tbody tr').length");
+        assert_eq!(runs.as_u64(), Some(1));
+    })
+    .await
+    .unwrap();
+    server.finish().await;
+}
