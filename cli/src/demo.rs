@@ -23,14 +23,14 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/8] native stack");
+    println!("\n[1/9] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/8] database");
+    println!("\n[2/9] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
     let result = match result {
@@ -40,7 +40,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             if serve {
-                println!("\n[8/8] the dashboard over these results");
+                println!("\n[9/9] the dashboard over these results");
                 let args = crate::serve::ServeArgs {
                     listen: "127.0.0.1:8080".parse()?,
                     reader_url: None,
@@ -49,7 +49,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                     .await
                     .map(|()| code)
             } else {
-                println!("\n[8/8] dashboard skipped (--no-serve); `llamagen serve` starts it");
+                println!("\n[9/9] dashboard skipped (--no-serve); `llamagen serve` starts it");
                 Ok(code)
             }
         }
@@ -69,7 +69,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/8] pipeline run of the bundled demo config");
+    println!("\n[3/9] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -102,19 +102,22 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/8] ingest: the bundled photos served from loopback, as LAION-COCO rows");
+    println!("\n[4/9] ingest: the bundled photos served from loopback, as LAION-COCO rows");
     ingest_step(&config, data_dir).await?;
 
-    println!("\n[5/8] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!("\n[5/9] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[6/8] sampling from tiny random-weight LlamaGen models (noise by design)");
+    println!("\n[6/9] sampling from tiny random-weight LlamaGen models (noise by design)");
     let sampling = sample_step(data_dir)?;
 
+    println!("\n[7/9] encode the ingested shards with the tiny VQ, export, train the tiny GPT");
+    encode_and_train_step(&config, &sampling, data_dir).await?;
+
     println!(
-        "\n[7/8] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
+        "\n[8/9] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
     );
     benchmark_step(&config, &sampling, data_dir).await?;
 
@@ -270,6 +273,65 @@ fn sample_step(data_dir: &Path) -> anyhow::Result<crate::sample::SampleArgs> {
         args.out.display()
     );
     Ok(args)
+}
+
+/// The shards through `llamagen encode vq` (center + flip, 32 px) and `encode export`, then a
+/// short `llamagen train` of the tiny GPT on them: the loss curve the dashboard draws.
+async fn encode_and_train_step(
+    config: &PipelineConfig,
+    sampling: &crate::sample::SampleArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::encode::{EncodeCommand, ExportArgs, VqEncodeArgs};
+
+    let dir = data_dir.join("demo");
+    let codes = dir.join("codes");
+    let encode = VqEncodeArgs {
+        input: data_dir.join(&config.ingest.output),
+        out: codes.clone(),
+        vq: sampling.vq.clone(),
+        image_size: sampling.image_size as usize,
+        ten_crop: false,
+        crop_range: 1.1,
+        no_flip: false,
+        batch_size: 16,
+        images_per_shard: 1000,
+        device: "cpu".into(),
+    };
+    crate::encode::run(&EncodeCommand::Vq(Box::new(encode)))?;
+    let exported = dir.join("llamagen-codes");
+    crate::encode::run(&EncodeCommand::Export(ExportArgs {
+        codes,
+        out: exported.clone(),
+        name: "demo32".into(),
+    }))?;
+    let vocab = crate::sample::VqArgs::config(&sampling.vq)?.codebook_size;
+    let train = crate::train::TrainArgs {
+        codes: exported,
+        gpt_model: String::new(),
+        gpt_config: sampling.gpt_config.clone(),
+        image_size: sampling.image_size,
+        downsample: sampling.image_size / 8,
+        vocab_size: vocab,
+        num_classes: sampling.num_classes,
+        global_batch_size: 8,
+        gradient_accumulation: 1,
+        lr_per_256: 0.05,
+        weight_decay: 0.05,
+        grad_clip: 1.0,
+        warmup_steps: 0,
+        max_steps: 40,
+        checkpoint_every: 20,
+        log_every: 5,
+        seed: 0,
+        device: "cpu".into(),
+        mixed_precision: llamagen_models::train::MixedPrecision::None,
+        out: dir.join("train"),
+        model: "demo-tiny-GPT-trained".into(),
+        no_record: false,
+    };
+    crate::train::run(&train, data_dir).await?;
+    Ok(())
 }
 
 /// Records the tiny GPT over a guidance sweep and the tiny VQ's reconstructions, with the

@@ -7,6 +7,7 @@ mod db;
 mod demo;
 mod demo_metrics;
 mod doctor;
+mod encode;
 mod evaluate;
 mod ingest;
 mod run;
@@ -47,8 +48,10 @@ enum Command {
     Filter(StageArgs),
     /// Caption images with LLaVA through an OpenAI-compatible server.
     Caption(StageArgs),
-    /// Precompute VQ image codes and FLAN-T5 text embeddings.
-    Encode(StageArgs),
+    /// Precompute VQ image codes (FLAN-T5 text embeddings arrive with issue #7), and export
+    /// them to LlamaGen's layout.
+    #[command(subcommand)]
+    Encode(encode::EncodeCommand),
     /// Train a LlamaGen generator and record its checkpoints.
     Train(Box<train::TrainArgs>),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
@@ -121,7 +124,6 @@ fn not_built(command: &str) -> Option<&'static str> {
         "filter" | "caption" => {
             "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
         }
-        "encode" => "issue #7 (encode VQ codes and T5 embeddings)",
         _ => return None,
     })
 }
@@ -190,6 +192,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
+        Command::Encode(cmd) => encode::run(&cmd),
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),

@@ -27,7 +27,7 @@ pub struct RunArgs {
 fn not_chainable(stage: &str) -> Option<&'static str> {
     match stage {
         "ingest" => None,
-        "train" | "sample" | "evaluate" => Some(
+        "encode" | "train" | "sample" | "evaluate" => Some(
             "its command takes paths on the command line; reading them from the pipeline TOML arrives with issue #7 (encode and train)",
         ),
         other => crate::stage_not_built(other),

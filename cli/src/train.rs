@@ -398,6 +398,11 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
         store.close().await?;
     }
     result?;
-    println!("trained to step {} (last loss {loss:.4})", trainer.step);
+    if loss.is_nan() {
+        // Resumed at --max-steps: no step ran in this process.
+        println!("already trained to step {}; nothing to do", trainer.step);
+    } else {
+        println!("trained to step {} (last loss {loss:.4})", trainer.step);
+    }
     Ok(ExitCode::SUCCESS)
 }

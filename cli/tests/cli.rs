@@ -52,7 +52,7 @@ fn help_lists_every_stage_and_service() {
 #[test]
 fn unbuilt_stages_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for cmd in ["filter", "caption", "encode"] {
+    for cmd in ["filter", "caption"] {
         let out = llamagen(dir.path())
             .args([cmd, "--some-flag", "x"])
             .output()

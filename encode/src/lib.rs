@@ -1,0 +1,87 @@
+//! `llamagen encode`: VQ image codes for training LlamaGen generators.
+//!
+//! - [`source`]: the input, webdataset shards or an ImageFolder, cut into shards.
+//! - [`crops`]: the views of each image LlamaGen's extraction scripts encode (ten-crop,
+//!   center + flip, center).
+//! - [`encoder`]: one shard through the VQ tokenizer, decoding overlapped with the model.
+//! - [`codes`]: the per-shard output (uint16 codes, labels, keys, summary).
+//! - [`export`]: LlamaGen's own layout (`<name>_codes/N.npy`, `<name>_labels/N.npy`), which
+//!   its `train_c2i.py` and our `llamagen train` read.
+
+pub mod codes;
+pub mod crops;
+pub mod encoder;
+pub mod export;
+pub mod source;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("input: {0}")]
+    Input(String),
+    #[error("output: {0}")]
+    Output(String),
+    #[error("image: {0}")]
+    Image(String),
+    #[error("model: {0}")]
+    Model(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl EncodeError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Everything that determines the codes, kept as `encode.json` in the output folder: a folder
+/// refuses to be continued with other settings, so its shards never mix two tokenizers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncodeSettings {
+    pub vq_ckpt_sha256: String,
+    pub vq: serde_json::Value,
+    pub image_size: usize,
+    pub augment: crops::Augment,
+}
+
+impl EncodeSettings {
+    pub const FILE: &'static str = "encode.json";
+
+    /// Writes the settings into a new folder, or checks them against the folder's own.
+    pub fn check_or_write(&self, dir: &Path) -> Result<(), EncodeError> {
+        let path = dir.join(Self::FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let existing: EncodeSettings = serde_json::from_slice(&bytes)
+                    .map_err(|e| EncodeError::Input(format!("{}: {e}", path.display())))?;
+                if &existing != self {
+                    return Err(EncodeError::Invalid(format!(
+                        "{} holds codes made with other settings ({}); use another output folder",
+                        dir.display(),
+                        serde_json::to_string(&existing).unwrap_or_default()
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let json = serde_json::to_vec_pretty(self)
+                    .map_err(|e| EncodeError::Output(e.to_string()))?;
+                llamagen_shards::atomic::write_bytes(&path, &json)
+                    .map_err(|e| EncodeError::Output(e.to_string()))
+            }
+            Err(e) => Err(EncodeError::io(&path, e)),
+        }
+    }
+}
