@@ -45,7 +45,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                     listen: "127.0.0.1:8080".parse()?,
                     reader_url: None,
                 };
-                crate::serve::serve(&store, &args, true, crate::serve::shutdown_signal())
+                crate::serve::serve(&store, &args, true, crate::signals::shutdown_signal())
                     .await
                     .map(|()| code)
             } else {

@@ -275,7 +275,7 @@ pub async fn run_with(
     });
     let lease = Duration::from_secs(args.lease_secs.max(2));
     let progress = Progress::new(prepared.rows);
-    let stop = StopSignal::listen();
+    let stop = crate::signals::StopSignal::listen();
     let grace = Duration::from_secs(args.grace_secs);
     let mut done_here = 0u32;
     let mut released = None;
@@ -428,42 +428,6 @@ async fn finish_if_done(
         }
     }
     Ok(state)
-}
-
-/// SIGTERM or Ctrl-C, observed without ending the process: the worker decides what to do
-/// with the shard in hand.
-#[derive(Clone)]
-pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
-
-impl StopSignal {
-    pub fn listen() -> Self {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            crate::serve::shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        Self(rx)
-    }
-
-    pub fn requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves when a stop is requested.
-    pub async fn wait(&self) {
-        let mut rx = self.0.clone();
-        if rx.wait_for(|stop| *stop).await.is_err() {
-            // The listener is gone without a signal: never stop.
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Resolves `grace` after a stop is requested (calling `announce` when it is).
-    pub async fn then_wait(&self, grace: Duration, announce: impl FnOnce()) {
-        self.wait().await;
-        announce();
-        tokio::time::sleep(grace).await;
-    }
 }
 
 /// A `--worker` started before the preparing process registered the run waits for it.

@@ -14,6 +14,7 @@ mod run;
 mod sample;
 mod schedule;
 mod serve;
+mod signals;
 mod train;
 
 use std::path::PathBuf;

@@ -27,7 +27,7 @@ use llamagen_store::schedule::{self, PipelineLock, TickOutcome};
 use llamagen_store::{Store, StoreOptions};
 use sqlx::PgPool;
 
-use crate::ingest::StopSignal;
+use crate::signals::StopSignal;
 
 #[derive(Debug, clap::Args)]
 pub struct ScheduleArgs {
@@ -283,14 +283,6 @@ async fn run_tick(p: &Pipeline, tick: DateTime<Utc>, cx: &Context) -> anyhow::Re
         runs::finish_pipeline_run(pool, run_id, run_outcome, Some(&why)).await?;
     }
     schedule::update_tick(pool, &p.name, tick, outcome, None).await?;
-    println!(
-        "schedule: {:?} run #{run_id} {}",
-        p.name,
-        if status.success() {
-            "succeeded"
-        } else {
-            "failed"
-        }
-    );
+    println!("schedule: {:?} run #{run_id} {}", p.name, outcome.as_str());
     Ok(())
 }

@@ -24,7 +24,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
-    let result = serve(&store, args, false, shutdown_signal()).await;
+    let result = serve(&store, args, false, crate::signals::shutdown_signal()).await;
     store.close().await?;
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -60,23 +60,4 @@ pub async fn serve(
         .await
         .context("serving the dashboard")?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -58,7 +58,8 @@ pub struct ModelData {
     pub evaluations: Vec<LeaderboardRow>,
 }
 
-pub async fn model_data(pool: &PgPool, id: i64) -> Result<ModelData, DashboardError> {
+pub async fn model_data(state: &AppState, id: i64) -> Result<ModelData, DashboardError> {
+    let pool = &state.pool;
     let model = queries::model(pool, id)
         .await?
         .ok_or_else(|| DashboardError::NotFound(format!("no model {id}")))?;
@@ -69,7 +70,8 @@ pub async fn model_data(pool: &PgPool, id: i64) -> Result<ModelData, DashboardEr
     };
     let samples = match queries::latest_samples(pool, id).await? {
         Some((evaluation_id, dir)) => {
-            tokio::task::spawn_blocking(move || samples::grid(evaluation_id, &dir))
+            let listings = state.listings.clone();
+            tokio::task::spawn_blocking(move || samples::grid(&listings, evaluation_id, &dir))
                 .await
                 .map_err(|e| DashboardError::Internal(format!("sample listing: {e}")))?
         }
@@ -92,7 +94,7 @@ pub async fn model(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(model_data(&state.pool, id).await?).into_response())
+    Ok(Json(model_data(&state, id).await?).into_response())
 }
 
 /// `GET /api/runs?pipeline=NAME&limit=N`.

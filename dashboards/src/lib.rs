@@ -77,6 +77,7 @@ impl DashboardError {
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<metrics::Metrics>,
+    pub listings: Arc<samples::Listings>,
 }
 
 impl AppState {
@@ -84,6 +85,7 @@ impl AppState {
         Self {
             pool,
             metrics: Arc::new(metrics::Metrics::new()),
+            listings: Arc::default(),
         }
     }
 }

@@ -114,6 +114,19 @@ const COLUMNS: [(&str, SortKey, &str); 16] = [
     ("size", C(Column::Params), "model size name"),
 ];
 
+impl From<&LeaderboardRow> for RowView {
+    fn from(r: &LeaderboardRow) -> Self {
+        RowView {
+            evaluation_id: r.evaluation_id,
+            model_id: r.model_id,
+            model: r.model.clone(),
+            benchmark: r.benchmark.clone(),
+            best: r.best_of_model,
+            cells: cells(r),
+        }
+    }
+}
+
 fn cells(r: &LeaderboardRow) -> Vec<String> {
     vec![
         fmt_params(r.params),
@@ -183,18 +196,7 @@ pub async fn leaderboard(
         arrow: if label == "size" { "" } else { arrow(key) },
         title,
     }));
-    let rows = page
-        .rows
-        .iter()
-        .map(|r| RowView {
-            evaluation_id: r.evaluation_id,
-            model_id: r.model_id,
-            model: r.model.clone(),
-            benchmark: r.benchmark.clone(),
-            best: r.best_of_model,
-            cells: cells(r),
-        })
-        .collect();
+    let rows = page.rows.iter().map(RowView::from).collect();
     let options = |values: Vec<(String, String)>, selected: Option<&str>| {
         let mut all = vec![SelectOption {
             value: String::new(),
@@ -268,7 +270,7 @@ pub async fn model(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, DashboardError> {
-    let data = api::model_data(&state.pool, id).await?;
+    let data = api::model_data(&state, id).await?;
     let tokenizer = data.model.kind == "tokenizer";
     let (fid, step_title, cfg_title) = if tokenizer {
         (
@@ -301,18 +303,7 @@ pub async fn model(
     .into_iter()
     .flatten()
     .collect();
-    let rows = data
-        .evaluations
-        .iter()
-        .map(|r| RowView {
-            evaluation_id: r.evaluation_id,
-            model_id: r.model_id,
-            model: r.model.clone(),
-            benchmark: r.benchmark.clone(),
-            best: r.best_of_model,
-            cells: cells(r),
-        })
-        .collect();
+    let rows = data.evaluations.iter().map(RowView::from).collect();
     let view = ModelPageView {
         params: fmt_params(data.model.params),
         model: data.model,

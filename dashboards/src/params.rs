@@ -319,36 +319,8 @@ impl LeaderboardQuery {
 
     fn to_query_string(&self) -> String {
         // Serialising our own validated struct cannot fail; fall back to no filters at all.
-        serde_urlencoded_string(self).unwrap_or_default()
+        serde_urlencoded::to_string(self).unwrap_or_default()
     }
-}
-
-fn serde_urlencoded_string(q: &LeaderboardQuery) -> Option<String> {
-    let value = serde_json::to_value(q).ok()?;
-    let object = value.as_object()?;
-    let mut pairs = Vec::new();
-    for (key, value) in object {
-        let text = match value {
-            serde_json::Value::Null => continue,
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        pairs.push(format!("{key}={}", percent_encode(&text)));
-    }
-    Some(pairs.join("&"))
-}
-
-/// Percent-encodes everything outside RFC 3986's unreserved set.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

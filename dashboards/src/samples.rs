@@ -2,7 +2,9 @@
 //! names an evaluation and an index into the folder's sorted `*.png` files, never a file
 //! name, so no request can reach outside that folder.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderValue, header};
@@ -32,10 +34,41 @@ fn pngs(dir: &Path, limit: usize) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The grid's files of each samples folder, listed once. A benchmark's folder holds 50,000
+/// PNGs, which take tens of milliseconds to list and sort, and one page asks for the listing
+/// seventeen times (the grid, then each image).
+#[derive(Default)]
+pub struct Listings(Mutex<HashMap<ListingKey, Arc<Vec<PathBuf>>>>);
+
+/// An evaluation and its samples folder (a re-run may record another folder).
+type ListingKey = (i64, String);
+
+impl Listings {
+    /// Entries kept before the cache starts over (a listing is at most 16 paths).
+    const MAX: usize = 1024;
+
+    /// The first [`GRID`] PNGs of `dir`, the samples folder of `evaluation_id`. A folder that
+    /// cannot be read is not remembered, so it is retried next time.
+    pub fn get(&self, evaluation_id: i64, dir: &str) -> std::io::Result<Arc<Vec<PathBuf>>> {
+        let key = (evaluation_id, dir.to_string());
+        if let Some(files) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(files);
+        }
+        let files = Arc::new(pngs(Path::new(dir), GRID)?);
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(key, files.clone());
+        }
+        Ok(files)
+    }
+}
+
 /// The grid of the evaluation `evaluation_id` whose samples are under `dir`. A folder that is
 /// gone (samples cleaned up) gives an empty grid, not an error.
-pub fn grid(evaluation_id: i64, dir: &str) -> Vec<SampleImage> {
-    let files = match pngs(Path::new(dir), GRID) {
+pub fn grid(listings: &Listings, evaluation_id: i64, dir: &str) -> Vec<SampleImage> {
+    let files = match listings.get(evaluation_id, dir) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("samples of evaluation {evaluation_id} at {dir}: {e}");
@@ -78,8 +111,10 @@ pub async fn image(
         .ok_or_else(|| {
             DashboardError::NotFound(format!("evaluation {evaluation_id} kept no samples"))
         })?;
+    let listings = state.listings.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, DashboardError> {
-        let files = pngs(Path::new(&dir), GRID)
+        let files = listings
+            .get(evaluation_id, &dir)
             .map_err(|e| DashboardError::NotFound(format!("samples folder unreadable: {e}")))?;
         let file = files
             .get(index)
