@@ -89,7 +89,7 @@ impl IngestArgs {
 /// Exit status after SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
 pub const EXIT_STOPPED: u8 = 143;
 
-fn under(data_dir: &Path, path: &Path) -> PathBuf {
+pub fn under(data_dir: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_owned()
     } else {

@@ -3,6 +3,7 @@
 //! dispatches.
 
 mod benchmark;
+mod caption;
 mod db;
 mod demo;
 mod demo_metrics;
@@ -48,7 +49,7 @@ enum Command {
     /// Score downloaded images (CLIP similarity, aesthetic, watermark, size) and keep the good ones.
     Filter(StageArgs),
     /// Caption images with LLaVA through an OpenAI-compatible server.
-    Caption(StageArgs),
+    Caption(Box<caption::CaptionArgs>),
     /// Precompute VQ image codes (FLAN-T5 text embeddings arrive with issue #7), and export
     /// them to LlamaGen's layout.
     #[command(subcommand)]
@@ -122,9 +123,7 @@ enum ConfigCommand {
 /// The issue that builds each stage not built yet.
 fn not_built(command: &str) -> Option<&'static str> {
     Some(match command {
-        "filter" | "caption" => {
-            "issue #8 (caption with LLaVA, score with CLIP/aesthetic/watermark)"
-        }
+        "filter" => "issue #8 (score with CLIP/aesthetic/watermark)",
         _ => return None,
     })
 }
@@ -194,6 +193,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
         Command::Encode(cmd) => encode::run(&cmd),
+        Command::Caption(args) => caption::run(&args).await,
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),

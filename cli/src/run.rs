@@ -26,7 +26,7 @@ pub struct RunArgs {
 /// Why a stage cannot be part of a chained run yet, if it cannot.
 fn not_chainable(stage: &str) -> Option<&'static str> {
     match stage {
-        "ingest" => None,
+        "ingest" | "caption" => None,
         "encode" | "train" | "sample" | "evaluate" => Some(
             "its command takes paths on the command line; reading them from the pipeline TOML arrives with issue #7 (encode and train)",
         ),
@@ -78,6 +78,13 @@ async fn run_stages(
             "ingest" => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
                 crate::ingest::run_with(config, &ingest_args, data_dir).await
+            }
+            "caption" => {
+                // Captions go next to the shards the ingest stage wrote.
+                let shards = crate::ingest::under(data_dir, Path::new(&config.ingest.output));
+                crate::caption::caption_folder(&config.caption, &shards, &shards, 0, 1)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
             }
             other => anyhow::bail!("stage {other} cannot run in a chain (checked before starting)"),
         };

@@ -61,27 +61,7 @@ impl EncodeSettings {
 
     /// Writes the settings into a new folder, or checks them against the folder's own.
     pub fn check_or_write(&self, dir: &Path) -> Result<(), EncodeError> {
-        let path = dir.join(Self::FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let existing: EncodeSettings = serde_json::from_slice(&bytes)
-                    .map_err(|e| EncodeError::Input(format!("{}: {e}", path.display())))?;
-                if &existing != self {
-                    return Err(EncodeError::Invalid(format!(
-                        "{} holds codes made with other settings ({}); use another output folder",
-                        dir.display(),
-                        serde_json::to_string(&existing).unwrap_or_default()
-                    )));
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let json = serde_json::to_vec_pretty(self)
-                    .map_err(|e| EncodeError::Output(e.to_string()))?;
-                llamagen_shards::atomic::write_bytes(&path, &json)
-                    .map_err(|e| EncodeError::Output(e.to_string()))
-            }
-            Err(e) => Err(EncodeError::io(&path, e)),
-        }
+        llamagen_shards::settings::pin(dir, Self::FILE, self)
+            .map_err(|e| EncodeError::Invalid(e.to_string()))
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::EncodeError;
 
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+use llamagen_shards::webdataset::IMAGE_EXTENSIONS;
 
 /// One image to encode: its key in the output, its class label, and how to get its bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,40 +59,31 @@ impl Shard {
     }
 }
 
-fn extension(name: &str) -> Option<(&str, String)> {
-    let (stem, ext) = name.rsplit_once('.')?;
-    Some((stem, ext.to_ascii_lowercase()))
-}
-
 fn read_tar(path: &Path) -> Result<Vec<Sample>, EncodeError> {
-    let members = llamagen_shards::webdataset::read_members(path)
-        .map_err(|e| EncodeError::Input(format!("{}: {e}", path.display())))?;
-    let mut labels = std::collections::HashMap::new();
-    for (name, data) in &members {
-        if let Some((stem, ext)) = extension(name)
-            && ext == "cls"
-        {
-            let text = String::from_utf8_lossy(data);
-            let label = text.trim().parse::<i64>().map_err(|_| {
+    let samples = llamagen_shards::webdataset::read_samples(path)
+        .map_err(|e| EncodeError::Input(e.to_string()))?;
+    let mut out = Vec::with_capacity(samples.len());
+    for sample in samples {
+        let Some((_, bytes)) = sample.image() else {
+            continue;
+        };
+        let label = match sample.text("cls") {
+            None => 0,
+            Some(text) => text.trim().parse::<i64>().map_err(|_| {
                 EncodeError::Input(format!(
-                    "{}: {name} holds {text:?}, not a class number",
-                    path.display()
+                    "{}: {}.cls holds {text:?}, not a class number",
+                    path.display(),
+                    sample.key
                 ))
-            })?;
-            labels.insert(stem.to_string(), label);
-        }
+            })?,
+        };
+        out.push(Sample {
+            bytes: bytes.to_vec(),
+            key: sample.key,
+            label,
+        });
     }
-    Ok(members
-        .into_iter()
-        .filter_map(|(name, bytes)| {
-            let (stem, ext) = extension(&name)?;
-            IMAGE_EXTENSIONS.contains(&ext.as_str()).then(|| Sample {
-                label: labels.get(stem).copied().unwrap_or(0),
-                key: stem.to_string(),
-                bytes,
-            })
-        })
-        .collect())
+    Ok(out)
 }
 
 /// The shards of `input`: its `*.tar` files if it has any, else its class subfolders.

@@ -13,6 +13,7 @@
 
 pub mod atomic;
 pub mod manifest;
+pub mod settings;
 pub mod stats;
 pub mod webdataset;
 

@@ -87,6 +87,56 @@ pub fn read_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ShardError> {
     Ok(members)
 }
 
+/// The image extensions a sample's picture may have, as img2dataset and webdataset name them.
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// One sample of a shard: the members that share a key (`KEY.jpg`, `KEY.txt`, `KEY.json`, ...).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WdsSample {
+    pub key: String,
+    /// (extension in lower case, bytes), in archive order.
+    pub members: Vec<(String, Vec<u8>)>,
+}
+
+impl WdsSample {
+    /// The picture: its extension and bytes.
+    pub fn image(&self) -> Option<(&str, &[u8])> {
+        self.members
+            .iter()
+            .find(|(ext, _)| IMAGE_EXTENSIONS.contains(&ext.as_str()))
+            .map(|(ext, data)| (ext.as_str(), data.as_slice()))
+    }
+
+    /// A text member (`txt`, `cls`, `json`) as UTF-8, lossily.
+    pub fn text(&self, ext: &str) -> Option<String> {
+        self.members
+            .iter()
+            .find(|(e, _)| e == ext)
+            .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
+    }
+}
+
+/// The shard's samples in archive order, members grouped by key (the name up to its last
+/// dot, as webdataset does for flat keys). Members without an extension are ignored.
+pub fn read_samples(path: &Path) -> Result<Vec<WdsSample>, ShardError> {
+    let mut samples: Vec<WdsSample> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (name, data) in read_members(path)? {
+        let Some((key, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let at = *index.entry(key.to_owned()).or_insert_with(|| {
+            samples.push(WdsSample {
+                key: key.to_owned(),
+                members: Vec::new(),
+            });
+            samples.len() - 1
+        });
+        samples[at].members.push((ext.to_ascii_lowercase(), data));
+    }
+    Ok(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +154,26 @@ mod tests {
         assert_eq!(members.len(), 2);
         assert_eq!(members[0], ("0000000.jpg".to_string(), vec![1, 2, 3]));
         assert_eq!(members[1].1, b"a cat");
+    }
+
+    #[test]
+    fn samples_group_members_by_key_in_archive_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000.tar");
+        let mut w = TarWriter::create(&path).unwrap();
+        w.append("0000001", "JPG", &[1]).unwrap();
+        w.append("0000001", "txt", b"a cat").unwrap();
+        w.append("0000000", "png", &[2]).unwrap();
+        w.append("0000000", "cls", b"3").unwrap();
+        w.finish().unwrap();
+        let samples = read_samples(&path).unwrap();
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].key, "0000001");
+        assert_eq!(samples[0].image(), Some(("jpg", &[1u8][..])));
+        assert_eq!(samples[0].text("txt").as_deref(), Some("a cat"));
+        assert_eq!(samples[1].image(), Some(("png", &[2u8][..])));
+        assert_eq!(samples[1].text("cls").as_deref(), Some("3"));
+        assert_eq!(samples[1].text("txt"), None);
     }
 
     #[test]

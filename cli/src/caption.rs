@@ -1,0 +1,179 @@
+//! `llamagen caption`: LLaVA captions for every shard of a folder through an OpenAI-compatible
+//! server (`llamagen-caption`), written next to the shards as `NNNNN_captions.parquet`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use llamagen_caption::shard::{ShardOptions, caption_shard};
+use llamagen_caption::{CaptionSettings, ChatClient, ClientOptions, Prompt, shard_files};
+use llamagen_cli::config::{CaptionConfig, PipelineConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct CaptionArgs {
+    /// The folder of webdataset shards (`llamagen ingest` or img2dataset output).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where `NNNNN_captions.parquet` go; the shard folder itself by default.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A pipeline config whose `[caption]` section gives the settings (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base URL of the server's OpenAI API, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The served model's name.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Default: the paper's "Describe this image in as much detail as possible".
+    #[arg(long)]
+    pub prompt: Option<String>,
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Whole-request limit in seconds.
+    #[arg(long)]
+    pub timeout_secs: Option<f64>,
+    /// Retries per request on 429, 5xx, timeouts and malformed answers.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// This worker's index among `--workers` (a Slurm array or Kubernetes indexed Job index):
+    /// it takes the shards whose position modulo the count is its index.
+    #[arg(long, default_value_t = 0)]
+    pub worker_index: usize,
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+impl CaptionArgs {
+    /// The settings: the config's `[caption]` (or the defaults), then the flags.
+    fn settings(&self) -> anyhow::Result<CaptionConfig> {
+        let mut c = match &self.config {
+            Some(path) => PipelineConfig::load(path)?.caption,
+            None => CaptionConfig::default(),
+        };
+        if let Some(v) = &self.endpoint {
+            c.endpoint = v.clone();
+        }
+        if let Some(v) = &self.model {
+            c.model = v.clone();
+        }
+        if let Some(v) = &self.prompt {
+            c.prompt = v.clone();
+        }
+        c.max_tokens = self.max_tokens.unwrap_or(c.max_tokens);
+        c.temperature = self.temperature.unwrap_or(c.temperature);
+        c.concurrency = self.concurrency.unwrap_or(c.concurrency);
+        c.timeout_secs = self.timeout_secs.unwrap_or(c.timeout_secs);
+        c.retries = self.retries.unwrap_or(c.retries);
+        anyhow::ensure!(c.concurrency > 0, "--concurrency must be positive");
+        anyhow::ensure!(
+            c.timeout_secs.is_finite() && c.timeout_secs > 0.0,
+            "--timeout-secs must be positive"
+        );
+        Ok(c)
+    }
+}
+
+pub async fn run(args: &CaptionArgs) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    let out = args.out.clone().unwrap_or_else(|| args.input.clone());
+    caption_folder(
+        &settings,
+        &args.input,
+        &out,
+        args.worker_index,
+        args.workers,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a folder's captioning did, for the caller's report.
+#[derive(Debug, Default)]
+pub struct FolderSummary {
+    pub shards_done: usize,
+    pub shards_skipped: usize,
+    pub captioned: usize,
+    pub failed: usize,
+    pub no_image: usize,
+}
+
+/// Captions every shard of `input` this worker owns into `out`.
+pub async fn caption_folder(
+    settings: &CaptionConfig,
+    input: &Path,
+    out: &Path,
+    worker: usize,
+    workers: usize,
+) -> anyhow::Result<FolderSummary> {
+    let api_key = std::env::var("LLAMAGEN_CAPTION_API_KEY")
+        .or_else(|_| std::env::var("OPENAI_API_KEY"))
+        .ok()
+        .filter(|k| !k.is_empty());
+    let client = ChatClient::new(ClientOptions {
+        endpoint: settings.endpoint.clone(),
+        api_key,
+        timeout: Duration::from_secs_f64(settings.timeout_secs),
+        max_retries: settings.retries,
+        ..ClientOptions::default()
+    })?;
+    let prompt = Prompt {
+        model: settings.model.clone(),
+        text: settings.prompt.clone(),
+        max_tokens: settings.max_tokens,
+        temperature: settings.temperature,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    CaptionSettings {
+        prompt: prompt.clone(),
+    }
+    .check_or_write(out)?;
+    client.check_model(&prompt.model).await?;
+    let options = ShardOptions {
+        concurrency: settings.concurrency as usize,
+        ..ShardOptions::default()
+    };
+    let mut summary = FolderSummary::default();
+    let started = std::time::Instant::now();
+    for tar in shard_files(input, worker, workers)? {
+        match caption_shard(&client, &prompt, &tar, out, &options)
+            .await
+            .with_context(|| format!("captioning {}", tar.display()))?
+        {
+            Some(s) => {
+                summary.shards_done += 1;
+                summary.captioned += s.captioned;
+                summary.failed += s.failed;
+                summary.no_image += s.no_image;
+                println!(
+                    "shard {}: {} captioned, {} failed, {} without image, {} without a short caption ({} resumed) in {:.1} s",
+                    s.name,
+                    s.captioned,
+                    s.failed,
+                    s.no_image,
+                    s.without_short,
+                    s.resumed,
+                    s.seconds
+                );
+            }
+            None => summary.shards_skipped += 1,
+        }
+    }
+    println!(
+        "{} shard(s) captioned ({} images, {} failed, {:.2} images/s), {} already done; captions in {}",
+        summary.shards_done,
+        summary.captioned,
+        summary.failed,
+        summary.captioned as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        summary.shards_skipped,
+        out.display()
+    );
+    Ok(summary)
+}
