@@ -73,35 +73,3 @@ impl CaptionSettings {
             .map_err(|e| CaptionError::Invalid(e.to_string()))
     }
 }
-
-/// The `*.tar` shards of `dir` in name order, keeping those with `index % workers == worker`
-/// (a Slurm array or Kubernetes indexed Job passes its index).
-pub fn shard_files(
-    dir: &Path,
-    worker: usize,
-    workers: usize,
-) -> Result<Vec<PathBuf>, CaptionError> {
-    if workers == 0 || worker >= workers {
-        return Err(CaptionError::Invalid(format!(
-            "worker {worker} of {workers}: the index must be below the count"
-        )));
-    }
-    let mut tars: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| CaptionError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
-        .collect();
-    tars.sort();
-    if tars.is_empty() {
-        return Err(CaptionError::Input(format!(
-            "{}: no *.tar shards",
-            dir.display()
-        )));
-    }
-    Ok(tars
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % workers == worker)
-        .map(|(_, p)| p)
-        .collect())
-}

@@ -15,10 +15,6 @@ use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::CaptionError;
 
@@ -32,6 +28,8 @@ pub enum CaptionStatus {
     Failed,
     /// The sample has no image member.
     NoImage,
+    /// The post-download filter dropped the sample; it was not sent.
+    Filtered,
 }
 
 impl CaptionStatus {
@@ -40,6 +38,7 @@ impl CaptionStatus {
             CaptionStatus::Ok => "ok",
             CaptionStatus::Failed => "failed",
             CaptionStatus::NoImage => "no_image",
+            CaptionStatus::Filtered => "filtered",
         }
     }
 
@@ -48,6 +47,7 @@ impl CaptionStatus {
             "ok" => CaptionStatus::Ok,
             "failed" => CaptionStatus::Failed,
             "no_image" => CaptionStatus::NoImage,
+            "filtered" => CaptionStatus::Filtered,
             _ => return None,
         })
     }
@@ -128,50 +128,25 @@ pub fn write_captions(path: &Path, rows: &[CaptionRecord]) -> Result<(), Caption
         ],
     )
     .map_err(|e| format(&e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    llamagen_shards::atomic::write_with(path, |file| {
-        let shard_error = |e: parquet::errors::ParquetError| llamagen_shards::ShardError::Format {
-            path: path.to_owned(),
-            problem: e.to_string(),
-        };
-        let mut writer =
-            ArrowWriter::try_new(&mut *file, schema(), Some(props)).map_err(shard_error)?;
-        writer.write(&batch).map_err(shard_error)?;
-        writer.close().map_err(shard_error)?;
-        Ok(())
-    })
-    .map_err(|e| CaptionError::Output(e.to_string()))
+    llamagen_shards::table::write_batch(path, &batch)
+        .map_err(|e| CaptionError::Output(e.to_string()))
 }
 
 /// Reads a captions file back.
 pub fn read_captions(path: &Path) -> Result<Vec<CaptionRecord>, CaptionError> {
-    let bad = |e: &dyn std::fmt::Display| CaptionError::Input(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| CaptionError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(&e))?;
+    use llamagen_shards::table::{column, read_batches};
+    let bad = |e: llamagen_shards::ShardError| CaptionError::Input(e.to_string());
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(&e))?;
-        let text = |name: &str| -> Result<&StringArray, CaptionError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| bad(&format!("no text column {name:?}")))
-        };
-        let int = |name: &str| -> Result<&Int64Array, CaptionError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                .ok_or_else(|| bad(&format!("no int64 column {name:?}")))
-        };
-        let (key, status, caption, short, model, prompt, finish, error) = (
+    for batch in read_batches(path).map_err(bad)? {
+        let text = |n| column::<StringArray>(&batch, n, path).map_err(bad);
+        let int = |n| column::<Int64Array>(&batch, n, path).map_err(bad);
+        let (key, status, caption, short) = (
             text("key")?,
             text("status")?,
             text("caption")?,
             text("short_caption")?,
+        );
+        let (model, prompt, finish, error) = (
             text("model")?,
             text("prompt")?,
             text("finish_reason")?,
@@ -186,8 +161,13 @@ pub fn read_captions(path: &Path) -> Result<Vec<CaptionRecord>, CaptionError> {
         let s = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
         let n = |a: &Int64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
         for i in 0..batch.num_rows() {
-            let status = CaptionStatus::parse(status.value(i))
-                .ok_or_else(|| bad(&format!("unknown status {:?}", status.value(i))))?;
+            let status = CaptionStatus::parse(status.value(i)).ok_or_else(|| {
+                CaptionError::Input(format!(
+                    "{}: unknown status {:?}",
+                    path.display(),
+                    status.value(i)
+                ))
+            })?;
             rows.push(CaptionRecord {
                 key: key.value(i).to_owned(),
                 status,

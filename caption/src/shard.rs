@@ -24,6 +24,8 @@ pub struct ShardSummary {
     pub captioned: usize,
     pub failed: usize,
     pub no_image: usize,
+    /// Samples the post-download filter dropped (not sent).
+    pub filtered: usize,
     /// Captions whose reply was cut off before its first sentence ended.
     pub without_short: usize,
     pub completion_tokens: i64,
@@ -38,6 +40,9 @@ pub struct ShardOptions {
     /// Stop the shard after this many requests in a row gave up (the server is down): waiting
     /// out every remaining sample's retries would only delay the error.
     pub give_up_after: usize,
+    /// Caption only these keys (the filter's kept samples); the others are recorded as
+    /// `filtered` without a request. None: every sample.
+    pub only: Option<std::collections::HashSet<String>>,
 }
 
 impl Default for ShardOptions {
@@ -45,6 +50,7 @@ impl Default for ShardOptions {
         ShardOptions {
             concurrency: 16,
             give_up_after: 32,
+            only: None,
         }
     }
 }
@@ -113,6 +119,16 @@ pub async fn caption_shard(
         if done.contains_key(&sample.key) {
             continue;
         }
+        if options
+            .only
+            .as_ref()
+            .is_some_and(|keep| !keep.contains(&sample.key))
+        {
+            let r = record(&sample.key, CaptionStatus::Filtered);
+            journal.append(&r)?;
+            done.insert(r.key.clone(), r);
+            continue;
+        }
         match sample.image() {
             Some((ext, bytes)) => todo.push((sample.key.as_str(), ext, bytes)),
             None => {
@@ -177,6 +193,7 @@ pub async fn caption_shard(
                 CaptionStatus::Ok => summary.captioned += 1,
                 CaptionStatus::Failed => summary.failed += 1,
                 CaptionStatus::NoImage => summary.no_image += 1,
+                CaptionStatus::Filtered => summary.filtered += 1,
             }
             if r.status == CaptionStatus::Ok && r.short_caption.is_none() {
                 summary.without_short += 1;

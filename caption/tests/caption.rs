@@ -259,6 +259,7 @@ fn a_dead_or_hanging_server_leaves_the_shard_open_and_loses_nothing() {
     let give_up = ShardOptions {
         concurrency: 1,
         give_up_after: 1,
+        ..ShardOptions::default()
     };
     let err = rt
         .block_on(caption_shard(&down, &prompt(), &tar, dir.path(), &give_up))
@@ -325,4 +326,33 @@ fn a_wrong_model_stops_the_run_and_another_prompt_is_refused_in_the_same_folder(
         .check_or_write(dir.path())
         .unwrap_err();
     assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+#[test]
+fn samples_the_filter_dropped_are_recorded_and_never_sent() {
+    let server = CaptionServer::start().unwrap();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = shard(dir.path());
+    let options = ShardOptions {
+        only: Some(["0000001".to_string()].into_iter().collect()),
+        ..ShardOptions::default()
+    };
+    let client = client(server.endpoint("ok"), 0, 10_000);
+    let summary = rt
+        .block_on(caption_shard(
+            &client,
+            &prompt(),
+            &tar,
+            dir.path(),
+            &options,
+        ))
+        .unwrap()
+        .unwrap();
+    assert_eq!((summary.captioned, summary.filtered), (1, 4));
+    assert_eq!(server.requests(), 1);
+    let rows = read_captions(&captions_path(dir.path(), "00000")).unwrap();
+    assert_eq!(rows[1].status, CaptionStatus::Ok);
+    assert_eq!(rows[0].status, CaptionStatus::Filtered);
+    assert_eq!(rows[0].caption, None);
 }

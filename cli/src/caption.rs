@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use llamagen_caption::shard::{ShardOptions, caption_shard};
-use llamagen_caption::{CaptionSettings, ChatClient, ClientOptions, Prompt, shard_files};
+use llamagen_caption::{CaptionSettings, ChatClient, ClientOptions, Prompt};
 use llamagen_cli::config::{CaptionConfig, PipelineConfig};
 
 #[derive(Debug, clap::Args)]
@@ -136,13 +136,17 @@ pub async fn caption_folder(
     }
     .check_or_write(out)?;
     client.check_model(&prompt.model).await?;
-    let options = ShardOptions {
+    let base = ShardOptions {
         concurrency: settings.concurrency as usize,
         ..ShardOptions::default()
     };
     let mut summary = FolderSummary::default();
     let started = std::time::Instant::now();
-    for tar in shard_files(input, worker, workers)? {
+    for tar in llamagen_shards::tar_files(input, worker, workers)? {
+        let options = ShardOptions {
+            only: kept_by_filter(&tar)?,
+            ..base.clone()
+        };
         match caption_shard(&client, &prompt, &tar, out, &options)
             .await
             .with_context(|| format!("captioning {}", tar.display()))?
@@ -153,11 +157,12 @@ pub async fn caption_folder(
                 summary.failed += s.failed;
                 summary.no_image += s.no_image;
                 println!(
-                    "shard {}: {} captioned, {} failed, {} without image, {} without a short caption ({} resumed) in {:.1} s",
+                    "shard {}: {} captioned, {} failed, {} without image, {} dropped by the filter, {} without a short caption ({} resumed) in {:.1} s",
                     s.name,
                     s.captioned,
                     s.failed,
                     s.no_image,
+                    s.filtered,
                     s.without_short,
                     s.resumed,
                     s.seconds
@@ -176,4 +181,20 @@ pub async fn caption_folder(
         out.display()
     );
     Ok(summary)
+}
+
+/// The keys the post-download filter kept, if it ran on this shard (`NNNNN_filter.parquet`
+/// beside it): only those are worth a caption.
+fn kept_by_filter(tar: &Path) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+    let (Some(dir), Some(name)) = (tar.parent(), tar.file_stem()) else {
+        return Ok(None);
+    };
+    let path = llamagen_filter::output::filter_path(dir, &name.to_string_lossy());
+    if !path.exists() {
+        return Ok(None);
+    }
+    let rows = llamagen_filter::output::read_filter(&path)?;
+    Ok(Some(
+        rows.into_iter().filter(|r| r.keep).map(|r| r.key).collect(),
+    ))
 }

@@ -99,10 +99,9 @@ pub struct FilterConfig {
     pub min_clip_similarity: f64,
     pub min_aesthetic: f64,
     pub max_watermark: f64,
-    pub clip_image_model: String,
-    pub clip_text_model: String,
-    pub aesthetic_model: String,
-    pub watermark_model: String,
+    /// The folder `scripts/export_filter_models.py` writes (four ONNX models, the CLIP
+    /// tokenizer, filter_models.json).
+    pub models: String,
     pub batch_size: u32,
 }
 
@@ -114,10 +113,7 @@ impl Default for FilterConfig {
             min_clip_similarity: 0.28,
             min_aesthetic: 5.0,
             max_watermark: 0.5,
-            clip_image_model: "weights/clip-vit-l-14-image.onnx".into(),
-            clip_text_model: "weights/clip-vit-l-14-text.onnx".into(),
-            aesthetic_model: "weights/laion-aesthetic-v2.onnx".into(),
-            watermark_model: "weights/laion-watermark.onnx".into(),
+            models: "weights/filter".into(),
             batch_size: 64,
         }
     }

@@ -6,7 +6,7 @@
 //! LlamaGen models; each stage joins this command as its issue lands (the README's demo command
 //! stays the same).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use llamagen_store::runs::{self, Outcome, Trigger};
@@ -23,14 +23,14 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/9] native stack");
+    println!("\n[1/11] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/9] database");
+    println!("\n[2/11] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
     let result = match result {
@@ -40,7 +40,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             if serve {
-                println!("\n[9/9] the dashboard over these results");
+                println!("\n[11/11] the dashboard over these results");
                 let args = crate::serve::ServeArgs {
                     listen: "127.0.0.1:8080".parse()?,
                     reader_url: None,
@@ -49,7 +49,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                     .await
                     .map(|()| code)
             } else {
-                println!("\n[9/9] dashboard skipped (--no-serve); `llamagen serve` starts it");
+                println!("\n[11/11] dashboard skipped (--no-serve); `llamagen serve` starts it");
                 Ok(code)
             }
         }
@@ -69,7 +69,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/9] pipeline run of the bundled demo config");
+    println!("\n[3/11] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -102,22 +102,32 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/9] ingest: the bundled photos served from loopback, as LAION-COCO rows");
+    println!("\n[4/11] ingest: the bundled photos served from loopback, as LAION-COCO rows");
     ingest_step(&config, data_dir).await?;
 
-    println!("\n[5/9] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!(
+        "\n[5/11] filter: CLIP similarity, aesthetic and watermark scores (tiny random-weight ONNX models)"
+    );
+    filter_step(&config, store, data_dir).await?;
+
+    println!(
+        "\n[6/11] caption: a loopback server speaking the OpenAI protocol stands in for LLaVA"
+    );
+    caption_step(&config, data_dir).await?;
+
+    println!("\n[7/11] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[6/9] sampling from tiny random-weight LlamaGen models (noise by design)");
+    println!("\n[8/11] sampling from tiny random-weight LlamaGen models (noise by design)");
     let sampling = sample_step(data_dir)?;
 
-    println!("\n[7/9] encode the ingested shards with the tiny VQ, export, train the tiny GPT");
+    println!("\n[9/11] encode the ingested shards with the tiny VQ, export, train the tiny GPT");
     encode_and_train_step(&config, &sampling, data_dir).await?;
 
     println!(
-        "\n[8/9] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
+        "\n[10/11] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
     );
     benchmark_step(&config, &sampling, data_dir).await?;
 
@@ -221,6 +231,69 @@ async fn ingest_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Result
         "  shards in {}: NNNNN.tar (webdataset), NNNNN.parquet, NNNNN_stats.json",
         output.display()
     );
+    Ok(())
+}
+
+/// Scores the ingested shards with the tiny random-weight models that
+/// `scripts/export_filter_models.py --tiny-random` made for the tests, decides each sample, and
+/// records the funnel after ingest's metadata funnel.
+async fn filter_step(
+    config: &PipelineConfig,
+    store: &Store,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let Some(root) = option_env!("LLAMAGEN_ROOT").map(PathBuf::from) else {
+        println!("  skipped: this binary was built outside the repository (no tiny filter models)");
+        return Ok(());
+    };
+    let mut settings = config.filter.clone();
+    settings.models = root
+        .join("filter/tests/fixtures/models")
+        .display()
+        .to_string();
+    let shards = data_dir.join(&config.ingest.output);
+    let summary = crate::filter::filter_folder(&settings, &shards, &shards, 1, 0, 1).await?;
+    crate::filter::record(store, &settings, &shards, &shards, None, &summary).await?;
+    let steps: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT f.rule, f.threshold, f.rows_in, f.rows_dropped FROM filter_funnel f
+         JOIN stage_runs s ON s.id = f.stage_run_id
+         WHERE s.run_id = (SELECT run_id FROM stage_runs WHERE id = (SELECT max(stage_run_id) FROM filter_funnel))
+         ORDER BY s.started_at, s.id, f.step",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    println!("  the funnel, metadata rules then model rules:");
+    for (rule, threshold, rows_in, dropped) in steps {
+        println!(
+            "    {rule:<20} {:<22} {rows_in:>4} in, {dropped:>3} dropped",
+            threshold.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Captions the kept samples through `caption::testing`'s server (it describes each image's
+/// size and colour), then shows a long caption and its first-sentence short caption.
+async fn caption_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Result<()> {
+    use llamagen_caption::output::{CaptionStatus, captions_path, read_captions};
+    let server = llamagen_caption::testing::CaptionServer::start()?;
+    let mut settings = config.caption.clone();
+    settings.endpoint = server.endpoint("ok");
+    settings.model = llamagen_caption::testing::MODEL.into();
+    let shards = data_dir.join(&config.ingest.output);
+    crate::caption::caption_folder(&settings, &shards, &shards, 0, 1).await?;
+    let first = llamagen_shards::tar_files(&shards, 0, 1)?;
+    if let Some(name) = first.first().and_then(|t| t.file_stem()) {
+        let rows = read_captions(&captions_path(&shards, &name.to_string_lossy()))?;
+        if let Some(r) = rows.iter().find(|r| r.status == CaptionStatus::Ok) {
+            println!("  {} long:  {}", r.key, r.caption.as_deref().unwrap_or(""));
+            println!(
+                "  {} short: {}",
+                r.key,
+                r.short_caption.as_deref().unwrap_or("")
+            );
+        }
+    }
     Ok(())
 }
 

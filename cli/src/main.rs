@@ -10,6 +10,7 @@ mod demo_metrics;
 mod doctor;
 mod encode;
 mod evaluate;
+mod filter;
 mod ingest;
 mod run;
 mod sample;
@@ -47,7 +48,7 @@ enum Command {
     /// Read LAION-COCO parquet, filter metadata, download and resize images into shards.
     Ingest(Box<ingest::IngestArgs>),
     /// Score downloaded images (CLIP similarity, aesthetic, watermark, size) and keep the good ones.
-    Filter(StageArgs),
+    Filter(Box<filter::FilterArgs>),
     /// Caption images with LLaVA through an OpenAI-compatible server.
     Caption(Box<caption::CaptionArgs>),
     /// Precompute VQ image codes (FLAN-T5 text embeddings arrive with issue #7), and export
@@ -90,13 +91,6 @@ enum Command {
     },
 }
 
-/// Arguments of a stage that is not built yet: accepted so that `--help` works, then refused.
-#[derive(Debug, clap::Args)]
-struct StageArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Apply pending migrations.
@@ -120,14 +114,6 @@ enum ConfigCommand {
     },
 }
 
-/// The issue that builds each stage not built yet.
-fn not_built(command: &str) -> Option<&'static str> {
-    Some(match command {
-        "filter" => "issue #8 (score with CLIP/aesthetic/watermark)",
-        _ => return None,
-    })
-}
-
 /// The issue that builds each pipeline stage that `llamagen run` cannot execute yet. The
 /// `evaluate` command compares image sets already; the stage (sample a checkpoint, evaluate,
 /// record the results) needs the models.
@@ -136,7 +122,7 @@ pub(crate) fn stage_not_built(stage: &str) -> Option<&'static str> {
         "evaluate" => Some(
             "issue #7 (`llamagen benchmark` is built; as a pipeline stage it evaluates the checkpoint that training makes)",
         ),
-        other => not_built(other),
+        _ => None,
     }
 }
 
@@ -146,11 +132,6 @@ const EXIT_NOT_BUILT: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let name = command_name(&cli.command);
-    if let Some(issue) = not_built(name) {
-        eprintln!("llamagen {name}: not built yet; it arrives with {issue}");
-        return ExitCode::from(EXIT_NOT_BUILT);
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -194,6 +175,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
         Command::Encode(cmd) => encode::run(&cmd),
         Command::Caption(args) => caption::run(&args).await,
+        Command::Filter(args) => filter::run(&args, &cli.data_dir).await,
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),
@@ -202,27 +184,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => ingest::run(&args, &cli.data_dir).await,
         Command::Demo { no_serve } => demo::run(&cli.data_dir, !no_serve).await,
         Command::Serve(args) => serve::run(&args, &cli.data_dir).await,
-        other => unreachable!("{} is handled before dispatch", command_name(&other)),
-    }
-}
-
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Ingest(_) => "ingest",
-        Command::Filter(_) => "filter",
-        Command::Caption(_) => "caption",
-        Command::Encode(_) => "encode",
-        Command::Train(_) => "train",
-        Command::Sample(_) => "sample",
-        Command::Evaluate(_) => "evaluate",
-        Command::Benchmark(_) => "benchmark",
-        Command::Run(_) => "run",
-        Command::Doctor { .. } => "doctor",
-        Command::Schedule(_) => "schedule",
-        Command::Serve(_) => "serve",
-        Command::Db(_) => "db",
-        Command::Config(_) => "config",
-        Command::Demo { .. } => "demo",
     }
 }
 

@@ -26,7 +26,7 @@ pub struct RunArgs {
 /// Why a stage cannot be part of a chained run yet, if it cannot.
 fn not_chainable(stage: &str) -> Option<&'static str> {
     match stage {
-        "ingest" | "caption" => None,
+        "ingest" | "filter" | "caption" => None,
         "encode" | "train" | "sample" | "evaluate" => Some(
             "its command takes paths on the command line; reading them from the pipeline TOML arrives with issue #7 (encode and train)",
         ),
@@ -78,6 +78,26 @@ async fn run_stages(
             "ingest" => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
                 crate::ingest::run_with(config, &ingest_args, data_dir).await
+            }
+            "filter" => {
+                let shards = crate::ingest::under(data_dir, Path::new(&config.ingest.output));
+                let mut settings = config.filter.clone();
+                settings.models = crate::ingest::under(data_dir, Path::new(&settings.models))
+                    .display()
+                    .to_string();
+                match crate::filter::filter_folder(&settings, &shards, &shards, 0, 0, 1).await {
+                    Ok(summary) => crate::filter::record(
+                        store,
+                        &settings,
+                        &shards,
+                        &shards,
+                        Some(run_id),
+                        &summary,
+                    )
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+                    Err(e) => Err(e),
+                }
             }
             "caption" => {
                 // Captions go next to the shards the ingest stage wrote.

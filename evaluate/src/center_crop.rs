@@ -17,9 +17,11 @@ use crate::EvalError;
 /// Fractional bits of Pillow's fixed-point coefficients: 32 - 8 (pixel) - 2 (headroom).
 const PRECISION_BITS: u32 = 22;
 
-#[derive(Clone, Copy)]
-enum Filter {
+/// Pillow's resampling filters (`Image.BOX`, `Image.BILINEAR`, `Image.BICUBIC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
     Box,
+    Bilinear,
     Bicubic,
 }
 
@@ -27,6 +29,7 @@ impl Filter {
     fn support(self) -> f64 {
         match self {
             Filter::Box => 0.5,
+            Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
         }
     }
@@ -40,6 +43,7 @@ impl Filter {
                     0.0
                 }
             }
+            Filter::Bilinear => (1.0 - x.abs()).max(0.0),
             Filter::Bicubic => {
                 // Keys' cubic convolution with a = -0.5.
                 const A: f64 = -0.5;
@@ -101,8 +105,14 @@ fn clip8(acc: i64) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Pillow's `Image.resize((width, height), filter)` of an RGB image [H, W, 3].
-fn resize(image: ArrayView3<'_, u8>, width: usize, height: usize, filter: Filter) -> Array3<u8> {
+/// Pillow's `Image.resize((width, height), filter)` of an image [H, W, C] (what torchvision's
+/// `Resize` does to a PIL image), to the level.
+pub fn resize(
+    image: ArrayView3<'_, u8>,
+    width: usize,
+    height: usize,
+    filter: Filter,
+) -> Array3<u8> {
     let (h, w, c) = image.dim();
     let horizontal = kernel(w, width, filter);
     let vertical = kernel(h, height, filter);

@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod manifest;
 pub mod settings;
 pub mod stats;
+pub mod table;
 pub mod webdataset;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,33 @@ impl ShardPaths {
 pub fn sample_key(shard: u32, row: u32, rows_per_shard: u32) -> String {
     let digits = (rows_per_shard.max(2) - 1).to_string().len();
     format!("{shard:05}{row:0digits$}")
+}
+
+/// The `*.tar` shards of `dir` in name order, keeping those with `position % workers == worker`
+/// (a Slurm array or Kubernetes indexed Job passes its index), for the stages that walk a
+/// shard folder (filter, caption).
+pub fn tar_files(dir: &Path, worker: usize, workers: usize) -> Result<Vec<PathBuf>, ShardError> {
+    if workers == 0 || worker >= workers {
+        return Err(ShardError::format(
+            dir,
+            format!("worker {worker} of {workers}: the index must be below the count"),
+        ));
+    }
+    let mut tars: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ShardError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    tars.sort();
+    if tars.is_empty() {
+        return Err(ShardError::format(dir, "no *.tar shards"));
+    }
+    Ok(tars
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % workers == worker)
+        .map(|(_, p)| p)
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,18 +1,12 @@
 //! `NNNNN.parquet`: one row per input row of a shard, as img2dataset writes it (key, url,
 //! caption, status, error_message, width, height, original_width, original_height, sha256).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::ShardError;
 use arrow_array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-
-use crate::{ShardError, atomic};
 
 /// img2dataset's three outcomes of a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -101,41 +95,15 @@ pub fn write(path: &Path, rows: &[ManifestRow]) -> Result<(), ShardError> {
         ],
     )
     .map_err(|e| ShardError::format(path, e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    atomic::write_with(path, |file| {
-        let mut writer = ArrowWriter::try_new(&mut *file, schema(), Some(props))
-            .map_err(|e| ShardError::format(path, e))?;
-        writer
-            .write(&batch)
-            .map_err(|e| ShardError::format(path, e))?;
-        writer.close().map_err(|e| ShardError::format(path, e))?;
-        Ok(())
-    })
+    crate::table::write_batch(path, &batch)
 }
 
 /// Reads a manifest back (ours or img2dataset's: extra columns are ignored).
 pub fn read(path: &Path) -> Result<Vec<ManifestRow>, ShardError> {
-    let file = File::open(path).map_err(|e| ShardError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| ShardError::format(path, e))?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| ShardError::format(path, e))?;
-        let text = |name: &str| -> Result<&StringArray, ShardError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| ShardError::format(path, format!("no text column {name:?}")))
-        };
-        let int = |name: &str| -> Result<&Int32Array, ShardError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-                .ok_or_else(|| ShardError::format(path, format!("no int32 column {name:?}")))
-        };
+    for batch in crate::table::read_batches(path)? {
+        let text = |name| crate::table::column::<StringArray>(&batch, name, path);
+        let int = |name| crate::table::column::<Int32Array>(&batch, name, path);
         let (key, url, caption, status, error) = (
             text("key")?,
             text("url")?,

@@ -1,0 +1,271 @@
+//! `llamagen filter`: the post-download filter over a shard folder (`llamagen-filter`):
+//! decisions next to the shards as `NNNNN_filter.parquet`, and the funnel in PostgreSQL as the
+//! `filter` stage of the pipeline run that ingested the shards, continuing its metadata funnel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use llamagen_cli::config::{FilterConfig, PipelineConfig};
+use llamagen_filter::FilterSettings;
+use llamagen_filter::rules::{RULES, Thresholds, thresholds_text};
+use llamagen_filter::scorers::Scorers;
+use llamagen_filter::shard::{ShardOptions, filter_shard, folder_funnel};
+use llamagen_store::runs::{self, FunnelStep, Outcome, Trigger};
+use llamagen_store::{Store, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// The folder of webdataset shards (`llamagen ingest` or img2dataset output).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where `NNNNN_filter.parquet` go; the shard folder itself by default.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A pipeline config whose `[filter]` section gives the settings (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The folder of scripts/export_filter_models.py.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    #[arg(long)]
+    pub min_width: Option<u32>,
+    #[arg(long)]
+    pub min_height: Option<u32>,
+    #[arg(long)]
+    pub max_watermark: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_aesthetic: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_clip_similarity: Option<f64>,
+    /// Images per model batch.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// ONNX Runtime threads per model run (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// This worker's index among `--workers`: it takes the shards whose position modulo the
+    /// count is its index.
+    #[arg(long, default_value_t = 0)]
+    pub worker_index: usize,
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Do not record the funnel in PostgreSQL.
+    #[arg(long)]
+    pub no_db: bool,
+}
+
+impl FilterArgs {
+    fn settings(&self) -> anyhow::Result<FilterConfig> {
+        let mut f = match &self.config {
+            Some(path) => PipelineConfig::load(path)?.filter,
+            None => FilterConfig::default(),
+        };
+        if let Some(m) = &self.models {
+            f.models = m.display().to_string();
+        }
+        f.min_width = self.min_width.unwrap_or(f.min_width);
+        f.min_height = self.min_height.unwrap_or(f.min_height);
+        f.max_watermark = self.max_watermark.unwrap_or(f.max_watermark);
+        f.min_aesthetic = self.min_aesthetic.unwrap_or(f.min_aesthetic);
+        f.min_clip_similarity = self.min_clip_similarity.unwrap_or(f.min_clip_similarity);
+        f.batch_size = self.batch_size.unwrap_or(f.batch_size);
+        anyhow::ensure!(f.batch_size > 0, "--batch-size must be positive");
+        Ok(f)
+    }
+}
+
+pub fn thresholds(f: &FilterConfig) -> Thresholds {
+    Thresholds {
+        min_width: f.min_width,
+        min_height: f.min_height,
+        max_watermark: f.max_watermark,
+        min_aesthetic: f.min_aesthetic,
+        min_clip_similarity: f.min_clip_similarity,
+    }
+}
+
+pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    let out = args.out.clone().unwrap_or_else(|| args.input.clone());
+    let summary = filter_folder(
+        &settings,
+        &args.input,
+        &out,
+        args.threads,
+        args.worker_index,
+        args.workers,
+    )
+    .await?;
+    if !args.no_db {
+        let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
+        let recorded = record(&store, &settings, &args.input, &out, None, &summary).await;
+        store.close().await?;
+        recorded?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a folder's filtering did.
+#[derive(Debug, Default)]
+pub struct FolderSummary {
+    pub shards_done: usize,
+    pub shards_skipped: usize,
+    /// Shards of the folder (all workers') and those with decisions.
+    pub shards_total: usize,
+    pub shards_decided: usize,
+}
+
+/// Filters every shard of `input` this worker owns into `out`.
+pub async fn filter_folder(
+    settings: &FilterConfig,
+    input: &Path,
+    out: &Path,
+    threads: usize,
+    worker: usize,
+    workers: usize,
+) -> anyhow::Result<FolderSummary> {
+    let models = PathBuf::from(&settings.models);
+    let mut scorers = Scorers::open(&models, threads)
+        .with_context(|| format!("opening the filter models in {}", models.display()))?;
+    let mut hashes = BTreeMap::new();
+    for file in scorers.files() {
+        let (sha, _) = llamagen_cli::provenance::file_sha256(&file)?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hashes.insert(name, sha);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let thresholds = thresholds(settings);
+    FilterSettings {
+        thresholds: thresholds.clone(),
+        models: hashes,
+    }
+    .check_or_write(out)?;
+    let options = ShardOptions {
+        batch_size: settings.batch_size as usize,
+        ..ShardOptions::default()
+    };
+    let all = llamagen_shards::tar_files(input, 0, 1)?;
+    let mine = llamagen_shards::tar_files(input, worker, workers)?;
+    let mut summary = FolderSummary {
+        shards_total: all.len(),
+        ..FolderSummary::default()
+    };
+    let started = std::time::Instant::now();
+    let mut images = 0;
+    for tar in mine {
+        let (s, t, o) = (&mut scorers, &thresholds, &options);
+        let result = tokio::task::block_in_place(|| filter_shard(s, t, &tar, out, o))
+            .with_context(|| format!("filtering {}", tar.display()))?;
+        match result {
+            Some(s) => {
+                summary.shards_done += 1;
+                images += s.samples;
+                let reasons: Vec<String> = RULES
+                    .iter()
+                    .zip(s.funnel.dropped)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(rule, n)| format!("{n} {rule}"))
+                    .collect();
+                println!(
+                    "shard {}: {} of {} kept in {:.1} s (dropped: {})",
+                    s.name,
+                    s.kept,
+                    s.samples,
+                    s.seconds,
+                    if reasons.is_empty() {
+                        "none".into()
+                    } else {
+                        reasons.join(", ")
+                    }
+                );
+            }
+            None => summary.shards_skipped += 1,
+        }
+    }
+    summary.shards_decided = all
+        .iter()
+        .filter(|tar| {
+            let name = tar
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            llamagen_filter::output::filter_path(out, &name).exists()
+        })
+        .count();
+    println!(
+        "{} shard(s) filtered ({images} images, {:.1} images/s), {} already done; decisions in {}",
+        summary.shards_done,
+        images as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        summary.shards_skipped,
+        out.display()
+    );
+    Ok(summary)
+}
+
+/// Records the folder's funnel (recounted from its files) as the `filter` stage of `run_id`,
+/// or of the run that ingested `input`, or of a new run when none did (img2dataset shards).
+pub async fn record(
+    store: &Store,
+    settings: &FilterConfig,
+    input: &Path,
+    out: &Path,
+    run_id: Option<i64>,
+    summary: &FolderSummary,
+) -> anyhow::Result<()> {
+    let pool = store.pool();
+    // The run: the one given; else the one whose filter stage already wrote `out` (a re-run);
+    // else the one that ingested `input`; else a new one (shards made elsewhere).
+    let (input_text, out_text) = (input.display().to_string(), out.display().to_string());
+    let run_id = match run_id {
+        Some(id) => id,
+        None => match runs::find_stage_run(pool, "filter", &out_text, None).await? {
+            Some(open) => open.run_id,
+            None => match runs::find_stage_run(pool, "ingest", &input_text, None).await? {
+                Some(open) => open.run_id,
+                None => {
+                    let mut config = PipelineConfig::default();
+                    config.pipeline.name = "filter".into();
+                    config.pipeline.stages = vec!["filter".into()];
+                    config.filter = settings.clone();
+                    llamagen_cli::config::record_pipeline_run(pool, &config, Trigger::Manual, None)
+                        .await?
+                }
+            },
+        },
+    };
+    let stage_run_id =
+        runs::start_stage(pool, run_id, "filter", &serde_json::to_value(settings)?).await?;
+    runs::set_stage_paths(pool, stage_run_id, &input_text, &out_text).await?;
+    let (funnel, _) = folder_funnel(out)?;
+    let texts = thresholds_text(&thresholds(settings));
+    let steps: Vec<FunnelStep> = RULES
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| FunnelStep {
+            rule: (*rule).to_owned(),
+            threshold: texts[i].clone(),
+            rows_in: funnel.rows_in[i] as i64,
+            rows_dropped: funnel.dropped[i] as i64,
+        })
+        .collect();
+    runs::replace_funnel(pool, stage_run_id, &steps).await?;
+    if summary.shards_decided == summary.shards_total {
+        let counts = serde_json::json!({
+            "samples": funnel.rows_in[0],
+            "kept": funnel.kept(),
+            "shards": summary.shards_total,
+        });
+        runs::finish_stage(pool, stage_run_id, Outcome::Succeeded, &counts, None).await?;
+    }
+    println!(
+        "funnel recorded in run #{run_id}: {} samples, {} kept",
+        funnel.rows_in[0],
+        funnel.kept()
+    );
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! The post-download filter: what the paper's stage I data went through after the metadata
+//! filter ("valid image URL, aesthetic score, watermark score, CLIP image-text similarity score
+//! and image size"), computed on the downloaded images themselves.
+//!
+//! - [`preprocess`]: the models' image preprocessing, pixel-exact with the Python references
+//!   (open_clip's CLIP transform, LAION's watermark transform);
+//! - [`tokenizer`]: CLIP's BPE from a `tokenizer.json`, padded and cut as `open_clip.tokenize`;
+//! - [`scorers`]: the four ONNX models (CLIP image and text towers, aesthetic MLP, watermark
+//!   detector) through ONNX Runtime, batched;
+//! - [`rules`]: the keep/drop decision and its reason per sample, and the funnel;
+//! - [`output`]: `NNNNN_filter.parquet` next to the shard;
+//! - [`shard`]: one shard from tar to decisions.
+//!
+//! `scripts/export_filter_models.py` turns the public weights into the ONNX files (and makes
+//! the tiny random-weight ones the tests use).
+
+pub mod output;
+pub mod preprocess;
+pub mod rules;
+pub mod scorers;
+pub mod shard;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Output(String),
+    #[error("bad settings: {0}")]
+    Invalid(String),
+}
+
+impl FilterError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        FilterError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// What determines a folder's decisions, kept as `filter.json` in it: the models (by sha256)
+/// and the thresholds. A folder refuses to be continued with other ones, so its shards never
+/// mix two filters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FilterSettings {
+    pub thresholds: rules::Thresholds,
+    /// sha256 of each model file, by file name.
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
+impl FilterSettings {
+    pub const FILE: &'static str = "filter.json";
+
+    pub fn check_or_write(&self, dir: &Path) -> Result<(), FilterError> {
+        llamagen_shards::settings::pin(dir, Self::FILE, self)
+            .map_err(|e| FilterError::Invalid(e.to_string()))
+    }
+}
