@@ -222,16 +222,21 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(CaptionError::io(path, e)),
         }
-        // Rewrite without a torn tail, so appends start on a line of their own.
-        let mut file = File::create(path).map_err(|e| CaptionError::io(path, e))?;
+        // Rewrite without a torn tail, so appends start on a line of their own; atomically,
+        // as a kill during the rewrite must not lose what the journal held.
+        let mut text = String::new();
         for record in &done {
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(record).unwrap_or_default()
-            )
-            .map_err(|e| CaptionError::io(path, e))?;
+            let line =
+                serde_json::to_string(record).map_err(|e| CaptionError::Output(e.to_string()))?;
+            text.push_str(&line);
+            text.push('\n');
         }
+        llamagen_shards::atomic::write_bytes(path, text.as_bytes())
+            .map_err(|e| CaptionError::Output(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| CaptionError::io(path, e))?;
         Ok((
             Journal {
                 file,

@@ -130,12 +130,13 @@ pub async fn caption_folder(
         max_tokens: settings.max_tokens,
         temperature: settings.temperature,
     };
+    // Before the folder is pinned to this model: a wrong name must not be written down.
+    client.check_model(&prompt.model).await?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     CaptionSettings {
         prompt: prompt.clone(),
     }
     .check_or_write(out)?;
-    client.check_model(&prompt.model).await?;
     let base = ShardOptions {
         concurrency: settings.concurrency as usize,
         ..ShardOptions::default()

@@ -37,6 +37,25 @@ fn a_killed_caption_run_resumes_without_asking_twice() {
             .env("RUST_LOG", "warn");
         cmd
     };
+    // A model the server does not serve: refused before the folder is pinned to it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("caption")
+        .arg("--input")
+        .arg(&shards)
+        .args([
+            "--endpoint",
+            &server.endpoint("ok"),
+            "--model",
+            "llava-wrong",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("does not serve"), "{}", text(&out));
+    assert!(!shards.join("captions.json").exists());
+
     // 12 answers of 300 ms each, one at a time: killed after the journal has some.
     let mut child = caption("slow/300").spawn().unwrap();
     let journal = journal_path(&shards, "00000");
