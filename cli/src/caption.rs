@@ -103,6 +103,8 @@ pub struct FolderSummary {
     pub captioned: usize,
     pub failed: usize,
     pub no_image: usize,
+    /// Shards left unfinished (unreadable, or samples still without an answer), with why.
+    pub unfinished: Vec<String>,
 }
 
 /// Captions every shard of `input` this worker owns into `out`.
@@ -148,11 +150,18 @@ pub async fn caption_folder(
             only: kept_by_filter(&tar)?,
             ..base.clone()
         };
-        match caption_shard(&client, &prompt, &tar, out, &options)
-            .await
-            .with_context(|| format!("captioning {}", tar.display()))?
-        {
-            Some(s) => {
+        match caption_shard(&client, &prompt, &tar, out, &options).await {
+            // The server cannot serve this run: every further shard would fail the same way.
+            Err(e @ llamagen_caption::CaptionError::Server(_)) => {
+                return Err(anyhow::Error::new(e).context(format!("captioning {}", tar.display())));
+            }
+            Err(e) => {
+                // A bad shard, or one with samples still open, is reported; the others go on.
+                let message = format!("{}: {e}", tar.display());
+                eprintln!("shard not finished: {message}");
+                summary.unfinished.push(message);
+            }
+            Ok(Some(s)) => {
                 summary.shards_done += 1;
                 summary.captioned += s.captioned;
                 summary.failed += s.failed;
@@ -169,7 +178,7 @@ pub async fn caption_folder(
                     s.seconds
                 );
             }
-            None => summary.shards_skipped += 1,
+            Ok(None) => summary.shards_skipped += 1,
         }
     }
     println!(
@@ -180,6 +189,12 @@ pub async fn caption_folder(
         summary.captioned as f64 / started.elapsed().as_secs_f64().max(1e-9),
         summary.shards_skipped,
         out.display()
+    );
+    anyhow::ensure!(
+        summary.unfinished.is_empty(),
+        "{} shard(s) not finished (run again to resume them): {}",
+        summary.unfinished.len(),
+        summary.unfinished.join("; ")
     );
     Ok(summary)
 }

@@ -254,6 +254,7 @@ async fn filter_step(
     let shards = data_dir.join(&config.ingest.output);
     let summary = crate::filter::filter_folder(&settings, &shards, &shards, 1, 0, 1).await?;
     crate::filter::record(store, &settings, &shards, &shards, None, &summary).await?;
+    summary.result()?;
     let steps: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
         "SELECT f.rule, f.threshold, f.rows_in, f.rows_dropped FROM filter_funnel f
          JOIN stage_runs s ON s.id = f.stage_run_id

@@ -104,7 +104,7 @@ pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<ExitCode>
         store.close().await?;
         recorded?;
     }
-    Ok(ExitCode::SUCCESS)
+    summary.result().map(|()| ExitCode::SUCCESS)
 }
 
 /// What a folder's filtering did.
@@ -115,9 +115,26 @@ pub struct FolderSummary {
     /// Shards of the folder (all workers') and those with decisions.
     pub shards_total: usize,
     pub shards_decided: usize,
+    /// Shards that could not be filtered (unreadable tar, ...), with the reason; the others
+    /// went on.
+    pub failed: Vec<String>,
 }
 
-/// Filters every shard of `input` this worker owns into `out`.
+impl FolderSummary {
+    /// An error naming the shards that failed, if any did.
+    pub fn result(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.failed.is_empty(),
+            "{} shard(s) could not be filtered (the others were): {}",
+            self.failed.len(),
+            self.failed.join("; ")
+        );
+        Ok(())
+    }
+}
+
+/// Filters every shard of `input` this worker owns into `out`; a shard that fails is reported
+/// in the summary and the others go on.
 pub async fn filter_folder(
     settings: &FilterConfig,
     input: &Path,
@@ -159,10 +176,15 @@ pub async fn filter_folder(
     let mut images = 0;
     for tar in mine {
         let (s, t, o) = (&mut scorers, &thresholds, &options);
-        let result = tokio::task::block_in_place(|| filter_shard(s, t, &tar, out, o))
-            .with_context(|| format!("filtering {}", tar.display()))?;
+        let result = tokio::task::block_in_place(|| filter_shard(s, t, &tar, out, o));
         match result {
-            Some(s) => {
+            Err(e) => {
+                // A bad shard is reported and skipped; the folder goes on.
+                let message = format!("{}: {e}", tar.display());
+                eprintln!("shard failed: {message}");
+                summary.failed.push(message);
+            }
+            Ok(Some(s)) => {
                 summary.shards_done += 1;
                 images += s.samples;
                 let reasons: Vec<String> = RULES
@@ -184,7 +206,7 @@ pub async fn filter_folder(
                     }
                 );
             }
-            None => summary.shards_skipped += 1,
+            Ok(None) => summary.shards_skipped += 1,
         }
     }
     summary.shards_decided = all

@@ -95,6 +95,7 @@ async fn run_stages(
                         &summary,
                     )
                     .await
+                    .and_then(|()| summary.result())
                     .map(|()| ExitCode::SUCCESS),
                     Err(e) => Err(e),
                 }

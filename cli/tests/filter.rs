@@ -125,5 +125,31 @@ async fn filter_records_its_funnel_once_and_caption_skips_what_it_dropped() {
     assert!(!out.status.success());
     assert!(text(&out).contains("filter_models.json"), "{}", text(&out));
     assert!(!dir.path().join("other").exists());
+
+    // A shard that is not a tar: reported by name, the folder's other shards are kept, and
+    // the funnel still counts exactly the decided ones.
+    std::fs::write(shards.join("00002.tar"), b"this is not a tar archive").unwrap();
+    let out = filter().output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("00002.tar") && text(&out).contains("could not be filtered"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(funnel().await, first);
+    let out = common::llamagen_on(dir.path(), &db.url())
+        .arg("caption")
+        .arg("--input")
+        .arg(&shards)
+        .args(["--endpoint", &server.endpoint("ok")])
+        .args(["--model", llamagen_caption::testing::MODEL])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("00002.tar") && text(&out).contains("2 already done"),
+        "{}",
+        text(&out)
+    );
     db.drop_database().await;
 }
