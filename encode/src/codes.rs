@@ -31,6 +31,10 @@ pub struct ShardSummary {
     pub tokens: usize,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+    /// The input as it was when encoded; a shard whose input changed since is encoded again.
+    /// Absent in summaries written before it was recorded (those shards are kept).
+    #[serde(default)]
+    pub input: Option<crate::source::Fingerprint>,
 }
 
 /// A shard's codes in memory.
@@ -63,6 +67,13 @@ impl CodePaths {
 
     pub fn is_finished(&self) -> bool {
         self.summary.is_file()
+    }
+
+    /// The summary of a finished shard.
+    pub fn summary(&self) -> Result<ShardSummary, EncodeError> {
+        let bytes = std::fs::read(&self.summary).map_err(|e| EncodeError::io(&self.summary, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EncodeError::Input(format!("{}: {e}", self.summary.display())))
     }
 }
 

@@ -64,7 +64,9 @@ fn encode_batch(vq: &VqModel, views: &Array4<u8>, device: Device) -> Result<Vec<
     Vec::<i64>::try_from(codes.flatten(0, -1)).map_err(|e| EncodeError::Model(e.to_string()))
 }
 
-/// Encodes `shard` into `out_dir` unless it is already there; `None` when it was.
+/// Encodes `shard` into `out_dir` unless it is already there from the same input; `None` when
+/// it was. A finished shard whose input changed since (its fingerprint differs) is encoded
+/// again, its files replaced atomically.
 pub fn encode_shard(
     vq: &VqModel,
     shard: &Shard,
@@ -72,8 +74,12 @@ pub fn encode_shard(
     options: &EncodeOptions,
 ) -> Result<Option<ShardSummary>, EncodeError> {
     let paths = CodePaths::new(out_dir, shard.name());
+    let input = shard.fingerprint()?;
     if paths.is_finished() {
-        return Ok(None);
+        let unchanged = paths.summary()?.input.is_none_or(|then| then == input);
+        if unchanged {
+            return Ok(None);
+        }
     }
     let started = Instant::now();
     let views_per_image = options.augment.views();
@@ -154,6 +160,7 @@ pub fn encode_shard(
         tokens,
         skipped,
         seconds: started.elapsed().as_secs_f64(),
+        input: Some(input),
     };
     codes::write(
         &paths,

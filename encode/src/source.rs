@@ -59,6 +59,42 @@ impl Shard {
     }
 }
 
+/// The quick check make and rsync use: the input files' count, total size and newest
+/// modification time. Rewriting a shard (a re-ingest, a repaired tar) changes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub files: usize,
+    pub bytes: u64,
+    /// Nanoseconds since the epoch.
+    pub modified_ns: u128,
+}
+
+impl Shard {
+    /// The shard's input fingerprint.
+    pub fn fingerprint(&self) -> Result<Fingerprint, EncodeError> {
+        let paths: Vec<&Path> = match self {
+            Shard::Tar { path, .. } => vec![path.as_path()],
+            Shard::Files { files, .. } => files.iter().map(|(_, _, p)| p.as_path()).collect(),
+        };
+        let mut print = Fingerprint {
+            files: paths.len(),
+            bytes: 0,
+            modified_ns: 0,
+        };
+        for path in paths {
+            let meta = std::fs::metadata(path).map_err(|e| EncodeError::io(path, e))?;
+            print.bytes += meta.len();
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            print.modified_ns = print.modified_ns.max(modified);
+        }
+        Ok(print)
+    }
+}
+
 fn read_tar(path: &Path) -> Result<Vec<Sample>, EncodeError> {
     let samples = llamagen_shards::webdataset::read_samples(path)
         .map_err(|e| EncodeError::Input(e.to_string()))?;

@@ -210,6 +210,30 @@ fn shards_encode_resume_skip_corrupt_images_and_export_to_llamagen_layout() {
     }
     assert!(std::fs::read(out.path().join("00000.codes.npy")).unwrap() == before);
 
+    // Shard 00001 is written again without its corrupt image: only it is encoded again.
+    let path = input.path().join("00001.tar");
+    let mut tar = llamagen_shards::webdataset::TarWriter::create(&path).unwrap();
+    let chelsea = root().join("evaluate/tests/fixtures/chelsea_original.png");
+    tar.append("000010000", "png", &std::fs::read(chelsea).unwrap())
+        .unwrap();
+    tar.append("000010000", "cls", b"3").unwrap();
+    tar.finish().unwrap();
+    let shards = source::shards(input.path(), 1000).unwrap();
+    assert!(
+        encode_shard(&vq, &shards[0], out.path(), &opts)
+            .unwrap()
+            .is_none()
+    );
+    let redone = encode_shard(&vq, &shards[1], out.path(), &opts)
+        .unwrap()
+        .expect("a changed input is encoded again");
+    assert_eq!((redone.samples, redone.skipped.len()), (1, 0));
+    assert!(
+        encode_shard(&vq, &shards[1], out.path(), &opts)
+            .unwrap()
+            .is_none()
+    );
+
     let codes = codes::read(&CodePaths::new(out.path(), "00000")).unwrap();
     assert_eq!(codes.codes.dim(), (2, 2, 64));
     assert!(
