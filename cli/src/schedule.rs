@@ -265,23 +265,17 @@ async fn run_tick(p: &Pipeline, tick: DateTime<Utc>, cx: &Context) -> anyhow::Re
     } else {
         TickOutcome::Failed
     };
-    // The child closes its run; one that was stopped or died leaves it open.
-    let still_running: bool =
-        sqlx::query_scalar("SELECT status = 'running' FROM pipeline_runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_one(pool)
-            .await?;
-    if still_running {
-        let (run_outcome, why) = if interrupted {
-            (
-                Outcome::Cancelled,
-                "scheduler stopped by signal".to_string(),
-            )
-        } else {
-            (Outcome::Failed, format!("llamagen run ended with {status}"))
-        };
-        runs::finish_pipeline_run(pool, run_id, run_outcome, Some(&why)).await?;
-    }
+    // The child closes its run; one that was stopped or died leaves it open, and is closed
+    // here (a no-op when the child did).
+    let (run_outcome, why) = if interrupted {
+        (
+            Outcome::Cancelled,
+            "scheduler stopped by signal".to_string(),
+        )
+    } else {
+        (Outcome::Failed, format!("llamagen run ended with {status}"))
+    };
+    runs::close_if_running(pool, run_id, run_outcome, Some(&why)).await?;
     schedule::update_tick(pool, &p.name, tick, outcome, None).await?;
     println!("schedule: {:?} run #{run_id} {}", p.name, outcome.as_str());
     Ok(())

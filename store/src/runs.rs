@@ -102,6 +102,22 @@ pub async fn finish_pipeline_run(
     outcome: Outcome,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
+    if !close_if_running(pool, run_id, outcome, error).await? {
+        return Err(StoreError::Invalid(format!(
+            "pipeline run {run_id} does not exist or has already finished"
+        )));
+    }
+    Ok(())
+}
+
+/// Closes the run if it is still running (one statement, so it cannot race with the run
+/// closing itself); returns whether it did.
+pub async fn close_if_running(
+    pool: &PgPool,
+    run_id: i64,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
     let updated = sqlx::query(
         "UPDATE pipeline_runs SET status = $2, error = $3, finished_at = now()
          WHERE id = $1 AND status = 'running'",
@@ -112,12 +128,7 @@ pub async fn finish_pipeline_run(
     .execute(pool)
     .await?
     .rows_affected();
-    if updated == 0 {
-        return Err(StoreError::Invalid(format!(
-            "pipeline run {run_id} does not exist or has already finished"
-        )));
-    }
-    Ok(())
+    Ok(updated > 0)
 }
 
 /// Starts (or resumes) `stage` of a run; returns the stage run's id.
