@@ -74,10 +74,8 @@ pub async fn caption_shard(
     out_dir: &Path,
     options: &ShardOptions,
 ) -> Result<Option<ShardSummary>, CaptionError> {
-    let name = tar
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| CaptionError::Input(format!("{}: not a shard name", tar.display())))?
+    let name = llamagen_shards::shard_name_of(tar)
+        .map_err(|e| CaptionError::Input(e.to_string()))?
         .to_owned();
     let final_path = output::captions_path(out_dir, &name);
     if final_path.exists() {

@@ -43,12 +43,37 @@ pub struct CaptionArgs {
     /// Retries per request on 429, 5xx, timeouts and malformed answers.
     #[arg(long)]
     pub retries: Option<u32>,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+}
+
+/// Which shards of a folder this process takes, for the stages that walk a shard folder
+/// (caption, filter).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WorkerArgs {
     /// This worker's index among `--workers` (a Slurm array or Kubernetes indexed Job index):
     /// it takes the shards whose position modulo the count is its index.
     #[arg(long, default_value_t = 0)]
     pub worker_index: usize,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+}
+
+impl WorkerArgs {
+    /// One process takes every shard.
+    pub const ALL: Self = Self {
+        worker_index: 0,
+        workers: 1,
+    };
+
+    /// This worker's shards of `dir`.
+    pub fn tar_files(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(llamagen_shards::tar_files(
+            dir,
+            self.worker_index,
+            self.workers,
+        )?)
+    }
 }
 
 impl CaptionArgs {
@@ -84,14 +109,7 @@ impl CaptionArgs {
 pub async fn run(args: &CaptionArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
-    caption_folder(
-        &settings,
-        &args.input,
-        &out,
-        args.worker_index,
-        args.workers,
-    )
-    .await?;
+    caption_folder(&settings, &args.input, &out, args.workers).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,8 +130,7 @@ pub async fn caption_folder(
     settings: &CaptionConfig,
     input: &Path,
     out: &Path,
-    worker: usize,
-    workers: usize,
+    workers: WorkerArgs,
 ) -> anyhow::Result<FolderSummary> {
     let api_key = std::env::var("LLAMAGEN_CAPTION_API_KEY")
         .or_else(|_| std::env::var("OPENAI_API_KEY"))
@@ -145,7 +162,7 @@ pub async fn caption_folder(
     };
     let mut summary = FolderSummary::default();
     let started = std::time::Instant::now();
-    for tar in llamagen_shards::tar_files(input, worker, workers)? {
+    for tar in workers.tar_files(input)? {
         let options = ShardOptions {
             only: kept_by_filter(&tar)?,
             ..base.clone()
@@ -202,10 +219,10 @@ pub async fn caption_folder(
 /// The keys the post-download filter kept, if it ran on this shard (`NNNNN_filter.parquet`
 /// beside it): only those are worth a caption.
 fn kept_by_filter(tar: &Path) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
-    let (Some(dir), Some(name)) = (tar.parent(), tar.file_stem()) else {
+    let (Some(dir), Ok(name)) = (tar.parent(), llamagen_shards::shard_name_of(tar)) else {
         return Ok(None);
     };
-    let path = llamagen_filter::output::filter_path(dir, &name.to_string_lossy());
+    let path = llamagen_filter::output::filter_path(dir, name);
     if !path.exists() {
         return Ok(None);
     }

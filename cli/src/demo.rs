@@ -14,6 +14,8 @@ use llamagen_store::{Store, StoreOptions};
 
 use llamagen_cli::config::PipelineConfig;
 
+use crate::caption::WorkerArgs;
+
 const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
 pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
@@ -252,15 +254,16 @@ async fn filter_step(
         .display()
         .to_string();
     let shards = data_dir.join(&config.ingest.output);
-    let summary = crate::filter::filter_folder(&settings, &shards, &shards, 1, 0, 1).await?;
-    crate::filter::record(store, &settings, &shards, &shards, None, &summary).await?;
+    let summary =
+        crate::filter::filter_folder(&settings, &shards, &shards, 1, WorkerArgs::ALL).await?;
+    let run_id = crate::filter::record(store, &settings, &shards, &shards, None, &summary).await?;
     summary.result()?;
     let steps: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
         "SELECT f.rule, f.threshold, f.rows_in, f.rows_dropped FROM filter_funnel f
          JOIN stage_runs s ON s.id = f.stage_run_id
-         WHERE s.run_id = (SELECT run_id FROM stage_runs WHERE id = (SELECT max(stage_run_id) FROM filter_funnel))
-         ORDER BY s.started_at, s.id, f.step",
+         WHERE s.run_id = $1 ORDER BY s.started_at, s.id, f.step",
     )
+    .bind(run_id)
     .fetch_all(store.pool())
     .await?;
     println!("  the funnel, metadata rules then model rules:");
@@ -282,10 +285,13 @@ async fn caption_step(config: &PipelineConfig, data_dir: &Path) -> anyhow::Resul
     settings.endpoint = server.endpoint("ok");
     settings.model = llamagen_caption::testing::MODEL.into();
     let shards = data_dir.join(&config.ingest.output);
-    crate::caption::caption_folder(&settings, &shards, &shards, 0, 1).await?;
-    let first = llamagen_shards::tar_files(&shards, 0, 1)?;
-    if let Some(name) = first.first().and_then(|t| t.file_stem()) {
-        let rows = read_captions(&captions_path(&shards, &name.to_string_lossy()))?;
+    crate::caption::caption_folder(&settings, &shards, &shards, WorkerArgs::ALL).await?;
+    let first = WorkerArgs::ALL.tar_files(&shards)?;
+    if let Some(name) = first
+        .first()
+        .and_then(|t| llamagen_shards::shard_name_of(t).ok())
+    {
+        let rows = read_captions(&captions_path(&shards, name))?;
         if let Some(r) = rows.iter().find(|r| r.status == CaptionStatus::Ok) {
             println!("  {} long:  {}", r.key, r.caption.as_deref().unwrap_or(""));
             println!(

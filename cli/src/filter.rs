@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use llamagen_cli::config::{FilterConfig, PipelineConfig};
+
+use crate::caption::WorkerArgs;
 use llamagen_filter::FilterSettings;
 use llamagen_filter::rules::{RULES, Thresholds, thresholds_text};
 use llamagen_filter::scorers::Scorers;
@@ -45,12 +47,8 @@ pub struct FilterArgs {
     /// ONNX Runtime threads per model run (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// This worker's index among `--workers`: it takes the shards whose position modulo the
-    /// count is its index.
-    #[arg(long, default_value_t = 0)]
-    pub worker_index: usize,
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Do not record the funnel in PostgreSQL.
     #[arg(long)]
     pub no_db: bool,
@@ -89,15 +87,7 @@ pub fn thresholds(f: &FilterConfig) -> Thresholds {
 pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
-    let summary = filter_folder(
-        &settings,
-        &args.input,
-        &out,
-        args.threads,
-        args.worker_index,
-        args.workers,
-    )
-    .await?;
+    let summary = filter_folder(&settings, &args.input, &out, args.threads, args.workers).await?;
     if !args.no_db {
         let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
         let recorded = record(&store, &settings, &args.input, &out, None, &summary).await;
@@ -140,8 +130,7 @@ pub async fn filter_folder(
     input: &Path,
     out: &Path,
     threads: usize,
-    worker: usize,
-    workers: usize,
+    workers: WorkerArgs,
 ) -> anyhow::Result<FolderSummary> {
     let models = PathBuf::from(&settings.models);
     let mut scorers = Scorers::open(&models, threads)
@@ -166,8 +155,8 @@ pub async fn filter_folder(
         batch_size: settings.batch_size as usize,
         ..ShardOptions::default()
     };
-    let all = llamagen_shards::tar_files(input, 0, 1)?;
-    let mine = llamagen_shards::tar_files(input, worker, workers)?;
+    let all = WorkerArgs::ALL.tar_files(input)?;
+    let mine = workers.tar_files(input)?;
     let mut summary = FolderSummary {
         shards_total: all.len(),
         ..FolderSummary::default()
@@ -212,11 +201,8 @@ pub async fn filter_folder(
     summary.shards_decided = all
         .iter()
         .filter(|tar| {
-            let name = tar
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            llamagen_filter::output::filter_path(out, &name).exists()
+            llamagen_shards::shard_name_of(tar)
+                .is_ok_and(|name| llamagen_filter::output::filter_path(out, name).exists())
         })
         .count();
     println!(
@@ -230,7 +216,8 @@ pub async fn filter_folder(
 }
 
 /// Records the folder's funnel (recounted from its files) as the `filter` stage of `run_id`,
-/// or of the run that ingested `input`, or of a new run when none did (img2dataset shards).
+/// or of the run that ingested `input`, or of a new run when none did (img2dataset shards);
+/// returns the run it went to.
 pub async fn record(
     store: &Store,
     settings: &FilterConfig,
@@ -238,7 +225,7 @@ pub async fn record(
     out: &Path,
     run_id: Option<i64>,
     summary: &FolderSummary,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     let pool = store.pool();
     // The run: the one given; else the one whose filter stage already wrote `out` (a re-run);
     // else the one that ingested `input`; else a new one (shards made elsewhere).
@@ -289,5 +276,5 @@ pub async fn record(
         funnel.rows_in[0],
         funnel.kept()
     );
-    Ok(())
+    Ok(run_id)
 }

@@ -8,6 +8,7 @@ use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
 use crate::EXIT_NOT_BUILT;
+use crate::caption::WorkerArgs;
 use crate::ingest::{EXIT_STOPPED, IngestArgs};
 
 #[derive(Debug, clap::Args)]
@@ -85,7 +86,9 @@ async fn run_stages(
                 settings.models = crate::ingest::under(data_dir, Path::new(&settings.models))
                     .display()
                     .to_string();
-                match crate::filter::filter_folder(&settings, &shards, &shards, 0, 0, 1).await {
+                match crate::filter::filter_folder(&settings, &shards, &shards, 0, WorkerArgs::ALL)
+                    .await
+                {
                     Ok(summary) => crate::filter::record(
                         store,
                         &settings,
@@ -95,7 +98,7 @@ async fn run_stages(
                         &summary,
                     )
                     .await
-                    .and_then(|()| summary.result())
+                    .and_then(|_| summary.result())
                     .map(|()| ExitCode::SUCCESS),
                     Err(e) => Err(e),
                 }
@@ -103,7 +106,7 @@ async fn run_stages(
             "caption" => {
                 // Captions go next to the shards the ingest stage wrote.
                 let shards = crate::ingest::under(data_dir, Path::new(&config.ingest.output));
-                crate::caption::caption_folder(&config.caption, &shards, &shards, 0, 1)
+                crate::caption::caption_folder(&config.caption, &shards, &shards, WorkerArgs::ALL)
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }

@@ -95,14 +95,17 @@ async fn filter_records_its_funnel_once_and_caption_skips_what_it_dropped() {
 
     // Captions: only the kept samples are sent.
     let server = llamagen_caption::testing::CaptionServer::start().unwrap();
-    let out = common::llamagen_on(dir.path(), &db.url())
-        .arg("caption")
-        .arg("--input")
-        .arg(&shards)
-        .args(["--endpoint", &server.endpoint("ok")])
-        .args(["--model", llamagen_caption::testing::MODEL])
-        .output()
-        .unwrap();
+    let caption = || {
+        common::llamagen_on(dir.path(), &db.url())
+            .arg("caption")
+            .arg("--input")
+            .arg(&shards)
+            .args(["--endpoint", &server.endpoint("ok")])
+            .args(["--model", llamagen_caption::testing::MODEL])
+            .output()
+            .unwrap()
+    };
+    let out = caption();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(server.requests(), 4);
     assert!(
@@ -137,14 +140,7 @@ async fn filter_records_its_funnel_once_and_caption_skips_what_it_dropped() {
         text(&out)
     );
     assert_eq!(funnel().await, first);
-    let out = common::llamagen_on(dir.path(), &db.url())
-        .arg("caption")
-        .arg("--input")
-        .arg(&shards)
-        .args(["--endpoint", &server.endpoint("ok")])
-        .args(["--model", llamagen_caption::testing::MODEL])
-        .output()
-        .unwrap();
+    let out = caption();
     assert!(!out.status.success());
     assert!(
         text(&out).contains("00002.tar") && text(&out).contains("2 already done"),

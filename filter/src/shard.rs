@@ -56,10 +56,8 @@ pub fn filter_shard(
     out_dir: &Path,
     options: &ShardOptions,
 ) -> Result<Option<ShardSummary>, FilterError> {
-    let name = tar
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| FilterError::Input(format!("{}: not a shard name", tar.display())))?
+    let name = llamagen_shards::shard_name_of(tar)
+        .map_err(|e| FilterError::Input(e.to_string()))?
         .to_owned();
     let path = output::filter_path(out_dir, &name);
     if path.exists() {

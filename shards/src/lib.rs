@@ -84,6 +84,14 @@ pub fn sample_key(shard: u32, row: u32, rows_per_shard: u32) -> String {
     format!("{shard:05}{row:0digits$}")
 }
 
+/// A shard's name from its tar's path (`/s/00042.tar` is `00042`): the stem every file a stage
+/// writes beside the shard is named after.
+pub fn shard_name_of(tar: &Path) -> Result<&str, ShardError> {
+    tar.file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| ShardError::format(tar, "not a shard name"))
+}
+
 /// The `*.tar` shards of `dir` in name order, keeping those with `position % workers == worker`
 /// (a Slurm array or Kubernetes indexed Job passes its index), for the stages that walk a
 /// shard folder (filter, caption).
