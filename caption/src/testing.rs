@@ -34,6 +34,31 @@ use serde_json::json;
 /// The one model the server has.
 pub const MODEL: &str = "llava-test";
 
+/// A captions row as `llamagen caption` writes it, for tests of the stages that read captions:
+/// `caption` and `short_caption` only where the status is `ok`.
+pub fn record(
+    key: &str,
+    status: crate::output::CaptionStatus,
+    caption: &str,
+    short_caption: Option<&str>,
+) -> crate::output::CaptionRecord {
+    let ok = status == crate::output::CaptionStatus::Ok;
+    crate::output::CaptionRecord {
+        key: key.into(),
+        status,
+        caption: ok.then(|| caption.to_string()),
+        short_caption: short_caption.filter(|_| ok).map(str::to_string),
+        model: MODEL.into(),
+        prompt: "Describe this image in as much detail as possible".into(),
+        finish_reason: ok.then(|| "stop".into()),
+        error: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        attempts: 1,
+        latency_ms: 1,
+    }
+}
+
 #[derive(Default)]
 struct State {
     requests: AtomicU64,

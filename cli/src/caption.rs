@@ -48,7 +48,7 @@ pub struct CaptionArgs {
 }
 
 /// Which shards of a folder this process takes, for the stages that walk a shard folder
-/// (caption, filter).
+/// (caption, filter, encode).
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct WorkerArgs {
     /// This worker's index among `--workers` (a Slurm array or Kubernetes indexed Job index):
@@ -65,6 +65,22 @@ impl WorkerArgs {
         worker_index: 0,
         workers: 1,
     };
+
+    /// This worker's share of `items` (in their listed order).
+    pub fn share<T>(&self, items: Vec<T>) -> anyhow::Result<Vec<T>> {
+        anyhow::ensure!(
+            self.worker_index < self.workers,
+            "--worker-index {} must be below --workers {}",
+            self.worker_index,
+            self.workers
+        );
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.workers == self.worker_index)
+            .map(|(_, item)| item)
+            .collect())
+    }
 
     /// This worker's shards of `dir`.
     pub fn tar_files(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -230,4 +246,23 @@ fn kept_by_filter(tar: &Path) -> anyhow::Result<Option<std::collections::HashSet
     Ok(Some(
         rows.into_iter().filter(|r| r.keep).map(|r| r.key).collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerArgs;
+
+    #[test]
+    fn workers_share_shards_round_robin() {
+        let worker = |worker_index, workers| WorkerArgs {
+            worker_index,
+            workers,
+        };
+        let items: Vec<u32> = (0..7).collect();
+        assert_eq!(worker(0, 1).share(items.clone()).unwrap(), items);
+        assert_eq!(worker(0, 3).share(items.clone()).unwrap(), [0, 3, 6]);
+        assert_eq!(worker(2, 3).share(items.clone()).unwrap(), [2, 5]);
+        assert!(worker(3, 3).share(items.clone()).is_err());
+        assert!(worker(0, 0).share(items).is_err());
+    }
 }

@@ -153,31 +153,39 @@ impl Default for CaptionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EncodeConfig {
     pub vq_checkpoint: String,
+    /// A JSON VqConfig for a tokenizer of another shape; empty: LlamaGen's VQ-<downsample>.
+    pub vq_config: String,
     pub codebook_size: u32,
     pub codebook_embed_dim: u32,
     pub downsample: u32,
     pub image_size: u32,
     /// LlamaGen's ten-crop augmentation (class-conditional data); else a center crop.
     pub ten_crop: bool,
-    pub t5_model: String,
-    pub t5_tokenizer: String,
+    /// The export folder of scripts/export_t5.py (t5_encoder.onnx, tokenizer.json).
+    pub t5: String,
     pub t5_max_length: u32,
     pub batch_size: u32,
+    /// Where the codes go (relative paths are under the data folder).
+    pub codes_output: String,
+    /// Where the caption embeddings go (text-to-image pipelines).
+    pub t5_output: String,
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
         Self {
             vq_checkpoint: "weights/vq_ds16_t2i.safetensors".into(),
+            vq_config: String::new(),
             codebook_size: 16384,
             codebook_embed_dim: 8,
             downsample: 16,
             image_size: 256,
             ten_crop: false,
-            t5_model: "weights/flan-t5-xl-encoder.onnx".into(),
-            t5_tokenizer: "weights/flan-t5-xl/tokenizer.json".into(),
+            t5: "weights/flan-t5-xl-onnx".into(),
             t5_max_length: 120,
             batch_size: 64,
+            codes_output: "codes".into(),
+            t5_output: "t5".into(),
         }
     }
 }
@@ -188,6 +196,9 @@ impl Default for EncodeConfig {
 pub struct ModelConfig {
     /// B, L, XL, XXL, XXXL, 1B, 3B or 7B.
     pub size: String,
+    /// A JSON GptConfig for a GPT of another shape (its conditioning must match `task`);
+    /// empty: the named `size` with the keys below.
+    pub gpt_config: String,
     /// "c2i" (class prefix, 1 token) or "t2i" (FLAN-T5 prefix, 120 tokens).
     pub task: String,
     pub vocab_size: u32,
@@ -208,6 +219,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             size: "XL".into(),
+            gpt_config: String::new(),
             task: "t2i".into(),
             vocab_size: 16384,
             num_classes: 1000,
@@ -252,13 +264,15 @@ pub struct TrainConfig {
     pub warmup_steps: u32,
     /// "constant" (LlamaGen) or "cosine".
     pub lr_schedule: String,
-    /// "bf16", "fp16" or "fp32".
+    /// "bf16" or "fp32".
     pub precision: String,
     pub ema: bool,
     pub ema_decay: f64,
     pub checkpoint_every: u32,
     pub log_every: u32,
     pub seed: u64,
+    /// Checkpoint folder (relative paths are under the data folder).
+    pub output: String,
 }
 
 impl Default for TrainConfig {
@@ -280,6 +294,7 @@ impl Default for TrainConfig {
             checkpoint_every: 5000,
             log_every: 100,
             seed: 0,
+            output: "checkpoints".into(),
         }
     }
 }
@@ -513,7 +528,8 @@ impl PipelineConfig {
             "train.weight_decay and train.grad_clip must be >= 0"
         );
         one_of("train.lr_schedule", &t.lr_schedule, &["constant", "cosine"])?;
-        one_of("train.precision", &t.precision, &["bf16", "fp16", "fp32"])?;
+        // fp16 needs a gradient scaler, which the trainer does not have; bf16 does not.
+        one_of("train.precision", &t.precision, &["bf16", "fp32"])?;
         ensure!(
             (0.0..1.0).contains(&t.ema_decay),
             "train.ema_decay must be in [0, 1)"

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
@@ -25,14 +26,14 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
         data_dir.display()
     );
 
-    println!("\n[1/11] native stack");
+    println!("\n[1/12] native stack");
     let problems = crate::doctor::check_native();
     anyhow::ensure!(
         problems == 0,
         "the native stack has {problems} problem(s); run scripts/setup.sh"
     );
 
-    println!("\n[2/11] database");
+    println!("\n[2/12] database");
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = with_store(&store, data_dir).await;
     let result = match result {
@@ -42,7 +43,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             if serve {
-                println!("\n[11/11] the dashboard over these results");
+                println!("\n[12/12] the dashboard over these results");
                 let args = crate::serve::ServeArgs {
                     listen: "127.0.0.1:8080".parse()?,
                     reader_url: None,
@@ -51,7 +52,7 @@ pub async fn run(data_dir: &Path, serve: bool) -> anyhow::Result<ExitCode> {
                     .await
                     .map(|()| code)
             } else {
-                println!("\n[11/11] dashboard skipped (--no-serve); `llamagen serve` starts it");
+                println!("\n[12/12] dashboard skipped (--no-serve); `llamagen serve` starts it");
                 Ok(code)
             }
         }
@@ -71,7 +72,7 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
         status.migrations.len()
     );
 
-    println!("\n[3/11] pipeline run of the bundled demo config");
+    println!("\n[3/12] pipeline run of the bundled demo config");
     let config = PipelineConfig::parse(DEMO_CONFIG)?;
     let config_json = config.to_json();
     let revision = llamagen_cli::provenance::git_revision();
@@ -104,32 +105,37 @@ async fn with_store(store: &Store, data_dir: &Path) -> anyhow::Result<ExitCode> 
     runs::finish_pipeline_run(store.pool(), run_id, outcome, reason.as_deref()).await?;
     println!("  run #{run_id} closed as {}", outcome.as_str());
 
-    println!("\n[4/11] ingest: the bundled photos served from loopback, as LAION-COCO rows");
+    println!("\n[4/12] ingest: the bundled photos served from loopback, as LAION-COCO rows");
     ingest_step(&config, data_dir).await?;
 
     println!(
-        "\n[5/11] filter: CLIP similarity, aesthetic and watermark scores (tiny random-weight ONNX models)"
+        "\n[5/12] filter: CLIP similarity, aesthetic and watermark scores (tiny random-weight ONNX models)"
     );
     filter_step(&config, store, data_dir).await?;
 
     println!(
-        "\n[6/11] caption: a loopback server speaking the OpenAI protocol stands in for LLaVA"
+        "\n[6/12] caption: a loopback server speaking the OpenAI protocol stands in for LLaVA"
     );
     caption_step(&config, data_dir).await?;
 
-    println!("\n[7/11] metrics on the bundled photos (JPEG quality 25 against the originals)");
+    println!("\n[7/12] metrics on the bundled photos (JPEG quality 25 against the originals)");
     if let Err(e) = crate::demo_metrics::run(data_dir) {
         println!("  metrics skipped: {e:#}");
     }
 
-    println!("\n[8/11] sampling from tiny random-weight LlamaGen models (noise by design)");
+    println!("\n[8/12] sampling from tiny random-weight LlamaGen models (noise by design)");
     let sampling = sample_step(data_dir)?;
 
-    println!("\n[9/11] encode the ingested shards with the tiny VQ, export, train the tiny GPT");
-    encode_and_train_step(&config, &sampling, data_dir).await?;
+    println!("\n[9/12] encode the ingested shards with the tiny VQ, export, train the tiny GPT");
+    let trained = encode_and_train_step(&config, &sampling, data_dir).await?;
 
     println!(
-        "\n[10/11] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
+        "\n[10/12] text to image: FLAN-T5 embeddings of the captions (tiny T5), a tiny text-conditioned GPT trained on them, LlamaGen's t2i layout"
+    );
+    text_to_image_step(&config, &sampling, &trained, data_dir).await?;
+
+    println!(
+        "\n[11/12] leaderboard: benchmark the tiny models against the ingested shards (random Inception)"
     );
     benchmark_step(&config, &sampling, data_dir).await?;
 
@@ -324,6 +330,8 @@ fn sample_step(data_dir: &Path) -> anyhow::Result<crate::sample::SampleArgs> {
         image_size_eval: None,
         num_classes: models.num_classes,
         classes: Vec::new(),
+        prompts: None,
+        t5: None,
         num_samples: 8,
         start: 0,
         cfg_scale: 4.0,
@@ -361,7 +369,7 @@ async fn encode_and_train_step(
     config: &PipelineConfig,
     sampling: &crate::sample::SampleArgs,
     data_dir: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::train::TrainArgs> {
     use crate::encode::{EncodeCommand, ExportArgs, VqEncodeArgs};
 
     let dir = data_dir.join("demo");
@@ -377,6 +385,7 @@ async fn encode_and_train_step(
         batch_size: 16,
         images_per_shard: 1000,
         device: "cpu".into(),
+        workers: WorkerArgs::ALL,
     };
     crate::encode::run(&EncodeCommand::Vq(Box::new(encode)))?;
     let exported = dir.join("llamagen-codes");
@@ -400,6 +409,7 @@ async fn encode_and_train_step(
         weight_decay: 0.05,
         grad_clip: 1.0,
         warmup_steps: 0,
+        lr_schedule: "constant".into(),
         max_steps: 40,
         checkpoint_every: 20,
         log_every: 5,
@@ -409,8 +419,96 @@ async fn encode_and_train_step(
         out: dir.join("train"),
         model: "demo-tiny-GPT-trained".into(),
         no_record: false,
+        t5: None,
+        block_shards: 16,
+        short_caption_probability: 0.3,
+        ema_decay: 0.0,
     };
     crate::train::run(&train, data_dir).await?;
+    Ok(train)
+}
+
+/// The captions through FLAN-T5 (`llamagen encode t5` with the tiny random T5 that
+/// scripts/export_t5.py made for the tests), a tiny text-conditioned GPT trained on the codes
+/// and embeddings shards as they are, and the export to LlamaGen's text-to-image layout.
+async fn text_to_image_step(
+    config: &PipelineConfig,
+    sampling: &crate::sample::SampleArgs,
+    c2i: &crate::train::TrainArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::encode::{EncodeCommand, ExportT2iArgs, T5Args};
+
+    let Some(root) = option_env!("LLAMAGEN_ROOT").map(PathBuf::from) else {
+        println!("  skipped: this binary was built outside the repository (no tiny T5)");
+        return Ok(());
+    };
+    let dir = data_dir.join("demo");
+    let shards = data_dir.join(&config.ingest.output);
+    let t5 = dir.join("t5");
+    crate::encode::run(&EncodeCommand::T5(T5Args {
+        captions: shards.clone(),
+        t5: root.join("encode/tests/fixtures/t5"),
+        out: t5.clone(),
+        max_length: llamagen_encode::t5::MAX_LENGTH,
+        batch_size: 16,
+        threads: 1,
+        workers: WorkerArgs::ALL,
+    }))?;
+    crate::encode::run(&EncodeCommand::ExportT2i(ExportT2iArgs {
+        shards,
+        codes: dir.join("codes"),
+        t5: t5.clone(),
+        out: dir.join("llamagen-t2i"),
+    }))?;
+    // The sampling step's tiny GPT, with a 120-token caption prefix instead of a class.
+    let gpt_path = sampling
+        .gpt_config
+        .clone()
+        .context("the tiny GPT's config")?;
+    let mut gpt: llamagen_models::gpt::GptConfig =
+        serde_json::from_slice(&std::fs::read(&gpt_path)?)?;
+    gpt.conditioning = llamagen_models::gpt::Conditioning::Text;
+    gpt.cls_token_num = 120;
+    gpt.caption_dim = 32;
+    let t2i_config = dir.join("models/gpt_t2i.json");
+    std::fs::write(&t2i_config, serde_json::to_vec_pretty(&gpt)?)?;
+    // The class-conditional run's settings, on our shards with captions and a cosine schedule.
+    let train = crate::train::TrainArgs {
+        codes: dir.join("codes"),
+        t5: Some(t5),
+        gpt_config: Some(t2i_config),
+        warmup_steps: 2,
+        lr_schedule: "cosine".into(),
+        max_steps: 20,
+        out: dir.join("train-t2i"),
+        model: "demo-tiny-GPT-t2i".into(),
+        ema_decay: 0.999,
+        ..c2i.clone()
+    };
+    crate::train::run(&train, data_dir).await?;
+    // The trained checkpoint draws from prompts through the same T5.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "A 256 by 256 picture with mean colour #9e5d34.\nA photo of a cat on a sofa.\n",
+    )?;
+    let mut sample = sampling.clone();
+    sample.gpt_ckpt = train
+        .out
+        .join(format!("{:07}.safetensors", train.max_steps));
+    sample.gpt_config = train.gpt_config.clone();
+    sample.prompts = Some(prompts);
+    sample.t5 = Some(root.join("encode/tests/fixtures/t5"));
+    sample.num_samples = 4;
+    sample.out = dir.join("samples-t2i");
+    let report = crate::sample::sample(&sample)?;
+    println!(
+        "  {} image(s) from 2 prompts ({} kept from an earlier run) in {}",
+        report.made,
+        report.skipped,
+        sample.out.display()
+    );
     Ok(())
 }
 

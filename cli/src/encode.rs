@@ -1,5 +1,5 @@
-//! `llamagen encode`: VQ codes of a shard folder or an ImageFolder (`llamagen-encode`), and
-//! their export to LlamaGen's layout.
+//! `llamagen encode`: VQ codes of a shard folder or an ImageFolder, FLAN-T5 embeddings of
+//! its captions (`llamagen-encode`), and their export to LlamaGen's layouts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,14 +9,62 @@ use llamagen_encode::crops::Augment;
 use llamagen_encode::encoder::{EncodeOptions, encode_shard};
 use llamagen_encode::{EncodeSettings, source};
 
+use crate::caption::WorkerArgs;
 use crate::sample::VqArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum EncodeCommand {
     /// VQ codes of every image: webdataset shards (`llamagen ingest` output) or an ImageFolder.
     Vq(Box<VqEncodeArgs>),
+    /// FLAN-T5 embeddings of every captioned sample (`llamagen caption` output): the whole
+    /// caption and its first sentence, f16, valid tokens only.
+    T5(T5Args),
     /// Write finished codes in LlamaGen's layout (`<name>_codes/N.npy`, `<name>_labels/N.npy`).
     Export(ExportArgs),
+    /// Write a text-to-image set in LlamaGen's layout: the jsonl lists its train_t2i.py reads,
+    /// the images they point at, and the codes and T5 features per list line.
+    ExportT2i(ExportT2iArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct T5Args {
+    /// The folder holding `NNNNN_captions.parquet` (`llamagen caption --out`).
+    #[arg(long)]
+    pub captions: PathBuf,
+    /// The export folder of scripts/export_t5.py (t5_encoder.onnx, tokenizer.json,
+    /// t5_encoder.json).
+    #[arg(long)]
+    pub t5: PathBuf,
+    /// Output folder: NNNNN.t5.safetensors per shard and t5.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tokens kept per caption (LlamaGen: 120).
+    #[arg(long, default_value_t = llamagen_encode::t5::MAX_LENGTH)]
+    pub max_length: usize,
+    /// Captions per encoder run (grouped by length).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// ONNX Runtime threads per run (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportT2iArgs {
+    /// The webdataset shards (and their captions) the codes were made from.
+    #[arg(long)]
+    pub shards: PathBuf,
+    /// The output folder of `llamagen encode vq` (center crop: --no-flip).
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// The output folder of `llamagen encode t5`.
+    #[arg(long)]
+    pub t5: PathBuf,
+    /// Where `lists/`, `images/`, `codes/`, `t5/` and `t5_short/` go.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +98,8 @@ pub struct VqEncodeArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +118,20 @@ pub struct ExportArgs {
 pub fn run(command: &EncodeCommand) -> anyhow::Result<ExitCode> {
     match command {
         EncodeCommand::Vq(args) => vq(args),
+        EncodeCommand::T5(args) => t5(args),
+        EncodeCommand::ExportT2i(args) => {
+            let n = llamagen_encode::export::export_llamagen_t2i(
+                &args.shards,
+                &args.codes,
+                &args.t5,
+                &args.out,
+            )?;
+            println!(
+                "{n} samples written to {}: lists/*.jsonl (image_path, text [laion, llava, llava_first]), images/, codes/, t5/ and t5_short/",
+                args.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         EncodeCommand::Export(args) => {
             let n = llamagen_encode::export::export_llamagen(&args.codes, &args.out, &args.name)?;
             println!(
@@ -104,7 +168,9 @@ fn vq(args: &VqEncodeArgs) -> anyhow::Result<ExitCode> {
         augment,
     }
     .check_or_write(&args.out)?;
-    let shards = source::shards(&args.input, args.images_per_shard)?;
+    let shards = args
+        .workers
+        .share(source::shards(&args.input, args.images_per_shard)?)?;
     let options = EncodeOptions {
         image_size: args.image_size,
         augment,
@@ -144,4 +210,149 @@ fn vq(args: &VqEncodeArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Everything that determines the embeddings, kept as `t5.json` in the output folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct T5Settings {
+    /// sha256 of each file of the export folder, by name.
+    files: std::collections::BTreeMap<String, String>,
+    source: String,
+    d_model: usize,
+    max_length: usize,
+    cleaning: String,
+}
+
+fn t5(args: &T5Args) -> anyhow::Result<ExitCode> {
+    use llamagen_encode::t5::T5Encoder;
+    use llamagen_encode::t5_shard::embed_shard;
+
+    let mut encoder = T5Encoder::open(&args.t5, args.max_length, args.threads)?;
+    let mut files = std::collections::BTreeMap::new();
+    for path in encoder.files() {
+        let (sha, _) = llamagen_cli::provenance::file_sha256(&path)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        files.insert(name.unwrap_or_default(), sha);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let settings = T5Settings {
+        files,
+        source: encoder.spec.source.clone(),
+        d_model: encoder.spec.d_model,
+        max_length: args.max_length,
+        cleaning: "LlamaGen T5Embedder.clean_caption x2".into(),
+    };
+    llamagen_shards::settings::pin(&args.out, "t5.json", &settings)?;
+    let mut shards: Vec<(String, PathBuf)> = std::fs::read_dir(&args.captions)
+        .with_context(|| format!("reading {}", args.captions.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.strip_suffix("_captions.parquet")?;
+            Some((name.to_string(), p.clone()))
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        anyhow::bail!(
+            "{} holds no NNNNN_captions.parquet (run llamagen caption first)",
+            args.captions.display()
+        );
+    }
+    let shards = args.workers.share(shards)?;
+    let started = std::time::Instant::now();
+    let (mut done, mut kept, mut samples, mut texts, mut tokens) = (0, 0, 0, 0, 0);
+    let (mut stored, mut llamagen) = (0usize, 0usize);
+    let mut failed = Vec::new();
+    for (name, path) in &shards {
+        match embed_shard(&mut encoder, path, name, &args.out, args.batch_size) {
+            Ok(Some(s)) => {
+                done += 1;
+                samples += s.samples;
+                texts += s.texts;
+                tokens += s.tokens;
+                stored += s.stored_bytes;
+                llamagen += s.llamagen_bytes;
+                println!(
+                    "shard {name}: {} captioned samples, {} texts, {:.1} tokens each, in {:.1} s",
+                    s.samples,
+                    s.texts,
+                    s.tokens as f64 / s.texts.max(1) as f64,
+                    s.seconds
+                );
+            }
+            Ok(None) => kept += 1,
+            // A bad shard is reported and the others go on; the command fails at the end.
+            Err(e) => {
+                println!("shard {name}: {e}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let d = encoder.spec.d_model;
+    println!(
+        "{done} shard(s) embedded ({samples} samples, {texts} texts, {:.1} texts/s), {kept} already done; embeddings in {}",
+        texts as f64 / seconds.max(1e-9),
+        args.out.display()
+    );
+    if texts > 0 {
+        let padded = texts * args.max_length * d * 4;
+        println!(
+            "storage: {stored} bytes (f16, valid tokens, {:.1} tokens/text) vs {llamagen} as LlamaGen's f32 npy files ({:.1}x) vs {padded} padded to {} in f32 ({:.1}x)",
+            tokens as f64 / texts as f64,
+            llamagen as f64 / stored.max(1) as f64,
+            args.max_length,
+            padded as f64 / stored.max(1) as f64,
+        );
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("shard(s) {} could not be embedded", failed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llamagen run`'s encode stage: the VQ codes of the ingested shards (ten-crop, or the center
+/// crop for text-to-image, else center + flip), then for text-to-image the FLAN-T5 embeddings
+/// of their captions, with the `[encode]` section of the pipeline config.
+pub fn run_from_config(
+    config: &llamagen_cli::config::PipelineConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let e = &config.encode;
+    let under = |p: &str| crate::ingest::under(data_dir, std::path::Path::new(p));
+    let shards = under(&config.ingest.output);
+    let text = config.model.task == "t2i";
+    let vq = VqEncodeArgs {
+        input: shards.clone(),
+        out: under(&e.codes_output),
+        vq: VqArgs {
+            vq_ckpt: under(&e.vq_checkpoint),
+            vq_model: format!("VQ-{}", e.downsample),
+            vq_config: (!e.vq_config.is_empty()).then(|| under(&e.vq_config)),
+            codebook_size: i64::from(e.codebook_size),
+            codebook_embed_dim: i64::from(e.codebook_embed_dim),
+        },
+        image_size: e.image_size as usize,
+        ten_crop: e.ten_crop,
+        crop_range: 1.1,
+        no_flip: text && !e.ten_crop,
+        batch_size: e.batch_size as usize,
+        images_per_shard: 1000,
+        device: "auto".into(),
+        workers: WorkerArgs::ALL,
+    };
+    let code = run(&EncodeCommand::Vq(Box::new(vq)))?;
+    if code != ExitCode::SUCCESS || !text {
+        return Ok(code);
+    }
+    run(&EncodeCommand::T5(T5Args {
+        captions: shards,
+        t5: under(&e.t5),
+        out: under(&e.t5_output),
+        max_length: e.t5_max_length as usize,
+        batch_size: e.batch_size as usize,
+        threads: 0,
+        workers: WorkerArgs::ALL,
+    }))
 }

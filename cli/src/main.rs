@@ -120,7 +120,7 @@ enum ConfigCommand {
 pub(crate) fn stage_not_built(stage: &str) -> Option<&'static str> {
     match stage {
         "evaluate" => Some(
-            "issue #7 (`llamagen benchmark` is built; as a pipeline stage it evaluates the checkpoint that training makes)",
+            "not as a pipeline stage yet: `llamagen benchmark generator` samples and evaluates a checkpoint that training registered",
         ),
         _ => None,
     }

@@ -27,9 +27,9 @@ pub struct RunArgs {
 /// Why a stage cannot be part of a chained run yet, if it cannot.
 fn not_chainable(stage: &str) -> Option<&'static str> {
     match stage {
-        "ingest" | "filter" | "caption" => None,
-        "encode" | "train" | "sample" | "evaluate" => Some(
-            "its command takes paths on the command line; reading them from the pipeline TOML arrives with issue #7 (encode and train)",
+        "ingest" | "filter" | "caption" | "encode" | "train" => None,
+        "sample" | "evaluate" => Some(
+            "it needs a checkpoint to benchmark; `llamagen benchmark generator` samples and evaluates the checkpoints train registered",
         ),
         other => crate::stage_not_built(other),
     }
@@ -75,6 +75,15 @@ async fn run_stages(
     );
     for stage in &config.pipeline.stages {
         println!("== {stage}");
+        // Ingest and filter record their own stage run (with shards and funnel); the others
+        // are recorded here, with their config section, so the run page lists every stage.
+        let own_record = matches!(stage.as_str(), "ingest" | "filter");
+        let stage_run = if own_record {
+            None
+        } else {
+            let section = config.to_json()[stage.as_str()].clone();
+            Some(runs::start_stage(pool, run_id, stage, &section).await?)
+        };
         let outcome = match stage.as_str() {
             "ingest" => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
@@ -110,8 +119,24 @@ async fn run_stages(
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }
+            "encode" => crate::encode::run_from_config(config, data_dir),
+            "train" => match crate::train::args_from_config(config, data_dir) {
+                Ok(train_args) => crate::train::run(&train_args, data_dir).await,
+                Err(e) => Err(e),
+            },
             other => anyhow::bail!("stage {other} cannot run in a chain (checked before starting)"),
         };
+        if let Some(id) = stage_run {
+            let (result, error) = match &outcome {
+                Ok(code) if *code == ExitCode::SUCCESS => (Outcome::Succeeded, None),
+                Ok(_) => (
+                    Outcome::Failed,
+                    Some(format!("{stage} exited with an error")),
+                ),
+                Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
+            };
+            runs::finish_stage(pool, id, result, &serde_json::json!({}), error.as_deref()).await?;
+        }
         let code = match outcome {
             Ok(code) => code,
             Err(e) => {

@@ -47,6 +47,12 @@ pub struct SampleArgs {
     /// Class ids to cycle through (comma-separated); default: every class in turn.
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<i64>,
+    /// Text-to-image: a file of prompts, one per line, cycled through like --classes.
+    #[arg(long, requires = "t5")]
+    pub prompts: Option<PathBuf>,
+    /// Text-to-image: the FLAN-T5 export folder (scripts/export_t5.py) that embeds --prompts.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
     /// Samples to make (the FID protocol uses 50,000).
     #[arg(long, default_value_t = 16)]
     pub num_samples: u64,
@@ -137,6 +143,11 @@ pub struct SamplingRecord {
     pub image_size: i64,
     pub image_size_eval: i64,
     pub classes: Vec<i64>,
+    /// The prompts of a text-to-image run, and the sha256 of the T5 encoder that embedded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t5_sha256: Option<String>,
     pub cfg_scale: f64,
     pub cfg_interval: i64,
     pub top_k: i64,
@@ -207,11 +218,13 @@ fn configs(args: &SampleArgs) -> anyhow::Result<(GptConfig, VqConfig)> {
             c
         }
     };
-    if gpt.conditioning != Conditioning::Class {
-        bail!(
-            "text-to-image sampling needs FLAN-T5 caption embeddings, which arrive with issue #7 \
-             (encode); llamagen_models::generate::generate takes them already"
-        );
+    let text = gpt.conditioning == Conditioning::Text;
+    if text != args.prompts.is_some() {
+        bail!(if text {
+            "a text-conditioned GPT samples from --prompts FILE with --t5 EXPORT_FOLDER"
+        } else {
+            "--prompts needs a text-conditioned GPT (--gpt-config with conditioning t2i)"
+        });
     }
     if gpt.block_size != grid * grid {
         bail!(
@@ -229,6 +242,45 @@ fn configs(args: &SampleArgs) -> anyhow::Result<(GptConfig, VqConfig)> {
         );
     }
     Ok((gpt, vq))
+}
+
+/// FLAN-T5 features of `prompts` as the GPT's prefix, as LlamaGen's sample_t2i.py makes it
+/// (left padding, the padded rows zeroed by the mask): [P, T, D] f32 with the valid tokens
+/// last, and the [P, T] bool mask of the valid positions.
+fn embed_prompts(
+    prompts: &[String],
+    t5: &Path,
+    gpt: &GptConfig,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let prefix = gpt.cls_token_num as usize;
+    let mut encoder = llamagen_encode::t5::T5Encoder::open(t5, prefix, 0)?;
+    if encoder.spec.d_model as i64 != gpt.caption_dim {
+        bail!(
+            "the T5 encoder is {} wide but the GPT expects captions {} wide",
+            encoder.spec.d_model,
+            gpt.caption_dim
+        );
+    }
+    let strs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let embedded = encoder.embed(&strs, 16)?;
+    let d = encoder.spec.d_model;
+    let mut features = vec![0f32; prompts.len() * prefix * d];
+    let mut mask = vec![false; prompts.len() * prefix];
+    for (p, e) in embedded.iter().enumerate() {
+        let n = e.nrows().min(prefix);
+        let start = (p * prefix + prefix - n) * d;
+        for (dst, src) in features[start..start + n * d].iter_mut().zip(e.iter()) {
+            *dst = *src;
+        }
+        for m in &mut mask[p * prefix + prefix - n..(p + 1) * prefix] {
+            *m = true;
+        }
+    }
+    let p = prompts.len() as i64;
+    Ok((
+        Tensor::from_slice(&features).view([p, prefix as i64, d as i64]),
+        Tensor::from_slice(&mask).view([p, prefix as i64]),
+    ))
 }
 
 /// Seed of sample `index`: the run seed in the high half, the index in the low half, so that no
@@ -261,6 +313,23 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     {
         bail!("class {bad} is outside 0..{}", gpt_config.num_classes);
     }
+    let prompts = match &args.prompts {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if lines.is_empty() {
+                bail!("{} holds no prompt", path.display());
+            }
+            lines
+        }
+    };
     let image_size_eval = args.image_size_eval.unwrap_or(args.image_size);
     if image_size_eval <= 0 {
         bail!("--image-size-eval must be positive");
@@ -280,7 +349,16 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
         vq: vq_config.clone(),
         image_size: args.image_size,
         image_size_eval,
-        classes: classes.clone(),
+        classes: if prompts.is_empty() {
+            classes.clone()
+        } else {
+            Vec::new()
+        },
+        prompts: prompts.clone(),
+        t5_sha256: match &args.t5 {
+            Some(dir) => Some(file_sha256(&dir.join(llamagen_encode::t5::FILES[1]))?.0),
+            None => None,
+        },
         cfg_scale: args.cfg_scale,
         cfg_interval: args.cfg_interval,
         top_k: args.top_k,
@@ -292,6 +370,11 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     claim_folder(&args.out, &record)?;
 
+    // Prompts: their FLAN-T5 features [P, T, D], valid tokens last, and the [P, T] mask.
+    let prompt_features = match &args.t5 {
+        Some(dir) if !prompts.is_empty() => Some(embed_prompts(&prompts, dir, &gpt_config)?),
+        _ => None,
+    };
     let mut gpt_vs = VarStore::new(device);
     let gpt = Gpt::new(&gpt_vs.root(), gpt_config)?;
     weights::load_strict(&gpt_vs, &args.gpt_ckpt)?;
@@ -315,9 +398,25 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
             .map(|&i| classes[(i % classes.len() as u64) as usize])
             .collect();
         let seeds: Vec<u64> = batch.iter().map(|&i| sample_seed(args.seed, i)).collect();
-        let cond = Tensor::from_slice(&labels).to_device(device);
+        let (cond, prefix_mask) = match &prompt_features {
+            None => (Tensor::from_slice(&labels).to_device(device), None),
+            Some((features, mask)) => {
+                let rows: Vec<i64> = batch
+                    .iter()
+                    .map(|&i| (i % features.size()[0] as u64) as i64)
+                    .collect();
+                let rows = Tensor::from_slice(&rows);
+                (
+                    features
+                        .index_select(0, &rows)
+                        .to_device(device)
+                        .to_kind(gpt_kind),
+                    Some(mask.index_select(0, &rows).to_device(device)),
+                )
+            }
+        };
         let t = Instant::now();
-        let codes = generate(&gpt, &cond, None, &sampling, &seeds)?;
+        let codes = generate(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }

@@ -1,11 +1,15 @@
-//! `llamagen train`: trains a class-conditional GPT on precomputed VQ codes in LlamaGen's own
-//! on-disk layout (`autoregressive/train/extract_codes_c2i.py` writes `CODES/<name>_codes/N.npy`,
-//! [1, augmentations, tokens], and `CODES/<name>_labels/N.npy`, [1]), so codes extracted with
-//! LlamaGen's script train here unchanged.
+//! `llamagen train`: trains a GPT on precomputed VQ codes, from either
+//!
+//! - our own shards: a `llamagen encode vq` folder (`--codes`), and for text-to-image the
+//!   `llamagen encode t5` folder of its caption embeddings (`--t5`), read through
+//!   `llamagen_encode::dataset` (block-shuffled, a few shards in memory at a time); or
+//! - LlamaGen's class-conditional layout (`autoregressive/train/extract_codes_c2i.py` writes
+//!   `CODES/<name>_codes/N.npy`, [1, augmentations, tokens], and `CODES/<name>_labels/N.npy`,
+//!   [1]), so codes extracted with LlamaGen's script train here unchanged.
 //!
 //! Each epoch visits the samples in a permutation drawn from the seed and the epoch; each visit
-//! takes one of the sample's augmentations (ten-crop or flip) chosen from the seed, step and
-//! sample. Checkpoints (`OUT/NNNNNNN.safetensors` + `.sha256`) are written every
+//! takes one of the sample's augmentations (ten-crop or flip) chosen from the seed and its
+//! position, and for text the short caption 30% of the time (LlamaGen's train_t2i.py). Checkpoints (`OUT/NNNNNNN.safetensors` + `.sha256`) are written every
 //! `--checkpoint-every` steps and at the end; a re-run with the same `--out` resumes from the
 //! newest and continues exactly. Each checkpoint and the loss curve are recorded in PostgreSQL.
 
@@ -15,18 +19,33 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use llamagen_cli::provenance::{file_sha256, git_revision};
+use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
-use llamagen_models::train::{MixedPrecision, TrainConfig, Trainer};
+use llamagen_models::train::{MicroBatch, MixedPrecision, TrainConfig, Trainer};
 use llamagen_store::results::{self, NewCheckpoint, NewModel};
 use llamagen_store::training;
 use ndarray::{ArrayD, IxDyn};
 use tch::Tensor;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
-    /// Folder holding `<name>_codes/` and `<name>_labels/` (LlamaGen's extract_codes_c2i.py).
+    /// A `llamagen encode vq` output folder, or one holding `<name>_codes/` and
+    /// `<name>_labels/` (LlamaGen's extract_codes_c2i.py).
     #[arg(long)]
     pub codes: PathBuf,
+    /// Text-to-image: the `llamagen encode t5` folder of the same shards' caption embeddings.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// Shards shuffled together (and held in memory) at a time, for our shard folders.
+    #[arg(long, default_value_t = 16)]
+    pub block_shards: usize,
+    /// How often the short caption's embedding stands in for the whole caption's.
+    #[arg(long, default_value_t = 0.3)]
+    pub short_caption_probability: f64,
+    /// Keep an exponential moving average of the weights with this decay in the checkpoints
+    /// (LlamaGen's --ema: 0.9999); 0 keeps none.
+    #[arg(long, default_value_t = 0.0)]
+    pub ema_decay: f64,
     /// GPT size (GPT-B ... GPT-7B).
     #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
     pub gpt_model: String,
@@ -56,6 +75,9 @@ pub struct TrainArgs {
     pub grad_clip: f64,
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: i64,
+    /// constant (LlamaGen) or cosine (to 0 at --max-steps).
+    #[arg(long, default_value = "constant", value_parser = ["constant", "cosine"])]
+    pub lr_schedule: String,
     /// Stop after this many optimizer steps in total.
     #[arg(long)]
     pub max_steps: i64,
@@ -150,23 +172,168 @@ impl CodeFolder {
     }
 }
 
-/// splitmix64: the permutation and augmentation choices depend on the seed and position only.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// `llamagen run`'s train stage: the [model] and [train] sections of the pipeline config on
+/// the codes (and embeddings) its encode stage wrote; `--max-steps` covers `train.epochs`.
+pub fn args_from_config(
+    config: &llamagen_cli::config::PipelineConfig,
+    data_dir: &Path,
+) -> anyhow::Result<TrainArgs> {
+    let (m, t) = (&config.model, &config.train);
+    let under = |p: &str| crate::ingest::under(data_dir, Path::new(p));
+    let codes = under(&config.encode.codes_output);
+    let text = m.task == "t2i";
+    let t5 = text.then(|| under(&config.encode.t5_output));
+    let out = under(&t.output);
+    let conditioning = if text {
+        Conditioning::Text
+    } else {
+        Conditioning::Class
+    };
+    let grid = i64::from(m.image_size / m.downsample);
+    let gpt = if m.gpt_config.is_empty() {
+        let mut gpt = GptConfig::named(&format!("GPT-{}", m.size), conditioning, grid)?;
+        gpt.vocab_size = i64::from(m.vocab_size);
+        gpt.num_classes = i64::from(m.num_classes);
+        gpt.caption_dim = i64::from(m.caption_dim);
+        gpt.rope_base = m.rope_base;
+        gpt.token_dropout_p = m.token_dropout;
+        gpt.attn_dropout_p = m.attn_dropout;
+        gpt.resid_dropout_p = m.resid_dropout;
+        gpt.ffn_dropout_p = m.ffn_dropout;
+        gpt.drop_path_rate = m.drop_path;
+        gpt.class_dropout_prob = m.class_dropout;
+        gpt
+    } else {
+        let path = under(&m.gpt_config);
+        let gpt: GptConfig = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        if gpt.conditioning != conditioning {
+            bail!(
+                "{} is {:?}-conditioned but model.task is {:?}",
+                path.display(),
+                gpt.conditioning,
+                m.task
+            );
+        }
+        gpt
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let gpt_config = out.join("gpt_config.json");
+    std::fs::write(&gpt_config, serde_json::to_vec_pretty(&gpt)?)?;
+    let samples = Dataset::open(&codes, t5.as_deref(), 1, 0)?.len() as u64;
+    let per_epoch = samples.div_ceil(u64::from(t.global_batch_size));
+    Ok(TrainArgs {
+        codes,
+        t5,
+        block_shards: 16,
+        short_caption_probability: 0.3,
+        ema_decay: if t.ema { t.ema_decay } else { 0.0 },
+        gpt_model: String::new(),
+        gpt_config: Some(gpt_config),
+        image_size: i64::from(m.image_size),
+        downsample: i64::from(m.downsample),
+        vocab_size: i64::from(m.vocab_size),
+        num_classes: i64::from(m.num_classes),
+        global_batch_size: t.global_batch_size as usize,
+        gradient_accumulation: t.gradient_accumulation as usize,
+        lr_per_256: t.lr_per_256,
+        weight_decay: t.weight_decay,
+        grad_clip: t.grad_clip,
+        warmup_steps: i64::from(t.warmup_steps),
+        lr_schedule: t.lr_schedule.clone(),
+        max_steps: (per_epoch * u64::from(t.epochs)).max(1) as i64,
+        checkpoint_every: i64::from(t.checkpoint_every),
+        log_every: i64::from(t.log_every.max(1)),
+        seed: t.seed as i64,
+        device: "auto".into(),
+        mixed_precision: if t.precision == "bf16" {
+            MixedPrecision::Bf16
+        } else {
+            MixedPrecision::None
+        },
+        out,
+        model: if m.gpt_config.is_empty() {
+            format!("{}-GPT-{}", config.pipeline.name, m.size)
+        } else {
+            format!("{}-GPT", config.pipeline.name)
+        },
+        no_record: false,
+    })
 }
 
-/// The order of an epoch: Fisher-Yates driven by (seed, epoch).
-fn permutation(len: u64, seed: i64, epoch: u64) -> Vec<u64> {
-    let mut order: Vec<u64> = (0..len).collect();
-    let mut state = mix(seed as u64 ^ mix(epoch));
-    for i in (1..order.len()).rev() {
-        state = mix(state);
-        order.swap(i, (state % (i as u64 + 1)) as usize);
+/// Where the samples come from.
+enum Source {
+    Shards(Box<Dataset>),
+    LlamaGen(CodeFolder),
+}
+
+impl Source {
+    fn open(args: &TrainArgs) -> anyhow::Result<Self> {
+        if args
+            .codes
+            .join(llamagen_encode::EncodeSettings::FILE)
+            .is_file()
+        {
+            let data = Dataset::open(
+                &args.codes,
+                args.t5.as_deref(),
+                args.block_shards,
+                args.seed,
+            )?;
+            println!(
+                "{} samples in {} shard(s) of {}{}",
+                data.len(),
+                data.shards(),
+                args.codes.display(),
+                args.t5
+                    .as_ref()
+                    .map(|t| format!(", captions from {}", t.display()))
+                    .unwrap_or_default()
+            );
+            return Ok(Source::Shards(Box::new(data)));
+        }
+        if args.t5.is_some() {
+            bail!(
+                "--t5 needs --codes to be a llamagen encode vq folder (LlamaGen's t2i layout is read by its own train_t2i.py)"
+            );
+        }
+        Ok(Source::LlamaGen(CodeFolder::open(&args.codes)?))
     }
-    order
+
+    fn len(&self) -> u64 {
+        match self {
+            Source::Shards(d) => d.len() as u64,
+            Source::LlamaGen(f) => f.len,
+        }
+    }
+}
+
+/// The LlamaGen layout's epoch order, cached while a batch stays in one epoch.
+struct EpochOrder(Option<(u64, Vec<usize>)>);
+
+impl EpochOrder {
+    fn index(&mut self, global: u64, len: u64, seed: i64) -> u64 {
+        let epoch = global / len;
+        if self.0.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.0 = Some((epoch, permutation(len as usize, seed as u64 ^ mix(epoch))));
+        }
+        self.0
+            .as_ref()
+            .map_or(0, |(_, o)| o[(global % len) as usize] as u64)
+    }
+}
+
+/// Text-to-image GPT settings for the embeddings in `t5` (their width is the caption width).
+fn caption_dim(t5: &Path) -> anyhow::Result<i64> {
+    let path = t5.join("t5.json");
+    let settings: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    settings["d_model"]
+        .as_i64()
+        .with_context(|| format!("{} has no d_model", path.display()))
 }
 
 fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<PathBuf>> {
@@ -198,7 +365,12 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
         bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
     }
     let device = crate::sample::device(&args.device)?;
-    let data = CodeFolder::open(&args.codes)?;
+    let mut data = Source::open(args)?;
+    let conditioning = if args.t5.is_some() {
+        Conditioning::Text
+    } else {
+        Conditioning::Class
+    };
     let resume_from = latest_checkpoint(&args.out)?;
     let mut trainer = match &resume_from {
         Some(path) => {
@@ -210,11 +382,14 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
             let mut gpt = match &args.gpt_config {
                 Some(path) => serde_json::from_slice::<GptConfig>(&std::fs::read(path)?)
                     .with_context(|| format!("parsing {}", path.display()))?,
-                None => GptConfig::named(&args.gpt_model, Conditioning::Class, grid)?,
+                None => GptConfig::named(&args.gpt_model, conditioning, grid)?,
             };
             if args.gpt_config.is_none() {
                 gpt.vocab_size = args.vocab_size;
                 gpt.num_classes = args.num_classes;
+                if let Some(t5) = &args.t5 {
+                    gpt.caption_dim = caption_dim(t5)?;
+                }
             }
             let config = TrainConfig {
                 lr: args.lr_per_256 * args.global_batch_size as f64 / 256.0,
@@ -223,6 +398,12 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
                 warmup_steps: args.warmup_steps,
                 seed: args.seed,
                 mixed_precision: args.mixed_precision,
+                ema_decay: args.ema_decay,
+                cosine_steps: if args.lr_schedule == "cosine" {
+                    (args.max_steps - args.warmup_steps).max(1)
+                } else {
+                    0
+                },
                 ..TrainConfig::default()
             };
             std::fs::create_dir_all(&args.out)?;
@@ -230,10 +411,17 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
         }
     };
     let gpt_config = trainer.gpt.config.clone();
-    if gpt_config.conditioning != Conditioning::Class {
-        bail!("text-to-image training needs T5 features, which arrive with the rest of issue #7");
+    if gpt_config.conditioning != conditioning {
+        bail!(
+            "the model is {:?}-conditioned but the data is {conditioning:?}-conditioned (--t5 gives text)",
+            gpt_config.conditioning
+        );
     }
     let tokens = gpt_config.block_size as usize;
+    let text = (conditioning == Conditioning::Text).then_some(TextOptions {
+        prefix: gpt_config.cls_token_num as usize,
+        short_probability: args.short_caption_probability,
+    });
 
     let store = if args.no_record {
         None
@@ -243,6 +431,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
     let revision = git_revision();
     let config_json = serde_json::json!({
         "train": trainer.config, "gpt": gpt_config, "codes": args.codes.display().to_string(),
+        "t5": args.t5.as_ref().map(|t| t.display().to_string()),
         "global_batch_size": args.global_batch_size,
         "gradient_accumulation": args.gradient_accumulation,
     });
@@ -266,7 +455,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
                 kind: "generator",
                 architecture: "llamagen-gpt",
                 size,
-                task: Some("c2i"),
+                task: Some(if text.is_some() { "t2i" } else { "c2i" }),
                 params: Some(params),
                 image_size: Some(args.image_size as i32),
                 config: &config_json,
@@ -303,37 +492,25 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
     let first_step = trainer.step;
     let mut loss = f64::NAN;
     let mut result = Ok(());
-    // The permutation of the epoch being read, recomputed when a batch crosses into the next.
-    let mut order: Option<(u64, Vec<u64>)> = None;
+    let mut order = EpochOrder(None);
+    let len = data.len();
     while trainer.step < args.max_steps {
         let step = trainer.step;
         let position = step as u64 * args.global_batch_size as u64;
         let mut batches = Vec::with_capacity(args.gradient_accumulation);
         for m in 0..args.gradient_accumulation {
-            let mut classes = Vec::with_capacity(micro);
-            let mut codes = Vec::with_capacity(micro * tokens);
-            for j in 0..micro {
-                let global = position + (m * micro + j) as u64;
-                let epoch = global / data.len;
-                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    order = Some((epoch, permutation(data.len, trainer.config.seed, epoch)));
-                }
-                let index = order
-                    .as_ref()
-                    .map_or(0, |(_, o)| o[(global % data.len) as usize]);
-                let pick = mix(trainer.config.seed as u64 ^ mix(global));
-                let (class, row) = data.read(index, pick, tokens)?;
-                classes.push(class);
-                codes.extend(row);
-            }
-            batches.push((
-                Tensor::from_slice(&classes).to_device(device),
-                Tensor::from_slice(&codes)
-                    .view([micro as i64, tokens as i64])
-                    .to_device(device),
-            ));
+            let first = position + (m * micro) as u64;
+            batches.push(micro_batch(
+                &mut data,
+                &mut order,
+                first..first + micro as u64,
+                tokens,
+                text,
+                trainer.config.seed,
+                device,
+            )?);
         }
-        loss = match trainer.train_step(&batches) {
+        loss = match trainer.train_step_on(&batches) {
             Ok(l) => l,
             Err(e) => {
                 result = Err(anyhow::Error::from(e));
@@ -341,7 +518,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
             }
         };
         let done = trainer.step;
-        let epoch = (done as u64 * args.global_batch_size as u64) as f64 / data.len as f64;
+        let epoch = (done as u64 * args.global_batch_size as u64) as f64 / len as f64;
         if done % args.log_every == 0 || done == args.max_steps {
             let rate = (done - first_step) as f64 * args.global_batch_size as f64 * tokens as f64
                 / started.elapsed().as_secs_f64();
@@ -405,4 +582,134 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
         println!("trained to step {} (last loss {loss:.4})", trainer.step);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The samples at run positions `positions` as one micro-batch on `device`.
+fn micro_batch(
+    data: &mut Source,
+    order: &mut EpochOrder,
+    positions: std::ops::Range<u64>,
+    tokens: usize,
+    text: Option<TextOptions>,
+    seed: i64,
+    device: tch::Device,
+) -> anyhow::Result<MicroBatch> {
+    let b = (positions.end - positions.start) as i64;
+    let mut classes = Vec::with_capacity(b as usize);
+    let mut codes = Vec::with_capacity(b as usize * tokens);
+    let mut features: Vec<f32> = Vec::new();
+    let mut lengths = Vec::new();
+    let len = data.len();
+    for global in positions {
+        let row = match data {
+            Source::Shards(d) => {
+                let sample = d.get(global, text)?;
+                if let Some((f, n)) = &sample.caption {
+                    features.extend(f.iter());
+                    lengths.push(*n as i64);
+                }
+                if sample.codes.len() != tokens {
+                    bail!(
+                        "sample {} has {} tokens, the model {tokens}",
+                        sample.key,
+                        sample.codes.len()
+                    );
+                }
+                classes.push(sample.label);
+                sample.codes
+            }
+            Source::LlamaGen(folder) => {
+                let index = order.index(global, len, seed);
+                let pick = mix(seed as u64 ^ mix(global));
+                let (class, row) = folder.read(index, pick, tokens)?;
+                classes.push(class);
+                row
+            }
+        };
+        codes.extend(row);
+    }
+    let codes = Tensor::from_slice(&codes)
+        .view([b, tokens as i64])
+        .to_device(device);
+    Ok(match text {
+        None => MicroBatch {
+            cond: Tensor::from_slice(&classes).to_device(device),
+            codes,
+            caption_lengths: None,
+            valid: None,
+        },
+        Some(t) => {
+            let width = features.len() as i64 / (b * t.prefix as i64).max(1);
+            MicroBatch {
+                cond: Tensor::from_slice(&features)
+                    .view([b, t.prefix as i64, width])
+                    .to_device(device),
+                codes,
+                caption_lengths: Some(Tensor::from_slice(&lengths).to_device(device)),
+                valid: None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamagen_encode::codes::{CodePaths, ShardCodes, ShardSummary};
+
+    /// A codes folder of 20 samples over two shards, 2 views of 4 tokens.
+    fn codes_folder(dir: &Path) {
+        std::fs::write(dir.join(llamagen_encode::EncodeSettings::FILE), "{}").unwrap();
+        for (shard, n) in [(0, 12usize), (1, 8)] {
+            let name = format!("{shard:05}");
+            let data = ShardCodes {
+                codes: ndarray::Array3::zeros((n, 2, 4)),
+                labels: ndarray::Array1::zeros(n),
+                keys: (0..n).map(|i| format!("{name}{i:04}")).collect(),
+            };
+            let summary = ShardSummary {
+                samples: n,
+                views: 2,
+                tokens: 4,
+                skipped: vec![],
+                seconds: 0.0,
+                input: None,
+            };
+            llamagen_encode::codes::write(&CodePaths::new(dir, &name), &data, &summary).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_pipeline_config_becomes_train_arguments() {
+        let data = tempfile::tempdir().unwrap();
+        let codes = data.path().join("codes");
+        std::fs::create_dir_all(&codes).unwrap();
+        codes_folder(&codes);
+        let mut config = llamagen_cli::config::PipelineConfig::parse(
+            "[pipeline]\nname = \"p\"\n[model]\nsize = \"B\"\ntask = \"c2i\"\nnum_classes = 10\nresid_dropout = 0.2\n[train]\nglobal_batch_size = 8\nepochs = 3\nema = true\nlr_schedule = \"cosine\"\nprecision = \"fp32\"\n",
+        )
+        .unwrap();
+        let args = args_from_config(&config, data.path()).unwrap();
+        // 20 samples in batches of 8: 3 steps an epoch.
+        assert_eq!(args.max_steps, 9);
+        assert_eq!(args.codes, data.path().join("codes"));
+        assert_eq!(args.t5, None);
+        assert_eq!(args.out, data.path().join("checkpoints"));
+        assert_eq!(args.model, "p-GPT-B");
+        assert_eq!(
+            (args.ema_decay, args.lr_schedule.as_str()),
+            (0.9999, "cosine")
+        );
+        assert_eq!(args.mixed_precision, MixedPrecision::None);
+        let gpt: GptConfig =
+            serde_json::from_slice(&std::fs::read(args.gpt_config.unwrap()).unwrap()).unwrap();
+        assert_eq!((gpt.n_layer, gpt.dim, gpt.num_classes), (12, 768, 10));
+        assert_eq!(gpt.resid_dropout_p, 0.2);
+        assert_eq!(gpt.conditioning, Conditioning::Class);
+
+        // Text to image reads the embeddings folder too, and it must exist.
+        config.model.task = "t2i".into();
+        let err = args_from_config(&config, data.path()).err().unwrap();
+        assert!(format!("{err:#}").contains("t5"), "{err:#}");
+    }
 }

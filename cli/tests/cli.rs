@@ -58,7 +58,8 @@ fn stages_that_cannot_chain_yet_are_refused_before_anything_starts() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("encode"), "{}", text(&out));
+    assert!(text(&out).contains("sample"), "{}", text(&out));
+    assert!(!text(&out).contains("encode:"), "{}", text(&out));
 }
 
 #[test]

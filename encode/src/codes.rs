@@ -77,6 +77,22 @@ impl CodePaths {
     }
 }
 
+/// Names of the finished shards of a codes folder (each `NAME.json` beside `encode.json`), in
+/// name order.
+pub fn finished_shards(dir: &Path) -> Result<Vec<String>, EncodeError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| EncodeError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let stem = file.strip_suffix(".json")?.to_string();
+            (stem != "encode").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn shard_error(e: llamagen_shards::ShardError) -> EncodeError {
     EncodeError::Output(e.to_string())
 }

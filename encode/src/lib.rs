@@ -7,12 +7,23 @@
 //! - [`codes`]: the per-shard output (uint16 codes, labels, keys, summary).
 //! - [`export`]: LlamaGen's own layout (`<name>_codes/N.npy`, `<name>_labels/N.npy`), which
 //!   its `train_c2i.py` and our `llamagen train` read.
+//! - [`caption_clean`]: LlamaGen's caption cleaning before T5.
+//! - [`t5`]: FLAN-T5's encoder through ONNX Runtime (tokenizer, batching by length).
+//! - [`embeddings`]: the per-shard caption embeddings (f16, valid tokens only, padding
+//!   restored on read as LlamaGen places it).
+//! - [`t5_shard`]: one shard's captions to embeddings, resumable.
+//! - [`dataset`]: training samples from codes (and embeddings) shards, block-shuffled by seed.
 
+pub mod caption_clean;
 pub mod codes;
 pub mod crops;
+pub mod dataset;
+pub mod embeddings;
 pub mod encoder;
 pub mod export;
 pub mod source;
+pub mod t5;
+pub mod t5_shard;
 
 use std::path::{Path, PathBuf};
 

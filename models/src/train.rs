@@ -8,7 +8,7 @@
 //! and the step number at every step, so a resumed run draws what the uninterrupted one would.
 //!
 //! A checkpoint is one safetensors file: `model.*` (the GPT, LlamaGen's names), `optimizer.m.*`
-//! and `optimizer.v.*` (moments), `trainer.step`, `trainer.tokens_seen`, and `trainer.config`
+//! and `optimizer.v.*` (moments), `ema.*` (the moving average, when kept), `trainer.step`, `trainer.tokens_seen`, and `trainer.config`
 //! (the JSON of [`TrainConfig`] and [`GptConfig`] as bytes); next to it `NAME.sha256`, checked
 //! before a resume so that a corrupted or truncated file is refused.
 
@@ -40,6 +40,14 @@ pub struct TrainConfig {
     /// default); weights, gradients and optimizer state stay fp32. The CPU computes in fp32.
     #[serde(default)]
     pub mixed_precision: MixedPrecision,
+    /// Cosine decay to 0 over this many steps after warm-up; 0 keeps the rate constant
+    /// (LlamaGen's schedule).
+    #[serde(default)]
+    pub cosine_steps: i64,
+    /// Decay of an exponential moving average of the weights kept beside them (LlamaGen's
+    /// `--ema` uses 0.9999); 0 keeps none.
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 /// Forward-pass precision on CUDA.
@@ -76,17 +84,23 @@ impl Default for TrainConfig {
             warmup_steps: 0,
             seed: 0,
             mixed_precision: MixedPrecision::None,
+            ema_decay: 0.0,
+            cosine_steps: 0,
         }
     }
 }
 
 impl TrainConfig {
+    /// The learning rate of optimizer step `step` (from 0).
     pub fn lr_at(&self, step: i64) -> f64 {
         if self.warmup_steps > 0 && step < self.warmup_steps {
-            self.lr * (step + 1) as f64 / self.warmup_steps as f64
-        } else {
-            self.lr
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
+        if self.cosine_steps > 0 {
+            let t = ((step - self.warmup_steps) as f64 / self.cosine_steps as f64).clamp(0.0, 1.0);
+            return self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+        }
+        self.lr
     }
 }
 
@@ -131,6 +145,54 @@ impl AdamW {
     }
 }
 
+/// One micro-batch. For text conditioning, `caption_lengths` [B] i64 gives each caption's
+/// valid tokens, which sit at the end of the [B, T, C] prefix (LlamaGen's left padding), and
+/// `valid` [B] weights the samples (LlamaGen's t2i `valid` flags; 0 drops a sample).
+pub struct MicroBatch {
+    /// [B] class ids or [B, T, C] caption features.
+    pub cond: Tensor,
+    /// [B, N] image tokens.
+    pub codes: Tensor,
+    pub caption_lengths: Option<Tensor>,
+    pub valid: Option<Tensor>,
+}
+
+impl From<&(Tensor, Tensor)> for MicroBatch {
+    fn from((cond, codes): &(Tensor, Tensor)) -> Self {
+        MicroBatch {
+            cond: cond.shallow_clone(),
+            codes: codes.shallow_clone(),
+            caption_lengths: None,
+            valid: None,
+        }
+    }
+}
+
+/// LlamaGen's t2i attention mask (`dataset/t2i.py`): causal over prefix + image tokens, the
+/// padded caption positions hidden from every query, and each position seeing itself (so a
+/// padded row is never empty). lengths: [B] valid caption tokens at the end of a `prefix`-long
+/// prefix; returns [B, 1, L, L] bool with L = prefix + n - 1 (the model reads codes[:, :n-1]).
+pub fn caption_mask(lengths: &Tensor, prefix: i64, n: i64) -> Tensor {
+    let total = prefix + n;
+    let device = lengths.device();
+    let b = lengths.size()[0];
+    let positions = Tensor::arange(prefix, (Kind::Int64, device));
+    // [B, T]: true where the caption token is valid (the last `length` of the prefix).
+    let valid = positions
+        .unsqueeze(0)
+        .ge_tensor(&(lengths.unsqueeze(1) * -1 + prefix));
+    let columns = Tensor::cat(&[valid, Tensor::ones([b, n], (Kind::Bool, device))], 1);
+    let causal = Tensor::ones([total, total], (Kind::Bool, device)).tril(0);
+    let eye = Tensor::eye(total, (Kind::Bool, device));
+    let mask = causal
+        .unsqueeze(0)
+        .logical_and(&columns.unsqueeze(1))
+        .logical_or(&eye);
+    mask.narrow(1, 0, total - 1)
+        .narrow(2, 0, total - 1)
+        .unsqueeze(1)
+}
+
 /// A GPT, its optimizer and its position in the run.
 pub struct Trainer {
     pub gpt: Gpt,
@@ -142,6 +204,8 @@ pub struct Trainer {
     pub tokens_seen: i64,
     params: BTreeMap<String, Tensor>,
     optimizer: AdamW,
+    /// Exponential moving average of the parameters (LlamaGen's `--ema`), if kept.
+    ema: Option<BTreeMap<String, Tensor>>,
 }
 
 impl Trainer {
@@ -160,6 +224,14 @@ impl Trainer {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         let optimizer = AdamW::new(&params);
+        let ema = (config.ema_decay > 0.0).then(|| {
+            tch::no_grad(|| {
+                params
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.detach().copy()))
+                    .collect()
+            })
+        });
         Ok(Trainer {
             gpt,
             vs,
@@ -168,12 +240,19 @@ impl Trainer {
             tokens_seen: 0,
             params,
             optimizer,
+            ema,
         })
     }
 
     /// One optimizer step over `micro_batches` of (cond [B] or [B, T, C], codes [B, N]), whose
     /// gradients are averaged (gradient accumulation). Returns the mean loss.
     pub fn train_step(&mut self, micro_batches: &[(Tensor, Tensor)]) -> Result<f64, ModelError> {
+        let batches: Vec<MicroBatch> = micro_batches.iter().map(MicroBatch::from).collect();
+        self.train_step_on(&batches)
+    }
+
+    /// [`Trainer::train_step`] for micro-batches that may carry caption masks and weights.
+    pub fn train_step_on(&mut self, micro_batches: &[MicroBatch]) -> Result<f64, ModelError> {
         if micro_batches.is_empty() {
             return Err(ModelError::Input("no micro-batches".into()));
         }
@@ -190,14 +269,23 @@ impl Trainer {
         let share = 1.0 / micro_batches.len() as f64;
         let bf16 =
             self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
-        for (cond, codes) in micro_batches {
+        for batch in micro_batches {
+            let (cond, codes) = (&batch.cond, &batch.codes);
             let b = codes.size()[0];
             let drop = Tensor::rand([b], (Kind::Float, cond.device()))
                 .lt(self.gpt.config.class_dropout_prob);
             let cond = self.gpt.drop_condition(cond, &drop);
+            let mask = batch.caption_lengths.as_ref().map(|lengths| {
+                caption_mask(lengths, self.gpt.config.cls_token_num, codes.size()[1])
+            });
             let (_, loss) = crate::autocast::bf16(bf16, || {
-                self.gpt
-                    .forward_with_targets(&cond, codes, None, None, true)
+                self.gpt.forward_with_targets(
+                    &cond,
+                    codes,
+                    mask.as_ref(),
+                    batch.valid.as_ref(),
+                    true,
+                )
             })?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
@@ -217,7 +305,23 @@ impl Trainer {
         let lr = self.config.lr_at(self.step - 1);
         self.optimizer
             .update(&self.params, &self.config, lr, self.step);
+        if let Some(ema) = &mut self.ema {
+            // LlamaGen's update_ema: ema = decay * ema + (1 - decay) * param.
+            let decay = self.config.ema_decay;
+            tch::no_grad(|| {
+                for (name, p) in &self.params {
+                    if let Some(e) = ema.get_mut(name) {
+                        let _ = e.lerp_(p, 1.0 - decay);
+                    }
+                }
+            });
+        }
         Ok(total)
+    }
+
+    /// The EMA weights under LlamaGen's parameter names, if kept.
+    pub fn ema(&self) -> Option<&BTreeMap<String, Tensor>> {
+        self.ema.as_ref()
     }
 
     /// Writes the checkpoint atomically and its `.sha256` next to it; returns the sha256.
@@ -231,6 +335,9 @@ impl Trainer {
         }
         for (name, t) in &self.optimizer.v {
             tensors.push((format!("optimizer.v.{name}"), t.to_device(tch::Device::Cpu)));
+        }
+        for (name, t) in self.ema.iter().flatten() {
+            tensors.push((format!("ema.{name}"), t.to_device(tch::Device::Cpu)));
         }
         tensors.push(("trainer.step".into(), Tensor::from_slice(&[self.step])));
         tensors.push((
@@ -291,10 +398,14 @@ impl Trainer {
             for (name, mut var) in trainer.vs.variables() {
                 var.f_copy_(&take(&mut tensors, &format!("model.{name}"))?)?;
             }
-            for (prefix, moments) in [
+            let mut sets = vec![
                 ("optimizer.m.", &mut trainer.optimizer.m),
                 ("optimizer.v.", &mut trainer.optimizer.v),
-            ] {
+            ];
+            if let Some(ema) = &mut trainer.ema {
+                sets.push(("ema.", ema));
+            }
+            for (prefix, moments) in sets {
                 for (name, t) in moments.iter_mut() {
                     t.f_copy_(&take(&mut tensors, &format!("{prefix}{name}"))?)?;
                 }

@@ -147,3 +147,140 @@ fn corrupted_checkpoints_are_refused() {
     )];
     assert!(trainer.train_step(&bad).is_err());
 }
+
+/// LlamaGen's dataset/t2i.py mask, restated loop by loop: tril over T + N, the caption
+/// columns multiplied by the emb_mask (valid tokens last), the diagonal set, then [:-1, :-1].
+fn llamagen_mask(length: i64, prefix: i64, n: i64) -> Vec<Vec<bool>> {
+    let total = prefix + n;
+    let mut m = vec![vec![false; total as usize]; total as usize];
+    for (r, row) in m.iter_mut().enumerate() {
+        for (c, cell) in row.iter_mut().enumerate() {
+            let tril = c <= r;
+            let emb = (c as i64) >= prefix || (c as i64) >= prefix - length;
+            *cell = (tril && emb) || r == c;
+        }
+    }
+    m.truncate(total as usize - 1);
+    for row in &mut m {
+        row.truncate(total as usize - 1);
+    }
+    m
+}
+
+#[test]
+fn caption_mask_is_llamagens() {
+    let lengths = Tensor::from_slice(&[2i64, 5, 1]);
+    let mask = llamagen_models::train::caption_mask(&lengths, 5, 4);
+    assert_eq!(mask.size(), [3, 1, 8, 8]);
+    for (b, length) in [2i64, 5, 1].into_iter().enumerate() {
+        let want = llamagen_mask(length, 5, 4);
+        for (r, row) in want.iter().enumerate() {
+            for (c, &cell) in row.iter().enumerate() {
+                let got = mask.int64_value(&[b as i64, 0, r as i64, c as i64]) != 0;
+                assert_eq!(
+                    got, cell,
+                    "sample {b} (length {length}), row {r}, column {c}"
+                );
+            }
+        }
+    }
+}
+
+/// Text conditioning: captions of 3 tokens (features say the class) padded to a 6-token
+/// prefix, half the batch masked out by `valid`; the model still learns the codes.
+#[test]
+fn a_text_conditioned_gpt_learns_with_padded_captions() {
+    let _turn = turn();
+    let mut c = GptConfig::new(2, 4, 64, Conditioning::Text);
+    c.vocab_size = VOCAB;
+    c.block_size = 16;
+    c.cls_token_num = 6;
+    c.caption_dim = 8;
+    c.caption_token_num = 6;
+    c.multiple_of = 32;
+    let mut trainer = Trainer::new(c, config(), Device::Cpu).unwrap();
+    let batch = |step: i64| {
+        let b = 8i64;
+        let classes: Vec<i64> = (0..b).map(|i| (step + i * 3) % 4).collect();
+        let mut features = vec![0f32; (b * 6 * 8) as usize];
+        let mut codes = Vec::new();
+        for (i, class) in classes.iter().enumerate() {
+            for t in 3..6 {
+                features[(i * 48) + t * 8 + *class as usize] = 1.0;
+            }
+            for t in 0..16 {
+                codes.push((5 * class + 3 * t) % VOCAB);
+            }
+        }
+        llamagen_models::train::MicroBatch {
+            cond: Tensor::from_slice(&features).view([b, 6, 8]),
+            codes: Tensor::from_slice(&codes).view([b, 16]),
+            caption_lengths: Some(Tensor::from_slice(&[3i64; 8])),
+            valid: Some(Tensor::from_slice(&[1i64, 0, 1, 0, 1, 0, 1, 0])),
+        }
+    };
+    let first = trainer.train_step_on(&[batch(0)]).unwrap();
+    let mut last = first;
+    for step in 1..150 {
+        last = trainer.train_step_on(&[batch(step)]).unwrap();
+    }
+    let ln_v = (VOCAB as f64).ln();
+    assert!(first > 0.8 * ln_v, "starts near ln V: {first}");
+    assert!(last < 0.3 * ln_v, "learns: {first} -> {last}");
+}
+
+#[test]
+fn ema_weights_are_kept_saved_and_resumed() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    let with_ema = TrainConfig {
+        ema_decay: 0.9,
+        ..config()
+    };
+    let mut trainer = Trainer::new(tiny(), with_ema.clone(), Device::Cpu).unwrap();
+    let name = "tok_embeddings.weight";
+    let start = trainer.ema().unwrap()[name].copy();
+    for step in 0..3 {
+        trainer.train_step(&batches(step)).unwrap();
+    }
+    let ema = trainer.ema().unwrap()[name].copy();
+    let weights = trainer.vs.variables()[name].copy();
+    // The average lags the weights: it moved, but less than they did.
+    let moved = (&ema - &start).abs().sum(Kind::Float).double_value(&[]);
+    let weights_moved = (&weights - &start).abs().sum(Kind::Float).double_value(&[]);
+    assert!(
+        moved > 0.0 && moved < weights_moved,
+        "{moved} vs {weights_moved}"
+    );
+    trainer.save(&path).unwrap();
+    let resumed = Trainer::resume(&path, Device::Cpu).unwrap();
+    assert!(resumed.ema().unwrap()[name].equal(&ema));
+    assert_eq!(resumed.config, with_ema);
+    // No EMA asked for, none kept or saved.
+    assert!(
+        Trainer::new(tiny(), config(), Device::Cpu)
+            .unwrap()
+            .ema()
+            .is_none()
+    );
+}
+
+#[test]
+fn learning_rate_warms_up_then_holds_or_follows_a_cosine() {
+    let constant = TrainConfig {
+        lr: 1.0,
+        warmup_steps: 4,
+        ..TrainConfig::default()
+    };
+    let rates: Vec<f64> = (0..6).map(|s| constant.lr_at(s)).collect();
+    assert_eq!(rates, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+    let cosine = TrainConfig {
+        cosine_steps: 10,
+        ..constant
+    };
+    assert_eq!(cosine.lr_at(3), 1.0);
+    assert_eq!(cosine.lr_at(4), 1.0);
+    assert!((cosine.lr_at(9) - 0.5).abs() < 1e-12, "half-way");
+    assert!(cosine.lr_at(14).abs() < 1e-12 && cosine.lr_at(100).abs() < 1e-12);
+}

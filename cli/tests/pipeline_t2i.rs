@@ -1,0 +1,244 @@
+//! `llamagen run` chaining encode and train for a text-to-image pipeline, as a user runs it:
+//! captioned webdataset shards in, VQ codes and FLAN-T5 embeddings (the tiny models the
+//! project makes), a text-conditioned GPT trained on them with checkpoints and its loss curve
+//! in PostgreSQL; a second run redoes nothing; the checkpoint then samples from prompts.
+
+mod common;
+
+use common::{llamagen_on, repo, text};
+
+use llamagen_caption::output::{CaptionStatus, captions_path, write_captions};
+use llamagen_caption::testing::record;
+use llamagen_models::gpt::{Conditioning, GptConfig};
+use llamagen_shards::webdataset::TarWriter;
+use llamagen_store::testing::TestDatabase;
+
+#[tokio::test]
+async fn run_encodes_and_trains_a_text_to_image_gpt() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let shards = data.join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let photos = llamagen_ingest::testing::bundled_photos();
+    let names = ["astronaut", "chelsea", "coffee"];
+    let descriptions = [
+        "An astronaut in a white suit stands in front of a flag. The background is dark.",
+        "A tabby cat looks at the camera with green eyes. Its fur is striped.",
+        "A cup of coffee with latte art sits on a saucer. The table is wooden.",
+    ];
+    for (shard, n) in [(0usize, 8usize), (1, 4)] {
+        let name = format!("{shard:05}");
+        let mut tar = TarWriter::create(&shards.join(format!("{name}.tar"))).unwrap();
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let key = format!("{shard:02}{i:05}");
+            let photo = names[i % 3];
+            tar.append(&key, "jpg", &photos[&format!("{photo}.jpg")])
+                .unwrap();
+            tar.append(&key, "txt", format!("a photo of {photo}").as_bytes())
+                .unwrap();
+            // Every fourth sample was dropped by the filter: it has no caption.
+            let status = if i % 4 == 3 {
+                CaptionStatus::Filtered
+            } else {
+                CaptionStatus::Ok
+            };
+            let long = descriptions[i % 3];
+            let short = long.split_inclusive(". ").next().map(str::trim);
+            rows.push(record(&key, status, long, short));
+        }
+        tar.finish().unwrap();
+        write_captions(&captions_path(&shards, &name), &rows).unwrap();
+    }
+    let models = llamagen_models::tiny::write(&dir.path().join("models"), 0).unwrap();
+    let mut gpt: GptConfig =
+        serde_json::from_slice(&std::fs::read(&models.gpt_config).unwrap()).unwrap();
+    gpt.conditioning = Conditioning::Text;
+    gpt.cls_token_num = 120;
+    gpt.caption_dim = 32;
+    let gpt_config = dir.path().join("models/gpt_t2i.json");
+    std::fs::write(&gpt_config, serde_json::to_vec(&gpt).unwrap()).unwrap();
+    let config = dir.path().join("t2i.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+name = "t2i-test"
+stages = ["encode", "train"]
+
+[ingest]
+output = "shards"
+
+[encode]
+vq_checkpoint = "{vq}"
+vq_config = "{vq_config}"
+codebook_size = 64
+codebook_embed_dim = 8
+downsample = 4
+image_size = 32
+t5 = "{t5}"
+batch_size = 4
+
+[model]
+task = "t2i"
+gpt_config = "{gpt}"
+image_size = 32
+downsample = 4
+
+[train]
+global_batch_size = 3
+epochs = 2
+precision = "fp32"
+checkpoint_every = 3
+log_every = 1
+ema = true
+"#,
+            vq = models.vq_ckpt.display(),
+            vq_config = models.vq_config.display(),
+            t5 = repo().join("encode/tests/fixtures/t5").display(),
+            gpt = gpt_config.display(),
+        ),
+    )
+    .unwrap();
+
+    let run = || {
+        llamagen_on(dir.path(), &db.url())
+            .env("RUST_LOG", "warn")
+            .arg("run")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", text(&first));
+    let out = text(&first);
+    // 9 of 12 samples are captioned; every image has codes (center crop: one view).
+    assert!(out.contains("2 shard(s) encoded (12 images"), "{out}");
+    assert!(
+        out.contains("2 shard(s) embedded (9 samples, 18 texts"),
+        "{out}"
+    );
+    assert!(out.contains("9 samples in 2 shard(s)"), "{out}");
+    // 9 samples in batches of 3 for 2 epochs: 6 steps, checkpoints at 3 and 6.
+    assert!(out.contains("trained to step 6"), "{out}");
+    for step in ["0000003", "0000006"] {
+        assert!(
+            data.join(format!("checkpoints/{step}.safetensors"))
+                .is_file()
+        );
+    }
+    let encode: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("codes/encode.json")).unwrap()).unwrap();
+    assert_eq!(
+        encode["augment"]["kind"], "center",
+        "text-to-image takes the center crop"
+    );
+
+    let pool = &db.pool;
+    let status: String = sqlx::query_scalar("SELECT status FROM pipeline_runs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    let stages: Vec<(String, String)> =
+        sqlx::query_as("SELECT stage, status FROM stage_runs ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stages,
+        [
+            ("encode".to_string(), "succeeded".to_string()),
+            ("train".to_string(), "succeeded".to_string())
+        ]
+    );
+    let (task, name): (String, String) =
+        sqlx::query_as("SELECT task, name FROM models WHERE name = 't2i-test-GPT'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(task, "t2i");
+    assert_eq!(name, "t2i-test-GPT");
+    let steps: Vec<i64> = sqlx::query_scalar("SELECT step FROM checkpoints ORDER BY step")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(steps, [3, 6]);
+    let losses: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM training_metrics WHERE name = 'loss'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(losses, 6);
+
+    // A second run finds everything done: no shard encoded or embedded again, no new step.
+    let second = run();
+    assert!(second.status.success(), "{}", text(&second));
+    let out = text(&second);
+    assert!(
+        out.contains("0 shard(s) encoded") && out.contains("2 already done"),
+        "{out}"
+    );
+    assert!(out.contains("0 shard(s) embedded"), "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
+
+    // The trained checkpoint samples from prompts through the same T5.
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "A tabby cat looks at the camera.\nA cup of coffee.\n",
+    )
+    .unwrap();
+    let sample = |gpt_ckpt: &std::path::Path, gpt_config: &std::path::Path, out: &str| {
+        llamagen_on(dir.path(), &db.url())
+            .args([
+                "sample",
+                "--device",
+                "cpu",
+                "--image-size",
+                "32",
+                "--num-samples",
+                "4",
+            ])
+            .args(["--cfg-scale", "2.0", "--batch-size", "2"])
+            .arg("--gpt-ckpt")
+            .arg(gpt_ckpt)
+            .arg("--gpt-config")
+            .arg(gpt_config)
+            .arg("--vq-ckpt")
+            .arg(&models.vq_ckpt)
+            .arg("--vq-config")
+            .arg(&models.vq_config)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--t5")
+            .arg(repo().join("encode/tests/fixtures/t5"))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let sampled = sample(
+        &data.join("checkpoints/0000006.safetensors"),
+        &gpt_config,
+        "samples",
+    );
+    assert!(sampled.status.success(), "{}", text(&sampled));
+    for i in 0..4 {
+        assert!(dir.path().join(format!("samples/{i:06}.png")).is_file());
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("samples/sampling.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["prompts"][1], "A cup of coffee.");
+    // A class-conditional GPT given prompts is refused.
+    let refused = sample(&models.gpt_ckpt, &models.gpt_config, "refused");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("text-conditioned"),
+        "{}",
+        text(&refused)
+    );
+}
