@@ -27,6 +27,7 @@ import io
 import json
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 import onnx
@@ -124,32 +125,36 @@ def random_model(arch, vocab_size, seed):
     return model
 
 
-def export(model, out, d_model):
-    tmp = out / "t5_encoder.onnx.tmp"
+def export(model, out, external_data):
+    """Writes OUT/t5_encoder.onnx; with `external_data` (forced above 2 GB, where protobuf
+    stops) the weights go to OUT/t5_encoder.onnx.data beside it. The exporter works in a
+    scratch folder inside OUT, so a failed export leaves nothing behind and the tensor files
+    it spills for large models never mix with the result."""
     ids = torch.ones(2, 7, dtype=torch.long)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
     big = sum(p.numel() for p in model.parameters()) * 4 > 1.8e9
-    torch.onnx.export(Encoder(model).eval(), (ids, mask), str(tmp),
-                      input_names=["input_ids", "attention_mask"],
-                      output_names=["last_hidden_state"],
-                      dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                    "attention_mask": {0: "batch", 1: "tokens"},
-                                    "last_hidden_state": {0: "batch", 1: "tokens"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load(str(tmp))
-    proto.ir_version = min(proto.ir_version, IR_VERSION)
-    path = out / "t5_encoder.onnx"
-    if big:
-        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location="t5_encoder.onnx.data")
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
-    tmp.unlink(missing_ok=True)
-    for stray in out.glob("*.tmp*"):
-        stray.unlink()
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
+        tmp = pathlib.Path(work) / "t5_encoder.onnx"
+        torch.onnx.export(Encoder(model).eval(), (ids, mask), str(tmp),
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                        "attention_mask": {0: "batch", 1: "tokens"},
+                                        "last_hidden_state": {0: "batch", 1: "tokens"}},
+                          opset_version=17, dynamo=False)
+        proto = onnx.load(str(tmp))
+        proto.ir_version = min(proto.ir_version, IR_VERSION)
+        staged = pathlib.Path(work) / "out.onnx"
+        if big or external_data:
+            onnx.save(proto, str(staged), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location="t5_encoder.onnx.data")
+            onnx.checker.check_model(str(staged))
+            (pathlib.Path(work) / "t5_encoder.onnx.data").replace(out / "t5_encoder.onnx.data")
+        else:
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(staged))
+        staged.replace(out / "t5_encoder.onnx")
 
 
 def hostile_captions():
@@ -176,8 +181,6 @@ def hostile_captions():
 def write_fixtures(out_models, fixtures, llamagen, tokenizer, model):
     """LlamaGen's T5Embedder on hostile_captions(), one caption per call as its
     extract_t5_feature.py runs it, fp32 on the CPU."""
-    import tempfile
-
     from safetensors.numpy import save_file
 
     sys.path.insert(0, str(llamagen))
@@ -214,6 +217,8 @@ def main():
     parser.add_argument("--fixtures", type=pathlib.Path)
     parser.add_argument("--llamagen", type=pathlib.Path, help="a LlamaGen checkout (fixtures)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--external-data", action="store_true",
+                        help="weights in t5_encoder.onnx.data even below 2 GB (XL needs it)")
     parser.add_argument("--save-pytorch", type=pathlib.Path,
                         help="also save the model and tokenizer as a Hugging Face folder")
     args = parser.parse_args()
@@ -237,7 +242,7 @@ def main():
         model = random_model(arch, vocab, args.seed)
         source = f"random {arch} (seed {args.seed})"
 
-    export(model, args.out, model.config.d_model)
+    export(model, args.out, args.external_data)
     tokenizer.backend_tokenizer.save(str(args.out / "tokenizer.json"))
     meta = {
         "d_model": model.config.d_model,

@@ -355,8 +355,18 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
             Vec::new()
         },
         prompts: prompts.clone(),
+        // The weights: the external data file of a large export, else the model file.
         t5_sha256: match &args.t5 {
-            Some(dir) => Some(file_sha256(&dir.join(llamagen_encode::t5::FILES[1]))?.0),
+            Some(dir) => {
+                use llamagen_encode::t5::{EXTERNAL_DATA, FILES};
+                let data = dir.join(EXTERNAL_DATA);
+                let weights = if data.is_file() {
+                    data
+                } else {
+                    dir.join(FILES[1])
+                };
+                Some(file_sha256(&weights)?.0)
+            }
             None => None,
         },
         cfg_scale: args.cfg_scale,

@@ -6,6 +6,7 @@
 //! | `t5_encoder.onnx` | `input_ids` i64 [B, L], `attention_mask` i64 [B, L] -> `last_hidden_state` f32 [B, L, D] |
 //! | `tokenizer.json` | T5's SentencePiece vocabulary for the `tokenizers` crate |
 //! | `t5_encoder.json` | d_model, vocabulary size, pad and eos ids, what was exported |
+//! | `t5_encoder.onnx.data` | the weights, for exports past protobuf's 2 GB (XL) |
 //!
 //! Text goes the way of LlamaGen's `T5Embedder.get_text_embeddings`: its caption cleaning
 //! (twice), the tokenizer with `</s>` appended, cut to `max_length` (120) keeping `</s>` last,
@@ -36,6 +37,20 @@ pub struct T5Spec {
 
 /// The files of an export folder, in the order they are listed and hashed.
 pub const FILES: [&str; 3] = ["t5_encoder.json", "t5_encoder.onnx", "tokenizer.json"];
+
+/// The weights of an export too large for one protobuf (XL), beside `t5_encoder.onnx`.
+pub const EXTERNAL_DATA: &str = "t5_encoder.onnx.data";
+
+/// The files of export folder `dir` that the embeddings depend on: [`FILES`], and
+/// [`EXTERNAL_DATA`] when the export has it.
+pub fn export_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
+    let data = dir.join(EXTERNAL_DATA);
+    if data.is_file() {
+        files.push(data);
+    }
+    files
+}
 
 /// LlamaGen's `model_max_length`: the caption prefix of its text-to-image GPTs.
 pub const MAX_LENGTH: usize = 120;
@@ -101,7 +116,7 @@ impl T5Encoder {
 
     /// The files the embeddings depend on (for their checksums).
     pub fn files(&self) -> Vec<PathBuf> {
-        FILES.iter().map(|f| self.dir.join(f)).collect()
+        export_files(&self.dir)
     }
 
     pub fn max_length(&self) -> usize {

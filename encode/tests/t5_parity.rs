@@ -94,3 +94,38 @@ fn a_folder_without_t5_is_refused_by_name() {
         .expect("an empty folder is not an export");
     assert!(err.to_string().contains("t5_encoder.json"), "{err}");
 }
+
+/// XL's weights pass protobuf's 2 GB, so its export keeps them in `t5_encoder.onnx.data`;
+/// `--external-data` makes the tiny model the same way. Same seed, same weights: the
+/// embeddings equal the committed export's, and the data file counts among its files.
+#[test]
+fn an_export_with_external_data_loads_and_agrees() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/export_t5.py"))
+        .arg(dir.path())
+        .args(["--tiny-random", "--external-data"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut external = T5Encoder::open(dir.path(), MAX_LENGTH, 1).unwrap();
+    assert!(
+        external
+            .files()
+            .iter()
+            .any(|f| f.ends_with("t5_encoder.onnx.data"))
+    );
+    let mut committed = T5Encoder::open(&fixtures().join("t5"), MAX_LENGTH, 1).unwrap();
+    let captions = ["A photo of a cat sitting on a red couch.", "Two dogs."];
+    let a = external.embed(&captions, 2).unwrap();
+    let b = committed.embed(&captions, 2).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        let worst = (x - y).iter().fold(0f32, |m, d| m.max(d.abs()));
+        assert!(worst < 1e-6, "{worst}");
+    }
+}

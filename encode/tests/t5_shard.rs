@@ -97,3 +97,26 @@ fn a_file_that_is_not_a_captions_table_is_refused() {
     assert!(err.to_string().contains("00001_captions.parquet"), "{err}");
     assert!(!embeddings::path(dir.path(), "00001").exists());
 }
+
+#[test]
+fn a_shard_with_no_captioned_sample_is_finished_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let captions = captions_path(dir.path(), "00002");
+    write_captions(
+        &captions,
+        &[record("0000000", CaptionStatus::Filtered, "", None)],
+    )
+    .unwrap();
+    let summary = embed_shard(&mut encoder(), &captions, "00002", dir.path(), 4)
+        .unwrap()
+        .unwrap();
+    assert_eq!((summary.samples, summary.texts), (0, 0));
+    let stored = ShardEmbeddings::read(&embeddings::path(dir.path(), "00002")).unwrap();
+    assert!(stored.keys.is_empty());
+    assert!(stored.fields["caption"].is_empty());
+    assert!(
+        embed_shard(&mut encoder(), &captions, "00002", dir.path(), 4)
+            .unwrap()
+            .is_none()
+    );
+}
