@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -33,6 +34,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--autocast-bf16", action="store_true")
+    p.add_argument("--t2i-features", type=Path,
+                   help="text-to-image: f32 [batch, 120, 2048] caption features (the bench's)")
     args = p.parse_args()
     sys.path.insert(0, str(args.llamagen))
     from autoregressive.models.gpt import ModelArgs, Transformer
@@ -40,10 +43,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     c = json.loads(args.config.read_text())
+    t2i = args.t2i_features is not None
     model = Transformer(ModelArgs(
         dim=c["dim"], n_layer=c["n_layer"], n_head=c["n_head"], vocab_size=c["vocab_size"],
-        block_size=c["block_size"], num_classes=c["num_classes"], cls_token_num=1, model_type="c2i",
-        multiple_of=c["multiple_of"]))
+        block_size=c["block_size"], num_classes=c["num_classes"],
+        cls_token_num=c["cls_token_num"], model_type="t2i" if t2i else "c2i",
+        caption_dim=c["caption_dim"], multiple_of=c["multiple_of"]))
     model.load_state_dict(load_file(str(args.weights)), strict=True)
     device = torch.device(args.device)
     model.to(device)
@@ -55,11 +60,30 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g).to(device)
     labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g).to(device)
+    mask = valid = None
+    if t2i:
+        # dataset/t2i.py's mask for captions of 20 + 37 i mod 101 valid tokens (the bench's),
+        # the valid tokens last; train_t2i.py passes mask[:, :, :-1, :-1] and valid.
+        t, n = c["cls_token_num"], c["block_size"]
+        labels = torch.from_numpy(np.fromfile(args.t2i_features, dtype="<f4").reshape(
+            args.batch, t, c["caption_dim"])).to(device)
+        masks = []
+        for i in range(args.batch):
+            length = 20 + (i * 37) % 101
+            emb_mask = torch.zeros(t)
+            emb_mask[-length:] = 1
+            m = torch.tril(torch.ones(t + n, t + n))
+            m[:, :t] = m[:, :t] * emb_mask.unsqueeze(0)
+            eye = torch.eye(t + n, t + n)
+            masks.append((m * (1 - eye) + eye).to(torch.bool))
+        mask = torch.stack(masks).unsqueeze(1)[:, :, :-1, :-1].to(device)
+        valid = torch.ones(args.batch, device=device)
     cuda = device.type == "cuda"
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast_bf16):
-            _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
+            _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes, mask=mask,
+                            valid=valid)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -378,7 +378,7 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    claim_folder(&args.out, &record)?;
+    llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
 
     // Prompts: their FLAN-T5 features [P, T, D], valid tokens last, and the [P, T] mask.
     let prompt_features = match &args.t5 {
@@ -460,25 +460,6 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
 }
 
 /// Records the settings in `sampling.json`, or checks that the folder's match them.
-fn claim_folder(out: &Path, record: &SamplingRecord) -> anyhow::Result<()> {
-    let path = out.join("sampling.json");
-    if path.is_file() {
-        let existing: SamplingRecord = read_json(&path)?;
-        if existing != *record {
-            bail!(
-                "{} holds samples made with other settings or weights (see {}); use another --out",
-                out.display(),
-                path.display()
-            );
-        }
-        return Ok(());
-    }
-    let tmp = out.join("sampling.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(record)? + "\n")?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
-}
-
 fn png_path(out: &Path, index: u64) -> PathBuf {
     out.join(format!("{index:06}.png"))
 }

@@ -95,6 +95,10 @@ pub fn prepare(
         let path = input_path(output, *shards);
         let tmp = dir.join(format!(".tmp-{}", llamagen_shards::shard_name(*shards)));
         write_metadata(&tmp, "url", "caption", pending)?;
+        // On disk before the rename, so a crash never leaves a shard input with a hole.
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| IngestError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| IngestError::io(&path, e))?;
         *shards += 1;
         pending.clear();
@@ -135,6 +139,10 @@ pub fn prepare(
     };
     let json =
         serde_json::to_vec_pretty(&prepared).map_err(|e| IngestError::Config(e.to_string()))?;
+    // The renames are durable once the folder is synced; only then may the marker say so.
+    if let Ok(folder) = std::fs::File::open(&dir) {
+        let _ = folder.sync_all();
+    }
     llamagen_shards::atomic::write_bytes(&dir.join(MARKER), &json)?;
     Ok(prepared)
 }

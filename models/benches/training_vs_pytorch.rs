@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo bench -p llamagen-models --bench training_vs_pytorch -- [--llamagen DIR] [--steps N]
-//!     [--model small|GPT-B] [--batch N] [--device cpu|cuda] [--precision fp32|bf16]
+//!     [--model small|GPT-B] [--batch N] [--device cpu|cuda] [--precision fp32|bf16] [--t2i]
 //! ```
+//!
+//! `--t2i` trains the text-conditional variant instead: a 120-token FLAN-T5 XL prefix (2048
+//! wide, random features) with captions of 20 to 120 valid tokens, LlamaGen's t2i attention
+//! mask and the null caption's dropout, as train_t2i.py feeds its model.
 //!
 //! `small` (the default, for this 2-core machine) is 512 wide with 8 layers, batch 8; `GPT-B`
 //! is the paper's 111M model. On CUDA the clock stops after a device synchronise and each side
@@ -18,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
-use llamagen_models::train::{MixedPrecision, TrainConfig, Trainer};
+use llamagen_models::train::{MicroBatch, MixedPrecision, TrainConfig, Trainer};
 use llamagen_models::weights;
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
@@ -45,6 +49,7 @@ fn main() {
     let mut batch = None;
     let mut device = Device::Cpu;
     let mut mixed_precision = MixedPrecision::None;
+    let mut t2i = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -58,16 +63,22 @@ fn main() {
                     _ => Device::Cpu,
                 }
             }
+            "--t2i" => t2i = true,
             "--precision" => {
                 mixed_precision = args.next().unwrap_or_default().parse().unwrap();
             }
             _ => {}
         }
     }
+    let conditioning = if t2i {
+        Conditioning::Text
+    } else {
+        Conditioning::Class
+    };
     let (mut config, default_batch) = match model.as_str() {
-        "small" => (GptConfig::new(8, 8, 512, Conditioning::Class), 8),
+        "small" => (GptConfig::new(8, 8, 512, conditioning), 8),
         "GPT-B" => (
-            GptConfig::named("GPT-B", Conditioning::Class, 16).expect("GPT-B is a named size"),
+            GptConfig::named("GPT-B", conditioning, 16).expect("GPT-B is a named size"),
             64,
         ),
         other => panic!("--model is small or GPT-B, got {other:?}"),
@@ -86,15 +97,24 @@ fn main() {
     weights::save(&init, &weights_path).unwrap();
     let config_path = dir.path().join("gpt.json");
     std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    if t2i {
+        let features = Tensor::randn(
+            [batch, config.cls_token_num, config.caption_dim],
+            (Kind::Float, Device::Cpu),
+        );
+        let values = Vec::<f32>::try_from(&features.view([-1])).unwrap();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.path().join("features.bin"), bytes).unwrap();
+    }
     let peer_rows = llamagen.as_deref().map(|checkout| {
         peer(
             checkout,
-            &weights_path,
-            &config_path,
+            dir.path(),
             batch,
             steps,
             device,
             mixed_precision == MixedPrecision::Bf16 && device.is_cuda(),
+            t2i,
         )
     });
 
@@ -105,18 +125,34 @@ fn main() {
     let mut trainer = Trainer::new(config.clone(), train_config, device).unwrap();
     weights::load_strict(&trainer.vs, &weights_path).unwrap();
     let codes = Tensor::randint(config.vocab_size, [batch, tokens], (Kind::Int64, device));
-    let labels = Tensor::randint(config.num_classes, [batch], (Kind::Int64, device));
-    let batches = vec![(labels, codes)];
+    let batches = vec![if t2i {
+        // The same features and lengths the peer draws (it reads them from these files).
+        MicroBatch {
+            cond: read_f32(&dir.path().join("features.bin"), device).view([
+                batch,
+                config.cls_token_num,
+                config.caption_dim,
+            ]),
+            codes: codes.shallow_clone(),
+            caption_lengths: Some(Tensor::from_slice(&caption_lengths(batch)).to_device(device)),
+            valid: Some(Tensor::ones([batch], (Kind::Int64, device))),
+        }
+    } else {
+        MicroBatch::from(&(
+            Tensor::randint(config.num_classes, [batch], (Kind::Int64, device)),
+            codes.shallow_clone(),
+        ))
+    }];
     let sync = || {
         if device.is_cuda() {
             tch::Cuda::synchronize(0)
         }
     };
-    trainer.train_step(&batches).unwrap();
+    trainer.train_step_on(&batches).unwrap();
     sync();
     let t = Instant::now();
     for _ in 0..steps {
-        trainer.train_step(&batches).unwrap();
+        trainer.train_step_on(&batches).unwrap();
     }
     sync();
     let ours = (steps * batch * tokens) as f64 / t.elapsed().as_secs_f64();
@@ -126,9 +162,14 @@ fn main() {
         format!("the CPU ({} threads)", tch::get_num_threads())
     };
     println!(
-        "training on {on}: {model} ({} wide, {} layers), vocab 16384, 256 tokens, batch {batch}, {}",
+        "training on {on}: {model} ({} wide, {} layers, {}), vocab 16384, 256 tokens, batch {batch}, {}",
         config.dim,
         config.n_layer,
+        if t2i {
+            "t2i: 120 caption tokens"
+        } else {
+            "c2i"
+        },
         if mixed_precision == MixedPrecision::Bf16 && device.is_cuda() {
             "bf16 autocast"
         } else {
@@ -159,21 +200,38 @@ fn main() {
     }
 }
 
+/// Valid caption tokens per sample: 20 to 120, spread over the batch.
+fn caption_lengths(batch: i64) -> Vec<i64> {
+    (0..batch).map(|i| 20 + (i * 37) % 101).collect()
+}
+
+fn read_f32(path: &Path, device: Device) -> Tensor {
+    let bytes = std::fs::read(path).unwrap();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Tensor::from_slice(&values).to_device(device)
+}
+
 fn memory(mib: Option<u64>) -> String {
     mib.map(|m| format!("   {m} MiB on the GPU"))
         .unwrap_or_default()
 }
 
 /// LlamaGen's side: (label, tokens/s, GPU MiB) per run, or its stderr.
+/// `dir` holds gpt.safetensors and gpt.json (and features.bin for `t2i`).
 fn peer(
     llamagen: &Path,
-    weights_path: &Path,
-    config_path: &Path,
+    dir: &Path,
     batch: i64,
     steps: i64,
     device: Device,
     autocast: bool,
+    t2i: bool,
 ) -> Result<Vec<(String, f64, Option<u64>)>, String> {
+    let (weights_path, config_path) = (dir.join("gpt.safetensors"), dir.join("gpt.json"));
+    let t2i_features = t2i.then(|| dir.join("features.bin"));
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = std::env::var_os("LLAMAGEN_PYTHON")
         .map(PathBuf::from)
@@ -190,13 +248,18 @@ fn peer(
             .arg("--llamagen")
             .arg(llamagen)
             .arg("--weights")
-            .arg(weights_path)
+            .arg(&weights_path)
             .arg("--config")
-            .arg(config_path)
+            .arg(&config_path)
             .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
             .args(["--threads", &tch::get_num_threads().to_string()])
             .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }])
             .args(*extra)
+            .args(
+                t2i_features
+                    .iter()
+                    .flat_map(|f| ["--t2i-features".into(), f.clone().into_os_string()]),
+            )
             .output()
             .expect("running scripts/bench_training.py");
         if !out.status.success() {
