@@ -386,14 +386,19 @@ async fn encode_and_train_step(
         images_per_shard: 1000,
         device: "cpu".into(),
         workers: WorkerArgs::ALL,
+        leases: crate::encode::LeaseArgs::OFF,
     };
-    crate::encode::run(&EncodeCommand::Vq(Box::new(encode)))?;
+    crate::encode::run(&EncodeCommand::Vq(Box::new(encode)), data_dir).await?;
     let exported = dir.join("llamagen-codes");
-    crate::encode::run(&EncodeCommand::Export(ExportArgs {
-        codes,
-        out: exported.clone(),
-        name: "demo32".into(),
-    }))?;
+    crate::encode::run(
+        &EncodeCommand::Export(ExportArgs {
+            codes,
+            out: exported.clone(),
+            name: "demo32".into(),
+        }),
+        data_dir,
+    )
+    .await?;
     let vocab = crate::sample::VqArgs::config(&sampling.vq)?.codebook_size;
     let train = crate::train::TrainArgs {
         codes: exported,
@@ -446,21 +451,30 @@ async fn text_to_image_step(
     let dir = data_dir.join("demo");
     let shards = data_dir.join(&config.ingest.output);
     let t5 = dir.join("t5");
-    crate::encode::run(&EncodeCommand::T5(T5Args {
-        captions: shards.clone(),
-        t5: root.join("encode/tests/fixtures/t5"),
-        out: t5.clone(),
-        max_length: llamagen_encode::t5::MAX_LENGTH,
-        batch_size: 16,
-        threads: 1,
-        workers: WorkerArgs::ALL,
-    }))?;
-    crate::encode::run(&EncodeCommand::ExportT2i(ExportT2iArgs {
-        shards,
-        codes: dir.join("codes"),
-        t5: t5.clone(),
-        out: dir.join("llamagen-t2i"),
-    }))?;
+    crate::encode::run(
+        &EncodeCommand::T5(T5Args {
+            captions: shards.clone(),
+            t5: root.join("encode/tests/fixtures/t5"),
+            out: t5.clone(),
+            max_length: llamagen_encode::t5::MAX_LENGTH,
+            batch_size: 16,
+            threads: 1,
+            workers: WorkerArgs::ALL,
+            leases: crate::encode::LeaseArgs::OFF,
+        }),
+        data_dir,
+    )
+    .await?;
+    crate::encode::run(
+        &EncodeCommand::ExportT2i(ExportT2iArgs {
+            shards,
+            codes: dir.join("codes"),
+            t5: t5.clone(),
+            out: dir.join("llamagen-t2i"),
+        }),
+        data_dir,
+    )
+    .await?;
     // The sampling step's tiny GPT, with a 120-token caption prefix instead of a class.
     let gpt_path = sampling
         .gpt_config

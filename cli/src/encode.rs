@@ -49,6 +49,8 @@ pub struct T5Args {
     pub threads: usize,
     #[command(flatten)]
     pub workers: WorkerArgs,
+    #[command(flatten)]
+    pub leases: LeaseArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +102,33 @@ pub struct VqEncodeArgs {
     pub device: String,
     #[command(flatten)]
     pub workers: WorkerArgs,
+    #[command(flatten)]
+    pub leases: LeaseArgs,
+}
+
+/// Sharing one folder's shards through PostgreSQL instead of a fixed split.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LeaseArgs {
+    /// Claim shards from PostgreSQL one at a time, with every other process given the same
+    /// --out: any number of workers, started in any order; a dead worker's shard is taken over
+    /// when its lease runs out. The run and its shards show on the dashboard.
+    #[arg(long, conflicts_with = "workers")]
+    pub leases: bool,
+    /// Seconds a claim lasts without renewal (renewed every third of it while encoding).
+    #[arg(long, default_value_t = 300)]
+    pub lease_secs: u64,
+    /// Attempts per shard before it is failed for good.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+impl LeaseArgs {
+    /// No leases: the process walks its shards itself.
+    pub const OFF: Self = Self {
+        leases: false,
+        lease_secs: 300,
+        max_attempts: 3,
+    };
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,10 +144,10 @@ pub struct ExportArgs {
     pub name: String,
 }
 
-pub fn run(command: &EncodeCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: &EncodeCommand, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     match command {
-        EncodeCommand::Vq(args) => vq(args),
-        EncodeCommand::T5(args) => t5(args),
+        EncodeCommand::Vq(args) => vq(args, data_dir).await,
+        EncodeCommand::T5(args) => t5(args, data_dir).await,
         EncodeCommand::ExportT2i(args) => {
             let n = llamagen_encode::export::export_llamagen_t2i(
                 &args.shards,
@@ -145,7 +174,7 @@ pub fn run(command: &EncodeCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn vq(args: &VqEncodeArgs) -> anyhow::Result<ExitCode> {
+async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let augment = if args.ten_crop {
         Augment::TenCrop {
             crop_range: args.crop_range,
@@ -161,16 +190,19 @@ fn vq(args: &VqEncodeArgs) -> anyhow::Result<ExitCode> {
     let (sha256, _) = llamagen_cli::provenance::file_sha256(&args.vq.vq_ckpt)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    EncodeSettings {
+    let settings = EncodeSettings {
         vq_ckpt_sha256: sha256,
         vq: serde_json::to_value(&config)?,
         image_size: args.image_size,
         augment,
-    }
-    .check_or_write(&args.out)?;
-    let shards = args
-        .workers
-        .share(source::shards(&args.input, args.images_per_shard)?)?;
+    };
+    settings.check_or_write(&args.out)?;
+    let all = source::shards(&args.input, args.images_per_shard)?;
+    let shards = if args.leases.leases {
+        all
+    } else {
+        args.workers.share(all)?
+    };
     let options = EncodeOptions {
         image_size: args.image_size,
         augment,
@@ -178,38 +210,185 @@ fn vq(args: &VqEncodeArgs) -> anyhow::Result<ExitCode> {
         device,
     };
     let started = std::time::Instant::now();
-    let (mut done, mut kept, mut images, mut skipped) = (0, 0, 0, 0);
-    for shard in &shards {
-        match encode_shard(&vq, shard, &args.out, &options)
+    let mut images = 0;
+    let work = |i: usize| -> anyhow::Result<Option<String>> {
+        let shard = &shards[i];
+        let Some(summary) = encode_shard(&vq, shard, &args.out, &options)
             .with_context(|| format!("shard {}", shard.name()))?
-        {
-            Some(summary) => {
-                done += 1;
-                images += summary.samples;
-                skipped += summary.skipped.len();
-                println!(
-                    "shard {}: {} images x {} views x {} tokens in {:.1} s ({} skipped)",
-                    shard.name(),
-                    summary.samples,
-                    summary.views,
-                    summary.tokens,
-                    summary.seconds,
-                    summary.skipped.len()
-                );
-                for s in summary.skipped.iter().take(3) {
-                    println!("  skipped {}: {}", s.key, s.error);
-                }
-            }
-            None => kept += 1,
+        else {
+            return Ok(None);
+        };
+        images += summary.samples;
+        let mut line = format!(
+            "shard {}: {} images x {} views x {} tokens in {:.1} s ({} skipped)",
+            shard.name(),
+            summary.samples,
+            summary.views,
+            summary.tokens,
+            summary.seconds,
+            summary.skipped.len()
+        );
+        for s in summary.skipped.iter().take(3) {
+            line.push_str(&format!("\n  skipped {}: {}", s.key, s.error));
         }
-    }
+        Ok(Some(line))
+    };
+    let names: Vec<String> = shards.iter().map(|s| s.name().to_string()).collect();
+    let walked = walk_shards(
+        &names,
+        args.leases,
+        data_dir,
+        (&args.input, &args.out, &serde_json::to_value(&settings)?),
+        work,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{done} shard(s) encoded ({images} images, {skipped} skipped, {:.1} images/s), {kept} already done; codes in {}",
+        "{} shard(s) encoded ({images} images, {:.1} images/s), {} already done; codes in {}",
+        walked.done,
         images as f64 / seconds.max(1e-9),
+        walked.kept,
         args.out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    walked.result()
+}
+
+/// What a walk over shards did.
+struct Walked {
+    done: usize,
+    kept: usize,
+    failed: Vec<String>,
+}
+
+impl Walked {
+    /// Counts and prints one shard's outcome; false if it failed.
+    fn record(&mut self, name: &str, result: anyhow::Result<Option<String>>) -> bool {
+        match result {
+            Ok(Some(line)) => {
+                println!("{line}");
+                self.done += 1;
+                true
+            }
+            Ok(None) => {
+                self.kept += 1;
+                true
+            }
+            Err(e) => {
+                println!("shard {name}: {e:#}");
+                self.failed.push(name.to_string());
+                false
+            }
+        }
+    }
+
+    /// A failed shard fails the command (after the others were done).
+    fn result(&self) -> anyhow::Result<ExitCode> {
+        if !self.failed.is_empty() {
+            anyhow::bail!("shard(s) {} failed", self.failed.join(", "));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Runs `work` on each shard (`Ok(Some(line))`: done, and what to print; `Ok(None)`: already
+/// finished): all of `names` in turn, or with `--leases` those claimed from PostgreSQL, shared
+/// with the other workers of the same output folder. A failing shard is reported and the
+/// others go on. `stage` is (input, output, settings) as the run records them.
+async fn walk_shards(
+    names: &[String],
+    leases: LeaseArgs,
+    data_dir: &std::path::Path,
+    stage: (&std::path::Path, &std::path::Path, &serde_json::Value),
+    mut work: impl FnMut(usize) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Walked> {
+    let mut walked = Walked {
+        done: 0,
+        kept: 0,
+        failed: Vec::new(),
+    };
+    if !leases.leases {
+        for (i, name) in names.iter().enumerate() {
+            walked.record(name, work(i));
+        }
+        return Ok(walked);
+    }
+    use llamagen_store::runs::{self, Outcome, ShardCounts};
+    let store =
+        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+    let pool = store.pool().clone();
+    let (input, output, settings) = stage;
+    let output = std::fs::canonicalize(output).unwrap_or_else(|_| output.to_path_buf());
+    let open = runs::join_or_start_stage(
+        &pool,
+        "encode",
+        &input.display().to_string(),
+        &output.display().to_string(),
+        settings,
+        i32::try_from(names.len()).context("too many shards")?,
+        leases.max_attempts,
+    )
+    .await?;
+    let worker = format!("{}:{}", crate::ingest::hostname(), std::process::id());
+    let lease_time = std::time::Duration::from_secs(leases.lease_secs.max(3));
+    println!(
+        "run #{}: {} shard(s) shared through PostgreSQL leases, worker {worker}",
+        open.run_id,
+        names.len()
+    );
+    while let Some(held) = runs::claim_shard(&pool, open.stage_run_id, &worker, lease_time).await? {
+        let i = held.shard_index as usize;
+        if i >= names.len() {
+            // Another worker saw more shards than this one: leave it to them.
+            runs::release_shard(&pool, &held).await?;
+            break;
+        }
+        // Keep the claim alive while the shard is worked on (the work blocks this thread).
+        let renewer = {
+            let (pool, held) = (pool.clone(), held.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease_time / 3).await;
+                    if runs::renew_lease(&pool, &held, lease_time).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = tokio::task::block_in_place(|| work(i));
+        renewer.abort();
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if walked.record(&names[i], result) {
+            match runs::complete_shard(&pool, &held, &ShardCounts::default()).await {
+                Ok(()) => {}
+                // Presumed dead and redone elsewhere: the files are the same either way.
+                Err(llamagen_store::StoreError::LeaseLost { .. }) => {
+                    println!(
+                        "shard {}: the lease ran out; another worker took it over",
+                        names[i]
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            runs::fail_shard(&pool, &held, error.as_deref().unwrap_or("failed")).await?;
+        }
+    }
+    let progress = runs::shard_progress(&pool, open.stage_run_id).await?;
+    if progress.finished() {
+        let (outcome, error) = if progress.failed > 0 {
+            (
+                Outcome::Failed,
+                Some(format!("{} shard(s) failed", progress.failed)),
+            )
+        } else {
+            (Outcome::Succeeded, None)
+        };
+        let counts = serde_json::to_value(&progress)?;
+        runs::finish_stage(&pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
+        runs::close_if_running(&pool, open.run_id, outcome, error.as_deref()).await?;
+    }
+    store.close().await?;
+    Ok(walked)
 }
 
 /// Everything that determines the embeddings, kept as `t5.json` in the output folder.
@@ -223,7 +402,7 @@ struct T5Settings {
     cleaning: String,
 }
 
-fn t5(args: &T5Args) -> anyhow::Result<ExitCode> {
+async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     use llamagen_encode::t5::T5Encoder;
     use llamagen_encode::t5_shard::embed_shard;
 
@@ -259,36 +438,43 @@ fn t5(args: &T5Args) -> anyhow::Result<ExitCode> {
             args.captions.display()
         );
     }
-    let shards = args.workers.share(shards)?;
+    let shards = if args.leases.leases {
+        shards
+    } else {
+        args.workers.share(shards)?
+    };
     let started = std::time::Instant::now();
-    let (mut done, mut kept, mut samples, mut texts, mut tokens) = (0, 0, 0, 0, 0);
+    let (mut samples, mut texts, mut tokens) = (0, 0, 0);
     let (mut stored, mut llamagen) = (0usize, 0usize);
-    let mut failed = Vec::new();
-    for (name, path) in &shards {
-        match embed_shard(&mut encoder, path, name, &args.out, args.batch_size) {
-            Ok(Some(s)) => {
-                done += 1;
-                samples += s.samples;
-                texts += s.texts;
-                tokens += s.tokens;
-                stored += s.stored_bytes;
-                llamagen += s.llamagen_bytes;
-                println!(
-                    "shard {name}: {} captioned samples, {} texts, {:.1} tokens each, in {:.1} s",
-                    s.samples,
-                    s.texts,
-                    s.tokens as f64 / s.texts.max(1) as f64,
-                    s.seconds
-                );
-            }
-            Ok(None) => kept += 1,
-            // A bad shard is reported and the others go on; the command fails at the end.
-            Err(e) => {
-                println!("shard {name}: {e}");
-                failed.push(name.clone());
-            }
-        }
-    }
+    let batch_size = args.batch_size;
+    let work = |i: usize| -> anyhow::Result<Option<String>> {
+        let (name, path) = &shards[i];
+        let Some(s) = embed_shard(&mut encoder, path, name, &args.out, batch_size)? else {
+            return Ok(None);
+        };
+        samples += s.samples;
+        texts += s.texts;
+        tokens += s.tokens;
+        stored += s.stored_bytes;
+        llamagen += s.llamagen_bytes;
+        Ok(Some(format!(
+            "shard {name}: {} captioned samples, {} texts, {:.1} tokens each, in {:.1} s",
+            s.samples,
+            s.texts,
+            s.tokens as f64 / s.texts.max(1) as f64,
+            s.seconds
+        )))
+    };
+    let names: Vec<String> = shards.iter().map(|(n, _)| n.clone()).collect();
+    let walked = walk_shards(
+        &names,
+        args.leases,
+        data_dir,
+        (&args.captions, &args.out, &serde_json::to_value(&settings)?),
+        work,
+    )
+    .await?;
+    let (done, kept) = (walked.done, walked.kept);
     let seconds = started.elapsed().as_secs_f64();
     let d = encoder.spec.d_model;
     println!(
@@ -306,16 +492,13 @@ fn t5(args: &T5Args) -> anyhow::Result<ExitCode> {
             padded as f64 / stored.max(1) as f64,
         );
     }
-    if !failed.is_empty() {
-        anyhow::bail!("shard(s) {} could not be embedded", failed.join(", "));
-    }
-    Ok(ExitCode::SUCCESS)
+    walked.result()
 }
 
 /// `llamagen run`'s encode stage: the VQ codes of the ingested shards (ten-crop, or the center
 /// crop for text-to-image, else center + flip), then for text-to-image the FLAN-T5 embeddings
 /// of their captions, with the `[encode]` section of the pipeline config.
-pub fn run_from_config(
+pub async fn run_from_config(
     config: &llamagen_cli::config::PipelineConfig,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
@@ -341,18 +524,24 @@ pub fn run_from_config(
         images_per_shard: 1000,
         device: "auto".into(),
         workers: WorkerArgs::ALL,
+        leases: LeaseArgs::OFF,
     };
-    let code = run(&EncodeCommand::Vq(Box::new(vq)))?;
+    let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?;
     if code != ExitCode::SUCCESS || !text {
         return Ok(code);
     }
-    run(&EncodeCommand::T5(T5Args {
-        captions: shards,
-        t5: under(&e.t5),
-        out: under(&e.t5_output),
-        max_length: e.t5_max_length as usize,
-        batch_size: e.batch_size as usize,
-        threads: 0,
-        workers: WorkerArgs::ALL,
-    }))
+    run(
+        &EncodeCommand::T5(T5Args {
+            captions: shards,
+            t5: under(&e.t5),
+            out: under(&e.t5_output),
+            max_length: e.t5_max_length as usize,
+            batch_size: e.batch_size as usize,
+            threads: 0,
+            workers: WorkerArgs::ALL,
+            leases: LeaseArgs::OFF,
+        }),
+        data_dir,
+    )
+    .await
 }

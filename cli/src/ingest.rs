@@ -453,7 +453,7 @@ async fn wait_for_preparation(output: &Path) -> anyhow::Result<Prepared> {
     bail!("{} was not prepared within an hour", output.display())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())

@@ -51,8 +51,8 @@ enum Command {
     Filter(Box<filter::FilterArgs>),
     /// Caption images with LLaVA through an OpenAI-compatible server.
     Caption(Box<caption::CaptionArgs>),
-    /// Precompute VQ image codes (FLAN-T5 text embeddings arrive with issue #7), and export
-    /// them to LlamaGen's layout.
+    /// Precompute VQ image codes and FLAN-T5 caption embeddings, and export them to
+    /// LlamaGen's layouts.
     #[command(subcommand)]
     Encode(encode::EncodeCommand),
     /// Train a LlamaGen generator and record its checkpoints.
@@ -173,7 +173,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
-        Command::Encode(cmd) => encode::run(&cmd),
+        Command::Encode(cmd) => encode::run(&cmd, &cli.data_dir).await,
         Command::Caption(args) => caption::run(&args).await,
         Command::Filter(args) => filter::run(&args, &cli.data_dir).await,
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,

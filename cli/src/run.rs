@@ -119,7 +119,7 @@ async fn run_stages(
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }
-            "encode" => crate::encode::run_from_config(config, data_dir),
+            "encode" => crate::encode::run_from_config(config, data_dir).await,
             "train" => match crate::train::args_from_config(config, data_dir) {
                 Ok(train_args) => crate::train::run(&train_args, data_dir).await,
                 Err(e) => Err(e),

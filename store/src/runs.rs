@@ -572,32 +572,122 @@ pub async fn find_stage_run(
     }))
 }
 
+/// Where a stage's workers meet without a coordinator: the stage run of `stage` writing to
+/// `output_path`, made (with a pipeline run of its own) by whichever worker comes first, and
+/// holding shards `0..shards`. A finished one is re-opened (its failed shards get fresh
+/// attempts) and shards the input gained since are added. An advisory lock on the output path
+/// serialises workers starting together, so they always join one run.
+pub async fn join_or_start_stage(
+    pool: &PgPool,
+    stage: &str,
+    input_path: &str,
+    output_path: &str,
+    config: &serde_json::Value,
+    shards: i32,
+    max_attempts: i32,
+) -> Result<OpenStage, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("stage {stage} -> {output_path}"))
+        .execute(&mut *tx)
+        .await?;
+    let found: Option<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT run_id, id, status = 'running' FROM stage_runs
+         WHERE stage = $1 AND output_path = $2
+         ORDER BY status = 'running' DESC, id DESC LIMIT 1",
+    )
+    .bind(stage)
+    .bind(output_path)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (run_id, stage_run_id) = match found {
+        Some((run_id, stage_run_id, running)) => {
+            if !running {
+                reopen_in(&mut tx, run_id, stage_run_id).await?;
+            }
+            (run_id, stage_run_id)
+        }
+        None => {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok());
+            let run_id: i64 = sqlx::query_scalar(
+                "INSERT INTO pipeline_runs (pipeline, trigger, config, config_sha256, host)
+                 VALUES ($1, 'worker', $2, $3, $4) RETURNING id",
+            )
+            .bind(stage)
+            .bind(config)
+            .bind(config_sha256(config))
+            .bind(host)
+            .fetch_one(&mut *tx)
+            .await?;
+            let stage_run_id: i64 = sqlx::query_scalar(
+                "INSERT INTO stage_runs (run_id, stage, config, input_path, output_path)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(run_id)
+            .bind(stage)
+            .bind(config)
+            .bind(input_path)
+            .bind(output_path)
+            .fetch_one(&mut *tx)
+            .await?;
+            (run_id, stage_run_id)
+        }
+    };
+    sqlx::query(
+        "INSERT INTO shards (stage_run_id, shard_index, max_attempts)
+         SELECT $1, i, $3 FROM generate_series(0, $2 - 1) AS i
+         ON CONFLICT (stage_run_id, shard_index) DO NOTHING",
+    )
+    .bind(stage_run_id)
+    .bind(shards)
+    .bind(max_attempts.max(1))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(OpenStage {
+        run_id,
+        stage_run_id,
+        running: true,
+    })
+}
+
 /// Re-opens a finished stage and its run, giving the shards that failed for good a fresh set of
 /// attempts (a re-run after the cause was fixed). Returns how many shards were reset.
 pub async fn reopen_stage(pool: &PgPool, open: &OpenStage) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await?;
+    let reset = reopen_in(&mut tx, open.run_id, open.stage_run_id).await?;
+    tx.commit().await?;
+    Ok(reset)
+}
+
+async fn reopen_in(
+    tx: &mut sqlx::PgConnection,
+    run_id: i64,
+    stage_run_id: i64,
+) -> Result<u64, StoreError> {
     let reset = sqlx::query(
         "UPDATE shards SET status = 'pending', attempts = 0, worker = NULL, error = NULL,
                 finished_at = NULL, lease_expires_at = NULL
          WHERE stage_run_id = $1 AND status = 'failed'",
     )
-    .bind(open.stage_run_id)
+    .bind(stage_run_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     sqlx::query(
         "UPDATE stage_runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = $1",
     )
-    .bind(open.stage_run_id)
+    .bind(stage_run_id)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         "UPDATE pipeline_runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = $1",
     )
-    .bind(open.run_id)
+    .bind(run_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(reset)
 }
 

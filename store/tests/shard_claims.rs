@@ -321,3 +321,77 @@ async fn a_finished_stage_is_found_by_its_output_and_reopened_with_fresh_attempt
     })
     .await;
 }
+
+/// Workers of a stage without a coordinator: the first one to arrive makes the run, the
+/// others join it, a finished one re-opens with fresh attempts for its failed shards, and
+/// shards the input gained are added.
+#[tokio::test]
+async fn workers_starting_together_join_one_stage_run() {
+    with_database(|pool| async move {
+        let config = serde_json::json!({"encode": {}});
+        let mut joins = Vec::new();
+        for _ in 0..4 {
+            let pool = pool.clone();
+            let config = config.clone();
+            joins.push(tokio::spawn(async move {
+                runs::join_or_start_stage(&pool, "encode", "/in", "/out", &config, 3, 2)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut opened = HashSet::new();
+        for j in joins {
+            let open = j.await.unwrap();
+            opened.insert((open.run_id, open.stage_run_id));
+        }
+        assert_eq!(opened.len(), 1, "one run for all: {opened:?}");
+        let (run_id, stage) = opened.into_iter().next().unwrap();
+        let trigger: String = sqlx::query_scalar("SELECT trigger FROM pipeline_runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(trigger, "worker");
+
+        // Shard 0 fails for good, the others succeed, the stage is closed.
+        for attempt in 0..2 {
+            let lease = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((lease.shard_index, lease.attempt), (0, attempt + 1));
+            runs::fail_shard(&pool, &lease, "broken").await.unwrap();
+        }
+        while let Some(lease) = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            runs::complete_shard(&pool, &lease, &ShardCounts::default())
+                .await
+                .unwrap();
+        }
+        runs::finish_stage(
+            &pool,
+            stage,
+            runs::Outcome::Failed,
+            &serde_json::json!({}),
+            Some("1 shard failed"),
+        )
+        .await
+        .unwrap();
+
+        // A worker coming back later (the input now has 5 shards) re-opens the same stage.
+        let again = runs::join_or_start_stage(&pool, "encode", "/in", "/out", &config, 5, 2)
+            .await
+            .unwrap();
+        assert_eq!((again.run_id, again.stage_run_id), (run_id, stage));
+        let progress = runs::shard_progress(&pool, stage).await.unwrap();
+        assert_eq!((progress.pending, progress.succeeded), (3, 2));
+        // Another output folder is another stage run.
+        let other = runs::join_or_start_stage(&pool, "encode", "/in", "/other", &config, 1, 2)
+            .await
+            .unwrap();
+        assert_ne!(other.stage_run_id, stage);
+    })
+    .await;
+}

@@ -1,0 +1,146 @@
+//! `llamagen encode vq --leases`: workers share one folder's shards through PostgreSQL. Two
+//! started together never encode a shard twice; a shard held by a worker that died is taken
+//! over once its lease runs out; a later worker joins the same run instead of starting one.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{llamagen_on, text};
+use llamagen_shards::webdataset::TarWriter;
+use llamagen_store::runs;
+use llamagen_store::testing::TestDatabase;
+
+fn shards(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let photos = llamagen_ingest::testing::bundled_photos();
+    let names = ["astronaut", "chelsea", "coffee"];
+    for shard in 0..count {
+        let mut tar = TarWriter::create(&dir.join(format!("{shard:05}.tar"))).unwrap();
+        for i in 0..3 {
+            let photo = &photos[&format!("{}.jpg", names[(shard + i) % 3])];
+            tar.append(&format!("{shard:02}{i:05}"), "jpg", photo)
+                .unwrap();
+        }
+        tar.finish().unwrap();
+    }
+}
+
+fn worker(dir: &Path, db: &TestDatabase, models: &llamagen_models::tiny::TinyModels) -> Child {
+    let mut cmd: Command = llamagen_on(dir, &db.url());
+    cmd.env("RUST_LOG", "warn")
+        .args(["encode", "vq", "--leases", "--lease-secs", "3"])
+        .args(["--device", "cpu", "--image-size", "32", "--batch-size", "4"])
+        .arg("--input")
+        .arg(dir.join("shards"))
+        .arg("--out")
+        .arg(dir.join("codes"))
+        .arg("--vq-ckpt")
+        .arg(&models.vq_ckpt)
+        .arg("--vq-config")
+        .arg(&models.vq_config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_share_shards_and_take_over_a_dead_ones() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    shards(&root.join("shards"), 6);
+    let models = llamagen_models::tiny::write(&root.join("models"), 0).unwrap();
+    std::fs::create_dir_all(root.join("codes")).unwrap();
+    let pool = &db.pool;
+
+    // A worker that died holding shard 0, with a long lease.
+    let output = root.join("codes").display().to_string();
+    let open = runs::join_or_start_stage(
+        pool,
+        "encode",
+        "shards",
+        &output,
+        &serde_json::json!({}),
+        6,
+        3,
+    )
+    .await
+    .unwrap();
+    let dead = runs::claim_shard(pool, open.stage_run_id, "dead:1", Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.shard_index, 0);
+
+    // Two workers together share shards 1 to 5, each encoded once.
+    let (a, b) = (worker(&root, &db, &models), worker(&root, &db, &models));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("run #{}", open.run_id)),
+            "{}",
+            text(&out)
+        );
+    }
+    let attempts: Vec<(i32, String, i32)> = sqlx::query_as(
+        "SELECT shard_index, status, attempts FROM shards WHERE stage_run_id = $1 ORDER BY shard_index",
+    )
+    .bind(open.stage_run_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts[0],
+        (0, "running".to_string(), 1),
+        "still the dead worker's"
+    );
+    for (index, status, tries) in &attempts[1..] {
+        assert_eq!((status.as_str(), *tries), ("succeeded", 1), "shard {index}");
+        assert!(root.join(format!("codes/{index:05}.json")).is_file());
+    }
+    assert!(!root.join("codes/00000.json").exists());
+
+    // Once the lease has run out (moved into the past here rather than waited for), the next
+    // worker takes shard 0 over and closes the run.
+    sqlx::query("UPDATE shards SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(dead.shard_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let out = worker(&root, &db, &models).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 shard(s) encoded"), "{}", text(&out));
+    let (status, tries, by): (String, i32, String) = sqlx::query_as(
+        "SELECT status, attempts, worker FROM shards WHERE stage_run_id = $1 AND shard_index = 0",
+    )
+    .bind(open.stage_run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), tries), ("succeeded", 2));
+    assert_ne!(by, "dead:1");
+    // The dead worker cannot finish what was taken from it.
+    assert!(
+        runs::complete_shard(pool, &dead, &runs::ShardCounts::default())
+            .await
+            .is_err()
+    );
+    let (stage, run): (String, String) = sqlx::query_as(
+        "SELECT s.status, p.status FROM stage_runs s JOIN pipeline_runs p ON p.id = s.run_id
+         WHERE s.id = $1",
+    )
+    .bind(open.stage_run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((stage.as_str(), run.as_str()), ("succeeded", "succeeded"));
+    let runs_made: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline_runs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(runs_made, 1, "every worker joined the one run");
+}
