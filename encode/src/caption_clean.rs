@@ -34,7 +34,12 @@ fn step(pattern: &str, replacement: &'static str) -> Step {
 
 fn apply(steps: &[Step], mut text: String) -> String {
     for s in steps {
-        text = s.pattern.replace_all(&text, s.replacement).into_owned();
+        // Only the look-ahead patterns run on fancy-regex's backtracking engine, which gives
+        // up on pathological input (its backtrack limit) where `replace_all` would panic; a
+        // caption like that keeps its text for that step.
+        if let Ok(replaced) = s.pattern.try_replacen(&text, 0, s.replacement) {
+            text = replaced.into_owned();
+        }
     }
     text
 }
@@ -276,5 +281,23 @@ mod tests {
             "a quoted caption"
         );
         assert_eq!(clean_caption_twice("ＡＢＣ ﬁne"), "abc fine");
+    }
+
+    #[test]
+    fn hostile_captions_never_panic() {
+        // Long runs that make backtracking engines work hard, and odd bytes.
+        let dots = format!("{}@", "a.".repeat(20_000));
+        let dashes = "-_".repeat(10_000);
+        let percent = "%".repeat(5_000) + "%e2%82";
+        for caption in [
+            dots.as_str(),
+            dashes.as_str(),
+            percent.as_str(),
+            "<",
+            "&#",
+            "\u{0}",
+        ] {
+            let _ = clean_caption_twice(caption);
+        }
     }
 }
