@@ -391,38 +391,21 @@ async fn walk_shards(
     Ok(walked)
 }
 
-/// Everything that determines the embeddings, kept as `t5.json` in the output folder.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct T5Settings {
-    /// sha256 of each file of the export folder, by name.
-    files: std::collections::BTreeMap<String, String>,
-    source: String,
-    d_model: usize,
-    max_length: usize,
-    cleaning: String,
-}
-
 async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    use llamagen_encode::t5::T5Encoder;
+    use llamagen_encode::t5::{T5Encoder, T5Settings};
     use llamagen_encode::t5_shard::embed_shard;
 
     let mut encoder = T5Encoder::open(&args.t5, args.max_length, args.threads)?;
-    let mut files = std::collections::BTreeMap::new();
-    for path in encoder.files() {
-        let (sha, _) = llamagen_cli::provenance::file_sha256(&path)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        files.insert(name.unwrap_or_default(), sha);
-    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let settings = T5Settings {
-        files,
+        files: llamagen_cli::provenance::files_sha256(&encoder.files())?,
         source: encoder.spec.source.clone(),
         d_model: encoder.spec.d_model,
         max_length: args.max_length,
         cleaning: "LlamaGen T5Embedder.clean_caption x2".into(),
     };
-    llamagen_shards::settings::pin(&args.out, "t5.json", &settings)?;
+    settings.check_or_write(&args.out)?;
     let mut shards: Vec<(String, PathBuf)> = std::fs::read_dir(&args.captions)
         .with_context(|| format!("reading {}", args.captions.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

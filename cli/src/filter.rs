@@ -2,7 +2,6 @@
 //! decisions next to the shards as `NNNNN_filter.parquet`, and the funnel in PostgreSQL as the
 //! `filter` stage of the pipeline run that ingested the shards, continuing its metadata funnel.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -135,15 +134,7 @@ pub async fn filter_folder(
     let models = PathBuf::from(&settings.models);
     let mut scorers = Scorers::open(&models, threads)
         .with_context(|| format!("opening the filter models in {}", models.display()))?;
-    let mut hashes = BTreeMap::new();
-    for file in scorers.files() {
-        let (sha, _) = llamagen_cli::provenance::file_sha256(&file)?;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        hashes.insert(name, sha);
-    }
+    let hashes = llamagen_cli::provenance::files_sha256(&scorers.files())?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let thresholds = thresholds(settings);
     FilterSettings {

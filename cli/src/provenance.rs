@@ -22,6 +22,22 @@ pub fn git_revision() -> Option<String> {
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
 
+/// sha256 of each of `files` by file name: what a stage's settings pin of the models it ran.
+pub fn files_sha256(
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    files
+        .iter()
+        .map(|file| {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((name, file_sha256(file)?.0))
+        })
+        .collect()
+}
+
 /// sha256 (lowercase hex) and length of a file, streamed; identifies checkpoints and weights.
 pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     use anyhow::Context as _;

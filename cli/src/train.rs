@@ -325,17 +325,6 @@ impl EpochOrder {
     }
 }
 
-/// Text-to-image GPT settings for the embeddings in `t5` (their width is the caption width).
-fn caption_dim(t5: &Path) -> anyhow::Result<i64> {
-    let path = t5.join("t5.json");
-    let settings: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    settings["d_model"]
-        .as_i64()
-        .with_context(|| format!("{} has no d_model", path.display()))
-}
-
 fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<PathBuf>> {
     if !out.is_dir() {
         return Ok(None);
@@ -388,7 +377,8 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> 
                 gpt.vocab_size = args.vocab_size;
                 gpt.num_classes = args.num_classes;
                 if let Some(t5) = &args.t5 {
-                    gpt.caption_dim = caption_dim(t5)?;
+                    // The caption width is the embeddings' width.
+                    gpt.caption_dim = llamagen_encode::t5::T5Settings::read(t5)?.d_model as i64;
                 }
             }
             let config = TrainConfig {

@@ -35,6 +35,37 @@ pub struct T5Spec {
     pub source: String,
 }
 
+/// Everything that determines a folder's embeddings, kept as `t5.json` in it: a folder
+/// refuses to be continued with another encoder, length or cleaning.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct T5Settings {
+    /// sha256 of each file of the export folder, by name.
+    pub files: std::collections::BTreeMap<String, String>,
+    pub source: String,
+    /// The embeddings' width (the text-to-image GPT's caption width).
+    pub d_model: usize,
+    pub max_length: usize,
+    pub cleaning: String,
+}
+
+impl T5Settings {
+    pub const FILE: &'static str = "t5.json";
+
+    /// Writes the settings into a new folder, or checks them against the folder's own.
+    pub fn check_or_write(&self, dir: &Path) -> Result<(), EncodeError> {
+        llamagen_shards::settings::pin(dir, Self::FILE, self)
+            .map_err(|e| EncodeError::Invalid(e.to_string()))
+    }
+
+    /// The settings of an embeddings folder.
+    pub fn read(dir: &Path) -> Result<Self, EncodeError> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(|e| EncodeError::io(&path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EncodeError::Input(format!("{}: {e}", path.display())))
+    }
+}
+
 /// The files of an export folder, in the order they are listed and hashed.
 pub const FILES: [&str; 3] = ["t5_encoder.json", "t5_encoder.onnx", "tokenizer.json"];
 

@@ -7,17 +7,23 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use llamagen_caption::output::{CaptionStatus, read_captions};
+use llamagen_caption::output::{CaptionRecord, CaptionStatus, read_captions};
 
 use crate::EncodeError;
 use crate::embeddings::{self, FieldEmbeddings, ShardEmbeddings};
 use crate::source::Fingerprint;
 use crate::t5::T5Encoder;
 
+/// Where a field's text is in a captions row.
+pub type TextOf = fn(&CaptionRecord) -> Option<&str>;
+
 /// The caption fields embedded, as LlamaGen names their feature folders: `caption` is its
 /// `t5_feat_path` (the whole LLaVA answer), `short_caption` its `short_t5_feat_path` (the
 /// first sentence, drawn 30% of the time in training).
-pub const FIELDS: [&str; 2] = ["caption", "short_caption"];
+pub const FIELDS: [(&str, TextOf); 2] = [
+    ("caption", |r| r.caption.as_deref()),
+    ("short_caption", |r| r.short_caption.as_deref()),
+];
 
 /// What embedding a shard did.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,17 +82,13 @@ pub fn embed_shard(
     let d_model = encoder.spec.d_model;
     let mut fields = BTreeMap::new();
     let (mut texts, mut tokens, mut llamagen_bytes) = (0, 0, 0);
-    for field in FIELDS {
-        let text_of = |r: &llamagen_caption::output::CaptionRecord| match field {
-            "caption" => r.caption.clone(),
-            _ => r.short_caption.clone(),
-        };
-        let present: Vec<(usize, String)> = captioned
+    for (field, text_of) in FIELDS {
+        let present: Vec<(usize, &str)> = captioned
             .iter()
             .enumerate()
             .filter_map(|(i, r)| text_of(r).map(|t| (i, t)))
             .collect();
-        let strs: Vec<&str> = present.iter().map(|(_, t)| t.as_str()).collect();
+        let strs: Vec<&str> = present.iter().map(|(_, t)| *t).collect();
         let embedded = encoder.embed(&strs, batch_size)?;
         let mut by_sample: Vec<Option<ndarray::Array2<f32>>> = vec![None; captioned.len()];
         for ((i, _), e) in present.iter().zip(embedded) {
