@@ -49,6 +49,12 @@ pub enum CaptionError {
     },
 }
 
+impl From<llamagen_shards::ShardError> for CaptionError {
+    fn from(e: llamagen_shards::ShardError) -> Self {
+        CaptionError::Output(e.to_string())
+    }
+}
+
 impl CaptionError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         CaptionError::Io {

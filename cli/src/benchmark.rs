@@ -1,9 +1,9 @@
-//! `llamagen benchmark`: issue #4's runner. It turns a checkpoint into leaderboard rows.
+//! `llamagen benchmark`: checkpoints into leaderboard rows.
 //!
-//! - `generator`: for each guidance scale of the sweep, sample with `llamagen sample`'s code into
-//!   a folder named after the checkpoint and the settings (so a re-run resumes and reuses it),
-//!   extract Inception features, compute FID, sFID, IS, precision and recall against the
-//!   reference set, and record one evaluation per scale with its whole sampling configuration.
+//! - `generator`: one GPT checkpoint over a guidance sweep (`llamagen_pipeline::benchmark`).
+//! - `checkpoints`: the checkpoint evaluator: every checkpoint a pipeline config selects, each
+//!   claimed through PostgreSQL so that any number of evaluators share the work
+//!   (`llamagen_pipeline::checkpoint_evaluator`); `--follow` keeps waiting for new ones.
 //! - `tokenizer`: reconstruct the reference images through a VQ model and record rFID, PSNR,
 //!   SSIM (LlamaGen's convention) and codebook usage.
 //!
@@ -14,68 +14,54 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use llamagen_cli::provenance::file_sha256;
 use llamagen_evaluate::codebook::CodebookUsage;
 use llamagen_evaluate::frechet::{Statistics, frechet_distance};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
-use llamagen_evaluate::inception::Inception;
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
+use llamagen_pipeline::benchmark::{
+    self, EvaluationArgs, GeneratorArgs, open_inception, reference_json,
+};
+use llamagen_pipeline::checkpoint_evaluator::{self, EvaluatorOptions};
+use llamagen_pipeline::config::PipelineConfig;
+use llamagen_pipeline::recording::{Recording, record};
 use ndarray::{Array4, Axis, s};
 use tch::{Device, Tensor};
 
-use crate::evaluate::{self, Recording};
-use crate::sample::{self, SampleArgs, VqArgs};
+use crate::sample::{self, VqArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchmarkCommand {
     /// Sample a GPT checkpoint at each guidance scale, evaluate against a reference, record.
     Generator(Box<GeneratorArgs>),
+    /// Evaluate every checkpoint a pipeline config's [evaluate] section selects that has no
+    /// evaluation under its protocol yet, sharing the work with any other evaluator through
+    /// PostgreSQL; with --follow, keep waiting for checkpoints as training registers them.
+    Checkpoints(Box<CheckpointsArgs>),
     /// Reconstruct reference images through a VQ tokenizer and record rFID, PSNR, SSIM, usage.
     Tokenizer(Box<TokenizerArgs>),
 }
 
-/// Where results go and what they are compared with; shared by both modes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EvaluationArgs {
-    /// Reference set: ADM npz (arr_0 and/or mu, sigma) or a folder of images. The tokenizer
-    /// mode needs images.
-    #[arg(long)]
-    pub reference: PathBuf,
-    /// The FID Inception network exported by scripts/export_inception.py.
-    #[arg(long, default_value = "weights/pt_inception-2015-12-05.onnx")]
-    pub inception: PathBuf,
-    /// Leaderboard name of the model, e.g. LlamaGen-B.
-    #[arg(long)]
-    pub model: String,
-    /// Training step of the checkpoint.
-    #[arg(long, default_value_t = 0)]
-    pub step: i64,
-    /// Benchmark name, e.g. imagenet256-c2i or imagenet256-tokenizer.
-    #[arg(long)]
-    pub benchmark: String,
-    /// Center-crop the images of a reference folder to SIZE first (ADM's center_crop_arr).
-    #[arg(long, value_name = "SIZE")]
-    pub center_crop: Option<usize>,
-    /// Images per Inception batch.
-    #[arg(long, default_value_t = 32)]
-    pub eval_batch_size: usize,
-    /// ONNX Runtime threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Compute and print, but do not write to PostgreSQL.
-    #[arg(long)]
-    pub no_record: bool,
-}
-
 #[derive(Debug, clap::Args)]
-pub struct GeneratorArgs {
-    #[command(flatten)]
-    pub sample: SampleArgs,
-    /// Guidance scales to sweep (comma-separated); default: --cfg-scale alone.
-    #[arg(long, value_delimiter = ',')]
-    pub cfg_scales: Vec<f64>,
-    #[command(flatten)]
-    pub evaluation: EvaluationArgs,
+pub struct CheckpointsArgs {
+    /// The pipeline config whose [model], [encode], [sample] and [evaluate] sections define
+    /// the checkpoints and the protocol.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Keep running: look for newly registered checkpoints every --poll-secs.
+    #[arg(long)]
+    pub follow: bool,
+    /// Seconds between looks for new checkpoints with --follow.
+    #[arg(long, default_value_t = 30)]
+    pub poll_secs: u64,
+    /// Seconds a claim lasts without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 300)]
+    pub lease_secs: u64,
+    /// Stop after evaluating this many checkpoints.
+    #[arg(long)]
+    pub max_checkpoints: Option<u64>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,126 +82,55 @@ pub async fn run(command: &BenchmarkCommand, data_dir: &Path) -> anyhow::Result<
     match command {
         BenchmarkCommand::Generator(args) => generator(args, data_dir).await,
         BenchmarkCommand::Tokenizer(args) => tokenizer(args, data_dir).await,
+        BenchmarkCommand::Checkpoints(args) => checkpoints(args, data_dir).await,
     }
 }
 
-fn open_inception(e: &EvaluationArgs) -> anyhow::Result<Inception> {
-    if !e.inception.exists() {
-        bail!(
-            "no Inception network at {}: export it with scripts/export_inception.py (see its --help)",
-            e.inception.display()
-        );
-    }
-    Ok(Inception::open(&e.inception, e.threads, e.eval_batch_size)?)
-}
-
-/// The reference set's path and sha256, stored with every evaluation.
-fn reference_json(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let sha256 = if path.is_file() {
-        Some(file_sha256(path)?.0)
-    } else {
-        None
+async fn checkpoints(args: &CheckpointsArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let options = EvaluatorOptions {
+        follow: args.follow,
+        poll: std::time::Duration::from_secs(args.poll_secs.max(1)),
+        lease: std::time::Duration::from_secs(args.lease_secs.max(3)),
+        max_checkpoints: args.max_checkpoints,
+        device: args.device.clone(),
+        stop: Some(crate::signals::StopSignal::listen()),
     };
-    Ok(serde_json::json!({ "path": path.display().to_string(), "sha256": sha256 }))
+    let summary = checkpoint_evaluator::run(&config, data_dir, &options).await?;
+    println!("{summary}");
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let e = &args.evaluation;
-    let scales = if args.cfg_scales.is_empty() {
-        vec![args.sample.cfg_scale]
-    } else {
-        args.cfg_scales.clone()
-    };
-    let mut net = open_inception(e)?;
-    let reference = evaluate::load_side(&e.reference, &mut net, e.center_crop)
-        .with_context(|| format!("reference {}", e.reference.display()))?;
-    let (gpt_sha, _) = file_sha256(&args.sample.gpt_ckpt)?;
-    let base = args
-        .sample
-        .out
-        .join(format!("{}-{}", &gpt_sha[..12], e.benchmark));
-
+    let mut net = open_inception(&args.evaluation)?;
+    let reference = benchmark::load_reference(&args.evaluation, &mut net)?;
+    let results = benchmark::measure(args, &mut net, &reference)?;
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10}  folder",
         "cfg", "FID", "sFID", "IS", "precision", "recall"
     );
-    for scale in scales {
-        let mut s = args.sample.clone();
-        s.cfg_scale = scale;
-        s.out = base.join(format!(
-            "cfg{scale}-interval{}-k{}-p{}-t{}-seed{}-from{}-n{}-eval{}",
-            s.cfg_interval,
-            s.top_k,
-            s.top_p,
-            s.temperature,
-            s.seed,
-            s.start,
-            s.num_samples,
-            s.image_size_eval.unwrap_or(s.image_size)
-        ));
-        s.no_npz = false;
-        let report = sample::sample(&s)?;
-        tracing::info!(
-            "cfg {scale}: {} sampled, {} reused ({:.1} s GPT, {:.1} s decode)",
-            report.made,
-            report.skipped,
-            report.gpt_seconds,
-            report.decode_seconds
-        );
-        let samples = evaluate::load_side(&s.out.join("samples.npz"), &mut net, None)?;
-        let metrics = evaluate::generation_metrics(&reference, &samples)?;
-        let value = |name: &str| {
-            metrics
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
+    for r in &results {
         println!(
-            "{scale:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  {}",
-            value("fid"),
-            value("sfid"),
-            value("inception_score"),
-            value("precision"),
-            value("recall"),
-            s.out.display()
+            "{:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  {}",
+            r.cfg_scale,
+            r.value("fid"),
+            r.value("sfid"),
+            r.value("inception_score"),
+            r.value("precision"),
+            r.value("recall"),
+            r.folder.display()
         );
-        if !e.no_record {
-            let sampling: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;
-            let id = evaluate::record(
-                &Recording {
-                    kind: "generator",
-                    architecture: "llamagen-gpt",
-                    model: &e.model,
-                    size: s
-                        .gpt_config
-                        .is_none()
-                        .then(|| s.gpt_model.trim_start_matches("GPT-")),
-                    checkpoint: &s.gpt_ckpt,
-                    step: e.step,
-                    benchmark: &e.benchmark,
-                    cfg_scale: Some(scale),
-                    cfg_interval: Some(s.cfg_interval as i32),
-                    top_k: Some(s.top_k as i32),
-                    top_p: Some(s.top_p),
-                    temperature: Some(s.temperature),
-                    image_size: Some(s.image_size as i32),
-                    eval_image_size: Some(s.image_size_eval.unwrap_or(s.image_size) as i32),
-                    seed: Some(s.seed as i64),
-                    precision: Some(&s.precision),
-                    extra: Some(serde_json::json!({
-                        "reference": reference_json(&e.reference)?,
-                        "sampling": sampling,
-                        "first_sample": s.start,
-                    })),
-                    samples_path: Some(&s.out),
-                },
-                data_dir,
-                &metrics,
-                s.num_samples as usize,
-            )
-            .await?;
-            println!("       recorded as evaluation #{id}");
+    }
+    if !args.evaluation.no_record {
+        for (r, id) in results
+            .iter()
+            .zip(benchmark::record(args, &results, data_dir).await?)
+        {
+            println!("cfg {}: recorded as evaluation #{id}", r.cfg_scale);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -224,7 +139,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
 /// Reference images as one uint8 batch [N, H, W, 3].
 fn reference_images(path: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
     if path.is_dir() {
-        return evaluate::read_folder(path, center_crop);
+        return llamagen_pipeline::image_sets::read_folder(path, center_crop);
     }
     llamagen_evaluate::npz::read_reference(path)?
         .images
@@ -301,7 +216,7 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
         println!("{name:<16} {value:.6}");
     }
     if !e.no_record {
-        let id = evaluate::record(
+        let id = record(
             &Recording {
                 kind: "tokenizer",
                 architecture: "llamagen-vq",

@@ -1,4 +1,4 @@
-//! `llamagen db migrate` and `llamagen db status`.
+//! `llamagen db migrate`, `status`, `url` and `shell`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,9 +35,70 @@ pub async fn run(data_dir: &Path, command: DbCommand) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
+        DbCommand::Url { hold } => {
+            println!("{}", url(&store)?);
+            if hold && store.private_url().is_some() {
+                eprintln!("holding the private cluster up; Ctrl-C or SIGTERM stops it");
+                crate::signals::shutdown_signal().await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCommand::Shell { psql_args } => {
+            let psql = psql_binary();
+            let status = tokio::process::Command::new(&psql)
+                .arg(url(&store)?)
+                .args(&psql_args)
+                .status()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "starting {}: {e} (Debian's postgresql-client provides psql)",
+                        psql.display()
+                    )
+                })?;
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
+        }
     };
     store.close().await?;
     result
+}
+
+/// The private cluster's URL, or `DATABASE_URL`, as libpq (psql) reads it.
+fn url(store: &Store) -> anyhow::Result<String> {
+    match store.private_url() {
+        Some(url) => Ok(url),
+        None => std::env::var("DATABASE_URL")
+            .map(|url| libpq_url(&url))
+            .map_err(|_| anyhow::anyhow!("no private cluster and no DATABASE_URL")),
+    }
+}
+
+/// `url` without the query parameters only sqlx knows (`statement-cache-capacity`, ...):
+/// libpq refuses unknown ones, and none of its own has a hyphen in its name.
+fn libpq_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.split('=').next().unwrap_or_default().contains('-'))
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// psql beside the server binaries the private cluster uses, else the one on the PATH.
+fn psql_binary() -> std::path::PathBuf {
+    llamagen_store::cluster::find_bin_dir()
+        .map(|dir| dir.join("psql"))
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "psql".into())
 }
 
 pub fn render_status(status: &DbStatus) -> String {
@@ -62,4 +123,21 @@ pub fn render_status(status: &DbStatus) -> String {
         out.push_str(&format!("  {:<16} {rows:>10}\n", t.table));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_keep_only_what_libpq_reads() {
+        use super::libpq_url;
+        assert_eq!(
+            libpq_url("postgres://u@h/db?sslmode=prefer&statement-cache-capacity=100"),
+            "postgres://u@h/db?sslmode=prefer"
+        );
+        assert_eq!(
+            libpq_url("postgres://u@h/db?statement-cache-capacity=1"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(libpq_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
 }

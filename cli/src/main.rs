@@ -3,20 +3,14 @@
 //! dispatches.
 
 mod benchmark;
-mod caption;
 mod db;
 mod demo;
 mod demo_metrics;
 mod doctor;
-mod encode;
 mod evaluate;
-mod filter;
-mod ingest;
-mod run;
 mod sample;
 mod schedule;
 mod serve;
-mod signals;
 mod train;
 
 use std::path::PathBuf;
@@ -24,7 +18,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use llamagen_cli::config::PipelineConfig;
+use llamagen_pipeline::config::PipelineConfig;
+use llamagen_pipeline::runner as run;
+use llamagen_pipeline::signals;
+use llamagen_pipeline::stages::{caption, encode, filter, ingest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,6 +98,19 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the URL of the database in use (for psql, notebooks, BI tools).
+    Url {
+        /// With the private cluster: keep it running until Ctrl-C or SIGTERM, so that other
+        /// clients can connect to the URL meanwhile.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Open psql on the database in use (the private cluster stays up while it runs).
+    Shell {
+        /// Arguments passed on to psql, after `--` (e.g. `-- -c 'SELECT * FROM leaderboard'`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        psql_args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,21 +123,6 @@ enum ConfigCommand {
         configs: Vec<PathBuf>,
     },
 }
-
-/// The issue that builds each pipeline stage that `llamagen run` cannot execute yet. The
-/// `evaluate` command compares image sets already; the stage (sample a checkpoint, evaluate,
-/// record the results) needs the models.
-pub(crate) fn stage_not_built(stage: &str) -> Option<&'static str> {
-    match stage {
-        "evaluate" => Some(
-            "not as a pipeline stage yet: `llamagen benchmark generator` samples and evaluates a checkpoint that training registered",
-        ),
-        _ => None,
-    }
-}
-
-/// Exit status of a command that exists in the interface but is not built yet.
-const EXIT_NOT_BUILT: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -169,12 +164,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     config.pipeline.name,
                     config.pipeline.stages.join(" -> ")
                 );
+                for (key, resolved) in config.paths(&cli.data_dir) {
+                    let state = if resolved.exists() {
+                        ""
+                    } else {
+                        "  (not there yet)"
+                    };
+                    println!("  {key:<26} {}{state}", resolved.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
         Command::Encode(cmd) => encode::run(&cmd, &cli.data_dir).await,
-        Command::Caption(args) => caption::run(&args).await,
+        Command::Caption(args) => caption::run(&args, &cli.data_dir).await,
         Command::Filter(args) => filter::run(&args, &cli.data_dir).await,
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,

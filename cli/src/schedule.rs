@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use llamagen_cli::config::{PipelineConfig, parse_cron, record_pipeline_run};
+use llamagen_pipeline::config::{PipelineConfig, parse_cron, record_pipeline_run};
 use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::schedule::{self, PipelineLock, TickOutcome};
 use llamagen_store::{Store, StoreOptions};

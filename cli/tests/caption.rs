@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::text;
 use llamagen_caption::output::{CaptionStatus, captions_path, journal_path, read_captions};
@@ -59,17 +59,7 @@ fn a_killed_caption_run_resumes_without_asking_twice() {
     // 12 answers of 300 ms each, one at a time: killed after the journal has some.
     let mut child = caption("slow/300").spawn().unwrap();
     let journal = journal_path(&shards, "00000");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        let lines = std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .lines()
-            .count();
-        if lines >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_lines(&journal, 2, Duration::from_secs(60));
     child.kill().unwrap();
     child.wait().unwrap();
     let kept = std::fs::read_to_string(&journal).unwrap().lines().count();

@@ -50,19 +50,6 @@ fn help_lists_every_stage_and_service() {
 }
 
 #[test]
-fn stages_that_cannot_chain_yet_are_refused_before_anything_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = llamagen(dir.path())
-        .args(["run"])
-        .arg(repo().join("configs/imagenet-c2i.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("sample"), "{}", text(&out));
-    assert!(!text(&out).contains("encode:"), "{}", text(&out));
-}
-
-#[test]
 fn shipped_configs_validate_and_bad_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let configs: Vec<PathBuf> = std::fs::read_dir(repo().join("configs"))
@@ -100,17 +87,9 @@ fn shipped_configs_validate_and_bad_ones_are_refused() {
     );
 }
 
-#[test]
-fn every_config_key_is_documented() {
-    let docs = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
-    let defaults: toml::Table = toml::from_str(
-        &llamagen_cli::config::PipelineConfig::default()
-            .to_toml()
-            .unwrap(),
-    )
-    .unwrap();
-    let mut missing = Vec::new();
-    fn walk(prefix: &str, table: &toml::Table, docs: &str, missing: &mut Vec<String>) {
+/// Every leaf key of the default pipeline config: (`section.key`, `key`).
+fn config_keys() -> Vec<(String, String)> {
+    fn walk(prefix: &str, table: &toml::Table, keys: &mut Vec<(String, String)>) {
         for (key, value) in table {
             let path = if prefix.is_empty() {
                 key.clone()
@@ -118,13 +97,63 @@ fn every_config_key_is_documented() {
                 format!("{prefix}.{key}")
             };
             match value {
-                toml::Value::Table(t) => walk(&path, t, docs, missing),
-                _ if !docs.contains(&format!("`{path}`")) => missing.push(path),
-                _ => {}
+                toml::Value::Table(t) => walk(&path, t, keys),
+                _ => keys.push((path, key.clone())),
             }
         }
     }
-    walk("", &defaults, &docs, &mut missing);
+    let defaults: toml::Table = toml::from_str(
+        &llamagen_pipeline::config::PipelineConfig::default()
+            .to_toml()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut keys = Vec::new();
+    walk("", &defaults, &mut keys);
+    keys
+}
+
+/// Every key of the pipeline config is read by some code besides its own definition: a field
+/// that only `config.rs` mentions is a setting that silently does nothing.
+#[test]
+fn every_config_key_is_read_by_some_code() {
+    fn sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.is_dir() && !matches!(name.as_str(), "target" | "tests" | ".venv" | ".git") {
+                sources(&path, out);
+            } else if name.ends_with(".rs") && name != "config.rs" {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(&repo(), &mut code);
+    let read = |key: &str| {
+        code.match_indices(&format!(".{key}")).any(|(at, m)| {
+            code[at + m.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+        })
+    };
+    let unread: Vec<String> = config_keys()
+        .into_iter()
+        .filter(|(_, key)| !read(key))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(unread.is_empty(), "config keys no code reads: {unread:?}");
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let docs = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
+    let missing: Vec<String> = config_keys()
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| !docs.contains(&format!("`{path}`")))
+        .collect();
     assert!(
         missing.is_empty(),
         "docs/config.md does not document {missing:?}"
@@ -167,20 +196,29 @@ fn private_cluster_commands_are_idempotent_and_leave_no_server() {
             .unwrap();
         assert!(out.status.success(), "demo round {round}: {}", text(&out));
         let shown = text(&out);
-        assert!(shown.contains("recorded run #"), "{shown}");
+        assert!(shown.contains("pipeline \"demo\", run #"), "{shown}");
+        assert!(shown.contains("pipeline \"demo-t2i\", run #"), "{shown}");
         // Ingest: 28 rows pass the metadata filter; 4 of them are hostile and fail.
         assert!(shown.contains("28 rows kept in 2 shard(s)"), "{shown}");
         assert!(shown.contains("24 images written, 4 failed"), "{shown}");
-        // The second demo finds the same tiny models and keeps the images of the first.
-        let sampled = if round == 1 {
-            "8 image(s) made, 0 kept"
+        // The first demo benchmarks the trained checkpoints (steps 20, 40 and the final 42 of
+        // the class-conditional GPT, the final one of the text-conditional GPT); the second
+        // finds them trained and evaluated.
+        let evaluated = if round == 1 {
+            [
+                "3 checkpoint(s) evaluated (0 failed), 6 leaderboard row(s)",
+                "1 checkpoint(s) evaluated (0 failed), 2 leaderboard row(s)",
+            ]
         } else {
-            "0 image(s) made, 8 kept"
+            ["0 checkpoint(s) evaluated (0 failed), 0 leaderboard row(s)"; 2]
         };
-        assert!(shown.contains(sampled), "{shown}");
+        for line in evaluated {
+            assert!(shown.contains(line), "{line}: {shown}");
+        }
+        assert!(shown.contains("demo-GPT       step  40  cfg 2"), "{shown}");
         assert!(shown.contains("demo finished"), "{shown}");
     }
-    assert!(dir.path().join("demo/samples/samples.npz").is_file());
+    assert!(dir.path().join("demo/llamagen-codes/demo32_codes").is_dir());
     // Every command stopped the server it started.
     assert!(!dir.path().join("postgres/pgdata/postmaster.pid").exists());
 }
@@ -197,11 +235,43 @@ async fn doctor_and_db_status_use_database_url() {
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(report.contains("external server"), "{report}");
-    assert!(report.contains("2 of 2 migrations applied"), "{report}");
+    let migrations = std::fs::read_dir(repo().join("migrations"))
+        .unwrap()
+        .count();
+    assert!(
+        report.contains(&format!("{migrations} of {migrations} migrations applied")),
+        "{report}"
+    );
     assert!(
         !dir.path().join("postgres").exists(),
         "a private cluster was started despite DATABASE_URL"
     );
+
+    // SQL's doors: the URL in use, and psql on it.
+    let out = llamagen(dir.path())
+        .args(["db", "url"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        db.url().starts_with(&printed) && !printed.contains("statement-cache"),
+        "{printed}"
+    );
+    let out = llamagen(dir.path())
+        .args([
+            "db",
+            "shell",
+            "--",
+            "-tAc",
+            "SELECT count(*) FROM checkpoint_queue",
+        ])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 
     let out = llamagen(dir.path())
         .args(["db", "status"])

@@ -60,12 +60,15 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
     let output = root.join("codes").display().to_string();
     let open = runs::join_or_start_stage(
         pool,
-        "encode",
-        "shards",
-        &output,
-        &serde_json::json!({}),
-        6,
-        3,
+        &runs::SharedStage {
+            stage: "encode",
+            input_path: "shards",
+            output_path: &output,
+            config: &serde_json::json!({}),
+            shards: 6,
+            max_attempts: 3,
+            run_id: None,
+        },
     )
     .await
     .unwrap();

@@ -72,7 +72,7 @@ pub fn views(
     augment: Augment,
 ) -> Result<Vec<Array3<u8>>, EncodeError> {
     let center = |target: usize| {
-        llamagen_evaluate::center_crop::center_crop(image, target)
+        llamagen_imaging::pillow::center_crop(image, target)
             .map_err(|e| EncodeError::Image(format!("center crop to {target}: {e}")))
     };
     Ok(match augment {

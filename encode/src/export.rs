@@ -156,8 +156,8 @@ fn captions_by_key(
     shards: &Path,
     shard: &str,
 ) -> Result<std::collections::HashMap<String, [String; 2]>, EncodeError> {
-    let path = llamagen_caption::output::captions_path(shards, shard);
-    let rows = llamagen_caption::output::read_captions(&path)
+    let path = llamagen_shards::captions::captions_path(shards, shard);
+    let rows = llamagen_shards::captions::read_captions(&path)
         .map_err(|e| EncodeError::Input(e.to_string()))?;
     Ok(rows
         .into_iter()

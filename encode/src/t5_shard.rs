@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use llamagen_caption::output::{CaptionRecord, CaptionStatus, read_captions};
+use llamagen_shards::captions::{CaptionRecord, CaptionStatus, read_captions};
 
 use crate::EncodeError;
 use crate::embeddings::{self, FieldEmbeddings, ShardEmbeddings};

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use llamagen_caption::output::{CaptionStatus, captions_path, write_captions};
 use llamagen_caption::testing::record;
 use llamagen_encode::embeddings::{self, ShardEmbeddings};
 use llamagen_encode::t5::{MAX_LENGTH, T5Encoder};
 use llamagen_encode::t5_shard::embed_shard;
+use llamagen_shards::captions::{CaptionStatus, captions_path, write_captions};
 
 fn encoder() -> T5Encoder {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5");

@@ -15,7 +15,8 @@
 //! Features come from the FID Inception network (2048-d pool features for FID and
 //! precision/recall, 2023-d spatial `mixed_6` features for sFID, 1008 logits for IS).
 
-pub mod center_crop;
+/// ADM's center crop on Pillow's resampler (shared with the stages in `llamagen-imaging`).
+pub use llamagen_imaging::pillow as center_crop;
 pub mod codebook;
 pub mod frechet;
 pub mod image_quality;

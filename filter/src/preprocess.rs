@@ -7,9 +7,9 @@
 //! - The LAION watermark detector: `Resize((256, 256))` (bilinear, aspect not kept), then the
 //!   ImageNet mean and std.
 //!
-//! Resampling is Pillow's, reimplemented in `llamagen_evaluate::center_crop::resize`.
+//! Resampling is Pillow's, reimplemented in `llamagen_imaging::pillow::resize`.
 
-use llamagen_evaluate::center_crop::{Filter, resize};
+use llamagen_imaging::pillow::{Filter, resize};
 use ndarray::{Array3, Array4, ArrayView3, s};
 
 use crate::FilterError;

@@ -6,12 +6,15 @@
 //! - `NNNNN.parquet`: one row per input row, success or not, with its status and error
 //!   ([`manifest`]);
 //! - `NNNNN_stats.json`: the shard's counts and timings ([`stats`]). It is written last, so it
-//!   marks a finished shard.
+//!   marks a finished shard;
+//! - `NNNNN_captions.parquet`: the long and short caption of each sample, written by the
+//!   caption stage and read by encode ([`captions`]).
 //!
 //! Every file goes to a temporary name in its folder, is fsynced, then renamed ([`atomic`]): a
 //! crash never leaves a file that looks finished but is not.
 
 pub mod atomic;
+pub mod captions;
 pub mod manifest;
 pub mod settings;
 pub mod stats;

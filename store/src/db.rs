@@ -208,6 +208,7 @@ const COUNTED_TABLES: &[&str] = &[
     "evaluations",
     "metrics",
     "schedule_ticks",
+    "checkpoint_queue",
 ];
 
 /// Applies pending migrations; returns the versions applied now.

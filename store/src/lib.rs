@@ -6,9 +6,11 @@
 //! - [`runs`]: pipeline runs, stage runs, and shards that workers claim under a lease.
 //! - [`results`]: models, checkpoints, evaluations and metrics (the leaderboard).
 //! - [`training`]: training runs and their loss curves.
+//! - [`checkpoint_queue`]: checkpoints waiting for an evaluation, claimed by evaluators.
 //! - [`schedule`]: cron ticks and the per-pipeline lock that `llamagen schedule` shares.
 //! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
 
+pub mod checkpoint_queue;
 pub mod cluster;
 mod db;
 pub mod results;
@@ -46,6 +48,10 @@ pub enum StoreError {
         "shard {shard_index}: worker {worker} no longer holds its lease (another worker took it over)"
     )]
     LeaseLost { shard_index: i32, worker: String },
+    #[error(
+        "checkpoint {checkpoint}: evaluator {worker} no longer holds its lease (another evaluator took it over)"
+    )]
+    CheckpointLeaseLost { checkpoint: String, worker: String },
 }
 
 impl StoreError {

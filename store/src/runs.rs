@@ -572,20 +572,39 @@ pub async fn find_stage_run(
     }))
 }
 
+/// A stage run that workers share: what [`join_or_start_stage`] looks for or makes.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedStage<'a> {
+    pub stage: &'a str,
+    pub input_path: &'a str,
+    pub output_path: &'a str,
+    pub config: &'a serde_json::Value,
+    /// Shards `0..shards`.
+    pub shards: i32,
+    pub max_attempts: i32,
+    /// The pipeline run the stage belongs to (a `llamagen run`); `None`: the latest stage run
+    /// of this output in any run, or a new run of its own.
+    pub run_id: Option<i64>,
+}
+
 /// Where a stage's workers meet without a coordinator: the stage run of `stage` writing to
-/// `output_path`, made (with a pipeline run of its own) by whichever worker comes first, and
-/// holding shards `0..shards`. A finished one is re-opened (its failed shards get fresh
-/// attempts) and shards the input gained since are added. An advisory lock on the output path
-/// serialises workers starting together, so they always join one run.
+/// `output_path`, made (with a pipeline run of its own, unless `run_id` names one) by whichever
+/// worker comes first, and holding shards `0..shards`. A finished one is re-opened (its failed
+/// shards get fresh attempts) and shards the input gained since are added. An advisory lock on
+/// the output path serialises workers starting together, so they always join one run.
 pub async fn join_or_start_stage(
     pool: &PgPool,
-    stage: &str,
-    input_path: &str,
-    output_path: &str,
-    config: &serde_json::Value,
-    shards: i32,
-    max_attempts: i32,
+    shared: &SharedStage<'_>,
 ) -> Result<OpenStage, StoreError> {
+    let SharedStage {
+        stage,
+        input_path,
+        output_path,
+        config,
+        shards,
+        max_attempts,
+        run_id: in_run,
+    } = *shared;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("stage {stage} -> {output_path}"))
@@ -593,11 +612,12 @@ pub async fn join_or_start_stage(
         .await?;
     let found: Option<(i64, i64, bool)> = sqlx::query_as(
         "SELECT run_id, id, status = 'running' FROM stage_runs
-         WHERE stage = $1 AND output_path = $2
+         WHERE stage = $1 AND output_path = $2 AND ($3::bigint IS NULL OR run_id = $3)
          ORDER BY status = 'running' DESC, id DESC LIMIT 1",
     )
     .bind(stage)
     .bind(output_path)
+    .bind(in_run)
     .fetch_optional(&mut *tx)
     .await?;
     let (run_id, stage_run_id) = match found {
@@ -608,19 +628,24 @@ pub async fn join_or_start_stage(
             (run_id, stage_run_id)
         }
         None => {
-            let host = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok());
-            let run_id: i64 = sqlx::query_scalar(
-                "INSERT INTO pipeline_runs (pipeline, trigger, config, config_sha256, host)
-                 VALUES ($1, 'worker', $2, $3, $4) RETURNING id",
-            )
-            .bind(stage)
-            .bind(config)
-            .bind(config_sha256(config))
-            .bind(host)
-            .fetch_one(&mut *tx)
-            .await?;
+            let run_id = match in_run {
+                Some(run_id) => run_id,
+                None => {
+                    let host = nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok());
+                    sqlx::query_scalar(
+                        "INSERT INTO pipeline_runs (pipeline, trigger, config, config_sha256, host)
+                         VALUES ($1, 'worker', $2, $3, $4) RETURNING id",
+                    )
+                    .bind(stage)
+                    .bind(config)
+                    .bind(config_sha256(config))
+                    .bind(host)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
             let stage_run_id: i64 = sqlx::query_scalar(
                 "INSERT INTO stage_runs (run_id, stage, config, input_path, output_path)
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",

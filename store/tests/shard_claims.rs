@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use llamagen_store::StoreError;
-use llamagen_store::runs::{self, AfterFailure, NewPipelineRun, ShardCounts, Trigger};
+use llamagen_store::runs::{self, AfterFailure, NewPipelineRun, ShardCounts, SharedStage, Trigger};
 use llamagen_store::testing::with_database;
 use sqlx::PgPool;
 
@@ -322,6 +322,28 @@ async fn a_finished_stage_is_found_by_its_output_and_reopened_with_fresh_attempt
     .await;
 }
 
+/// An encode worker joining the stage run of `output` (shards `0..shards`, two attempts each).
+async fn join(
+    pool: &PgPool,
+    output: &str,
+    config: &serde_json::Value,
+    shards: i32,
+) -> Result<runs::OpenStage, StoreError> {
+    runs::join_or_start_stage(
+        pool,
+        &SharedStage {
+            stage: "encode",
+            input_path: "/in",
+            output_path: output,
+            config,
+            shards,
+            max_attempts: 2,
+            run_id: None,
+        },
+    )
+    .await
+}
+
 /// Workers of a stage without a coordinator: the first one to arrive makes the run, the
 /// others join it, a finished one re-opens with fresh attempts for its failed shards, and
 /// shards the input gained are added.
@@ -334,9 +356,7 @@ async fn workers_starting_together_join_one_stage_run() {
             let pool = pool.clone();
             let config = config.clone();
             joins.push(tokio::spawn(async move {
-                runs::join_or_start_stage(&pool, "encode", "/in", "/out", &config, 3, 2)
-                    .await
-                    .unwrap()
+                join(&pool, "/out", &config, 3).await.unwrap()
             }));
         }
         let mut opened = HashSet::new();
@@ -381,16 +401,12 @@ async fn workers_starting_together_join_one_stage_run() {
         .unwrap();
 
         // A worker coming back later (the input now has 5 shards) re-opens the same stage.
-        let again = runs::join_or_start_stage(&pool, "encode", "/in", "/out", &config, 5, 2)
-            .await
-            .unwrap();
+        let again = join(&pool, "/out", &config, 5).await.unwrap();
         assert_eq!((again.run_id, again.stage_run_id), (run_id, stage));
         let progress = runs::shard_progress(&pool, stage).await.unwrap();
         assert_eq!((progress.pending, progress.succeeded), (3, 2));
         // Another output folder is another stage run.
-        let other = runs::join_or_start_stage(&pool, "encode", "/in", "/other", &config, 1, 2)
-            .await
-            .unwrap();
+        let other = join(&pool, "/other", &config, 1).await.unwrap();
         assert_ne!(other.stage_run_id, stage);
     })
     .await;

@@ -28,3 +28,19 @@ pub fn llamagen_on(dir: &std::path::Path, database_url: &str) -> std::process::C
         .env("LLAMAGEN_GIT_REVISION", "test");
     cmd
 }
+
+/// Waits until `path` holds `lines` lines (a journal filling up), at most `limit`; returns how
+/// many it holds.
+pub fn wait_for_lines(path: &std::path::Path, lines: usize, limit: std::time::Duration) -> usize {
+    let started = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if n >= lines || started.elapsed() > limit {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

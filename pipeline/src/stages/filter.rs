@@ -5,15 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::config::{FilterConfig, PipelineConfig};
 use anyhow::Context as _;
-use llamagen_cli::config::{FilterConfig, PipelineConfig};
 
-use crate::caption::WorkerArgs;
+use crate::shard_worker::WorkerArgs;
+use crate::shard_worker::{self, ShardDone, Sharing, StageTarget};
+use crate::signals::StopSignal;
 use llamagen_filter::FilterSettings;
 use llamagen_filter::rules::{RULES, Thresholds, thresholds_text};
 use llamagen_filter::scorers::Scorers;
 use llamagen_filter::shard::{ShardOptions, filter_shard, folder_funnel};
-use llamagen_store::runs::{self, FunnelStep, Outcome, Trigger};
+use llamagen_store::runs::{self, FunnelStep, Outcome, ShardCounts, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -49,8 +51,8 @@ pub struct FilterArgs {
     #[command(flatten)]
     pub workers: WorkerArgs,
     /// Do not record the funnel in PostgreSQL.
-    #[arg(long)]
-    pub no_db: bool,
+    #[arg(long, alias = "no-db")]
+    pub no_record: bool,
 }
 
 impl FilterArgs {
@@ -86,8 +88,9 @@ pub fn thresholds(f: &FilterConfig) -> Thresholds {
 pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
-    let summary = filter_folder(&settings, &args.input, &out, args.threads, args.workers).await?;
-    if !args.no_db {
+    let sharing = args.workers.sharing(data_dir);
+    let summary = filter_folder(&settings, &args.input, &out, args.threads, &sharing).await?;
+    if !args.no_record {
         let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
         let recorded = record(&store, &settings, &args.input, &out, None, &summary).await;
         store.close().await?;
@@ -107,6 +110,10 @@ pub struct FolderSummary {
     /// Shards that could not be filtered (unreadable tar, ...), with the reason; the others
     /// went on.
     pub failed: Vec<String>,
+    /// A stop (SIGTERM, Ctrl-C) ended the walk early.
+    pub stopped: bool,
+    /// With `--leases`: the stage run the workers share (the funnel is recorded there).
+    pub stage: Option<runs::OpenStage>,
 }
 
 impl FolderSummary {
@@ -129,12 +136,12 @@ pub async fn filter_folder(
     input: &Path,
     out: &Path,
     threads: usize,
-    workers: WorkerArgs,
+    sharing: &Sharing,
 ) -> anyhow::Result<FolderSummary> {
     let models = PathBuf::from(&settings.models);
     let mut scorers = Scorers::open(&models, threads)
         .with_context(|| format!("opening the filter models in {}", models.display()))?;
-    let hashes = llamagen_cli::provenance::files_sha256(&scorers.files())?;
+    let hashes = crate::provenance::files_sha256(&scorers.files())?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let thresholds = thresholds(settings);
     FilterSettings {
@@ -146,34 +153,40 @@ pub async fn filter_folder(
         batch_size: settings.batch_size as usize,
         ..ShardOptions::default()
     };
-    let all = WorkerArgs::ALL.tar_files(input)?;
-    let mine = workers.tar_files(input)?;
+    let (all, names) = shard_worker::tar_shards(input)?;
     let mut summary = FolderSummary {
         shards_total: all.len(),
         ..FolderSummary::default()
     };
     let started = std::time::Instant::now();
     let mut images = 0;
-    for tar in mine {
+    let settings_json = serde_json::to_value(settings)?;
+    let target = StageTarget {
+        stage: "filter",
+        input,
+        output: out,
+        settings: &settings_json,
+        run_id: None,
+    };
+    let stop = StopSignal::listen();
+    let walked = shard_worker::walk(&names, sharing, target, Some(&stop), |i, _| {
         let (s, t, o) = (&mut scorers, &thresholds, &options);
-        let result = tokio::task::block_in_place(|| filter_shard(s, t, &tar, out, o));
-        match result {
-            Err(e) => {
-                // A bad shard is reported and skipped; the folder goes on.
-                let message = format!("{}: {e}", tar.display());
-                eprintln!("shard failed: {message}");
-                summary.failed.push(message);
-            }
-            Ok(Some(s)) => {
-                summary.shards_done += 1;
-                images += s.samples;
-                let reasons: Vec<String> = RULES
-                    .iter()
-                    .zip(s.funnel.dropped)
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(rule, n)| format!("{n} {rule}"))
-                    .collect();
-                println!(
+        let tar = &all[i];
+        shard_worker::blocking(|| {
+            let Some(s) = filter_shard(s, t, tar, out, o)
+                .with_context(|| format!("filtering {}", tar.display()))?
+            else {
+                return Ok(ShardDone::AlreadyDone);
+            };
+            images += s.samples;
+            let reasons: Vec<String> = RULES
+                .iter()
+                .zip(s.funnel.dropped)
+                .filter(|(_, n)| *n > 0)
+                .map(|(rule, n)| format!("{n} {rule}"))
+                .collect();
+            Ok(ShardDone::Worked {
+                line: format!(
                     "shard {}: {} of {} kept in {:.1} s (dropped: {})",
                     s.name,
                     s.kept,
@@ -184,11 +197,21 @@ pub async fn filter_folder(
                     } else {
                         reasons.join(", ")
                     }
-                );
-            }
-            Ok(None) => summary.shards_skipped += 1,
-        }
-    }
+                ),
+                counts: ShardCounts {
+                    input_rows: s.samples as i64,
+                    output_rows: s.kept as i64,
+                    ..ShardCounts::default()
+                },
+            })
+        })
+    })
+    .await?;
+    summary.shards_done = walked.done;
+    summary.shards_skipped = walked.kept;
+    summary.failed = walked.failed.clone();
+    summary.stopped = walked.stopped;
+    summary.stage = walked.stage;
     summary.shards_decided = all
         .iter()
         .filter(|tar| {
@@ -221,6 +244,12 @@ pub async fn record(
     // The run: the one given; else the one whose filter stage already wrote `out` (a re-run);
     // else the one that ingested `input`; else a new one (shards made elsewhere).
     let (input_text, out_text) = (input.display().to_string(), out.display().to_string());
+    if let Some(stage) = summary.stage {
+        // The workers' shared stage run: each worker recounts the funnel from the files; the
+        // shard-worker loop closes the stage.
+        record_funnel(pool, settings, out, stage.stage_run_id).await?;
+        return Ok(stage.run_id);
+    }
     let run_id = match run_id {
         Some(id) => id,
         None => match runs::find_stage_run(pool, "filter", &out_text, None).await? {
@@ -232,8 +261,7 @@ pub async fn record(
                     config.pipeline.name = "filter".into();
                     config.pipeline.stages = vec!["filter".into()];
                     config.filter = settings.clone();
-                    llamagen_cli::config::record_pipeline_run(pool, &config, Trigger::Manual, None)
-                        .await?
+                    crate::config::record_pipeline_run(pool, &config, Trigger::Manual, None).await?
                 }
             },
         },
@@ -241,6 +269,25 @@ pub async fn record(
     let stage_run_id =
         runs::start_stage(pool, run_id, "filter", &serde_json::to_value(settings)?).await?;
     runs::set_stage_paths(pool, stage_run_id, &input_text, &out_text).await?;
+    let funnel = record_funnel(pool, settings, out, stage_run_id).await?;
+    if summary.shards_decided == summary.shards_total {
+        let counts = serde_json::json!({
+            "samples": funnel.rows_in[0],
+            "kept": funnel.kept(),
+            "shards": summary.shards_total,
+        });
+        runs::finish_stage(pool, stage_run_id, Outcome::Succeeded, &counts, None).await?;
+    }
+    Ok(run_id)
+}
+
+/// The folder's funnel, recounted from its decision files, as the stage run's funnel.
+async fn record_funnel(
+    pool: &sqlx::PgPool,
+    settings: &FilterConfig,
+    out: &Path,
+    stage_run_id: i64,
+) -> anyhow::Result<llamagen_filter::rules::Funnel> {
     let (funnel, _) = folder_funnel(out)?;
     let texts = thresholds_text(&thresholds(settings));
     let steps: Vec<FunnelStep> = RULES
@@ -254,18 +301,10 @@ pub async fn record(
         })
         .collect();
     runs::replace_funnel(pool, stage_run_id, &steps).await?;
-    if summary.shards_decided == summary.shards_total {
-        let counts = serde_json::json!({
-            "samples": funnel.rows_in[0],
-            "kept": funnel.kept(),
-            "shards": summary.shards_total,
-        });
-        runs::finish_stage(pool, stage_run_id, Outcome::Succeeded, &counts, None).await?;
-    }
     println!(
-        "funnel recorded in run #{run_id}: {} samples, {} kept",
+        "funnel recorded: {} samples, {} kept",
         funnel.rows_in[0],
         funnel.kept()
     );
-    Ok(run_id)
+    Ok(funnel)
 }

@@ -54,3 +54,10 @@ pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
         .collect();
     Ok((hex, bytes))
 }
+
+/// This machine's name, as workers and evaluators name themselves (`HOST:PID`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -339,18 +339,32 @@ impl Default for SampleConfig {
     }
 }
 
+/// The benchmark protocol of the pipeline's checkpoints: which are evaluated, against what, and
+/// how their samples are compared (the sampling itself is `[sample]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluateConfig {
+    /// Leaderboard benchmark name, e.g. imagenet256-c2i.
     pub benchmark: String,
-    /// ADM-style reference batch (npz with images or mu/sigma).
+    /// The reference set: an ADM-style npz (images and/or mu/sigma), or a folder of images or
+    /// of webdataset shards (center-cropped to `eval_image_size`).
     pub reference: String,
     pub inception_model: String,
     /// Generated images are resized to this before feature extraction.
     pub eval_image_size: u32,
+    /// The metrics recorded (FID, sFID, IS, precision, recall for generators).
     pub metrics: Vec<String>,
     /// Guidance scales to sweep; empty evaluates `sample.cfg_scale` only.
     pub cfg_sweep: Vec<f64>,
+    /// 0: the final checkpoint of each finished training run; N: also every checkpoint whose
+    /// step is a multiple of N, as soon as training registers it.
+    pub checkpoint_every: u64,
+    /// Models whose checkpoints are evaluated; empty: the model this pipeline trains.
+    pub models: Vec<String>,
+    /// Text-to-image: the prompts file (one per line) the checkpoints sample from.
+    pub prompts: String,
+    /// Where the sample folders go (relative paths are under the data folder).
+    pub samples_output: String,
 }
 
 impl Default for EvaluateConfig {
@@ -364,9 +378,16 @@ impl Default for EvaluateConfig {
                 .map(String::from)
                 .to_vec(),
             cfg_sweep: Vec::new(),
+            checkpoint_every: 0,
+            models: Vec::new(),
+            prompts: "references/coco_captions_30k.txt".into(),
+            samples_output: "samples".into(),
         }
     }
 }
+
+/// What a generator evaluation can record.
+pub const GENERATOR_METRICS: [&str; 5] = ["fid", "sfid", "inception_score", "precision", "recall"];
 
 impl PipelineConfig {
     /// Reads and validates a config file.
@@ -385,6 +406,53 @@ impl PipelineConfig {
     /// The config as TOML, every field written out.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The leaderboard name of the model the train stage trains: `<pipeline>-GPT-<size>`, or
+    /// `<pipeline>-GPT` for a `model.gpt_config` architecture.
+    pub fn trained_model_name(&self) -> String {
+        if self.model.gpt_config.is_empty() {
+            format!("{}-GPT-{}", self.pipeline.name, self.model.size)
+        } else {
+            format!("{}-GPT", self.pipeline.name)
+        }
+    }
+
+    /// A path of the config, relative ones under the data folder: the one rule every stage
+    /// (and `config check`) resolves paths by.
+    pub fn resolve(data_dir: &Path, path: &str) -> std::path::PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            data_dir.join(path)
+        }
+    }
+
+    /// Every path of the config as the stages resolve it, by key (what `config check` shows).
+    pub fn paths(&self, data_dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
+        let (i, e, ev) = (&self.ingest, &self.encode, &self.evaluate);
+        let mut paths = vec![
+            ("ingest.input", i.input.as_str()),
+            ("ingest.output", i.output.as_str()),
+            ("filter.models", self.filter.models.as_str()),
+            ("encode.vq_checkpoint", e.vq_checkpoint.as_str()),
+            ("encode.vq_config", e.vq_config.as_str()),
+            ("encode.t5", e.t5.as_str()),
+            ("encode.codes_output", e.codes_output.as_str()),
+            ("encode.t5_output", e.t5_output.as_str()),
+            ("model.gpt_config", self.model.gpt_config.as_str()),
+            ("train.output", self.train.output.as_str()),
+            ("evaluate.reference", ev.reference.as_str()),
+            ("evaluate.inception_model", ev.inception_model.as_str()),
+            ("evaluate.prompts", ev.prompts.as_str()),
+            ("evaluate.samples_output", ev.samples_output.as_str()),
+        ];
+        paths.retain(|(_, p)| !p.is_empty());
+        paths
+            .into_iter()
+            .map(|(key, p)| (key, Self::resolve(data_dir, p)))
+            .collect()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -563,24 +631,22 @@ impl PipelineConfig {
         one_of("sample.precision", &s.precision, &["bf16", "fp16", "fp32"])?;
 
         let ev = &self.evaluate;
-        const METRICS: [&str; 9] = [
-            "fid",
-            "sfid",
-            "inception_score",
-            "precision",
-            "recall",
-            "rfid",
-            "psnr",
-            "ssim",
-            "codebook_usage",
-        ];
         for metric in &ev.metrics {
             ensure!(
-                METRICS.contains(&metric.as_str()),
-                "evaluate.metrics: unknown metric {metric:?} (known: {})",
-                METRICS.join(", ")
+                GENERATOR_METRICS.contains(&metric.as_str()),
+                "evaluate.metrics: unknown metric {metric:?} (a generator benchmark records {})",
+                GENERATOR_METRICS.join(", ")
             );
         }
+        ensure!(!ev.metrics.is_empty(), "evaluate.metrics is empty");
+        ensure!(
+            ev.eval_image_size > 0,
+            "evaluate.eval_image_size must be positive"
+        );
+        ensure!(
+            !ev.benchmark.trim().is_empty(),
+            "evaluate.benchmark is empty"
+        );
         for cfg in &ev.cfg_sweep {
             ensure!(
                 cfg.is_finite() && *cfg >= 1.0,

@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::{CaptionConfig, PipelineConfig};
+use crate::shard_worker::{self, Fatal, ShardDone, Sharing, StageTarget};
+use crate::signals::StopSignal;
 use anyhow::Context as _;
 use llamagen_caption::shard::{ShardOptions, caption_shard};
 use llamagen_caption::{CaptionSettings, ChatClient, ClientOptions, Prompt};
-use llamagen_cli::config::{CaptionConfig, PipelineConfig};
+use llamagen_store::runs::ShardCounts;
+
+use crate::shard_worker::WorkerArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct CaptionArgs {
@@ -47,51 +52,6 @@ pub struct CaptionArgs {
     pub workers: WorkerArgs,
 }
 
-/// Which shards of a folder this process takes, for the stages that walk a shard folder
-/// (caption, filter, encode).
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct WorkerArgs {
-    /// This worker's index among `--workers` (a Slurm array or Kubernetes indexed Job index):
-    /// it takes the shards whose position modulo the count is its index.
-    #[arg(long, default_value_t = 0)]
-    pub worker_index: usize,
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-}
-
-impl WorkerArgs {
-    /// One process takes every shard.
-    pub const ALL: Self = Self {
-        worker_index: 0,
-        workers: 1,
-    };
-
-    /// This worker's share of `items` (in their listed order).
-    pub fn share<T>(&self, items: Vec<T>) -> anyhow::Result<Vec<T>> {
-        anyhow::ensure!(
-            self.worker_index < self.workers,
-            "--worker-index {} must be below --workers {}",
-            self.worker_index,
-            self.workers
-        );
-        Ok(items
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % self.workers == self.worker_index)
-            .map(|(_, item)| item)
-            .collect())
-    }
-
-    /// This worker's shards of `dir`.
-    pub fn tar_files(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        Ok(llamagen_shards::tar_files(
-            dir,
-            self.worker_index,
-            self.workers,
-        )?)
-    }
-}
-
 impl CaptionArgs {
     /// The settings: the config's `[caption]` (or the defaults), then the flags.
     fn settings(&self) -> anyhow::Result<CaptionConfig> {
@@ -122,10 +82,20 @@ impl CaptionArgs {
     }
 }
 
-pub async fn run(args: &CaptionArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CaptionArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
-    caption_folder(&settings, &args.input, &out, args.workers).await?;
+    let summary = caption_folder(
+        &settings,
+        &args.input,
+        &out,
+        &args.workers.sharing(data_dir),
+    )
+    .await?;
+    if summary.stopped {
+        println!("stopped by signal; run the command again to resume");
+        return Ok(ExitCode::from(crate::signals::EXIT_STOPPED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,6 +109,8 @@ pub struct FolderSummary {
     pub no_image: usize,
     /// Shards left unfinished (unreadable, or samples still without an answer), with why.
     pub unfinished: Vec<String>,
+    /// A stop (SIGTERM, Ctrl-C) ended the walk early.
+    pub stopped: bool,
 }
 
 /// Captions every shard of `input` this worker owns into `out`.
@@ -146,7 +118,7 @@ pub async fn caption_folder(
     settings: &CaptionConfig,
     input: &Path,
     out: &Path,
-    workers: WorkerArgs,
+    sharing: &Sharing,
 ) -> anyhow::Result<FolderSummary> {
     let api_key = std::env::var("LLAMAGEN_CAPTION_API_KEY")
         .or_else(|_| std::env::var("OPENAI_API_KEY"))
@@ -176,44 +148,67 @@ pub async fn caption_folder(
         concurrency: settings.concurrency as usize,
         ..ShardOptions::default()
     };
-    let mut summary = FolderSummary::default();
+    let (all, names) = shard_worker::tar_shards(input)?;
+    let totals = std::sync::Mutex::new(FolderSummary::default());
     let started = std::time::Instant::now();
-    for tar in workers.tar_files(input)? {
+    let settings_json = serde_json::to_value(settings)?;
+    let target = StageTarget {
+        stage: "caption",
+        input,
+        output: out,
+        settings: &settings_json,
+        run_id: None,
+    };
+    let stop = StopSignal::listen();
+    let (client, prompt, base, totals_ref, all_ref) = (&client, &prompt, &base, &totals, &all);
+    let walked = shard_worker::walk(&names, sharing, target, Some(&stop), move |i, _| async move {
+        let tar = &all_ref[i];
         let options = ShardOptions {
-            only: kept_by_filter(&tar)?,
+            only: kept_by_filter(tar)?,
             ..base.clone()
         };
-        match caption_shard(&client, &prompt, &tar, out, &options).await {
+        match caption_shard(client, prompt, tar, out, &options).await {
             // The server cannot serve this run: every further shard would fail the same way.
-            Err(e @ llamagen_caption::CaptionError::Server(_)) => {
-                return Err(anyhow::Error::new(e).context(format!("captioning {}", tar.display())));
-            }
-            Err(e) => {
-                // A bad shard, or one with samples still open, is reported; the others go on.
-                let message = format!("{}: {e}", tar.display());
-                eprintln!("shard not finished: {message}");
-                summary.unfinished.push(message);
-            }
+            Err(e @ llamagen_caption::CaptionError::Server(_)) => Err(anyhow::Error::new(Fatal(
+                anyhow::Error::new(e).context(format!("captioning {}", tar.display())),
+            ))),
+            // A bad shard, or one with samples still open, is reported; the others go on.
+            Err(e) => Err(anyhow::anyhow!("{} not finished: {e}", tar.display())),
+            Ok(None) => Ok(ShardDone::AlreadyDone),
             Ok(Some(s)) => {
-                summary.shards_done += 1;
-                summary.captioned += s.captioned;
-                summary.failed += s.failed;
-                summary.no_image += s.no_image;
-                println!(
-                    "shard {}: {} captioned, {} failed, {} without image, {} dropped by the filter, {} without a short caption ({} resumed) in {:.1} s",
-                    s.name,
-                    s.captioned,
-                    s.failed,
-                    s.no_image,
-                    s.filtered,
-                    s.without_short,
-                    s.resumed,
-                    s.seconds
-                );
+                if let Ok(mut t) = totals_ref.lock() {
+                    t.captioned += s.captioned;
+                    t.failed += s.failed;
+                    t.no_image += s.no_image;
+                }
+                Ok(ShardDone::Worked {
+                    line: format!(
+                        "shard {}: {} captioned, {} failed, {} without image, {} dropped by the filter, {} without a short caption ({} resumed) in {:.1} s",
+                        s.name,
+                        s.captioned,
+                        s.failed,
+                        s.no_image,
+                        s.filtered,
+                        s.without_short,
+                        s.resumed,
+                        s.seconds
+                    ),
+                    counts: ShardCounts {
+                        input_rows: (s.captioned + s.failed + s.no_image + s.filtered) as i64,
+                        output_rows: s.captioned as i64,
+                        failed_rows: (s.failed + s.no_image) as i64,
+                        ..ShardCounts::default()
+                    },
+                })
             }
-            Ok(None) => summary.shards_skipped += 1,
         }
-    }
+    })
+    .await?;
+    let mut summary = totals.into_inner().unwrap_or_default();
+    summary.shards_done = walked.done;
+    summary.shards_skipped = walked.kept;
+    summary.unfinished = walked.failed.clone();
+    summary.stopped = walked.stopped;
     println!(
         "{} shard(s) captioned ({} images, {} failed, {:.2} images/s), {} already done; captions in {}",
         summary.shards_done,
@@ -229,6 +224,7 @@ pub async fn caption_folder(
         summary.unfinished.len(),
         summary.unfinished.join("; ")
     );
+    walked.result()?;
     Ok(summary)
 }
 
@@ -246,23 +242,4 @@ fn kept_by_filter(tar: &Path) -> anyhow::Result<Option<std::collections::HashSet
     Ok(Some(
         rows.into_iter().filter(|r| r.keep).map(|r| r.key).collect(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::WorkerArgs;
-
-    #[test]
-    fn workers_share_shards_round_robin() {
-        let worker = |worker_index, workers| WorkerArgs {
-            worker_index,
-            workers,
-        };
-        let items: Vec<u32> = (0..7).collect();
-        assert_eq!(worker(0, 1).share(items.clone()).unwrap(), items);
-        assert_eq!(worker(0, 3).share(items.clone()).unwrap(), [0, 3, 6]);
-        assert_eq!(worker(2, 3).share(items.clone()).unwrap(), [2, 5]);
-        assert!(worker(3, 3).share(items.clone()).is_err());
-        assert!(worker(0, 0).share(items).is_err());
-    }
 }

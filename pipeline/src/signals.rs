@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+/// Exit status of a command stopped by SIGTERM or Ctrl-C with its work left resumable (128 +
+/// SIGTERM, as a shell reports a process the signal ended).
+pub const EXIT_STOPPED: u8 = 143;
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let term = async {

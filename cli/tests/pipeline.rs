@@ -1,7 +1,9 @@
-//! `llamagen run` chaining encode and train for a text-to-image pipeline, as a user runs it:
-//! captioned webdataset shards in, VQ codes and FLAN-T5 embeddings (the tiny models the
-//! project makes), a text-conditioned GPT trained on them with checkpoints and its loss curve
-//! in PostgreSQL; a second run redoes nothing; the checkpoint then samples from prompts.
+//! `llamagen run` chaining encode, train, sample and evaluate for a text-to-image pipeline, as
+//! a user runs it: captioned webdataset shards in, VQ codes and FLAN-T5 embeddings (the tiny
+//! models the project makes), a text-conditioned GPT trained on them with checkpoints and its
+//! loss curve in PostgreSQL, every checkpoint sampled from the prompts over the guidance sweep
+//! and measured against the shards, one leaderboard row per checkpoint and scale; a second run
+//! redoes nothing; the checkpoint then samples from prompts.
 
 mod common;
 
@@ -14,7 +16,7 @@ use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
 
 #[tokio::test]
-async fn run_encodes_and_trains_a_text_to_image_gpt() {
+async fn run_encodes_trains_and_benchmarks_a_text_to_image_gpt() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -59,6 +61,14 @@ async fn run_encodes_and_trains_a_text_to_image_gpt() {
     gpt.caption_dim = 32;
     let gpt_config = dir.path().join("models/gpt_t2i.json");
     std::fs::write(&gpt_config, serde_json::to_vec(&gpt).unwrap()).unwrap();
+    let inception = dir.path().join("inception.onnx");
+    llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "A tabby cat looks at the camera.\nA cup of coffee.\n",
+    )
+    .unwrap();
     let config = dir.path().join("t2i.toml");
     std::fs::write(
         &config,
@@ -66,7 +76,7 @@ async fn run_encodes_and_trains_a_text_to_image_gpt() {
             r#"
 [pipeline]
 name = "t2i-test"
-stages = ["encode", "train"]
+stages = ["encode", "train", "sample", "evaluate"]
 
 [ingest]
 output = "shards"
@@ -94,11 +104,29 @@ precision = "fp32"
 checkpoint_every = 3
 log_every = 1
 ema = true
+
+[sample]
+num_samples = 4
+batch_size = 2
+precision = "fp32"
+
+[evaluate]
+benchmark = "t2i-test"
+# The shards' photos, center-cropped to 32 px, are the reference set.
+reference = "shards"
+inception_model = "{inception}"
+eval_image_size = 32
+metrics = ["fid", "inception_score"]
+cfg_sweep = [1.5, 3.0]
+checkpoint_every = 3
+prompts = "{prompts}"
 "#,
             vq = models.vq_ckpt.display(),
             vq_config = models.vq_config.display(),
             t5 = repo().join("encode/tests/fixtures/t5").display(),
             gpt = gpt_config.display(),
+            inception = inception.display(),
+            prompts = prompts.display(),
         ),
     )
     .unwrap();
@@ -147,13 +175,50 @@ ema = true
             .fetch_all(pool)
             .await
             .unwrap();
+    let succeeded = |stage: &str| (stage.to_string(), "succeeded".to_string());
     assert_eq!(
         stages,
-        [
-            ("encode".to_string(), "succeeded".to_string()),
-            ("train".to_string(), "succeeded".to_string())
-        ]
+        ["encode", "train", "sample", "evaluate"].map(succeeded)
     );
+    // Both checkpoints at both scales, each one leaderboard row with the metrics asked for.
+    type Row = (i64, f64, Option<f64>, Option<f64>, Option<f64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT step, cfg_scale, fid, inception_score, sfid FROM leaderboard
+         WHERE model = 't2i-test-GPT' AND benchmark = 't2i-test' ORDER BY step, cfg_scale",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let keys: Vec<(i64, f64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(keys, [(3, 1.5), (3, 3.0), (6, 1.5), (6, 3.0)]);
+    for (step, cfg, fid, is, sfid) in &rows {
+        assert!(fid.is_some_and(f64::is_finite), "step {step} cfg {cfg}");
+        assert!(is.is_some_and(|v| v >= 1.0), "step {step} cfg {cfg}");
+        assert_eq!(*sfid, None, "sfid was not asked for");
+    }
+    let task: String = sqlx::query_scalar(
+        "SELECT DISTINCT m.task FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id
+         JOIN models m ON m.id = c.model_id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(task, "t2i");
+    let sampled: serde_json::Value =
+        sqlx::query_scalar("SELECT sampling_config FROM evaluations ORDER BY id LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sampled["extra"]["sampling"]["prompts"][1], "A cup of coffee.",
+        "{sampled}"
+    );
+    let queue: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM checkpoint_queue ORDER BY checkpoint_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(queue, ["succeeded", "succeeded"]);
     let (task, name): (String, String) =
         sqlx::query_as("SELECT task, name FROM models WHERE name = 't2i-test-GPT'")
             .fetch_one(pool)
@@ -183,14 +248,15 @@ ema = true
     );
     assert!(out.contains("0 shard(s) embedded"), "{out}");
     assert!(out.contains("nothing to do"), "{out}");
+    assert!(out.contains("0 new image(s)"), "{out}");
+    assert!(out.contains("0 checkpoint(s) evaluated"), "{out}");
+    let evaluations: i64 = sqlx::query_scalar("SELECT count(*) FROM evaluations")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(evaluations, 4, "a second run adds no row");
 
     // The trained checkpoint samples from prompts through the same T5.
-    let prompts = dir.path().join("prompts.txt");
-    std::fs::write(
-        &prompts,
-        "A tabby cat looks at the camera.\nA cup of coffee.\n",
-    )
-    .unwrap();
     let sample = |gpt_ckpt: &std::path::Path, gpt_config: &std::path::Path, out: &str| {
         llamagen_on(dir.path(), &db.url())
             .args([

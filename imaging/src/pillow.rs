@@ -12,7 +12,7 @@
 
 use ndarray::{Array3, ArrayView3, s};
 
-use crate::EvalError;
+use crate::ImagingError;
 
 /// Fractional bits of Pillow's fixed-point coefficients: 32 - 8 (pixel) - 2 (headroom).
 const PRECISION_BITS: u32 = 22;
@@ -161,10 +161,10 @@ pub fn resize(
 }
 
 /// ADM's `center_crop_arr(pil_image, size)` of an RGB image [H, W, 3]; returns [size, size, 3].
-pub fn center_crop(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>, EvalError> {
+pub fn center_crop(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>, ImagingError> {
     let (h, w, c) = image.dim();
     if size == 0 || h == 0 || w == 0 || c != 3 {
-        return Err(EvalError::Invalid(format!(
+        return Err(ImagingError::Invalid(format!(
             "cannot center-crop a {w}x{h}x{c} image to {size}"
         )));
     }

@@ -9,8 +9,9 @@ use llamagen_encode::crops::Augment;
 use llamagen_encode::encoder::{EncodeOptions, encode_shard};
 use llamagen_encode::{EncodeSettings, source};
 
-use crate::caption::WorkerArgs;
 use crate::sample::VqArgs;
+use crate::shard_worker::WorkerArgs;
+use crate::shard_worker::{self, ShardDone, StageTarget};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum EncodeCommand {
@@ -49,8 +50,6 @@ pub struct T5Args {
     pub threads: usize,
     #[command(flatten)]
     pub workers: WorkerArgs,
-    #[command(flatten)]
-    pub leases: LeaseArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,33 +101,6 @@ pub struct VqEncodeArgs {
     pub device: String,
     #[command(flatten)]
     pub workers: WorkerArgs,
-    #[command(flatten)]
-    pub leases: LeaseArgs,
-}
-
-/// Sharing one folder's shards through PostgreSQL instead of a fixed split.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct LeaseArgs {
-    /// Claim shards from PostgreSQL one at a time, with every other process given the same
-    /// --out: any number of workers, started in any order; a dead worker's shard is taken over
-    /// when its lease runs out. The run and its shards show on the dashboard.
-    #[arg(long, conflicts_with = "workers")]
-    pub leases: bool,
-    /// Seconds a claim lasts without renewal (renewed every third of it while encoding).
-    #[arg(long, default_value_t = 300)]
-    pub lease_secs: u64,
-    /// Attempts per shard before it is failed for good.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: i32,
-}
-
-impl LeaseArgs {
-    /// No leases: the process walks its shards itself.
-    pub const OFF: Self = Self {
-        leases: false,
-        lease_secs: 300,
-        max_attempts: 3,
-    };
 }
 
 #[derive(Debug, clap::Args)]
@@ -187,7 +159,7 @@ async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<E
     let device = crate::sample::device(&args.device)?;
     let config = args.vq.config()?;
     let (_vs, vq) = args.vq.load(device)?;
-    let (sha256, _) = llamagen_cli::provenance::file_sha256(&args.vq.vq_ckpt)?;
+    let (sha256, _) = crate::provenance::file_sha256(&args.vq.vq_ckpt)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let settings = EncodeSettings {
@@ -198,11 +170,7 @@ async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<E
     };
     settings.check_or_write(&args.out)?;
     let all = source::shards(&args.input, args.images_per_shard)?;
-    let shards = if args.leases.leases {
-        all
-    } else {
-        args.workers.share(all)?
-    };
+    let shards = all;
     let options = EncodeOptions {
         image_size: args.image_size,
         augment,
@@ -236,7 +204,7 @@ async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<E
     let names: Vec<String> = shards.iter().map(|s| s.name().to_string()).collect();
     let walked = walk_shards(
         &names,
-        args.leases,
+        &args.workers,
         data_dir,
         (&args.input, &args.out, &serde_json::to_value(&settings)?),
         work,
@@ -250,145 +218,54 @@ async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<E
         walked.kept,
         args.out.display()
     );
-    walked.result()
+    exit_code(&walked)
 }
 
-/// What a walk over shards did.
-struct Walked {
-    done: usize,
-    kept: usize,
-    failed: Vec<String>,
-}
-
-impl Walked {
-    /// Counts and prints one shard's outcome; false if it failed.
-    fn record(&mut self, name: &str, result: anyhow::Result<Option<String>>) -> bool {
-        match result {
-            Ok(Some(line)) => {
-                println!("{line}");
-                self.done += 1;
-                true
-            }
-            Ok(None) => {
-                self.kept += 1;
-                true
-            }
-            Err(e) => {
-                println!("shard {name}: {e:#}");
-                self.failed.push(name.to_string());
-                false
-            }
-        }
+/// The exit status of a walk: stopped by a signal (the run stays open), failed shards, or
+/// success.
+pub fn exit_code(walked: &shard_worker::Walked) -> anyhow::Result<ExitCode> {
+    if walked.stopped {
+        println!("stopped by signal; run the command again to resume");
+        return Ok(ExitCode::from(crate::signals::EXIT_STOPPED));
     }
-
-    /// A failed shard fails the command (after the others were done).
-    fn result(&self) -> anyhow::Result<ExitCode> {
-        if !self.failed.is_empty() {
-            anyhow::bail!("shard(s) {} failed", self.failed.join(", "));
-        }
-        Ok(ExitCode::SUCCESS)
-    }
+    walked.result().map(|()| ExitCode::SUCCESS)
 }
 
-/// Runs `work` on each shard (`Ok(Some(line))`: done, and what to print; `Ok(None)`: already
-/// finished): all of `names` in turn, or with `--leases` those claimed from PostgreSQL, shared
-/// with the other workers of the same output folder. A failing shard is reported and the
-/// others go on. `stage` is (input, output, settings) as the run records them.
+/// Runs `work` over the shards under the worker flags; `work(i)` gives `Some(line)` for a
+/// shard encoded now, `None` for one finished earlier.
 async fn walk_shards(
     names: &[String],
-    leases: LeaseArgs,
+    workers: &WorkerArgs,
     data_dir: &std::path::Path,
-    stage: (&std::path::Path, &std::path::Path, &serde_json::Value),
+    (input, output, settings): (&std::path::Path, &std::path::Path, &serde_json::Value),
     mut work: impl FnMut(usize) -> anyhow::Result<Option<String>>,
-) -> anyhow::Result<Walked> {
-    let mut walked = Walked {
-        done: 0,
-        kept: 0,
-        failed: Vec::new(),
-    };
-    if !leases.leases {
-        for (i, name) in names.iter().enumerate() {
-            walked.record(name, work(i));
-        }
-        return Ok(walked);
-    }
-    use llamagen_store::runs::{self, Outcome, ShardCounts};
-    let store =
-        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
-    let pool = store.pool().clone();
-    let (input, output, settings) = stage;
-    let output = std::fs::canonicalize(output).unwrap_or_else(|_| output.to_path_buf());
-    let open = runs::join_or_start_stage(
-        &pool,
-        "encode",
-        &input.display().to_string(),
-        &output.display().to_string(),
+) -> anyhow::Result<shard_worker::Walked> {
+    let target = StageTarget {
+        stage: "encode",
+        input,
+        output,
         settings,
-        i32::try_from(names.len()).context("too many shards")?,
-        leases.max_attempts,
-    )
-    .await?;
-    let worker = format!("{}:{}", crate::ingest::hostname(), std::process::id());
-    let lease_time = std::time::Duration::from_secs(leases.lease_secs.max(3));
-    println!(
-        "run #{}: {} shard(s) shared through PostgreSQL leases, worker {worker}",
-        open.run_id,
-        names.len()
-    );
-    while let Some(held) = runs::claim_shard(&pool, open.stage_run_id, &worker, lease_time).await? {
-        let i = held.shard_index as usize;
-        if i >= names.len() {
-            // Another worker saw more shards than this one: leave it to them.
-            runs::release_shard(&pool, &held).await?;
-            break;
-        }
-        // Keep the claim alive while the shard is worked on (the work blocks this thread).
-        let renewer = {
-            let (pool, held) = (pool.clone(), held.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease_time / 3).await;
-                    if runs::renew_lease(&pool, &held, lease_time).await.is_err() {
-                        break;
-                    }
-                }
+        run_id: None,
+    };
+    let stop = crate::signals::StopSignal::listen();
+    shard_worker::walk(
+        names,
+        &workers.sharing(data_dir),
+        target,
+        Some(&stop),
+        |i, _| {
+            shard_worker::blocking(|| {
+                work(i).map(|line| match line {
+                    Some(line) => ShardDone::Worked {
+                        line,
+                        counts: Default::default(),
+                    },
+                    None => ShardDone::AlreadyDone,
+                })
             })
-        };
-        let result = tokio::task::block_in_place(|| work(i));
-        renewer.abort();
-        let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        if walked.record(&names[i], result) {
-            match runs::complete_shard(&pool, &held, &ShardCounts::default()).await {
-                Ok(()) => {}
-                // Presumed dead and redone elsewhere: the files are the same either way.
-                Err(llamagen_store::StoreError::LeaseLost { .. }) => {
-                    println!(
-                        "shard {}: the lease ran out; another worker took it over",
-                        names[i]
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            runs::fail_shard(&pool, &held, error.as_deref().unwrap_or("failed")).await?;
-        }
-    }
-    let progress = runs::shard_progress(&pool, open.stage_run_id).await?;
-    if progress.finished() {
-        let (outcome, error) = if progress.failed > 0 {
-            (
-                Outcome::Failed,
-                Some(format!("{} shard(s) failed", progress.failed)),
-            )
-        } else {
-            (Outcome::Succeeded, None)
-        };
-        let counts = serde_json::to_value(&progress)?;
-        runs::finish_stage(&pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
-        runs::close_if_running(&pool, open.run_id, outcome, error.as_deref()).await?;
-    }
-    store.close().await?;
-    Ok(walked)
+        },
+    )
+    .await
 }
 
 async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -399,7 +276,7 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCod
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let settings = T5Settings {
-        files: llamagen_cli::provenance::files_sha256(&encoder.files())?,
+        files: crate::provenance::files_sha256(&encoder.files())?,
         source: encoder.spec.source.clone(),
         d_model: encoder.spec.d_model,
         max_length: args.max_length,
@@ -421,11 +298,6 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCod
             args.captions.display()
         );
     }
-    let shards = if args.leases.leases {
-        shards
-    } else {
-        args.workers.share(shards)?
-    };
     let started = std::time::Instant::now();
     let (mut samples, mut texts, mut tokens) = (0, 0, 0);
     let (mut stored, mut llamagen) = (0usize, 0usize);
@@ -451,7 +323,7 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCod
     let names: Vec<String> = shards.iter().map(|(n, _)| n.clone()).collect();
     let walked = walk_shards(
         &names,
-        args.leases,
+        &args.workers,
         data_dir,
         (&args.captions, &args.out, &serde_json::to_value(&settings)?),
         work,
@@ -475,30 +347,24 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCod
             padded as f64 / stored.max(1) as f64,
         );
     }
-    walked.result()
+    exit_code(&walked)
 }
 
 /// `llamagen run`'s encode stage: the VQ codes of the ingested shards (ten-crop, or the center
 /// crop for text-to-image, else center + flip), then for text-to-image the FLAN-T5 embeddings
 /// of their captions, with the `[encode]` section of the pipeline config.
 pub async fn run_from_config(
-    config: &llamagen_cli::config::PipelineConfig,
+    config: &crate::config::PipelineConfig,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let e = &config.encode;
-    let under = |p: &str| crate::ingest::under(data_dir, std::path::Path::new(p));
+    let under = |p: &str| crate::stages::ingest::under(data_dir, std::path::Path::new(p));
     let shards = under(&config.ingest.output);
     let text = config.model.task == "t2i";
     let vq = VqEncodeArgs {
         input: shards.clone(),
         out: under(&e.codes_output),
-        vq: VqArgs {
-            vq_ckpt: under(&e.vq_checkpoint),
-            vq_model: format!("VQ-{}", e.downsample),
-            vq_config: (!e.vq_config.is_empty()).then(|| under(&e.vq_config)),
-            codebook_size: i64::from(e.codebook_size),
-            codebook_embed_dim: i64::from(e.codebook_embed_dim),
-        },
+        vq: crate::sample::VqArgs::from_config(config, data_dir),
         image_size: e.image_size as usize,
         ten_crop: e.ten_crop,
         crop_range: 1.1,
@@ -507,7 +373,6 @@ pub async fn run_from_config(
         images_per_shard: 1000,
         device: "auto".into(),
         workers: WorkerArgs::ALL,
-        leases: LeaseArgs::OFF,
     };
     let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?;
     if code != ExitCode::SUCCESS || !text {
@@ -522,7 +387,6 @@ pub async fn run_from_config(
             batch_size: e.batch_size as usize,
             threads: 0,
             workers: WorkerArgs::ALL,
-            leases: LeaseArgs::OFF,
         }),
         data_dir,
     )

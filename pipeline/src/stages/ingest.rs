@@ -15,15 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::{PipelineConfig, record_pipeline_run};
+use crate::shard_worker::{self, ClaimOptions, ShardDone, work_claims};
+use crate::signals::EXIT_STOPPED;
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen_cli::config::{PipelineConfig, record_pipeline_run};
 use llamagen_ingest::download::{DownloadOptions, Downloader};
 use llamagen_ingest::prepare::{self, Prepared};
 use llamagen_ingest::resize::ResizeOptions;
 use llamagen_ingest::worker::{Event, run_shard};
-use llamagen_store::runs::{self, FunnelStep, Outcome, ShardCounts, Trigger};
-use llamagen_store::{Store, StoreError, StoreOptions};
+use llamagen_store::runs::{self, FunnelStep, ShardCounts, Trigger};
+use llamagen_store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -86,9 +88,7 @@ impl IngestArgs {
     }
 }
 
-/// Exit status after SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
-pub const EXIT_STOPPED: u8 = 143;
-
+/// A path of the config: relative ones under the data folder (`PipelineConfig::resolve`).
 pub fn under(data_dir: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_owned()
@@ -171,7 +171,7 @@ pub async fn run_with(
     let worker = args
         .worker_name
         .clone()
-        .unwrap_or_else(|| format!("{}:{}", hostname(), std::process::id()));
+        .unwrap_or_else(|| format!("{}:{}", crate::provenance::hostname(), std::process::id()));
 
     let mut stage = runs::find_stage_run(pool, "ingest", &output_text, args.run).await?;
     if args.worker && args.run.is_some() && stage.is_none() {
@@ -246,7 +246,7 @@ pub async fn run_with(
         stage = Some(open);
         if args.prepare_only {
             println!("run id: {}", open.run_id);
-            finish_if_done(pool, open, args.keep_run_open).await?;
+            shard_worker::finish_if_done(pool, open, args.keep_run_open).await?;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -273,113 +273,77 @@ pub async fn run_with(
         jpeg_quality: ingest.jpeg_quality,
         max_pixels: ingest.max_image_pixels,
     });
-    let lease = Duration::from_secs(args.lease_secs.max(2));
     let progress = Progress::new(prepared.rows);
     let stop = crate::signals::StopSignal::listen();
-    let grace = Duration::from_secs(args.grace_secs);
-    let mut done_here = 0u32;
-    let mut released = None;
-    while args.max_shards.is_none_or(|max| done_here < max) && !stop.requested() {
-        let Some(held) = runs::claim_shard(pool, open.stage_run_id, &worker, lease).await? else {
-            break;
-        };
+    let claims = ClaimOptions {
+        worker: worker.clone(),
+        lease: Duration::from_secs(args.lease_secs.max(2)),
+        grace: Duration::from_secs(args.grace_secs),
+        max_shards: args.max_shards,
+        keep_run_open: args.keep_run_open,
+    };
+    let (progress_ref, output_ref, downloader_ref, resize_ref) =
+        (&progress, &output, &downloader, &resize);
+    let walked = work_claims(pool, open, &claims, Some(&stop), move |held, _| async move {
         let index = held.shard_index as u32;
-        // Renew at a third of the lease, so two missed renewals still keep the shard.
-        let renewer = {
-            let (pool, held) = (pool.clone(), held.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    if runs::renew_lease(&pool, &held, lease).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        };
+        let name = format!("{index:05}");
         let work = async {
             let rows = {
-                let output = output.clone();
+                let output = output_ref.clone();
                 tokio::task::spawn_blocking(move || prepare::read_shard(&output, index)).await??
             };
-            let on_row = |e: Event| progress.row(e);
+            let on_row = |e: Event| progress_ref.row(e);
             let stats = run_shard(
                 index,
                 rows,
                 ingest.rows_per_shard,
-                &output,
-                downloader.clone(),
-                resize.clone(),
+                output_ref,
+                downloader_ref.clone(),
+                resize_ref.clone(),
                 ingest.concurrency as usize,
                 &on_row,
             )
             .await?;
-            anyhow::Ok(stats)
+            let counts = ShardCounts {
+                input_rows: stats.count as i64,
+                output_rows: stats.successes as i64,
+                failed_rows: (stats.failed_to_download + stats.failed_to_resize) as i64,
+                bytes_written: stats.bytes_written as i64,
+                extra: serde_json::json!({
+                    "failed_to_download": stats.failed_to_download,
+                    "failed_to_resize": stats.failed_to_resize,
+                    "bytes_downloaded": stats.bytes_downloaded,
+                    "status_dict": stats.status_dict,
+                    "seconds": stats.seconds,
+                }),
+            };
+            let line = format!(
+                "shard {index:05}: {} of {} images in {:.1} s ({} failed to download, {} to resize)",
+                stats.successes,
+                stats.count,
+                stats.duration,
+                stats.failed_to_download,
+                stats.failed_to_resize
+            );
+            progress_ref.println(line.clone());
+            // Printed above the progress bar already.
+            anyhow::Ok(ShardDone::Worked {
+                line: String::new(),
+                counts,
+            })
         };
-        // A stop request lets the shard run on for the grace period, then drops it.
-        let result = tokio::select! {
-            result = work => Some(result),
-            () = stop.then_wait(grace, || progress.println(format!(
-                "stop requested: shard {index:05} gets {} s to finish, then it is released",
-                grace.as_secs()
-            ))) => None,
-        };
-        renewer.abort();
-        let Some(result) = result else {
-            runs::release_shard(pool, &held).await?;
-            progress.println(format!(
-                "shard {index:05} released unfinished; the next worker or run redoes it"
-            ));
-            released = Some(index);
-            break;
-        };
-        match result {
-            Ok(stats) => {
-                let counts = ShardCounts {
-                    input_rows: stats.count as i64,
-                    output_rows: stats.successes as i64,
-                    failed_rows: (stats.failed_to_download + stats.failed_to_resize) as i64,
-                    bytes_written: stats.bytes_written as i64,
-                    extra: serde_json::json!({
-                        "failed_to_download": stats.failed_to_download,
-                        "failed_to_resize": stats.failed_to_resize,
-                        "bytes_downloaded": stats.bytes_downloaded,
-                        "status_dict": stats.status_dict,
-                        "seconds": stats.seconds,
-                    }),
-                };
-                match runs::complete_shard(pool, &held, &counts).await {
-                    Ok(()) => {}
-                    Err(StoreError::LeaseLost { .. }) => {
-                        progress.println(format!(
-                            "shard {index}: lease lost to another worker; its result stands"
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                progress.println(format!(
-                    "shard {index:05}: {} of {} images in {:.1} s ({} failed to download, {} to resize)",
-                    stats.successes,
-                    stats.count,
-                    stats.duration,
-                    stats.failed_to_download,
-                    stats.failed_to_resize
-                ));
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                progress.println(format!("shard {index:05} failed: {message}"));
-                runs::fail_shard(pool, &held, &message).await?;
-            }
-        }
-        done_here += 1;
-    }
+        (name, work.await)
+    })
+    .await?;
     progress.finish();
-    let state = finish_if_done(pool, open, args.keep_run_open).await?;
-    if stop.requested() {
+    let state = walked.progress.clone().unwrap_or_default();
+    let done_here = walked.done;
+    let released = walked.released.clone();
+    if walked.stopped {
         println!(
             "worker {worker}: stopped by signal after {done_here} shard(s){}; run #{} stays open: re-run to resume",
             released
-                .map(|i| format!(", shard {i:05} released"))
+                .map(|i| format!(", shard {i} released"))
                 .unwrap_or_default(),
             open.run_id
         );
@@ -405,31 +369,6 @@ pub async fn run_with(
     })
 }
 
-/// Ends the stage, and the run unless `keep_run_open`, once no shard is pending or running
-/// (whichever worker sees it).
-async fn finish_if_done(
-    pool: &sqlx::PgPool,
-    open: runs::OpenStage,
-    keep_run_open: bool,
-) -> anyhow::Result<runs::ShardProgress> {
-    let state = runs::shard_progress(pool, open.stage_run_id).await?;
-    if state.finished() {
-        let outcome = if state.failed > 0 {
-            Outcome::Failed
-        } else {
-            Outcome::Succeeded
-        };
-        let counts = serde_json::to_value(&state)?;
-        let error = (state.failed > 0).then(|| format!("{} shard(s) failed", state.failed));
-        runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
-        if !keep_run_open {
-            // Another worker may have finished the run first; that is fine.
-            let _ = runs::finish_pipeline_run(pool, open.run_id, outcome, error.as_deref()).await;
-        }
-    }
-    Ok(state)
-}
-
 /// A `--worker` started before the preparing process registered the run waits for it.
 async fn wait_for_run(pool: &sqlx::PgPool, output: &str) -> anyhow::Result<runs::OpenStage> {
     for _ in 0..600 {
@@ -451,12 +390,6 @@ async fn wait_for_preparation(output: &Path) -> anyhow::Result<Prepared> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bail!("{} was not prepared within an hour", output.display())
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// The progress bar: images/s and error counts (hidden when stderr is not a terminal).

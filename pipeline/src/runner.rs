@@ -3,13 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use llamagen_cli::config::{PipelineConfig, record_pipeline_run};
+use crate::checkpoint_evaluator::{self, EvaluatorOptions};
+use crate::config::{PipelineConfig, record_pipeline_run};
 use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
-use crate::EXIT_NOT_BUILT;
-use crate::caption::WorkerArgs;
-use crate::ingest::{EXIT_STOPPED, IngestArgs};
+use crate::shard_worker::Sharing;
+use crate::signals::EXIT_STOPPED;
+use crate::stages::ingest::IngestArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -24,40 +25,17 @@ pub struct RunArgs {
     pub grace_secs: u64,
 }
 
-/// Why a stage cannot be part of a chained run yet, if it cannot.
-fn not_chainable(stage: &str) -> Option<&'static str> {
-    match stage {
-        "ingest" | "filter" | "caption" | "encode" | "train" => None,
-        "sample" | "evaluate" => Some(
-            "it needs a checkpoint to benchmark; `llamagen benchmark generator` samples and evaluates the checkpoints train registered",
-        ),
-        other => crate::stage_not_built(other),
-    }
-}
-
 pub async fn run(args: &RunArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
-    let blocked: Vec<String> = config
-        .pipeline
-        .stages
-        .iter()
-        .filter_map(|s| not_chainable(s).map(|why| format!("{s}: {why}")))
-        .collect();
-    if !blocked.is_empty() {
-        eprintln!(
-            "llamagen run: pipeline {:?} has stages that cannot run in a chain yet:\n  {}",
-            config.pipeline.name,
-            blocked.join("\n  ")
-        );
-        return Ok(ExitCode::from(EXIT_NOT_BUILT));
-    }
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = run_stages(&config, args, &store, data_dir).await;
     store.close().await?;
     result
 }
 
-async fn run_stages(
+/// The stages of `config` in order inside pipeline run `args.run_id` (recorded now when
+/// `None`); the run is closed as succeeded or failed, or left open when a signal stopped it.
+pub async fn run_stages(
     config: &PipelineConfig,
     args: &RunArgs,
     store: &Store,
@@ -87,18 +65,26 @@ async fn run_stages(
         let outcome = match stage.as_str() {
             "ingest" => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
-                crate::ingest::run_with(config, &ingest_args, data_dir).await
+                crate::stages::ingest::run_with(config, &ingest_args, data_dir).await
             }
             "filter" => {
-                let shards = crate::ingest::under(data_dir, Path::new(&config.ingest.output));
+                let shards =
+                    crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
                 let mut settings = config.filter.clone();
-                settings.models = crate::ingest::under(data_dir, Path::new(&settings.models))
-                    .display()
-                    .to_string();
-                match crate::filter::filter_folder(&settings, &shards, &shards, 0, WorkerArgs::ALL)
-                    .await
+                settings.models =
+                    crate::stages::ingest::under(data_dir, Path::new(&settings.models))
+                        .display()
+                        .to_string();
+                match crate::stages::filter::filter_folder(
+                    &settings,
+                    &shards,
+                    &shards,
+                    0,
+                    &Sharing::ALL,
+                )
+                .await
                 {
-                    Ok(summary) => crate::filter::record(
+                    Ok(summary) => crate::stages::filter::record(
                         store,
                         &settings,
                         &shards,
@@ -114,17 +100,43 @@ async fn run_stages(
             }
             "caption" => {
                 // Captions go next to the shards the ingest stage wrote.
-                let shards = crate::ingest::under(data_dir, Path::new(&config.ingest.output));
-                crate::caption::caption_folder(&config.caption, &shards, &shards, WorkerArgs::ALL)
-                    .await
-                    .map(|_| ExitCode::SUCCESS)
+                let shards =
+                    crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
+                crate::stages::caption::caption_folder(
+                    &config.caption,
+                    &shards,
+                    &shards,
+                    &Sharing::ALL,
+                )
+                .await
+                .map(|_| ExitCode::SUCCESS)
             }
-            "encode" => crate::encode::run_from_config(config, data_dir).await,
+            "encode" => crate::stages::encode::run_from_config(config, data_dir).await,
             "train" => match crate::train::args_from_config(config, data_dir) {
-                Ok(train_args) => crate::train::run(&train_args, data_dir).await,
+                Ok(train_args) => crate::train::run(&train_args, data_dir)
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
                 Err(e) => Err(e),
             },
-            other => anyhow::bail!("stage {other} cannot run in a chain (checked before starting)"),
+            "sample" => checkpoint_evaluator::sample_selected(config, data_dir, "auto")
+                .await
+                .map(|(checkpoints, made)| {
+                    println!("{checkpoints} checkpoint(s) sampled, {made} new image(s)");
+                    ExitCode::SUCCESS
+                }),
+            "evaluate" => {
+                checkpoint_evaluator::run(config, data_dir, &EvaluatorOptions::drain("auto"))
+                    .await
+                    .map(|summary| {
+                        println!("{summary}");
+                        if summary.failed_for_good > 0 {
+                            ExitCode::FAILURE
+                        } else {
+                            ExitCode::SUCCESS
+                        }
+                    })
+            }
+            other => anyhow::bail!("unknown stage {other} (the config check names the known ones)"),
         };
         if let Some(id) = stage_run {
             let (result, error) = match &outcome {

@@ -1,0 +1,196 @@
+//! Filter and caption workers sharing one shard folder through PostgreSQL leases, as a Slurm
+//! array or a Kubernetes Job of `--leases` workers runs them: one worker is killed with SIGKILL
+//! (caption) or dies holding a shard (filter), the others take its shard over once the lease
+//! runs out, and every shard is finished exactly once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{llamagen_on, repo, text};
+use llamagen_caption::output::{CaptionStatus, captions_path, journal_path, read_captions};
+use llamagen_caption::testing::{CaptionServer, MODEL};
+use llamagen_filter::output::{filter_path, read_filter};
+use llamagen_shards::webdataset::TarWriter;
+use llamagen_store::runs;
+use llamagen_store::testing::TestDatabase;
+
+/// `count` shards of `per_shard` photos each.
+fn shards(dir: &Path, count: usize, per_shard: usize) -> PathBuf {
+    let shards = dir.join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let fixtures = repo().join("filter/tests/fixtures");
+    let names = ["chelsea", "coffee", "astronaut"];
+    for shard in 0..count {
+        let mut tar = TarWriter::create(&shards.join(format!("{shard:05}.tar"))).unwrap();
+        for i in 0..per_shard {
+            let name = names[i % 3];
+            let key = format!("{shard:05}{i:04}");
+            let png = std::fs::read(fixtures.join(format!("{name}.png"))).unwrap();
+            tar.append(&key, "png", &png).unwrap();
+            tar.append(&key, "txt", format!("a photo of {name}").as_bytes())
+                .unwrap();
+        }
+        tar.finish().unwrap();
+    }
+    shards
+}
+
+/// (shard index, status, attempts) of the one stage run of `stage`.
+async fn shard_rows(db: &TestDatabase, stage: &str) -> Vec<(i32, String, i32)> {
+    sqlx::query_as(
+        "SELECT s.shard_index, s.status, s.attempts FROM shards s
+         JOIN stage_runs r ON r.id = s.stage_run_id WHERE r.stage = $1 ORDER BY s.shard_index",
+    )
+    .bind(stage)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_workers_take_over_a_dead_workers_shard() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shards(dir.path(), 5, 3);
+    let output = std::fs::canonicalize(&shards).unwrap();
+    // A worker that died holding shard 0 with a 2-second lease.
+    let open = runs::join_or_start_stage(
+        &db.pool,
+        &runs::SharedStage {
+            stage: "filter",
+            input_path: &shards.display().to_string(),
+            output_path: &output.display().to_string(),
+            config: &serde_json::json!({}),
+            shards: 5,
+            max_attempts: 3,
+            run_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    let dead = runs::claim_shard(
+        &db.pool,
+        open.stage_run_id,
+        "dead:1",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(dead.shard_index, 0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let worker = || {
+        let mut cmd = llamagen_on(dir.path(), &db.url());
+        cmd.arg("filter")
+            .arg("--input")
+            .arg(&shards)
+            .arg("--models")
+            .arg(repo().join("filter/tests/fixtures/models"))
+            .args(["--min-width", "200", "--min-height", "200"])
+            .args(["--min-aesthetic", "-10", "--min-clip-similarity", "-1"])
+            .args(["--leases", "--lease-secs", "30"])
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let (a, b) = (worker().spawn().unwrap(), worker().spawn().unwrap());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let worked = |out: &std::process::Output| text(out).matches(" kept in ").count();
+    assert_eq!(worked(&a) + worked(&b), 5, "{}\n{}", text(&a), text(&b));
+
+    let rows = shard_rows(&db, "filter").await;
+    let expected: Vec<(i32, String, i32)> = (0..5)
+        .map(|i| (i, "succeeded".to_string(), if i == 0 { 2 } else { 1 }))
+        .collect();
+    assert_eq!(rows, expected);
+    for shard in 0..5 {
+        let decisions = read_filter(&filter_path(&shards, &format!("{shard:05}"))).unwrap();
+        assert_eq!(decisions.len(), 3);
+    }
+    // The dead worker cannot finish the shard it lost.
+    assert!(
+        runs::complete_shard(&db.pool, &dead, &runs::ShardCounts::default())
+            .await
+            .is_err()
+    );
+    // The shared stage holds the funnel of all 15 samples and closed as succeeded.
+    let (status, rows_in): (String, i64) = sqlx::query_as(
+        "SELECT s.status, f.rows_in FROM stage_runs s
+         JOIN filter_funnel f ON f.stage_run_id = s.id
+         WHERE s.stage = 'filter' ORDER BY f.step LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), rows_in), ("succeeded", 15));
+    let stages: i64 = sqlx::query_scalar("SELECT count(*) FROM stage_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stages, 1, "both workers joined one stage run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_workers_take_over_a_killed_workers_shard() {
+    let server = CaptionServer::start().unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shards(dir.path(), 4, 6);
+    let worker = |scenario: &str| {
+        let mut cmd = llamagen_on(dir.path(), &db.url());
+        cmd.arg("caption")
+            .arg("--input")
+            .arg(&shards)
+            .args(["--endpoint", &server.endpoint(scenario), "--model", MODEL])
+            .args(["--concurrency", "1", "--retries", "0"])
+            .args(["--leases", "--lease-secs", "3"])
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    // Slow answers: the first worker is SIGKILLed mid-shard, two answers journaled.
+    let mut slow = worker("slow/300").spawn().unwrap();
+    let journal = journal_path(&shards, "00000");
+    common::wait_for_lines(&journal, 2, Duration::from_secs(60));
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    assert!(!captions_path(&shards, "00000").exists());
+    // Once its lease has run out, two workers share the folder and take shard 0 over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (a, b) = (worker("ok").spawn().unwrap(), worker("ok").spawn().unwrap());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+
+    let rows = shard_rows(&db, "caption").await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0], (0, "succeeded".to_string(), 2), "{rows:?}");
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|(_, status, attempts)| status == "succeeded" && *attempts == 1),
+        "{rows:?}"
+    );
+    for shard in 0..4 {
+        let captions = read_captions(&captions_path(&shards, &format!("{shard:05}"))).unwrap();
+        assert_eq!(captions.len(), 6);
+        assert!(captions.iter().all(|r| r.status == CaptionStatus::Ok));
+    }
+    // The killed worker's answers were resumed from its journal, not asked again.
+    let both = text(&a) + &text(&b);
+    let line = both
+        .lines()
+        .find(|l| l.starts_with("shard 00000:"))
+        .unwrap_or_else(|| panic!("no line for shard 00000:\n{both}"));
+    let resumed: usize = line
+        .split(" resumed)")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(resumed >= 2, "{line}");
+    assert!(!journal.exists());
+}

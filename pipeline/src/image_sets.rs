@@ -1,0 +1,179 @@
+//! Image sets through the FID Inception: an ADM npz (images and/or statistics), a folder of
+//! images, or a folder of webdataset shards; and the generation metrics between two of them as
+//! the ADM evaluator computes them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::inception::{Inception, InceptionFeatures};
+use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
+use llamagen_evaluate::npz::read_reference;
+use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
+use ndarray::{Array3, Array4, Axis};
+
+/// One side of the comparison.
+pub struct Side {
+    pub features: Option<InceptionFeatures>,
+    pub pool: Statistics,
+    pub spatial: Option<Statistics>,
+}
+
+/// FID, sFID (when both sides have spatial statistics), IS, and precision/recall (when the
+/// reference has images), as the ADM evaluator computes them.
+pub fn generation_metrics(
+    reference: &Side,
+    samples: &Side,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let Some(sample_features) = &samples.features else {
+        bail!("the generated set must hold images (arr_0 or a folder), not only statistics");
+    };
+    let mut metrics: Vec<(&'static str, f64)> = Vec::new();
+    let is = inception_score(sample_features.logits.view(), ADM_SPLIT_SIZE)?;
+    metrics.push(("inception_score", is.mean));
+    metrics.push(("fid", frechet_distance(&reference.pool, &samples.pool)?));
+    if let (Some(r), Some(s)) = (&reference.spatial, &samples.spatial) {
+        metrics.push(("sfid", frechet_distance(r, s)?));
+    }
+    if let Some(ref_features) = &reference.features {
+        let pr = precision_recall(ref_features.pool.view(), sample_features.pool.view(), ADM_K)?;
+        metrics.push(("precision", pr.precision));
+        metrics.push(("recall", pr.recall));
+    }
+    Ok(metrics)
+}
+
+/// Images (npz arr_0 or a folder) through the Inception, or an npz's stored statistics.
+/// `center_crop` applies to folders (see [`read_folder`]).
+pub fn load_side(
+    path: &Path,
+    net: &mut Inception,
+    center_crop: Option<usize>,
+) -> anyhow::Result<Side> {
+    let images = if path.is_dir() {
+        Some(read_folder(path, center_crop)?)
+    } else {
+        let batch = read_reference(path)?;
+        if batch.images.is_none() {
+            let pool = batch.pool.context("npz without images has no mu/sigma")?;
+            return Ok(Side {
+                features: None,
+                pool,
+                spatial: batch.spatial,
+            });
+        }
+        batch.images
+    };
+    let images = images.context("no images")?;
+    if images.dim().0 < 2 {
+        bail!("need at least 2 images, found {}", images.dim().0);
+    }
+    let features = net.features(images.view())?;
+    let pool = Statistics::from_features(features.pool.view())?;
+    let spatial = Some(Statistics::from_features(features.spatial.view())?);
+    Ok(Side {
+        features: Some(features),
+        pool,
+        spatial,
+    })
+}
+
+/// PNG and JPEG files of a folder in name order, then the images of its webdataset shards
+/// (`*.tar`, as `llamagen ingest` writes them) in shard and member order, as one batch: each
+/// center-cropped to `center_crop` when given (ADM's preprocessing), else all must have one size.
+pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
+    let extension = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let is_image = |e: &str| matches!(e, "png" | "jpg" | "jpeg");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let mut images: Vec<Array3<u8>> = Vec::new();
+    let mut first_label = String::new();
+    let mut add = |label: String, img: image::DynamicImage| -> anyhow::Result<()> {
+        let img = img.to_rgb8();
+        let (w, h) = img.dimensions();
+        let mut img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
+        if let Some(size) = center_crop {
+            img = llamagen_evaluate::center_crop::center_crop(img.view(), size)
+                .with_context(|| format!("center-cropping {label}"))?;
+        }
+        match images.first() {
+            Some(first) if first.dim() != img.dim() => bail!(
+                "{label} is {w}x{h} but {first_label} is {}x{}: resize the set to one size first, or pass --center-crop SIZE",
+                first.dim().1,
+                first.dim().0
+            ),
+            Some(_) => {}
+            None => first_label = label,
+        }
+        images.push(img);
+        Ok(())
+    };
+    for file in files.iter().filter(|f| is_image(&extension(f))) {
+        let img = image::open(file).with_context(|| format!("decoding {}", file.display()))?;
+        add(file.display().to_string(), img)?;
+    }
+    for tar in files.iter().filter(|f| extension(f) == "tar") {
+        for (name, bytes) in llamagen_shards::webdataset::read_members(tar)? {
+            if is_image(&extension(Path::new(&name))) {
+                let label = format!("{}:{name}", tar.display());
+                let img =
+                    image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
+                add(label, img)?;
+            }
+        }
+    }
+    let views: Vec<_> = images
+        .iter()
+        .map(|i| i.view().insert_axis(Axis(0)))
+        .collect();
+    if views.is_empty() {
+        bail!(
+            "{} holds no PNG or JPEG images and no webdataset shards",
+            dir.display()
+        );
+    }
+    Ok(ndarray::concatenate(Axis(0), &views)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), format)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn folders_and_their_webdataset_shards_read_as_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.png"),
+            encoded(40, 50, image::ImageFormat::Png),
+        )
+        .unwrap();
+        let mut tar =
+            llamagen_shards::webdataset::TarWriter::create(&dir.path().join("00000.tar")).unwrap();
+        for key in ["0000", "0001"] {
+            tar.append(key, "jpg", &encoded(48, 48, image::ImageFormat::Jpeg))
+                .unwrap();
+            tar.append(key, "txt", b"a caption").unwrap();
+        }
+        tar.finish().unwrap();
+        let batch = read_folder(dir.path(), Some(32)).unwrap();
+        assert_eq!(batch.dim(), (3, 32, 32, 3));
+        let err = read_folder(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("00000.tar:0000.jpg is 48x48"), "{err}");
+    }
+}

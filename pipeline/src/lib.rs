@@ -1,0 +1,31 @@
+//! The pipeline layer of llamagen-rs, between the `llamagen` binary and the stage crates
+//! (docs/architecture.md draws the floors):
+//!
+//! - [`config`]: the pipeline config (`PIPELINE.toml`), one section per stage, validated.
+//! - [`sample`]: images from a GPT checkpoint and a VQ tokenizer, resumable per folder.
+//! - [`image_sets`]: image sets through the FID Inception, and the generation metrics.
+//! - [`recording`]: results onto the leaderboard.
+//! - [`benchmark`]: one checkpoint over a guidance sweep: sample, measure, record.
+//! - [`checkpoint_evaluator`]: every checkpoint a protocol selects benchmarked once, shared by
+//!   any number of evaluators through PostgreSQL claims.
+//! - [`shard_worker`]: the one shard-worker loop (a fixed split, or claims with leases).
+//! - [`train`]: the training loop: data from our shards or LlamaGen's layout, exactly
+//!   resumable checkpoints, runs and loss curves in PostgreSQL.
+//! - [`stages`]: ingest, filter, caption and encode over shard folders, on [`shard_worker`].
+//! - [`runner`]: a pipeline config's stages in order, as one recorded run (`llamagen run`,
+//!   the scheduler, the demo).
+//! - [`signals`]: SIGTERM and Ctrl-C for the long-running loops.
+//! - [`provenance`]: the git revision, file hashes and host name that results carry.
+
+pub mod benchmark;
+pub mod checkpoint_evaluator;
+pub mod config;
+pub mod image_sets;
+pub mod provenance;
+pub mod recording;
+pub mod runner;
+pub mod sample;
+pub mod shard_worker;
+pub mod signals;
+pub mod stages;
+pub mod train;

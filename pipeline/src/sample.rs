@@ -1,0 +1,506 @@
+//! `llamagen sample`: class-conditional images from a GPT checkpoint and a VQ tokenizer, as
+//! LlamaGen's `sample_c2i.py` / `sample_c2i_ddp.py` make them, written as `NNNNNN.png` plus an
+//! ADM-style `samples.npz` (uint8 `arr_0`, [N, H, W, 3]) that `llamagen evaluate` reads.
+//!
+//! Sample i uses class `i % num_classes` (or `--classes`) and its own seed derived from
+//! `--seed` and i, so a folder can be filled in any order, resumed after a kill (finished PNGs
+//! are kept) and split across machines with `--start` / `--num-samples`, always drawing the same
+//! tokens (pixels may differ by one level where a different batch shape changes the decoder's
+//! float rounding).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::provenance::file_sha256;
+use anyhow::{Context as _, bail};
+use llamagen_models::generate::{Sampling, generate};
+use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
+use llamagen_models::images::to_uint8_nhwc;
+use llamagen_models::vq::{VqConfig, VqModel};
+use llamagen_models::weights;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    /// GPT weights (safetensors from scripts/convert_llamagen.py or our trainer).
+    #[arg(long)]
+    pub gpt_ckpt: PathBuf,
+    /// GPT size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B.
+    #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
+    pub gpt_model: String,
+    /// A JSON GptConfig instead of a named size (every field of models::gpt::GptConfig).
+    #[arg(long)]
+    pub gpt_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub vq: VqArgs,
+    /// Image side in pixels (256 or 384 for the released c2i models).
+    #[arg(long, default_value_t = 256)]
+    pub image_size: i64,
+    /// Resize the decoded images to this side (bicubic, as LlamaGen's sample_c2i_ddp.py
+    /// `--image-size-eval`; the paper evaluates its 384 px models at 256).
+    #[arg(long)]
+    pub image_size_eval: Option<i64>,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Class ids to cycle through (comma-separated); default: every class in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<i64>,
+    /// Text-to-image: a file of prompts, one per line, cycled through like --classes.
+    #[arg(long, requires = "t5")]
+    pub prompts: Option<PathBuf>,
+    /// Text-to-image: the FLAN-T5 export folder (scripts/export_t5.py) that embeds --prompts.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// Samples to make (the FID protocol uses 50,000).
+    #[arg(long, default_value_t = 16)]
+    pub num_samples: u64,
+    /// First sample index this process makes (to split a run across machines).
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg_scale: f64,
+    #[arg(long, default_value_t = -1)]
+    pub cfg_interval: i64,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Conditions per batch (doubled internally when guidance is on).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// cpu, cuda or auto (cuda when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// GPT precision: fp32, or bf16 (CUDA only; the tokenizer stays fp32 as in LlamaGen).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Output folder for PNGs, samples.npz and sampling.json.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Skip writing samples.npz.
+    #[arg(long)]
+    pub no_npz: bool,
+    /// Set by an evaluator whose claim on the checkpoint was lost: sampling stops after the
+    /// batch in hand (the PNGs written so far stay valid for whoever resumes the folder).
+    #[arg(skip)]
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// The tokenizer: its weights and architecture (shared with `llamagen benchmark tokenizer`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VqArgs {
+    /// VQ tokenizer weights (safetensors).
+    #[arg(long)]
+    pub vq_ckpt: PathBuf,
+    /// VQ-16 or VQ-8.
+    #[arg(long, default_value = "VQ-16", conflicts_with = "vq_config")]
+    pub vq_model: String,
+    /// A JSON VqConfig instead of a named tokenizer.
+    #[arg(long)]
+    pub vq_config: Option<PathBuf>,
+    /// Codebook entries of the tokenizer (also the GPT vocabulary).
+    #[arg(long, default_value_t = 16384)]
+    pub codebook_size: i64,
+    #[arg(long, default_value_t = 8)]
+    pub codebook_embed_dim: i64,
+}
+
+impl VqArgs {
+    /// The tokenizer of a pipeline config's `[encode]` section (the sampler decodes with the
+    /// tokenizer the codes were made with); relative paths under `data_dir`.
+    pub fn from_config(config: &crate::config::PipelineConfig, data_dir: &Path) -> Self {
+        use crate::config::PipelineConfig;
+        let e = &config.encode;
+        Self {
+            vq_ckpt: PipelineConfig::resolve(data_dir, &e.vq_checkpoint),
+            vq_model: format!("VQ-{}", e.downsample),
+            vq_config: (!e.vq_config.is_empty())
+                .then(|| PipelineConfig::resolve(data_dir, &e.vq_config)),
+            codebook_size: i64::from(e.codebook_size),
+            codebook_embed_dim: i64::from(e.codebook_embed_dim),
+        }
+    }
+
+    /// The architecture: the JSON file, or the named preset with the given codebook; dropout off.
+    pub fn config(&self) -> anyhow::Result<VqConfig> {
+        let mut vq = match &self.vq_config {
+            Some(path) => read_json(path)?,
+            None => {
+                let mut c = VqConfig::named(&self.vq_model)?;
+                c.codebook_size = self.codebook_size;
+                c.codebook_embed_dim = self.codebook_embed_dim;
+                c
+            }
+        };
+        vq.dropout_p = 0.0;
+        Ok(vq)
+    }
+
+    /// The tokenizer on `device` with its weights loaded (the VarStore owns them).
+    pub fn load(&self, device: Device) -> anyhow::Result<(VarStore, VqModel)> {
+        let vs = VarStore::new(device);
+        let vq = VqModel::new(&vs.root(), self.config()?)?;
+        weights::load_strict(&vs, &self.vq_ckpt)?;
+        Ok((vs, vq))
+    }
+}
+
+/// Everything that determines the images, stored as `sampling.json` next to them; a folder
+/// refuses to be filled with different settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingRecord {
+    pub gpt_ckpt_sha256: String,
+    pub vq_ckpt_sha256: String,
+    pub gpt: GptConfig,
+    pub vq: VqConfig,
+    pub image_size: i64,
+    pub image_size_eval: i64,
+    pub classes: Vec<i64>,
+    /// The prompts of a text-to-image run, and the sha256 of the T5 encoder that embedded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t5_sha256: Option<String>,
+    pub cfg_scale: f64,
+    pub cfg_interval: i64,
+    pub top_k: i64,
+    pub top_p: f64,
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    pub made: u64,
+    pub skipped: u64,
+    pub gpt_seconds: f64,
+    pub decode_seconds: f64,
+    pub npz: Option<PathBuf>,
+}
+
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => bail!("--device cuda: libtorch sees no CUDA device"),
+        other => bail!("--device must be cpu, cuda or auto, got {other:?}"),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn configs(args: &SampleArgs) -> anyhow::Result<(GptConfig, VqConfig)> {
+    let vq = args.vq.config()?;
+    let f = vq.downsample();
+    if args.image_size <= 0 || args.image_size % f != 0 {
+        bail!(
+            "--image-size {} is not a multiple of the tokenizer's downsample {f}",
+            args.image_size
+        );
+    }
+    let grid = args.image_size / f;
+    let gpt = match &args.gpt_config {
+        Some(path) => read_json::<GptConfig>(path)?,
+        None => {
+            let mut c = GptConfig::named(&args.gpt_model, Conditioning::Class, grid)?;
+            c.vocab_size = vq.codebook_size;
+            c.num_classes = args.num_classes;
+            c
+        }
+    };
+    let text = gpt.conditioning == Conditioning::Text;
+    if text != args.prompts.is_some() {
+        bail!(if text {
+            "a text-conditioned GPT samples from --prompts FILE with --t5 EXPORT_FOLDER"
+        } else {
+            "--prompts needs a text-conditioned GPT (--gpt-config with conditioning t2i)"
+        });
+    }
+    if gpt.block_size != grid * grid {
+        bail!(
+            "the GPT generates {} tokens per image but {} px at downsample {f} needs {}",
+            gpt.block_size,
+            args.image_size,
+            grid * grid
+        );
+    }
+    if gpt.vocab_size != vq.codebook_size {
+        bail!(
+            "GPT vocabulary {} differs from the codebook size {}",
+            gpt.vocab_size,
+            vq.codebook_size
+        );
+    }
+    Ok((gpt, vq))
+}
+
+/// FLAN-T5 features of `prompts` as the GPT's prefix, as LlamaGen's sample_t2i.py makes it
+/// (left padding, the padded rows zeroed by the mask): [P, T, D] f32 with the valid tokens
+/// last, and the [P, T] bool mask of the valid positions.
+fn embed_prompts(
+    prompts: &[String],
+    t5: &Path,
+    gpt: &GptConfig,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let prefix = gpt.cls_token_num as usize;
+    let mut encoder = llamagen_encode::t5::T5Encoder::open(t5, prefix, 0)?;
+    if encoder.spec.d_model as i64 != gpt.caption_dim {
+        bail!(
+            "the T5 encoder is {} wide but the GPT expects captions {} wide",
+            encoder.spec.d_model,
+            gpt.caption_dim
+        );
+    }
+    let strs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let embedded = encoder.embed(&strs, 16)?;
+    let d = encoder.spec.d_model;
+    let mut features = vec![0f32; prompts.len() * prefix * d];
+    let mut mask = vec![false; prompts.len() * prefix];
+    for (p, e) in embedded.iter().enumerate() {
+        let n = e.nrows().min(prefix);
+        let start = (p * prefix + prefix - n) * d;
+        for (dst, src) in features[start..start + n * d].iter_mut().zip(e.iter()) {
+            *dst = *src;
+        }
+        for m in &mut mask[p * prefix + prefix - n..(p + 1) * prefix] {
+            *m = true;
+        }
+    }
+    let p = prompts.len() as i64;
+    Ok((
+        Tensor::from_slice(&features).view([p, prefix as i64, d as i64]),
+        Tensor::from_slice(&mask).view([p, prefix as i64]),
+    ))
+}
+
+/// Seed of sample `index`: the run seed in the high half, the index in the low half, so that no
+/// two (seed, index) pairs below 2^32 share a stream.
+pub fn sample_seed(seed: u64, index: u64) -> u64 {
+    (seed << 32) ^ index
+}
+
+pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
+    let (gpt_config, vq_config) = configs(args)?;
+    let sampling = Sampling {
+        cfg_scale: args.cfg_scale,
+        cfg_interval: args.cfg_interval,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    };
+    sampling.validate()?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let classes: Vec<i64> = if args.classes.is_empty() {
+        (0..gpt_config.num_classes).collect()
+    } else {
+        args.classes.clone()
+    };
+    if let Some(bad) = classes
+        .iter()
+        .find(|&&c| c < 0 || c >= gpt_config.num_classes)
+    {
+        bail!("class {bad} is outside 0..{}", gpt_config.num_classes);
+    }
+    let prompts = match &args.prompts {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if lines.is_empty() {
+                bail!("{} holds no prompt", path.display());
+            }
+            lines
+        }
+    };
+    let image_size_eval = args.image_size_eval.unwrap_or(args.image_size);
+    if image_size_eval <= 0 {
+        bail!("--image-size-eval must be positive");
+    }
+    let device = device(&args.device)?;
+    let gpt_kind = match args.precision.as_str() {
+        "fp32" => Kind::Float,
+        "bf16" if device.is_cuda() => Kind::BFloat16,
+        "bf16" => bail!("--precision bf16 needs CUDA; use fp32 on the CPU"),
+        other => bail!("--precision must be fp32 or bf16, got {other:?}"),
+    };
+
+    let record = SamplingRecord {
+        gpt_ckpt_sha256: file_sha256(&args.gpt_ckpt)?.0,
+        vq_ckpt_sha256: file_sha256(&args.vq.vq_ckpt)?.0,
+        gpt: gpt_config.clone(),
+        vq: vq_config.clone(),
+        image_size: args.image_size,
+        image_size_eval,
+        classes: if prompts.is_empty() {
+            classes.clone()
+        } else {
+            Vec::new()
+        },
+        prompts: prompts.clone(),
+        // The weights: the external data file of a large export, else the model file.
+        t5_sha256: match &args.t5 {
+            Some(dir) => {
+                use llamagen_encode::t5::{EXTERNAL_DATA, FILES};
+                let data = dir.join(EXTERNAL_DATA);
+                let weights = if data.is_file() {
+                    data
+                } else {
+                    dir.join(FILES[1])
+                };
+                Some(file_sha256(&weights)?.0)
+            }
+            None => None,
+        },
+        cfg_scale: args.cfg_scale,
+        cfg_interval: args.cfg_interval,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        temperature: args.temperature,
+        seed: args.seed,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
+
+    // Prompts: their FLAN-T5 features [P, T, D], valid tokens last, and the [P, T] mask.
+    let prompt_features = match &args.t5 {
+        Some(dir) if !prompts.is_empty() => Some(embed_prompts(&prompts, dir, &gpt_config)?),
+        _ => None,
+    };
+    let mut gpt_vs = VarStore::new(device);
+    let gpt = Gpt::new(&gpt_vs.root(), gpt_config)?;
+    weights::load_strict(&gpt_vs, &args.gpt_ckpt)?;
+    gpt_vs.set_kind(gpt_kind);
+    let (_vq_vs, vq) = args.vq.load(device)?;
+
+    let end = args.start + args.num_samples;
+    let todo: Vec<u64> = (args.start..end)
+        .filter(|&i| !png_path(&args.out, i).is_file())
+        .collect();
+    let mut report = SampleReport {
+        made: 0,
+        skipped: args.num_samples - todo.len() as u64,
+        gpt_seconds: 0.0,
+        decode_seconds: 0.0,
+        npz: None,
+    };
+    for batch in todo.chunks(args.batch_size) {
+        if args
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            bail!("sampling into {} was cancelled", args.out.display());
+        }
+        let labels: Vec<i64> = batch
+            .iter()
+            .map(|&i| classes[(i % classes.len() as u64) as usize])
+            .collect();
+        let seeds: Vec<u64> = batch.iter().map(|&i| sample_seed(args.seed, i)).collect();
+        let (cond, prefix_mask) = match &prompt_features {
+            None => (Tensor::from_slice(&labels).to_device(device), None),
+            Some((features, mask)) => {
+                let rows: Vec<i64> = batch
+                    .iter()
+                    .map(|&i| (i % features.size()[0] as u64) as i64)
+                    .collect();
+                let rows = Tensor::from_slice(&rows);
+                (
+                    features
+                        .index_select(0, &rows)
+                        .to_device(device)
+                        .to_kind(gpt_kind),
+                    Some(mask.index_select(0, &rows).to_device(device)),
+                )
+            }
+        };
+        let t = Instant::now();
+        let codes = generate(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        report.gpt_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut images = tch::no_grad(|| vq.decode_codes(&codes))?;
+        if image_size_eval != args.image_size {
+            let side = [image_size_eval, image_size_eval];
+            images = images.upsample_bicubic2d(side, false, None, None);
+        }
+        let pixels = to_uint8_nhwc(&images);
+        report.decode_seconds += t.elapsed().as_secs_f64();
+        for (row, &index) in batch.iter().enumerate() {
+            write_png(&args.out, index, &pixels.get(row as i64))?;
+        }
+        report.made += batch.len() as u64;
+        tracing::info!(
+            "{} / {} images ({:.2} s GPT, {:.2} s decode so far)",
+            report.made + report.skipped,
+            args.num_samples,
+            report.gpt_seconds,
+            report.decode_seconds
+        );
+    }
+    if !args.no_npz {
+        let path = args.out.join("samples.npz");
+        write_npz(&args.out, args.start..end, &path)?;
+        report.npz = Some(path);
+    }
+    Ok(report)
+}
+
+/// Records the settings in `sampling.json`, or checks that the folder's match them.
+fn png_path(out: &Path, index: u64) -> PathBuf {
+    out.join(format!("{index:06}.png"))
+}
+
+/// pixels: [H, W, 3] uint8. Written under a temporary name and renamed, so a kill never leaves
+/// a truncated PNG that a resumed run would take as finished.
+fn write_png(out: &Path, index: u64, pixels: &Tensor) -> anyhow::Result<()> {
+    let (h, w) = (pixels.size()[0] as u32, pixels.size()[1] as u32);
+    let bytes = Vec::<u8>::try_from(&pixels.contiguous().view([-1]))?;
+    let image = image::RgbImage::from_raw(w, h, bytes).context("pixel buffer size")?;
+    let path = png_path(out, index);
+    let tmp = path.with_extension("png.tmp");
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn write_npz(out: &Path, indices: std::ops::Range<u64>, path: &Path) -> anyhow::Result<()> {
+    let mut images = Vec::new();
+    for i in indices {
+        let png = png_path(out, i);
+        let img = image::open(&png)
+            .with_context(|| format!("reading {}", png.display()))?
+            .into_rgb8();
+        let (w, h) = img.dimensions();
+        images.push(ndarray::Array3::from_shape_vec(
+            (h as usize, w as usize, 3),
+            img.into_raw(),
+        )?);
+    }
+    let stacked = llamagen_evaluate::inception::stack(&images)?;
+    llamagen_evaluate::npz::write_reference(path, Some(stacked.view()), None, None)?;
+    Ok(())
+}

@@ -1,0 +1,578 @@
+//! The shard-worker loop every stage that walks shards runs (ingest, filter, caption, encode vq,
+//! encode t5): one process works the shards of a folder either by a fixed split (a Slurm array
+//! or Kubernetes indexed Job index: the shards whose position modulo the count is its index) or
+//! by claiming them from PostgreSQL one at a time:
+//!
+//! 1. claim the lowest pending shard (or one whose lease expired) of the stage run;
+//! 2. renew the lease every third of its length while the shard is worked on; a renewal that
+//!    finds the shard taken over (this worker was presumed dead) cancels the work in hand;
+//! 3. complete the shard with its counts, fail it with the error (retried while attempts
+//!    remain), or, on SIGTERM / Ctrl-C after a grace period, release it unfinished (the attempt
+//!    does not count);
+//! 4. once no shard is pending or running, close the stage run (and its pipeline run unless
+//!    the caller keeps it open), whichever worker sees it first.
+//!
+//! A stage gives the loop one closure that works shard `i`; whatever runs the closure (a
+//! blocking model, an async downloader) the lease protocol is this one.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use llamagen_store::runs::{self, OpenStage, Outcome, ShardCounts, ShardLease, ShardProgress};
+use llamagen_store::{Store, StoreError, StoreOptions};
+use sqlx::PgPool;
+
+use crate::signals::StopSignal;
+
+/// How a worker takes the shards of its folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sharing {
+    /// A fixed split: the shards at positions `index`, `index + count`, ...
+    Static { index: usize, count: usize },
+    /// Claimed from PostgreSQL with a lease, shared with every other worker of the same output.
+    Leases(LeaseOptions),
+}
+
+impl Sharing {
+    /// One process takes every shard.
+    pub const ALL: Self = Sharing::Static { index: 0, count: 1 };
+}
+
+/// The lease settings of a claiming worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseOptions {
+    /// How long a claim lasts without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// Attempts per shard before it is failed for good.
+    pub max_attempts: i32,
+    /// After a stop request, how long the shard in hand may take before it is released.
+    pub grace: Duration,
+    /// Where the private cluster lives when `DATABASE_URL` is unset.
+    pub data_dir: PathBuf,
+}
+
+impl LeaseOptions {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            lease: Duration::from_secs(300),
+            max_attempts: 3,
+            grace: Duration::from_secs(30),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+}
+
+/// What working one shard gave.
+#[derive(Debug, Clone)]
+pub enum ShardDone {
+    /// Worked now: a line for the log (empty: the stage printed its own) and the counts
+    /// recorded with the shard.
+    Worked { line: String, counts: ShardCounts },
+    /// Already finished by an earlier run (its files are complete).
+    AlreadyDone,
+}
+
+/// Set when the work in hand should stop: the lease was lost, or a stop was requested.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The flag itself, for work that checks it between batches.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+
+    fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An error after which no further shard can succeed (the model server refuses every
+/// request, the output folder is pinned to other settings): the walk releases the shard in
+/// hand and stops instead of failing every shard in turn.
+#[derive(Debug)]
+pub struct Fatal(pub anyhow::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Runs blocking shard work (a model on this thread) where the loop expects a future. The work
+/// runs when the loop calls for the shard, on a thread the runtime has set aside, so the lease
+/// keeps being renewed meanwhile; a stop or a lost lease takes effect when it returns.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> std::future::Ready<T> {
+    std::future::ready(tokio::task::block_in_place(work))
+}
+
+/// What one worker's walk did.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// Shards worked by this process.
+    pub done: usize,
+    /// Shards found finished already.
+    pub kept: usize,
+    /// Shards that failed here, with why (the others went on).
+    pub failed: Vec<String>,
+    /// The shard released unfinished when a stop was requested.
+    pub released: Option<String>,
+    /// Shards abandoned because another worker took them over.
+    pub lost: Vec<String>,
+    /// A stop (SIGTERM, Ctrl-C) ended the walk early.
+    pub stopped: bool,
+    /// With leases: the stage run, and its shards by status when this worker left.
+    pub stage: Option<OpenStage>,
+    pub progress: Option<ShardProgress>,
+}
+
+impl Walked {
+    /// An error naming the shards that failed here or for good, if any did.
+    pub fn result(&self) -> anyhow::Result<()> {
+        if !self.failed.is_empty() {
+            anyhow::bail!("shard(s) failed: {}", self.failed.join("; "));
+        }
+        if let Some(p) = self.progress.as_ref().filter(|p| p.failed > 0) {
+            anyhow::bail!("{} shard(s) of the stage failed for good", p.failed);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, name: &str, result: anyhow::Result<ShardDone>) -> Option<ShardCounts> {
+        match result {
+            Ok(ShardDone::Worked { line, counts }) => {
+                if !line.is_empty() {
+                    println!("{line}");
+                }
+                self.done += 1;
+                Some(counts)
+            }
+            Ok(ShardDone::AlreadyDone) => {
+                self.kept += 1;
+                Some(ShardCounts::default())
+            }
+            Err(e) => {
+                println!("shard {name} failed: {e:#}");
+                self.failed.push(format!("{name}: {e:#}"));
+                None
+            }
+        }
+    }
+}
+
+/// The stage a claiming walk registers its shards under.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTarget<'a> {
+    /// Stage name (`filter`, `caption`, `encode`, ...).
+    pub stage: &'a str,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    /// The stage's settings, stored with the run.
+    pub settings: &'a serde_json::Value,
+    /// The pipeline run a new stage run joins; `None` starts a run of its own.
+    pub run_id: Option<i64>,
+}
+
+/// Works `names` (every shard of the folder, in order) under `sharing`: the fixed split runs the
+/// closure on this worker's shards; leases join (or start) the stage run of `target.output` and
+/// claim shards from it. `work(i, cancel)` works shard `names[i]`.
+pub async fn walk<F, Fut>(
+    names: &[String],
+    sharing: &Sharing,
+    target: StageTarget<'_>,
+    stop: Option<&StopSignal>,
+    mut work: F,
+) -> anyhow::Result<Walked>
+where
+    F: FnMut(usize, Cancel) -> Fut,
+    Fut: Future<Output = anyhow::Result<ShardDone>>,
+{
+    let options = match sharing {
+        Sharing::Static { index, count } => {
+            anyhow::ensure!(
+                index < count,
+                "--worker-index {index} must be below --workers {count}"
+            );
+            let mut walked = Walked::default();
+            for (i, name) in names.iter().enumerate() {
+                if i % count != *index {
+                    continue;
+                }
+                if stop.is_some_and(StopSignal::requested) {
+                    walked.stopped = true;
+                    break;
+                }
+                match work(i, Cancel::default()).await {
+                    Err(e) if e.is::<Fatal>() => return Err(e),
+                    result => {
+                        walked.record(name, result);
+                    }
+                }
+            }
+            return Ok(walked);
+        }
+        Sharing::Leases(options) => options,
+    };
+    let store = Store::open(&StoreOptions::from_env(&options.data_dir)).await?;
+    let pool = store.pool().clone();
+    let output = std::fs::canonicalize(target.output).unwrap_or_else(|_| target.output.into());
+    let open = runs::join_or_start_stage(
+        &pool,
+        &runs::SharedStage {
+            stage: target.stage,
+            input_path: &target.input.display().to_string(),
+            output_path: &output.display().to_string(),
+            config: target.settings,
+            shards: i32::try_from(names.len()).context("too many shards")?,
+            max_attempts: options.max_attempts,
+            run_id: target.run_id,
+        },
+    )
+    .await?;
+    let worker = worker_name();
+    println!(
+        "{} run #{}: {} shard(s) shared through PostgreSQL leases, worker {worker}",
+        target.stage,
+        open.run_id,
+        names.len()
+    );
+    let claims = ClaimOptions {
+        worker,
+        lease: options.lease,
+        grace: options.grace,
+        max_shards: None,
+        keep_run_open: target.run_id.is_some(),
+    };
+    let result = work_claims(&pool, open, &claims, stop, |lease, cancel| {
+        let i = lease.shard_index as usize;
+        let name = names.get(i).cloned();
+        let fut = name.as_ref().map(|_| work(i, cancel));
+        async move {
+            match (name, fut) {
+                (Some(name), Some(fut)) => (name, fut.await),
+                _ => (
+                    format!("{i:05}"),
+                    Err(anyhow::anyhow!(
+                        "shard {i} is not in this worker's listing of {} shards",
+                        names.len()
+                    )),
+                ),
+            }
+        }
+    })
+    .await;
+    store.close().await?;
+    result
+}
+
+/// How a claiming worker runs.
+#[derive(Debug, Clone)]
+pub struct ClaimOptions {
+    /// `HOST:PID` by default ([`worker_name`]).
+    pub worker: String,
+    pub lease: Duration,
+    pub grace: Duration,
+    /// Stop after this many shards.
+    pub max_shards: Option<u32>,
+    /// Close only the stage run when it is done, not its pipeline run (a `llamagen run` or a
+    /// scheduler tick closes that).
+    pub keep_run_open: bool,
+}
+
+/// The webdataset shards of a folder in name order, and their names (`00000`, ...): what a
+/// stage that walks a shard folder walks.
+pub fn tar_shards(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    let tars = llamagen_shards::tar_files(dir, 0, 1)?;
+    let names = tars
+        .iter()
+        .map(|tar| Ok(llamagen_shards::shard_name_of(tar)?.to_string()))
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    Ok((tars, names))
+}
+
+/// `HOST:PID`, how workers name themselves in the shards table.
+pub fn worker_name() -> String {
+    format!("{}:{}", crate::provenance::hostname(), std::process::id())
+}
+
+/// The claim loop over an open stage run: claims shards until none is left (or a stop, or
+/// `max_shards`), working each with `work(lease, cancel)`, which returns the shard's name and
+/// outcome. Closes the stage run (and the pipeline run unless `keep_run_open`) once no shard is
+/// pending or running.
+pub async fn work_claims<F, Fut>(
+    pool: &PgPool,
+    open: OpenStage,
+    options: &ClaimOptions,
+    stop: Option<&StopSignal>,
+    mut work: F,
+) -> anyhow::Result<Walked>
+where
+    F: FnMut(ShardLease, Cancel) -> Fut,
+    Fut: Future<Output = (String, anyhow::Result<ShardDone>)>,
+{
+    let mut walked = Walked {
+        stage: Some(open),
+        ..Walked::default()
+    };
+    let lease_time = options.lease.max(Duration::from_secs(2));
+    let stopping = || stop.is_some_and(StopSignal::requested);
+    let mut worked = 0u32;
+    while options.max_shards.is_none_or(|max| worked < max) && !stopping() {
+        let Some(held) =
+            runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await?
+        else {
+            break;
+        };
+        let cancel = Cancel::default();
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let renewer = {
+            let (pool, held, cancel, lost) =
+                (pool.clone(), held.clone(), cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease_time / 3).await;
+                    match runs::renew_lease(&pool, &held, lease_time).await {
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost { .. }) => {
+                            cancel.cancel();
+                            lost.notify_one();
+                            return;
+                        }
+                        // A passing database error: the next renewal may get through before
+                        // the lease runs out.
+                        Err(e) => tracing::warn!("renewing shard {}: {e}", held.shard_index),
+                    }
+                }
+            })
+        };
+        let index = held.shard_index;
+        let grace = options.grace;
+        let stop_then_grace = async {
+            match stop {
+                Some(s) => {
+                    s.then_wait(grace, || {
+                        println!(
+                            "stop requested: shard {index:05} gets {} s to finish, then it is released",
+                            grace.as_secs()
+                        )
+                    })
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        enum Ended {
+            Worked(String, anyhow::Result<ShardDone>),
+            Stopped,
+            Lost,
+        }
+        let ended = tokio::select! {
+            (name, result) = work(held.clone(), cancel.clone()) => Ended::Worked(name, result),
+            () = stop_then_grace => Ended::Stopped,
+            () = lost.notified() => Ended::Lost,
+        };
+        renewer.abort();
+        worked += 1;
+        match ended {
+            Ended::Stopped => {
+                cancel.cancel();
+                match runs::release_shard(pool, &held).await {
+                    Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                println!("shard {index:05} released unfinished; the next worker or run redoes it");
+                walked.released = Some(format!("{index:05}"));
+                walked.stopped = true;
+                break;
+            }
+            Ended::Lost => {
+                println!(
+                    "shard {index:05}: the lease ran out and another worker took it over; its work here stops"
+                );
+                walked.lost.push(format!("{index:05}"));
+            }
+            Ended::Worked(_, Err(e)) if e.is::<Fatal>() => {
+                match runs::release_shard(pool, &held).await {
+                    Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Err(e);
+            }
+            Ended::Worked(name, result) => {
+                let error = result.as_ref().err().map(|e| format!("{e:#}"));
+                match walked.record(&name, result) {
+                    Some(counts) => match runs::complete_shard(pool, &held, &counts).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost { .. }) => {
+                            println!(
+                                "shard {name}: the lease ran out; another worker took it over"
+                            );
+                            walked.lost.push(name);
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => {
+                        let message = error.unwrap_or_else(|| "failed".into());
+                        match runs::fail_shard(pool, &held, &message).await {
+                            Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    walked.stopped |= stopping();
+    walked.progress = Some(finish_if_done(pool, open, options.keep_run_open).await?);
+    Ok(walked)
+}
+
+/// Ends the stage, and the run unless `keep_run_open`, once no shard is pending or running
+/// (whichever worker sees it).
+pub async fn finish_if_done(
+    pool: &PgPool,
+    open: OpenStage,
+    keep_run_open: bool,
+) -> anyhow::Result<ShardProgress> {
+    let state = runs::shard_progress(pool, open.stage_run_id).await?;
+    if state.finished() {
+        let (outcome, error) = if state.failed > 0 {
+            (
+                Outcome::Failed,
+                Some(format!("{} shard(s) failed", state.failed)),
+            )
+        } else {
+            (Outcome::Succeeded, None)
+        };
+        let counts = serde_json::to_value(&state)?;
+        runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
+        if !keep_run_open {
+            // Another worker may have closed the run first; that is fine.
+            runs::close_if_running(pool, open.run_id, outcome, error.as_deref()).await?;
+        }
+    }
+    Ok(state)
+}
+
+/// Which shards of a folder this process takes.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WorkerArgs {
+    /// This worker's index among `--workers` (a Slurm array or Kubernetes indexed Job index):
+    /// it takes the shards whose position modulo the count is its index.
+    #[arg(long, default_value_t = 0)]
+    pub worker_index: usize,
+    /// How many workers share the folder by position.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Claim shards from PostgreSQL one at a time instead, with every other process given the
+    /// same output folder: any number of workers, started in any order; a dead worker's shard
+    /// is taken over when its lease runs out. The run and its shards show on the dashboard.
+    #[arg(long, conflicts_with_all = ["worker_index", "workers"])]
+    pub leases: bool,
+    /// With --leases: seconds a claim lasts without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 300)]
+    pub lease_secs: u64,
+    /// With --leases: attempts per shard before it is failed for good.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: i32,
+    /// With --leases: after SIGTERM or Ctrl-C, seconds the shard in hand may take to finish
+    /// before it is released for another worker.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+}
+
+impl WorkerArgs {
+    /// One process takes every shard.
+    pub const ALL: Self = Self {
+        worker_index: 0,
+        workers: 1,
+        leases: false,
+        lease_secs: 300,
+        max_attempts: 3,
+        grace_secs: 30,
+    };
+
+    /// The flags as the shard-worker loop takes them.
+    pub fn sharing(&self, data_dir: &Path) -> Sharing {
+        if self.leases {
+            Sharing::Leases(LeaseOptions {
+                lease: Duration::from_secs(self.lease_secs.max(3)),
+                max_attempts: self.max_attempts.max(1),
+                grace: Duration::from_secs(self.grace_secs),
+                data_dir: data_dir.to_path_buf(),
+            })
+        } else {
+            Sharing::Static {
+                index: self.worker_index,
+                count: self.workers,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk_static(index: usize, count: usize, fail: Option<usize>) -> anyhow::Result<Walked> {
+        let names: Vec<String> = (0..7).map(|i| format!("{i:05}")).collect();
+        let settings = serde_json::json!({});
+        let target = StageTarget {
+            stage: "test",
+            input: Path::new("/in"),
+            output: Path::new("/out"),
+            settings: &settings,
+            run_id: None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(walk(
+            &names,
+            &Sharing::Static { index, count },
+            target,
+            None,
+            |i, _| async move {
+                match fail {
+                    Some(f) if f == i => anyhow::bail!("broken tar"),
+                    _ if i == 0 => Ok(ShardDone::AlreadyDone),
+                    _ => Ok(ShardDone::Worked {
+                        line: String::new(),
+                        counts: ShardCounts::default(),
+                    }),
+                }
+            },
+        ))
+    }
+
+    #[test]
+    fn a_fixed_split_takes_every_countth_shard() {
+        let all = walk_static(0, 1, None).unwrap();
+        assert_eq!((all.done, all.kept), (6, 1));
+        let first = walk_static(0, 3, None).unwrap();
+        assert_eq!((first.done, first.kept), (2, 1), "shards 0, 3, 6");
+        let last = walk_static(2, 3, None).unwrap();
+        assert_eq!((last.done, last.kept), (2, 0), "shards 2, 5");
+        assert!(walk_static(3, 3, None).is_err());
+        assert!(walk_static(0, 0, None).is_err());
+    }
+
+    #[test]
+    fn a_failing_shard_is_reported_and_the_others_go_on() {
+        let walked = walk_static(0, 1, Some(4)).unwrap();
+        assert_eq!((walked.done, walked.kept), (5, 1));
+        assert_eq!(walked.failed, ["00004: broken tar"]);
+        let err = walked.result().unwrap_err().to_string();
+        assert!(err.contains("00004: broken tar"), "{err}");
+    }
+}

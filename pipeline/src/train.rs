@@ -1,0 +1,711 @@
+//! Training a GPT on precomputed VQ codes (`llamagen train` and the pipeline's train stage),
+//! from either
+//!
+//! - our own shards: a `llamagen encode vq` folder (`--codes`), and for text-to-image the
+//!   `llamagen encode t5` folder of its caption embeddings (`--t5`), read through
+//!   `llamagen_encode::dataset` (block-shuffled, a few shards in memory at a time); or
+//! - LlamaGen's class-conditional layout (`autoregressive/train/extract_codes_c2i.py` writes
+//!   `CODES/<name>_codes/N.npy`, [1, augmentations, tokens], and `CODES/<name>_labels/N.npy`,
+//!   [1]), so codes extracted with LlamaGen's script train here unchanged.
+//!
+//! Each epoch visits the samples in a permutation drawn from the seed and the epoch; each visit
+//! takes one of the sample's augmentations (ten-crop or flip) chosen from the seed and its
+//! position, and for text the short caption 30% of the time (LlamaGen's train_t2i.py). Checkpoints (`OUT/NNNNNNN.safetensors` + `.sha256`) are written every
+//! `--checkpoint-every` steps and at the end; a re-run with the same `--out` resumes from the
+//! newest and continues exactly. Each checkpoint and the loss curve are recorded in PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::provenance::{file_sha256, git_revision};
+use anyhow::{Context as _, bail};
+use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
+use llamagen_models::gpt::{Conditioning, GptConfig};
+use llamagen_models::train::{MicroBatch, MixedPrecision, TrainConfig, Trainer};
+use llamagen_store::results::{self, NewCheckpoint, NewModel};
+use llamagen_store::training;
+use ndarray::{ArrayD, IxDyn};
+use tch::Tensor;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// A `llamagen encode vq` output folder, or one holding `<name>_codes/` and
+    /// `<name>_labels/` (LlamaGen's extract_codes_c2i.py).
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Text-to-image: the `llamagen encode t5` folder of the same shards' caption embeddings.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// Shards shuffled together (and held in memory) at a time, for our shard folders.
+    #[arg(long, default_value_t = 16)]
+    pub block_shards: usize,
+    /// How often the short caption's embedding stands in for the whole caption's.
+    #[arg(long, default_value_t = 0.3)]
+    pub short_caption_probability: f64,
+    /// Keep an exponential moving average of the weights with this decay in the checkpoints
+    /// (LlamaGen's --ema: 0.9999); 0 keeps none.
+    #[arg(long, default_value_t = 0.0)]
+    pub ema_decay: f64,
+    /// GPT size (GPT-B ... GPT-7B).
+    #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
+    pub gpt_model: String,
+    /// A JSON GptConfig instead of a named size.
+    #[arg(long)]
+    pub gpt_config: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub image_size: i64,
+    #[arg(long, default_value_t = 16)]
+    pub downsample: i64,
+    #[arg(long, default_value_t = 16384)]
+    pub vocab_size: i64,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Samples per optimizer step (over all micro-batches).
+    #[arg(long, default_value_t = 256)]
+    pub global_batch_size: usize,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation: usize,
+    /// Learning rate per 256 samples of global batch (the paper: 1e-4), scaled linearly.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr_per_256: f64,
+    /// AdamW's first-moment decay (LlamaGen: 0.9).
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// AdamW's second-moment decay (LlamaGen: 0.95).
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: i64,
+    /// constant (LlamaGen) or cosine (to 0 at --max-steps).
+    #[arg(long, default_value = "constant", value_parser = ["constant", "cosine"])]
+    pub lr_schedule: String,
+    /// Stop after this many optimizer steps in total.
+    #[arg(long)]
+    pub max_steps: i64,
+    #[arg(long, default_value_t = 5000)]
+    pub checkpoint_every: i64,
+    #[arg(long, default_value_t = 100)]
+    pub log_every: i64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// bf16 autocast of the forward pass on CUDA (LlamaGen's default), or none for fp32; the
+    /// CPU always computes in fp32. A resumed run keeps the setting it started with.
+    #[arg(long, default_value = "bf16")]
+    pub mixed_precision: MixedPrecision,
+    /// Checkpoint folder; a run resumes from its newest checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Leaderboard name of the model being trained.
+    #[arg(long)]
+    pub model: String,
+    /// Train without writing to PostgreSQL.
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+/// LlamaGen's code folders: sample i is `codes/i.npy` and `labels/i.npy`.
+struct CodeFolder {
+    codes: PathBuf,
+    labels: PathBuf,
+    len: u64,
+}
+
+impl CodeFolder {
+    fn open(root: &Path) -> anyhow::Result<Self> {
+        let mut codes = None;
+        let mut labels = None;
+        for entry in
+            std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?
+        {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with("_codes") && path.is_dir() {
+                codes = Some(path.clone());
+            } else if name.ends_with("_labels") && path.is_dir() {
+                labels = Some(path.clone());
+            }
+        }
+        let (Some(codes), Some(labels)) = (codes, labels) else {
+            bail!(
+                "{} needs a <name>_codes and a <name>_labels folder (LlamaGen's extract_codes_c2i.py layout)",
+                root.display()
+            );
+        };
+        let mut len = 0u64;
+        while codes.join(format!("{len}.npy")).is_file() {
+            len += 1;
+        }
+        if len == 0 {
+            bail!("{} holds no 0.npy", codes.display());
+        }
+        Ok(CodeFolder { codes, labels, len })
+    }
+
+    /// One augmentation of sample `index`: (class, codes [tokens]).
+    fn read(&self, index: u64, pick: u64, tokens: usize) -> anyhow::Result<(i64, Vec<i64>)> {
+        let code_path = self.codes.join(format!("{index}.npy"));
+        let codes: ArrayD<i64> = ndarray_npy::read_npy(&code_path)
+            .with_context(|| format!("reading {} (int64 codes expected)", code_path.display()))?;
+        let shape = codes.shape().to_vec();
+        let augmentations = match shape.as_slice() {
+            [1, a, t] | [a, t] if *t == tokens => *a,
+            _ => bail!(
+                "{}: shape {shape:?}, expected [1, A, {tokens}]",
+                code_path.display()
+            ),
+        };
+        let flat = codes.into_shape_with_order(IxDyn(&[augmentations, tokens]))?;
+        let row = flat.index_axis(ndarray::Axis(0), (pick % augmentations as u64) as usize);
+        let label_path = self.labels.join(format!("{index}.npy"));
+        let label: ArrayD<i64> = ndarray_npy::read_npy(&label_path)
+            .with_context(|| format!("reading {}", label_path.display()))?;
+        let class = *label
+            .iter()
+            .next()
+            .with_context(|| format!("{} is empty", label_path.display()))?;
+        Ok((class, row.iter().copied().collect()))
+    }
+}
+
+/// `llamagen run`'s train stage: the [model] and [train] sections of the pipeline config on
+/// the codes (and embeddings) its encode stage wrote; `--max-steps` covers `train.epochs`.
+pub fn args_from_config(
+    config: &crate::config::PipelineConfig,
+    data_dir: &Path,
+) -> anyhow::Result<TrainArgs> {
+    let (m, t) = (&config.model, &config.train);
+    let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
+    let codes = under(&config.encode.codes_output);
+    let text = m.task == "t2i";
+    let t5 = text.then(|| under(&config.encode.t5_output));
+    let out = under(&t.output);
+    let conditioning = if text {
+        Conditioning::Text
+    } else {
+        Conditioning::Class
+    };
+    let grid = i64::from(m.image_size / m.downsample);
+    let gpt = if m.gpt_config.is_empty() {
+        let mut gpt = GptConfig::named(&format!("GPT-{}", m.size), conditioning, grid)?;
+        gpt.vocab_size = i64::from(m.vocab_size);
+        gpt.num_classes = i64::from(m.num_classes);
+        gpt.caption_dim = i64::from(m.caption_dim);
+        gpt.rope_base = m.rope_base;
+        gpt.token_dropout_p = m.token_dropout;
+        gpt.attn_dropout_p = m.attn_dropout;
+        gpt.resid_dropout_p = m.resid_dropout;
+        gpt.ffn_dropout_p = m.ffn_dropout;
+        gpt.drop_path_rate = m.drop_path;
+        gpt.class_dropout_prob = m.class_dropout;
+        gpt
+    } else {
+        let path = under(&m.gpt_config);
+        let gpt: GptConfig = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        if gpt.conditioning != conditioning {
+            bail!(
+                "{} is {:?}-conditioned but model.task is {:?}",
+                path.display(),
+                gpt.conditioning,
+                m.task
+            );
+        }
+        gpt
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let gpt_config = out.join("gpt_config.json");
+    std::fs::write(&gpt_config, serde_json::to_vec_pretty(&gpt)?)?;
+    let samples = Dataset::open(&codes, t5.as_deref(), 1, 0)?.len() as u64;
+    let per_epoch = samples.div_ceil(u64::from(t.global_batch_size));
+    Ok(TrainArgs {
+        codes,
+        t5,
+        block_shards: 16,
+        short_caption_probability: 0.3,
+        ema_decay: if t.ema { t.ema_decay } else { 0.0 },
+        gpt_model: String::new(),
+        gpt_config: Some(gpt_config),
+        image_size: i64::from(m.image_size),
+        downsample: i64::from(m.downsample),
+        vocab_size: i64::from(m.vocab_size),
+        num_classes: i64::from(m.num_classes),
+        global_batch_size: t.global_batch_size as usize,
+        gradient_accumulation: t.gradient_accumulation as usize,
+        lr_per_256: t.lr_per_256,
+        beta1: t.beta1,
+        beta2: t.beta2,
+        weight_decay: t.weight_decay,
+        grad_clip: t.grad_clip,
+        warmup_steps: i64::from(t.warmup_steps),
+        lr_schedule: t.lr_schedule.clone(),
+        max_steps: (per_epoch * u64::from(t.epochs)).max(1) as i64,
+        checkpoint_every: i64::from(t.checkpoint_every),
+        log_every: i64::from(t.log_every.max(1)),
+        seed: t.seed as i64,
+        device: "auto".into(),
+        mixed_precision: if t.precision == "bf16" {
+            MixedPrecision::Bf16
+        } else {
+            MixedPrecision::None
+        },
+        out,
+        model: config.trained_model_name(),
+        no_record: false,
+    })
+}
+
+/// Where the samples come from.
+enum Source {
+    Shards(Box<Dataset>),
+    LlamaGen(CodeFolder),
+}
+
+impl Source {
+    fn open(args: &TrainArgs) -> anyhow::Result<Self> {
+        if args
+            .codes
+            .join(llamagen_encode::EncodeSettings::FILE)
+            .is_file()
+        {
+            let data = Dataset::open(
+                &args.codes,
+                args.t5.as_deref(),
+                args.block_shards,
+                args.seed,
+            )?;
+            println!(
+                "{} samples in {} shard(s) of {}{}",
+                data.len(),
+                data.shards(),
+                args.codes.display(),
+                args.t5
+                    .as_ref()
+                    .map(|t| format!(", captions from {}", t.display()))
+                    .unwrap_or_default()
+            );
+            return Ok(Source::Shards(Box::new(data)));
+        }
+        if args.t5.is_some() {
+            bail!(
+                "--t5 needs --codes to be a llamagen encode vq folder (LlamaGen's t2i layout is read by its own train_t2i.py)"
+            );
+        }
+        Ok(Source::LlamaGen(CodeFolder::open(&args.codes)?))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Source::Shards(d) => d.len() as u64,
+            Source::LlamaGen(f) => f.len,
+        }
+    }
+}
+
+/// The LlamaGen layout's epoch order, cached while a batch stays in one epoch.
+struct EpochOrder(Option<(u64, Vec<usize>)>);
+
+impl EpochOrder {
+    fn index(&mut self, global: u64, len: u64, seed: i64) -> u64 {
+        let epoch = global / len;
+        if self.0.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.0 = Some((epoch, permutation(len as usize, seed as u64 ^ mix(epoch))));
+        }
+        self.0
+            .as_ref()
+            .map_or(0, |(_, o)| o[(global % len) as usize] as u64)
+    }
+}
+
+fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !out.is_dir() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors")
+                && p.with_file_name(format!(
+                    "{}.sha256",
+                    p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                ))
+                .is_file()
+        })
+        .collect();
+    found.sort();
+    Ok(found.pop())
+}
+
+pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
+    if args.global_batch_size == 0
+        || args.gradient_accumulation == 0
+        || !args
+            .global_batch_size
+            .is_multiple_of(args.gradient_accumulation)
+    {
+        bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
+    }
+    let device = crate::sample::device(&args.device)?;
+    let mut data = Source::open(args)?;
+    let conditioning = if args.t5.is_some() {
+        Conditioning::Text
+    } else {
+        Conditioning::Class
+    };
+    let resume_from = latest_checkpoint(&args.out)?;
+    let mut trainer = match &resume_from {
+        Some(path) => {
+            println!("resuming from {}", path.display());
+            Trainer::resume(path, device)?
+        }
+        None => {
+            let grid = args.image_size / args.downsample;
+            let mut gpt = match &args.gpt_config {
+                Some(path) => serde_json::from_slice::<GptConfig>(&std::fs::read(path)?)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+                None => GptConfig::named(&args.gpt_model, conditioning, grid)?,
+            };
+            if args.gpt_config.is_none() {
+                gpt.vocab_size = args.vocab_size;
+                gpt.num_classes = args.num_classes;
+                if let Some(t5) = &args.t5 {
+                    // The caption width is the embeddings' width.
+                    gpt.caption_dim = llamagen_encode::t5::T5Settings::read(t5)?.d_model as i64;
+                }
+            }
+            let config = TrainConfig {
+                lr: args.lr_per_256 * args.global_batch_size as f64 / 256.0,
+                beta1: args.beta1,
+                beta2: args.beta2,
+                weight_decay: args.weight_decay,
+                grad_clip: args.grad_clip,
+                warmup_steps: args.warmup_steps,
+                seed: args.seed,
+                mixed_precision: args.mixed_precision,
+                ema_decay: args.ema_decay,
+                cosine_steps: if args.lr_schedule == "cosine" {
+                    (args.max_steps - args.warmup_steps).max(1)
+                } else {
+                    0
+                },
+                ..TrainConfig::default()
+            };
+            std::fs::create_dir_all(&args.out)?;
+            Trainer::new(gpt, config, device)?
+        }
+    };
+    let gpt_config = trainer.gpt.config.clone();
+    if gpt_config.conditioning != conditioning {
+        bail!(
+            "the model is {:?}-conditioned but the data is {conditioning:?}-conditioned (--t5 gives text)",
+            gpt_config.conditioning
+        );
+    }
+    let tokens = gpt_config.block_size as usize;
+    let text = (conditioning == Conditioning::Text).then_some(TextOptions {
+        prefix: gpt_config.cls_token_num as usize,
+        short_probability: args.short_caption_probability,
+    });
+
+    let store = if args.no_record {
+        None
+    } else {
+        Some(llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?)
+    };
+    let revision = git_revision();
+    let config_json = serde_json::json!({
+        "train": trainer.config, "gpt": gpt_config, "codes": args.codes.display().to_string(),
+        "t5": args.t5.as_ref().map(|t| t.display().to_string()),
+        "global_batch_size": args.global_batch_size,
+        "gradient_accumulation": args.gradient_accumulation,
+    });
+    let mut ids = None;
+    if let Some(store) = &store {
+        let pool = store.pool();
+        let size = args
+            .gpt_config
+            .is_none()
+            .then(|| args.gpt_model.trim_start_matches("GPT-"));
+        let params: i64 = trainer
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        let model_id = results::upsert_model(
+            pool,
+            &NewModel {
+                name: &args.model,
+                kind: "generator",
+                architecture: "llamagen-gpt",
+                size,
+                task: Some(if text.is_some() { "t2i" } else { "c2i" }),
+                params: Some(params),
+                image_size: Some(args.image_size as i32),
+                config: &config_json,
+            },
+        )
+        .await?;
+        let previous = match &resume_from {
+            Some(path) => training::training_run_of_checkpoint(pool, &file_sha256(path)?.0).await?,
+            None => None,
+        };
+        let run_id = match previous {
+            Some(id) => {
+                training::reopen_training_run(pool, id).await?;
+                id
+            }
+            None => {
+                training::begin_training_run(
+                    pool,
+                    model_id,
+                    &config_json,
+                    revision.as_deref(),
+                    trainer.config.seed,
+                    args.global_batch_size as i32,
+                )
+                .await?
+            }
+        };
+        ids = Some((model_id, run_id));
+        println!("training run #{run_id} of model {:?}", args.model);
+    }
+
+    let micro = args.global_batch_size / args.gradient_accumulation;
+    let started = Instant::now();
+    let first_step = trainer.step;
+    let mut loss = f64::NAN;
+    let mut result = Ok(());
+    let mut order = EpochOrder(None);
+    let len = data.len();
+    while trainer.step < args.max_steps {
+        let step = trainer.step;
+        let position = step as u64 * args.global_batch_size as u64;
+        let mut batches = Vec::with_capacity(args.gradient_accumulation);
+        for m in 0..args.gradient_accumulation {
+            let first = position + (m * micro) as u64;
+            batches.push(micro_batch(
+                &mut data,
+                &mut order,
+                first..first + micro as u64,
+                tokens,
+                text,
+                trainer.config.seed,
+                device,
+            )?);
+        }
+        loss = match trainer.train_step_on(&batches) {
+            Ok(l) => l,
+            Err(e) => {
+                result = Err(anyhow::Error::from(e));
+                break;
+            }
+        };
+        let done = trainer.step;
+        let epoch = (done as u64 * args.global_batch_size as u64) as f64 / len as f64;
+        if done % args.log_every == 0 || done == args.max_steps {
+            let rate = (done - first_step) as f64 * args.global_batch_size as f64 * tokens as f64
+                / started.elapsed().as_secs_f64();
+            println!("step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  {rate:.0} tokens/s");
+            if let (Some(store), Some((_, run_id))) = (&store, ids) {
+                let lr = trainer.config.lr_at(done - 1);
+                training::log_training_metrics(
+                    store.pool(),
+                    run_id,
+                    done,
+                    &[("loss", loss), ("lr", lr), ("epoch", epoch)],
+                )
+                .await?;
+            }
+        }
+        if done % args.checkpoint_every == 0 || done == args.max_steps {
+            let path = args.out.join(format!("{done:07}.safetensors"));
+            let sha = trainer.save(&path)?;
+            println!("checkpoint {} (sha256 {})", path.display(), &sha[..12]);
+            if let (Some(store), Some((model_id, run_id))) = (&store, ids) {
+                let path_text = path.display().to_string();
+                let bytes = std::fs::metadata(&path)?.len() as i64;
+                results::register_checkpoint(
+                    store.pool(),
+                    &NewCheckpoint {
+                        model_id,
+                        training_run_id: Some(run_id),
+                        path: &path_text,
+                        sha256: &sha,
+                        bytes: Some(bytes),
+                        step: done,
+                        epoch: Some(epoch),
+                        tokens_seen: Some(trainer.tokens_seen),
+                        train_loss: Some(loss),
+                        config: Some(&config_json),
+                        git_revision: revision.as_deref(),
+                        seed: Some(trainer.config.seed),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+        }
+    }
+    if let (Some(store), Some((_, run_id))) = (&store, ids) {
+        let status = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        training::finish_training_run(store.pool(), run_id, status).await?;
+    }
+    if let Some(store) = store {
+        store.close().await?;
+    }
+    result?;
+    if loss.is_nan() {
+        // Resumed at --max-steps: no step ran in this process.
+        println!("already trained to step {}; nothing to do", trainer.step);
+    } else {
+        println!("trained to step {} (last loss {loss:.4})", trainer.step);
+    }
+    Ok(())
+}
+
+/// The samples at run positions `positions` as one micro-batch on `device`.
+fn micro_batch(
+    data: &mut Source,
+    order: &mut EpochOrder,
+    positions: std::ops::Range<u64>,
+    tokens: usize,
+    text: Option<TextOptions>,
+    seed: i64,
+    device: tch::Device,
+) -> anyhow::Result<MicroBatch> {
+    let b = (positions.end - positions.start) as i64;
+    let mut classes = Vec::with_capacity(b as usize);
+    let mut codes = Vec::with_capacity(b as usize * tokens);
+    let mut features: Vec<f32> = Vec::new();
+    let mut lengths = Vec::new();
+    let len = data.len();
+    for global in positions {
+        let row = match data {
+            Source::Shards(d) => {
+                let sample = d.get(global, text)?;
+                if let Some((f, n)) = &sample.caption {
+                    features.extend(f.iter());
+                    lengths.push(*n as i64);
+                }
+                if sample.codes.len() != tokens {
+                    bail!(
+                        "sample {} has {} tokens, the model {tokens}",
+                        sample.key,
+                        sample.codes.len()
+                    );
+                }
+                classes.push(sample.label);
+                sample.codes
+            }
+            Source::LlamaGen(folder) => {
+                let index = order.index(global, len, seed);
+                let pick = mix(seed as u64 ^ mix(global));
+                let (class, row) = folder.read(index, pick, tokens)?;
+                classes.push(class);
+                row
+            }
+        };
+        codes.extend(row);
+    }
+    let codes = Tensor::from_slice(&codes)
+        .view([b, tokens as i64])
+        .to_device(device);
+    Ok(match text {
+        None => MicroBatch {
+            cond: Tensor::from_slice(&classes).to_device(device),
+            codes,
+            caption_lengths: None,
+            valid: None,
+        },
+        Some(t) => {
+            let width = features.len() as i64 / (b * t.prefix as i64).max(1);
+            MicroBatch {
+                cond: Tensor::from_slice(&features)
+                    .view([b, t.prefix as i64, width])
+                    .to_device(device),
+                codes,
+                caption_lengths: Some(Tensor::from_slice(&lengths).to_device(device)),
+                valid: None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamagen_encode::codes::{CodePaths, ShardCodes, ShardSummary};
+
+    /// A codes folder of 20 samples over two shards, 2 views of 4 tokens.
+    fn codes_folder(dir: &Path) {
+        std::fs::write(dir.join(llamagen_encode::EncodeSettings::FILE), "{}").unwrap();
+        for (shard, n) in [(0, 12usize), (1, 8)] {
+            let name = format!("{shard:05}");
+            let data = ShardCodes {
+                codes: ndarray::Array3::zeros((n, 2, 4)),
+                labels: ndarray::Array1::zeros(n),
+                keys: (0..n).map(|i| format!("{name}{i:04}")).collect(),
+            };
+            let summary = ShardSummary {
+                samples: n,
+                views: 2,
+                tokens: 4,
+                skipped: vec![],
+                seconds: 0.0,
+                input: None,
+            };
+            llamagen_encode::codes::write(&CodePaths::new(dir, &name), &data, &summary).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_pipeline_config_becomes_train_arguments() {
+        let data = tempfile::tempdir().unwrap();
+        let codes = data.path().join("codes");
+        std::fs::create_dir_all(&codes).unwrap();
+        codes_folder(&codes);
+        let mut config = crate::config::PipelineConfig::parse(
+            "[pipeline]\nname = \"p\"\n[model]\nsize = \"B\"\ntask = \"c2i\"\nnum_classes = 10\nresid_dropout = 0.2\n[train]\nglobal_batch_size = 8\nepochs = 3\nema = true\nlr_schedule = \"cosine\"\nprecision = \"fp32\"\n",
+        )
+        .unwrap();
+        let args = args_from_config(&config, data.path()).unwrap();
+        // 20 samples in batches of 8: 3 steps an epoch.
+        assert_eq!(args.max_steps, 9);
+        assert_eq!(args.codes, data.path().join("codes"));
+        assert_eq!(args.t5, None);
+        assert_eq!(args.out, data.path().join("checkpoints"));
+        assert_eq!(args.model, "p-GPT-B");
+        assert_eq!(
+            (args.ema_decay, args.lr_schedule.as_str()),
+            (0.9999, "cosine")
+        );
+        assert_eq!(args.mixed_precision, MixedPrecision::None);
+        let gpt: GptConfig =
+            serde_json::from_slice(&std::fs::read(args.gpt_config.unwrap()).unwrap()).unwrap();
+        assert_eq!((gpt.n_layer, gpt.dim, gpt.num_classes), (12, 768, 10));
+        assert_eq!(gpt.resid_dropout_p, 0.2);
+        assert_eq!(gpt.conditioning, Conditioning::Class);
+
+        // Text to image reads the embeddings folder too, and it must exist.
+        config.model.task = "t2i".into();
+        let err = args_from_config(&config, data.path()).err().unwrap();
+        assert!(format!("{err:#}").contains("t5"), "{err:#}");
+    }
+}
