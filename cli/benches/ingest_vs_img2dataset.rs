@@ -166,7 +166,7 @@ async fn main() {
             .arg(&config)
             .arg("--input")
             .arg(&metadata)
-            .arg("--output")
+            .arg("--out")
             .arg(&ours_out)
             .args(extra);
         cmd

@@ -62,6 +62,9 @@ pub struct CheckpointsArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Print the summary as JSON (evaluation ids included) instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,7 +100,11 @@ async fn checkpoints(args: &CheckpointsArgs, data_dir: &Path) -> anyhow::Result<
         stop: Some(crate::signals::StopSignal::listen()),
     };
     let summary = checkpoint_evaluator::run(&config, data_dir, &options).await?;
-    println!("{summary}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{summary}");
+    }
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -109,11 +116,33 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
     let mut net = open_inception(&args.evaluation)?;
     let reference = benchmark::load_reference(&args.evaluation, &mut net)?;
     let results = benchmark::measure(args, &mut net, &reference)?;
+    let ids = if args.evaluation.no_record {
+        vec![None; results.len()]
+    } else {
+        let ids = benchmark::record(args, &results, data_dir).await?;
+        ids.into_iter().map(Some).collect()
+    };
+    if args.evaluation.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .zip(&ids)
+            .map(|(r, id)| {
+                serde_json::json!({
+                    "cfg_scale": r.cfg_scale,
+                    "metrics": metrics_json(&r.metrics),
+                    "folder": r.folder,
+                    "evaluation_id": id,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10}  folder",
         "cfg", "FID", "sFID", "IS", "precision", "recall"
     );
-    for r in &results {
+    for (r, id) in results.iter().zip(&ids) {
         println!(
             "{:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  {}",
             r.cfg_scale,
@@ -124,13 +153,8 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
             r.value("recall"),
             r.folder.display()
         );
-    }
-    if !args.evaluation.no_record {
-        for (r, id) in results
-            .iter()
-            .zip(benchmark::record(args, &results, data_dir).await?)
-        {
-            println!("cfg {}: recorded as evaluation #{id}", r.cfg_scale);
+        if let Some(id) = id {
+            println!("       recorded as evaluation #{id}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -212,41 +236,60 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
         ("ssim", ssim_sum / n as f64),
         ("codebook_usage", usage.usage()),
     ];
+    let mut id = None;
+    if !e.no_record {
+        id = Some(
+            record(
+                &Recording {
+                    kind: "tokenizer",
+                    architecture: "llamagen-vq",
+                    model: &e.model,
+                    size: None,
+                    checkpoint: &args.vq.vq_ckpt,
+                    step: e.step,
+                    benchmark: &e.benchmark,
+                    cfg_scale: None,
+                    cfg_interval: None,
+                    top_k: None,
+                    top_p: None,
+                    temperature: None,
+                    image_size: Some(h as i32),
+                    eval_image_size: Some(h as i32),
+                    seed: None,
+                    precision: Some("fp32"),
+                    extra: Some(serde_json::json!({
+                        "reference": reference_json(&e.reference)?,
+                        "vq": config,
+                        "ssim_convention": "llamagen",
+                    })),
+                    samples_path: None,
+                },
+                data_dir,
+                &metrics,
+                n,
+            )
+            .await?,
+        );
+    }
+    if e.json {
+        let out = serde_json::json!({ "metrics": metrics_json(&metrics), "evaluation_id": id });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     for (name, value) in &metrics {
         println!("{name:<16} {value:.6}");
     }
-    if !e.no_record {
-        let id = record(
-            &Recording {
-                kind: "tokenizer",
-                architecture: "llamagen-vq",
-                model: &e.model,
-                size: None,
-                checkpoint: &args.vq.vq_ckpt,
-                step: e.step,
-                benchmark: &e.benchmark,
-                cfg_scale: None,
-                cfg_interval: None,
-                top_k: None,
-                top_p: None,
-                temperature: None,
-                image_size: Some(h as i32),
-                eval_image_size: Some(h as i32),
-                seed: None,
-                precision: Some("fp32"),
-                extra: Some(serde_json::json!({
-                    "reference": reference_json(&e.reference)?,
-                    "vq": config,
-                    "ssim_convention": "llamagen",
-                })),
-                samples_path: None,
-            },
-            data_dir,
-            &metrics,
-            n,
-        )
-        .await?;
+    if let Some(id) = id {
         println!("recorded as evaluation #{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Metrics as a JSON object by name.
+fn metrics_json(metrics: &[(&str, f64)]) -> serde_json::Value {
+    metrics
+        .iter()
+        .map(|(name, value)| ((*name).to_string(), serde_json::json!(value)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

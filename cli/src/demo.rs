@@ -330,6 +330,7 @@ async fn baseline_step(
         eval_batch_size: 32,
         threads: 0,
         no_record: false,
+        json: false,
     };
     let sample = SampleArgs {
         gpt_ckpt: models.gpt_ckpt.clone(),

@@ -21,6 +21,7 @@ pub struct EvaluateArgs {
     /// The FID Inception network exported by scripts/export_inception.py.
     #[arg(long, default_value = "weights/pt_inception-2015-12-05.onnx")]
     pub inception: PathBuf,
+    /// Images per Inception batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// ONNX Runtime threads (0: one per core).
@@ -60,18 +61,25 @@ pub struct RecordArgs {
     /// Training step of the checkpoint.
     #[arg(long, default_value_t = 0)]
     pub step: i64,
+    /// Benchmark name the result is filed under.
     #[arg(long, default_value = "imagenet256-c2i")]
     pub benchmark: String,
+    /// Guidance scale the samples were made with.
     #[arg(long)]
     pub cfg_scale: Option<f64>,
+    /// Top-k the samples were made with.
     #[arg(long)]
     pub top_k: Option<i32>,
+    /// Top-p the samples were made with.
     #[arg(long)]
     pub top_p: Option<f64>,
+    /// Temperature the samples were made with.
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Side in pixels the samples were made at.
     #[arg(long)]
     pub image_size: Option<i32>,
+    /// Sampling seed of the samples.
     #[arg(long)]
     pub seed: Option<i64>,
 }

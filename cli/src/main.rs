@@ -55,7 +55,7 @@ enum Command {
     /// Train a LlamaGen generator and record its checkpoints.
     Train(Box<train::TrainArgs>),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
-    Sample(Box<sample::SampleArgs>),
+    Sample(Box<sample::SampleCommand>),
     /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.
     Evaluate(Box<evaluate::EvaluateArgs>),
     /// Evaluate a checkpoint end to end and record it: sample + metrics per guidance scale
@@ -116,9 +116,13 @@ pub enum DbCommand {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print a config with every default filled in (the built-in defaults without a file).
-    Show { config: Option<PathBuf> },
+    Show {
+        /// The config to resolve; without it, the built-in defaults.
+        config: Option<PathBuf>,
+    },
     /// Validate config files.
     Check {
+        /// Pipeline configs (TOML) to validate.
         #[arg(required = true)]
         configs: Vec<PathBuf>,
     },
@@ -203,4 +207,30 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "llamagen", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
 }

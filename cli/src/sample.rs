@@ -5,8 +5,21 @@ use std::process::ExitCode;
 
 pub use llamagen_pipeline::sample::{SampleArgs, VqArgs, device};
 
-pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
-    let report = llamagen_pipeline::sample::sample(args)?;
+#[derive(Debug, clap::Args)]
+pub struct SampleCommand {
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Print the report (images made and kept, seconds, the npz) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(command: &SampleCommand) -> anyhow::Result<ExitCode> {
+    let report = llamagen_pipeline::sample::sample(&command.sample)?;
+    if command.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "made {} image(s), kept {} finished one(s); GPT {:.2} s, VQ decode {:.2} s{}",
         report.made,

@@ -219,7 +219,7 @@ print("samples", n)
         .arg(&cfg)
         .arg("--input")
         .arg(&bad)
-        .arg("--output")
+        .arg("--out")
         .arg(dir.path().join("other"))
         .output()
         .unwrap();

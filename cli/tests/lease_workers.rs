@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{llamagen_on, repo, text};
@@ -92,7 +93,9 @@ async fn filter_workers_take_over_a_dead_workers_shard() {
             .args(["--min-width", "200", "--min-height", "200"])
             .args(["--min-aesthetic", "-10", "--min-clip-similarity", "-1"])
             .args(["--leases", "--lease-secs", "30"])
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     };
     let (a, b) = (worker().spawn().unwrap(), worker().spawn().unwrap());
@@ -148,7 +151,9 @@ async fn caption_workers_take_over_a_killed_workers_shard() {
             .args(["--endpoint", &server.endpoint(scenario), "--model", MODEL])
             .args(["--concurrency", "1", "--retries", "0"])
             .args(["--leases", "--lease-secs", "3"])
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     };
     // Slow answers: the first worker is SIGKILLed mid-shard, two answers journaled.

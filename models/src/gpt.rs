@@ -116,9 +116,14 @@ impl GptConfig {
 
     /// A named size (`GPT-B` ... `GPT-7B`) for images of `grid x grid` tokens.
     pub fn named(name: &str, conditioning: Conditioning, grid: i64) -> Result<Self, ModelError> {
+        // `GPT-B` as LlamaGen's scripts spell it, or `B` as the pipeline config's model.size.
         let (_, layers, heads, dim) = SIZES
             .iter()
-            .find(|(n, ..)| n.eq_ignore_ascii_case(name))
+            .find(|(n, ..)| {
+                n.eq_ignore_ascii_case(name)
+                    || n.strip_prefix("GPT-")
+                        .is_some_and(|short| short.eq_ignore_ascii_case(name))
+            })
             .ok_or_else(|| {
                 let known: Vec<&str> = SIZES.iter().map(|s| s.0).collect();
                 ModelError::Config(format!(
@@ -951,6 +956,9 @@ mod tests {
             (b.n_layer, b.n_head, b.dim, b.block_size),
             (12, 12, 768, 256)
         );
+        // The pipeline config's spelling names the same model.
+        let xl = GptConfig::named("XL", Conditioning::Class, 16).unwrap();
+        assert_eq!((xl.n_layer, xl.dim), (36, 1280));
         let err = GptConfig::named("GPT-Z", Conditioning::Class, 16).unwrap_err();
         assert!(err.to_string().contains("GPT-XXL"), "{err}");
         let mut bad = b.clone();

@@ -48,6 +48,9 @@ pub struct EvaluationArgs {
     /// Compute and print, but do not write to PostgreSQL.
     #[arg(long)]
     pub no_record: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

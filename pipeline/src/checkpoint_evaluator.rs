@@ -444,6 +444,7 @@ fn evaluation_args(protocol: &Protocol, checkpoint: &SelectedCheckpoint) -> Eval
         eval_batch_size: 32,
         threads: 0,
         no_record: false,
+        json: false,
     }
 }
 

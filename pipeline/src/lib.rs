@@ -15,12 +15,14 @@
 //! - [`runner`]: a pipeline config's stages in order, as one recorded run (`llamagen run`,
 //!   the scheduler, the demo).
 //! - [`signals`]: SIGTERM and Ctrl-C for the long-running loops.
+//! - [`progress`]: progress bars on the long stages.
 //! - [`provenance`]: the git revision, file hashes and host name that results carry.
 
 pub mod benchmark;
 pub mod checkpoint_evaluator;
 pub mod config;
 pub mod image_sets;
+pub mod progress;
 pub mod provenance;
 pub mod recording;
 pub mod runner;

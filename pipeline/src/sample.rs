@@ -26,7 +26,8 @@ pub struct SampleArgs {
     /// GPT weights (safetensors from scripts/convert_llamagen.py or our trainer).
     #[arg(long)]
     pub gpt_ckpt: PathBuf,
-    /// GPT size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B.
+    /// GPT size: B, L, XL, XXL, XXXL, 1B, 3B or 7B, as the config's model.size (LlamaGen's
+    /// GPT-B ... spelling works too).
     #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
     pub gpt_model: String,
     /// A JSON GptConfig instead of a named size (every field of models::gpt::GptConfig).
@@ -41,6 +42,7 @@ pub struct SampleArgs {
     /// `--image-size-eval`; the paper evaluates its 384 px models at 256).
     #[arg(long)]
     pub image_size_eval: Option<i64>,
+    /// Classes of a class-conditional GPT (ImageNet: 1000).
     #[arg(long, default_value_t = 1000)]
     pub num_classes: i64,
     /// Class ids to cycle through (comma-separated); default: every class in turn.
@@ -58,16 +60,22 @@ pub struct SampleArgs {
     /// First sample index this process makes (to split a run across machines).
     #[arg(long, default_value_t = 0)]
     pub start: u64,
+    /// Classifier-free guidance scale s in l_u + s (l_c - l_u); 1.0 disables guidance.
     #[arg(long, default_value_t = 1.5)]
     pub cfg_scale: f64,
+    /// Stop guiding after this many tokens; -1 guides every token.
     #[arg(long, default_value_t = -1)]
     pub cfg_interval: i64,
+    /// Keep the k most likely tokens; 0 keeps the whole codebook (the paper).
     #[arg(long, default_value_t = 0)]
     pub top_k: i64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1.0 keeps all.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Softmax temperature (the paper: 1.0).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Run seed; sample i draws from its own stream derived from the seed and i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Conditions per batch (doubled internally when guidance is on).
@@ -106,6 +114,7 @@ pub struct VqArgs {
     /// Codebook entries of the tokenizer (also the GPT vocabulary).
     #[arg(long, default_value_t = 16384)]
     pub codebook_size: i64,
+    /// Dimension of each codebook entry (LlamaGen: 8).
     #[arg(long, default_value_t = 8)]
     pub codebook_embed_dim: i64,
 }
@@ -403,6 +412,7 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
         decode_seconds: 0.0,
         npz: None,
     };
+    let bar = crate::progress::bar(todo.len() as u64, "images");
     for batch in todo.chunks(args.batch_size) {
         if args
             .cancel
@@ -451,14 +461,19 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
             write_png(&args.out, index, &pixels.get(row as i64))?;
         }
         report.made += batch.len() as u64;
-        tracing::info!(
+        bar.inc(batch.len() as u64);
+        let status = format!(
             "{} / {} images ({:.2} s GPT, {:.2} s decode so far)",
             report.made + report.skipped,
             args.num_samples,
             report.gpt_seconds,
             report.decode_seconds
         );
+        if bar.is_hidden() {
+            tracing::info!("{status}");
+        }
     }
+    bar.finish_and_clear();
     if !args.no_npz {
         let path = args.out.join("samples.npz");
         write_npz(&args.out, args.start..end, &path)?;

@@ -148,11 +148,17 @@ impl Walked {
         Ok(())
     }
 
-    fn record(&mut self, name: &str, result: anyhow::Result<ShardDone>) -> Option<ShardCounts> {
+    fn record(
+        &mut self,
+        bar: &indicatif::ProgressBar,
+        name: &str,
+        result: anyhow::Result<ShardDone>,
+    ) -> Option<ShardCounts> {
+        bar.inc(1);
         match result {
             Ok(ShardDone::Worked { line, counts }) => {
                 if !line.is_empty() {
-                    println!("{line}");
+                    crate::progress::println(bar, line);
                 }
                 self.done += 1;
                 Some(counts)
@@ -162,7 +168,7 @@ impl Walked {
                 Some(ShardCounts::default())
             }
             Err(e) => {
-                println!("shard {name} failed: {e:#}");
+                crate::progress::println(bar, format!("shard {name} failed: {e:#}"));
                 self.failed.push(format!("{name}: {e:#}"));
                 None
             }
@@ -204,6 +210,7 @@ where
                 "--worker-index {index} must be below --workers {count}"
             );
             let mut walked = Walked::default();
+            let bar = crate::progress::bar(names.len().div_ceil(*count.max(&1)) as u64, "shards");
             for (i, name) in names.iter().enumerate() {
                 if i % count != *index {
                     continue;
@@ -215,10 +222,11 @@ where
                 match work(i, Cancel::default()).await {
                     Err(e) if e.is::<Fatal>() => return Err(e),
                     result => {
-                        walked.record(name, result);
+                        walked.record(&bar, name, result);
                     }
                 }
             }
+            bar.finish_and_clear();
             return Ok(walked);
         }
         Sharing::Leases(options) => options,
@@ -252,6 +260,7 @@ where
         grace: options.grace,
         max_shards: None,
         keep_run_open: target.run_id.is_some(),
+        spinner: true,
     };
     let result = work_claims(&pool, open, &claims, stop, |lease, cancel| {
         let i = lease.shard_index as usize;
@@ -287,6 +296,8 @@ pub struct ClaimOptions {
     /// Close only the stage run when it is done, not its pipeline run (a `llamagen run` or a
     /// scheduler tick closes that).
     pub keep_run_open: bool,
+    /// Count the shards on a spinner (off for stages that draw a finer bar of their own).
+    pub spinner: bool,
 }
 
 /// The webdataset shards of a folder in name order, and their names (`00000`, ...): what a
@@ -323,6 +334,17 @@ where
     let mut walked = Walked {
         stage: Some(open),
         ..Walked::default()
+    };
+    // Claims come one at a time, so the bar counts this worker's shards without a total.
+    let bar = if options.spinner {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} shard(s) [{elapsed_precise}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
     };
     let lease_time = options.lease.max(Duration::from_secs(2));
     let stopping = || stop.is_some_and(StopSignal::requested);
@@ -410,7 +432,7 @@ where
             }
             Ended::Worked(name, result) => {
                 let error = result.as_ref().err().map(|e| format!("{e:#}"));
-                match walked.record(&name, result) {
+                match walked.record(&bar, &name, result) {
                     Some(counts) => match runs::complete_shard(pool, &held, &counts).await {
                         Ok(()) => {}
                         Err(StoreError::LeaseLost { .. }) => {
@@ -432,6 +454,7 @@ where
             }
         }
     }
+    bar.finish_and_clear();
     walked.stopped |= stopping();
     walked.progress = Some(finish_if_done(pool, open, options.keep_run_open).await?);
     Ok(walked)

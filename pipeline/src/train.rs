@@ -46,18 +46,23 @@ pub struct TrainArgs {
     /// (LlamaGen's --ema: 0.9999); 0 keeps none.
     #[arg(long, default_value_t = 0.0)]
     pub ema_decay: f64,
-    /// GPT size (GPT-B ... GPT-7B).
+    /// GPT size: B, L, XL, XXL, XXXL, 1B, 3B or 7B, as the config's model.size (LlamaGen's
+    /// GPT-B ... spelling works too).
     #[arg(long, default_value = "GPT-B", conflicts_with = "gpt_config")]
     pub gpt_model: String,
     /// A JSON GptConfig instead of a named size.
     #[arg(long)]
     pub gpt_config: Option<PathBuf>,
+    /// Image side in pixels the codes were made at.
     #[arg(long, default_value_t = 256)]
     pub image_size: i64,
+    /// The tokenizer's downsample factor (16 for VQ-16): image tokens are (image size / downsample)^2.
     #[arg(long, default_value_t = 16)]
     pub downsample: i64,
+    /// Codebook entries of the tokenizer (the GPT vocabulary).
     #[arg(long, default_value_t = 16384)]
     pub vocab_size: i64,
+    /// Classes of a class-conditional GPT (ImageNet: 1000).
     #[arg(long, default_value_t = 1000)]
     pub num_classes: i64,
     /// Samples per optimizer step (over all micro-batches).
@@ -75,10 +80,13 @@ pub struct TrainArgs {
     /// AdamW's second-moment decay (LlamaGen: 0.95).
     #[arg(long, default_value_t = 0.95)]
     pub beta2: f64,
+    /// AdamW weight decay on tensors with two or more dimensions (the paper: 0.05).
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
+    /// Clip the global gradient norm to this (the paper: 1.0); 0 disables clipping.
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// Linear learning-rate warm-up steps (LlamaGen: none).
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: i64,
     /// constant (LlamaGen) or cosine (to 0 at --max-steps).
@@ -87,18 +95,22 @@ pub struct TrainArgs {
     /// Stop after this many optimizer steps in total.
     #[arg(long)]
     pub max_steps: i64,
+    /// Steps between checkpoints (each registered in PostgreSQL); one is also written at the end.
     #[arg(long, default_value_t = 5000)]
     pub checkpoint_every: i64,
+    /// Steps between loss records (printed and stored).
     #[arg(long, default_value_t = 100)]
     pub log_every: i64,
+    /// Seed of the initialisation, the sample order, dropout and the augmentation picks.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// bf16 autocast of the forward pass on CUDA (LlamaGen's default), or none for fp32; the
-    /// CPU always computes in fp32. A resumed run keeps the setting it started with.
-    #[arg(long, default_value = "bf16")]
+    /// bf16 (autocast of the forward pass on CUDA, LlamaGen's default) or fp32, as `sample
+    /// --precision` and the config's `train.precision` spell it; the CPU always computes in
+    /// fp32. A resumed run keeps the setting it started with.
+    #[arg(long = "precision", alias = "mixed-precision", default_value = "bf16")]
     pub mixed_precision: MixedPrecision,
     /// Checkpoint folder; a run resumes from its newest checkpoint.
     #[arg(long)]
@@ -490,6 +502,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
     let mut result = Ok(());
     let mut order = EpochOrder(None);
     let len = data.len();
+    let bar = crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps");
     while trainer.step < args.max_steps {
         let step = trainer.step;
         let position = step as u64 * args.global_batch_size as u64;
@@ -514,11 +527,16 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
             }
         };
         let done = trainer.step;
+        bar.inc(1);
+        bar.set_message(format!("loss {loss:.4}"));
         let epoch = (done as u64 * args.global_batch_size as u64) as f64 / len as f64;
         if done % args.log_every == 0 || done == args.max_steps {
             let rate = (done - first_step) as f64 * args.global_batch_size as f64 * tokens as f64
                 / started.elapsed().as_secs_f64();
-            println!("step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  {rate:.0} tokens/s");
+            crate::progress::println(
+                &bar,
+                format!("step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  {rate:.0} tokens/s"),
+            );
             if let (Some(store), Some((_, run_id))) = (&store, ids) {
                 let lr = trainer.config.lr_at(done - 1);
                 training::log_training_metrics(
@@ -533,7 +551,10 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
         if done % args.checkpoint_every == 0 || done == args.max_steps {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
-            println!("checkpoint {} (sha256 {})", path.display(), &sha[..12]);
+            crate::progress::println(
+                &bar,
+                format!("checkpoint {} (sha256 {})", path.display(), &sha[..12]),
+            );
             if let (Some(store), Some((model_id, run_id))) = (&store, ids) {
                 let path_text = path.display().to_string();
                 let bytes = std::fs::metadata(&path)?.len() as i64;
@@ -559,6 +580,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    bar.finish_and_clear();
     if let (Some(store), Some((_, run_id))) = (&store, ids) {
         let status = if result.is_ok() {
             "succeeded"

@@ -35,8 +35,10 @@ pub struct CaptionArgs {
     /// Default: the paper's "Describe this image in as much detail as possible".
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Longest answer, in tokens.
     #[arg(long)]
     pub max_tokens: Option<u32>,
+    /// Sampling temperature of the captioning model (0: greedy).
     #[arg(long)]
     pub temperature: Option<f64>,
     /// Requests in flight at once.

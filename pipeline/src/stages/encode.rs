@@ -85,6 +85,7 @@ pub struct VqEncodeArgs {
     /// LlamaGen's --ten-crop: TenCrop of the center crop enlarged by --crop-range.
     #[arg(long)]
     pub ten_crop: bool,
+    /// With --ten-crop: the center crop is enlarged by this factor before the ten crops (LlamaGen: 1.1).
     #[arg(long, default_value_t = 1.1)]
     pub crop_range: f64,
     /// The center crop alone (text-to-image data), not the center crop and its mirror image.

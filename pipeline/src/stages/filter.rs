@@ -32,14 +32,19 @@ pub struct FilterArgs {
     /// The folder of scripts/export_filter_models.py.
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Drop images narrower than this (pixels, decoded).
     #[arg(long)]
     pub min_width: Option<u32>,
+    /// Drop images lower than this (pixels, decoded).
     #[arg(long)]
     pub min_height: Option<u32>,
+    /// Drop images whose watermark probability (LAION's detector) is at least this.
     #[arg(long)]
     pub max_watermark: Option<f64>,
+    /// Drop images whose LAION aesthetic score is below this.
     #[arg(long, allow_negative_numbers = true)]
     pub min_aesthetic: Option<f64>,
+    /// Drop images whose CLIP image-caption cosine similarity is below this.
     #[arg(long, allow_negative_numbers = true)]
     pub min_clip_similarity: Option<f64>,
     /// Images per model batch.

@@ -19,7 +19,7 @@ use crate::config::{PipelineConfig, record_pipeline_run};
 use crate::shard_worker::{self, ClaimOptions, ShardDone, work_claims};
 use crate::signals::EXIT_STOPPED;
 use anyhow::{Context as _, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use llamagen_ingest::download::{DownloadOptions, Downloader};
 use llamagen_ingest::prepare::{self, Prepared};
 use llamagen_ingest::resize::ResizeOptions;
@@ -37,7 +37,7 @@ pub struct IngestArgs {
     pub input: Vec<String>,
     /// Output folder for the shards, instead of `ingest.output` (which is relative to the
     /// data directory).
-    #[arg(long)]
+    #[arg(long = "out", alias = "output")]
     pub output: Option<PathBuf>,
     /// Join a run that another process prepared instead of preparing one (Slurm array tasks,
     /// Kubernetes indexed Job pods): waits for the preparation, then claims shards.
@@ -281,6 +281,7 @@ pub async fn run_with(
         grace: Duration::from_secs(args.grace_secs),
         max_shards: args.max_shards,
         keep_run_open: args.keep_run_open,
+        spinner: false,
     };
     let (progress_ref, output_ref, downloader_ref, resize_ref) =
         (&progress, &output, &downloader, &resize);
@@ -402,13 +403,7 @@ struct Progress {
 
 impl Progress {
     fn new(rows: u64) -> Self {
-        let bar = ProgressBar::new(rows);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} rows {msg} [{elapsed_precise}, eta {eta}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let bar = crate::progress::bar(rows, "rows");
         Progress {
             bar,
             ok: AtomicU64::new(0),
@@ -432,11 +427,7 @@ impl Progress {
     }
 
     fn println(&self, line: String) {
-        if self.bar.is_hidden() {
-            println!("{line}");
-        } else {
-            self.bar.println(line);
-        }
+        crate::progress::println(&self.bar, line);
     }
 
     fn finish(&self) {
