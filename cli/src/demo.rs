@@ -151,6 +151,7 @@ async fn run_pipeline(
         config: PathBuf::from("configs/demo.toml"),
         run_id: Some(run_id),
         grace_secs: 5,
+        overrides: Vec::new(),
     };
     let code = runner::run_stages(config, &args, store, data_dir).await?;
     anyhow::ensure!(

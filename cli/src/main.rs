@@ -119,12 +119,18 @@ enum ConfigCommand {
     Show {
         /// The config to resolve; without it, the built-in defaults.
         config: Option<PathBuf>,
+        /// Override a key, e.g. `--set train.epochs=1` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+        overrides: Vec<String>,
     },
     /// Validate config files.
     Check {
         /// Pipeline configs (TOML) to validate.
         #[arg(required = true)]
         configs: Vec<PathBuf>,
+        /// Override a key of every config, as `llamagen run --set` does (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
 }
 
@@ -151,17 +157,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor { no_db } => doctor::run(&cli.data_dir, !no_db).await,
         Command::Db(cmd) => db::run(&cli.data_dir, cmd).await,
-        Command::Config(ConfigCommand::Show { config }) => {
+        Command::Config(ConfigCommand::Show { config, overrides }) => {
             let config = match config {
-                Some(path) => PipelineConfig::load(&path)?,
+                Some(path) => PipelineConfig::load_with(&path, &overrides)?,
                 None => PipelineConfig::default(),
             };
             print!("{}", config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { configs }) => {
+        Command::Config(ConfigCommand::Check { configs, overrides }) => {
             for path in configs {
-                let config = PipelineConfig::load(&path)?;
+                let config = PipelineConfig::load_with(&path, &overrides)?;
                 println!(
                     "{}: ok (pipeline {:?}, stages {})",
                     path.display(),

@@ -37,6 +37,10 @@ pub struct ScheduleArgs {
     /// Seconds a running child gets after SIGTERM to finish or release its shard.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Override a key of every config, e.g. `--set ingest.input=...` (repeatable; passed on
+    /// to each run).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 struct Pipeline {
@@ -78,10 +82,10 @@ impl Pipeline {
     }
 }
 
-fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Pipeline>> {
+fn load(paths: &[PathBuf], overrides: &[String]) -> anyhow::Result<Vec<Pipeline>> {
     let mut pipelines: Vec<Pipeline> = Vec::new();
     for path in paths {
-        let config = PipelineConfig::load(path)?;
+        let config = PipelineConfig::load_with(path, overrides)?;
         let name = config.pipeline.name.clone();
         anyhow::ensure!(
             !config.pipeline.schedule.is_empty(),
@@ -112,7 +116,7 @@ fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Pipeline>> {
 }
 
 pub async fn run(args: &ScheduleArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let pipelines = load(&args.configs)?;
+    let pipelines = load(&args.configs, &args.overrides)?;
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let stop = StopSignal::listen();
     let mut tasks = Vec::new();
@@ -128,6 +132,7 @@ pub async fn run(args: &ScheduleArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             stop: stop.clone(),
             data_dir: data_dir.to_path_buf(),
             grace_secs: args.grace_secs,
+            overrides: args.overrides.clone(),
         };
         tasks.push(tokio::spawn(async move {
             let name = p.name.clone();
@@ -157,6 +162,8 @@ struct Context {
     stop: StopSignal,
     data_dir: PathBuf,
     grace_secs: u64,
+    /// `--set` overrides, passed on to every run.
+    overrides: Vec<String>,
 }
 
 async fn schedule_pipeline(p: Pipeline, cx: Context) -> anyhow::Result<()> {
@@ -227,6 +234,7 @@ async fn run_tick(p: &Pipeline, tick: DateTime<Utc>, cx: &Context) -> anyhow::Re
         stop,
         data_dir,
         grace_secs,
+        overrides,
     } = cx;
     let run_id = record_pipeline_run(pool, &p.config, Trigger::Schedule, Some(tick)).await?;
     schedule::update_tick(pool, &p.name, tick, TickOutcome::Started, Some(run_id)).await?;
@@ -242,6 +250,7 @@ async fn run_tick(p: &Pipeline, tick: DateTime<Utc>, cx: &Context) -> anyhow::Re
         .arg(run_id.to_string())
         .arg("--grace-secs")
         .arg(grace_secs.to_string())
+        .args(overrides.iter().flat_map(|o| ["--set", o.as_str()]))
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

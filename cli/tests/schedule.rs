@@ -314,3 +314,143 @@ async fn missed_ticks_are_skipped_or_run_once() {
     assert_eq!(runs, 1);
     db.drop_database().await;
 }
+
+/// The shipped nightly text-to-image config, as the scheduler runs it, with `--set` pointing
+/// its inputs, servers and models at loopback servers and the project's tiny models: one tick
+/// runs all seven stages and ends with the trained checkpoint on the leaderboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
+    use llamagen_models::gpt::{Conditioning, GptConfig};
+
+    let server = LoopbackServer::start(bundled_photos()).await.unwrap();
+    let captioner = llamagen_caption::testing::CaptionServer::start().unwrap();
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::repo();
+    let metadata = dir.path().join("metadata.parquet");
+    let rows: Vec<MetaRow> = (0..4)
+        .flat_map(|i| {
+            ["astronaut", "chelsea", "coffee"]
+                .map(|name| row(server.url(&format!("/img/{name}.jpg?v={i}"))))
+        })
+        .collect();
+    write_metadata(&metadata, "URL", "TEXT", &rows).unwrap();
+    let models = llamagen_models::tiny::write(&dir.path().join("models"), 0).unwrap();
+    let mut gpt: GptConfig =
+        serde_json::from_slice(&std::fs::read(&models.gpt_config).unwrap()).unwrap();
+    gpt.conditioning = Conditioning::Text;
+    gpt.cls_token_num = 120;
+    gpt.caption_dim = 32;
+    let gpt_config = dir.path().join("models/gpt_t2i.json");
+    std::fs::write(&gpt_config, serde_json::to_vec(&gpt).unwrap()).unwrap();
+    let inception = dir.path().join("inception.onnx");
+    llamagen_evaluate::inception::export_random_weights(&root, &inception, 0, &[]).unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "A cat on a sofa.\nA cup of coffee.\n").unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let sets = [
+        "pipeline.schedule=[\"*/5 * * * * *\"]".to_string(),
+        format!("ingest.input={}", path(&metadata)),
+        "ingest.output=shards".into(),
+        "ingest.rows_per_shard=6".into(),
+        "ingest.allow_private_addresses=true".into(),
+        format!(
+            "filter.models={}",
+            path(&root.join("filter/tests/fixtures/models"))
+        ),
+        "filter.min_width=128".into(),
+        "filter.min_height=128".into(),
+        "filter.min_aesthetic=-10".into(),
+        "filter.min_clip_similarity=-1".into(),
+        "filter.max_watermark=1.0".into(),
+        format!("caption.endpoint={}", captioner.endpoint("ok")),
+        format!("caption.model={}", llamagen_caption::testing::MODEL),
+        format!("encode.vq_checkpoint={}", path(&models.vq_ckpt)),
+        format!("encode.vq_config={}", path(&models.vq_config)),
+        "encode.codebook_size=64".into(),
+        "encode.downsample=4".into(),
+        "encode.image_size=32".into(),
+        format!("encode.t5={}", path(&root.join("encode/tests/fixtures/t5"))),
+        format!("model.gpt_config={}", path(&gpt_config)),
+        "model.image_size=32".into(),
+        "model.downsample=4".into(),
+        "train.global_batch_size=4".into(),
+        "train.epochs=1".into(),
+        "train.precision=\"fp32\"".into(),
+        "sample.num_samples=4".into(),
+        "sample.batch_size=4".into(),
+        "evaluate.reference=shards".into(),
+        format!("evaluate.inception_model={}", path(&inception)),
+        "evaluate.eval_image_size=32".into(),
+        format!("evaluate.prompts={}", path(&prompts)),
+        "evaluate.metrics=[\"fid\", \"inception_score\"]".into(),
+    ];
+    let mut scheduler = llamagen(dir.path(), &db);
+    scheduler
+        .arg("schedule")
+        .arg(root.join("configs/laion-coco-t2i.toml"))
+        .env("RUST_LOG", "warn");
+    for set in &sets {
+        scheduler.args(["--set", set]);
+    }
+    let scheduler = scheduler.spawn().unwrap();
+    let outcome = poll(Duration::from_secs(400), async || {
+        sqlx::query_scalar::<_, String>(
+            "SELECT outcome FROM schedule_ticks
+             WHERE pipeline = 'laion-coco-t2i' AND outcome IN ('succeeded', 'failed')
+             ORDER BY scheduled_for LIMIT 1",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    sigterm(&scheduler);
+    let out = wait_exit(scheduler, Duration::from_secs(120));
+    assert_eq!(outcome, "succeeded", "{}", text(&out));
+
+    let run: i64 = sqlx::query_scalar(
+        "SELECT run_id FROM schedule_ticks WHERE outcome = 'succeeded' ORDER BY scheduled_for LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let stages: Vec<(String, String)> =
+        sqlx::query_as("SELECT stage, status FROM stage_runs WHERE run_id = $1 ORDER BY id")
+            .bind(run)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let names: Vec<&str> = stages.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ingest", "filter", "caption", "encode", "train", "sample", "evaluate"
+        ]
+    );
+    assert!(stages.iter().all(|(_, st)| st == "succeeded"), "{stages:?}");
+    let (trigger, status): (String, String) =
+        sqlx::query_as("SELECT trigger, status FROM pipeline_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (trigger.as_str(), status.as_str()),
+        ("schedule", "succeeded")
+    );
+    let rows: Vec<(String, f64, String)> = sqlx::query_as(
+        "SELECT model, cfg_scale, benchmark FROM leaderboard WHERE model = 'laion-coco-t2i-GPT'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [(
+            "laion-coco-t2i-GPT".to_string(),
+            7.5,
+            "coco30k-t2i".to_string()
+        )]
+    );
+}

@@ -397,6 +397,28 @@ impl PipelineConfig {
         Self::parse(&text).with_context(|| format!("in pipeline config {}", path.display()))
     }
 
+    /// Reads a config file with `KEY=VALUE` overrides applied (`--set train.epochs=1`,
+    /// `--set 'evaluate.cfg_sweep=[1.5, 2.0]'`): dotted keys, the value read as TOML, or as a
+    /// string when it is not TOML. An override of an unknown key is refused like a misspelt
+    /// key in the file.
+    pub fn load_with(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        if overrides.is_empty() {
+            return Self::load(path);
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading pipeline config {}", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("in pipeline config {}", path.display()))?;
+        for o in overrides {
+            set(&mut table, o)?;
+        }
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("in pipeline config {} with --set", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Self = toml::from_str(text)?;
         config.validate()?;
@@ -657,6 +679,29 @@ impl PipelineConfig {
     }
 }
 
+/// Applies one `a.b.c=VALUE` override to a config table.
+fn set(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
+    let Some((key, value)) = assignment.split_once('=') else {
+        bail!("--set {assignment:?}: expected KEY=VALUE, e.g. train.epochs=1");
+    };
+    let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, sections) = parts.split_last().context("--set: empty key")?;
+    let mut at = table;
+    for section in sections {
+        at = at
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {section} is not a section"))?;
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
+}
+
 fn one_of(key: &str, value: &str, allowed: &[&str]) -> anyhow::Result<()> {
     ensure!(
         allowed.contains(&value),
@@ -748,6 +793,34 @@ mod tests {
         assert_eq!(c.sample.cfg_scale, 2.0);
         assert_eq!(c.model.prefix_tokens(), 1);
         assert_eq!(c.train, TrainConfig::default());
+    }
+
+    #[test]
+    fn overrides_set_keys_as_toml_or_as_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[pipeline]\nname = \"p\"\n[train]\nepochs = 3\n").unwrap();
+        let sets = [
+            "train.epochs=1",
+            "ingest.input=demo/*.parquet",
+            "evaluate.cfg_sweep=[1.5, 2.0]",
+            "ingest.metadata_filter.min_aesthetic=4.5",
+        ]
+        .map(String::from);
+        let c = PipelineConfig::load_with(&path, &sets).unwrap();
+        assert_eq!(c.train.epochs, 1);
+        assert_eq!(c.ingest.input, "demo/*.parquet");
+        assert_eq!(c.evaluate.cfg_sweep, [1.5, 2.0]);
+        assert_eq!(c.ingest.metadata_filter.min_aesthetic, 4.5);
+        for (bad, needle) in [
+            ("train.epoch=1", "epoch"),
+            ("train.epochs", "KEY=VALUE"),
+            ("sample.top_p=2", "sample.top_p"),
+            ("pipeline.name.x=1", "not a section"),
+        ] {
+            let err = PipelineConfig::load_with(&path, &[bad.to_string()]).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{bad}: {err:#}");
+        }
     }
 
     #[test]

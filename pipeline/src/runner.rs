@@ -23,10 +23,14 @@ pub struct RunArgs {
     /// released for the next run.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Override a config key for this run, e.g. `--set train.epochs=1` (repeatable; the
+    /// value is TOML, or a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 pub async fn run(args: &RunArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let config = PipelineConfig::load(&args.config)?;
+    let config = PipelineConfig::load_with(&args.config, &args.overrides)?;
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = run_stages(&config, args, &store, data_dir).await;
     store.close().await?;
