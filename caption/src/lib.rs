@@ -12,6 +12,7 @@
 //! `docs/caption.md` has the commands that serve LLaVA with vLLM and llama.cpp.
 
 pub mod client;
+pub mod config;
 pub mod output;
 pub mod sentence;
 pub mod shard;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use llamagen_pipeline::benchmark::{EvaluationArgs, GeneratorArgs};
-use llamagen_pipeline::config::{PipelineConfig, record_pipeline_run};
+use llamagen_pipeline::config::{LrSchedule, PipelineConfig, Stage, Task, record_pipeline_run};
 use llamagen_pipeline::runner::{self, RunArgs};
 use llamagen_pipeline::sample::{SampleArgs, VqArgs};
 use llamagen_store::runs::Trigger;
@@ -258,16 +258,14 @@ fn text_to_image(
     )?;
     let mut t2i = config.clone();
     t2i.pipeline.name = "demo-t2i".into();
-    t2i.pipeline.stages = ["encode", "train", "sample", "evaluate"]
-        .map(String::from)
-        .to_vec();
-    t2i.model.task = "t2i".into();
+    t2i.pipeline.stages = vec![Stage::Encode, Stage::Train, Stage::Sample, Stage::Evaluate];
+    t2i.model.task = Task::T2i;
     t2i.model.gpt_config = "demo/models/tiny_gpt_t2i.json".into();
     t2i.encode.codes_output = "demo/codes-t2i".into();
     t2i.train.output = "demo/train-t2i".into();
     t2i.train.epochs = 7;
     t2i.train.warmup_steps = 2;
-    t2i.train.lr_schedule = "cosine".into();
+    t2i.train.lr_schedule = LrSchedule::Cosine;
     t2i.train.ema = true;
     t2i.train.ema_decay = 0.999;
     t2i.evaluate.benchmark = "demo-shards-t2i".into();

@@ -172,7 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}: ok (pipeline {:?}, stages {})",
                     path.display(),
                     config.pipeline.name,
-                    config.pipeline.stages.join(" -> ")
+                    config.pipeline.stages_text()
                 );
                 for (key, resolved) in config.paths(&cli.data_dir) {
                     let state = if resolved.exists() {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use llamagen_pipeline::config::{PipelineConfig, parse_cron, record_pipeline_run};
+use llamagen_pipeline::config::{MissedRuns, PipelineConfig, parse_cron, record_pipeline_run};
 use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::schedule::{self, PipelineLock, TickOutcome};
 use llamagen_store::{Store, StoreOptions};
@@ -173,7 +173,7 @@ async fn schedule_pipeline(p: Pipeline, cx: Context) -> anyhow::Result<()> {
     if let Some(last) = schedule::last_tick(pool, &p.name).await?
         && let Some(missed) = p.latest_tick_in(last, started)?
     {
-        if p.config.pipeline.missed_runs == "run_once" {
+        if p.config.pipeline.missed_runs == MissedRuns::RunOnce {
             println!(
                 "schedule: {:?} missed ticks up to {missed}; running once now",
                 p.name

@@ -16,6 +16,7 @@
 
 pub mod caption_clean;
 pub mod codes;
+pub mod config;
 pub mod crops;
 pub mod dataset;
 pub mod embeddings;

@@ -14,6 +14,7 @@
 //! `scripts/export_filter_models.py` turns the public weights into the ONNX files (and makes
 //! the tiny random-weight ones the tests use).
 
+pub mod config;
 pub mod output;
 pub mod preprocess;
 pub mod rules;

@@ -24,7 +24,7 @@ use llamagen_store::checkpoint_queue::{
 use llamagen_store::{Store, StoreError, StoreOptions};
 
 use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, ScaleResult};
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, Precision, Task};
 use crate::image_sets::Side;
 use crate::provenance::file_sha256;
 use crate::sample::SampleArgs;
@@ -64,18 +64,18 @@ impl Protocol {
     ) -> anyhow::Result<Self> {
         let (ev, s, m) = (&config.evaluate, &config.sample, &config.model);
         let under = |p: &str| PipelineConfig::resolve(data_dir, p);
-        let text = m.task == "t2i";
+        let text = m.task == Task::T2i;
         let reference = under(&ev.reference);
         let resolved = crate::sample::device(device)?;
         // bf16 sampling is a CUDA feature; on a CPU the same protocol samples in fp32.
-        let precision = if s.precision != "fp32" && !resolved.is_cuda() {
+        let precision = if s.precision != Precision::Fp32 && !resolved.is_cuda() {
             tracing::info!(
                 "sample.precision {} needs CUDA; sampling in fp32 on {resolved:?}",
-                s.precision
+                s.precision.as_str()
             );
-            "fp32".to_string()
+            Precision::Fp32
         } else {
-            s.precision.clone()
+            s.precision
         };
         let sample = SampleArgs {
             gpt_ckpt: PathBuf::new(),
@@ -99,7 +99,7 @@ impl Protocol {
             seed: s.seed,
             batch_size: s.batch_size as usize,
             device: device.to_string(),
-            precision,
+            precision: precision.as_str().to_string(),
             out: under(&ev.samples_output),
             no_npz: false,
             cancel: None,

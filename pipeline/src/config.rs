@@ -59,10 +59,108 @@ pub fn parse_cron(entry: &str) -> anyhow::Result<croner::Cron> {
         .map_err(|e| anyhow::anyhow!("pipeline.schedule: {entry:?} is not a cron expression: {e}"))
 }
 
-/// The stages in pipeline order.
-pub const STAGES: [&str; 7] = [
-    "ingest", "filter", "caption", "encode", "train", "sample", "evaluate",
-];
+/// A pipeline stage; the order of the variants is the pipeline's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Ingest,
+    Filter,
+    Caption,
+    Encode,
+    Train,
+    Sample,
+    Evaluate,
+}
+
+impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Ingest,
+        Stage::Filter,
+        Stage::Caption,
+        Stage::Encode,
+        Stage::Train,
+        Stage::Sample,
+        Stage::Evaluate,
+    ];
+
+    /// The name in configs, the database (`stage_runs.stage`) and the config's section.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Filter => "filter",
+            Stage::Caption => "caption",
+            Stage::Encode => "encode",
+            Stage::Train => "train",
+            Stage::Sample => "sample",
+            Stage::Evaluate => "evaluate",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the scheduler does with ticks missed while no scheduler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    /// Record the latest missed tick as skipped.
+    Skip,
+    /// Run once now, however many ticks were missed.
+    RunOnce,
+}
+
+impl std::fmt::Display for MissedRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MissedRuns::Skip => "skip",
+            MissedRuns::RunOnce => "run_once",
+        })
+    }
+}
+
+/// What conditions the GPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Class-conditional: a one-token class prefix (ImageNet).
+    C2i,
+    /// Text-to-image: a 120-token FLAN-T5 caption prefix.
+    T2i,
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// LlamaGen's constant rate.
+    Constant,
+    /// Cosine decay to 0 at the last step.
+    Cosine,
+}
+
+/// Compute precision on CUDA (the CPU computes in fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Bf16,
+    Fp16,
+    Fp32,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,125 +168,36 @@ pub struct PipelineSection {
     /// Name under which runs are recorded and scheduled.
     pub name: String,
     /// Stages that `llamagen run` executes, in pipeline order.
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
     /// Cron entries (5 fields, UTC) for `llamagen schedule`.
     pub schedule: Vec<String>,
-    /// What the scheduler does with ticks missed while it was down: "skip" or "run_once".
-    pub missed_runs: String,
+    /// What the scheduler does with ticks missed while it was down.
+    pub missed_runs: MissedRuns,
+}
+
+impl PipelineSection {
+    /// `ingest -> filter -> ...`
+    pub fn stages_text(&self) -> String {
+        let names: Vec<&str> = self.stages.iter().map(|s| s.as_str()).collect();
+        names.join(" -> ")
+    }
 }
 
 impl Default for PipelineSection {
     fn default() -> Self {
         Self {
             name: "laion-coco-t2i".into(),
-            stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            stages: Stage::ALL.to_vec(),
             schedule: Vec::new(),
-            missed_runs: "skip".into(),
+            missed_runs: MissedRuns::Skip,
         }
     }
 }
 
+pub use llamagen_caption::config::CaptionConfig;
+pub use llamagen_encode::config::EncodeConfig;
+pub use llamagen_filter::config::FilterConfig;
 pub use llamagen_ingest::config::{IngestConfig, MetadataFilter};
-
-/// Post-download filters with model scores computed on the images themselves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FilterConfig {
-    pub min_width: u32,
-    pub min_height: u32,
-    pub min_clip_similarity: f64,
-    pub min_aesthetic: f64,
-    pub max_watermark: f64,
-    /// The folder `scripts/export_filter_models.py` writes (four ONNX models, the CLIP
-    /// tokenizer, filter_models.json).
-    pub models: String,
-    pub batch_size: u32,
-}
-
-impl Default for FilterConfig {
-    fn default() -> Self {
-        Self {
-            min_width: 256,
-            min_height: 256,
-            min_clip_similarity: 0.28,
-            min_aesthetic: 5.0,
-            max_watermark: 0.5,
-            models: "weights/filter".into(),
-            batch_size: 64,
-        }
-    }
-}
-
-/// LLaVA captions through an OpenAI-compatible server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CaptionConfig {
-    pub endpoint: String,
-    pub model: String,
-    pub prompt: String,
-    pub max_tokens: u32,
-    pub temperature: f64,
-    pub concurrency: u32,
-    pub timeout_secs: f64,
-    pub retries: u32,
-}
-
-impl Default for CaptionConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: "http://127.0.0.1:8000/v1".into(),
-            model: "llava-hf/llava-v1.6-mistral-7b-hf".into(),
-            prompt: "Describe this image in as much detail as possible".into(),
-            max_tokens: 512,
-            temperature: 0.0,
-            concurrency: 32,
-            timeout_secs: 120.0,
-            retries: 3,
-        }
-    }
-}
-
-/// VQ codes and FLAN-T5 embeddings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EncodeConfig {
-    pub vq_checkpoint: String,
-    /// A JSON VqConfig for a tokenizer of another shape; empty: LlamaGen's VQ-<downsample>.
-    pub vq_config: String,
-    pub codebook_size: u32,
-    pub codebook_embed_dim: u32,
-    pub downsample: u32,
-    pub image_size: u32,
-    /// LlamaGen's ten-crop augmentation (class-conditional data); else a center crop.
-    pub ten_crop: bool,
-    /// The export folder of scripts/export_t5.py (t5_encoder.onnx, tokenizer.json).
-    pub t5: String,
-    pub t5_max_length: u32,
-    pub batch_size: u32,
-    /// Where the codes go (relative paths are under the data folder).
-    pub codes_output: String,
-    /// Where the caption embeddings go (text-to-image pipelines).
-    pub t5_output: String,
-}
-
-impl Default for EncodeConfig {
-    fn default() -> Self {
-        Self {
-            vq_checkpoint: "weights/vq_ds16_t2i.safetensors".into(),
-            vq_config: String::new(),
-            codebook_size: 16384,
-            codebook_embed_dim: 8,
-            downsample: 16,
-            image_size: 256,
-            ten_crop: false,
-            t5: "weights/flan-t5-xl-onnx".into(),
-            t5_max_length: 120,
-            batch_size: 64,
-            codes_output: "codes".into(),
-            t5_output: "t5".into(),
-        }
-    }
-}
 
 /// The GPT (LlamaGen sizes and its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,8 +208,8 @@ pub struct ModelConfig {
     /// A JSON GptConfig for a GPT of another shape (its conditioning must match `task`);
     /// empty: the named `size` with the keys below.
     pub gpt_config: String,
-    /// "c2i" (class prefix, 1 token) or "t2i" (FLAN-T5 prefix, 120 tokens).
-    pub task: String,
+    /// c2i (class prefix, 1 token) or t2i (FLAN-T5 prefix, 120 tokens).
+    pub task: Task,
     pub vocab_size: u32,
     pub num_classes: u32,
     pub caption_dim: u32,
@@ -220,7 +229,7 @@ impl Default for ModelConfig {
         Self {
             size: "XL".into(),
             gpt_config: String::new(),
-            task: "t2i".into(),
+            task: Task::T2i,
             vocab_size: 16384,
             num_classes: 1000,
             caption_dim: 2048,
@@ -240,7 +249,7 @@ impl Default for ModelConfig {
 impl ModelConfig {
     /// Condition prefix length: 1 class token, or 120 T5 tokens.
     pub fn prefix_tokens(&self) -> u32 {
-        if self.task == "c2i" { 1 } else { 120 }
+        if self.task == Task::C2i { 1 } else { 120 }
     }
 
     /// Image tokens per sample (256 for 256 px at downsample 16).
@@ -262,10 +271,10 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     pub epochs: u32,
     pub warmup_steps: u32,
-    /// "constant" (LlamaGen) or "cosine".
-    pub lr_schedule: String,
-    /// "bf16" or "fp32".
-    pub precision: String,
+    /// constant (LlamaGen) or cosine.
+    pub lr_schedule: LrSchedule,
+    /// bf16 or fp32 (fp16 would need a gradient scaler, which the trainer does not have).
+    pub precision: Precision,
     pub ema: bool,
     pub ema_decay: f64,
     pub checkpoint_every: u32,
@@ -287,8 +296,8 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             epochs: 300,
             warmup_steps: 0,
-            lr_schedule: "constant".into(),
-            precision: "bf16".into(),
+            lr_schedule: LrSchedule::Constant,
+            precision: Precision::Bf16,
             ema: false,
             ema_decay: 0.9999,
             checkpoint_every: 5000,
@@ -320,7 +329,7 @@ pub struct SampleConfig {
     pub num_samples: u32,
     pub batch_size: u32,
     pub seed: u64,
-    pub precision: String,
+    pub precision: Precision,
 }
 
 impl Default for SampleConfig {
@@ -334,7 +343,7 @@ impl Default for SampleConfig {
             num_samples: 30_000,
             batch_size: 32,
             seed: 0,
-            precision: "bf16".into(),
+            precision: Precision::Bf16,
         }
     }
 }
@@ -484,29 +493,14 @@ impl PipelineConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let p = &self.pipeline;
         ensure!(!p.name.trim().is_empty(), "pipeline.name is empty");
-        let mut last = None;
-        for stage in &p.stages {
-            let Some(pos) = STAGES.iter().position(|s| s == stage) else {
-                bail!(
-                    "pipeline.stages: unknown stage {stage:?} (known: {})",
-                    STAGES.join(", ")
-                );
-            };
-            ensure!(
-                last.is_none_or(|l| pos > l),
-                "pipeline.stages must be in pipeline order without repeats ({})",
-                STAGES.join(", ")
-            );
-            last = Some(pos);
-        }
+        ensure!(
+            p.stages.windows(2).all(|w| w[0] < w[1]),
+            "pipeline.stages must be in pipeline order without repeats ({})",
+            Stage::ALL.map(Stage::as_str).join(", ")
+        );
         for entry in &p.schedule {
             parse_cron(entry)?;
         }
-        one_of(
-            "pipeline.missed_runs",
-            &p.missed_runs,
-            &["skip", "run_once"],
-        )?;
 
         let i = &self.ingest;
         ensure!(
@@ -544,32 +538,9 @@ impl PipelineConfig {
             "ingest.metadata_filter.max_aspect_ratio must be >= 1"
         );
 
-        let f = &self.filter;
-        probability("filter.max_watermark", f.max_watermark)?;
-        ensure!(
-            (-1.0..=1.0).contains(&f.min_clip_similarity),
-            "filter.min_clip_similarity must be a cosine in [-1, 1]"
-        );
-        ensure!(f.batch_size > 0, "filter.batch_size must be positive");
-
-        let c = &self.caption;
-        ensure!(
-            c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://"),
-            "caption.endpoint must be an http(s) URL"
-        );
-        ensure!(!c.prompt.trim().is_empty(), "caption.prompt is empty");
-        ensure!(c.concurrency > 0, "caption.concurrency must be positive");
-
-        let e = &self.encode;
-        ensure!(
-            e.downsample > 0 && e.image_size.is_multiple_of(e.downsample),
-            "encode.image_size must be a multiple of encode.downsample"
-        );
-        ensure!(
-            e.codebook_size > 0 && e.codebook_size <= 65536,
-            "encode.codebook_size must fit the u16 codes (1..=65536)"
-        );
-        ensure!(e.t5_max_length > 0, "encode.t5_max_length must be positive");
+        self.filter.validate().map_err(anyhow::Error::msg)?;
+        self.caption.validate().map_err(anyhow::Error::msg)?;
+        self.encode.validate().map_err(anyhow::Error::msg)?;
 
         let md = &self.model;
         let sizes = llamagen_models::gpt::SIZES.map(|s| s.0.trim_start_matches("GPT-"));
@@ -579,7 +550,6 @@ impl PipelineConfig {
             md.size,
             sizes.join(", ")
         );
-        one_of("model.task", &md.task, &["c2i", "t2i"])?;
         ensure!(
             md.downsample > 0 && md.image_size.is_multiple_of(md.downsample),
             "model.image_size must be a multiple of model.downsample"
@@ -617,9 +587,11 @@ impl PipelineConfig {
             t.weight_decay >= 0.0 && t.grad_clip >= 0.0,
             "train.weight_decay and train.grad_clip must be >= 0"
         );
-        one_of("train.lr_schedule", &t.lr_schedule, &["constant", "cosine"])?;
         // fp16 needs a gradient scaler, which the trainer does not have; bf16 does not.
-        one_of("train.precision", &t.precision, &["bf16", "fp32"])?;
+        ensure!(
+            t.precision != Precision::Fp16,
+            "train.precision = fp16 is not supported (no gradient scaler): use bf16 or fp32"
+        );
         ensure!(
             (0.0..1.0).contains(&t.ema_decay),
             "train.ema_decay must be in [0, 1)"
@@ -650,7 +622,6 @@ impl PipelineConfig {
             s.num_samples > 0 && s.batch_size > 0,
             "sample.num_samples and sample.batch_size must be positive"
         );
-        one_of("sample.precision", &s.precision, &["bf16", "fp16", "fp32"])?;
 
         let ev = &self.evaluate;
         for metric in &ev.metrics {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::checkpoint_evaluator::{self, EvaluatorOptions};
-use crate::config::{PipelineConfig, record_pipeline_run};
+use crate::config::{PipelineConfig, Stage, record_pipeline_run};
 use llamagen_store::runs::{self, Outcome, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
@@ -53,25 +53,25 @@ pub async fn run_stages(
     println!(
         "pipeline {:?}, run #{run_id}: {}",
         config.pipeline.name,
-        config.pipeline.stages.join(" -> ")
+        config.pipeline.stages_text()
     );
-    for stage in &config.pipeline.stages {
+    for &stage in &config.pipeline.stages {
         println!("== {stage}");
         // Ingest and filter record their own stage run (with shards and funnel); the others
         // are recorded here, with their config section, so the run page lists every stage.
-        let own_record = matches!(stage.as_str(), "ingest" | "filter");
+        let own_record = matches!(stage, Stage::Ingest | Stage::Filter);
         let stage_run = if own_record {
             None
         } else {
             let section = config.to_json()[stage.as_str()].clone();
-            Some(runs::start_stage(pool, run_id, stage, &section).await?)
+            Some(runs::start_stage(pool, run_id, stage.as_str(), &section).await?)
         };
-        let outcome = match stage.as_str() {
-            "ingest" => {
+        let outcome = match stage {
+            Stage::Ingest => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
                 crate::stages::ingest::run_with(config, &ingest_args, data_dir).await
             }
-            "filter" => {
+            Stage::Filter => {
                 let shards =
                     crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
                 let mut settings = config.filter.clone();
@@ -102,7 +102,7 @@ pub async fn run_stages(
                     Err(e) => Err(e),
                 }
             }
-            "caption" => {
+            Stage::Caption => {
                 // Captions go next to the shards the ingest stage wrote.
                 let shards =
                     crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
@@ -115,20 +115,20 @@ pub async fn run_stages(
                 .await
                 .map(|_| ExitCode::SUCCESS)
             }
-            "encode" => crate::stages::encode::run_from_config(config, data_dir).await,
-            "train" => match crate::train::args_from_config(config, data_dir) {
+            Stage::Encode => crate::stages::encode::run_from_config(config, data_dir).await,
+            Stage::Train => match crate::train::args_from_config(config, data_dir) {
                 Ok(train_args) => crate::train::run(&train_args, data_dir)
                     .await
                     .map(|()| ExitCode::SUCCESS),
                 Err(e) => Err(e),
             },
-            "sample" => checkpoint_evaluator::sample_selected(config, data_dir, "auto")
+            Stage::Sample => checkpoint_evaluator::sample_selected(config, data_dir, "auto")
                 .await
                 .map(|(checkpoints, made)| {
                     println!("{checkpoints} checkpoint(s) sampled, {made} new image(s)");
                     ExitCode::SUCCESS
                 }),
-            "evaluate" => {
+            Stage::Evaluate => {
                 checkpoint_evaluator::run(config, data_dir, &EvaluatorOptions::drain("auto"))
                     .await
                     .map(|summary| {
@@ -140,7 +140,6 @@ pub async fn run_stages(
                         }
                     })
             }
-            other => anyhow::bail!("unknown stage {other} (the config check names the known ones)"),
         };
         if let Some(id) = stage_run {
             let (result, error) = match &outcome {

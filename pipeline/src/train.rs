@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::config::{LrSchedule, Precision};
 use crate::provenance::{file_sha256, git_revision};
 use anyhow::{Context as _, bail};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
@@ -90,8 +91,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: i64,
     /// constant (LlamaGen) or cosine (to 0 at --max-steps).
-    #[arg(long, default_value = "constant", value_parser = ["constant", "cosine"])]
-    pub lr_schedule: String,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    pub lr_schedule: LrSchedule,
     /// Stop after this many optimizer steps in total.
     #[arg(long)]
     pub max_steps: i64,
@@ -199,7 +200,7 @@ pub fn args_from_config(
     let (m, t) = (&config.model, &config.train);
     let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
     let codes = under(&config.encode.codes_output);
-    let text = m.task == "t2i";
+    let text = m.task == crate::config::Task::T2i;
     let t5 = text.then(|| under(&config.encode.t5_output));
     let out = under(&t.output);
     let conditioning = if text {
@@ -262,13 +263,13 @@ pub fn args_from_config(
         weight_decay: t.weight_decay,
         grad_clip: t.grad_clip,
         warmup_steps: i64::from(t.warmup_steps),
-        lr_schedule: t.lr_schedule.clone(),
+        lr_schedule: t.lr_schedule,
         max_steps: (per_epoch * u64::from(t.epochs)).max(1) as i64,
         checkpoint_every: i64::from(t.checkpoint_every),
         log_every: i64::from(t.log_every.max(1)),
         seed: t.seed as i64,
         device: "auto".into(),
-        mixed_precision: if t.precision == "bf16" {
+        mixed_precision: if t.precision == Precision::Bf16 {
             MixedPrecision::Bf16
         } else {
             MixedPrecision::None
@@ -407,7 +408,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
                 seed: args.seed,
                 mixed_precision: args.mixed_precision,
                 ema_decay: args.ema_decay,
-                cosine_steps: if args.lr_schedule == "cosine" {
+                cosine_steps: if args.lr_schedule == LrSchedule::Cosine {
                     (args.max_steps - args.warmup_steps).max(1)
                 } else {
                     0
@@ -715,8 +716,8 @@ mod tests {
         assert_eq!(args.out, data.path().join("checkpoints"));
         assert_eq!(args.model, "p-GPT-B");
         assert_eq!(
-            (args.ema_decay, args.lr_schedule.as_str()),
-            (0.9999, "cosine")
+            (args.ema_decay, args.lr_schedule),
+            (0.9999, LrSchedule::Cosine)
         );
         assert_eq!(args.mixed_precision, MixedPrecision::None);
         let gpt: GptConfig =
@@ -726,7 +727,7 @@ mod tests {
         assert_eq!(gpt.conditioning, Conditioning::Class);
 
         // Text to image reads the embeddings folder too, and it must exist.
-        config.model.task = "t2i".into();
+        config.model.task = crate::config::Task::T2i;
         let err = args_from_config(&config, data.path()).err().unwrap();
         assert!(format!("{err:#}").contains("t5"), "{err:#}");
     }

@@ -361,7 +361,7 @@ pub async fn run_from_config(
     let e = &config.encode;
     let under = |p: &str| crate::stages::ingest::under(data_dir, std::path::Path::new(p));
     let shards = under(&config.ingest.output);
-    let text = config.model.task == "t2i";
+    let text = config.model.task == crate::config::Task::T2i;
     let vq = VqEncodeArgs {
         input: shards.clone(),
         out: under(&e.codes_output),

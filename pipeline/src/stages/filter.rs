@@ -264,7 +264,7 @@ pub async fn record(
                 None => {
                     let mut config = PipelineConfig::default();
                     config.pipeline.name = "filter".into();
-                    config.pipeline.stages = vec!["filter".into()];
+                    config.pipeline.stages = vec![crate::config::Stage::Filter];
                     config.filter = settings.clone();
                     crate::config::record_pipeline_run(pool, &config, Trigger::Manual, None).await?
                 }
