@@ -303,7 +303,7 @@ pub async fn evaluate(
     let identity = protocol.identity()?;
     let sha = llamagen_store::runs::config_sha256(&identity);
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
-    let worker = format!("{}:{}", crate::provenance::hostname(), std::process::id());
+    let worker = crate::shard_worker::worker_name();
     let mut summary = EvaluatorSummary {
         protocol_sha256: sha.clone(),
         worker: worker.clone(),

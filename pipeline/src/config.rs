@@ -460,30 +460,41 @@ impl PipelineConfig {
         }
     }
 
-    /// Every path of the config as the stages resolve it, by key (what `config check` shows).
+    /// The paths the config's stages read or write, by key, as they resolve them (what
+    /// `config check` shows).
     pub fn paths(&self, data_dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
         let (i, e, ev) = (&self.ingest, &self.encode, &self.evaluate);
-        let mut paths = vec![
-            ("ingest.input", i.input.as_str()),
-            ("ingest.output", i.output.as_str()),
-            ("filter.models", self.filter.models.as_str()),
-            ("encode.vq_checkpoint", e.vq_checkpoint.as_str()),
-            ("encode.vq_config", e.vq_config.as_str()),
-            ("encode.t5", e.t5.as_str()),
-            ("encode.codes_output", e.codes_output.as_str()),
-            ("encode.t5_output", e.t5_output.as_str()),
-            ("model.gpt_config", self.model.gpt_config.as_str()),
-            ("train.output", self.train.output.as_str()),
-            ("evaluate.reference", ev.reference.as_str()),
-            ("evaluate.inception_model", ev.inception_model.as_str()),
-            ("evaluate.prompts", ev.prompts.as_str()),
-            ("evaluate.samples_output", ev.samples_output.as_str()),
-        ];
-        paths.retain(|(_, p)| !p.is_empty());
+        let has = |stages: &[Stage]| stages.iter().any(|s| self.pipeline.stages.contains(s));
+        let text = self.model.task == Task::T2i;
+        let benchmarks = has(&[Stage::Sample, Stage::Evaluate]);
+        let mut paths = Vec::new();
+        let mut add = |used: bool, key: &'static str, path: &str| {
+            if used && !path.is_empty() {
+                paths.push((key, Self::resolve(data_dir, path)));
+            }
+        };
+        add(has(&[Stage::Ingest]), "ingest.input", &i.input);
+        let shards = has(&[Stage::Ingest, Stage::Filter, Stage::Caption, Stage::Encode]);
+        add(shards, "ingest.output", &i.output);
+        add(has(&[Stage::Filter]), "filter.models", &self.filter.models);
+        let tokenizer = has(&[Stage::Encode]) || benchmarks;
+        add(tokenizer, "encode.vq_checkpoint", &e.vq_checkpoint);
+        add(tokenizer, "encode.vq_config", &e.vq_config);
+        add(text && tokenizer, "encode.t5", &e.t5);
+        let codes = has(&[Stage::Encode, Stage::Train]);
+        add(codes, "encode.codes_output", &e.codes_output);
+        add(text && codes, "encode.t5_output", &e.t5_output);
+        add(
+            has(&[Stage::Train]),
+            "model.gpt_config",
+            &self.model.gpt_config,
+        );
+        add(has(&[Stage::Train]), "train.output", &self.train.output);
+        add(benchmarks, "evaluate.reference", &ev.reference);
+        add(benchmarks, "evaluate.inception_model", &ev.inception_model);
+        add(text && benchmarks, "evaluate.prompts", &ev.prompts);
+        add(benchmarks, "evaluate.samples_output", &ev.samples_output);
         paths
-            .into_iter()
-            .map(|(key, p)| (key, Self::resolve(data_dir, p)))
-            .collect()
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -171,7 +171,7 @@ pub async fn run_with(
     let worker = args
         .worker_name
         .clone()
-        .unwrap_or_else(|| format!("{}:{}", crate::provenance::hostname(), std::process::id()));
+        .unwrap_or_else(crate::shard_worker::worker_name);
 
     let mut stage = runs::find_stage_run(pool, "ingest", &output_text, args.run).await?;
     if args.worker && args.run.is_some() && stage.is_none() {
