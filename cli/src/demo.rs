@@ -152,6 +152,7 @@ async fn run_pipeline(
         run_id: Some(run_id),
         grace_secs: 5,
         overrides: Vec::new(),
+        only: Vec::new(),
     };
     let code = runner::run_stages(config, &args, store, data_dir).await?;
     anyhow::ensure!(

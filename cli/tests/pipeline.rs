@@ -256,6 +256,26 @@ prompts = "{prompts}"
         .unwrap();
     assert_eq!(evaluations, 4, "a second run adds no row");
 
+    // One stage of the config on its own, recorded as a run of that stage only.
+    let alone = llamagen_on(dir.path(), &db.url())
+        .env("RUST_LOG", "warn")
+        .args(["run", "--stage", "evaluate"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(alone.status.success(), "{}", text(&alone));
+    assert!(
+        text(&alone).contains("run #3: evaluate\n"),
+        "{}",
+        text(&alone)
+    );
+    let stages: Vec<String> =
+        sqlx::query_scalar("SELECT stage FROM stage_runs WHERE run_id = 3 ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(stages, ["evaluate"]);
+
     // The trained checkpoint samples from prompts through the same T5.
     let sample = |gpt_ckpt: &std::path::Path, gpt_config: &std::path::Path, out: &str| {
         llamagen_on(dir.path(), &db.url())

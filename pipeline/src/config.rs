@@ -60,7 +60,19 @@ pub fn parse_cron(entry: &str) -> anyhow::Result<croner::Cron> {
 }
 
 /// A pipeline stage; the order of the variants is the pipeline's order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Ingest,

@@ -27,10 +27,21 @@ pub struct RunArgs {
     /// value is TOML, or a string).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Run only these stages of the config (repeatable), e.g. `--stage encode` to encode with
+    /// the config's settings, or `--stage sample --stage evaluate` to benchmark what training
+    /// registered.
+    #[arg(long = "stage", value_enum, value_name = "STAGE")]
+    pub only: Vec<Stage>,
 }
 
 pub async fn run(args: &RunArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let config = PipelineConfig::load_with(&args.config, &args.overrides)?;
+    let mut config = PipelineConfig::load_with(&args.config, &args.overrides)?;
+    if !args.only.is_empty() {
+        let mut only = args.only.clone();
+        only.sort();
+        only.dedup();
+        config.pipeline.stages = only;
+    }
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
     let result = run_stages(&config, args, &store, data_dir).await;
     store.close().await?;
