@@ -1,5 +1,5 @@
 //! Sampling speed on this machine, ours against LlamaGen's own PyTorch code on the same weights
-//! in the same run (issue #6's benchmark):
+//! in the same run:
 //!
 //! - GPT-B token generation (KV cache, fp32) for 16 images without guidance and for 8 images
 //!   with guidance (scale 4, so a doubled batch of 16), at 256 px (16 x 16 tokens) and 384 px

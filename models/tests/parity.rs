@@ -1,5 +1,5 @@
 //! Our models against LlamaGen's PyTorch code on the same tiny random weights (fp32, CPU).
-//! Fixtures: `scripts/make_model_fixtures.py`; tolerance 1e-5 relative, as issue #6 asks.
+//! Fixtures: `scripts/make_model_fixtures.py`; tolerance 1e-5 relative.
 
 mod common;
 
