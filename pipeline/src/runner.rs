@@ -83,13 +83,11 @@ pub async fn run_stages(
                 crate::stages::ingest::run_with(config, &ingest_args, data_dir).await
             }
             Stage::Filter => {
-                let shards =
-                    crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
+                let shards = PipelineConfig::resolve(data_dir, &config.ingest.output);
                 let mut settings = config.filter.clone();
-                settings.models =
-                    crate::stages::ingest::under(data_dir, Path::new(&settings.models))
-                        .display()
-                        .to_string();
+                settings.models = PipelineConfig::resolve(data_dir, &settings.models)
+                    .display()
+                    .to_string();
                 match crate::stages::filter::filter_folder(
                     &settings,
                     &shards,
@@ -115,8 +113,7 @@ pub async fn run_stages(
             }
             Stage::Caption => {
                 // Captions go next to the shards the ingest stage wrote.
-                let shards =
-                    crate::stages::ingest::under(data_dir, Path::new(&config.ingest.output));
+                let shards = PipelineConfig::resolve(data_dir, &config.ingest.output);
                 crate::stages::caption::caption_folder(
                     &config.caption,
                     &shards,

@@ -359,7 +359,7 @@ pub async fn run_from_config(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let e = &config.encode;
-    let under = |p: &str| crate::stages::ingest::under(data_dir, std::path::Path::new(p));
+    let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
     let shards = under(&config.ingest.output);
     let text = config.model.task == crate::config::Task::T2i;
     let vq = VqEncodeArgs {

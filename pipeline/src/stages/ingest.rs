@@ -88,15 +88,6 @@ impl IngestArgs {
     }
 }
 
-/// A path of the config: relative ones under the data folder (`PipelineConfig::resolve`).
-pub fn under(data_dir: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        data_dir.join(path)
-    }
-}
-
 /// The metadata files, sorted (the same order on every machine, so the same shards).
 fn inputs(
     args: &IngestArgs,
@@ -105,7 +96,7 @@ fn inputs(
 ) -> anyhow::Result<Vec<PathBuf>> {
     let patterns: Vec<String> = if args.input.is_empty() {
         vec![
-            under(data_dir, Path::new(&config.ingest.input))
+            PipelineConfig::resolve(data_dir, &config.ingest.input)
                 .display()
                 .to_string(),
         ]
@@ -160,7 +151,7 @@ pub async fn run_with(
     let ingest = &config.ingest;
     let output = match &args.output {
         Some(path) => path.clone(),
-        None => under(data_dir, Path::new(&ingest.output)),
+        None => PipelineConfig::resolve(data_dir, &ingest.output),
     };
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let output = output.canonicalize()?;
