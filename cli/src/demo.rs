@@ -244,15 +244,6 @@ fn text_to_image(
     data_dir: &Path,
 ) -> anyhow::Result<PipelineConfig> {
     let demo = data_dir.join("demo");
-    let mut gpt: llamagen_models::gpt::GptConfig =
-        serde_json::from_slice(&std::fs::read(&models.gpt_config)?)?;
-    gpt.conditioning = llamagen_models::gpt::Conditioning::Text;
-    gpt.cls_token_num = 120;
-    gpt.caption_dim = 32;
-    std::fs::write(
-        demo.join("models/tiny_gpt_t2i.json"),
-        serde_json::to_vec_pretty(&gpt)?,
-    )?;
     std::fs::write(
         demo.join("prompts.txt"),
         "A 256 by 256 picture with mean colour #9e5d34.\nA photo of a cat on a sofa.\n",
@@ -261,7 +252,7 @@ fn text_to_image(
     t2i.pipeline.name = "demo-t2i".into();
     t2i.pipeline.stages = vec![Stage::Encode, Stage::Train, Stage::Sample, Stage::Evaluate];
     t2i.model.task = Task::T2i;
-    t2i.model.gpt_config = "demo/models/tiny_gpt_t2i.json".into();
+    t2i.model.gpt_config = models.text_gpt_config.display().to_string();
     t2i.encode.codes_output = "demo/codes-t2i".into();
     t2i.train.output = "demo/train-t2i".into();
     t2i.train.epochs = 7;

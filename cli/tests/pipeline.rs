@@ -11,7 +11,6 @@ use common::{llamagen_on, repo, text};
 
 use llamagen_caption::output::{CaptionStatus, captions_path, write_captions};
 use llamagen_caption::testing::record;
-use llamagen_models::gpt::{Conditioning, GptConfig};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
 
@@ -54,13 +53,7 @@ async fn run_encodes_trains_and_benchmarks_a_text_to_image_gpt() {
         write_captions(&captions_path(&shards, &name), &rows).unwrap();
     }
     let models = llamagen_models::tiny::write(&dir.path().join("models"), 0).unwrap();
-    let mut gpt: GptConfig =
-        serde_json::from_slice(&std::fs::read(&models.gpt_config).unwrap()).unwrap();
-    gpt.conditioning = Conditioning::Text;
-    gpt.cls_token_num = 120;
-    gpt.caption_dim = 32;
-    let gpt_config = dir.path().join("models/gpt_t2i.json");
-    std::fs::write(&gpt_config, serde_json::to_vec(&gpt).unwrap()).unwrap();
+    let gpt_config = models.text_gpt_config.clone();
     let inception = dir.path().join("inception.onnx");
     llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
     let prompts = dir.path().join("prompts.txt");

@@ -320,8 +320,6 @@ async fn missed_ticks_are_skipped_or_run_once() {
 /// runs all seven stages and ends with the trained checkpoint on the leaderboard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
-    use llamagen_models::gpt::{Conditioning, GptConfig};
-
     let server = LoopbackServer::start(bundled_photos()).await.unwrap();
     let captioner = llamagen_caption::testing::CaptionServer::start().unwrap();
     let db = TestDatabase::new().await;
@@ -336,13 +334,7 @@ async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
         .collect();
     write_metadata(&metadata, "URL", "TEXT", &rows).unwrap();
     let models = llamagen_models::tiny::write(&dir.path().join("models"), 0).unwrap();
-    let mut gpt: GptConfig =
-        serde_json::from_slice(&std::fs::read(&models.gpt_config).unwrap()).unwrap();
-    gpt.conditioning = Conditioning::Text;
-    gpt.cls_token_num = 120;
-    gpt.caption_dim = 32;
-    let gpt_config = dir.path().join("models/gpt_t2i.json");
-    std::fs::write(&gpt_config, serde_json::to_vec(&gpt).unwrap()).unwrap();
+    let gpt_config = models.text_gpt_config.clone();
     let inception = dir.path().join("inception.onnx");
     llamagen_evaluate::inception::export_random_weights(&root, &inception, 0, &[]).unwrap();
     let prompts = dir.path().join("prompts.txt");

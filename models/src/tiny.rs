@@ -16,6 +16,10 @@ use crate::weights;
 pub struct TinyModels {
     pub gpt_ckpt: PathBuf,
     pub gpt_config: PathBuf,
+    /// The same GPT text-conditioned: a 120-token caption prefix as wide as the tiny FLAN-T5
+    /// that `scripts/export_t5.py --tiny-random` makes (32), for text-to-image tests and the
+    /// demo (no weights: training starts from this config).
+    pub text_gpt_config: PathBuf,
     pub vq_ckpt: PathBuf,
     pub vq_config: PathBuf,
     /// Image side the pair generates.
@@ -65,6 +69,7 @@ pub fn write(dir: &Path, seed: i64) -> Result<TinyModels, ModelError> {
     let paths = TinyModels {
         gpt_ckpt: dir.join("tiny_gpt.safetensors"),
         gpt_config: dir.join("tiny_gpt.json"),
+        text_gpt_config: dir.join("tiny_gpt_t2i.json"),
         vq_ckpt: dir.join("tiny_vq.safetensors"),
         vq_config: dir.join("tiny_vq.json"),
         image_size: 32,
@@ -80,6 +85,13 @@ pub fn write(dir: &Path, seed: i64) -> Result<TinyModels, ModelError> {
         })
     };
     json(serde_json::to_string_pretty(&gpt_config), &paths.gpt_config)?;
+    let text = GptConfig {
+        conditioning: Conditioning::Text,
+        cls_token_num: 120,
+        caption_dim: 32,
+        ..gpt_config.clone()
+    };
+    json(serde_json::to_string_pretty(&text), &paths.text_gpt_config)?;
     json(serde_json::to_string_pretty(&vq_config), &paths.vq_config)?;
     Ok(paths)
 }
