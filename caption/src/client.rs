@@ -24,6 +24,11 @@ pub struct ClientOptions {
     /// First backoff; it doubles per attempt up to `max_backoff`, with full jitter.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// A forward proxy for the requests; None goes direct whatever `HTTP_PROXY` says (the
+    /// token and the images must not go to a proxy the user did not name, least of all for a
+    /// server on loopback). Not written to any output: it may hold a password.
+    #[serde(skip)]
+    pub proxy: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +40,7 @@ impl Default for ClientOptions {
             max_retries: 5,
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            proxy: None,
         }
     }
 }
@@ -51,6 +57,10 @@ pub struct Prompt {
 
 /// The paper's prompt (Section 4 and Appendix: stage II long captions).
 pub const PAPER_PROMPT: &str = "Describe this image in as much detail as possible";
+
+/// The largest answer read: a caption of a few hundred tokens is a few kilobytes of JSON; a
+/// server (or something posing as one) that sends more is cut off rather than buffered.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// The longest `Retry-After` obeyed; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
@@ -120,11 +130,15 @@ pub fn mime_type(ext: &str) -> &'static str {
 
 impl ChatClient {
     pub fn new(options: ClientOptions) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(1024)
-            .build()?;
+            .pool_max_idle_per_host(1024);
+        let http = match &options.proxy {
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy)?),
+            None => builder.no_proxy(),
+        }
+        .build()?;
         let url = format!(
             "{}/chat/completions",
             options.endpoint.trim_end_matches('/')
@@ -288,9 +302,16 @@ impl ChatClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = match response.bytes().await {
+        let bytes = match read_limited(response, MAX_ANSWER_BYTES).await {
             Ok(b) => b,
-            Err(e) => {
+            Err(BodyError::TooLarge) => {
+                return Attempt::Retry {
+                    reason: format!("{status}, answer over {MAX_ANSWER_BYTES} bytes"),
+                    after: None,
+                    malformed: true,
+                };
+            }
+            Err(BodyError::Cut(e)) => {
                 return Attempt::Retry {
                     reason: format!("{status}, body cut off: {}", chain(&e)),
                     after: retry_after,
@@ -321,6 +342,26 @@ impl ChatClient {
             _ => Attempt::Rejected(message()),
         }
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Cut(reqwest::Error),
+}
+
+/// The response body, refused as soon as it passes `limit` bytes (declared or streamed).
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Cut)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The error and its sources on one line (reqwest hides the cause: "error sending request").

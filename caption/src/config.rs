@@ -16,6 +16,9 @@ pub struct CaptionConfig {
     pub concurrency: u32,
     pub timeout_secs: f64,
     pub retries: u32,
+    /// A forward proxy for the caption requests (`http://[user:password@]host:port`); empty
+    /// goes direct, whatever `HTTP_PROXY` says.
+    pub proxy: String,
 }
 
 impl Default for CaptionConfig {
@@ -29,6 +32,7 @@ impl Default for CaptionConfig {
             concurrency: 32,
             timeout_secs: 120.0,
             retries: 3,
+            proxy: String::new(),
         }
     }
 }
@@ -41,6 +45,12 @@ impl CaptionConfig {
         }
         if self.prompt.trim().is_empty() {
             return Err("caption.prompt is empty".into());
+        }
+        if !(self.proxy.is_empty()
+            || self.proxy.starts_with("http://")
+            || self.proxy.starts_with("https://"))
+        {
+            return Err("caption.proxy must be empty or an http(s) URL".into());
         }
         if self.concurrency == 0 {
             return Err("caption.concurrency must be positive".into());

@@ -15,6 +15,7 @@
 //! | `/truncated/v1` | a reply cut off mid-sentence, `finish_reason: "length"` |
 //! | `/down/v1` | 503, always |
 //! | `/hang/v1` | never answers |
+//! | `/huge/v1` | 200 with a 6 MB answer (over the client's limit) |
 //!
 //! Every endpoint serves `GET .../v1/models` listing [`MODEL`], answers 404 for other models and
 //! 400 for an image that does not decode, as real servers do.
@@ -266,6 +267,7 @@ async fn handle(state: Arc<State>, method: Method, uri: Uri, body: Bytes) -> Res
             return axum::Json(json!({"choices": []})).into_response();
         }
         ["down"] => return error(StatusCode::SERVICE_UNAVAILABLE, "no engine"),
+        ["huge"] => return completion(&"a ".repeat(3 << 20), "stop"),
         ["hang"] => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }

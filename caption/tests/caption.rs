@@ -50,6 +50,10 @@ fn expected(name: &str) -> String {
     describe(img.width(), img.height(), sum.map(|s| (s / n) as u8))
 }
 
+fn photo_jpeg() -> Vec<u8> {
+    llamagen_ingest::testing::bundled_photos()["chelsea.jpg"].clone()
+}
+
 fn prompt() -> Prompt {
     Prompt {
         model: MODEL.into(),
@@ -209,6 +213,16 @@ fn answers_that_never_parse_are_recorded_and_cut_off_replies_get_no_short_captio
         assert!(error.contains("malformed answer"), "{error}");
         assert_eq!(r.attempts, 3);
     }
+
+    // An answer too large to be a caption is cut off at the limit, never buffered whole.
+    let answer = rt.block_on(client(server.endpoint("huge"), 1, 10_000).caption(
+        &prompt(),
+        "jpg",
+        &photo_jpeg(),
+    ));
+    let error = answer.result.unwrap_err().to_string();
+    assert!(error.contains("answer over 4194304 bytes"), "{error}");
+    assert_eq!(answer.attempts, 2);
 
     let (summary, rows) = caption_new_shard(&rt, &client(server.endpoint("truncated"), 2, 10_000));
     assert_eq!((summary.captioned, summary.without_short), (3, 3));

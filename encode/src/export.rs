@@ -102,6 +102,15 @@ pub fn export_llamagen_t2i(
             let Some((ext, bytes)) = sample.image() else {
                 continue;
             };
+            if !llamagen_shards::webdataset::plain_key(key)
+                || !ext.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(EncodeError::Input(format!(
+                    "{}: sample {key:?} ({ext}) cannot be a file name in {}: member names must be plain",
+                    tar.display(),
+                    dirs[0].display()
+                )));
+            }
             let image_path = dirs[0].join(format!("{key}.{ext}"));
             std::fs::write(&image_path, bytes).map_err(|e| EncodeError::io(&image_path, e))?;
             // View 0 is the center crop (the only view of a --no-flip folder).

@@ -262,3 +262,71 @@ fn shards_encode_resume_skip_corrupt_images_and_export_to_llamagen_layout() {
         ndarray_npy::read_npy(exported.path().join("tiny16_labels/2.npy")).unwrap();
     assert_eq!(label.to_vec(), [3]);
 }
+
+/// A shard whose member names try to leave the folder they are exported to, encoded and
+/// embedded as the pipeline would: the text-to-image export refuses it by name and writes
+/// nothing outside its output folder.
+#[test]
+fn export_t2i_refuses_member_names_that_leave_the_output_folder() {
+    use llamagen_caption::testing::record;
+    use llamagen_shards::captions::{CaptionStatus, captions_path, write_captions};
+
+    let work = tempfile::tempdir().unwrap();
+    let shards = work.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    let photo = std::fs::read(root().join("evaluate/tests/fixtures/chelsea_original.png")).unwrap();
+    // From OUT/images/00000, four levels up is two above OUT.
+    let hostile = "../../../../escaped";
+    {
+        // The tar crate's builder refuses `..` in names, so the header is written raw.
+        let file = std::fs::File::create(shards.join("00000.tar")).unwrap();
+        let mut b = tar::Builder::new(file);
+        for (ext, data) in [("png", photo.as_slice()), ("txt", b"a cat".as_slice())] {
+            let name = format!("{hostile}.{ext}");
+            let mut header = tar::Header::new_gnu();
+            header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            b.append(&header, data).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let codes_dir = work.path().join("codes");
+    std::fs::create_dir_all(&codes_dir).unwrap();
+    let (_vs, vq) = tiny_vq();
+    let shard = &source::shards(&shards, 1000).unwrap()[0];
+    let encoded = encode_shard(&vq, shard, &codes_dir, &options(Augment::Center))
+        .unwrap()
+        .unwrap();
+    assert_eq!(encoded.samples, 1);
+    let captions = captions_path(&shards, "00000");
+    write_captions(
+        &captions,
+        &[record(hostile, CaptionStatus::Ok, "A cat.", Some("A cat."))],
+    )
+    .unwrap();
+    let t5_dir = work.path().join("t5");
+    std::fs::create_dir_all(&t5_dir).unwrap();
+    let mut t5 =
+        llamagen_encode::t5::T5Encoder::open(&fixture("t5"), llamagen_encode::t5::MAX_LENGTH, 1)
+            .unwrap();
+    llamagen_encode::t5_shard::embed_shard(&mut t5, &captions, "00000", &t5_dir, 4)
+        .unwrap()
+        .unwrap();
+
+    let out = work.path().join("deep/er/export");
+    let err = llamagen_encode::export::export_llamagen_t2i(&shards, &codes_dir, &t5_dir, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("../../escaped") && err.contains("plain"),
+        "{err}"
+    );
+    for escaped in [
+        work.path().join("deep/escaped.png"),
+        out.join("../escaped.png"),
+    ] {
+        assert!(!escaped.exists(), "{} was written", escaped.display());
+    }
+}

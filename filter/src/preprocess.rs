@@ -9,7 +9,7 @@
 //!
 //! Resampling is Pillow's, reimplemented in `llamagen_imaging::pillow::resize`.
 
-use llamagen_imaging::pillow::{Filter, resize};
+use llamagen_imaging::pillow::{Filter, resize, resize_crop};
 use ndarray::{Array3, Array4, ArrayView3, s};
 
 use crate::FilterError;
@@ -48,16 +48,23 @@ pub fn clip_view(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>, F
     } else {
         (new_long, size)
     };
-    let resized = if (nh, nw) == (h, w) {
-        image.to_owned()
-    } else {
-        resize(image, nw, nh, Filter::Bicubic)
-    };
     let top = ((nh - size) as f64 / 2.0).round_ties_even() as usize;
     let left = ((nw - size) as f64 / 2.0).round_ties_even() as usize;
-    Ok(resized
-        .slice(s![top..top + size, left..left + size, ..])
-        .to_owned())
+    if (nh, nw) == (h, w) {
+        return Ok(image
+            .slice(s![top..top + size, left..left + size, ..])
+            .to_owned());
+    }
+    // Only the crop is resampled: the whole resize of a 1 x 200,000 strip would not fit in
+    // memory.
+    Ok(resize_crop(
+        image,
+        nw,
+        nh,
+        top..top + size,
+        left..left + size,
+        Filter::Bicubic,
+    ))
 }
 
 /// The watermark detector's view: the whole image squeezed to `size` x `size` (bilinear).
@@ -110,6 +117,15 @@ mod tests {
         assert_eq!(t.dim(), (1, 3, 256, 256));
         assert!((t[[0, 1, 3, 4]] - (90.0 / 255.0 - 0.5) / 0.25).abs() < 1e-6);
         assert!(clip_view(Array3::zeros((0, 4, 3)).view(), 224).is_err());
+    }
+
+    #[test]
+    fn a_one_pixel_wide_strip_gets_a_view_without_resizing_it_whole() {
+        // The short side scaled to 224 makes it 224 x 44,800,000: only the view is computed.
+        let strip = Array3::from_elem((200_000, 1, 3), 40u8);
+        let v = clip_view(strip.view(), 224).unwrap();
+        assert_eq!(v.dim(), (224, 224, 3));
+        assert!(v.iter().all(|&p| p == 40));
     }
 
     #[test]

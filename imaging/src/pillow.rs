@@ -66,13 +66,21 @@ struct Kernel {
     weights: Vec<Vec<i64>>,
 }
 
-fn kernel(in_size: usize, out_size: usize, filter: Filter) -> Kernel {
+/// The windows of output positions `outputs` of a resize from `in_size` to `out_size`: each
+/// output position's window depends on that position alone, so a crop of the output is
+/// computed without computing (or allocating) the rest.
+fn kernel(
+    in_size: usize,
+    out_size: usize,
+    outputs: std::ops::Range<usize>,
+    filter: Filter,
+) -> Kernel {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = filter.support() * filter_scale;
-    let mut start = Vec::with_capacity(out_size);
-    let mut weights = Vec::with_capacity(out_size);
-    for out in 0..out_size {
+    let mut start = Vec::with_capacity(outputs.len());
+    let mut weights = Vec::with_capacity(outputs.len());
+    for out in outputs {
         let center = (out as f64 + 0.5) * scale;
         // C's (int) truncates toward zero; negative values are clamped to 0 next anyway.
         let lo = ((center - support + 0.5) as i64).max(0) as usize;
@@ -113,9 +121,29 @@ pub fn resize(
     height: usize,
     filter: Filter,
 ) -> Array3<u8> {
+    resize_crop(image, width, height, 0..height, 0..width, filter)
+}
+
+/// `resize(image, width, height, filter)` cropped to output rows `rows` and columns `cols`,
+/// equal to the pixel, in memory proportional to the crop (and the input rows it reads), not
+/// to the resized image: a 1 x 200,000 image whose short side is scaled to 256 would be
+/// 39 GB whole. Ranges past the output are clamped to it.
+pub fn resize_crop(
+    image: ArrayView3<'_, u8>,
+    width: usize,
+    height: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    filter: Filter,
+) -> Array3<u8> {
     let (h, w, c) = image.dim();
-    let horizontal = kernel(w, width, filter);
-    let vertical = kernel(h, height, filter);
+    let rows = rows.start.min(height)..rows.end.min(height);
+    let cols = cols.start.min(width)..cols.end.min(width);
+    if rows.is_empty() || cols.is_empty() {
+        return Array3::zeros((rows.len(), cols.len(), c));
+    }
+    let horizontal = kernel(w, width, cols.clone(), filter);
+    let vertical = kernel(h, height, rows.clone(), filter);
     let rounding = 1i64 << (PRECISION_BITS - 1);
 
     // Horizontal pass over the rows the vertical pass will read, as Pillow does.
@@ -128,7 +156,7 @@ pub fn resize(
         .max()
         .unwrap_or(first_row);
     let tmp = if width != w {
-        let mut tmp = Array3::<u8>::zeros((last_row - first_row, width, c));
+        let mut tmp = Array3::<u8>::zeros((last_row - first_row, cols.len(), c));
         for y in first_row..last_row {
             for (x, (start, k)) in horizontal.start.iter().zip(&horizontal.weights).enumerate() {
                 for ch in 0..c {
@@ -141,14 +169,19 @@ pub fn resize(
         }
         tmp
     } else {
-        image.slice(s![first_row..last_row, .., ..]).to_owned()
+        image
+            .slice(s![first_row..last_row, cols.clone(), ..])
+            .to_owned()
     };
     if height == h {
-        return tmp;
+        // The vertical pass is the identity: keep the asked rows of the horizontal pass.
+        return tmp
+            .slice(s![rows.start - first_row..rows.end - first_row, .., ..])
+            .to_owned();
     }
-    let mut out = Array3::<u8>::zeros((height, width, c));
+    let mut out = Array3::<u8>::zeros((rows.len(), cols.len(), c));
     for (y, (start, k)) in vertical.start.iter().zip(&vertical.weights).enumerate() {
-        for x in 0..width {
+        for x in 0..cols.len() {
             for ch in 0..c {
                 let acc = k.iter().enumerate().fold(rounding, |acc, (i, wk)| {
                     acc + i64::from(tmp[[start - first_row + i, x, ch]]) * wk
@@ -179,11 +212,18 @@ pub fn center_crop(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>,
         (cw as f64 * scale).round_ties_even() as usize,
         (ch as f64 * scale).round_ties_even() as usize,
     );
-    if (nw, nh) != (cw, ch) {
-        current = resize(current.view(), nw, nh, Filter::Bicubic);
-    }
     let (y, x) = ((nh - size) / 2, (nw - size) / 2);
-    Ok(current.slice(s![y..y + size, x..x + size, ..]).to_owned())
+    if (nw, nh) == (cw, ch) {
+        return Ok(current.slice(s![y..y + size, x..x + size, ..]).to_owned());
+    }
+    Ok(resize_crop(
+        current.view(),
+        nw,
+        nh,
+        y..y + size,
+        x..x + size,
+        Filter::Bicubic,
+    ))
 }
 
 #[cfg(test)]
@@ -193,7 +233,7 @@ mod tests {
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (n_in, n_out) in [(160, 64), (80, 200), (7, 3)] {
-            let k = kernel(n_in, n_out, Filter::Bicubic);
+            let k = kernel(n_in, n_out, 0..n_out, Filter::Bicubic);
             for w in &k.weights {
                 let total: i64 = w.iter().sum();
                 assert!(
@@ -202,6 +242,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn noise(h: usize, w: usize) -> Array3<u8> {
+        let mut state = 0x2545_f491_u32;
+        Array3::from_shape_fn((h, w, 3), |_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+    }
+
+    #[test]
+    fn a_crop_of_the_resize_is_the_resize_cropped() {
+        let image = noise(37, 53);
+        for filter in [Filter::Box, Filter::Bilinear, Filter::Bicubic] {
+            for (width, height) in [(20, 15), (53, 80), (90, 37), (53, 37), (7, 100)] {
+                let whole = resize(image.view(), width, height, filter);
+                for (rows, cols) in [
+                    (0..height, 0..width),
+                    (3..height / 2 + 4, 1..width - 2),
+                    (height - 1..height, 0..1),
+                    (2..2, 0..width),
+                ] {
+                    let crop = resize_crop(
+                        image.view(),
+                        width,
+                        height,
+                        rows.clone(),
+                        cols.clone(),
+                        filter,
+                    );
+                    assert_eq!(
+                        crop,
+                        whole.slice(s![rows.clone(), cols.clone(), ..]),
+                        "{filter:?} to {width}x{height}, rows {rows:?}, cols {cols:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_cropped_in_bounded_memory() {
+        // Scaling the short side to 256 would make this 256 x 51,200,000 (39 GB) before the
+        // crop; only the crop is computed.
+        let strip = Array3::from_elem((200_000, 1, 3), 9u8);
+        let out = center_crop(strip.view(), 256).unwrap();
+        assert_eq!(out.dim(), (256, 256, 3));
+        assert!(out.iter().all(|&v| v == 9));
     }
 
     #[test]

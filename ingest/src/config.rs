@@ -25,6 +25,9 @@ pub struct IngestConfig {
     pub disallowed_header_directives: Vec<String>,
     /// Allow loopback and private addresses (local mirrors and tests only).
     pub allow_private_addresses: bool,
+    /// A forward proxy for downloads (`http://[user:password@]host:port`); empty goes direct,
+    /// whatever `HTTP_PROXY` says.
+    pub proxy: String,
     pub image_size: u32,
     /// "no", "keep_ratio", "center_crop" or "border", as img2dataset.
     pub resize_mode: String,
@@ -51,6 +54,7 @@ impl Default for IngestConfig {
                 .map(String::from)
                 .to_vec(),
             allow_private_addresses: false,
+            proxy: String::new(),
             image_size: 256,
             resize_mode: "center_crop".into(),
             jpeg_quality: 95,

@@ -3,6 +3,10 @@
 //! - only `http` and `https` URLs; loopback, private, link-local and other non-public
 //!   addresses are refused (for literal IPs, for every name as it resolves, and on every
 //!   redirect) unless `allow_private_addresses` is set for tests and local mirrors;
+//! - no proxy unless the config names one: `HTTP_PROXY` and friends, usual on cluster nodes,
+//!   are ignored, because a proxy resolves and connects on our behalf where the resolver
+//!   guard never sees the target. With a configured proxy the guard resolves each target
+//!   (and each redirect) itself first and refuses it unless every address is public;
 //! - a total deadline per attempt (a slow drip cannot hold a slot), a redirect limit, a body
 //!   limit checked against `Content-Length` and again while streaming;
 //! - retries with exponential backoff for transient failures only (timeouts, connection
@@ -34,6 +38,9 @@ pub struct DownloadOptions {
     pub user_agent_token: String,
     pub disallowed_header_directives: Vec<String>,
     pub allow_private_addresses: bool,
+    /// A forward proxy for every download (`http://host:port`, credentials in the URL); None
+    /// goes direct whatever the environment says.
+    pub proxy: Option<String>,
 }
 
 impl DownloadOptions {
@@ -51,6 +58,7 @@ impl DownloadOptions {
                 .map(|d| d.to_lowercase())
                 .collect(),
             allow_private_addresses: c.allow_private_addresses,
+            proxy: (!c.proxy.is_empty()).then(|| c.proxy.clone()),
         }
     }
 }
@@ -117,39 +125,69 @@ pub fn user_agent(token: &str) -> String {
 impl Downloader {
     pub fn new(options: DownloadOptions) -> Result<Self, DownloadError> {
         let allow = options.allow_private_addresses;
-        let max_redirects = options.max_redirects;
-        let policy = Policy::custom(move |attempt| {
-            if attempt.previous().iter().any(|u| u == attempt.url()) {
-                let message = format!("redirect loop at {}", attempt.url());
-                return attempt.error(message);
-            }
-            if attempt.previous().len() > max_redirects {
-                return attempt.error(format!("more than {max_redirects} redirects"));
-            }
-            match check_url(attempt.url(), allow) {
-                Ok(()) => attempt.follow(),
-                Err(e) => {
-                    let message = e.to_string();
-                    attempt.error(message)
-                }
-            }
-        });
-        let client = reqwest::Client::builder()
+        // Redirects are followed in `attempt`, where each hop's target can be checked with an
+        // async lookup; reqwest's own policy is synchronous.
+        let builder = reqwest::Client::builder()
             .user_agent(user_agent(&options.user_agent_token))
-            .redirect(policy)
-            .dns_resolver(Arc::new(GuardedResolver { allow }))
+            .redirect(Policy::none())
             .connect_timeout(options.timeout)
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(4);
+        let builder = match &options.proxy {
+            // Connections go to the proxy (usually a private address): the resolver guard
+            // cannot apply, so `attempt` checks every target before it is sent.
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| {
+                // Without the URL: it may hold the proxy's password.
+                DownloadError::Other(format!(
+                    "ingest.proxy is not a usable proxy URL: {}",
+                    e.without_url()
+                ))
+            })?),
+            None => builder
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver { allow })),
+        };
+        let client = builder
             .build()
             .map_err(|e| DownloadError::Other(format!("building the HTTP client: {e}")))?;
         Ok(Downloader { client, options })
+    }
+
+    /// Scheme and literal addresses always; with a proxy, also the addresses the name
+    /// resolves to here (all of them must be public: which one the proxy picks is its choice).
+    async fn check_target(&self, url: &url::Url) -> Result<(), DownloadError> {
+        let allow = self.options.allow_private_addresses;
+        check_url(url, allow)?;
+        let (Some(_), false, Some(url::Host::Domain(host))) =
+            (&self.options.proxy, allow, url.host())
+        else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| {
+                DownloadError::Refused(format!(
+                    "{host} does not resolve here ({e}), so the guard cannot check it before the proxy fetches it"
+                ))
+            })?
+            .collect();
+        match addrs.iter().find(|a| !is_public(a.ip())) {
+            Some(private) => Err(DownloadError::Refused(format!(
+                "{host} resolves to {}, not a public address (allow_private_addresses is off)",
+                private.ip()
+            ))),
+            None if addrs.is_empty() => Err(DownloadError::Refused(format!(
+                "{host} resolves to no address"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Downloads `url`, retrying transient failures with backoff.
     pub async fn fetch(&self, url: &str) -> Result<Downloaded, DownloadError> {
         let parsed = url::Url::parse(url.trim())
             .map_err(|e| DownloadError::Refused(format!("{url:?} is not a URL: {e}")))?;
-        check_url(&parsed, self.options.allow_private_addresses)?;
+        self.check_target(&parsed).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -167,15 +205,48 @@ impl Downloader {
                     });
                 }
                 Err(e) if e.is_transient() && attempt <= self.options.retries => {
-                    tokio::time::sleep(self.options.backoff * 2u32.pow(attempt - 1)).await;
+                    tokio::time::sleep(backoff(self.options.backoff, attempt)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// One request and the redirects it leads to (each target checked), then the body.
     async fn attempt(&self, url: url::Url) -> Result<(Bytes, String), DownloadError> {
-        let response = self.client.get(url).send().await.map_err(classify)?;
+        let max_redirects = self.options.max_redirects;
+        let mut visited = vec![url.clone()];
+        let mut url = url;
+        let response = loop {
+            let response = self
+                .client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
+                break response;
+            };
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| DownloadError::Redirect(format!("bad Location {location:?}")))?;
+            if visited.contains(&next) {
+                return Err(DownloadError::Redirect(format!("redirect loop at {next}")));
+            }
+            if visited.len() > max_redirects {
+                return Err(DownloadError::Redirect(format!(
+                    "more than {max_redirects} redirects"
+                )));
+            }
+            self.check_target(&next).await?;
+            visited.push(next.clone());
+            url = next;
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(DownloadError::Status(status.as_u16()));
@@ -209,6 +280,14 @@ impl Downloader {
         }
         Ok((Bytes::from(body), final_url))
     }
+}
+
+/// The wait after failed attempt `attempt` (1-based): `first`, doubled per attempt, at most a
+/// minute (no overflow however many retries are configured).
+pub fn backoff(first: Duration, attempt: u32) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(Duration::from_secs(60))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -284,6 +363,7 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_multicast()
                 || o[0] == 0
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
                 || (o[0] == 100 && (64..128).contains(&o[1]))
                 || (o[0] == 198 && (18..20).contains(&o[1]))
                 || o[0] >= 240)
@@ -293,12 +373,32 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // Addresses that embed an IPv4 one reach it through a translator or a tunnel:
+            // they are as public as the address they carry (NAT64 64:ff9b::/96, 6to4
+            // 2002::/16, IPv4-compatible ::a.b.c.d); Teredo (2001::/32) hides its client's
+            // address, so it is refused.
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0; 6] && s[6] != 0 {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1))
         }
     }
 }
@@ -377,11 +477,40 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "192.0.0.8",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:a00:1::5",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::127.0.0.1",
+            "::10.1.2.3",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute_without_overflow() {
+        let first = Duration::from_millis(500);
+        assert_eq!(backoff(first, 1), first);
+        assert_eq!(backoff(first, 3), Duration::from_secs(2));
+        for attempt in [8, 33, 64, u32::MAX] {
+            assert_eq!(
+                backoff(first, attempt),
+                Duration::from_secs(60),
+                "{attempt}"
+            );
         }
     }
 

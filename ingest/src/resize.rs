@@ -53,8 +53,13 @@ pub struct ResizeOptions {
     pub image_size: u32,
     pub mode: ResizeMode,
     pub jpeg_quality: u8,
-    /// Images with more pixels are refused before decoding (decompression bombs).
+    /// Images with more pixels are refused before decoding (decompression bombs), and so are
+    /// images whose resized output would have more.
     pub max_pixels: u64,
+    /// Images whose longer side is more than this many times the shorter are refused after
+    /// reading the header (img2dataset's `max_aspect_ratio`): the metadata's width and height
+    /// can be wrong, and `keep_ratio` scales a 1 x 200,000 strip to 256 x 51,200,000.
+    pub max_aspect_ratio: f64,
 }
 
 /// A re-encoded image and where its time went.
@@ -81,6 +86,18 @@ pub enum ResizeError {
         width: u32,
         height: u32,
         pixels: u64,
+        max: u64,
+    },
+    #[error("image is {width} x {height}: aspect ratio over {max}")]
+    AspectRatio { width: u32, height: u32, max: f64 },
+    #[error(
+        "image is {width} x {height}: resized to {out_width} x {out_height} it would be over the {max}-pixel limit"
+    )]
+    OutputTooLarge {
+        width: u32,
+        height: u32,
+        out_width: u32,
+        out_height: u32,
         max: u64,
     },
     #[error("image is {0} x {1}: empty")]
@@ -122,6 +139,25 @@ pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeE
     }
     if w == 0 || h == 0 {
         return Err(ResizeError::Empty(w, h));
+    }
+    if f64::from(w.max(h)) > options.max_aspect_ratio * f64::from(w.min(h)) {
+        return Err(ResizeError::AspectRatio {
+            width: w,
+            height: h,
+            max: options.max_aspect_ratio,
+        });
+    }
+    // Center crop and border write image_size squared; keep_ratio follows the aspect ratio.
+    if let (ResizeMode::KeepRatio, Some((tw, th))) = (options.mode, target_size(w, h, options))
+        && u64::from(tw) * u64::from(th) > options.max_pixels
+    {
+        return Err(ResizeError::OutputTooLarge {
+            width: w,
+            height: h,
+            out_width: tw,
+            out_height: th,
+            max: options.max_pixels,
+        });
     }
     let jpeg_rgb = match (reader()?.format(), target_size(w, h, options)) {
         // At full scale the `image` crate's decoder (zune-jpeg, SIMD) is the faster one.
@@ -269,6 +305,7 @@ mod tests {
             mode,
             jpeg_quality: 95,
             max_pixels: 1 << 24,
+            max_aspect_ratio: f64::INFINITY,
         }
     }
 
@@ -351,6 +388,52 @@ mod tests {
             .sum::<f64>()
             / reference.as_raw().len() as f64;
         assert!(diff < 3.0, "mean absolute difference {diff}");
+    }
+
+    #[test]
+    fn strips_are_refused_by_their_aspect_ratio_or_output_size_before_decoding() {
+        // 1 x 200,000 pixels in about a kilobyte of PNG.
+        let strip = png_flat(1, 200_000);
+        assert!(strip.len() < 4_000, "{} bytes", strip.len());
+        let mut o = options(ResizeMode::KeepRatio);
+        o.max_pixels = 89_478_485;
+        let err = process(&strip, &o).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ResizeError::OutputTooLarge {
+                    out_width: 64,
+                    out_height: 12_800_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        o.max_aspect_ratio = 2.0;
+        let err = process(&strip, &o).unwrap_err();
+        assert!(matches!(err, ResizeError::AspectRatio { .. }), "{err}");
+        assert!(err.to_string().contains("1 x 200000"), "{err}");
+        // Within the ratio every mode still works.
+        let r = process(&png(150, 100), &o).unwrap();
+        assert_eq!((r.width, r.height), (96, 64));
+        // Center crop and border of the strip are small, so only the ratio refuses them.
+        o.max_aspect_ratio = f64::INFINITY;
+        for mode in [ResizeMode::CenterCrop, ResizeMode::Border] {
+            o.mode = mode;
+            let r = process(&strip, &o).unwrap();
+            assert_eq!((r.width, r.height), (64, 64), "{mode:?}");
+        }
+    }
+
+    fn png_flat(w: u32, h: u32) -> Vec<u8> {
+        use image::ImageEncoder as _;
+        use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+        let mut out = Vec::new();
+        let pixels = image::RgbImage::from_pixel(w, h, image::Rgb([200, 10, 10]));
+        PngEncoder::new_with_quality(&mut out, CompressionType::Best, FilterType::Up)
+            .write_image(&pixels, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A small HTTP/1.1 server on loopback for the download tests, the demo and the benchmark:
 //! real image files under `/img/NAME`, and the hostile cases a crawler meets on the internet.
 //! It speaks plain HTTP over a real socket (one request per connection), so every byte the
-//! client sees is one a real server could send.
+//! client sees is one a real server could send. It is also a forward proxy that records what it
+//! was asked: a request for an absolute URL (`GET http://host/img/NAME`, what a client
+//! configured with this server as its proxy sends) is answered from the path below and its URL
+//! kept in [`LoopbackServer::proxied`].
 //!
 //! | path | response |
 //! | --- | --- |
@@ -16,6 +19,7 @@
 //! | `/bomb.png` | a 100,000 x 100,000 PNG header (a decompression bomb) |
 //! | `/loop` | redirects to itself |
 //! | `/redirect/N/NAME` | N redirects, then `/img/NAME` |
+//! | `/to/HOST:PORT/PATH` | a redirect to `http://HOST:PORT/PATH` |
 //! | `/noai/NAME` | the file with `X-Robots-Tag: noai` |
 //! | `/huge` | `Content-Length` of 1 GiB |
 
@@ -71,6 +75,8 @@ pub struct LoopbackServer {
     pub addr: SocketAddr,
     /// Requests answered so far.
     pub requests: Arc<AtomicU64>,
+    /// The absolute URLs asked of it as a proxy, in order.
+    pub proxied: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -83,6 +89,7 @@ impl Drop for LoopbackServer {
 struct Files {
     by_name: HashMap<String, Arc<Vec<u8>>>,
     flaky: std::sync::Mutex<HashMap<String, u32>>,
+    proxied: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl LoopbackServer {
@@ -90,9 +97,11 @@ impl LoopbackServer {
     pub async fn start(files: HashMap<String, Vec<u8>>) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let proxied = Arc::new(std::sync::Mutex::new(Vec::new()));
         let files = Arc::new(Files {
             by_name: files.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             flaky: Default::default(),
+            proxied: proxied.clone(),
         });
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
@@ -111,6 +120,7 @@ impl LoopbackServer {
         Ok(LoopbackServer {
             addr,
             requests,
+            proxied,
             task,
         })
     }
@@ -221,7 +231,17 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
         head.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&head);
-    let target = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut target = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    if let Some(rest) = target.strip_prefix("http://") {
+        // Asked as a proxy: remember the URL, answer from its path.
+        let path = rest.find('/').map_or("/", |i| &rest[i..]).to_owned();
+        files
+            .proxied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(target.clone());
+        target = path;
+    }
     // The query only makes URLs distinct; the path picks the response.
     let path = target.split('?').next().unwrap_or("/").to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -315,6 +335,10 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
                 format!("/redirect/{}/{name}", n - 1)
             };
             respond(&mut stream, "302 Found", &[("Location", next)], b"").await
+        }
+        ["to", rest @ ..] => {
+            let location = format!("http://{}", rest.join("/"));
+            respond(&mut stream, "302 Found", &[("Location", location)], b"").await
         }
         ["noai", name] => match file(name) {
             Some(bytes) => {

@@ -29,6 +29,7 @@ fn options() -> DownloadOptions {
             .map(String::from)
             .to_vec(),
         allow_private_addresses: true,
+        proxy: None,
     }
 }
 
@@ -165,6 +166,7 @@ async fn a_shard_of_good_and_bad_rows_writes_img2dataset_files() {
         mode: ResizeMode::CenterCrop,
         jpeg_quality: 90,
         max_pixels: 50_000_000,
+        max_aspect_ratio: 2.0,
     };
     let stats = run_shard(
         3,

@@ -560,6 +560,10 @@ impl PipelineConfig {
             m.max_aspect_ratio >= 1.0,
             "ingest.metadata_filter.max_aspect_ratio must be >= 1"
         );
+        ensure!(
+            i.proxy.is_empty() || i.proxy.starts_with("http://") || i.proxy.starts_with("https://"),
+            "ingest.proxy must be empty or an http(s) URL"
+        );
 
         self.filter.validate().map_err(anyhow::Error::msg)?;
         self.caption.validate().map_err(anyhow::Error::msg)?;

@@ -69,8 +69,13 @@ impl TarWriter {
 }
 
 /// Every member of a tar shard as (name, bytes), in archive order.
+///
+/// Sizes come from the headers, which a damaged or hostile tar can inflate (2^50 bytes): no
+/// buffer is sized beyond what the file holds, and a member cut short is an error. Names are
+/// returned as written; code that turns one into a path checks it with [`plain_key`].
 pub fn read_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ShardError> {
     let file = File::open(path).map_err(|e| ShardError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| ShardError::io(path, e))?.len();
     let mut archive = tar::Archive::new(file);
     let mut members = Vec::new();
     for entry in archive.entries().map_err(|e| ShardError::io(path, e))? {
@@ -80,11 +85,34 @@ pub fn read_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ShardError> {
             .map_err(|e| ShardError::io(path, e))?
             .to_string_lossy()
             .into_owned();
-        let mut data = Vec::with_capacity(entry.size() as usize);
+        let size = entry.size();
+        if size > file_len {
+            return Err(ShardError::format(
+                path,
+                format!("member {name:?} claims {size} bytes, more than the whole file holds"),
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
         std::io::Read::read_to_end(&mut entry, &mut data).map_err(|e| ShardError::io(path, e))?;
+        if data.len() as u64 != size {
+            return Err(ShardError::format(
+                path,
+                format!(
+                    "member {name:?} is cut short: {} of {size} bytes",
+                    data.len()
+                ),
+            ));
+        }
         members.push((name, data));
     }
     Ok(members)
+}
+
+/// Whether a sample key can name a file inside an output folder as it is: one path component,
+/// not `.` or `..`, no separator, no NUL. Keys come from the tar's member names, which are data
+/// (`../../x` or `/abs/x` would otherwise write outside the folder).
+pub fn plain_key(key: &str) -> bool {
+    !key.is_empty() && key != "." && key != ".." && !key.contains(['/', '\\', '\0'])
 }
 
 /// The image extensions a sample's picture may have, as img2dataset and webdataset name them.
@@ -174,6 +202,46 @@ mod tests {
         assert_eq!(samples[1].image(), Some(("png", &[2u8][..])));
         assert_eq!(samples[1].text("cls").as_deref(), Some("3"));
         assert_eq!(samples[1].text("txt"), None);
+    }
+
+    /// A tar with one member written with a raw header: any name, any claimed size.
+    fn raw_tar(path: &Path, name: &[u8], claimed: u64, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_size(claimed);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut b = tar::Builder::new(File::create(path).unwrap());
+        b.append(&header, data).unwrap();
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn inflated_and_short_members_are_errors_not_allocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000.tar");
+        raw_tar(&path, b"0000000.jpg", 1 << 50, &[7; 600]);
+        let err = read_members(&path).unwrap_err().to_string();
+        assert!(err.contains("more than the whole file holds"), "{err}");
+        // 2,560 bytes of file, 2,048 after the header: a claim of 2,300 runs past the end.
+        raw_tar(&path, b"0000000.jpg", 2300, &[7; 600]);
+        let err = read_members(&path).unwrap_err().to_string();
+        assert!(err.contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn keys_that_would_leave_the_folder_are_not_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000.tar");
+        raw_tar(&path, b"../../x.png", 3, &[1, 2, 3]);
+        let samples = read_samples(&path).unwrap();
+        assert_eq!(samples[0].key, "../../x");
+        for bad in ["../../x", "/abs/x", "a/b", "..", ".", "", "a\\b", "nul\0"] {
+            assert!(!plain_key(bad), "{bad:?}");
+        }
+        for good in ["0000000", "abc.def", "x..y", "-1"] {
+            assert!(plain_key(good), "{good:?}");
+        }
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub async fn caption_folder(
         api_key,
         timeout: Duration::from_secs_f64(settings.timeout_secs),
         max_retries: settings.retries,
+        proxy: (!settings.proxy.is_empty()).then(|| settings.proxy.clone()),
         ..ClientOptions::default()
     })?;
     let prompt = Prompt {

@@ -263,6 +263,7 @@ pub async fn run_with(
             .map_err(|e: String| anyhow::anyhow!(e))?,
         jpeg_quality: ingest.jpeg_quality,
         max_pixels: ingest.max_image_pixels,
+        max_aspect_ratio: ingest.metadata_filter.max_aspect_ratio,
     });
     let progress = Progress::new(prepared.rows);
     let stop = crate::signals::StopSignal::listen();
