@@ -9,7 +9,6 @@ mod demo_metrics;
 mod doctor;
 mod evaluate;
 mod sample;
-mod schedule;
 mod serve;
 mod train;
 
@@ -20,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 use llamagen_pipeline::config::PipelineConfig;
 use llamagen_pipeline::runner as run;
+use llamagen_pipeline::scheduler as schedule;
 use llamagen_pipeline::signals;
 use llamagen_pipeline::stages::{caption, encode, filter, ingest};
 

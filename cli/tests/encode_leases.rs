@@ -1,6 +1,6 @@
 //! `llamagen encode vq --leases`: workers share one folder's shards through PostgreSQL. Two
-//! started together never encode a shard twice; a shard held by a worker that died is taken
-//! over once its lease runs out; a later worker joins the same run instead of starting one.
+//! started together never encode a shard twice; they stay while a shard is held by a worker
+//! that died, and take it over once its lease runs out; every worker joins the same run.
 
 mod common;
 
@@ -78,8 +78,52 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
         .unwrap();
     assert_eq!(dead.shard_index, 0);
 
-    // Two workers together share shards 1 to 5, each encoded once.
-    let (a, b) = (worker(&root, &db, &models), worker(&root, &db, &models));
+    // Two workers together share shards 1 to 5, each encoded once; then they stay, because
+    // the stage is not finished while shard 0 is held.
+    let (mut a, mut b) = (worker(&root, &db, &models), worker(&root, &db, &models));
+    let started = std::time::Instant::now();
+    let attempts = loop {
+        let attempts: Vec<(i32, String, i32)> = sqlx::query_as(
+            "SELECT shard_index, status, attempts FROM shards WHERE stage_run_id = $1 ORDER BY shard_index",
+        )
+        .bind(open.stage_run_id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        if attempts[1..]
+            .iter()
+            .all(|(_, status, _)| status == "succeeded")
+        {
+            break attempts;
+        }
+        assert!(a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none());
+        assert!(started.elapsed() < Duration::from_secs(300), "{attempts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        attempts[0],
+        (0, "running".to_string(), 1),
+        "still the dead worker's"
+    );
+    for (index, _, tries) in &attempts[1..] {
+        assert_eq!(*tries, 1, "shard {index}");
+        assert!(root.join(format!("codes/{index:05}.json")).is_file());
+    }
+    assert!(!root.join("codes/00000.json").exists());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none(),
+        "a worker left while the stage was unfinished"
+    );
+
+    // Once the lease has run out (moved into the past here rather than waited for), one of the
+    // waiting workers takes shard 0 over, and both end with the stage.
+    sqlx::query("UPDATE shards SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(dead.shard_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut outputs = String::new();
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
@@ -88,35 +132,13 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
             "{}",
             text(&out)
         );
+        outputs += &text(&out);
     }
-    let attempts: Vec<(i32, String, i32)> = sqlx::query_as(
-        "SELECT shard_index, status, attempts FROM shards WHERE stage_run_id = $1 ORDER BY shard_index",
-    )
-    .bind(open.stage_run_id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
     assert_eq!(
-        attempts[0],
-        (0, "running".to_string(), 1),
-        "still the dead worker's"
+        outputs.matches("shard 00000:").count(),
+        1,
+        "shard 0 encoded once: {outputs}"
     );
-    for (index, status, tries) in &attempts[1..] {
-        assert_eq!((status.as_str(), *tries), ("succeeded", 1), "shard {index}");
-        assert!(root.join(format!("codes/{index:05}.json")).is_file());
-    }
-    assert!(!root.join("codes/00000.json").exists());
-
-    // Once the lease has run out (moved into the past here rather than waited for), the next
-    // worker takes shard 0 over and closes the run.
-    sqlx::query("UPDATE shards SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(dead.shard_id)
-        .execute(pool)
-        .await
-        .unwrap();
-    let out = worker(&root, &db, &models).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("1 shard(s) encoded"), "{}", text(&out));
     let (status, tries, by): (String, i32, String) = sqlx::query_as(
         "SELECT status, attempts, worker FROM shards WHERE stage_run_id = $1 AND shard_index = 0",
     )

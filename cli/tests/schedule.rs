@@ -139,15 +139,16 @@ async fn sigterm_releases_the_shard_in_hand_and_the_run_resumes() {
         sent.elapsed()
     );
     assert!(log.contains("released unfinished"), "{log}");
-    let shard0: (String, i32, Option<String>) =
-        sqlx::query_as("SELECT status, attempts, worker FROM shards WHERE shard_index = 0")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let shard0: (String, i32, i32, Option<String>) = sqlx::query_as(
+        "SELECT status, failures, expiries, worker FROM shards WHERE shard_index = 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(
         shard0,
-        ("pending".into(), 0, None),
-        "released, attempt not counted"
+        ("pending".into(), 0, 0, None),
+        "released, counted neither as a failure nor as an expiry"
     );
     let run: (String, String) = sqlx::query_as("SELECT status, trigger FROM pipeline_runs")
         .fetch_one(&db.pool)

@@ -143,16 +143,48 @@ async fn trains_records_and_resumes() {
     assert!(sampled.status.success(), "{}", text(&sampled));
     assert!(dir.path().join("samples/samples.npz").is_file());
 
-    // A damaged newest checkpoint is refused rather than trained on.
+    // A damaged newest checkpoint is never trained on: the run falls back to the one before
+    // and redoes the steps since, writing a good checkpoint in its place. The same after a
+    // power cut that left it empty.
     let newest = dir.path().join("checkpoints/0000040.safetensors");
-    let mut bytes = std::fs::read(&newest).unwrap();
+    let good = std::fs::read(&newest).unwrap();
+    let mut bytes = good.clone();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
     std::fs::write(&newest, bytes).unwrap();
-    let refused = train(dir.path(), &db, &config, "50");
+    let fell_back = train(dir.path(), &db, &config, "50");
+    let out = text(&fell_back);
+    assert!(fell_back.status.success(), "{out}");
+    assert!(out.contains("checksum mismatch"), "{out}");
+    assert!(
+        out.contains("falling back to") && out.contains("0000030"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        good,
+        "step 40 redone from step 30 exactly"
+    );
+    std::fs::write(dir.path().join("checkpoints/0000050.safetensors"), b"").unwrap();
+    let after_cut = train(dir.path(), &db, &config, "50");
+    let out = text(&after_cut);
+    assert!(after_cut.status.success(), "{out}");
+    assert!(
+        out.contains("falling back to") && out.contains("0000040"),
+        "{out}"
+    );
+
+    // Only unusable checkpoints: a clear error, nothing overwritten.
+    let only = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(only.path().join("checkpoints")).unwrap();
+    for name in ["0000010.safetensors", "0000010.safetensors.sha256"] {
+        std::fs::write(only.path().join("checkpoints").join(name), b"").unwrap();
+    }
+    std::os::unix::fs::symlink(dir.path().join("codes"), only.path().join("codes")).unwrap();
+    let refused = train(only.path(), &db, &config, "20");
     assert!(!refused.status.success());
     assert!(
-        text(&refused).contains("checksum mismatch"),
+        text(&refused).contains("no usable checkpoint"),
         "{}",
         text(&refused)
     );

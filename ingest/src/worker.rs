@@ -62,6 +62,19 @@ pub async fn run_shard(
         return Ok(ShardStats::read(&paths.stats)?);
     }
     std::fs::create_dir_all(dir).map_err(|e| IngestError::io(dir, e))?;
+    // Only this attempt writes this shard's files now: half-written ones are a killed
+    // attempt's (a tar of a 10,000-row shard is hundreds of MB).
+    let names: Vec<String> = [&paths.tar, &paths.parquet, &paths.stats]
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let removed = llamagen_shards::atomic::remove_leftovers_of(dir, &names)?;
+    if removed > 0 {
+        tracing::info!(
+            "shard {index:05}: removed {removed} temporary file(s) of an earlier attempt"
+        );
+    }
     let started = Instant::now();
     let mut stats = ShardStats {
         count: rows.len() as u64,

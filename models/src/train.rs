@@ -354,10 +354,23 @@ impl Trainer {
         Tensor::write_safetensors(&tensors, &tmp)?;
         let sha = sha256_file(&tmp)?;
         let sha_path = sibling(path, ".sha256");
-        std::fs::write(sibling(path, ".sha256.tmp"), format!("{sha}\n"))
-            .map_err(|e| io(&sha_path, e))?;
+        let sha_tmp = sibling(path, ".sha256.tmp");
+        std::fs::write(&sha_tmp, format!("{sha}\n")).map_err(|e| io(&sha_path, e))?;
+        // Durable before visible: without the syncs a power cut can leave the renamed names
+        // pointing at empty files, and the newest checkpoint would be lost with the old ones
+        // already superseded.
+        for written in [&tmp, &sha_tmp] {
+            std::fs::File::open(written)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(written, e))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-        std::fs::rename(sibling(path, ".sha256.tmp"), &sha_path).map_err(|e| io(&sha_path, e))?;
+        std::fs::rename(&sha_tmp, &sha_path).map_err(|e| io(&sha_path, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(dir, e))?;
+        }
         Ok(sha)
     }
 

@@ -14,6 +14,8 @@
 //! - [`stages`]: ingest, filter, caption and encode over shard folders, on [`shard_worker`].
 //! - [`runner`]: a pipeline config's stages in order, as one recorded run (`llamagen run`,
 //!   the scheduler, the demo).
+//! - [`scheduler`]: pipelines on their cron entries, one run per pipeline at a time across
+//!   machines (`llamagen schedule`).
 //! - [`signals`]: SIGTERM and Ctrl-C for the long-running loops.
 //! - [`progress`]: progress bars on the long stages.
 //! - [`provenance`]: the git revision, file hashes and host name that results carry.
@@ -27,6 +29,7 @@ pub mod provenance;
 pub mod recording;
 pub mod runner;
 pub mod sample;
+pub mod scheduler;
 pub mod shard_worker;
 pub mod signals;
 pub mod stages;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::checkpoint_evaluator::{self, EvaluatorOptions};
 use crate::config::{PipelineConfig, Stage, record_pipeline_run};
 use llamagen_store::runs::{self, Outcome, Trigger};
+use llamagen_store::schedule::PipelineLock;
 use llamagen_store::{Store, StoreOptions};
 
 use crate::shard_worker::Sharing;
@@ -16,7 +17,8 @@ use crate::stages::ingest::IngestArgs;
 pub struct RunArgs {
     /// The pipeline config (TOML).
     pub config: PathBuf,
-    /// Work inside this pipeline run (the scheduler makes it) instead of recording a new one.
+    /// Work inside this pipeline run (the scheduler makes it, and holds the pipeline's lock)
+    /// instead of recording a new one.
     #[arg(long)]
     pub run_id: Option<i64>,
     /// After SIGTERM or Ctrl-C, seconds the shard in hand may take to finish before it is
@@ -43,7 +45,27 @@ pub async fn run(args: &RunArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         config.pipeline.stages = only;
     }
     let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
+    // One run of a pipeline at a time, whoever starts it: the scheduler holds the lock for
+    // the runs it starts (with --run-id); a run started by hand takes it here.
+    let lock = match args.run_id {
+        Some(_) => None,
+        None => {
+            let name = &config.pipeline.name;
+            match PipelineLock::try_acquire(store.pool(), name).await? {
+                Some(lock) => Some(lock),
+                None => {
+                    store.close().await?;
+                    anyhow::bail!(
+                        "pipeline {name:?} has a run in progress (scheduled, or started by hand here or on another machine); wait for it to end"
+                    );
+                }
+            }
+        }
+    };
     let result = run_stages(&config, args, &store, data_dir).await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
     store.close().await?;
     result
 }

@@ -353,7 +353,15 @@ where
         let Some(held) =
             runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await?
         else {
-            break;
+            // Shards still held by other workers: one of them may be dead, and its shard comes
+            // free when the lease runs out. Leaving now would let a pipeline go on to the next
+            // stage over unfinished output, so the worker stays until the stage is finished.
+            let state = runs::shard_progress(pool, open.stage_run_id).await?;
+            if state.finished() {
+                break;
+            }
+            tokio::time::sleep((lease_time / 3).min(Duration::from_secs(5))).await;
+            continue;
         };
         let cancel = Cancel::default();
         let lost = Arc::new(tokio::sync::Notify::new());
@@ -361,18 +369,32 @@ where
             let (pool, held, cancel, lost) =
                 (pool.clone(), held.clone(), cancel.clone(), lost.clone());
             tokio::spawn(async move {
+                let mut renewed = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(lease_time / 3).await;
                     match runs::renew_lease(&pool, &held, lease_time).await {
-                        Ok(_) => {}
+                        Ok(_) => renewed = std::time::Instant::now(),
                         Err(StoreError::LeaseLost { .. }) => {
                             cancel.cancel();
                             lost.notify_one();
                             return;
                         }
                         // A passing database error: the next renewal may get through before
-                        // the lease runs out.
-                        Err(e) => tracing::warn!("renewing shard {}: {e}", held.shard_index),
+                        // the lease runs out. Once it has run out, another worker may hold the
+                        // shard, so this one stops writing it.
+                        Err(e) if renewed.elapsed() < lease_time => {
+                            tracing::warn!("renewing shard {}: {e}", held.shard_index)
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "shard {}: no renewal for {} s ({e}); giving the shard up",
+                                held.shard_index,
+                                lease_time.as_secs()
+                            );
+                            cancel.cancel();
+                            lost.notify_one();
+                            return;
+                        }
                     }
                 }
             })

@@ -26,28 +26,46 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// SIGTERM or Ctrl-C, observed without ending the process: the worker decides what to do
-/// with the shard in hand.
+/// SIGTERM or Ctrl-C (or [`StopSignal::request`] from inside the process), observed without
+/// ending the process: the worker decides what to do with the shard in hand.
 #[derive(Clone)]
-pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+pub struct StopSignal {
+    rx: tokio::sync::watch::Receiver<bool>,
+    tx: Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
+}
 
 impl StopSignal {
     pub fn listen() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let tx = std::sync::Arc::new(tx);
+        let on_signal = tx.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
-            let _ = tx.send(true);
+            let _ = on_signal.send(true);
         });
-        Self(rx)
+        Self { rx, tx: Some(tx) }
+    }
+
+    /// A signal that is never raised (for work that must run to its end).
+    pub fn never() -> Self {
+        let (_, rx) = tokio::sync::watch::channel(false);
+        Self { rx, tx: None }
+    }
+
+    /// Asks every holder of this signal to stop, as SIGTERM would.
+    pub fn request(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(true);
+        }
     }
 
     pub fn requested(&self) -> bool {
-        *self.0.borrow()
+        *self.rx.borrow()
     }
 
     /// Resolves when a stop is requested.
     pub async fn wait(&self) {
-        let mut rx = self.0.clone();
+        let mut rx = self.rx.clone();
         if rx.wait_for(|stop| *stop).await.is_err() {
             // The listener is gone without a signal: never stop.
             std::future::pending::<()>().await;

@@ -342,9 +342,10 @@ impl EpochOrder {
     }
 }
 
-fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// The checkpoints of `out` (those with their `.sha256`), oldest first.
+fn checkpoints(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !out.is_dir() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -358,7 +359,44 @@ fn latest_checkpoint(out: &Path) -> anyhow::Result<Option<PathBuf>> {
         })
         .collect();
     found.sort();
-    Ok(found.pop())
+    Ok(found)
+}
+
+/// Resumes from the newest checkpoint of `out` that loads; a newer one that does not (a power
+/// cut mid-write, a damaged disk) is reported and passed over, and training redoes its steps.
+/// None when `out` holds no checkpoint; an error when it holds only unusable ones.
+fn resume_newest_usable(
+    out: &Path,
+    device: tch::Device,
+) -> anyhow::Result<Option<(PathBuf, Trainer)>> {
+    let all = checkpoints(out)?;
+    let mut unusable = Vec::new();
+    for path in all.iter().rev() {
+        match Trainer::resume(path, device) {
+            Ok(trainer) => {
+                if !unusable.is_empty() {
+                    println!(
+                        "falling back to {}: the newer checkpoint(s) are unusable",
+                        path.display()
+                    );
+                }
+                return Ok(Some((path.clone(), trainer)));
+            }
+            Err(e) => {
+                println!("checkpoint {} is unusable: {e}", path.display());
+                unusable.push(path.display().to_string());
+            }
+        }
+    }
+    if unusable.is_empty() {
+        Ok(None)
+    } else {
+        bail!(
+            "no usable checkpoint in {} ({} unusable); move them aside to start over",
+            out.display(),
+            unusable.len()
+        )
+    }
 }
 
 pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
@@ -377,11 +415,12 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
     } else {
         Conditioning::Class
     };
-    let resume_from = latest_checkpoint(&args.out)?;
-    let mut trainer = match &resume_from {
-        Some(path) => {
+    let resumed = resume_newest_usable(&args.out, device)?;
+    let resume_from = resumed.as_ref().map(|(path, _)| path.clone());
+    let mut trainer = match resumed {
+        Some((path, trainer)) => {
             println!("resuming from {}", path.display());
-            Trainer::resume(path, device)?
+            trainer
         }
         None => {
             let grid = args.image_size / args.downsample;

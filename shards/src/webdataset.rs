@@ -15,14 +15,7 @@ pub struct TarWriter {
 
 impl TarWriter {
     pub fn create(path: &Path) -> Result<Self, ShardError> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| ShardError::io(dir, e))?;
+        let tmp = crate::atomic::temporary_for(path)?;
         Ok(TarWriter {
             path: path.to_owned(),
             builder: tar::Builder::new(BufWriter::new(tmp)),

@@ -76,10 +76,7 @@ impl PrivateCluster {
         let pgdata = root.join("pgdata");
         let socket_dir = socket_dir_for(&pgdata);
 
-        let start_lock = lock_file(&root.join("start.lock"))?;
-        start_lock
-            .lock()
-            .map_err(|e| StoreError::io(&root.join("start.lock"), e))?;
+        let start_lock = lock_within(&root.join("start.lock"), START_LOCK_WAIT)?;
 
         let mut cluster = Self {
             root,
@@ -144,11 +141,7 @@ impl PrivateCluster {
         let Some(users) = self.users_lock.take() else {
             return Ok(());
         };
-        let start_path = self.root.join("start.lock");
-        let start_lock = lock_file(&start_path)?;
-        start_lock
-            .lock()
-            .map_err(|e| StoreError::io(&start_path, e))?;
+        let _start_lock = lock_within(&self.root.join("start.lock"), START_LOCK_WAIT)?;
         drop(users);
         let users_path = self.root.join("users.lock");
         let probe = lock_file(&users_path)?;
@@ -174,6 +167,24 @@ impl PrivateCluster {
                 .arg(&self.pgdata)
                 .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
         });
+    }
+
+    /// Stops the server, waits `pause`, and starts it again: an outage as clients see one
+    /// (their connections break, new ones are refused, then accepted), for tests. The stop is
+    /// `fast` (sessions ended, a final checkpoint), not `immediate`: a throw-away cluster runs
+    /// without fsync, and a crash would also lose commits its clients were told about, which
+    /// a durable server never does.
+    pub(crate) fn restart_after(&self, pause: std::time::Duration) -> Result<(), StoreError> {
+        let out = self.run("pg_ctl", |c| {
+            c.arg("-D")
+                .arg(&self.pgdata)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        })?;
+        if !out.status.success() {
+            return Err(self.command_failed("pg_ctl stop", &out));
+        }
+        std::thread::sleep(pause);
+        self.pg_ctl_start()
     }
 
     fn initdb(&self) -> Result<(), StoreError> {
@@ -450,6 +461,34 @@ fn socket_dir_for(pgdata: &Path) -> PathBuf {
             (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
         });
     std::env::temp_dir().join(format!("llamagen-pg-{hash:016x}"))
+}
+
+/// The longest wait for another process to finish starting or stopping the server (initdb and
+/// a start take seconds; a holder past this is hung, since a dead one releases the lock).
+const START_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// `path` opened and locked exclusively, waiting at most `wait` for another holder.
+fn lock_within(path: &Path, wait: std::time::Duration) -> Result<File, StoreError> {
+    let file = lock_file(path)?;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Cluster(format!(
+                    "{} has been held by another process for {} s (starting or stopping the server); \
+                     find it with `fuser {}` or stop it",
+                    path.display(),
+                    wait.as_secs(),
+                    path.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io(path, e)),
+        }
+    }
 }
 
 fn lock_file(path: &Path) -> Result<File, StoreError> {

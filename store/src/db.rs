@@ -287,16 +287,29 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Hides the password of a connection URL.
+/// Hides the secrets of a connection URL: the password in its user part and in its query
+/// (libpq takes `?password=` and `?sslpassword=` too).
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".into(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "<unparsable URL>".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = matches!(k.as_ref(), "password" | "sslpassword");
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
@@ -310,6 +323,10 @@ mod tests {
             "postgres://bob:***@db.example:5432/x"
         );
         assert_eq!(redact("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(
+            redact("postgres://db/x?user=bob&password=secret&sslmode=require&sslpassword=k"),
+            "postgres://db/x?user=bob&password=***&sslmode=require&sslpassword=***"
+        );
         assert_eq!(redact("not a url"), "<unparsable URL>");
     }
 

@@ -204,14 +204,20 @@ pub struct ShardLease {
     pub shard_id: i64,
     pub stage_run_id: i64,
     pub shard_index: i32,
-    /// 1 on the first claim, 2 when redoing it after a failure or an expired lease, ...
+    /// 1 on the first claim, 2 on the next (after a failure, an expired lease or a release),
+    /// ...: with `worker`, the lease's identity.
     pub attempt: i32,
     pub worker: String,
     pub expires_at: DateTime<Utc>,
 }
 
+/// How many expired leases a shard survives per allowed failure: a killed worker does not use
+/// up the shard's attempts, but a shard that kills every worker is given up in the end.
+pub const EXPIRIES_PER_ATTEMPT: i32 = 3;
+
 /// Claims the lowest-numbered shard that is pending, or whose lease has expired. `None` when
-/// nothing is left to claim (all done, failed, or held by live workers).
+/// nothing is left to claim (all done, failed, or held by live workers). Taking over an
+/// expired lease counts an expiry, not a failure.
 pub async fn claim_shard(
     pool: &PgPool,
     stage_run_id: i64,
@@ -219,23 +225,27 @@ pub async fn claim_shard(
     lease: Duration,
 ) -> Result<Option<ShardLease>, StoreError> {
     let mut tx = pool.begin().await?;
-    // Expired leases of shards that used up their attempts end as failed, not as claimable.
+    // A shard whose lease ran out once too often ends as failed, not as claimable.
     sqlx::query(
         "UPDATE shards SET status = 'failed', lease_expires_at = NULL, finished_at = now(),
-                error = coalesce(error, 'lease expired') || ' (gave up after ' || attempts || ' attempts)'
+                expiries = expiries + 1,
+                error = coalesce(error || '; ', '') || 'lease expired ' || (expiries + 1)
+                        || ' times (its workers were killed or lost the database); gave up'
          WHERE stage_run_id = $1 AND status = 'running' AND lease_expires_at < now()
-           AND attempts >= max_attempts",
+           AND expiries + 1 >= $2 * max_attempts",
     )
     .bind(stage_run_id)
+    .bind(EXPIRIES_PER_ATTEMPT)
     .execute(&mut *tx)
     .await?;
     let row: Option<(i64, i32, i32, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE shards SET status = 'running', worker = $2, attempts = attempts + 1,
+                expiries = expiries + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
                 lease_expires_at = now() + make_interval(secs => $3),
                 started_at = now(), finished_at = NULL
          WHERE id = (
              SELECT id FROM shards
-             WHERE stage_run_id = $1 AND attempts < max_attempts
+             WHERE stage_run_id = $1 AND failures < max_attempts
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < now()))
              ORDER BY shard_index
              LIMIT 1
@@ -341,7 +351,7 @@ pub enum AfterFailure {
     GaveUp,
 }
 
-/// Records a failed attempt at a held shard.
+/// Records a failed attempt at a held shard: it counts against `max_attempts`.
 pub async fn fail_shard(
     pool: &PgPool,
     lease: &ShardLease,
@@ -349,9 +359,9 @@ pub async fn fail_shard(
 ) -> Result<AfterFailure, StoreError> {
     let status: Option<String> = sqlx::query_scalar(
         "UPDATE shards
-         SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
-             lease_expires_at = NULL, worker = NULL, error = $4,
-             finished_at = CASE WHEN attempts >= max_attempts THEN now() END
+         SET status = CASE WHEN failures + 1 >= max_attempts THEN 'failed' ELSE 'pending' END,
+             failures = failures + 1, lease_expires_at = NULL, worker = NULL, error = $4,
+             finished_at = CASE WHEN failures + 1 >= max_attempts THEN now() END
          WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
          RETURNING status",
     )
@@ -368,13 +378,12 @@ pub async fn fail_shard(
     }
 }
 
-/// Gives a held shard back unfinished (its worker is stopping): pending again, and the attempt
-/// does not count against `max_attempts`, since the shard itself did nothing wrong.
+/// Gives a held shard back unfinished (its worker is stopping): pending again, counted neither
+/// as a failure nor as an expiry, since the shard itself did nothing wrong.
 pub async fn release_shard(pool: &PgPool, lease: &ShardLease) -> Result<(), StoreError> {
     let updated = sqlx::query(
         "UPDATE shards
-         SET status = 'pending', attempts = attempts - 1, lease_expires_at = NULL, worker = NULL,
-             started_at = NULL
+         SET status = 'pending', lease_expires_at = NULL, worker = NULL, started_at = NULL
          WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'",
     )
     .bind(lease.shard_id)
@@ -693,8 +702,8 @@ async fn reopen_in(
     stage_run_id: i64,
 ) -> Result<u64, StoreError> {
     let reset = sqlx::query(
-        "UPDATE shards SET status = 'pending', attempts = 0, worker = NULL, error = NULL,
-                finished_at = NULL, lease_expires_at = NULL
+        "UPDATE shards SET status = 'pending', failures = 0, expiries = 0, worker = NULL,
+                error = NULL, finished_at = NULL, lease_expires_at = NULL
          WHERE stage_run_id = $1 AND status = 'failed'",
     )
     .bind(stage_run_id)

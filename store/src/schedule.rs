@@ -4,8 +4,7 @@
 //! across machines; PostgreSQL drops it if the holder dies).
 
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::StoreError;
 
@@ -32,24 +31,34 @@ impl TickOutcome {
 }
 
 /// Records `outcome` for the tick unless some scheduler already decided it; `true` when this
-/// call was the one that decided.
+/// call was the one that decided, or when `decider` (a scheduler's name, unique per process)
+/// had decided it the same way and started no run yet: so a call retried after a lost answer
+/// (the insert committed, the connection broke) still knows the tick is its own.
 pub async fn decide_tick(
     pool: &PgPool,
     pipeline: &str,
     at: DateTime<Utc>,
     outcome: TickOutcome,
+    decider: &str,
 ) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO schedule_ticks (pipeline, scheduled_for, outcome) VALUES ($1, $2, $3)
-         ON CONFLICT (pipeline, scheduled_for) DO NOTHING",
+    let decided: bool = sqlx::query_scalar(
+        "WITH inserted AS (
+             INSERT INTO schedule_ticks (pipeline, scheduled_for, outcome, decided_by)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline, scheduled_for) DO NOTHING
+             RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM inserted)
+             OR EXISTS (SELECT 1 FROM schedule_ticks
+                        WHERE pipeline = $1 AND scheduled_for = $2 AND decided_by = $4
+                          AND outcome = $3 AND run_id IS NULL)",
     )
     .bind(pipeline)
     .bind(at)
     .bind(outcome.as_str())
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(decider)
+    .fetch_one(pool)
+    .await?;
+    Ok(decided)
 }
 
 /// Updates a decided tick: its run, or how the run ended.
@@ -83,10 +92,12 @@ pub async fn last_tick(pool: &PgPool, pipeline: &str) -> Result<Option<DateTime<
     )
 }
 
-/// The advisory lock of one pipeline, held on its own connection until [`PipelineLock::release`]
-/// (or until the connection dies with its process).
+/// The advisory lock of one pipeline, held on its own connection (taken out of the pool, so
+/// the pool never recycles it) until [`PipelineLock::release`], until the process dies, or
+/// until the connection breaks: PostgreSQL then frees the lock, which [`PipelineLock::check`]
+/// notices.
 pub struct PipelineLock {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<PgConnection>,
     pipeline: String,
 }
 
@@ -97,17 +108,42 @@ const LOCK_KEY: &str = "hashtextextended('llamagen schedule ' || $1, 0)";
 impl PipelineLock {
     /// Takes the lock if nobody holds it.
     pub async fn try_acquire(pool: &PgPool, pipeline: &str) -> Result<Option<Self>, StoreError> {
-        let mut conn = pool.acquire().await?;
+        let mut conn = pool.acquire().await?.detach();
         let locked: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT pg_try_advisory_lock({LOCK_KEY})"
         )))
         .bind(pipeline)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await?;
         Ok(locked.then(|| Self {
             conn: Some(conn),
             pipeline: pipeline.to_owned(),
         }))
+    }
+
+    /// Whether the lock is still held: its session is alive and owns it. An error when the
+    /// connection broke (the server restarted, a network cut): the lock is gone with it.
+    pub async fn check(&mut self) -> Result<(), StoreError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid("the pipeline lock was released".into()))?;
+        let held: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND pid = pg_backend_pid()
+                 AND ((classid::bigint << 32) | objid::bigint) = {LOCK_KEY})"
+        )))
+        .bind(&self.pipeline)
+        .fetch_one(&mut *conn)
+        .await?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(format!(
+                "the lock of pipeline {:?} is no longer held",
+                self.pipeline
+            )))
+        }
     }
 
     pub async fn release(mut self) -> Result<(), StoreError> {
@@ -116,19 +152,10 @@ impl PipelineLock {
                 "SELECT pg_advisory_unlock({LOCK_KEY})"
             )))
             .bind(&self.pipeline)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?;
+            conn.close().await?;
         }
         Ok(())
-    }
-}
-
-impl Drop for PipelineLock {
-    /// A lock dropped without [`PipelineLock::release`] must not go back into the pool still
-    /// held: the connection is closed instead, which ends the session and frees the lock.
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
     }
 }

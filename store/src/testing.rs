@@ -63,6 +63,19 @@ fn private_cluster() -> &'static TestCluster {
     }
 }
 
+/// An outage of the test server: stopped at once (every connection breaks), down for `pause`,
+/// then started again. False with `DATABASE_URL`, whose server is not ours to stop.
+pub fn restart_server(pause: std::time::Duration) -> bool {
+    if std::env::var("DATABASE_URL").is_ok_and(|s| !s.is_empty()) {
+        return false;
+    }
+    private_cluster()
+        .cluster
+        .restart_after(pause)
+        .unwrap_or_else(|e| panic!("restarting the test cluster: {e}"));
+    true
+}
+
 /// Options for the server's maintenance database: `DATABASE_URL`, or the private test cluster.
 pub fn admin_options() -> PgConnectOptions {
     match std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()) {

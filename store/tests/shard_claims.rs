@@ -184,12 +184,38 @@ async fn failures_retry_until_attempts_run_out() {
         assert_eq!(progress.failed, 1);
         assert!(progress.finished());
 
-        // A shard whose last attempt's lease expired ends failed instead of hanging in 'running'.
+        // A killed worker (its lease ran out) does not use up the shard's attempts: with one
+        // attempt allowed, the next worker still gets it and can finish it.
         let stage = stage_with_shards(&pool, 1, 1).await;
-        runs::claim_shard(&pool, stage, "dies", Duration::ZERO)
+        runs::claim_shard(&pool, stage, "killed", Duration::ZERO)
             .await
             .unwrap()
             .unwrap();
+        let next = runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("an expired lease is not a failed attempt");
+        assert_eq!(next.attempt, 2);
+        runs::complete_shard(&pool, &next, &ShardCounts::default())
+            .await
+            .unwrap();
+        let counted: (i32, i32) =
+            sqlx::query_as("SELECT failures, expiries FROM shards WHERE stage_run_id = $1")
+                .bind(stage)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(counted, (0, 1));
+
+        // A shard that kills every worker that takes it ends failed instead of hanging in
+        // 'running' or being retried for ever: after 3 expiries per allowed attempt.
+        let stage = stage_with_shards(&pool, 1, 1).await;
+        for _ in 0..runs::EXPIRIES_PER_ATTEMPT {
+            runs::claim_shard(&pool, stage, "dies", Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap();
+        }
         assert!(
             runs::claim_shard(&pool, stage, "w", Duration::from_secs(60))
                 .await
@@ -203,7 +229,8 @@ async fn failures_retry_until_attempts_run_out() {
                 .await
                 .unwrap();
         assert_eq!(status, "failed");
-        assert!(error.unwrap().contains("lease expired"));
+        assert!(error.unwrap().contains("lease expired 3 times"));
+        assert!(runs::shard_progress(&pool, stage).await.unwrap().finished());
     })
     .await;
 }
@@ -299,7 +326,15 @@ async fn a_finished_stage_is_found_by_its_output_and_reopened_with_fresh_attempt
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((again.shard_index, again.attempt), (b.shard_index, 1));
+        // Its second claim (claims keep counting, so no lease identity repeats); its
+        // failure count starts again.
+        assert_eq!((again.shard_index, again.attempt), (b.shard_index, 2));
+        let failures: i32 = sqlx::query_scalar("SELECT failures FROM shards WHERE id = $1")
+            .bind(again.shard_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(failures, 0);
 
         // A funnel recorded again replaces the old one instead of adding to it.
         let steps = [runs::FunnelStep {
