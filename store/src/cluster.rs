@@ -8,6 +8,7 @@
 //! pgdata/server.log       the server's log
 //! start.lock              held while a process starts or stops the server
 //! users.lock              every process using the server holds a shared lock on it
+//! host                    the machine whose processes started the running server
 //! ```
 //!
 //! The server listens on a unix socket only. Several `llamagen` processes may share it: each
@@ -15,6 +16,12 @@
 //! succeeds) stops the server. A process killed with SIGKILL leaves the server running; the next
 //! one reuses it and stops it in its turn. PostgreSQL refuses to run as root, so when invoked as
 //! root the server runs as `LLAMAGEN_PG_USER`, else `postgres`, else `nobody`.
+//!
+//! The private cluster is a one-host convenience; a deployment shared by several machines uses
+//! `DATABASE_URL`. A data directory on a shared filesystem is refused on a second host while
+//! the first host's server runs (two postmasters on one `pgdata` would corrupt it). As root,
+//! nothing in folders the server user owns is written or chowned through a symlink that user
+//! could have planted: files are replaced by rename, ownership changed without following links.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -92,9 +99,24 @@ impl PrivateCluster {
         if !cluster.pgdata.join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
+        let host = crate::cluster::this_host();
+        if cluster.pgdata.join("postmaster.pid").exists()
+            && let Some(owner) = cluster.server_host()?
+            && owner != host
+        {
+            return Err(StoreError::Cluster(format!(
+                "the private cluster in {} is running on host {owner:?}, and this is {host:?}: \
+                 a private cluster serves one host (two servers on one data folder would \
+                 corrupt it); use DATABASE_URL for a database several machines share, or \
+                 another --data-dir (if {owner:?} is gone for good, delete {})",
+                cluster.root.display(),
+                cluster.pgdata.join("postmaster.pid").display()
+            )));
+        }
         if !cluster.is_running()? {
             cluster.write_settings(options)?;
             cluster.pg_ctl_start()?;
+            write_replacing(&cluster.root.join("host"), format!("{host}\n").as_bytes())?;
         }
         let users_path = cluster.root.join("users.lock");
         let users = lock_file(&users_path)?;
@@ -254,8 +276,18 @@ impl PrivateCluster {
             socket = self.socket_dir.display().to_string().replace('\'', "''"),
         );
         let path = self.pgdata.join("llamagen.conf");
-        fs::write(&path, text).map_err(|e| StoreError::io(&path, e))?;
+        write_replacing(&path, text.as_bytes())?;
         self.give_to_server_user(&path)
+    }
+
+    /// The host recorded by the process that started the server, if any.
+    fn server_host(&self) -> Result<Option<String>, StoreError> {
+        let path = self.root.join("host");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned()).filter(|h| !h.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
     }
 
     fn pg_ctl_start(&self) -> Result<(), StoreError> {
@@ -324,10 +356,12 @@ impl PrivateCluster {
         }
     }
 
+    /// Hands `path` itself to the server user; a symlink is changed, never what it points at
+    /// (the server user could have made one point at any file root owns).
     fn give_to_server_user(&self, path: &Path) -> Result<(), StoreError> {
         if let Some(user) = &self.run_as {
-            nix::unistd::chown(path, Some(user.uid), Some(user.gid))
-                .map_err(|e| StoreError::io(path, e.into()))?;
+            std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| StoreError::io(path, e))?;
         }
         Ok(())
     }
@@ -489,6 +523,43 @@ fn lock_within(path: &Path, wait: std::time::Duration) -> Result<File, StoreErro
             Err(fs::TryLockError::Error(e)) => return Err(StoreError::io(path, e)),
         }
     }
+}
+
+/// This machine's name, as the `host` file records it.
+pub(crate) fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes `path` as a new file and renames it over the old one: whatever was at `path` (a
+/// symlink included) is replaced, never written through.
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io(&tmp, e)),
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
 }
 
 fn lock_file(path: &Path) -> Result<File, StoreError> {

@@ -126,3 +126,44 @@ async fn an_interrupted_initdb_is_redone() {
     assert_eq!(select_one(&cluster).await, 1);
     cluster.stop().unwrap();
 }
+
+#[tokio::test]
+async fn a_second_host_and_planted_symlinks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ClusterOptions { durable: false };
+    let cluster = PrivateCluster::start(dir.path(), &options).unwrap();
+    let root = dir.path().join("postgres");
+    let host = std::fs::read_to_string(root.join("host")).unwrap();
+    assert!(!host.trim().is_empty());
+
+    // The same data folder seen from another machine (a shared filesystem) while this host's
+    // server runs: refused, naming both hosts.
+    std::fs::write(root.join("host"), "elsewhere\n").unwrap();
+    let err = PrivateCluster::start(dir.path(), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("running on host \"elsewhere\""), "{err}");
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    std::fs::write(root.join("host"), &host).unwrap();
+    cluster.stop().unwrap();
+
+    // A settings file turned into a symlink (the server user owns the folder) is replaced,
+    // not written through.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "not for the server\n").unwrap();
+    let conf = cluster_pgdata(dir.path()).join("llamagen.conf");
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink(&victim, &conf).unwrap();
+    let again = PrivateCluster::start(dir.path(), &options).unwrap();
+    assert_eq!(select_one(&again).await, 1);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "not for the server\n"
+    );
+    assert!(!std::fs::symlink_metadata(&conf).unwrap().is_symlink());
+    again.stop().unwrap();
+}
+
+fn cluster_pgdata(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("postgres/pgdata")
+}
