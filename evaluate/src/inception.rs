@@ -70,6 +70,16 @@ impl Inception {
 
     /// Features of `images`: uint8 [N, H, W, 3], run in batches.
     pub fn features(&mut self, images: ArrayView4<'_, u8>) -> Result<InceptionFeatures, EvalError> {
+        self.features_reporting(images, &mut |_| {})
+    }
+
+    /// [`Inception::features`], calling `done(images)` after each batch (a progress bar: at
+    /// 14 images/s on a CPU, 50,000 samples take an hour).
+    pub fn features_reporting(
+        &mut self,
+        images: ArrayView4<'_, u8>,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<InceptionFeatures, EvalError> {
         let (n, h, w, c) = images.dim();
         if c != 3 || h == 0 || w == 0 {
             return Err(EvalError::Shape {
@@ -105,6 +115,7 @@ impl Inception {
                     .map_err(|e| EvalError::Invalid(format!("output {name}: {e}")))?;
                 target.slice_mut(s![start..end, ..]).assign(&values);
             }
+            done(end - start);
         }
         if out.pool.iter().any(|v| !v.is_finite()) {
             return Err(EvalError::NonFinite("Inception pool features"));

@@ -20,6 +20,7 @@
 //! | `/loop` | redirects to itself |
 //! | `/redirect/N/NAME` | N redirects, then `/img/NAME` |
 //! | `/to/HOST:PORT/PATH` | a redirect to `http://HOST:PORT/PATH` |
+//! | `/slow/MS/NAME` | the file after MS milliseconds |
 //! | `/noai/NAME` | the file with `X-Robots-Tag: noai` |
 //! | `/huge` | `Content-Length` of 1 GiB |
 
@@ -335,6 +336,13 @@ async fn serve(mut stream: TcpStream, files: &Files) -> std::io::Result<()> {
                 format!("/redirect/{}/{name}", n - 1)
             };
             respond(&mut stream, "302 Found", &[("Location", next)], b"").await
+        }
+        ["slow", ms, name] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+            match file(name) {
+                Some(bytes) => send_file(&mut stream, name, &bytes, &[]).await,
+                None => respond(&mut stream, "404 Not Found", &[], b"").await,
+            }
         }
         ["to", rest @ ..] => {
             let location = format!("http://{}", rest.join("/"));

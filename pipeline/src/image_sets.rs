@@ -68,7 +68,9 @@ pub fn load_side(
     if images.dim().0 < 2 {
         bail!("need at least 2 images, found {}", images.dim().0);
     }
-    let features = net.features(images.view())?;
+    let bar = crate::progress::bar(images.dim().0 as u64, "images through the Inception");
+    let features = net.features_reporting(images.view(), &mut |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
     let pool = Statistics::from_features(features.pool.view())?;
     let spatial = Some(Statistics::from_features(features.spatial.view())?);
     Ok(Side {
