@@ -327,14 +327,27 @@ fn wait_for_location(tab: &Tab, fragment: &str) {
     }
 }
 
-/// The FID column (9th) of the leaderboard as numbers, top to bottom.
+/// The FID column (9th) of the leaderboard as numbers, top to bottom, once the page that a
+/// click navigated to has loaded (on a busy machine the evaluation can land mid-navigation).
 fn fid_column(tab: &Tab) -> Vec<f64> {
-    let v = eval(
-        tab,
-        "JSON.stringify([...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.children[8].textContent))",
-    );
-    let cells: Vec<String> = serde_json::from_str(v.as_str().unwrap()).unwrap();
-    cells.iter().filter_map(|c| c.parse().ok()).collect()
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = eval(
+            tab,
+            "document.readyState === 'complete' && document.querySelector('#leaderboard tbody tr') \
+             ? JSON.stringify([...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.children[8].textContent)) \
+             : null",
+        );
+        if let Some(text) = v.as_str() {
+            let cells: Vec<String> = serde_json::from_str(text).unwrap();
+            return cells.iter().filter_map(|c| c.parse().ok()).collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leaderboard never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -246,9 +246,12 @@ fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, Re
     Ok(jpeg)
 }
 
-/// Scales `numerator / denominator` of `side`, at least one pixel.
+/// Scales `numerator / denominator` of `side`, at least one pixel, at most `u32::MAX` (an
+/// output that large is refused by the caller's size check, never wrapped around).
 fn scaled(side: u32, numerator: u32, denominator: u32) -> u32 {
-    ((side as u64 * numerator as u64 + denominator as u64 / 2) / denominator as u64).max(1) as u32
+    let denominator = u64::from(denominator.max(1));
+    ((u64::from(side) * u64::from(numerator) + denominator / 2) / denominator)
+        .clamp(1, u64::from(u32::MAX)) as u32
 }
 
 fn resize(rgb: image::RgbImage, o: &ResizeOptions) -> Result<(u32, u32, Vec<u8>), ResizeError> {
