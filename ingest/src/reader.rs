@@ -69,9 +69,10 @@ impl MetadataReader {
             problem,
         };
         let file = File::open(path).map_err(|e| bad(e.to_string()))?;
-        let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
-            .map_err(bad)?
-            .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+        let builder =
+            llamagen_shards::table::guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
+                .map_err(bad)?
+                .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
         let schema = builder.schema().clone();
         let has = |name: &str| schema.index_of(name).is_ok();
         if !has(url_column) {
@@ -159,25 +160,11 @@ impl MetadataReader {
     }
 }
 
-/// Runs a call into the parquet decoder, turning a panic into an error: the decoder can panic
-/// on a malformed file (parquet 57.3: an `unwrap` in its thrift footer decoding, found by the
-/// `metadata` fuzz target), and a bad file must fail its own reading, not the worker.
-fn guarded<T>(call: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        format!("the parquet decoder failed on this file (it panicked: {message})")
-    })
-}
-
 impl Iterator for MetadataReader {
     type Item = Result<Vec<MetaRow>, IngestError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let batch = match guarded(|| self.batches.next()) {
+        let batch = match llamagen_shards::table::guarded(|| self.batches.next()) {
             Ok(batch) => batch?,
             Err(problem) => {
                 return Some(Err(IngestError::Metadata {
