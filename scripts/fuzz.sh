@@ -26,5 +26,5 @@ for target in "${targets[@]}"; do
     cargo +nightly fuzz run "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
         -print_final_stats=1
-    cargo +nightly fuzz run "$target" -- -merge=1 "fuzz/corpus/$target" "fuzz/work/$target"
+    cargo +nightly fuzz run "$target" -- -set_cover_merge=1 "fuzz/corpus/$target" "fuzz/work/$target"
 done
