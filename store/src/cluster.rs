@@ -170,25 +170,33 @@ impl PrivateCluster {
         let last = probe.try_lock().is_ok();
         if last && self.is_running()? {
             tracing::debug!(pgdata = %self.pgdata.display(), "stopping private PostgreSQL");
-            let out = self.run("pg_ctl", |c| {
-                c.arg("-D")
-                    .arg(&self.pgdata)
-                    .args(["-m", "fast", "-w", "-t", "60", "stop"]);
-            })?;
-            if !out.status.success() {
-                return Err(self.command_failed("pg_ctl stop", &out));
-            }
+            self.pg_ctl_stop("fast", 60)?;
         }
         Ok(())
     }
 
+    /// `pg_ctl stop -m MODE`, waiting up to `seconds`.
+    fn pg_ctl_stop(&self, mode: &str, seconds: u32) -> Result<(), StoreError> {
+        let out = self.run("pg_ctl", |c| {
+            c.arg("-D").arg(&self.pgdata).args([
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                &seconds.to_string(),
+                "stop",
+            ]);
+        })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(self.command_failed("pg_ctl stop", &out))
+        }
+    }
+
     /// Stops the server at once without asking other users; for throw-away clusters at exit.
     pub(crate) fn stop_now(&self) {
-        let _ = self.run("pg_ctl", |c| {
-            c.arg("-D")
-                .arg(&self.pgdata)
-                .args(["-m", "immediate", "-w", "-t", "30", "stop"]);
-        });
+        let _ = self.pg_ctl_stop("immediate", 30);
     }
 
     /// Stops the server, waits `pause`, and starts it again: an outage as clients see one
@@ -197,14 +205,7 @@ impl PrivateCluster {
     /// without fsync, and a crash would also lose commits its clients were told about, which
     /// a durable server never does.
     pub(crate) fn restart_after(&self, pause: std::time::Duration) -> Result<(), StoreError> {
-        let out = self.run("pg_ctl", |c| {
-            c.arg("-D")
-                .arg(&self.pgdata)
-                .args(["-m", "fast", "-w", "-t", "60", "stop"]);
-        })?;
-        if !out.status.success() {
-            return Err(self.command_failed("pg_ctl stop", &out));
-        }
+        self.pg_ctl_stop("fast", 60)?;
         std::thread::sleep(pause);
         self.pg_ctl_start()
     }
