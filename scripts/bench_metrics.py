@@ -4,6 +4,7 @@
     bench_metrics.py frechet A.npy B.npy      # pytorch-fid: np.mean/np.cov + scipy sqrtm
     bench_metrics.py quality ROUNDS DIR NAME.. # scikit-image PSNR + SSIM on image pairs
     bench_metrics.py inception SEED IMAGES.npy # pytorch-fid's InceptionV3 (random weights)
+    bench_metrics.py kid GENERATED.npy REFERENCE.npy # torch-fidelity 0.4.0's KID loop
 
 Prints one JSON object on stdout.
 """
@@ -34,6 +35,43 @@ def frechet(a_path: str, b_path: str) -> dict:
     fid = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
     t2 = time.perf_counter()
     return {"fid": fid, "stats_s": t1 - t0, "distance_s": t2 - t1}
+
+
+def kid(generated_path: str, reference_path: str) -> dict:
+    """torch-fidelity's kid_features_to_metric with its defaults (100 subsets of 1000,
+    RandomState(2020), generated set first), on float64 features; torch-fidelity itself when it
+    is importable, else the same loop written out."""
+    generated = np.load(generated_path).astype(np.float64)
+    reference = np.load(reference_path).astype(np.float64)
+    t0 = time.perf_counter()
+    try:
+        import torch
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        out = kid_features_to_metric(
+            torch.from_numpy(generated), torch.from_numpy(reference), verbose=False
+        )
+        mean, std = out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+        implementation = "torch-fidelity 0.4.0"
+    except ImportError:
+        rng = np.random.RandomState(2020)
+        d = generated.shape[1]
+        m = 1000
+        mmds = []
+        for _ in range(100):
+            x = generated[rng.choice(len(generated), m, replace=False)]
+            y = reference[rng.choice(len(reference), m, replace=False)]
+            kxx, kyy, kxy = ((u @ v.T / d + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+            off = lambda k: k.sum() - np.trace(k)
+            mmds.append((off(kxx) + off(kyy)) / (m * (m - 1)) - 2 * kxy.sum() / (m * m))
+        mean, std = float(np.mean(mmds)), float(np.std(mmds))
+        implementation = "torch-fidelity 0.4.0's loop (numpy)"
+    return {
+        "kid": mean,
+        "kid_std": std,
+        "seconds": time.perf_counter() - t0,
+        "implementation": implementation,
+    }
 
 
 def quality(rounds: int, folder: str, names: list) -> dict:
@@ -83,6 +121,8 @@ def inception(seed: int, images_path: str, batch_size: int = 32) -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "frechet":
         print(json.dumps(frechet(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "kid":
+        print(json.dumps(kid(sys.argv[2], sys.argv[3])))
     elif sys.argv[1] == "inception":
         print(json.dumps(inception(int(sys.argv[2]), sys.argv[3])))
     elif sys.argv[1] == "quality":

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::codebook::CodebookUsage;
-use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
 use llamagen_pipeline::benchmark::{
@@ -23,7 +23,8 @@ use llamagen_pipeline::benchmark::{
 };
 use llamagen_pipeline::checkpoint_evaluator::{self, EvaluatorOptions};
 use llamagen_pipeline::config::PipelineConfig;
-use llamagen_pipeline::recording::{Recording, record};
+use llamagen_pipeline::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
+use llamagen_store::results::Metric;
 use ndarray::{Array4, Axis, s};
 use tch::{Device, Tensor};
 
@@ -114,12 +115,12 @@ async fn checkpoints(args: &CheckpointsArgs, data_dir: &Path) -> anyhow::Result<
 
 async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let mut net = open_inception(&args.evaluation)?;
-    let reference = benchmark::load_reference(&args.evaluation, &mut net)?;
+    let (reference, reference_set) = benchmark::load_reference(&args.evaluation, &mut net)?;
     let results = benchmark::measure(args, &mut net, &reference)?;
     let ids = if args.evaluation.no_record {
         vec![None; results.len()]
     } else {
-        let ids = benchmark::record(args, &results, data_dir).await?;
+        let ids = benchmark::record(args, &results, &reference_set, data_dir).await?;
         ids.into_iter().map(Some).collect()
     };
     if args.evaluation.json {
@@ -139,18 +140,25 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10}  folder",
-        "cfg", "FID", "sFID", "IS", "precision", "recall"
+        "{:>6} {:>24} {:>10} {:>10} {:>10} {:>10} {:>26}  folder",
+        "cfg", "FID [95% interval]", "sFID", "IS", "precision", "recall", "KID [95% interval]"
     );
     for (r, id) in results.iter().zip(&ids) {
+        let with_interval = |name: &str, digits: usize| {
+            r.metrics
+                .iter()
+                .find(|m| m.name == name)
+                .map_or_else(|| "-".to_string(), |m| fmt_metric(m, digits))
+        };
         println!(
-            "{:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  {}",
+            "{:>6} {:>24} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>26}  {}",
             r.cfg_scale,
-            r.value("fid"),
+            with_interval("fid", 3),
             r.value("sfid"),
             r.value("inception_score"),
             r.value("precision"),
             r.value("recall"),
+            with_interval("kid", 5),
             r.folder.display()
         );
         if let Some(id) = id {
@@ -196,7 +204,7 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
 
     let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
     let mut reconstructions = Array4::<u8>::zeros(originals.dim());
-    let (mut psnr_sum, mut ssim_sum) = (0.0, 0.0);
+    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for start in (0..n).step_by(args.batch_size) {
         let end = (start + args.batch_size).min(n);
         let batch = originals.slice(s![start..end, .., .., ..]);
@@ -215,8 +223,8 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
                 r,
                 Convention::LlamaGen,
             )?;
-            psnr_sum += p;
-            ssim_sum += s;
+            psnrs.push(p);
+            ssims.push(s);
         }
         reconstructions
             .slice_mut(s![start..end, .., .., ..])
@@ -226,16 +234,32 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
     let mut net = open_inception(e)?;
     let real = net.features(originals.view())?;
     let fake = net.features(reconstructions.view())?;
-    let rfid = frechet_distance(
-        &Statistics::from_features(real.pool.view())?,
-        &Statistics::from_features(fake.pool.view())?,
-    )?;
-    let metrics = vec![
-        ("rfid", rfid),
-        ("psnr", psnr_sum / n as f64),
-        ("ssim", ssim_sum / n as f64),
-        ("codebook_usage", usage.usage()),
+    let real_stats = Statistics::from_features(real.pool.view())?;
+    let rfid = frechet_distance(&real_stats, &Statistics::from_features(fake.pool.view())?)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut metrics = vec![
+        Metric::new("rfid", rfid),
+        Metric::new("psnr", mean(&psnrs)),
+        Metric::new("ssim", mean(&ssims)),
+        Metric::new("codebook_usage", usage.usage()),
     ];
+    if let Some(settings) = e
+        .intervals
+        .resampling()
+        .filter(|_| n >= llamagen_evaluate::resampling::MIN_SAMPLES)
+    {
+        // Resampling the images resamples the reconstructions with them.
+        let resamples = settings.draw(n)?;
+        let rfid_resampled = frechet_resamples(fake.pool.view(), &real_stats, &resamples)?;
+        let intervals = [
+            settings.interval(rfid, &rfid_resampled)?,
+            settings.interval(mean(&psnrs), &resamples.means(&psnrs)?)?,
+            settings.interval(mean(&ssims), &resamples.means(&ssims)?)?,
+        ];
+        for (m, i) in metrics.iter_mut().zip(intervals) {
+            m.interval = Some((i.low, i.high));
+        }
+    }
     let mut id = None;
     if !e.no_record {
         id = Some(
@@ -261,8 +285,26 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
                         "reference": reference_json(&e.reference)?,
                         "vq": config,
                         "ssim_convention": "llamagen",
+                        "intervals": e.intervals.describe(),
                     })),
                     samples_path: None,
+                    protocol: Some(MeasurementProtocol {
+                        feature_extractor: &e.inception,
+                        reference: &ReferenceIdentity::of(
+                            &e.reference,
+                            e.center_crop.filter(|_| e.reference.is_dir()),
+                            Some(n),
+                            Some(h),
+                        )?,
+                        preprocessing: serde_json::json!({
+                            "reconstructions": "the reference images through the tokenizer at their size",
+                        }),
+                        settings: serde_json::json!({
+                            "ssim_convention": "llamagen",
+                            "intervals": e.intervals.describe(),
+                        }),
+                        num_samples: n,
+                    }),
                 },
                 data_dir,
                 &metrics,
@@ -276,20 +318,39 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for (name, value) in &metrics {
-        println!("{name:<16} {value:.6}");
-    }
+    print_metrics(&metrics);
     if let Some(id) = id {
         println!("recorded as evaluation #{id}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Metrics as a JSON object by name.
-fn metrics_json(metrics: &[(&str, f64)]) -> serde_json::Value {
-    metrics
-        .iter()
-        .map(|(name, value)| ((*name).to_string(), serde_json::json!(value)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+/// A metric as `value [low, high]`.
+pub(crate) fn fmt_metric(m: &Metric, digits: usize) -> String {
+    match m.interval {
+        Some((low, high)) => format!("{:.digits$} [{low:.digits$}, {high:.digits$}]", m.value),
+        None => format!("{:.digits$}", m.value),
+    }
+}
+
+/// One line per metric, its interval beside it.
+pub(crate) fn print_metrics(metrics: &[Metric]) {
+    for m in metrics {
+        println!("{:<16} {}", m.name, fmt_metric(m, 6));
+    }
+}
+
+/// Metrics as a JSON object by name; a metric's interval is `NAME_interval: [low, high]`.
+pub(crate) fn metrics_json(metrics: &[Metric]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for m in metrics {
+        map.insert(m.name.clone(), serde_json::json!(m.value));
+        if let Some((low, high)) = m.interval {
+            map.insert(
+                format!("{}_interval", m.name),
+                serde_json::json!([low, high]),
+            );
+        }
+    }
+    map.into()
 }

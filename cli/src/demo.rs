@@ -322,6 +322,7 @@ async fn baseline_step(
         threads: 0,
         no_record: false,
         json: false,
+        intervals: Default::default(),
     };
     let sample = SampleArgs {
         gpt_ckpt: models.gpt_ckpt.clone(),

@@ -1,7 +1,8 @@
 //! `llamagen evaluate REFERENCE SAMPLES`: the ADM evaluator's job. Both sides are an ADM-style
 //! npz (`arr_0` images and/or `mu`/`sigma` statistics) or a folder of PNG/JPEG images; the
-//! output is FID, sFID, Inception Score, precision and recall. `--save-stats` writes a side's
-//! statistics as a reference npz for later runs.
+//! output is FID, sFID, Inception Score, precision, recall and KID, FID and KID with 95%
+//! intervals (docs/metrics.md). `--save-stats` writes a side's statistics as a reference npz
+//! for later runs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::inception::Inception;
 use llamagen_evaluate::npz::write_reference;
-use llamagen_pipeline::image_sets::{generation_metrics, load_side};
-use llamagen_pipeline::recording::{Recording, record};
+use llamagen_pipeline::image_sets::{IntervalArgs, generation_metrics, load_side};
+use llamagen_pipeline::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
@@ -38,6 +39,8 @@ pub struct EvaluateArgs {
     /// folder's images must already share one size.
     #[arg(long, value_name = "SIZE")]
     pub center_crop: Option<usize>,
+    #[command(flatten)]
+    pub intervals: IntervalArgs,
     #[command(flatten)]
     pub record: RecordArgs,
 }
@@ -97,7 +100,7 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
     let samples = load_side(&args.samples, &mut net, args.center_crop)
         .with_context(|| format!("samples {}", args.samples.display()))?;
 
-    let metrics = generation_metrics(&reference, &samples)?;
+    let metrics = generation_metrics(&reference, &samples, &args.intervals)?;
     if let Some(path) = &args.save_stats {
         write_reference(
             path,
@@ -105,9 +108,26 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             Some(&reference.pool),
             reference.spatial.as_ref(),
         )?;
+        if args.record.record {
+            let mut made = ReferenceIdentity::of(path, None, None, None)?;
+            made.num_images = reference.features.as_ref().map(|f| f.pool.nrows());
+            made.made = serde_json::json!({
+                "format": "npz statistics (mu, sigma, mu_s, sigma_s)",
+                "from": args.reference.display().to_string(),
+                "center_crop": args.center_crop,
+            });
+            llamagen_pipeline::recording::file_reference_set(&made, data_dir).await?;
+        }
     }
     if args.record.record {
         let r = &args.record;
+        let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
+        let reference_set = ReferenceIdentity::of(
+            &args.reference,
+            args.center_crop.filter(|_| args.reference.is_dir()),
+            reference.features.as_ref().map(|f| f.pool.nrows()),
+            None,
+        )?;
         let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
             bail!("--record needs --model and --checkpoint");
         };
@@ -128,23 +148,30 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             eval_image_size: None,
             seed: r.seed,
             precision: None,
-            extra: None,
+            extra: Some(serde_json::json!({
+                "metrics": llamagen_pipeline::image_sets::generator_metric_settings(&args.intervals)
+            })),
             samples_path: args.samples.is_dir().then_some(args.samples.as_path()),
+            protocol: Some(MeasurementProtocol {
+                feature_extractor: &args.inception,
+                reference: &reference_set,
+                preprocessing: serde_json::json!({
+                    "samples": match args.center_crop {
+                        Some(size) if args.samples.is_dir() => format!("ADM center_crop_arr {size}"),
+                        _ => "as stored".to_string(),
+                    },
+                }),
+                settings: llamagen_pipeline::image_sets::generator_metric_settings(&args.intervals),
+                num_samples: count,
+            }),
         };
-        let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
         let id = record(&recording, data_dir, &metrics, count).await?;
         eprintln!("recorded as evaluation #{id}");
     }
     if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = metrics
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-            .collect();
-        println!("{}", serde_json::Value::Object(map));
+        println!("{}", crate::benchmark::metrics_json(&metrics));
     } else {
-        for (name, value) in &metrics {
-            println!("{name:<16} {value:.6}");
-        }
+        crate::benchmark::print_metrics(&metrics);
     }
     Ok(ExitCode::SUCCESS)
 }

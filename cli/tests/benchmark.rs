@@ -108,10 +108,12 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         assert_eq!(*scale, [1.0, 3.0][i]);
         assert_eq!(*n, 12);
         assert_eq!(
-            *metric_count, 5,
-            "fid, sfid, inception_score, precision, recall"
+            *metric_count, 7,
+            "fid, sfid, inception_score, precision, recall, kid, kid_std"
         );
         assert_eq!(extra["sampling"]["cfg_scale"], *scale);
+        assert_eq!(extra["metrics"]["intervals"]["resamples"], 100);
+        assert_eq!(extra["metrics"]["kid"]["seed"], 2020);
         assert!(extra["reference"]["sha256"].as_str().unwrap().len() == 64);
     }
     let fids: Vec<f64> = sqlx::query_scalar(
@@ -122,6 +124,21 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     .unwrap();
     assert_eq!(fids.len(), 2);
     assert!(fids.iter().all(|f| f.is_finite() && *f >= 0.0), "{fids:?}");
+    // FID and KID carry their intervals, around their values.
+    let intervals: Vec<(String, f64, f64, f64)> = sqlx::query_as(
+        "SELECT name, value, ci_low, ci_high FROM metrics WHERE ci_low IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = intervals.iter().map(|i| i.0.as_str()).collect();
+    assert_eq!(names, ["fid", "fid", "kid", "kid"]);
+    for (name, value, low, high) in &intervals {
+        assert!(
+            low < high && (low..=high).contains(&value),
+            "{name} {value} [{low}, {high}]"
+        );
+    }
 
     let tokenizer = llamagen(dir.path(), &db)
         .args(["benchmark", "tokenizer", "--device", "cpu"])
@@ -149,4 +166,57 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let usage = metrics[0].1;
     assert!(usage > 0.0 && usage <= 1.0, "usage {usage}");
     assert!(metrics.iter().all(|(_, v)| v.is_finite()), "{metrics:?}");
+    let with_intervals: Vec<String> = sqlx::query_scalar(
+        "SELECT m.name FROM metrics m JOIN evaluations e ON e.id = m.evaluation_id
+         WHERE e.benchmark = 'tiny32-reconstruction' AND m.ci_low <= m.value AND m.value <= m.ci_high
+           AND m.ci_low < m.ci_high
+         ORDER BY m.name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(with_intervals, ["psnr", "rfid", "ssim"]);
+
+    // Both modes filed the reference set they used (one npz, by content) and their protocol:
+    // the two cfg scales share the generator's, the tokenizer has its own.
+    let sets: Vec<(String, Option<i32>, serde_json::Value)> =
+        sqlx::query_as("SELECT sha256, num_images, made FROM reference_sets")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let npz_sha = {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(reference.join("samples.npz")).unwrap();
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(
+        (sets[0].0.as_str(), sets[0].1),
+        (npz_sha.as_str(), Some(12))
+    );
+    assert_eq!(sets[0].2["format"], "npz");
+    let protocols: Vec<(String, i64, i32)> = sqlx::query_as(
+        "SELECT p.kind, count(e.id), p.num_samples FROM protocols p
+         JOIN evaluations e ON e.protocol_id = p.id AND e.reference_set_id = p.reference_set_id
+         GROUP BY p.id ORDER BY p.kind",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        protocols,
+        [
+            ("generator".to_owned(), 2, 12),
+            ("tokenizer".to_owned(), 1, 12)
+        ]
+    );
+    let unfiled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM evaluations WHERE protocol_id IS NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(unfiled, 0);
 }

@@ -363,7 +363,14 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["fid", "sfid", "inception_score", "precision", "recall"] {
+    for key in [
+        "fid",
+        "sfid",
+        "inception_score",
+        "precision",
+        "recall",
+        "kid_std",
+    ] {
         let v = full[key]
             .as_f64()
             .unwrap_or_else(|| panic!("no {key} in {full}"));
@@ -402,6 +409,8 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
             ])
             .arg("--checkpoint")
             .arg(&checkpoint)
+            .arg("--save-stats")
+            .arg(dir.path().join("recorded_stats.npz"))
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
@@ -431,9 +440,13 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
             rows("models"),
             rows("checkpoints"),
             rows("evaluations"),
-            rows("metrics")
+            rows("metrics"),
+            rows("reference_sets"),
+            rows("protocols")
         ),
-        (1, 1, 1, 5)
+        (1, 1, 1, 7, 2, 1),
+        "fid, sfid, inception_score, precision, recall, kid, kid_std; the reference set, the \
+         statistics saved from it and the protocol, each filed once"
     );
 
     // A folder of photos of mixed sizes: refused as is, accepted with ADM's center crop.

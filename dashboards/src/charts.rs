@@ -36,12 +36,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[Point]) -
         return None;
     }
     let mut order: Vec<&str> = Vec::new();
-    let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut series: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
     for p in &finite {
         if !series.contains_key(p.series.as_str()) {
             order.push(&p.series);
         }
-        series.entry(&p.series).or_default().push((p.x, p.y));
+        series.entry(&p.series).or_default().push(p);
     }
     let (x_range, y_range) = ranges(&finite);
 
@@ -69,7 +69,7 @@ fn draw<DB: DrawingBackend>(
     x_label: &str,
     y_label: &str,
     order: &[&str],
-    series: &BTreeMap<&str, Vec<(f64, f64)>>,
+    series: &BTreeMap<&str, Vec<&Point>>,
     x_range: std::ops::Range<f64>,
     y_range: std::ops::Range<f64>,
 ) -> Result<(), String> {
@@ -96,8 +96,9 @@ fn draw<DB: DrawingBackend>(
         .map_err(err)?;
     for (i, name) in order.iter().take(MAX_SERIES).enumerate() {
         let colour = COLOURS[i];
-        let mut line = series[name].clone();
-        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut points = series[name].clone();
+        points.sort_by(|a, b| a.x.total_cmp(&b.x));
+        let line: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
         chart
             .draw_series(LineSeries::new(
                 line.iter().copied(),
@@ -109,6 +110,20 @@ fn draw<DB: DrawingBackend>(
         chart
             .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(err)?;
+        // The 95% interval of each point that has one.
+        chart
+            .draw_series(points.iter().filter_map(|p| {
+                let (low, high) = interval(p)?;
+                Some(ErrorBar::new_vertical(
+                    p.x,
+                    low,
+                    p.y,
+                    high,
+                    colour.stroke_width(1),
+                    6,
+                ))
+            }))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -119,7 +134,14 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Axis ranges with a margin, widened when all values are equal so the range is never empty.
+/// A point's finite interval.
+fn interval(p: &Point) -> Option<(f64, f64)> {
+    let (low, high) = p.low.zip(p.high)?;
+    (low.is_finite() && high.is_finite()).then_some((low, high))
+}
+
+/// Axis ranges with a margin, widened when all values are equal so the range is never empty;
+/// the y range holds the intervals too.
 fn ranges(points: &[&Point]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     let span = |values: &mut dyn Iterator<Item = f64>| {
         let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -134,7 +156,10 @@ fn ranges(points: &[&Point]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     };
     (
         span(&mut points.iter().map(|p| p.x)),
-        span(&mut points.iter().map(|p| p.y)),
+        span(&mut points.iter().flat_map(|p| {
+            let (low, high) = interval(p).unwrap_or((p.y, p.y));
+            [p.y, low, high]
+        })),
     )
 }
 
@@ -147,6 +172,8 @@ mod tests {
             series: series.into(),
             x,
             y,
+            low: None,
+            high: None,
         }
     }
 
@@ -172,6 +199,29 @@ mod tests {
         assert!(svg.contains("cfg &lt;b&gt;2&lt;/b&gt;"));
         assert!(svg.contains("FID &amp; step"));
         assert!(!svg.contains("<b>"));
+    }
+
+    #[test]
+    fn intervals_are_drawn_as_error_bars_inside_the_axes() {
+        let mut with = point("cfg 2", 1000.0, 5.0);
+        (with.low, with.high) = (Some(4.0), Some(30.0));
+        let without = point("cfg 2", 2000.0, 4.0);
+        let svg = line_chart("FID", "step", "FID", &[with, without.clone()]).unwrap();
+        let plain = line_chart(
+            "FID",
+            "step",
+            "FID",
+            &[point("cfg 2", 1000.0, 5.0), without],
+        )
+        .unwrap();
+        let bars = |svg: &str| {
+            svg.lines()
+                .filter(|l| l.starts_with("<line") && l.contains("#1F77B4"))
+                .count()
+        };
+        // One error bar: its stem and two caps in the series' colour; the y axis reaches 30.
+        assert_eq!((bars(&svg), bars(&plain)), (3, 0), "{svg}");
+        assert!(svg.lines().any(|l| l.trim() == "30.0"), "{svg}");
     }
 
     #[test]

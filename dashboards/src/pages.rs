@@ -68,7 +68,48 @@ pub struct RowView {
     pub model: String,
     pub benchmark: String,
     pub best: bool,
-    pub cells: Vec<String>,
+    /// The benchmark's leader, or tied with it (the intervals overlap).
+    pub leader: bool,
+    pub tie: bool,
+    /// The protocol's id and label (empty for a row recorded without one).
+    pub protocol_id: String,
+    pub protocol: String,
+    pub cells: Vec<Cell>,
+}
+
+/// A table cell: its text and a tooltip (empty: none).
+pub struct Cell {
+    pub text: String,
+    pub title: String,
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Cell {
+            text,
+            title: String::new(),
+        }
+    }
+}
+
+/// `value ±half-width` with the exact 95% interval as the tooltip (intervals need not be
+/// symmetric); `scale` multiplies every figure (KID is shown x 10^3).
+fn with_interval(
+    value: Option<f64>,
+    low: Option<f64>,
+    high: Option<f64>,
+    decimals: usize,
+    scale: f64,
+) -> Cell {
+    let scaled = |v: Option<f64>| v.map(|v| v * scale);
+    let (value, low, high) = (scaled(value), scaled(low), scaled(high));
+    match (value, low.zip(high)) {
+        (Some(v), Some((low, high))) if v.is_finite() => Cell {
+            text: format!("{v:.decimals$} ±{:.decimals$}", (high - low) / 2.0),
+            title: format!("95% interval [{low:.decimals$}, {high:.decimals$}]"),
+        },
+        _ => fmt_opt(value, decimals).into(),
+    }
 }
 
 #[derive(Template)]
@@ -83,6 +124,7 @@ struct LeaderboardPageView {
     rows: Vec<RowView>,
     benchmarks: Vec<SelectOption>,
     kinds: Vec<SelectOption>,
+    protocols: Vec<SelectOption>,
     metrics: Vec<SelectOption>,
     model: String,
     min: String,
@@ -95,7 +137,7 @@ struct LeaderboardPageView {
 
 /// (label, key, tooltip) of the sortable columns after the model name and benchmark.
 #[rustfmt::skip]
-const COLUMNS: [(&str, SortKey, &str); 16] = [
+const COLUMNS: [(&str, SortKey, &str); 17] = [
     ("params", C(Column::Params), "parameters"),
     ("step", C(Column::Step), "training step of the checkpoint"),
     ("epoch", C(Column::Epoch), "training epochs"),
@@ -107,6 +149,7 @@ const COLUMNS: [(&str, SortKey, &str); 16] = [
     ("IS", M(Metric::InceptionScore), "Inception Score"),
     ("Prec.", M(Metric::Precision), "precision (Kynkäänniemi et al.)"),
     ("Rec.", M(Metric::Recall), "recall (Kynkäänniemi et al.)"),
+    ("KID×10³", M(Metric::Kid), "Kernel Inception Distance x 1000 (lower is better)"),
     ("rFID", M(Metric::Rfid), "reconstruction FID of a tokenizer"),
     ("PSNR", M(Metric::Psnr), "reconstruction PSNR (dB)"),
     ("SSIM", M(Metric::Ssim), "reconstruction SSIM"),
@@ -122,33 +165,43 @@ impl From<&LeaderboardRow> for RowView {
             model: r.model.clone(),
             benchmark: r.benchmark.clone(),
             best: r.best_of_model,
+            leader: r.leader,
+            tie: r.tied_with_leader,
+            protocol_id: r.protocol_id.map(|p| p.to_string()).unwrap_or_default(),
+            protocol: r.protocol.clone().unwrap_or_default(),
             cells: cells(r),
         }
     }
 }
 
-fn cells(r: &LeaderboardRow) -> Vec<String> {
+fn cells(r: &LeaderboardRow) -> Vec<Cell> {
     vec![
-        fmt_params(r.params),
-        r.step.to_string(),
-        fmt_opt(r.epoch, 1),
-        r.tokens_seen.map(fmt_count).unwrap_or_else(|| "–".into()),
+        fmt_params(r.params).into(),
+        r.step.to_string().into(),
+        fmt_opt(r.epoch, 1).into(),
+        r.tokens_seen
+            .map(fmt_count)
+            .unwrap_or_else(|| "–".into())
+            .into(),
         r.image_size
             .map(|s| s.to_string())
-            .unwrap_or_else(|| "–".into()),
-        fmt_opt(r.cfg_scale, 2),
-        fmt_opt(r.fid, 2),
-        fmt_opt(r.sfid, 2),
-        fmt_opt(r.inception_score, 2),
-        fmt_opt(r.precision, 2),
-        fmt_opt(r.recall, 2),
-        fmt_opt(r.rfid, 2),
-        fmt_opt(r.psnr, 2),
-        fmt_opt(r.ssim, 4),
+            .unwrap_or_else(|| "–".into())
+            .into(),
+        fmt_opt(r.cfg_scale, 2).into(),
+        with_interval(r.fid, r.fid_low, r.fid_high, 2, 1.0),
+        fmt_opt(r.sfid, 2).into(),
+        fmt_opt(r.inception_score, 2).into(),
+        fmt_opt(r.precision, 2).into(),
+        fmt_opt(r.recall, 2).into(),
+        with_interval(r.kid, r.kid_low, r.kid_high, 2, 1e3),
+        with_interval(r.rfid, r.rfid_low, r.rfid_high, 2, 1.0),
+        with_interval(r.psnr, r.psnr_low, r.psnr_high, 2, 1.0),
+        with_interval(r.ssim, r.ssim_low, r.ssim_high, 4, 1.0),
         r.codebook_usage
             .map(|u| format!("{:.1}%", u * 100.0))
-            .unwrap_or_else(|| "–".into()),
-        r.size.clone().unwrap_or_else(|| "–".into()),
+            .unwrap_or_else(|| "–".into())
+            .into(),
+        r.size.clone().unwrap_or_else(|| "–".into()).into(),
     ]
 }
 
@@ -170,6 +223,7 @@ pub async fn leaderboard(
     q.validate()?;
     let page = queries::leaderboard(&state.pool, &q).await?;
     let benchmarks = queries::benchmarks(&state.pool).await?;
+    let protocols = queries::protocols(&state.pool).await?;
 
     let arrow = |key: SortKey| match (q.sort == key, q.descending()) {
         (false, _) => "",
@@ -229,6 +283,13 @@ pub async fn leaderboard(
                 .map(|k| (k.as_str().into(), k.as_str().into()))
                 .collect(),
             q.kind.map(Kind::as_str),
+        ),
+        protocols: options(
+            protocols
+                .into_iter()
+                .map(|(id, name)| (id.to_string(), format!("P{id}: {name}")))
+                .collect(),
+            q.protocol.map(|p| p.to_string()).as_deref(),
         ),
         metrics: options(
             Metric::ALL

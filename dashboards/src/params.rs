@@ -20,10 +20,11 @@ pub enum Metric {
     Psnr,
     Ssim,
     CodebookUsage,
+    Kid,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Fid,
         Metric::Sfid,
         Metric::InceptionScore,
@@ -33,6 +34,7 @@ impl Metric {
         Metric::Psnr,
         Metric::Ssim,
         Metric::CodebookUsage,
+        Metric::Kid,
     ];
 
     /// The name in the `metrics` table.
@@ -47,12 +49,28 @@ impl Metric {
             Metric::Psnr => "psnr",
             Metric::Ssim => "ssim",
             Metric::CodebookUsage => "codebook_usage",
+            Metric::Kid => "kid",
         }
     }
 
-    /// FIDs are distances; every other headline metric is better when higher.
+    /// The columns of its confidence interval, for the metrics that have one.
+    pub fn interval_columns(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Metric::Fid => Some(("fid_low", "fid_high")),
+            Metric::Kid => Some(("kid_low", "kid_high")),
+            Metric::Rfid => Some(("rfid_low", "rfid_high")),
+            Metric::Psnr => Some(("psnr_low", "psnr_high")),
+            Metric::Ssim => Some(("ssim_low", "ssim_high")),
+            _ => None,
+        }
+    }
+
+    /// FIDs and KID are distances; every other headline metric is better when higher.
     pub fn lower_is_better(self) -> bool {
-        matches!(self, Metric::Fid | Metric::Sfid | Metric::Rfid)
+        matches!(
+            self,
+            Metric::Fid | Metric::Sfid | Metric::Rfid | Metric::Kid
+        )
     }
 }
 
@@ -160,7 +178,7 @@ impl Kind {
 pub const MAX_PAGE_SIZE: u32 = 500;
 const MAX_TEXT: usize = 200;
 
-/// `/?benchmark=...&kind=...&model=...&metric=fid&min=..&max=..&sort=fid&order=asc&page=1&per_page=50`
+/// `/?benchmark=...&kind=...&model=...&protocol=ID&metric=fid&min=..&max=..&sort=fid&order=asc&page=1&per_page=50`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderboardQuery {
@@ -175,6 +193,9 @@ pub struct LeaderboardQuery {
     /// Keep rows whose `metric` lies in `[min, max]`.
     #[serde(default, deserialize_with = "empty_or_enum")]
     pub metric: Option<Metric>,
+    /// Only rows measured under this protocol (`protocols.id`).
+    #[serde(default, deserialize_with = "empty_or_parse")]
+    pub protocol: Option<i64>,
     #[serde(default, deserialize_with = "empty_or_parse")]
     pub min: Option<f64>,
     #[serde(default, deserialize_with = "empty_or_parse")]

@@ -36,9 +36,47 @@ pub struct LeaderboardRow {
     pub psnr: Option<f64>,
     pub ssim: Option<f64>,
     pub codebook_usage: Option<f64>,
-    /// The best evaluation of its model on its benchmark (lowest FID, or rFID for tokenizers).
+    pub kid: Option<f64>,
+    /// KID's standard deviation over its subsets.
+    pub kid_std: Option<f64>,
+    /// 95% confidence intervals, where the evaluation computed them.
+    pub fid_low: Option<f64>,
+    pub fid_high: Option<f64>,
+    pub kid_low: Option<f64>,
+    pub kid_high: Option<f64>,
+    pub rfid_low: Option<f64>,
+    pub rfid_high: Option<f64>,
+    pub psnr_low: Option<f64>,
+    pub psnr_high: Option<f64>,
+    pub ssim_low: Option<f64>,
+    pub ssim_high: Option<f64>,
+    /// The protocol it was measured under (`protocols.id`, and its label); rows are ranked only
+    /// against rows of the same benchmark and protocol.
+    pub protocol_id: Option<i64>,
+    pub protocol: Option<String>,
+    /// The best evaluation of its model on its benchmark and protocol (lowest FID, or rFID for
+    /// tokenizers).
     #[sqlx(default)]
     pub best_of_model: bool,
+    /// The best evaluation of its benchmark and protocol (lowest FID, or rFID for tokenizers).
+    #[sqlx(default)]
+    pub leader: bool,
+    /// Not the leader, but its interval overlaps the leader's: the two cannot be told apart
+    /// at the sample sizes measured.
+    #[sqlx(default)]
+    pub tied_with_leader: bool,
+}
+
+impl LeaderboardRow {
+    /// The ranking metric (FID, rFID for tokenizers) and its interval.
+    fn ranking(&self) -> (Option<f64>, Option<(f64, f64)>) {
+        let (value, low, high) = if self.kind == "tokenizer" {
+            (self.rfid, self.rfid_low, self.rfid_high)
+        } else {
+            (self.fid, self.fid_low, self.fid_high)
+        };
+        (value, low.zip(high))
+    }
 }
 
 /// One page of the leaderboard and the number of rows that match the filters.
@@ -55,13 +93,14 @@ pub struct LeaderboardPage {
 pub const COUNT_CAP: i64 = 10_000;
 
 /// The filters: $1 benchmark, $2 kind, $3 model name substring, $4/$5 the range of the
-/// metric named by the query (its column comes from [`Metric`]'s fixed list).
+/// metric named by the query (its column comes from [`Metric`]'s fixed list), $6 protocol.
 fn filters(q: &LeaderboardQuery) -> String {
     let mut sql = String::from(
         "FROM leaderboard_rows l
          WHERE ($1::text IS NULL OR l.benchmark = $1)
            AND ($2::text IS NULL OR l.kind = $2)
-           AND ($3::text IS NULL OR strpos(lower(l.model), lower($3)) > 0)",
+           AND ($3::text IS NULL OR strpos(lower(l.model), lower($3)) > 0)
+           AND ($6::bigint IS NULL OR l.protocol_id = $6)",
     );
     match q.metric {
         Some(metric) => {
@@ -94,6 +133,7 @@ pub async fn leaderboard(
     .bind(q.model.as_deref())
     .bind(q.min)
     .bind(q.max)
+    .bind(q.protocol)
     .fetch_one(pool)
     .await?;
 
@@ -102,47 +142,103 @@ pub async fn leaderboard(
     let mut rows: Vec<LeaderboardRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VIEW_COLUMNS} {from}
          ORDER BY l.{column} {direction} NULLS LAST, l.evaluation_id {direction}
-         LIMIT $6 OFFSET $7"
+         LIMIT $7 OFFSET $8"
     )))
     .bind(q.benchmark.as_deref())
     .bind(q.kind.map(|k| k.as_str()))
     .bind(q.model.as_deref())
     .bind(q.min)
     .bind(q.max)
+    .bind(q.protocol)
     .bind(i64::from(q.limit()))
     .bind(i64::from(q.offset()))
     .fetch_all(pool)
     .await?;
 
-    // Each (model, benchmark) on the page: its lowest FID (rFID for tokenizers), one index
-    // probe each.
-    let mut groups: Vec<(i64, String, String)> = rows
+    // Each (model, benchmark, protocol) on the page: its lowest FID (rFID for tokenizers), one
+    // index probe each.
+    let mut groups: Vec<(i64, String, String, Option<i64>)> = rows
         .iter()
-        .map(|r| (r.model_id, r.benchmark.clone(), r.kind.clone()))
+        .map(|r| {
+            (
+                r.model_id,
+                r.benchmark.clone(),
+                r.kind.clone(),
+                r.protocol_id,
+            )
+        })
         .collect();
     groups.sort();
     groups.dedup();
     let best: Vec<i64> = sqlx::query_scalar(
         "SELECT b.evaluation_id
-         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS p(model_id, benchmark, kind)
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])
+              AS p(model_id, benchmark, kind, protocol_id)
          CROSS JOIN LATERAL (
             (SELECT r.evaluation_id FROM leaderboard_rows r
              WHERE p.kind <> 'tokenizer' AND r.model_id = p.model_id AND r.benchmark = p.benchmark
-               AND r.fid IS NOT NULL
+               AND COALESCE(r.protocol_id, 0) = COALESCE(p.protocol_id, 0) AND r.fid IS NOT NULL
              ORDER BY r.fid, r.evaluation_id LIMIT 1)
             UNION ALL
             (SELECT r.evaluation_id FROM leaderboard_rows r
              WHERE p.kind = 'tokenizer' AND r.model_id = p.model_id AND r.benchmark = p.benchmark
-               AND r.rfid IS NOT NULL
+               AND COALESCE(r.protocol_id, 0) = COALESCE(p.protocol_id, 0) AND r.rfid IS NOT NULL
              ORDER BY r.rfid, r.evaluation_id LIMIT 1)) b",
     )
     .bind(groups.iter().map(|g| g.0).collect::<Vec<_>>())
     .bind(groups.iter().map(|g| g.1.clone()).collect::<Vec<_>>())
     .bind(groups.iter().map(|g| g.2.clone()).collect::<Vec<_>>())
+    .bind(groups.iter().map(|g| g.3).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     for row in &mut rows {
         row.best_of_model = best.contains(&row.evaluation_id);
+    }
+
+    // Each benchmark, kind and protocol on the page: its leader, and who ties with it. Rows of
+    // different protocols are never compared.
+    let mut rankings: Vec<(String, String, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.benchmark.clone(), r.kind.clone(), r.protocol_id))
+        .collect();
+    rankings.sort();
+    rankings.dedup();
+    let leaders: Vec<LeaderboardRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {VIEW_COLUMNS}
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p(b, k, pr)
+         CROSS JOIN LATERAL (
+            (SELECT * FROM leaderboard_rows r
+             WHERE p.k <> 'tokenizer' AND r.kind <> 'tokenizer' AND r.benchmark = p.b
+               AND COALESCE(r.protocol_id, 0) = COALESCE(p.pr, 0) AND r.fid IS NOT NULL
+             ORDER BY r.fid, r.evaluation_id LIMIT 1)
+            UNION ALL
+            (SELECT * FROM leaderboard_rows r
+             WHERE p.k = 'tokenizer' AND r.kind = 'tokenizer' AND r.benchmark = p.b
+               AND COALESCE(r.protocol_id, 0) = COALESCE(p.pr, 0) AND r.rfid IS NOT NULL
+             ORDER BY r.rfid, r.evaluation_id LIMIT 1)) l"
+    )))
+    .bind(rankings.iter().map(|b| b.0.clone()).collect::<Vec<_>>())
+    .bind(rankings.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
+    .bind(rankings.iter().map(|b| b.2).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    for row in &mut rows {
+        let tokenizer = row.kind == "tokenizer";
+        let Some(leader) = leaders.iter().find(|l| {
+            l.benchmark == row.benchmark
+                && (l.kind == "tokenizer") == tokenizer
+                && l.protocol_id == row.protocol_id
+        }) else {
+            continue;
+        };
+        row.leader = leader.evaluation_id == row.evaluation_id;
+        row.tied_with_leader = !row.leader
+            && match (row.ranking().1, leader.ranking().1) {
+                (Some((low, high)), Some((leader_low, leader_high))) => {
+                    low <= leader_high && leader_low <= high
+                }
+                _ => false,
+            };
     }
     Ok(LeaderboardPage {
         total: counted.min(COUNT_CAP),
@@ -153,7 +249,9 @@ pub async fn leaderboard(
 
 const VIEW_COLUMNS: &str = "evaluation_id, benchmark, model_id, model, kind, size, task, params,
     step, epoch, tokens_seen, image_size, cfg_scale, top_k, num_samples, finished_at, fid, sfid,
-    inception_score, precision, recall, rfid, psnr, ssim, codebook_usage";
+    inception_score, precision, recall, rfid, psnr, ssim, codebook_usage, kid, kid_std,
+    fid_low, fid_high, kid_low, kid_high, rfid_low, rfid_high, psnr_low, psnr_high, ssim_low,
+    ssim_high, protocol_id, protocol";
 
 /// A model's evaluations, best first by `metric` (lowest first).
 pub async fn model_evaluations(
@@ -169,6 +267,17 @@ pub async fn model_evaluations(
     )))
     .bind(model_id)
     .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The protocols that have results, for the filter menu: (id, label).
+pub async fn protocols(pool: &PgPool) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.id, p.name FROM protocols p
+         WHERE EXISTS (SELECT 1 FROM leaderboard_rows l WHERE l.protocol_id = p.id)
+         ORDER BY p.id",
+    )
     .fetch_all(pool)
     .await
 }
@@ -211,12 +320,29 @@ pub async fn model(pool: &PgPool, id: i64) -> Result<Option<Model>, sqlx::Error>
     .await
 }
 
-/// One point of a chart: x, y, and the series it belongs to.
+/// One point of a chart: x, y, the series it belongs to, and y's confidence interval where
+/// the metric has one.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Point {
     pub series: String,
     pub x: f64,
     pub y: f64,
+    #[sqlx(default)]
+    pub low: Option<f64>,
+    #[sqlx(default)]
+    pub high: Option<f64>,
+}
+
+/// SQL for the interval of the best (lowest) `col` value of a group, or NULLs.
+fn interval_of_min(metric: Metric, table: &str) -> String {
+    let col = metric.as_str();
+    match metric.interval_columns() {
+        Some((low, high)) => format!(
+            "(array_agg({table}{low} ORDER BY {table}{col}))[1] AS low,
+             (array_agg({table}{high} ORDER BY {table}{col}))[1] AS high"
+        ),
+        None => "NULL::float8 AS low, NULL::float8 AS high".into(),
+    }
 }
 
 /// FID (rFID for tokenizers) against the checkpoint's training step, one series per guidance
@@ -227,9 +353,10 @@ pub async fn metric_by_step(
     metric: Metric,
 ) -> Result<Vec<Point>, sqlx::Error> {
     let col = metric.as_str();
+    let interval = interval_of_min(metric, "");
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT CASE WHEN cfg_scale IS NULL THEN 'all' ELSE 'cfg ' || cfg_scale::text END AS series,
-                step::float8 AS x, min({col}) AS y
+                step::float8 AS x, min({col}) AS y, {interval}
          FROM leaderboard_rows
          WHERE model_id = $1 AND {col} IS NOT NULL
          GROUP BY 1, 2 ORDER BY 1, 2"
@@ -247,12 +374,14 @@ pub async fn metric_by_cfg(
     metric: Metric,
 ) -> Result<Vec<Point>, sqlx::Error> {
     let col = metric.as_str();
+    let interval = interval_of_min(metric, "r.");
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH latest AS (
             SELECT checkpoint_id, step FROM leaderboard_rows
             WHERE model_id = $1 AND cfg_scale IS NOT NULL AND {col} IS NOT NULL
             ORDER BY step DESC, checkpoint_id DESC LIMIT 1)
-         SELECT 'step ' || latest.step::text AS series, r.cfg_scale AS x, min(r.{col}) AS y
+         SELECT 'step ' || latest.step::text AS series, r.cfg_scale AS x, min(r.{col}) AS y,
+                {interval}
          FROM latest JOIN leaderboard_rows r ON r.checkpoint_id = latest.checkpoint_id
          WHERE r.cfg_scale IS NOT NULL AND r.{col} IS NOT NULL
          GROUP BY 1, 2 ORDER BY 2"

@@ -102,10 +102,13 @@ pub async fn seed(
     .await?
     .rows_affected() as i64;
     // FID = size term + training term + guidance term (minimum at cfg 2.0), with a little
-    // per-row jitter so sorting is total; IS rises with guidance.
+    // per-row jitter so sorting is total; IS rises with guidance. FID and KID have intervals
+    // of -3% / +4%.
     sqlx::query(
-        "INSERT INTO metrics (evaluation_id, name, value)
-         SELECT e.id, x.name, x.value
+        "INSERT INTO metrics (evaluation_id, name, value, ci_low, ci_high)
+         SELECT e.id, x.name, x.value,
+                CASE WHEN x.name IN ('fid', 'kid') THEN x.value * 0.97 END,
+                CASE WHEN x.name IN ('fid', 'kid') THEN x.value * 1.04 END
          FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id JOIN models m ON m.id = c.model_id,
          LATERAL (VALUES
             ('fid', 2.0 + 30.0 / ln(m.params) * 10.0 / sqrt(c.step / 10000.0)
@@ -113,7 +116,9 @@ pub async fn seed(
             ('sfid', 5.0 + 8.0 / sqrt(c.step / 10000.0) + (e.id % 89) / 1000.0),
             ('inception_score', 80.0 + 60.0 * e.cfg_scale + c.step / 10000.0),
             ('precision', least(0.5 + 0.1 * e.cfg_scale, 0.9)),
-            ('recall', greatest(0.7 - 0.08 * e.cfg_scale, 0.3))) AS x(name, value)
+            ('recall', greatest(0.7 - 0.08 * e.cfg_scale, 0.3)),
+            ('kid', 0.0004 + 0.002 / sqrt(c.step / 10000.0) + (e.id % 83) / 1e6),
+            ('kid_std', 0.0002)) AS x(name, value)
          WHERE m.kind = 'generator'",
     )
     .execute(pool)

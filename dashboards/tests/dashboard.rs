@@ -201,6 +201,29 @@ async fn pages_and_api_answer_and_bad_parameters_get_400() {
     assert_eq!(model["model"]["name"], HOSTILE_NAME);
     assert_eq!(model["fid_by_step"].as_array().unwrap().len(), 25);
     assert_eq!(model["fid_by_cfg"].as_array().unwrap().len(), 5);
+    // Each point carries the interval of the evaluation it shows (the seeded -3% / +4%), the
+    // chart's error bar.
+    for p in model["fid_by_step"].as_array().unwrap() {
+        let (y, low, high) = (
+            p["y"].as_f64().unwrap(),
+            p["low"].as_f64().unwrap(),
+            p["high"].as_f64().unwrap(),
+        );
+        assert!(
+            (low - 0.97 * y).abs() < 1e-9 && (high - 1.04 * y).abs() < 1e-9,
+            "{p}"
+        );
+    }
+    assert!(model["is_by_cfg"][0]["low"].is_null());
+    // Leaderboard rows carry KID and the intervals too.
+    let (_, json) = get(&format!("{base}/api/leaderboard?sort=kid")).await;
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let top = &page["rows"][0];
+    assert!(
+        top["kid"].as_f64().unwrap() > 0.0
+            && top["kid_low"].as_f64().unwrap() < top["kid"].as_f64().unwrap(),
+        "{top}"
+    );
     assert_eq!(model["samples"].as_array().unwrap().len(), 3);
     assert_eq!(model["samples"][0]["caption"], HOSTILE_CAPTION);
     let (status, png) = {
@@ -339,8 +362,12 @@ fn fid_column(tab: &Tab) -> Vec<f64> {
              : null",
         );
         if let Some(text) = v.as_str() {
+            // "2.19 ±0.07": the value, then half its interval.
             let cells: Vec<String> = serde_json::from_str(text).unwrap();
-            return cells.iter().filter_map(|c| c.parse().ok()).collect();
+            return cells
+                .iter()
+                .filter_map(|c| c.split_whitespace().next()?.parse().ok())
+                .collect();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -377,6 +404,32 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         // Each model's best row is highlighted (the best rows lead an ascending FID sort).
         let best = eval(&tab, "document.querySelectorAll('#leaderboard tr.best').length");
         assert!(best.as_u64().unwrap() >= 1);
+        // The benchmark's leader is marked, and so is every row whose interval (value -3%,
+        // +4%) overlaps the leader's; the FID cell shows half the interval after a ±.
+        let marks: Vec<(bool, bool)> = serde_json::from_str(
+            eval(
+                &tab,
+                "JSON.stringify([...document.querySelectorAll('#leaderboard tbody tr')].map(r => \
+                 [!!r.querySelector('span.leader'), !!r.querySelector('span.tie')]))",
+            )
+            .as_str()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(marks[0], (true, false), "the lowest FID leads");
+        let leader = ascending[0];
+        for (fid, (lead, tie)) in ascending.iter().zip(&marks).skip(1) {
+            assert!(!lead);
+            let margin = 0.97 * fid - 1.04 * leader;
+            if margin.abs() > 0.02 {
+                assert_eq!(*tie, margin < 0.0, "FID {fid} against the leader's {leader}");
+            }
+        }
+        assert!(marks.iter().any(|m| m.1), "no ties among the 50 best");
+        let cell = eval(&tab, "document.querySelector('#leaderboard tbody tr').children[8].textContent");
+        assert!(cell.as_str().unwrap().contains(" ±"), "{cell:?}");
+        let title = eval(&tab, "document.querySelector('#leaderboard tbody tr').children[8].title");
+        assert!(title.as_str().unwrap().starts_with("95% interval ["), "{title:?}");
         assert!(eval(&tab, "location.search").as_str().unwrap().contains("sort=fid"));
         tab.find_element("a[data-sort='FID']").unwrap().click().unwrap();
         tab.wait_until_navigated().unwrap();
@@ -391,7 +444,7 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         wait_for_location(&tab, "model=VQ-16");
         let models = eval(
             &tab,
-            "JSON.stringify([...document.querySelectorAll('#leaderboard td.model')].map(c => c.textContent))",
+            "JSON.stringify([...document.querySelectorAll('#leaderboard td.model a')].map(c => c.textContent))",
         );
         assert_eq!(models.as_str().unwrap(), "[\"VQ-16\"]");
 
@@ -448,5 +501,129 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
     })
     .await
     .unwrap();
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn two_protocols_on_one_benchmark_never_share_a_ranking() {
+    use llamagen_store::results::{self, Metric, NewEvaluation, NewProtocol};
+    let server = start().await;
+    let pool = &server.db.pool;
+    let model: i64 = sqlx::query_scalar(
+        "INSERT INTO models (name, kind, architecture) VALUES ('two-protocols', 'generator', 'llamagen-gpt')
+         RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let checkpoint: i64 = sqlx::query_scalar(
+        "INSERT INTO checkpoints (model_id, path, sha256, step) VALUES ($1, 'p.safetensors', repeat('c', 64), 5)
+         RETURNING id",
+    )
+    .bind(model)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    // The same benchmark measured two ways: 50,000 samples against one reference, 10,000
+    // against another. Protocol B's FIDs are all worse than A's, yet B has its own leader.
+    let mut protocols = Vec::new();
+    for (name, samples) in [("A", 50_000), ("B", 10_000)] {
+        let definition = serde_json::json!({ "test": name, "num_samples": samples });
+        protocols.push(
+            results::upsert_protocol(
+                pool,
+                &NewProtocol {
+                    kind: "generator",
+                    name,
+                    feature_extractor_sha256: None,
+                    reference_set_id: None,
+                    num_samples: Some(samples),
+                    definition: &definition,
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut ids = Vec::new();
+    for (protocol, cfg, fid, half) in [
+        (protocols[0], 1.0, 3.0, 0.1),
+        (protocols[0], 2.0, 3.5, 0.1),
+        (protocols[1], 1.0, 5.0, 0.2),
+        (protocols[1], 2.0, 5.1, 0.2),
+    ] {
+        let id = results::begin_evaluation(
+            pool,
+            &NewEvaluation {
+                checkpoint_id: checkpoint,
+                benchmark: "protocol-test",
+                protocol_id: Some(protocol),
+                cfg_scale: Some(cfg),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        results::finish_evaluation(
+            pool,
+            id,
+            &[Metric::new("fid", fid).with_interval(fid - half, fid + half)],
+            None,
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+
+    let (status, json) = get(&format!(
+        "{}/api/leaderboard?benchmark=protocol-test",
+        server.base
+    ))
+    .await;
+    assert_eq!(status, 200, "{json}");
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let marks: Vec<(i64, i64, bool, bool)> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["evaluation_id"].as_i64().unwrap(),
+                r["protocol_id"].as_i64().unwrap(),
+                r["leader"].as_bool().unwrap(),
+                r["tied_with_leader"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        vec![
+            (ids[0], protocols[0], true, false),
+            (ids[1], protocols[0], false, false),
+            (ids[2], protocols[1], true, false),
+            (ids[3], protocols[1], false, true),
+        ],
+        "each protocol ranks its own rows"
+    );
+    // Filtering by protocol, on the page and in the API; the page names the protocol.
+    let (_, json) = get(&format!(
+        "{}/api/leaderboard?benchmark=protocol-test&protocol={}",
+        server.base, protocols[1]
+    ))
+    .await;
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(page["total"], 2);
+    let (status, html) = get(&format!("{}/?benchmark=protocol-test", server.base)).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!("href=\"/?protocol={}\"", protocols[1])),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("P{}: B", protocols[1])),
+        "the protocol filter menu"
+    );
+    let (status, _) = get(&format!("{}/api/leaderboard?protocol=x", server.base)).await;
+    assert_eq!(status, 400);
     server.finish().await;
 }

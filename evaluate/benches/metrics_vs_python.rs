@@ -4,6 +4,10 @@
 //!   distance, ours (f64 covariance, two symmetric eigendecompositions) vs pytorch-fid's
 //!   (`np.cov` and `scipy.linalg.sqrtm`), with the relative difference of the two FIDs;
 //! - PSNR + SSIM throughput on the fixture photos, ours vs scikit-image;
+//! - the cost of the confidence intervals: 100 half-sample resamples of the second set's FID
+//!   against one FID from features (that set's statistics and the distance);
+//! - KID (100 subsets of 1000), ours (f64, tch) vs torch-fidelity 0.4.0's loop on the same
+//!   features and subsets (f64 numpy), and ours again with the 100 resampled values;
 //! - FID Inception feature throughput, ours (ONNX Runtime) vs pytorch-fid (PyTorch), on the same
 //!   seeded random weights and the same 256 x 256 images, batch 32.
 //!
@@ -15,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
+use llamagen_evaluate::kernel_distance::{KidSettings, kernel_distance};
+use llamagen_evaluate::resampling::Resampling;
 use ndarray::{Array2, Array3};
 use tch::{Device, Kind, Tensor};
 
@@ -73,6 +79,34 @@ fn bench_frechet(dir: &Path) {
     let t1 = Instant::now();
     let ours = frechet_distance(&sa, &sb).unwrap();
     let dist_s = t1.elapsed().as_secs_f64();
+
+    // One FID of a generated set against a stored reference: the set's statistics and the
+    // distance. Its interval: the resamples of the same set.
+    let t2 = Instant::now();
+    let again = frechet_distance(&sa, &Statistics::from_features(b.view()).unwrap()).unwrap();
+    let one_fid_s = t2.elapsed().as_secs_f64();
+    let settings = Resampling::default();
+    let t3 = Instant::now();
+    let resampled = frechet_resamples(b.view(), &sa, &settings.draw(n as usize).unwrap()).unwrap();
+    let interval = settings.interval(again, &resampled).unwrap();
+    let interval_s = t3.elapsed().as_secs_f64();
+
+    let t4 = Instant::now();
+    let kid = kernel_distance(b.view(), a.view(), &KidSettings::default(), None).unwrap();
+    let kid_s = t4.elapsed().as_secs_f64();
+    let t5 = Instant::now();
+    let resamples = settings.draw(n as usize).unwrap();
+    let kid_resampled = kernel_distance(
+        b.view(),
+        a.view(),
+        &KidSettings::default(),
+        Some(&resamples),
+    )
+    .unwrap();
+    let kid_interval = settings
+        .interval(kid_resampled.mean, &kid_resampled.resampled)
+        .unwrap();
+    let kid_resampled_s = t5.elapsed().as_secs_f64();
     drop((a, b));
 
     let py = python(&["frechet", pa.to_str().unwrap(), pb.to_str().unwrap()]);
@@ -98,6 +132,35 @@ fn bench_frechet(dir: &Path) {
         py_dist / dist_s,
         (py_stats + py_dist) / (stats_s + dist_s),
         (ours - theirs).abs() / theirs.abs()
+    );
+    println!(
+        "95% interval of FID {again:.4}: [{:.4}, {:.4}] from {} resamples of {} blocks",
+        interval.low, interval.high, settings.resamples, settings.blocks
+    );
+    println!(
+        "  one FID from features {one_fid_s:.2} s; its interval {interval_s:.2} s ({:.1}x one FID)",
+        interval_s / one_fid_s
+    );
+    let py = python(&["kid", pb.to_str().unwrap(), pa.to_str().unwrap()]);
+    let (py_kid, py_kid_s) = (py["kid"].as_f64().unwrap(), py["seconds"].as_f64().unwrap());
+    println!("KID, 100 subsets of 1000, same subsets on both sides");
+    println!(
+        "  {:<44} {:>9.2} s  KID {:.8} +- {:.8}",
+        "llamagen-evaluate (tch, f64)", kid_s, kid.mean, kid.std
+    );
+    println!(
+        "  {:<44} {:>9.2} s  KID {:.8} +- {:.8}",
+        py["implementation"].as_str().unwrap_or("?"),
+        py_kid_s,
+        py_kid,
+        py["kid_std"].as_f64().unwrap()
+    );
+    println!(
+        "  speed-up {:.1}x, relative KID difference {:.2e}; with the 100 resampled values {kid_resampled_s:.2} s, interval [{:.8}, {:.8}]",
+        py_kid_s / kid_s,
+        (kid.mean - py_kid).abs() / py_kid.abs(),
+        kid_interval.low,
+        kid_interval.high
     );
 }
 

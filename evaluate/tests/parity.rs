@@ -118,3 +118,47 @@ fn psnr_and_ssim_match_scikit_image_on_real_photos() {
         );
     }
 }
+
+fn kid_expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("kid_expected.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn numpy_legacy_draws_are_reproduced() {
+    use llamagen_evaluate::numpy_random::RandomState;
+    let e = kid_expected();
+    let want: Vec<usize> = serde_json::from_value(e["permutation_seed_2020_n_20"].clone()).unwrap();
+    assert_eq!(RandomState::new(2020).permutation(20), want);
+    let want: Vec<usize> = serde_json::from_value(e["choice_seed_7_n_5000_m_8"].clone()).unwrap();
+    assert_eq!(
+        RandomState::new(7).choice_without_replacement(5000, 8),
+        want
+    );
+}
+
+#[test]
+fn kid_matches_torch_fidelity_and_clean_fid_on_the_same_features() {
+    use llamagen_evaluate::kernel_distance::{KidSettings, kernel_distance};
+    let generated = npy("kid_generated.npy");
+    let reference = npy("kid_reference.npy");
+    let cases = kid_expected()["kid"].as_array().unwrap().clone();
+    assert_eq!(cases.len(), 5);
+    for case in cases {
+        let settings = KidSettings {
+            subsets: case["subsets"].as_u64().unwrap() as usize,
+            subset_size: case["subset_size"].as_u64().unwrap() as usize,
+            seed: case["seed"].as_u64().unwrap() as u32,
+            ..Default::default()
+        };
+        let (first, second) = match case["first"].as_str().unwrap() {
+            "generated" => (generated.view(), reference.view()),
+            _ => (reference.view(), generated.view()),
+        };
+        let kid = kernel_distance(first, second, &settings, None).unwrap();
+        let what = format!("{} KID {settings:?}", case["reference"]);
+        assert_close(kid.mean, case["mean"].as_f64().unwrap(), 1e-9, &what);
+        if let Some(std) = case["std"].as_f64() {
+            assert_close(kid.std, std, 1e-7, &what);
+        }
+    }
+}

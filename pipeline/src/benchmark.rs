@@ -1,7 +1,8 @@
 //! A generator checkpoint benchmarked: for each guidance scale of the sweep, sample into a
 //! folder named after the checkpoint and the settings (a re-run resumes and reuses it), extract
-//! Inception features, compute FID, sFID, IS, precision and recall against the reference set,
-//! and record one evaluation per scale with its whole sampling configuration.
+//! Inception features, compute FID, sFID, IS, precision, recall and KID (FID and KID with 95%
+//! intervals) against the reference set, and record one evaluation per scale with its whole
+//! sampling configuration, under the protocol of its measurement.
 //!
 //! [`measure`] is the blocking part (sampling and features); [`record`] writes the results.
 //! Recording the same checkpoint, benchmark and configuration again replaces that evaluation's
@@ -12,10 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use llamagen_evaluate::inception::Inception;
 
-use crate::image_sets::{Side, generation_metrics, load_side};
+use crate::image_sets::{IntervalArgs, Side, generation_metrics, load_side};
 use crate::provenance::file_sha256;
-use crate::recording::Recording;
+use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
 use crate::sample::{self, SampleArgs, SampleReport};
+use llamagen_store::results::Metric;
 
 /// Where results go and what they are compared with; shared by both modes.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,6 +53,8 @@ pub struct EvaluationArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub intervals: IntervalArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +94,7 @@ pub struct ScaleResult {
     pub cfg_scale: f64,
     /// The folder of the PNGs, samples.npz and sampling.json.
     pub folder: PathBuf,
-    pub metrics: Vec<(&'static str, f64)>,
+    pub metrics: Vec<Metric>,
     pub report: SampleReport,
     /// The settings the sampler pinned in the folder.
     pub sampling: serde_json::Value,
@@ -102,8 +106,8 @@ impl ScaleResult {
     pub fn value(&self, name: &str) -> f64 {
         self.metrics
             .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(f64::NAN, |(_, v)| *v)
+            .find(|m| m.name == name)
+            .map_or(f64::NAN, |m| m.value)
     }
 }
 
@@ -116,11 +120,22 @@ pub fn scales(args: &GeneratorArgs) -> Vec<f64> {
     }
 }
 
-/// The reference set's features (loaded once, shared by every checkpoint and scale).
-pub fn load_reference(e: &EvaluationArgs, net: &mut Inception) -> anyhow::Result<Side> {
+/// The reference set's features (loaded once, shared by every checkpoint and scale) and its
+/// identity by content.
+pub fn load_reference(
+    e: &EvaluationArgs,
+    net: &mut Inception,
+) -> anyhow::Result<(Side, ReferenceIdentity)> {
     use anyhow::Context as _;
-    load_side(&e.reference, net, e.center_crop)
-        .with_context(|| format!("reference {}", e.reference.display()))
+    let side = load_side(&e.reference, net, e.center_crop)
+        .with_context(|| format!("reference {}", e.reference.display()))?;
+    let identity = ReferenceIdentity::of(
+        &e.reference,
+        e.center_crop.filter(|_| e.reference.is_dir()),
+        side.features.as_ref().map(|f| f.pool.nrows()),
+        None,
+    )?;
+    Ok((side, identity))
 }
 
 /// The sampler's settings at each scale of the sweep, each with its own folder under
@@ -179,7 +194,7 @@ pub fn measure(
     for s in scale_settings(args)? {
         let report = sample_scale(&s)?;
         let samples = load_side(&s.out.join("samples.npz"), net, None)?;
-        let metrics = generation_metrics(reference, &samples)?;
+        let metrics = generation_metrics(reference, &samples, &args.evaluation.intervals)?;
         let sampling: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;
         results.push(ScaleResult {
@@ -194,10 +209,12 @@ pub fn measure(
     Ok(results)
 }
 
-/// Records one evaluation per scale; returns their ids in scale order.
+/// Records one evaluation per scale, each under the protocol of its measurement; returns their
+/// ids in scale order.
 pub async fn record(
     args: &GeneratorArgs,
     results: &[ScaleResult],
+    reference_set: &ReferenceIdentity,
     data_dir: &Path,
 ) -> anyhow::Result<Vec<i64>> {
     let e = &args.evaluation;
@@ -230,8 +247,22 @@ pub async fn record(
                     "reference": reference,
                     "sampling": r.sampling,
                     "first_sample": s.start,
+                    "metrics": crate::image_sets::generator_metric_settings(&e.intervals),
                 })),
                 samples_path: Some(&r.folder),
+                protocol: Some(MeasurementProtocol {
+                    feature_extractor: &e.inception,
+                    reference: reference_set,
+                    preprocessing: serde_json::json!({
+                        "samples": format!(
+                            "generated at {} px, resized to {} px",
+                            s.image_size,
+                            s.image_size_eval.unwrap_or(s.image_size)
+                        ),
+                    }),
+                    settings: crate::image_sets::generator_metric_settings(&e.intervals),
+                    num_samples: s.num_samples as usize,
+                }),
             },
             data_dir,
             &r.metrics,

@@ -52,6 +52,7 @@ pub struct Protocol {
     pub models: Vec<String>,
     /// See `store::checkpoint_queue::Selection::every_steps`.
     pub checkpoint_every: i64,
+    pub intervals: crate::image_sets::IntervalArgs,
 }
 
 impl Protocol {
@@ -123,6 +124,11 @@ impl Protocol {
             },
             checkpoint_every: i64::try_from(ev.checkpoint_every)
                 .context("evaluate.checkpoint_every is too large")?,
+            intervals: crate::image_sets::IntervalArgs {
+                interval_resamples: ev.interval_resamples as usize,
+                interval_blocks: ev.interval_blocks as usize,
+                interval_seed: ev.interval_seed,
+            },
         })
     }
 
@@ -155,6 +161,7 @@ impl Protocol {
             "center_crop": self.center_crop,
             "inception": hash(&self.inception)?,
             "metrics": self.metrics,
+            "metric_settings": crate::image_sets::generator_metric_settings(&self.intervals),
             "cfg_scales": self.cfg_scales,
             "vq": hash(&s.vq.vq_ckpt)?,
             "vq_config": s.vq.config()?,
@@ -291,6 +298,7 @@ pub async fn sample_selected(
 struct Measurer {
     net: Inception,
     reference: Side,
+    reference_set: crate::recording::ReferenceIdentity,
 }
 
 /// Claims and benchmarks checkpoints of the protocol until the queue is drained (or, with
@@ -368,8 +376,12 @@ async fn claim_loop(
                 let e = evaluation_args(protocol, checkpoint);
                 let open = tokio::task::spawn_blocking(move || -> anyhow::Result<Measurer> {
                     let mut net = benchmark::open_inception(&e)?;
-                    let reference = benchmark::load_reference(&e, &mut net)?;
-                    Ok(Measurer { net, reference })
+                    let (reference, reference_set) = benchmark::load_reference(&e, &mut net)?;
+                    Ok(Measurer {
+                        net,
+                        reference,
+                        reference_set,
+                    })
                 })
                 .await?;
                 match open {
@@ -382,12 +394,13 @@ async fn claim_loop(
                 }
             }
         };
+        let reference_set = m.reference_set.clone();
         let (m, outcome) = benchmark_checkpoint(protocol, &lease, m, pool, options).await;
         measurer = m;
         summary.evaluated += 1;
         match outcome {
             Outcome::Measured(args, results) => {
-                let ids = benchmark::record(&args, &results, data_dir).await?;
+                let ids = benchmark::record(&args, &results, &reference_set, data_dir).await?;
                 for (r, id) in results.iter().zip(&ids) {
                     tracing::info!(
                         "{} step {} cfg {}: FID {:.4} (evaluation #{id})",
@@ -445,6 +458,7 @@ fn evaluation_args(protocol: &Protocol, checkpoint: &SelectedCheckpoint) -> Eval
         threads: 0,
         no_record: false,
         json: false,
+        intervals: protocol.intervals,
     }
 }
 
@@ -524,8 +538,11 @@ async fn benchmark_checkpoint(
         _ if lost.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) => Outcome::Stopped,
         Ok(mut results) => {
             for r in &mut results {
-                r.metrics
-                    .retain(|(name, _)| protocol.metrics.iter().any(|k| k == name));
+                // A metric's companions (kid_std) come with it.
+                r.metrics.retain(|m| {
+                    let family = m.name.strip_suffix("_std").unwrap_or(&m.name);
+                    protocol.metrics.iter().any(|k| k == family)
+                });
             }
             Outcome::Measured(Box::new(args), results)
         }

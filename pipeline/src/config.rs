@@ -386,6 +386,11 @@ pub struct EvaluateConfig {
     pub prompts: String,
     /// Where the sample folders go (relative paths are under the data folder).
     pub samples_output: String,
+    /// Half-sample resamples behind each 95% confidence interval (FID, KID); 0: none.
+    pub interval_resamples: u32,
+    /// Blocks of random samples, half of which each resample keeps.
+    pub interval_blocks: u32,
+    pub interval_seed: u32,
 }
 
 impl Default for EvaluateConfig {
@@ -395,20 +400,29 @@ impl Default for EvaluateConfig {
             reference: "references/coco_val2014_30k_256.npz".into(),
             inception_model: "weights/pt_inception-2015-12-05.onnx".into(),
             eval_image_size: 256,
-            metrics: ["fid", "sfid", "inception_score", "precision", "recall"]
-                .map(String::from)
-                .to_vec(),
+            metrics: GENERATOR_METRICS.map(String::from).to_vec(),
             cfg_sweep: Vec::new(),
             checkpoint_every: 0,
             models: Vec::new(),
             prompts: "references/coco_captions_30k.txt".into(),
             samples_output: "samples".into(),
+            interval_resamples: 100,
+            interval_blocks: 64,
+            interval_seed: 0,
         }
     }
 }
 
 /// What a generator evaluation can record.
-pub const GENERATOR_METRICS: [&str; 5] = ["fid", "sfid", "inception_score", "precision", "recall"];
+/// KID brings its standard deviation over subsets (`kid_std`) with it.
+pub const GENERATOR_METRICS: [&str; 6] = [
+    "fid",
+    "sfid",
+    "inception_score",
+    "precision",
+    "recall",
+    "kid",
+];
 
 impl PipelineConfig {
     /// Reads and validates a config file.
@@ -659,6 +673,10 @@ impl PipelineConfig {
             );
         }
         ensure!(!ev.metrics.is_empty(), "evaluate.metrics is empty");
+        ensure!(
+            ev.interval_resamples == 0 || (ev.interval_resamples >= 10 && ev.interval_blocks >= 2),
+            "evaluate.interval_resamples must be 0 (no intervals) or at least 10, with interval_blocks at least 2"
+        );
         ensure!(
             ev.eval_image_size > 0,
             "evaluate.eval_image_size must be positive"

@@ -5,11 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use llamagen_evaluate::frechet::{Statistics, frechet_distance};
+use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
 use llamagen_evaluate::inception::{Inception, InceptionFeatures};
 use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
+use llamagen_evaluate::kernel_distance::{KidSettings, kernel_distance};
 use llamagen_evaluate::npz::read_reference;
 use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
+use llamagen_evaluate::resampling::{Interval, MIN_SAMPLES, Resampling};
+use llamagen_store::results::Metric;
 use ndarray::{Array3, Array4, Axis};
 
 /// One side of the comparison.
@@ -19,26 +22,126 @@ pub struct Side {
     pub spatial: Option<Statistics>,
 }
 
-/// FID, sFID (when both sides have spatial statistics), IS, and precision/recall (when the
-/// reference has images), as the ADM evaluator computes them.
+/// How the confidence intervals of an evaluation are drawn (part of its protocol).
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args, serde::Serialize)]
+pub struct IntervalArgs {
+    /// Half-sample resamples behind each 95% confidence interval (FID, KID, rFID, PSNR, SSIM);
+    /// 0 records no intervals.
+    #[arg(long, default_value_t = 100)]
+    pub interval_resamples: usize,
+    /// Blocks of random samples, half of which each resample keeps (fewer samples: one block each).
+    #[arg(long, default_value_t = 64)]
+    pub interval_blocks: usize,
+    /// Seed of the deal into blocks and of the resamples.
+    #[arg(long, default_value_t = 0)]
+    pub interval_seed: u32,
+}
+
+impl Default for IntervalArgs {
+    fn default() -> Self {
+        let r = Resampling::default();
+        Self {
+            interval_resamples: r.resamples,
+            interval_blocks: r.blocks,
+            interval_seed: r.seed,
+        }
+    }
+}
+
+impl IntervalArgs {
+    /// The resampling settings, or `None` when intervals are off.
+    pub fn resampling(&self) -> Option<Resampling> {
+        (self.interval_resamples > 0).then(|| Resampling {
+            resamples: self.interval_resamples,
+            blocks: self.interval_blocks,
+            seed: self.interval_seed,
+            ..Resampling::default()
+        })
+    }
+
+    /// How the intervals were drawn, as the evaluation row records it (null: none).
+    pub fn describe(&self) -> serde_json::Value {
+        match self.resampling() {
+            Some(r) => serde_json::json!({
+                "method": "half-samples of blocks of samples, percentile interval centred on the full-set value",
+                "resamples": r.resamples,
+                "blocks": r.blocks,
+                "seed": r.seed,
+                "level": r.level,
+            }),
+            None => serde_json::Value::Null,
+        }
+    }
+}
+
+/// What a generator evaluation records about how its metrics were computed beyond the ADM
+/// evaluator's fixed recipe: the intervals and KID's estimator.
+pub fn generator_metric_settings(intervals: &IntervalArgs) -> serde_json::Value {
+    let kid = KidSettings::default();
+    serde_json::json!({
+        "intervals": intervals.describe(),
+        "kid": {
+            "reference": "torch-fidelity 0.4.0 (generated set first)",
+            "subsets": kid.subsets,
+            "subset_size": kid.subset_size,
+            "degree": kid.degree,
+            "coef0": kid.coef0,
+            "seed": kid.seed,
+        },
+    })
+}
+
+fn with_interval(metric: Metric, interval: Option<Interval>) -> Metric {
+    match interval {
+        Some(i) => metric.with_interval(i.low, i.high),
+        None => metric,
+    }
+}
+
+/// FID with its interval, sFID (when both sides have spatial statistics), IS, and, when the
+/// reference has images, precision/recall (as the ADM evaluator computes them) and KID with its
+/// standard deviation over subsets and its interval.
 pub fn generation_metrics(
     reference: &Side,
     samples: &Side,
-) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    intervals: &IntervalArgs,
+) -> anyhow::Result<Vec<Metric>> {
     let Some(sample_features) = &samples.features else {
         bail!("the generated set must hold images (arr_0 or a folder), not only statistics");
     };
-    let mut metrics: Vec<(&'static str, f64)> = Vec::new();
+    let count = sample_features.pool.nrows();
+    let resampling = intervals.resampling().filter(|_| count >= MIN_SAMPLES);
+    let resamples = resampling.map(|r| r.draw(count)).transpose()?;
+    let mut metrics = Vec::new();
     let is = inception_score(sample_features.logits.view(), ADM_SPLIT_SIZE)?;
-    metrics.push(("inception_score", is.mean));
-    metrics.push(("fid", frechet_distance(&reference.pool, &samples.pool)?));
+    metrics.push(Metric::new("inception_score", is.mean));
+    let fid = frechet_distance(&reference.pool, &samples.pool)?;
+    let fid_interval = match (&resampling, &resamples) {
+        (Some(settings), Some(r)) => Some(settings.interval(
+            fid,
+            &frechet_resamples(sample_features.pool.view(), &reference.pool, r)?,
+        )?),
+        _ => None,
+    };
+    metrics.push(with_interval(Metric::new("fid", fid), fid_interval));
     if let (Some(r), Some(s)) = (&reference.spatial, &samples.spatial) {
-        metrics.push(("sfid", frechet_distance(r, s)?));
+        metrics.push(Metric::new("sfid", frechet_distance(r, s)?));
     }
     if let Some(ref_features) = &reference.features {
         let pr = precision_recall(ref_features.pool.view(), sample_features.pool.view(), ADM_K)?;
-        metrics.push(("precision", pr.precision));
-        metrics.push(("recall", pr.recall));
+        metrics.push(Metric::new("precision", pr.precision));
+        metrics.push(Metric::new("recall", pr.recall));
+        let kid = kernel_distance(
+            sample_features.pool.view(),
+            ref_features.pool.view(),
+            &KidSettings::default(),
+            resamples.as_ref(),
+        )?;
+        let kid_interval = resampling
+            .map(|settings| settings.interval(kid.mean, &kid.resampled))
+            .transpose()?;
+        metrics.push(with_interval(Metric::new("kid", kid.mean), kid_interval));
+        metrics.push(Metric::new("kid_std", kid.std));
     }
     Ok(metrics)
 }
@@ -80,22 +183,38 @@ pub fn load_side(
     })
 }
 
-/// PNG and JPEG files of a folder in name order, then the images of its webdataset shards
-/// (`*.tar`, as `llamagen ingest` writes them) in shard and member order, as one batch: each
-/// center-cropped to `center_crop` when given (ADM's preprocessing), else all must have one size.
-pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
-    let extension = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    let is_image = |e: &str| matches!(e, "png" | "jpg" | "jpeg");
+/// The files [`read_folder`] reads, in its order: PNG and JPEG files in name order, then
+/// webdataset tars in name order.
+pub fn folder_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
+    let (mut images, tars): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .into_iter()
+        .filter(|f| is_image(&extension(f)) || extension(f) == "tar")
+        .partition(|f| is_image(&extension(f)));
+    images.extend(tars);
+    Ok(images)
+}
+
+fn extension(p: &Path) -> String {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_image(extension: &str) -> bool {
+    matches!(extension, "png" | "jpg" | "jpeg")
+}
+
+/// PNG and JPEG files of a folder in name order, then the images of its webdataset shards
+/// (`*.tar`, as `llamagen ingest` writes them) in shard and member order, as one batch: each
+/// center-cropped to `center_crop` when given (ADM's preprocessing), else all must have one size.
+pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
+    let files = folder_files(dir)?;
     let mut images: Vec<Array3<u8>> = Vec::new();
     let mut first_label = String::new();
     let mut add = |label: String, img: image::DynamicImage| -> anyhow::Result<()> {

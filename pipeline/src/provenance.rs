@@ -55,6 +55,36 @@ pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     Ok((hex, bytes))
 }
 
+/// sha256 of a reference folder's content: each image file and webdataset tar that
+/// [`crate::image_sets::read_folder`] reads, in its order, as name, length and bytes. The same
+/// images under another path are the same reference; a renamed, added or changed file is not.
+pub fn folder_sha256(dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for file in crate::image_sets::folder_files(dir)? {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let length = std::fs::metadata(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(length.to_le_bytes());
+        let mut f =
+            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+        std::io::copy(&mut f, &mut hasher)
+            .with_context(|| format!("hashing {}", file.display()))?;
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// This machine's name, as workers and evaluators name themselves (`HOST:PID`).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

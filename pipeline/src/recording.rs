@@ -2,7 +2,74 @@
 //! the evaluation with its whole configuration; the same configuration recorded again updates
 //! its row instead of adding one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever a metric's code changes its numbers, so results of the old code and the new
+/// are different protocols.
+pub const METRICS_IMPLEMENTATION: &str = "llamagen-evaluate 1: ADM evaluator FID/sFID/IS/precision/recall, torch-fidelity 0.4.0 KID, scikit-image PSNR/SSIM";
+
+/// A reference set by content: what [`record`] files in `reference_sets`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceIdentity {
+    pub path: PathBuf,
+    /// sha256 of the npz, or [`crate::provenance::folder_sha256`] of a folder.
+    pub sha256: String,
+    pub num_images: Option<usize>,
+    pub image_size: Option<usize>,
+    /// How it was made: the format and the crop applied.
+    pub made: serde_json::Value,
+}
+
+impl ReferenceIdentity {
+    /// Hashes the reference at `path` (an npz or a folder) as it is read with `center_crop`.
+    pub fn of(
+        path: &Path,
+        center_crop: Option<usize>,
+        num_images: Option<usize>,
+        image_size: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let (sha256, format) = if path.is_dir() {
+            (crate::provenance::folder_sha256(path)?, "folder")
+        } else {
+            (crate::provenance::file_sha256(path)?.0, "npz")
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256,
+            num_images,
+            image_size: center_crop.or(image_size),
+            made: serde_json::json!({
+                "format": format,
+                "center_crop": center_crop.map(|s| format!("ADM center_crop_arr {s}")),
+            }),
+        })
+    }
+
+    /// `stem-sha256[..12]`: unique, and readable in a table.
+    fn name(&self) -> String {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "reference".into());
+        format!("{stem}-{}", &self.sha256[..12])
+    }
+}
+
+/// What an evaluation was measured under, beyond the model and its sampling: the feature
+/// extractor, the reference, how images reached the extractor, the sample count and the metric
+/// code with its settings. Rows of different protocols are never ranked together.
+#[derive(Debug, Clone)]
+pub struct MeasurementProtocol<'a> {
+    /// The FID Inception weights (hashed).
+    pub feature_extractor: &'a Path,
+    pub reference: &'a ReferenceIdentity,
+    /// Resizes and crops on the way to the extractor.
+    pub preprocessing: serde_json::Value,
+    /// Metric settings beyond [`METRICS_IMPLEMENTATION`] (intervals, KID, SSIM convention).
+    pub settings: serde_json::Value,
+    pub num_samples: usize,
+}
 
 /// What an evaluation row says about the model, checkpoint and sampling that produced it.
 pub struct Recording<'a> {
@@ -28,6 +95,8 @@ pub struct Recording<'a> {
     pub extra: Option<serde_json::Value>,
     /// The folder of the evaluated samples' PNGs, for the dashboard's sample grid.
     pub samples_path: Option<&'a Path>,
+    /// `None` records no protocol (a result whose measurement is unknown).
+    pub protocol: Option<MeasurementProtocol<'a>>,
 }
 
 /// Stores the metrics in PostgreSQL; the same checkpoint, benchmark and configuration update
@@ -35,7 +104,7 @@ pub struct Recording<'a> {
 pub async fn record(
     r: &Recording<'_>,
     data_dir: &Path,
-    metrics: &[(&str, f64)],
+    metrics: &[llamagen_store::results::Metric],
     num_samples: usize,
 ) -> anyhow::Result<i64> {
     use llamagen_store::results::{self, NewCheckpoint, NewEvaluation, NewModel};
@@ -79,9 +148,18 @@ pub async fn record(
             },
         )
         .await?;
+        let (reference_set_id, protocol_id) = match &r.protocol {
+            Some(p) => {
+                let (set, protocol) = record_protocol(pool, r.kind, p).await?;
+                (Some(set), Some(protocol))
+            }
+            None => (None, None),
+        };
         let evaluation = NewEvaluation {
             checkpoint_id,
             benchmark: r.benchmark,
+            reference_set_id,
+            protocol_id,
             cfg_scale: r.cfg_scale,
             cfg_interval: r.cfg_interval,
             top_k: r.top_k,
@@ -94,7 +172,6 @@ pub async fn record(
             precision: r.precision,
             extra: r.extra.as_ref(),
             git_revision: revision.as_deref(),
-            ..Default::default()
         };
         let id = results::begin_evaluation(pool, &evaluation).await?;
         // Absolute, so the dashboard finds them whatever its working directory.
@@ -108,4 +185,80 @@ pub async fn record(
     .await;
     store.close().await?;
     result
+}
+
+/// Files a reference set made from another (`llamagen evaluate --save-stats`), so the
+/// statistics file is known by content like the set it summarises.
+pub async fn file_reference_set(
+    reference: &ReferenceIdentity,
+    data_dir: &Path,
+) -> anyhow::Result<i64> {
+    let store =
+        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+    let result = upsert_reference(store.pool(), reference).await;
+    store.close().await?;
+    result
+}
+
+async fn upsert_reference(
+    pool: &sqlx::PgPool,
+    reference: &ReferenceIdentity,
+) -> anyhow::Result<i64> {
+    let to_i32 = |n: usize| i32::try_from(n).ok();
+    Ok(llamagen_store::results::upsert_reference_set(
+        pool,
+        &llamagen_store::results::NewReferenceSet {
+            name: &reference.name(),
+            path: &reference.path.display().to_string(),
+            sha256: &reference.sha256,
+            num_images: reference.num_images.and_then(to_i32),
+            image_size: reference.image_size.and_then(to_i32),
+            made: &reference.made,
+        },
+    )
+    .await?)
+}
+
+/// Files the reference set and the protocol; returns their ids.
+async fn record_protocol(
+    pool: &sqlx::PgPool,
+    kind: &str,
+    p: &MeasurementProtocol<'_>,
+) -> anyhow::Result<(i64, i64)> {
+    use llamagen_store::results::{self, NewProtocol};
+    let to_i32 = |n: usize| i32::try_from(n).ok();
+    let reference = p.reference;
+    let set = upsert_reference(pool, reference).await?;
+    let extractor = crate::provenance::file_sha256(p.feature_extractor)?.0;
+    let definition = serde_json::json!({
+        "kind": kind,
+        "feature_extractor": { "name": "FID Inception (pytorch-fid pt_inception-2015-12-05)", "sha256": extractor },
+        "reference": { "sha256": reference.sha256, "made": reference.made },
+        "preprocessing": p.preprocessing,
+        "num_samples": p.num_samples,
+        "implementation": METRICS_IMPLEMENTATION,
+        "settings": p.settings,
+    });
+    let name = format!(
+        "{kind}: Inception {} · reference {} ({}) · {} samples",
+        &extractor[..8],
+        &reference.sha256[..8],
+        reference
+            .num_images
+            .map_or_else(|| "statistics".to_string(), |n| format!("{n} images")),
+        p.num_samples
+    );
+    let protocol = results::upsert_protocol(
+        pool,
+        &NewProtocol {
+            kind,
+            name: &name,
+            feature_extractor_sha256: Some(&extractor),
+            reference_set_id: Some(set),
+            num_samples: to_i32(p.num_samples),
+            definition: &definition,
+        },
+    )
+    .await?;
+    Ok((set, protocol))
 }

@@ -205,6 +205,7 @@ const COUNTED_TABLES: &[&str] = &[
     "training_runs",
     "checkpoints",
     "reference_sets",
+    "protocols",
     "evaluations",
     "metrics",
     "schedule_ticks",

@@ -96,12 +96,91 @@ pub async fn register_checkpoint(pool: &PgPool, c: &NewCheckpoint<'_>) -> Result
     .await?)
 }
 
+/// A reference set, recorded whenever one is used or made; matched by content.
+#[derive(Debug, Clone)]
+pub struct NewReferenceSet<'a> {
+    /// Unique label, e.g. `VIRTUAL_imagenet256_labeled-5f1e2d3c4b5a`.
+    pub name: &'a str,
+    pub path: &'a str,
+    /// sha256 of the npz, or of a folder's files in read order.
+    pub sha256: &'a str,
+    /// Unknown for an npz of statistics only.
+    pub num_images: Option<i32>,
+    pub image_size: Option<i32>,
+    /// How it was made: its format, the crop applied to it.
+    pub made: &'a serde_json::Value,
+}
+
+/// Records a reference set; the same content recorded again keeps its row (and takes the new
+/// path, and an image count where the old row had none).
+pub async fn upsert_reference_set(
+    pool: &PgPool,
+    r: &NewReferenceSet<'_>,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO reference_sets (name, path, sha256, num_images, image_size, made)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (sha256) DO UPDATE
+             SET path = EXCLUDED.path,
+                 num_images = COALESCE(EXCLUDED.num_images, reference_sets.num_images),
+                 image_size = COALESCE(EXCLUDED.image_size, reference_sets.image_size)
+         RETURNING id",
+    )
+    .bind(r.name)
+    .bind(r.path)
+    .bind(r.sha256)
+    .bind(r.num_images)
+    .bind(r.image_size)
+    .bind(r.made)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// What makes evaluations comparable: everything that changes a metric's value besides the
+/// model and its sampling settings.
+#[derive(Debug, Clone)]
+pub struct NewProtocol<'a> {
+    /// "generator" or "tokenizer".
+    pub kind: &'a str,
+    /// A short label for tables.
+    pub name: &'a str,
+    pub feature_extractor_sha256: Option<&'a str>,
+    pub reference_set_id: Option<i64>,
+    pub num_samples: Option<i32>,
+    /// Everything that defines the protocol (the fields above included); its sha256 is the
+    /// protocol's identity.
+    pub definition: &'a serde_json::Value,
+}
+
+/// Records a protocol, or finds the one with the same definition; returns its id.
+pub async fn upsert_protocol(pool: &PgPool, p: &NewProtocol<'_>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO protocols (sha256, name, kind, feature_extractor_sha256, reference_set_id,
+                                num_samples, definition)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (sha256) DO UPDATE SET name = protocols.name
+         RETURNING id",
+    )
+    .bind(config_sha256(p.definition))
+    .bind(p.name)
+    .bind(p.kind)
+    .bind(p.feature_extractor_sha256)
+    .bind(p.reference_set_id)
+    .bind(p.num_samples)
+    .bind(p.definition)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// The reproducible configuration of one evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct NewEvaluation<'a> {
     pub checkpoint_id: i64,
     pub benchmark: &'a str,
     pub reference_set_id: Option<i64>,
+    /// The protocol it was measured under; evaluations of different protocols are different
+    /// rows, never ranked together.
+    pub protocol_id: Option<i64>,
     pub cfg_scale: Option<f64>,
     pub cfg_interval: Option<i32>,
     pub top_k: Option<i32>,
@@ -123,6 +202,7 @@ impl NewEvaluation<'_> {
         serde_json::json!({
             "benchmark": self.benchmark,
             "reference_set_id": self.reference_set_id,
+            "protocol_id": self.protocol_id,
             "cfg_scale": self.cfg_scale,
             "cfg_interval": self.cfg_interval,
             "top_k": self.top_k,
@@ -144,8 +224,9 @@ pub async fn begin_evaluation(pool: &PgPool, e: &NewEvaluation<'_>) -> Result<i6
     Ok(sqlx::query_scalar(
         "INSERT INTO evaluations (checkpoint_id, benchmark, reference_set_id, cfg_scale, cfg_interval,
                                   top_k, top_p, temperature, image_size, eval_image_size, num_samples,
-                                  seed, precision, sampling_config, config_sha256, git_revision)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                  seed, precision, sampling_config, config_sha256, git_revision,
+                                  protocol_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (checkpoint_id, benchmark, config_sha256) DO UPDATE
              SET status = 'running', started_at = now(), finished_at = NULL, duration_ms = NULL,
                  error = NULL, git_revision = EXCLUDED.git_revision
@@ -167,22 +248,54 @@ pub async fn begin_evaluation(pool: &PgPool, e: &NewEvaluation<'_>) -> Result<i6
     .bind(&config)
     .bind(config_sha256(&config))
     .bind(e.git_revision)
+    .bind(e.protocol_id)
     .fetch_one(pool)
     .await?)
 }
 
+/// One metric of an evaluation and, where one was computed, its confidence interval.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+    /// `(low, high)`.
+    pub interval: Option<(f64, f64)>,
+}
+
+impl Metric {
+    pub fn new(name: impl Into<String>, value: f64) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            interval: None,
+        }
+    }
+
+    pub fn with_interval(mut self, low: f64, high: f64) -> Self {
+        self.interval = Some((low, high));
+        self
+    }
+}
+
 /// Stores the metrics of a running evaluation (replacing those of an earlier run of the same
-/// configuration) and marks it succeeded, in one transaction. Non-finite values are refused.
+/// configuration) and marks it succeeded, in one transaction. Non-finite values and inverted
+/// intervals are refused.
 pub async fn finish_evaluation(
     pool: &PgPool,
     evaluation_id: i64,
-    metrics: &[(&str, f64)],
+    metrics: &[Metric],
     samples_path: Option<&str>,
 ) -> Result<(), StoreError> {
-    if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(StoreError::Invalid(format!(
-            "evaluation {evaluation_id}: metric {name} is {value}; refusing to store a non-finite result"
-        )));
+    for m in metrics {
+        let finite = m.value.is_finite()
+            && m.interval
+                .is_none_or(|(low, high)| low.is_finite() && high.is_finite() && low <= high);
+        if !finite {
+            return Err(StoreError::Invalid(format!(
+                "evaluation {evaluation_id}: metric {} is {} (interval {:?}); refusing to store a non-finite result",
+                m.name, m.value, m.interval
+            )));
+        }
     }
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
@@ -204,13 +317,18 @@ pub async fn finish_evaluation(
         .bind(evaluation_id)
         .execute(&mut *tx)
         .await?;
-    for (name, value) in metrics {
-        sqlx::query("INSERT INTO metrics (evaluation_id, name, value) VALUES ($1, $2, $3)")
-            .bind(evaluation_id)
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
+    for m in metrics {
+        sqlx::query(
+            "INSERT INTO metrics (evaluation_id, name, value, ci_low, ci_high)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(evaluation_id)
+        .bind(&m.name)
+        .bind(m.value)
+        .bind(m.interval.map(|i| i.0))
+        .bind(m.interval.map(|i| i.1))
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())

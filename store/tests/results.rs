@@ -1,7 +1,7 @@
 //! Models, checkpoints and evaluations: re-runs update instead of duplicating, bad metrics are
 //! refused, and the example queries of docs/queries.md run on the result.
 
-use llamagen_store::results::{self, NewCheckpoint, NewEvaluation, NewModel};
+use llamagen_store::results::{self, Metric, NewCheckpoint, NewEvaluation, NewModel};
 use llamagen_store::testing::with_database;
 use sqlx::PgPool;
 
@@ -63,7 +63,10 @@ async fn rerunning_an_evaluation_updates_it_in_place() {
         results::finish_evaluation(
             &pool,
             first,
-            &[("fid", 6.0), ("inception_score", 150.0)],
+            &[
+                Metric::new("fid", 6.0),
+                Metric::new("inception_score", 150.0),
+            ],
             None,
         )
         .await
@@ -72,9 +75,18 @@ async fn rerunning_an_evaluation_updates_it_in_place() {
             .await
             .unwrap();
         assert_eq!(first, again, "same configuration, same row");
-        results::finish_evaluation(&pool, again, &[("fid", 5.46)], Some("/samples"))
-            .await
-            .unwrap();
+        results::finish_evaluation(
+            &pool,
+            again,
+            &[
+                Metric::new("fid", 5.46).with_interval(5.40, 5.55),
+                Metric::new("kid", 0.0012).with_interval(0.0010, 0.0015),
+                Metric::new("kid_std", 0.0003),
+            ],
+            Some("/samples"),
+        )
+        .await
+        .unwrap();
         let other = results::begin_evaluation(&pool, &sweep_point(ckpt, 1.75))
             .await
             .unwrap();
@@ -94,6 +106,20 @@ async fn rerunning_an_evaluation_updates_it_in_place() {
             vec![(2.0, Some(5.46), None)],
             "old metrics replaced, failed run hidden"
         );
+        // Intervals and KID reach the view and its indexed copy alike.
+        for table in ["leaderboard", "leaderboard_rows"] {
+            let row: Vec<Option<f64>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT ARRAY[fid_low, fid_high, kid, kid_std, kid_low, kid_high] FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                row,
+                [5.40, 5.55, 0.0012, 0.0003, 0.0010, 0.0015].map(Some),
+                "{table}"
+            );
+        }
         // Registering the same model and checkpoint again reuses their rows.
         assert_eq!(checkpoint(&pool, "LlamaGen-B", "B", 1000).await, ckpt);
         // A later registration that knows less keeps what was known.
@@ -135,10 +161,26 @@ async fn non_finite_metrics_are_refused_and_nothing_is_half_written() {
     with_database(|pool| async move {
         let ckpt = checkpoint(&pool, "LlamaGen-B", "B", 1).await;
         let id = results::begin_evaluation(&pool, &sweep_point(ckpt, 2.0)).await.unwrap();
-        let err = results::finish_evaluation(&pool, id, &[("fid", 5.0), ("inception_score", f64::NAN)], None)
+        let err = results::finish_evaluation(
+            &pool,
+            id,
+            &[Metric::new("fid", 5.0), Metric::new("inception_score", f64::NAN)],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("inception_score"), "{err}");
+        for interval in [(5.2, 5.1), (f64::NEG_INFINITY, 5.3)] {
+            let err = results::finish_evaluation(
+                &pool,
+                id,
+                &[Metric::new("fid", 5.15).with_interval(interval.0, interval.1)],
+                None,
+            )
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("inception_score"), "{err}");
+            assert!(err.to_string().contains("fid"), "{err}");
+        }
         let (status, metrics): (String, i64) = sqlx::query_as(
             "SELECT status, (SELECT count(*) FROM metrics WHERE evaluation_id = $1) FROM evaluations WHERE id = $1",
         )
@@ -177,7 +219,10 @@ async fn documented_queries_run_and_answer() {
                     results::finish_evaluation(
                         &pool,
                         id,
-                        &[("fid", fid), ("inception_score", 100.0 * cfg)],
+                        &[
+                            Metric::new("fid", fid).with_interval(fid - 0.6, fid + 0.6),
+                            Metric::new("inception_score", 100.0 * cfg),
+                        ],
                         None,
                     )
                     .await
@@ -208,6 +253,111 @@ async fn documented_queries_run_and_answer() {
                 ("LlamaGen-L".to_owned(), 4.0)
             ]
         );
+        // The ties query: L at step 2000, cfg 2 leads with 4.0 [3.4, 4.6]; L at cfg 1.5
+        // (4.5) and B at cfg 2 (5.0) overlap it, B at cfg 1.5 (5.5, from 4.9) does not.
+        let ties_sql = queries
+            .iter()
+            .find(|q| q.contains("fid_low <= b.fid_high"))
+            .expect("the ties query");
+        let ties: Vec<(String, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT model, fid FROM ({}) AS q",
+            ties_sql.trim_end_matches(';')
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            ties,
+            vec![
+                ("LlamaGen-L".to_owned(), 4.0),
+                ("LlamaGen-L".to_owned(), 4.5),
+                ("LlamaGen-B".to_owned(), 5.0)
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reference_sets_and_protocols_are_filed_once_and_keep_evaluations_apart() {
+    use llamagen_store::results::{NewProtocol, NewReferenceSet};
+    with_database(|pool| async move {
+        let made = serde_json::json!({"format": "npz"});
+        let set = |path: &'static str| NewReferenceSet {
+            name: "VIRTUAL_imagenet256-5f1e2d3c4b5a",
+            path,
+            sha256: "5f1e2d3c4b5a",
+            num_images: Some(10_000),
+            image_size: Some(256),
+            made: &made,
+        };
+        let first = results::upsert_reference_set(&pool, &set("/data/a.npz"))
+            .await
+            .unwrap();
+        let moved = results::upsert_reference_set(&pool, &set("/data/b.npz"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first, moved,
+            "the same content is the same set, wherever it lies"
+        );
+        let path: String = sqlx::query_scalar("SELECT path FROM reference_sets")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(path, "/data/b.npz");
+
+        let protocol = |samples: i32| {
+            let definition =
+                serde_json::json!({"reference": "5f1e2d3c4b5a", "num_samples": samples});
+            let pool = pool.clone();
+            async move {
+                results::upsert_protocol(
+                    &pool,
+                    &NewProtocol {
+                        kind: "generator",
+                        name: "test",
+                        feature_extractor_sha256: Some("abc"),
+                        reference_set_id: Some(first),
+                        num_samples: Some(samples),
+                        definition: &definition,
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let (fid50k, again, fid10k) = (
+            protocol(50_000).await,
+            protocol(50_000).await,
+            protocol(10_000).await,
+        );
+        assert_eq!(fid50k, again);
+        assert_ne!(fid50k, fid10k);
+
+        // One checkpoint and sampling configuration measured under both: two rows, neither
+        // overwriting the other.
+        let ckpt = checkpoint(&pool, "LlamaGen-B", "B", 1000).await;
+        let mut ids = Vec::new();
+        for (protocol, fid) in [(fid50k, 5.0), (fid10k, 7.0)] {
+            let e = NewEvaluation {
+                protocol_id: Some(protocol),
+                reference_set_id: Some(first),
+                ..sweep_point(ckpt, 2.0)
+            };
+            let id = results::begin_evaluation(&pool, &e).await.unwrap();
+            results::finish_evaluation(&pool, id, &[Metric::new("fid", fid)], None)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        assert_ne!(ids[0], ids[1]);
+        let rows: Vec<(i64, f64)> =
+            sqlx::query_as("SELECT protocol_id, fid FROM leaderboard ORDER BY fid")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, [(fid50k, 5.0), (fid10k, 7.0)]);
     })
     .await;
 }
