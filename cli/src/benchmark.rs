@@ -15,7 +15,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::codebook::CodebookUsage;
-use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
 use llamagen_pipeline::benchmark::{
@@ -234,32 +233,14 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
     let mut net = open_inception(e)?;
     let real = net.features(originals.view())?;
     let fake = net.features(reconstructions.view())?;
-    let real_stats = Statistics::from_features(real.pool.view())?;
-    let rfid = frechet_distance(&real_stats, &Statistics::from_features(fake.pool.view())?)?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let mut metrics = vec![
-        Metric::new("rfid", rfid),
-        Metric::new("psnr", mean(&psnrs)),
-        Metric::new("ssim", mean(&ssims)),
-        Metric::new("codebook_usage", usage.usage()),
-    ];
-    if let Some(settings) = e
-        .intervals
-        .resampling()
-        .filter(|_| n >= llamagen_evaluate::resampling::MIN_SAMPLES)
-    {
-        // Resampling the images resamples the reconstructions with them.
-        let resamples = settings.draw(n)?;
-        let rfid_resampled = frechet_resamples(fake.pool.view(), &real_stats, &resamples)?;
-        let intervals = [
-            settings.interval(rfid, &rfid_resampled)?,
-            settings.interval(mean(&psnrs), &resamples.means(&psnrs)?)?,
-            settings.interval(mean(&ssims), &resamples.means(&ssims)?)?,
-        ];
-        for (m, i) in metrics.iter_mut().zip(intervals) {
-            m.interval = Some((i.low, i.high));
-        }
-    }
+    let metrics = llamagen_pipeline::image_sets::reconstruction_metrics(
+        real.pool.view(),
+        fake.pool.view(),
+        &psnrs,
+        &ssims,
+        usage.usage(),
+        &e.intervals,
+    )?;
     let mut id = None;
     if !e.no_record {
         id = Some(

@@ -13,7 +13,7 @@ use llamagen_evaluate::npz::read_reference;
 use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
 use llamagen_evaluate::resampling::{Interval, MIN_SAMPLES, Resampling};
 use llamagen_store::results::Metric;
-use ndarray::{Array3, Array4, Axis};
+use ndarray::{Array3, Array4, ArrayView2, Axis};
 
 /// One side of the comparison.
 pub struct Side {
@@ -142,6 +142,49 @@ pub fn generation_metrics(
             .transpose()?;
         metrics.push(with_interval(Metric::new("kid", kid.mean), kid_interval));
         metrics.push(Metric::new("kid_std", kid.std));
+    }
+    Ok(metrics)
+}
+
+/// A tokenizer's reconstruction metrics: rFID between the originals' and the reconstructions'
+/// pool features ([N, 2048] each, row i the reconstruction of image i), mean PSNR and SSIM over
+/// the images, and the codebook usage; rFID, PSNR and SSIM with their intervals.
+///
+/// The intervals resample the images: PSNR and SSIM as half-sample means, rFID as the
+/// reconstructions' half-samples against the originals' full-set statistics. Originals and
+/// reconstructions are paired, so resampling both together would cancel part of the noise;
+/// holding the originals fixed errs on the wide side.
+pub fn reconstruction_metrics(
+    originals: ArrayView2<'_, f32>,
+    reconstructions: ArrayView2<'_, f32>,
+    psnrs: &[f64],
+    ssims: &[f64],
+    codebook_usage: f64,
+    intervals: &IntervalArgs,
+) -> anyhow::Result<Vec<Metric>> {
+    let n = originals.nrows();
+    let real = Statistics::from_features(originals)?;
+    let rfid = frechet_distance(&real, &Statistics::from_features(reconstructions)?)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut metrics = vec![
+        Metric::new("rfid", rfid),
+        Metric::new("psnr", mean(psnrs)),
+        Metric::new("ssim", mean(ssims)),
+        Metric::new("codebook_usage", codebook_usage),
+    ];
+    if let Some(settings) = intervals.resampling().filter(|_| n >= MIN_SAMPLES) {
+        let resamples = settings.draw(n)?;
+        let intervals = [
+            settings.interval(
+                rfid,
+                &frechet_resamples(reconstructions, &real, &resamples)?,
+            )?,
+            settings.interval(mean(psnrs), &resamples.means(psnrs)?)?,
+            settings.interval(mean(ssims), &resamples.means(ssims)?)?,
+        ];
+        for (m, i) in metrics.iter_mut().zip(intervals) {
+            m.interval = Some((i.low, i.high));
+        }
     }
     Ok(metrics)
 }
