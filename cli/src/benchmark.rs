@@ -17,11 +17,10 @@ use anyhow::{Context as _, bail};
 use llamagen_evaluate::codebook::CodebookUsage;
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
-use llamagen_pipeline::benchmark::{
-    self, EvaluationArgs, GeneratorArgs, open_inception, reference_json,
-};
+use llamagen_pipeline::benchmark::{self, EvaluationArgs, GeneratorArgs, open_inception};
 use llamagen_pipeline::checkpoint_evaluator::{self, EvaluatorOptions};
 use llamagen_pipeline::config::PipelineConfig;
+use llamagen_pipeline::provenance::file_sha256;
 use llamagen_pipeline::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use llamagen_store::results::Metric;
 use ndarray::{Array4, Axis, s};
@@ -243,6 +242,12 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
     )?;
     let mut id = None;
     if !e.no_record {
+        let reference_set = ReferenceIdentity::of(
+            &e.reference,
+            e.center_crop.filter(|_| e.reference.is_dir()),
+            Some(n),
+            Some(h),
+        )?;
         id = Some(
             record(
                 &Recording {
@@ -263,20 +268,15 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
                     seed: None,
                     precision: Some("fp32"),
                     extra: Some(serde_json::json!({
-                        "reference": reference_json(&e.reference)?,
+                        "reference": reference_set.json(),
                         "vq": config,
                         "ssim_convention": "llamagen",
                         "intervals": e.intervals.describe(),
                     })),
                     samples_path: None,
                     protocol: Some(MeasurementProtocol {
-                        feature_extractor: &e.inception,
-                        reference: &ReferenceIdentity::of(
-                            &e.reference,
-                            e.center_crop.filter(|_| e.reference.is_dir()),
-                            Some(n),
-                            Some(h),
-                        )?,
+                        feature_extractor_sha256: &file_sha256(&e.inception)?.0,
+                        reference: &reference_set,
                         preprocessing: serde_json::json!({
                             "reconstructions": "the reference images through the tokenizer at their size",
                         }),

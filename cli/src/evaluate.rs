@@ -153,7 +153,10 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             })),
             samples_path: args.samples.is_dir().then_some(args.samples.as_path()),
             protocol: Some(MeasurementProtocol {
-                feature_extractor: &args.inception,
+                feature_extractor_sha256: &llamagen_pipeline::provenance::file_sha256(
+                    &args.inception,
+                )?
+                .0,
                 reference: &reference_set,
                 preprocessing: serde_json::json!({
                     "samples": match args.center_crop {

@@ -78,16 +78,6 @@ pub fn open_inception(e: &EvaluationArgs) -> anyhow::Result<Inception> {
     Ok(Inception::open(&e.inception, e.threads, e.eval_batch_size)?)
 }
 
-/// The reference set's path and sha256, stored with every evaluation.
-pub fn reference_json(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let sha256 = if path.is_file() {
-        Some(file_sha256(path)?.0)
-    } else {
-        None
-    };
-    Ok(serde_json::json!({ "path": path.display().to_string(), "sha256": sha256 }))
-}
-
 /// One guidance scale's outcome.
 #[derive(Debug)]
 pub struct ScaleResult {
@@ -218,7 +208,8 @@ pub async fn record(
     data_dir: &Path,
 ) -> anyhow::Result<Vec<i64>> {
     let e = &args.evaluation;
-    let reference = reference_json(&e.reference)?;
+    let reference = reference_set.json();
+    let inception_sha256 = file_sha256(&e.inception)?.0;
     let mut ids = Vec::new();
     for r in results {
         let s = &r.sample;
@@ -251,7 +242,7 @@ pub async fn record(
                 })),
                 samples_path: Some(&r.folder),
                 protocol: Some(MeasurementProtocol {
-                    feature_extractor: &e.inception,
+                    feature_extractor_sha256: &inception_sha256,
                     reference: reference_set,
                     preprocessing: serde_json::json!({
                         "samples": format!(

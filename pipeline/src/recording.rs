@@ -45,6 +45,11 @@ impl ReferenceIdentity {
         })
     }
 
+    /// The reference as each evaluation's sampling configuration records it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "path": self.path.display().to_string(), "sha256": self.sha256 })
+    }
+
     /// `stem-sha256[..12]`: unique, and readable in a table.
     fn name(&self) -> String {
         let stem = self
@@ -61,8 +66,8 @@ impl ReferenceIdentity {
 /// code with its settings. Rows of different protocols are never ranked together.
 #[derive(Debug, Clone)]
 pub struct MeasurementProtocol<'a> {
-    /// The FID Inception weights (hashed).
-    pub feature_extractor: &'a Path,
+    /// sha256 of the FID Inception weights.
+    pub feature_extractor_sha256: &'a str,
     pub reference: &'a ReferenceIdentity,
     /// Resizes and crops on the way to the extractor.
     pub preprocessing: serde_json::Value,
@@ -229,7 +234,7 @@ async fn record_protocol(
     let to_i32 = |n: usize| i32::try_from(n).ok();
     let reference = p.reference;
     let set = upsert_reference(pool, reference).await?;
-    let extractor = crate::provenance::file_sha256(p.feature_extractor)?.0;
+    let extractor = p.feature_extractor_sha256;
     let definition = serde_json::json!({
         "kind": kind,
         "feature_extractor": { "name": "FID Inception (pytorch-fid pt_inception-2015-12-05)", "sha256": extractor },
@@ -253,7 +258,7 @@ async fn record_protocol(
         &NewProtocol {
             kind,
             name: &name,
-            feature_extractor_sha256: Some(&extractor),
+            feature_extractor_sha256: Some(extractor),
             reference_set_id: Some(set),
             num_samples: to_i32(p.num_samples),
             definition: &definition,
