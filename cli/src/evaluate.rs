@@ -122,12 +122,8 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
     if args.record.record {
         let r = &args.record;
         let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
-        let reference_set = ReferenceIdentity::of(
-            &args.reference,
-            args.center_crop.filter(|_| args.reference.is_dir()),
-            reference.features.as_ref().map(|f| f.pool.nrows()),
-            None,
-        )?;
+        let reference_set =
+            ReferenceIdentity::of_side(&args.reference, args.center_crop, &reference)?;
         let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
             bail!("--record needs --model and --checkpoint");
         };

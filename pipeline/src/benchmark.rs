@@ -119,12 +119,7 @@ pub fn load_reference(
     use anyhow::Context as _;
     let side = load_side(&e.reference, net, e.center_crop)
         .with_context(|| format!("reference {}", e.reference.display()))?;
-    let identity = ReferenceIdentity::of(
-        &e.reference,
-        e.center_crop.filter(|_| e.reference.is_dir()),
-        side.features.as_ref().map(|f| f.pool.nrows()),
-        None,
-    )?;
+    let identity = ReferenceIdentity::of_side(&e.reference, e.center_crop, &side)?;
     Ok((side, identity))
 }
 

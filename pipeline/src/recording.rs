@@ -45,6 +45,21 @@ impl ReferenceIdentity {
         })
     }
 
+    /// The identity of a reference set read by [`crate::image_sets::load_side`] with
+    /// `center_crop` (which applies to folders only).
+    pub fn of_side(
+        path: &Path,
+        center_crop: Option<usize>,
+        side: &crate::image_sets::Side,
+    ) -> anyhow::Result<Self> {
+        Self::of(
+            path,
+            center_crop.filter(|_| path.is_dir()),
+            side.features.as_ref().map(|f| f.pool.nrows()),
+            None,
+        )
+    }
+
     /// The reference as each evaluation's sampling configuration records it.
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "path": self.path.display().to_string(), "sha256": self.sha256 })
