@@ -13,8 +13,8 @@
 use ndarray::{Array1, Array2, ArrayView2};
 use tch::{Device, Kind, Tensor};
 
-use crate::EvalError;
 use crate::resampling::Resamples;
+use crate::{EvalError, f64_tensor, feature_tensor};
 
 /// Mean and covariance of a feature set, in f64 (numpy's `np.cov` also works in f64).
 #[derive(Debug, Clone, PartialEq)]
@@ -94,12 +94,6 @@ impl Statistics {
     }
 }
 
-fn to_tensor(a: &Array2<f64>) -> Tensor {
-    let (r, c) = a.dim();
-    let a = a.as_standard_layout();
-    Tensor::from_slice(a.as_slice().unwrap_or(&[])).view([r as i64, c as i64])
-}
-
 /// Symmetric square root of a symmetric positive semi-definite matrix; eigenvalues below zero
 /// (round-off of a singular covariance) are treated as zero.
 fn psd_sqrt(m: &Tensor) -> Tensor {
@@ -142,8 +136,8 @@ pub fn frechet_distance(a: &Statistics, b: &Statistics) -> Result<f64, EvalError
         });
     }
     let diff = &a.mu - &b.mu;
-    let s1 = to_tensor(&a.sigma);
-    let s2 = to_tensor(&b.sigma);
+    let s1 = f64_tensor(&a.sigma);
+    let s2 = f64_tensor(&b.sigma);
     let tr_covmean = trace_sqrt_product(&s1, &s2);
     let trace = |s: &Tensor| s.trace().double_value(&[]);
     Ok(diff.dot(&diff) + trace(&s1) + trace(&s2) - 2.0 * tr_covmean)
@@ -190,16 +184,9 @@ pub fn frechet_resamples(
             got: n.to_string(),
         });
     }
-    let samples = samples.as_standard_layout();
-    let flat = samples
-        .as_slice()
-        .ok_or_else(|| EvalError::Invalid("features are not contiguous".into()))?;
-    if flat.iter().any(|v| !v.is_finite()) {
-        return Err(EvalError::NonFinite("features"));
-    }
+    let x = feature_tensor(samples, "features")?;
     let di = d as i64;
     let f64_opts = (Kind::Double, Device::Cpu);
-    let x = Tensor::from_slice(flat).view([n as i64, di]);
     let mut mu = Tensor::zeros([di], f64_opts);
     for start in (0..n).step_by(CHUNK) {
         let len = CHUNK.min(n - start) as i64;
@@ -209,7 +196,7 @@ pub fn frechet_resamples(
             .sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
     }
     let mu = mu / n as f64;
-    let s_ref = to_tensor(&reference.sigma);
+    let s_ref = f64_tensor(&reference.sigma);
     let (factor, info) = s_ref.linalg_cholesky_ex(false, false);
     let factor = if info.int64_value(&[]) == 0 {
         factor
@@ -318,9 +305,7 @@ fn blockwise(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
     }
     let (x_sums, y_sums) = (Tensor::stack(&x_sums, 0), Tensor::stack(&y_sums, 0));
 
-    let counts = resamples.counts.as_standard_layout();
-    let counts = Tensor::from_slice(counts.as_slice().unwrap_or(&[]))
-        .view([resamples.resamples() as i64, k as i64]);
+    let counts = f64_tensor(&resamples.counts);
     // Eight resamples' summed scatter matrices at a time bound the extra memory.
     const GROUP: i64 = 8;
     let mut out = Vec::with_capacity(resamples.resamples());
@@ -367,17 +352,13 @@ fn few_samples(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
         mu_offset,
         trace_ref,
     } = *f;
-    let n = x.size()[0];
     let centered = x.to_kind(Kind::Double) - mu;
     let y = centered.matmul(factor);
     let gram = y.matmul(&y.transpose(0, 1));
     let squares = centered
         .square()
         .sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
-    let weights = resamples.sample_weights();
-    let weights = weights.as_standard_layout();
-    let weights = Tensor::from_slice(weights.as_slice().unwrap_or(&[]))
-        .view([n, resamples.resamples() as i64])
+    let weights = f64_tensor(&resamples.sample_weights())
         .transpose(0, 1)
         .contiguous();
     (0..resamples.resamples() as i64)
@@ -550,7 +531,7 @@ mod tests {
         let mu = x_t
             .to_kind(Kind::Double)
             .mean_dim([0i64].as_slice(), false, Kind::Double);
-        let s_ref = to_tensor(&reference.sigma);
+        let s_ref = f64_tensor(&reference.sigma);
         let factor = s_ref.linalg_cholesky(false);
         let mu_offset = &mu - Tensor::from_slice(reference.mu.as_slice().unwrap());
         let trace_ref = s_ref.trace().double_value(&[]);

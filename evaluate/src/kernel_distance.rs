@@ -18,9 +18,9 @@
 use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
-use crate::EvalError;
 use crate::numpy_random::RandomState;
 use crate::resampling::Resamples;
+use crate::{EvalError, f64_tensor, feature_tensor};
 
 /// The estimator's settings; the default is torch-fidelity's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,18 +60,6 @@ pub struct Kid {
     pub resampled: Vec<f64>,
 }
 
-fn tensor(features: ArrayView2<'_, f32>, what: &'static str) -> Result<Tensor, EvalError> {
-    let (n, d) = features.dim();
-    let features = features.as_standard_layout();
-    let flat = features
-        .as_slice()
-        .ok_or_else(|| EvalError::Invalid("features are not contiguous".into()))?;
-    if flat.iter().any(|v| !v.is_finite()) {
-        return Err(EvalError::NonFinite(what));
-    }
-    Ok(Tensor::from_slice(flat).view([n as i64, d as i64]))
-}
-
 /// KID between `first` [N1, D] and `second` [N2, D], subsets drawn from `first` then
 /// `second` (torch-fidelity's order with the generated set first). `resamples`, drawn for
 /// `first`, adds the KID under each of them.
@@ -107,19 +95,15 @@ pub fn kernel_distance(
         });
     }
     let (x_all, y_all) = (
-        tensor(first, "KID features")?,
-        tensor(second, "KID features")?,
+        feature_tensor(first, "KID features")?,
+        feature_tensor(second, "KID features")?,
     );
     let gamma = settings.gamma.unwrap_or(1.0 / d as f64);
     let kernel = |a: &Tensor, b: &Tensor| -> Tensor {
         (a.matmul(&b.transpose(0, 1)) * gamma + settings.coef0)
             .pow_tensor_scalar(i64::from(settings.degree))
     };
-    let weights = resamples.map(|r| {
-        let w = r.sample_weights();
-        let w = w.as_standard_layout();
-        Tensor::from_slice(w.as_slice().unwrap_or(&[])).view([n1 as i64, r.resamples() as i64])
-    });
+    let weights = resamples.map(|r| f64_tensor(&r.sample_weights()));
     let mf = m as f64;
     let mut estimates = Vec::with_capacity(settings.subsets);
     let mut resampled_sum: Option<Tensor> = None;

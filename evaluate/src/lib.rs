@@ -51,3 +51,26 @@ pub enum EvalError {
         message: String,
     },
 }
+
+/// An f64 matrix as a tensor of the same shape.
+pub(crate) fn f64_tensor(a: &ndarray::Array2<f64>) -> tch::Tensor {
+    let (r, c) = a.dim();
+    let a = a.as_standard_layout();
+    tch::Tensor::from_slice(a.as_slice().unwrap_or(&[])).view([r as i64, c as i64])
+}
+
+/// Feature rows [N, D] as an f32 tensor, refusing non-finite values (`what` names them).
+pub(crate) fn feature_tensor(
+    features: ndarray::ArrayView2<'_, f32>,
+    what: &'static str,
+) -> Result<tch::Tensor, EvalError> {
+    let (n, d) = features.dim();
+    let features = features.as_standard_layout();
+    let flat = features
+        .as_slice()
+        .ok_or_else(|| EvalError::Invalid("features are not contiguous".into()))?;
+    if flat.iter().any(|v| !v.is_finite()) {
+        return Err(EvalError::NonFinite(what));
+    }
+    Ok(tch::Tensor::from_slice(flat).view([n as i64, d as i64]))
+}
