@@ -5,6 +5,7 @@
     bench_metrics.py quality ROUNDS DIR NAME.. # scikit-image PSNR + SSIM on image pairs
     bench_metrics.py inception SEED IMAGES.npy # pytorch-fid's InceptionV3 (random weights)
     bench_metrics.py kid GENERATED.npy REFERENCE.npy # torch-fidelity 0.4.0's KID loop
+    bench_metrics.py t2i IMAGES.npy RES        # LlamaGen's t2i views: crop, LANCZOS, clean-fid
 
 Prints one JSON object on stdout.
 """
@@ -74,6 +75,42 @@ def kid(generated_path: str, reference_path: str) -> dict:
     }
 
 
+def t2i_views(images_path: str, res: int) -> dict:
+    """The views LlamaGen's evaluations/t2i makes of each image before the networks: its
+    resize_and_center_crop, clean-fid's "clean" resize to 299 and its CLIP preprocessing
+    (clean-fid 0.1.35's own functions when importable, else the same Pillow calls)."""
+    from PIL import Image
+    import torchvision.transforms as T
+
+    try:
+        import types
+        sys.modules.setdefault("clip", types.ModuleType("clip"))
+        from cleanfid.clip_features import img_preprocess_clip
+        from cleanfid.resize import make_resizer
+        clean = make_resizer("PIL", False, "bicubic", (299, 299))
+        implementation = "clean-fid 0.1.35"
+    except ImportError:
+        def clean(x):
+            planes = [np.asarray(Image.fromarray(x[:, :, c].astype(np.float32), mode="F")
+                                 .resize((299, 299), Image.BICUBIC)).clip(0, 255) for c in range(3)]
+            return np.stack(planes, axis=2).astype(np.float32)
+
+        def img_preprocess_clip(x):
+            t = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])
+            return np.asarray(t(Image.fromarray(x))).astype(np.uint8)
+        implementation = "Pillow (clean-fid's calls)"
+    images = np.load(images_path)
+    t0 = time.perf_counter()
+    checksum = 0.0
+    for x in images:
+        im = Image.fromarray(x)
+        im = T.functional.center_crop(im, min(im.size)).resize((res, res), Image.LANCZOS)
+        view = np.array(im)
+        checksum += float(clean(view).sum(dtype=np.float64)) + float(img_preprocess_clip(view).sum())
+    return {"seconds": time.perf_counter() - t0, "checksum": checksum,
+            "implementation": implementation}
+
+
 def quality(rounds: int, folder: str, names: list) -> dict:
     from PIL import Image
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -125,6 +162,8 @@ if __name__ == "__main__":
         print(json.dumps(kid(sys.argv[2], sys.argv[3])))
     elif sys.argv[1] == "inception":
         print(json.dumps(inception(int(sys.argv[2]), sys.argv[3])))
+    elif sys.argv[1] == "t2i":
+        print(json.dumps(t2i_views(sys.argv[2], int(sys.argv[3]))))
     elif sys.argv[1] == "quality":
         print(json.dumps(quality(int(sys.argv[2]), sys.argv[3], sys.argv[4:])))
     else:

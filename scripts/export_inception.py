@@ -9,8 +9,10 @@ evaluator uses) to ONNX, with the image preprocessing inside the graph.
     .venv/bin/python scripts/export_inception.py --random-weights 0 --out /tmp/inception.onnx \
         --expect /tmp/expected.npz --images a.png b.png
 
-Graph input `images`: uint8 [N, H, W, 3] (any H, W). Inside, as pytorch-fid: scale to [0, 1],
-bilinear resize to 299 x 299 (align_corners=False, no antialias), scale to [-1, 1].
+Graph input `images`: float32 [N, H, W, 3] levels in [0, 255] (any H, W; bytes are widened by
+the caller, and clean-fid's unquantised resize to 299 goes in as it is). Inside, as
+pytorch-fid: scale to [0, 1], bilinear resize to 299 x 299 (align_corners=False, no antialias;
+the identity at 299), scale to [-1, 1].
 Outputs:
   pool     [N, 2048]  average-pooled Mixed_7c (FID, precision/recall)
   spatial  [N, 2023]  first 7 channels of Mixed_6d's 1x1 branch, 17 x 17 x 7 in HWC order: the
@@ -116,7 +118,7 @@ def main():
 
     net = build_network(args.weights, args.random_weights)
     model = FidFeatures(net).eval()
-    example = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
+    example = torch.zeros(2, 64, 64, 3, dtype=torch.float32)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".onnx.tmp")
     torch.onnx.export(
@@ -142,7 +144,7 @@ def main():
         with torch.no_grad():
             for i, img in enumerate(images):
                 batch = torch.from_numpy(img).unsqueeze(0)
-                pool, spatial, logits = model(batch)
+                pool, spatial, logits = model(batch.float())
                 # Our wrapper must be pytorch-fid's own pipeline on [0, 1] float images.
                 with no_download():
                     reference = fid.InceptionV3([3], resize_input=True, normalize_input=True)

@@ -112,9 +112,13 @@ async fn checkpoints(args: &CheckpointsArgs, data_dir: &Path) -> anyhow::Result<
 }
 
 async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let mut net = open_inception(&args.evaluation)?;
-    let (reference, reference_set) = benchmark::load_reference(&args.evaluation, &mut net)?;
-    let results = benchmark::measure(args, &mut net, &reference)?;
+    let mut measurer = benchmark::Measurer::open(
+        &args.evaluation,
+        args.sample.prompts.is_some(),
+        &args.sample.out,
+    )?;
+    let results = benchmark::measure(args, &mut measurer)?;
+    let reference_set = measurer.reference_set;
     let ids = if args.evaluation.no_record {
         vec![None; results.len()]
     } else {

@@ -237,16 +237,17 @@ fn write_metadata(
 
 /// The demo config as a text-to-image pipeline over the shards the first run captioned: the
 /// center-crop codes, FLAN-T5 embeddings, the tiny GPT with a 120-token caption prefix, and a
-/// benchmark that samples from two prompts.
+/// text-to-image benchmark (FID, KID, CLIP-FID, CLIP score) that samples from two prompts.
 fn text_to_image(
     config: &PipelineConfig,
     models: &llamagen_models::tiny::TinyModels,
     data_dir: &Path,
 ) -> anyhow::Result<PipelineConfig> {
     let demo = data_dir.join("demo");
+    // LlamaGen's layout (evaluations/t2i/coco_captions.csv): a `Prompt` column.
     std::fs::write(
-        demo.join("prompts.txt"),
-        "A 256 by 256 picture with mean colour #9e5d34.\nA photo of a cat on a sofa.\n",
+        demo.join("prompts.csv"),
+        "Prompt\nA 256 by 256 picture with mean colour #9e5d34.\nA photo of a cat on a sofa.\n",
     )?;
     let mut t2i = config.clone();
     t2i.pipeline.name = "demo-t2i".into();
@@ -261,7 +262,13 @@ fn text_to_image(
     t2i.train.ema = true;
     t2i.train.ema_decay = 0.999;
     t2i.evaluate.benchmark = "demo-shards-t2i".into();
-    t2i.evaluate.prompts = "demo/prompts.txt".into();
+    t2i.evaluate.prompts = "demo/prompts.csv".into();
+    // The text-to-image protocol: FID and KID on clean-fid's view, CLIP-FID and the CLIP score
+    // with the filter's tiny random CLIP (OpenAI's ViT-B/32 in a real run).
+    t2i.evaluate.clip_model = "demo/filter-models".into();
+    t2i.evaluate.metrics = ["fid", "kid", "clip_fid", "clip_score"]
+        .map(String::from)
+        .to_vec();
     t2i.validate()?;
     Ok(t2i)
 }
@@ -323,6 +330,7 @@ async fn baseline_step(
         no_record: false,
         json: false,
         intervals: Default::default(),
+        text_to_image: Default::default(),
     };
     let sample = SampleArgs {
         gpt_ckpt: models.gpt_ckpt.clone(),

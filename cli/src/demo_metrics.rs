@@ -91,7 +91,9 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
 /// The random-weight FID Inception, exported on first use into `<data_dir>/demo/`.
 pub(crate) fn random_inception(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let model = data_dir.join("demo/inception-random-seed0.onnx");
-    if model.exists() {
+    // An export from before the graph took float input cannot serve the text-to-image
+    // protocol: made again.
+    if model.exists() && Inception::open(&model, 1, 1).is_ok_and(|net| net.takes_float()) {
         return Ok(model);
     }
     let Some(root) = option_env!("LLAMAGEN_ROOT").map(PathBuf::from) else {

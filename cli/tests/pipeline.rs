@@ -2,7 +2,8 @@
 //! a user runs it: captioned webdataset shards in, VQ codes and FLAN-T5 embeddings (the tiny
 //! models the project makes), a text-conditioned GPT trained on them with checkpoints and its
 //! loss curve in PostgreSQL, every checkpoint sampled from the prompts over the guidance sweep
-//! and measured against the shards, one leaderboard row per checkpoint and scale; a second run
+//! and measured against the shards under the text-to-image protocol (FID, KID, CLIP-FID and
+//! CLIP score with their intervals), one leaderboard row per checkpoint and scale; a second run
 //! redoes nothing; the checkpoint then samples from prompts.
 
 mod common;
@@ -56,10 +57,12 @@ async fn run_encodes_trains_and_benchmarks_a_text_to_image_gpt() {
     let gpt_config = models.text_gpt_config.clone();
     let inception = dir.path().join("inception.onnx");
     llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
-    let prompts = dir.path().join("prompts.txt");
+    // LlamaGen's layout (evaluations/t2i/PartiPrompts.tsv): a tab-separated table with a
+    // `Prompt` column.
+    let prompts = dir.path().join("prompts.tsv");
     std::fs::write(
         &prompts,
-        "A tabby cat looks at the camera.\nA cup of coffee.\n",
+        "Prompt\tCategory\nA tabby cat looks at the camera.\tAnimals\n\"A cup of \"\"coffee\"\".\"\tFood\n",
     )
     .unwrap();
     let config = dir.path().join("t2i.toml");
@@ -105,11 +108,12 @@ precision = "fp32"
 
 [evaluate]
 benchmark = "t2i-test"
-# The shards' photos, center-cropped to 32 px, are the reference set.
+# The shards' photos, their centre squares resized to 32 px, are the reference set.
 reference = "shards"
 inception_model = "{inception}"
+clip_model = "{clip}"
 eval_image_size = 32
-metrics = ["fid", "inception_score"]
+metrics = ["fid", "kid", "clip_score", "clip_fid"]
 cfg_sweep = [1.5, 3.0]
 checkpoint_every = 3
 prompts = "{prompts}"
@@ -119,6 +123,7 @@ prompts = "{prompts}"
             t5 = repo().join("encode/tests/fixtures/t5").display(),
             gpt = gpt_config.display(),
             inception = inception.display(),
+            clip = repo().join("filter/tests/fixtures/models").display(),
             prompts = prompts.display(),
         ),
     )
@@ -173,22 +178,85 @@ prompts = "{prompts}"
         stages,
         ["encode", "train", "sample", "evaluate"].map(succeeded)
     );
-    // Both checkpoints at both scales, each one leaderboard row with the metrics asked for.
-    type Row = (i64, f64, Option<f64>, Option<f64>, Option<f64>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT step, cfg_scale, fid, inception_score, sfid FROM leaderboard
+    // Both checkpoints at both scales, each one leaderboard row with the text-to-image
+    // protocol's metrics and their intervals.
+    type Row = (i64, f64, [Option<f64>; 4], [Option<f64>; 6], Option<f64>);
+    let rows: Vec<Row> = sqlx::query_as::<
+        _,
+        (
+            i64,
+            f64,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+        ),
+    >(
+        "SELECT step, cfg_scale, fid, kid, clip_fid, clip_score,
+                fid_low, fid_high, clip_fid_low, clip_fid_high, clip_score_low, clip_score_high,
+                inception_score
+         FROM leaderboard
          WHERE model = 't2i-test-GPT' AND benchmark = 't2i-test' ORDER BY step, cfg_scale",
     )
     .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r.0,
+            r.1,
+            [r.2, r.3, r.4, r.5],
+            [r.6, r.7, r.8, r.9, r.10, r.11],
+            r.12,
+        )
+    })
+    .collect();
     let keys: Vec<(i64, f64)> = rows.iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(keys, [(3, 1.5), (3, 3.0), (6, 1.5), (6, 3.0)]);
-    for (step, cfg, fid, is, sfid) in &rows {
-        assert!(fid.is_some_and(f64::is_finite), "step {step} cfg {cfg}");
-        assert!(is.is_some_and(|v| v >= 1.0), "step {step} cfg {cfg}");
-        assert_eq!(*sfid, None, "sfid was not asked for");
+    for (step, cfg, values, interval, is) in &rows {
+        let [fid, kid, clip_fid, clip_score] = values.map(|v| v.expect("recorded"));
+        assert!(
+            fid.is_finite() && kid.is_finite() && clip_fid.is_finite(),
+            "step {step} cfg {cfg}"
+        );
+        assert!(
+            (-1.0..=1.0).contains(&clip_score),
+            "step {step} cfg {cfg}: {clip_score}"
+        );
+        let [fid_low, fid_high, cf_low, cf_high, cs_low, cs_high] =
+            interval.map(|v| v.expect("interval recorded"));
+        assert!(fid_low <= fid && fid <= fid_high);
+        assert!(cf_low <= clip_fid && clip_fid <= cf_high);
+        assert!(cs_low <= clip_score && clip_score <= cs_high);
+        assert_eq!(
+            *is, None,
+            "the text-to-image protocol has no Inception Score"
+        );
     }
+    let protocol: serde_json::Value = sqlx::query_scalar(
+        "SELECT p.definition FROM protocols p JOIN evaluations e ON e.protocol_id = p.id LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let definition = protocol.to_string();
+    assert!(
+        definition.contains("clean-fid") && definition.contains("clip_image.onnx"),
+        "{definition}"
+    );
+    // The reference folder's features are kept for the next run.
+    let cached: Vec<_> = std::fs::read_dir(data.join("samples/reference-features"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
     let task: String = sqlx::query_scalar(
         "SELECT DISTINCT m.task FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id
          JOIN models m ON m.id = c.model_id",
@@ -203,7 +271,7 @@ prompts = "{prompts}"
             .await
             .unwrap();
     assert_eq!(
-        sampled["extra"]["sampling"]["prompts"][1], "A cup of coffee.",
+        sampled["extra"]["sampling"]["prompts"][1], "A cup of \"coffee\".",
         "{sampled}"
     );
     let queue: Vec<String> =
@@ -311,7 +379,7 @@ prompts = "{prompts}"
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("samples/sampling.json")).unwrap())
             .unwrap();
-    assert_eq!(record["prompts"][1], "A cup of coffee.");
+    assert_eq!(record["prompts"][1], "A cup of \"coffee\".");
     // A class-conditional GPT given prompts is refused.
     let refused = sample(&models.gpt_ckpt, &models.gpt_config, "refused");
     assert!(!refused.status.success());

@@ -376,7 +376,11 @@ async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
         format!("evaluate.inception_model={}", path(&inception)),
         "evaluate.eval_image_size=32".into(),
         format!("evaluate.prompts={}", path(&prompts)),
-        "evaluate.metrics=[\"fid\", \"inception_score\"]".into(),
+        format!(
+            "evaluate.clip_model={}",
+            path(&root.join("filter/tests/fixtures/models"))
+        ),
+        "evaluate.metrics=[\"fid\", \"clip_score\"]".into(),
     ];
     let mut scheduler = llamagen(dir.path(), &db);
     scheduler

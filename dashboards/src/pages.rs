@@ -137,7 +137,7 @@ struct LeaderboardPageView {
 
 /// (label, key, tooltip) of the sortable columns after the model name and benchmark.
 #[rustfmt::skip]
-const COLUMNS: [(&str, SortKey, &str); 17] = [
+const COLUMNS: [(&str, SortKey, &str); 19] = [
     ("params", C(Column::Params), "parameters"),
     ("step", C(Column::Step), "training step of the checkpoint"),
     ("epoch", C(Column::Epoch), "training epochs"),
@@ -150,6 +150,8 @@ const COLUMNS: [(&str, SortKey, &str); 17] = [
     ("Prec.", M(Metric::Precision), "precision (Kynkäänniemi et al.)"),
     ("Rec.", M(Metric::Recall), "recall (Kynkäänniemi et al.)"),
     ("KID×10³", M(Metric::Kid), "Kernel Inception Distance x 1000 (lower is better)"),
+    ("CLIP-FID", M(Metric::ClipFid), "FID on CLIP ViT-B/32 image features, text-to-image (lower is better)"),
+    ("CLIP", M(Metric::ClipScore), "CLIP score: cosine of image and prompt embeddings, text-to-image"),
     ("rFID", M(Metric::Rfid), "reconstruction FID of a tokenizer"),
     ("PSNR", M(Metric::Psnr), "reconstruction PSNR (dB)"),
     ("SSIM", M(Metric::Ssim), "reconstruction SSIM"),
@@ -194,6 +196,8 @@ fn cells(r: &LeaderboardRow) -> Vec<Cell> {
         fmt_opt(r.precision, 2).into(),
         fmt_opt(r.recall, 2).into(),
         with_interval(r.kid, r.kid_low, r.kid_high, 2, 1e3),
+        with_interval(r.clip_fid, r.clip_fid_low, r.clip_fid_high, 2, 1.0),
+        with_interval(r.clip_score, r.clip_score_low, r.clip_score_high, 4, 1.0),
         with_interval(r.rfid, r.rfid_low, r.rfid_high, 2, 1.0),
         with_interval(r.psnr, r.psnr_low, r.psnr_high, 2, 1.0),
         with_interval(r.ssim, r.ssim_low, r.ssim_high, 4, 1.0),

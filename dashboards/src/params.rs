@@ -21,10 +21,12 @@ pub enum Metric {
     Ssim,
     CodebookUsage,
     Kid,
+    ClipFid,
+    ClipScore,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Fid,
         Metric::Sfid,
         Metric::InceptionScore,
@@ -35,6 +37,8 @@ impl Metric {
         Metric::Ssim,
         Metric::CodebookUsage,
         Metric::Kid,
+        Metric::ClipFid,
+        Metric::ClipScore,
     ];
 
     /// The name in the `metrics` table.
@@ -50,6 +54,8 @@ impl Metric {
             Metric::Ssim => "ssim",
             Metric::CodebookUsage => "codebook_usage",
             Metric::Kid => "kid",
+            Metric::ClipFid => "clip_fid",
+            Metric::ClipScore => "clip_score",
         }
     }
 
@@ -61,6 +67,8 @@ impl Metric {
             Metric::Rfid => Some(("rfid_low", "rfid_high")),
             Metric::Psnr => Some(("psnr_low", "psnr_high")),
             Metric::Ssim => Some(("ssim_low", "ssim_high")),
+            Metric::ClipFid => Some(("clip_fid_low", "clip_fid_high")),
+            Metric::ClipScore => Some(("clip_score_low", "clip_score_high")),
             _ => None,
         }
     }
@@ -69,7 +77,7 @@ impl Metric {
     pub fn lower_is_better(self) -> bool {
         matches!(
             self,
-            Metric::Fid | Metric::Sfid | Metric::Rfid | Metric::Kid
+            Metric::Fid | Metric::Sfid | Metric::Rfid | Metric::Kid | Metric::ClipFid
         )
     }
 }

@@ -54,6 +54,13 @@ pub struct LeaderboardRow {
     /// against rows of the same benchmark and protocol.
     pub protocol_id: Option<i64>,
     pub protocol: Option<String>,
+    /// Text-to-image: FID on CLIP features and the CLIP score, with their intervals.
+    pub clip_fid: Option<f64>,
+    pub clip_score: Option<f64>,
+    pub clip_fid_low: Option<f64>,
+    pub clip_fid_high: Option<f64>,
+    pub clip_score_low: Option<f64>,
+    pub clip_score_high: Option<f64>,
     /// The best evaluation of its model on its benchmark and protocol (lowest FID, or rFID for
     /// tokenizers).
     #[sqlx(default)]
@@ -251,7 +258,8 @@ const VIEW_COLUMNS: &str = "evaluation_id, benchmark, model_id, model, kind, siz
     step, epoch, tokens_seen, image_size, cfg_scale, top_k, num_samples, finished_at, fid, sfid,
     inception_score, precision, recall, rfid, psnr, ssim, codebook_usage, kid, kid_std,
     fid_low, fid_high, kid_low, kid_high, rfid_low, rfid_high, psnr_low, psnr_high, ssim_low,
-    ssim_high, protocol_id, protocol";
+    ssim_high, protocol_id, protocol, clip_fid, clip_score, clip_fid_low, clip_fid_high,
+    clip_score_low, clip_score_high";
 
 /// A model's evaluations, best first by `metric` (lowest first).
 pub async fn model_evaluations(

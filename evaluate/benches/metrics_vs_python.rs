@@ -249,6 +249,68 @@ fn bench_inception(dir: &Path) {
     );
 }
 
+/// The text-to-image protocol's views of COCO-sized photos (crop, LANCZOS to 256, clean-fid's
+/// float resize to 299, CLIP's 224 view): the work before the networks, per image.
+fn bench_t2i_views(dir: &Path) {
+    use llamagen_evaluate::text_to_image::{clean_resize, eval_view};
+    let n = 32;
+    let fixtures = repo().join("evaluate/tests/fixtures");
+    let photos: Vec<image::RgbImage> = ["astronaut", "coffee", "chelsea"]
+        .iter()
+        .map(|p| {
+            image::open(fixtures.join(format!("{p}_original.png")))
+                .unwrap()
+                .to_rgb8()
+        })
+        .collect();
+    // COCO's typical 640 x 480, from the bundled photos.
+    let images: Vec<Array3<u8>> = (0..n)
+        .map(|i| {
+            let img = image::imageops::resize(
+                &photos[i % photos.len()],
+                640,
+                480,
+                image::imageops::FilterType::Triangle,
+            );
+            Array3::from_shape_vec((480, 640, 3), img.into_raw()).unwrap()
+        })
+        .collect();
+    let stacked = ndarray::stack(
+        ndarray::Axis(0),
+        &images.iter().map(|i| i.view()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let path = dir.join("t2i_images.npy");
+    ndarray_npy::write_npy(&path, &stacked).unwrap();
+    let res = 256;
+    let t0 = Instant::now();
+    let mut checksum = 0.0f64;
+    for image in &images {
+        let view = eval_view(image.view(), res).unwrap();
+        let clean = clean_resize(view.view(), 299).unwrap();
+        let clip = llamagen_clip::preprocess::clip_view(view.view(), 224).unwrap();
+        checksum += clean.iter().map(|v| f64::from(*v)).sum::<f64>()
+            + clip.iter().map(|v| f64::from(*v)).sum::<f64>();
+    }
+    let ours_s = t0.elapsed().as_secs_f64();
+    let py = python(&["t2i", path.to_str().unwrap(), &res.to_string()]);
+    let py_s = py["seconds"].as_f64().unwrap();
+    println!(
+        "text-to-image views, {n} photos of 640 x 480: crop, LANCZOS 256, clean 299, CLIP 224"
+    );
+    println!("  llamagen-evaluate  {:>8.1} images/s", n as f64 / ours_s);
+    println!(
+        "  {:<18} {:>8.1} images/s",
+        py["implementation"].as_str().unwrap_or("python"),
+        n as f64 / py_s
+    );
+    println!(
+        "  speed-up {:.2}x, checksum relative difference {:.2e}",
+        py_s / ours_s,
+        (checksum - py["checksum"].as_f64().unwrap()).abs() / checksum
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument picks one benchmark.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -264,6 +326,10 @@ fn main() {
     if run("inception") {
         let dir = tempfile::tempdir().unwrap();
         bench_inception(dir.path());
+    }
+    if run("t2i") {
+        let dir = tempfile::tempdir().unwrap();
+        bench_t2i_views(dir.path());
     }
     if run("frechet") {
         let dir = tempfile::tempdir().unwrap();

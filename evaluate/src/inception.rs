@@ -2,9 +2,12 @@
 //! `scripts/export_inception.py` (pytorch-fid's port of the TensorFlow graph that the ADM
 //! evaluator uses, with the real weights or with seeded random ones for tests).
 //!
-//! Images go in as they are stored: uint8 [N, H, W, 3], any size. The graph itself does what
-//! pytorch-fid does to them (scale to [0, 1], bilinear resize to 299 x 299 with
-//! `align_corners=False`, scale to [-1, 1]), so there is no preprocessing here to drift.
+//! Images go in as they are stored: [N, H, W, 3] levels in [0, 255], any size. The graph itself
+//! does what pytorch-fid does to them (scale to [0, 1], bilinear resize to 299 x 299 with
+//! `align_corners=False`, scale to [-1, 1]), so there is no preprocessing here to drift. The
+//! graph's input is float32, so images already resized to 299 without quantisation (clean-fid's
+//! "clean" mode) go in as they are ([`Inception::features_f32`]); bytes are widened on the way
+//! in. Exports made before the input was float32 take bytes only.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -35,6 +38,8 @@ pub const LOGITS_DIM: usize = 1008;
 pub struct Inception {
     session: Session,
     batch_size: usize,
+    /// The graph takes float32 levels (else bytes: an older export).
+    float_input: bool,
 }
 
 impl Inception {
@@ -62,10 +67,23 @@ impl Inception {
                 });
             }
         }
+        let float_input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == "images")
+            .and_then(|i| i.dtype().tensor_type())
+            == Some(ort::value::TensorElementType::Float32);
         Ok(Self {
             session,
             batch_size: batch_size.max(1),
+            float_input,
         })
+    }
+
+    /// Whether the graph takes float levels (see [`Inception::features_f32`]); exports made
+    /// before that take bytes only.
+    pub fn takes_float(&self) -> bool {
+        self.float_input
     }
 
     /// Features of `images`: uint8 [N, H, W, 3], run in batches.
@@ -80,12 +98,69 @@ impl Inception {
         images: ArrayView4<'_, u8>,
         done: &mut dyn FnMut(usize),
     ) -> Result<InceptionFeatures, EvalError> {
-        let (n, h, w, c) = images.dim();
+        let float_input = self.float_input;
+        self.run_batches(images.dim(), done, &mut |session, range| {
+            let batch = images.slice(s![range, .., .., ..]);
+            if float_input {
+                let batch = batch.mapv(f32::from);
+                let input = TensorRef::from_array_view(batch.view()).map_err(ort_error)?;
+                session
+                    .run(ort::inputs!["images" => input])
+                    .map_err(ort_error)
+                    .map(collect_outputs)?
+            } else {
+                let batch = batch.as_standard_layout().into_owned();
+                let input = TensorRef::from_array_view(batch.view()).map_err(ort_error)?;
+                session
+                    .run(ort::inputs!["images" => input])
+                    .map_err(ort_error)
+                    .map(collect_outputs)?
+            }
+        })
+    }
+
+    /// Features of float images: [N, H, W, 3] levels in [0, 255], not quantised (clean-fid's
+    /// "clean" resize to 299 x 299, which the graph's own resize then leaves as it is).
+    pub fn features_f32(
+        &mut self,
+        images: ArrayView4<'_, f32>,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<InceptionFeatures, EvalError> {
+        if !self.float_input {
+            return Err(EvalError::Invalid(
+                "this Inception export takes bytes only; export it again with scripts/export_inception.py for float input (clean-fid's resize)".into(),
+            ));
+        }
+        self.run_batches(images.dim(), done, &mut |session, range| {
+            let batch = images
+                .slice(s![range, .., .., ..])
+                .as_standard_layout()
+                .into_owned();
+            let input = TensorRef::from_array_view(batch.view()).map_err(ort_error)?;
+            session
+                .run(ort::inputs!["images" => input])
+                .map_err(ort_error)
+                .map(collect_outputs)?
+        })
+    }
+
+    /// Runs `run` over batches of `dim`'s images and gathers its outputs.
+    #[allow(clippy::type_complexity)]
+    fn run_batches(
+        &mut self,
+        dim: (usize, usize, usize, usize),
+        done: &mut dyn FnMut(usize),
+        run: &mut dyn FnMut(
+            &mut Session,
+            std::ops::Range<usize>,
+        ) -> Result<[Array2<f32>; 3], EvalError>,
+    ) -> Result<InceptionFeatures, EvalError> {
+        let (n, h, w, c) = dim;
         if c != 3 || h == 0 || w == 0 {
             return Err(EvalError::Shape {
                 what: "images",
                 expected: "[N, H, W, 3] with H, W > 0".into(),
-                got: format!("{:?}", images.dim()),
+                got: format!("{dim:?}"),
             });
         }
         let mut out = InceptionFeatures {
@@ -95,24 +170,19 @@ impl Inception {
         };
         for start in (0..n).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(n);
-            let batch = images
-                .slice(s![start..end, .., .., ..])
-                .as_standard_layout()
-                .into_owned();
-            let input = TensorRef::from_array_view(batch.view()).map_err(ort_error)?;
-            let result = self
-                .session
-                .run(ort::inputs!["images" => input])
-                .map_err(ort_error)?;
-            for (name, target, dim) in [
-                ("pool", &mut out.pool, POOL_DIM),
-                ("spatial", &mut out.spatial, SPATIAL_DIM),
-                ("logits", &mut out.logits, LOGITS_DIM),
+            let [pool, spatial, logits] = run(&mut self.session, start..end)?;
+            for (name, target, values, dim) in [
+                ("pool", &mut out.pool, pool, POOL_DIM),
+                ("spatial", &mut out.spatial, spatial, SPATIAL_DIM),
+                ("logits", &mut out.logits, logits, LOGITS_DIM),
             ] {
-                let values = result[name].try_extract_array::<f32>().map_err(ort_error)?;
-                let values = values
-                    .into_shape_with_order((end - start, dim))
-                    .map_err(|e| EvalError::Invalid(format!("output {name}: {e}")))?;
+                if values.dim() != (end - start, dim) {
+                    return Err(EvalError::Invalid(format!(
+                        "output {name}: {:?} for {} images",
+                        values.dim(),
+                        end - start
+                    )));
+                }
                 target.slice_mut(s![start..end, ..]).assign(&values);
             }
             done(end - start);
@@ -122,6 +192,21 @@ impl Inception {
         }
         Ok(out)
     }
+}
+
+/// The three outputs of one run, as [rows, dim] arrays.
+fn collect_outputs(
+    result: ort::session::SessionOutputs<'_>,
+) -> Result<[Array2<f32>; 3], EvalError> {
+    let get = |name: &str| -> Result<Array2<f32>, EvalError> {
+        result[name]
+            .try_extract_array::<f32>()
+            .map_err(ort_error)?
+            .into_dimensionality::<ndarray::Ix2>()
+            .map(|v| v.to_owned())
+            .map_err(|e| EvalError::Invalid(format!("output {name}: {e}")))
+    };
+    Ok([get("pool")?, get("spatial")?, get("logits")?])
 }
 
 /// Exports the FID Inception with seeded random weights by running `scripts/export_inception.py`

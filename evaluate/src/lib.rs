@@ -13,6 +13,7 @@
 //! | Inception features | [`inception`] | pytorch-fid's FID Inception, exported to ONNX |
 //! | reference batches | [`npz`] | ADM's `.npz` (`arr_0` images, `mu`/`sigma` statistics) |
 //! | reference preprocessing | [`center_crop`] | ADM / LlamaGen `center_crop_arr` on Pillow, pixel for pixel |
+//! | text-to-image FID, CLIP-FID, CLIP score | [`text_to_image`] | LlamaGen's `evaluations/t2i` (clean-fid 0.1.35, CLIP) |
 //!
 //! Features come from the FID Inception network (2048-d pool features for FID and
 //! precision/recall, 2023-d spatial `mixed_6` features for sFID, 1008 logits for IS).
@@ -29,6 +30,7 @@ pub mod npz;
 pub mod numpy_random;
 pub mod precision_recall;
 pub mod resampling;
+pub mod text_to_image;
 
 /// What can go wrong while computing a metric.
 #[derive(Debug, thiserror::Error)]

@@ -71,6 +71,21 @@ fn onnx_runtime_matches_pytorch_on_real_photos() {
     }
     // Non-trivial features: random weights still separate different photos.
     assert_ne!(features.pool.row(0), features.pool.row(1));
+
+    // The float input (clean-fid's unquantised resize) is the same graph: whole levels give
+    // the bytes' features, and a clean 299 x 299 view goes in without another resize.
+    let batch = stack(&images).unwrap();
+    let widened = net
+        .features_f32(batch.mapv(f32::from).view(), &mut |_| {})
+        .unwrap();
+    assert_eq!(widened, features);
+    let clean = llamagen_evaluate::text_to_image::clean_resize(images[0].view(), 299).unwrap();
+    let clean = net
+        .features_f32(clean.insert_axis(ndarray::Axis(0)).view(), &mut |_| {})
+        .unwrap();
+    assert_eq!(clean.pool.dim(), (1, POOL_DIM));
+    // Bicubic with antialiasing and the graph's bilinear resize are different views.
+    assert_ne!(clean.pool.row(0), features.pool.row(0));
 }
 
 #[test]

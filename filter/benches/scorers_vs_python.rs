@@ -91,7 +91,7 @@ fn main() {
     println!(
         "filter scoring: {count} images, batch {batch}, models {} ({})",
         models.display(),
-        scorers.spec.source
+        scorers.spec.clip.source
     );
     println!("{:<56} {:>9}", "", "images/s");
     println!(

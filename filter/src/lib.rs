@@ -2,11 +2,10 @@
 //! filter ("valid image URL, aesthetic score, watermark score, CLIP image-text similarity score
 //! and image size"), computed on the downloaded images themselves.
 //!
-//! - [`preprocess`]: the models' image preprocessing, pixel-exact with the Python references
-//!   (open_clip's CLIP transform, LAION's watermark transform);
-//! - [`tokenizer`]: CLIP's BPE from a `tokenizer.json`, padded and cut as `open_clip.tokenize`;
-//! - [`scorers`]: the four ONNX models (CLIP image and text towers, aesthetic MLP, watermark
-//!   detector) through ONNX Runtime, batched;
+//! - [`preprocess`]: image decoding under a pixel limit and the watermark detector's
+//!   preprocessing, pixel-exact with LAION's transform (CLIP's is in `llamagen_clip`);
+//! - [`scorers`]: the four ONNX models (CLIP's image and text towers through `llamagen_clip`,
+//!   the aesthetic MLP, the watermark detector) through ONNX Runtime, batched;
 //! - [`rules`]: the keep/drop decision and its reason per sample, and the funnel;
 //! - [`output`]: `NNNNN_filter.parquet` next to the shard;
 //! - [`shard`]: one shard from tar to decisions.
@@ -20,12 +19,13 @@ pub mod preprocess;
 pub mod rules;
 pub mod scorers;
 pub mod shard;
-pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
+    #[error(transparent)]
+    Clip(#[from] llamagen_clip::ClipError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

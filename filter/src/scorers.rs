@@ -12,39 +12,34 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{
-    Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix1, Ix2,
-};
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix1};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::FilterError;
-use crate::preprocess::{clip_view, normalize, watermark_view};
-use crate::rules::Scores;
-use crate::tokenizer::ClipTokenizer;
+use llamagen_clip::preprocess::{clip_view, normalize};
+use llamagen_clip::tokenizer::ClipTokenizer;
+use llamagen_clip::{Clip, ClipSpec, cosine, open_session};
 
-/// `filter_models.json`: how the exported models want their inputs.
+use crate::FilterError;
+use crate::preprocess::watermark_view;
+use crate::rules::Scores;
+
+/// `filter_models.json`: how the exported models want their inputs (CLIP's part is read by
+/// `llamagen_clip`, the watermark detector's here).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSpec {
-    pub clip_image_size: usize,
-    pub clip_mean: [f32; 3],
-    pub clip_std: [f32; 3],
-    pub embed_dim: usize,
-    pub context_length: usize,
+    #[serde(flatten)]
+    pub clip: ClipSpec,
     pub watermark_size: usize,
     pub watermark_mean: [f32; 3],
     pub watermark_std: [f32; 3],
-    /// What was exported (an architecture name, or "tiny random").
-    pub source: String,
 }
 
 pub struct Scorers {
     pub spec: ModelSpec,
-    clip_image: Session,
-    clip_text: Session,
+    clip: Clip,
     aesthetic: Session,
     watermark: Session,
-    tokenizer: ClipTokenizer,
     dir: PathBuf,
 }
 
@@ -73,28 +68,10 @@ impl Scorers {
             &std::fs::read(&spec_path).map_err(|e| FilterError::io(&spec_path, e))?,
         )
         .map_err(|e| model_error(&spec_path, e))?;
-        let open = |name: &str, input: &str, output: &str| -> Result<Session, FilterError> {
-            let path = dir.join(name);
-            let session = llamagen_native::onnx::session(&path, threads)
-                .map_err(|e| model_error(&path, e))?;
-            let has_in = session.inputs().iter().any(|i| i.name() == input);
-            let has_out = session.outputs().iter().any(|o| o.name() == output);
-            if !(has_in && has_out) {
-                return Err(model_error(
-                    &path,
-                    format!(
-                        "not an export of scripts/export_filter_models.py: wants input {input:?} and output {output:?}"
-                    ),
-                ));
-            }
-            Ok(session)
-        };
         Ok(Scorers {
-            clip_image: open(FILES[1], "pixel_values", "image_embeds")?,
-            clip_text: open(FILES[2], "input_ids", "text_embeds")?,
-            tokenizer: ClipTokenizer::open(&dir.join(FILES[3]), spec.context_length)?,
-            aesthetic: open(FILES[4], "image_embeds", "score")?,
-            watermark: open(FILES[5], "pixel_values", "watermark")?,
+            clip: Clip::open(dir, threads)?,
+            aesthetic: open_session(dir, FILES[4], "image_embeds", "score", threads)?,
+            watermark: open_session(dir, FILES[5], "pixel_values", "watermark", threads)?,
             spec,
             dir: dir.to_owned(),
         })
@@ -106,35 +83,17 @@ impl Scorers {
     }
 
     pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+        self.clip.tokenizer()
     }
 
     /// CLIP image embeddings of CLIP views ([S, S, 3] u8 each); returns [N, D].
     pub fn image_embeds(&mut self, views: &[Array3<u8>]) -> Result<Array2<f32>, FilterError> {
-        let pixels = normalize(views, self.spec.clip_mean, self.spec.clip_std);
-        let path = self.dir.join(FILES[1]);
-        run2(
-            &mut self.clip_image,
-            &path,
-            "pixel_values",
-            pixels.view().into_dyn(),
-            "image_embeds",
-        )
+        Ok(self.clip.image_embeds(views)?)
     }
 
     /// CLIP text embeddings; returns [N, D].
     pub fn text_embeds(&mut self, texts: &[&str]) -> Result<Array2<f32>, FilterError> {
-        let ids = self.tokenizer.encode(texts)?;
-        let path = self.dir.join(FILES[2]);
-        let input = TensorRef::from_array_view(ids.view()).map_err(|e| model_error(&path, e))?;
-        let out = self
-            .clip_text
-            .run(ort::inputs!["input_ids" => input])
-            .map_err(|e| model_error(&path, e))?;
-        let values = out["text_embeds"]
-            .try_extract_array::<f32>()
-            .map_err(|e| model_error(&path, e))?;
-        to_2d(values, &path)
+        Ok(self.clip.text_embeds(texts)?)
     }
 
     /// Aesthetic scores of raw CLIP image embeddings [N, D]; returns [N].
@@ -174,7 +133,7 @@ impl Scorers {
         }
         let clip: Vec<Array3<u8>> = images
             .iter()
-            .map(|i| clip_view(*i, self.spec.clip_image_size))
+            .map(|i| clip_view(*i, self.spec.clip.clip_image_size))
             .collect::<Result<_, _>>()?;
         let marks: Vec<Array3<u8>> = images
             .iter()
@@ -204,12 +163,6 @@ impl Scorers {
     }
 }
 
-/// Cosine similarity, as CLIP scores are computed (both vectors L2-normalised, then the dot).
-pub fn cosine(a: ArrayView1<'_, f32>, b: ArrayView1<'_, f32>) -> f32 {
-    let (na, nb) = (a.dot(&a).sqrt(), b.dot(&b).sqrt());
-    a.dot(&b) / (na * nb)
-}
-
 fn run_raw<'a>(
     session: &'a mut Session,
     path: &Path,
@@ -220,20 +173,6 @@ fn run_raw<'a>(
     session
         .run(ort::inputs![input => tensor])
         .map_err(|e| model_error(path, e))
-}
-
-fn run2(
-    session: &mut Session,
-    path: &Path,
-    input: &str,
-    x: ArrayViewD<'_, f32>,
-    output: &str,
-) -> Result<Array2<f32>, FilterError> {
-    let out = run_raw(session, path, input, x)?;
-    let values = out[output]
-        .try_extract_array::<f32>()
-        .map_err(|e| model_error(path, e))?;
-    to_2d(values, path)
 }
 
 fn run1(
@@ -258,11 +197,4 @@ fn run1(
         ));
     }
     Ok(values.to_owned())
-}
-
-fn to_2d(values: ArrayViewD<'_, f32>, path: &Path) -> Result<Array2<f32>, FilterError> {
-    Ok(values
-        .into_dimensionality::<Ix2>()
-        .map_err(|e| model_error(path, e))?
-        .to_owned())
 }

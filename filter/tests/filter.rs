@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use llamagen_clip::preprocess::clip_view;
 use llamagen_filter::output::{filter_path, read_filter};
-use llamagen_filter::preprocess::{clip_view, decode_rgb, watermark_view};
+use llamagen_filter::preprocess::{decode_rgb, watermark_view};
 use llamagen_filter::rules::{RULES, Thresholds};
 use llamagen_filter::scorers::Scorers;
 use llamagen_filter::shard::{ShardOptions, filter_shard, folder_funnel};

@@ -10,19 +10,21 @@
 //! fractional bits, horizontal pass then vertical, each rounded and clipped to 8 bits) rather
 //! than approximated with another library's bicubic, which differs by a level here and there.
 
-use ndarray::{Array3, ArrayView3, s};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, s};
 
 use crate::ImagingError;
 
 /// Fractional bits of Pillow's fixed-point coefficients: 32 - 8 (pixel) - 2 (headroom).
 const PRECISION_BITS: u32 = 22;
 
-/// Pillow's resampling filters (`Image.BOX`, `Image.BILINEAR`, `Image.BICUBIC`).
+/// Pillow's resampling filters (`Image.BOX`, `Image.BILINEAR`, `Image.BICUBIC`,
+/// `Image.LANCZOS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     Box,
     Bilinear,
     Bicubic,
+    Lanczos,
 }
 
 impl Filter {
@@ -31,6 +33,7 @@ impl Filter {
             Filter::Box => 0.5,
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
         }
     }
 
@@ -56,25 +59,58 @@ impl Filter {
                     0.0
                 }
             }
+            // Pillow's truncated sinc, sinc(x) * sinc(x / 3) on [-3, 3).
+            Filter::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
 
-/// For each output position: the first input index and fixed-point weights of its window.
-struct Kernel {
-    start: Vec<usize>,
-    weights: Vec<Vec<i64>>,
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else {
+        let x = x * std::f64::consts::PI;
+        x.sin() / x
+    }
 }
 
-/// The windows of output positions `outputs` of a resize from `in_size` to `out_size`: each
-/// output position's window depends on that position alone, so a crop of the output is
-/// computed without computing (or allocating) the rest.
-fn kernel(
+/// For each output position: the first input index and the weights of its window.
+struct Kernel<W> {
+    start: Vec<usize>,
+    weights: Vec<Vec<W>>,
+}
+
+impl<W> Kernel<W> {
+    /// The input positions the windows read, first to one past the last.
+    fn input_range(&self) -> (usize, usize) {
+        let first = self.start.first().copied().unwrap_or(0);
+        let last = self
+            .start
+            .iter()
+            .zip(&self.weights)
+            .map(|(s, k)| s + k.len())
+            .max()
+            .unwrap_or(first);
+        (first, last)
+    }
+}
+
+/// The windows of output positions `outputs` of a resize from `in_size` to `out_size`, with
+/// Pillow's normalised double weights: each output position's window depends on that
+/// position alone, so a crop of the output is computed without computing (or allocating) the
+/// rest.
+fn windows(
     in_size: usize,
     out_size: usize,
     outputs: std::ops::Range<usize>,
     filter: Filter,
-) -> Kernel {
+) -> Kernel<f64> {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = filter.support() * filter_scale;
@@ -91,21 +127,39 @@ fn kernel(
             .map(|i| filter.weight((i as f64 - center + 0.5) * inverse))
             .collect();
         let total: f64 = raw.iter().sum();
-        let fixed = raw
-            .iter()
-            .map(|w| {
-                let w = if total != 0.0 { w / total } else { *w };
-                let scaled = w * f64::from(1u32 << PRECISION_BITS);
-                if w < 0.0 {
-                    (scaled - 0.5) as i64
-                } else {
-                    (scaled + 0.5) as i64
-                }
-            })
-            .collect();
         start.push(lo);
-        weights.push(fixed);
+        weights.push(
+            raw.iter()
+                .map(|w| if total != 0.0 { w / total } else { *w })
+                .collect(),
+        );
     }
+    Kernel { start, weights }
+}
+
+/// [`windows`] with the weights in Pillow's 8-bit fixed point.
+fn kernel(
+    in_size: usize,
+    out_size: usize,
+    outputs: std::ops::Range<usize>,
+    filter: Filter,
+) -> Kernel<i64> {
+    let Kernel { start, weights } = windows(in_size, out_size, outputs, filter);
+    let weights = weights
+        .into_iter()
+        .map(|k| {
+            k.into_iter()
+                .map(|w| {
+                    let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                    if w < 0.0 {
+                        (scaled - 0.5) as i64
+                    } else {
+                        (scaled + 0.5) as i64
+                    }
+                })
+                .collect()
+        })
+        .collect();
     Kernel { start, weights }
 }
 
@@ -147,14 +201,7 @@ pub fn resize_crop(
     let rounding = 1i64 << (PRECISION_BITS - 1);
 
     // Horizontal pass over the rows the vertical pass will read, as Pillow does.
-    let first_row = vertical.start.first().copied().unwrap_or(0);
-    let last_row = vertical
-        .start
-        .iter()
-        .zip(&vertical.weights)
-        .map(|(s, k)| s + k.len())
-        .max()
-        .unwrap_or(first_row);
+    let (first_row, last_row) = vertical.input_range();
     let tmp = if width != w {
         let mut tmp = Array3::<u8>::zeros((last_row - first_row, cols.len(), c));
         for y in first_row..last_row {
@@ -191,6 +238,67 @@ pub fn resize_crop(
         }
     }
     out
+}
+
+/// Pillow's `Image.resize((width, height), filter)` of a single-channel float image (mode
+/// `"F"`), as clean-fid resizes each channel: the same windows as the 8-bit path, but the
+/// weights stay doubles, each pass sums in double from zero and stores float32, with no
+/// rounding or clipping. image: [H, W] f32; returns [height, width] f32.
+pub fn resize_f32(
+    image: ArrayView2<'_, f32>,
+    width: usize,
+    height: usize,
+    filter: Filter,
+) -> Array2<f32> {
+    let (h, w) = image.dim();
+    if width == 0 || height == 0 || h == 0 || w == 0 {
+        return Array2::zeros((height, width));
+    }
+    let vertical = windows(h, height, 0..height, filter);
+    let (first_row, last_row) = vertical.input_range();
+    let tmp = if width != w {
+        let horizontal = windows(w, width, 0..width, filter);
+        let mut tmp = Array2::<f32>::zeros((last_row - first_row, width));
+        for y in first_row..last_row {
+            for (x, (start, k)) in horizontal.start.iter().zip(&horizontal.weights).enumerate() {
+                let acc = k.iter().enumerate().fold(0.0f64, |acc, (i, wk)| {
+                    acc + f64::from(image[[y, start + i]]) * wk
+                });
+                tmp[[y - first_row, x]] = acc as f32;
+            }
+        }
+        tmp
+    } else {
+        image.slice(s![first_row..last_row, ..]).to_owned()
+    };
+    if height == h {
+        return tmp;
+    }
+    let mut out = Array2::<f32>::zeros((height, width));
+    for (y, (start, k)) in vertical.start.iter().zip(&vertical.weights).enumerate() {
+        for x in 0..width {
+            let acc = k.iter().enumerate().fold(0.0f64, |acc, (i, wk)| {
+                acc + f64::from(tmp[[start - first_row + i, x]]) * wk
+            });
+            out[[y, x]] = acc as f32;
+        }
+    }
+    out
+}
+
+/// torchvision's `center_crop(img, min(img.size))` (BigGAN's `CenterCropLongEdge`, which the
+/// GigaGAN / LlamaGen text-to-image evaluation applies first): the centre square of side
+/// `min(H, W)`, its offsets `round((side - min) / 2)` as torchvision computes them.
+/// image: [H, W, C]; returns [S, S, C] with S = min(H, W).
+pub fn crop_long_edge<T: Clone>(image: ArrayView3<'_, T>) -> Array3<T> {
+    let (h, w, _) = image.dim();
+    let side = h.min(w);
+    // torchvision: int(round((h - side) / 2.0)), Python's round (ties to even).
+    let top = ((h - side) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((w - side) as f64 / 2.0).round_ties_even() as usize;
+    image
+        .slice(s![top..top + side, left..left + side, ..])
+        .to_owned()
 }
 
 /// ADM's `center_crop_arr(pil_image, size)` of an RGB image [H, W, 3]; returns [size, size, 3].
@@ -257,7 +365,12 @@ mod tests {
     #[test]
     fn a_crop_of_the_resize_is_the_resize_cropped() {
         let image = noise(37, 53);
-        for filter in [Filter::Box, Filter::Bilinear, Filter::Bicubic] {
+        for filter in [
+            Filter::Box,
+            Filter::Bilinear,
+            Filter::Bicubic,
+            Filter::Lanczos,
+        ] {
             for (width, height) in [(20, 15), (53, 80), (90, 37), (53, 37), (7, 100)] {
                 let whole = resize(image.view(), width, height, filter);
                 for (rows, cols) in [

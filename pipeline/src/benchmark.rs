@@ -1,8 +1,12 @@
 //! A generator checkpoint benchmarked: for each guidance scale of the sweep, sample into a
 //! folder named after the checkpoint and the settings (a re-run resumes and reuses it), extract
-//! Inception features, compute FID, sFID, IS, precision, recall and KID (FID and KID with 95%
-//! intervals) against the reference set, and record one evaluation per scale with its whole
-//! sampling configuration, under the protocol of its measurement.
+//! features, compute the metrics against the reference set, and record one evaluation per scale
+//! with its whole sampling configuration, under the protocol of its measurement.
+//!
+//! Class-conditional checkpoints are measured as the ADM evaluator does (FID, sFID, IS,
+//! precision, recall, KID); text-conditional ones, sampled from a prompts file, under LlamaGen's
+//! text-to-image protocol ([`crate::text_to_image`]: FID, KID, CLIP-FID, CLIP score). FID, KID,
+//! CLIP-FID and CLIP score come with 95% intervals.
 //!
 //! [`measure`] is the blocking part (sampling and features); [`record`] writes the results.
 //! Recording the same checkpoint, benchmark and configuration again replaces that evaluation's
@@ -17,6 +21,8 @@ use crate::image_sets::{IntervalArgs, Side, generation_metrics, load_side};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
 use crate::sample::{self, SampleArgs, SampleReport};
+use crate::text_to_image::{TextToImageArgs, TextToImageReference};
+use llamagen_clip::Clip;
 use llamagen_store::results::Metric;
 
 /// Where results go and what they are compared with; shared by both modes.
@@ -55,6 +61,8 @@ pub struct EvaluationArgs {
     pub json: bool,
     #[command(flatten)]
     pub intervals: IntervalArgs,
+    #[command(flatten)]
+    pub text_to_image: TextToImageArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +131,120 @@ pub fn load_reference(
     Ok((side, identity))
 }
 
+/// The reference side under the checkpoint's protocol.
+pub enum Reference {
+    /// The ADM evaluator's: the images (or statistics) through the Inception as stored.
+    Images(Side),
+    /// LlamaGen's text-to-image protocol, with CLIP.
+    TextToImage {
+        reference: TextToImageReference,
+        clip: Box<Clip>,
+        /// The side every image's centre square is resized to.
+        resolution: usize,
+    },
+}
+
+/// The networks and the reference set of a benchmark, opened once and shared by every
+/// checkpoint and scale.
+pub struct Measurer {
+    pub net: Inception,
+    pub reference: Reference,
+    pub reference_set: ReferenceIdentity,
+}
+
+impl Measurer {
+    /// Opens the Inception (and CLIP for a text-to-image benchmark, `text`) and reads the
+    /// reference; a text-to-image reference folder's features are cached under
+    /// `samples_out/reference-features/`.
+    pub fn open(e: &EvaluationArgs, text: bool, samples_out: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut net = open_inception(e)?;
+        if !text {
+            let (side, reference_set) = load_reference(e, &mut net)?;
+            return Ok(Self {
+                net,
+                reference: Reference::Images(side),
+                reference_set,
+            });
+        }
+        let t = &e.text_to_image;
+        let mut clip = t.open_clip()?;
+        let folder_sha256 = if e.reference.is_dir() {
+            crate::provenance::folder_sha256(&e.reference)?
+        } else {
+            String::new()
+        };
+        let reference = crate::text_to_image::load_reference(
+            &e.reference,
+            &folder_sha256,
+            &mut net,
+            &e.inception,
+            &mut clip,
+            t.eval_resolution,
+            &samples_out.join("reference-features"),
+        )
+        .with_context(|| format!("reference {}", e.reference.display()))?;
+        let reference_set = ReferenceIdentity {
+            path: e.reference.clone(),
+            sha256: folder_sha256,
+            num_images: Some(reference.features.inception.nrows()),
+            image_size: Some(t.eval_resolution),
+            made: serde_json::json!({
+                "format": "folder",
+                "preprocessing": format!("CenterCropLongEdge, LANCZOS to {}", t.eval_resolution),
+            }),
+        };
+        Ok(Self {
+            net,
+            reference: Reference::TextToImage {
+                reference,
+                clip: Box::new(clip),
+                resolution: t.eval_resolution,
+            },
+            reference_set,
+        })
+    }
+
+    /// The metrics of one scale's sample folder against the reference.
+    fn measure_folder(
+        &mut self,
+        s: &SampleArgs,
+        intervals: &IntervalArgs,
+    ) -> anyhow::Result<Vec<Metric>> {
+        use anyhow::Context as _;
+        let npz = s.out.join("samples.npz");
+        match &mut self.reference {
+            Reference::Images(reference) => {
+                let samples = load_side(&npz, &mut self.net, None)?;
+                generation_metrics(reference, &samples, intervals)
+            }
+            Reference::TextToImage {
+                reference,
+                clip,
+                resolution,
+            } => {
+                let prompts_file = s
+                    .prompts
+                    .as_ref()
+                    .context("a text-to-image benchmark samples from --prompts")?;
+                let prompts = sample::read_prompts(prompts_file)?;
+                let batch = llamagen_evaluate::npz::read_reference(&npz)?;
+                let images = batch
+                    .images
+                    .with_context(|| format!("{} holds no images", npz.display()))?;
+                let (features, scores) = crate::text_to_image::measure_samples(
+                    &images,
+                    &prompts,
+                    &mut self.net,
+                    clip,
+                    *resolution,
+                )?;
+                crate::text_to_image::metrics(reference, &features, &scores, intervals)
+            }
+        }
+    }
+}
+
 /// The sampler's settings at each scale of the sweep, each with its own folder under
 /// `OUT/<checkpoint sha256[..12]>-<benchmark>/`, named after every setting that changes the
 /// images, so a re-run resumes the same folder.
@@ -168,18 +290,13 @@ pub fn sample_scale(s: &SampleArgs) -> anyhow::Result<SampleReport> {
     Ok(report)
 }
 
-/// Samples the checkpoint at every scale and measures each scale against `reference`.
+/// Samples the checkpoint at every scale and measures each scale against the reference.
 /// Blocking: run it off the async threads.
-pub fn measure(
-    args: &GeneratorArgs,
-    net: &mut Inception,
-    reference: &Side,
-) -> anyhow::Result<Vec<ScaleResult>> {
+pub fn measure(args: &GeneratorArgs, m: &mut Measurer) -> anyhow::Result<Vec<ScaleResult>> {
     let mut results = Vec::new();
     for s in scale_settings(args)? {
         let report = sample_scale(&s)?;
-        let samples = load_side(&s.out.join("samples.npz"), net, None)?;
-        let metrics = generation_metrics(reference, &samples, &args.evaluation.intervals)?;
+        let metrics = m.measure_folder(&s, &args.evaluation.intervals)?;
         let sampling: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;
         results.push(ScaleResult {
@@ -208,6 +325,17 @@ pub async fn record(
     let mut ids = Vec::new();
     for r in results {
         let s = &r.sample;
+        let preprocessing = if s.prompts.is_some() {
+            e.text_to_image.protocol_json()?
+        } else {
+            serde_json::json!({
+                "samples": format!(
+                    "generated at {} px, resized to {} px",
+                    s.image_size,
+                    s.image_size_eval.unwrap_or(s.image_size)
+                ),
+            })
+        };
         let id = crate::recording::record(
             &Recording {
                 kind: "generator",
@@ -239,13 +367,7 @@ pub async fn record(
                 protocol: Some(MeasurementProtocol {
                     feature_extractor_sha256: &inception_sha256,
                     reference: reference_set,
-                    preprocessing: serde_json::json!({
-                        "samples": format!(
-                            "generated at {} px, resized to {} px",
-                            s.image_size,
-                            s.image_size_eval.unwrap_or(s.image_size)
-                        ),
-                    }),
+                    preprocessing: preprocessing.clone(),
                     settings: crate::image_sets::generator_metric_settings(&e.intervals),
                     num_samples: s.num_samples as usize,
                 }),

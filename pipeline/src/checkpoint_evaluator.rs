@@ -17,18 +17,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use llamagen_evaluate::inception::Inception;
 use llamagen_store::checkpoint_queue::{
     self as queue, CheckpointLease, SelectedCheckpoint, Selection,
 };
 use llamagen_store::{Store, StoreError, StoreOptions};
 
-use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, ScaleResult};
+use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, Measurer, ScaleResult};
 use crate::config::{PipelineConfig, Precision, Task};
-use crate::image_sets::Side;
 use crate::provenance::file_sha256;
 use crate::sample::SampleArgs;
 use crate::signals::StopSignal;
+use crate::text_to_image::TextToImageArgs;
 
 /// Attempts per checkpoint before it is failed for good.
 const MAX_ATTEMPTS: i32 = 3;
@@ -53,6 +52,8 @@ pub struct Protocol {
     /// See `store::checkpoint_queue::Selection::every_steps`.
     pub checkpoint_every: i64,
     pub intervals: crate::image_sets::IntervalArgs,
+    /// Text-to-image: CLIP and the protocol's evaluation resolution.
+    pub text_to_image: TextToImageArgs,
 }
 
 impl Protocol {
@@ -84,7 +85,8 @@ impl Protocol {
             gpt_config: None,
             vq: crate::sample::VqArgs::from_config(config, data_dir),
             image_size: i64::from(m.image_size),
-            image_size_eval: (ev.eval_image_size != m.image_size)
+            // The text-to-image protocol resizes every image itself (LANCZOS).
+            image_size_eval: (!text && ev.eval_image_size != m.image_size)
                 .then_some(i64::from(ev.eval_image_size)),
             num_classes: i64::from(m.num_classes),
             classes: Vec::new(),
@@ -107,7 +109,7 @@ impl Protocol {
         };
         Ok(Protocol {
             benchmark: ev.benchmark.clone(),
-            center_crop: reference.is_dir().then_some(ev.eval_image_size as usize),
+            center_crop: (!text && reference.is_dir()).then_some(ev.eval_image_size as usize),
             reference,
             inception: under(&ev.inception_model),
             metrics: ev.metrics.clone(),
@@ -128,6 +130,10 @@ impl Protocol {
                 interval_resamples: ev.interval_resamples as usize,
                 interval_blocks: ev.interval_blocks as usize,
                 interval_seed: ev.interval_seed,
+            },
+            text_to_image: TextToImageArgs {
+                clip: text.then(|| under(&ev.clip_model)),
+                eval_resolution: ev.eval_image_size as usize,
             },
         })
     }
@@ -169,6 +175,11 @@ impl Protocol {
             "image_size_eval": s.image_size_eval,
             "prompts": s.prompts.as_deref().map(hash).transpose()?,
             "t5": s.t5.as_ref().map(|t| t.display().to_string()),
+            "text_to_image": s
+                .prompts
+                .is_some()
+                .then(|| self.text_to_image.protocol_json())
+                .transpose()?,
             "num_samples": s.num_samples,
             "cfg_interval": s.cfg_interval,
             "top_k": s.top_k,
@@ -294,13 +305,6 @@ pub async fn sample_selected(
     Ok((picked.len(), made))
 }
 
-/// The Inception and the reference set's features, loaded on the first claim and kept.
-struct Measurer {
-    net: Inception,
-    reference: Side,
-    reference_set: crate::recording::ReferenceIdentity,
-}
-
 /// Claims and benchmarks checkpoints of the protocol until the queue is drained (or, with
 /// `follow`, until stopped).
 pub async fn evaluate(
@@ -374,16 +378,11 @@ async fn claim_loop(
             Some(m) => m,
             None => {
                 let e = evaluation_args(protocol, checkpoint);
-                let open = tokio::task::spawn_blocking(move || -> anyhow::Result<Measurer> {
-                    let mut net = benchmark::open_inception(&e)?;
-                    let (reference, reference_set) = benchmark::load_reference(&e, &mut net)?;
-                    Ok(Measurer {
-                        net,
-                        reference,
-                        reference_set,
-                    })
-                })
-                .await?;
+                let text = protocol.sample.prompts.is_some();
+                let samples_out = protocol.sample.out.clone();
+                let open =
+                    tokio::task::spawn_blocking(move || Measurer::open(&e, text, &samples_out))
+                        .await?;
                 match open {
                     Ok(m) => m,
                     Err(e) => {
@@ -459,6 +458,7 @@ fn evaluation_args(protocol: &Protocol, checkpoint: &SelectedCheckpoint) -> Eval
         no_record: false,
         json: false,
         intervals: protocol.intervals,
+        text_to_image: protocol.text_to_image.clone(),
     }
 }
 
@@ -520,7 +520,7 @@ async fn benchmark_checkpoint(
     };
     let joined = tokio::task::spawn_blocking(move || {
         let mut m = m;
-        let result = benchmark::measure(&args, &mut m.net, &m.reference);
+        let result = benchmark::measure(&args, &mut m);
         (m, args, result)
     })
     .await;

@@ -368,12 +368,18 @@ pub struct EvaluateConfig {
     /// Leaderboard benchmark name, e.g. imagenet256-c2i.
     pub benchmark: String,
     /// The reference set: an ADM-style npz (images and/or mu/sigma), or a folder of images or
-    /// of webdataset shards (center-cropped to `eval_image_size`).
+    /// of webdataset shards (center-cropped to `eval_image_size`). Text-to-image: a folder (COCO
+    /// val2014), each image's centre square resized to `eval_image_size`.
     pub reference: String,
     pub inception_model: String,
-    /// Generated images are resized to this before feature extraction.
+    /// Text-to-image: the CLIP export (scripts/export_filter_models.py, OpenAI's ViT-B/32) for
+    /// CLIP-FID and the CLIP score.
+    pub clip_model: String,
+    /// Generated images are resized to this before feature extraction (text-to-image: the
+    /// protocol's evaluation resolution, LANCZOS).
     pub eval_image_size: u32,
-    /// The metrics recorded (FID, sFID, IS, precision, recall for generators).
+    /// The metrics recorded (FID, sFID, IS, precision, recall, KID for class-conditional
+    /// models; FID, KID, CLIP-FID, CLIP score for text-to-image ones).
     pub metrics: Vec<String>,
     /// Guidance scales to sweep; empty evaluates `sample.cfg_scale` only.
     pub cfg_sweep: Vec<f64>,
@@ -382,7 +388,8 @@ pub struct EvaluateConfig {
     pub checkpoint_every: u64,
     /// Models whose checkpoints are evaluated; empty: the model this pipeline trains.
     pub models: Vec<String>,
-    /// Text-to-image: the prompts file (one per line) the checkpoints sample from.
+    /// Text-to-image: the prompts file the checkpoints sample from (LlamaGen's
+    /// `coco_captions.csv` layout, a `Prompt` column, or one prompt per line).
     pub prompts: String,
     /// Where the sample folders go (relative paths are under the data folder).
     pub samples_output: String,
@@ -397,14 +404,15 @@ impl Default for EvaluateConfig {
     fn default() -> Self {
         Self {
             benchmark: "coco30k-t2i".into(),
-            reference: "references/coco_val2014_30k_256.npz".into(),
+            reference: "references/coco/val2014".into(),
             inception_model: "weights/pt_inception-2015-12-05.onnx".into(),
+            clip_model: "weights/clip-vit-b-32".into(),
             eval_image_size: 256,
             metrics: GENERATOR_METRICS.map(String::from).to_vec(),
             cfg_sweep: Vec::new(),
             checkpoint_every: 0,
             models: Vec::new(),
-            prompts: "references/coco_captions_30k.txt".into(),
+            prompts: "references/coco_captions.csv".into(),
             samples_output: "samples".into(),
             interval_resamples: 100,
             interval_blocks: 64,
@@ -413,15 +421,18 @@ impl Default for EvaluateConfig {
     }
 }
 
-/// What a generator evaluation can record.
-/// KID brings its standard deviation over subsets (`kid_std`) with it.
-pub const GENERATOR_METRICS: [&str; 6] = [
+/// What a generator evaluation can record (sFID, IS, precision and recall under the ADM
+/// protocol, CLIP-FID and CLIP score under the text-to-image one). KID brings its standard
+/// deviation over subsets (`kid_std`) with it.
+pub const GENERATOR_METRICS: [&str; 8] = [
     "fid",
     "sfid",
     "inception_score",
     "precision",
     "recall",
     "kid",
+    "clip_fid",
+    "clip_score",
 ];
 
 impl PipelineConfig {
@@ -519,6 +530,7 @@ impl PipelineConfig {
         add(benchmarks, "evaluate.reference", &ev.reference);
         add(benchmarks, "evaluate.inception_model", &ev.inception_model);
         add(text && benchmarks, "evaluate.prompts", &ev.prompts);
+        add(text && benchmarks, "evaluate.clip_model", &ev.clip_model);
         add(benchmarks, "evaluate.samples_output", &ev.samples_output);
         paths
     }

@@ -253,17 +253,46 @@ fn is_image(extension: &str) -> bool {
     matches!(extension, "png" | "jpg" | "jpeg")
 }
 
-/// PNG and JPEG files of a folder in name order, then the images of its webdataset shards
-/// (`*.tar`, as `llamagen ingest` writes them) in shard and member order, as one batch: each
-/// center-cropped to `center_crop` when given (ADM's preprocessing), else all must have one size.
-pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
+/// Each image of a folder, decoded to RGB [H, W, 3] with a label naming it: PNG and JPEG files
+/// in name order, then the images of its webdataset shards (`*.tar`, as `llamagen ingest`
+/// writes them) in shard and member order. One image in memory at a time.
+pub fn visit_folder(
+    dir: &Path,
+    visit: &mut dyn FnMut(String, Array3<u8>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let files = folder_files(dir)?;
-    let mut images: Vec<Array3<u8>> = Vec::new();
-    let mut first_label = String::new();
-    let mut add = |label: String, img: image::DynamicImage| -> anyhow::Result<()> {
+    let rgb = |img: image::DynamicImage| -> anyhow::Result<Array3<u8>> {
         let img = img.to_rgb8();
         let (w, h) = img.dimensions();
-        let mut img = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw())?;
+        Ok(Array3::from_shape_vec(
+            (h as usize, w as usize, 3),
+            img.into_raw(),
+        )?)
+    };
+    for file in files.iter().filter(|f| is_image(&extension(f))) {
+        let img = image::open(file).with_context(|| format!("decoding {}", file.display()))?;
+        visit(file.display().to_string(), rgb(img)?)?;
+    }
+    for tar in files.iter().filter(|f| extension(f) == "tar") {
+        for (name, bytes) in llamagen_shards::webdataset::read_members(tar)? {
+            if is_image(&extension(Path::new(&name))) {
+                let label = format!("{}:{name}", tar.display());
+                let img =
+                    image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
+                visit(label, rgb(img)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The images of [`visit_folder`] as one batch: each center-cropped to `center_crop` when given
+/// (ADM's preprocessing), else all must have one size.
+pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
+    let mut images: Vec<Array3<u8>> = Vec::new();
+    let mut first_label = String::new();
+    visit_folder(dir, &mut |label, mut img| {
+        let (h, w, _) = img.dim();
         if let Some(size) = center_crop {
             img = llamagen_evaluate::center_crop::center_crop(img.view(), size)
                 .with_context(|| format!("center-cropping {label}"))?;
@@ -279,21 +308,7 @@ pub fn read_folder(dir: &Path, center_crop: Option<usize>) -> anyhow::Result<Arr
         }
         images.push(img);
         Ok(())
-    };
-    for file in files.iter().filter(|f| is_image(&extension(f))) {
-        let img = image::open(file).with_context(|| format!("decoding {}", file.display()))?;
-        add(file.display().to_string(), img)?;
-    }
-    for tar in files.iter().filter(|f| extension(f) == "tar") {
-        for (name, bytes) in llamagen_shards::webdataset::read_members(tar)? {
-            if is_image(&extension(Path::new(&name))) {
-                let label = format!("{}:{name}", tar.display());
-                let img =
-                    image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
-                add(label, img)?;
-            }
-        }
-    }
+    })?;
     let views: Vec<_> = images
         .iter()
         .map(|i| i.view().insert_axis(Axis(0)))

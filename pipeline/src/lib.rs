@@ -4,6 +4,8 @@
 //! - [`config`]: the pipeline config (`PIPELINE.toml`), one section per stage, validated.
 //! - [`sample`]: images from a GPT checkpoint and a VQ tokenizer, resumable per folder.
 //! - [`image_sets`]: image sets through the FID Inception, and the generation metrics.
+//! - [`text_to_image`]: the text-to-image protocol's features and metrics (FID, KID, CLIP-FID,
+//!   CLIP score) of generated images against a reference folder.
 //! - [`recording`]: results onto the leaderboard.
 //! - [`benchmark`]: one checkpoint over a guidance sweep: sample, measure, record.
 //! - [`checkpoint_evaluator`]: every checkpoint a protocol selects benchmarked once, shared by
@@ -33,4 +35,5 @@ pub mod scheduler;
 pub mod shard_worker;
 pub mod signals;
 pub mod stages;
+pub mod text_to_image;
 pub mod train;

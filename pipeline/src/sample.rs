@@ -48,7 +48,8 @@ pub struct SampleArgs {
     /// Class ids to cycle through (comma-separated); default: every class in turn.
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<i64>,
-    /// Text-to-image: a file of prompts, one per line, cycled through like --classes.
+    /// Text-to-image: a file of prompts (LlamaGen's coco_captions.csv / PartiPrompts.tsv
+    /// layout with a `Prompt` column, or one per line), cycled through like --classes.
     #[arg(long, requires = "t5")]
     pub prompts: Option<PathBuf>,
     /// Text-to-image: the FLAN-T5 export folder (scripts/export_t5.py) that embeds --prompts.
@@ -254,43 +255,94 @@ fn configs(args: &SampleArgs) -> anyhow::Result<(GptConfig, VqConfig)> {
     Ok((gpt, vq))
 }
 
-/// FLAN-T5 features of `prompts` as the GPT's prefix, as LlamaGen's sample_t2i.py makes it
-/// (left padding, the padded rows zeroed by the mask): [P, T, D] f32 with the valid tokens
-/// last, and the [P, T] bool mask of the valid positions.
-fn embed_prompts(
-    prompts: &[String],
-    t5: &Path,
-    gpt: &GptConfig,
-) -> anyhow::Result<(Tensor, Tensor)> {
-    let prefix = gpt.cls_token_num as usize;
-    let mut encoder = llamagen_encode::t5::T5Encoder::open(t5, prefix, 0)?;
-    if encoder.spec.d_model as i64 != gpt.caption_dim {
-        bail!(
-            "the T5 encoder is {} wide but the GPT expects captions {} wide",
-            encoder.spec.d_model,
-            gpt.caption_dim
-        );
-    }
-    let strs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let embedded = encoder.embed(&strs, 16)?;
-    let d = encoder.spec.d_model;
-    let mut features = vec![0f32; prompts.len() * prefix * d];
-    let mut mask = vec![false; prompts.len() * prefix];
-    for (p, e) in embedded.iter().enumerate() {
-        let n = e.nrows().min(prefix);
-        let start = (p * prefix + prefix - n) * d;
-        for (dst, src) in features[start..start + n * d].iter_mut().zip(e.iter()) {
-            *dst = *src;
+/// FLAN-T5 features of prompts as the GPT's prefix, as LlamaGen's sample_t2i.py makes them
+/// (left padding, the padded rows zeroed by the mask), batch by batch: 30,000 COCO prompts
+/// embedded at once would be 30 GB of features. Each prompt runs through T5 alone, so its
+/// features never depend on which prompts share its batch (a resumed run's batches differ).
+struct PromptEncoder {
+    encoder: llamagen_encode::t5::T5Encoder,
+    prefix: usize,
+}
+
+impl PromptEncoder {
+    fn open(t5: &Path, gpt: &GptConfig) -> anyhow::Result<Self> {
+        let prefix = gpt.cls_token_num as usize;
+        let encoder = llamagen_encode::t5::T5Encoder::open(t5, prefix, 0)?;
+        if encoder.spec.d_model as i64 != gpt.caption_dim {
+            bail!(
+                "the T5 encoder is {} wide but the GPT expects captions {} wide",
+                encoder.spec.d_model,
+                gpt.caption_dim
+            );
         }
-        for m in &mut mask[p * prefix + prefix - n..(p + 1) * prefix] {
-            *m = true;
-        }
+        Ok(Self { encoder, prefix })
     }
-    let p = prompts.len() as i64;
-    Ok((
-        Tensor::from_slice(&features).view([p, prefix as i64, d as i64]),
-        Tensor::from_slice(&mask).view([p, prefix as i64]),
-    ))
+
+    /// [B, T, D] f32 with the valid tokens last, and the [B, T] bool mask of valid positions.
+    fn embed(&mut self, prompts: &[&str]) -> anyhow::Result<(Tensor, Tensor)> {
+        let prefix = self.prefix;
+        let embedded = self.encoder.embed(prompts, 1)?;
+        let d = self.encoder.spec.d_model;
+        let mut features = vec![0f32; prompts.len() * prefix * d];
+        let mut mask = vec![false; prompts.len() * prefix];
+        for (p, e) in embedded.iter().enumerate() {
+            let n = e.nrows().min(prefix);
+            let start = (p * prefix + prefix - n) * d;
+            for (dst, src) in features[start..start + n * d].iter_mut().zip(e.iter()) {
+                *dst = *src;
+            }
+            for m in &mut mask[p * prefix + prefix - n..(p + 1) * prefix] {
+                *m = true;
+            }
+        }
+        let p = prompts.len() as i64;
+        Ok((
+            Tensor::from_slice(&features).view([p, prefix as i64, d as i64]),
+            Tensor::from_slice(&mask).view([p, prefix as i64]),
+        ))
+    }
+}
+
+/// The prompts of a file: LlamaGen's layout (a tab-separated table whose header has a
+/// `Prompt` column, as `evaluations/t2i/coco_captions.csv` and `PartiPrompts.tsv`, read as
+/// pandas reads them with `delimiter='\t'`), or else one prompt per line. Blank lines are
+/// skipped. Sample `i` takes prompt `i % count`.
+pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
+    let column = lines
+        .peek()
+        .and_then(|header| header.split('\t').position(|f| f.trim() == "Prompt"));
+    if column.is_some() {
+        lines.next();
+    }
+    let prompts: Vec<String> = lines
+        .map(|line| {
+            let field = match column {
+                Some(c) => line.split('\t').nth(c).unwrap_or(""),
+                None => line,
+            };
+            unquote(field.trim())
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    if prompts.is_empty() {
+        bail!("{} holds no prompt", path.display());
+    }
+    Ok(prompts)
+}
+
+/// A CSV field as pandas reads it: quotes around it removed, doubled quotes inside made single.
+fn unquote(field: &str) -> String {
+    match field
+        .strip_prefix('"')
+        .and_then(|f| f.strip_suffix('"'))
+        .filter(|_| field.len() >= 2)
+    {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => field.to_string(),
+    }
 }
 
 /// Seed of sample `index`: the run seed in the high half, the index in the low half, so that no
@@ -325,20 +377,7 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     }
     let prompts = match &args.prompts {
         None => Vec::new(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let lines: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            if lines.is_empty() {
-                bail!("{} holds no prompt", path.display());
-            }
-            lines
-        }
+        Some(path) => read_prompts(path)?,
     };
     let image_size_eval = args.image_size_eval.unwrap_or(args.image_size);
     if image_size_eval <= 0 {
@@ -390,9 +429,8 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
 
-    // Prompts: their FLAN-T5 features [P, T, D], valid tokens last, and the [P, T] mask.
-    let prompt_features = match &args.t5 {
-        Some(dir) if !prompts.is_empty() => Some(embed_prompts(&prompts, dir, &gpt_config)?),
+    let mut prompt_encoder = match &args.t5 {
+        Some(dir) if !prompts.is_empty() => Some(PromptEncoder::open(dir, &gpt_config)?),
         _ => None,
     };
     let mut gpt_vs = VarStore::new(device);
@@ -426,20 +464,17 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
             .map(|&i| classes[(i % classes.len() as u64) as usize])
             .collect();
         let seeds: Vec<u64> = batch.iter().map(|&i| sample_seed(args.seed, i)).collect();
-        let (cond, prefix_mask) = match &prompt_features {
+        let (cond, prefix_mask) = match &mut prompt_encoder {
             None => (Tensor::from_slice(&labels).to_device(device), None),
-            Some((features, mask)) => {
-                let rows: Vec<i64> = batch
+            Some(encoder) => {
+                let batch_prompts: Vec<&str> = batch
                     .iter()
-                    .map(|&i| (i % features.size()[0] as u64) as i64)
+                    .map(|&i| prompts[(i % prompts.len() as u64) as usize].as_str())
                     .collect();
-                let rows = Tensor::from_slice(&rows);
+                let (features, mask) = encoder.embed(&batch_prompts)?;
                 (
-                    features
-                        .index_select(0, &rows)
-                        .to_device(device)
-                        .to_kind(gpt_kind),
-                    Some(mask.index_select(0, &rows).to_device(device)),
+                    features.to_device(device).to_kind(gpt_kind),
+                    Some(mask.to_device(device)),
                 )
             }
         };
@@ -518,4 +553,38 @@ fn write_npz(out: &Path, indices: std::ops::Range<u64>, path: &Path) -> anyhow::
     let stacked = llamagen_evaluate::inception::stack(&images)?;
     llamagen_evaluate::npz::write_reference(path, Some(stacked.view()), None, None)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompts_of(text: &str) -> anyhow::Result<Vec<String>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("prompts");
+        std::fs::write(&path, text)?;
+        read_prompts(&path)
+    }
+
+    #[test]
+    fn prompts_come_from_llamagens_tables_or_one_per_line() {
+        // coco_captions.csv: a lone `Prompt` header.
+        assert_eq!(
+            prompts_of("Prompt\nA red bus.\n\nTwo cats.\n").unwrap(),
+            ["A red bus.", "Two cats."]
+        );
+        // PartiPrompts.tsv: the column among others, and a quoted field.
+        assert_eq!(
+            prompts_of("Prompt\tCategory\tChallenge\n\"A \"\"big\"\" dog\"\tAnimals\tBasic\nA tree\tPlants\tBasic\n")
+                .unwrap(),
+            ["A \"big\" dog", "A tree"]
+        );
+        // No header: every non-blank line is a prompt.
+        assert_eq!(
+            prompts_of("a photo of a cat\n  \na bowl of fruit\n").unwrap(),
+            ["a photo of a cat", "a bowl of fruit"]
+        );
+        let err = prompts_of("Prompt\n\n").unwrap_err().to_string();
+        assert!(err.contains("holds no prompt"), "{err}");
+    }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ndarray::Array2;
 
-use crate::FilterError;
+use crate::ClipError;
 
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
@@ -18,8 +18,8 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    pub fn open(path: &Path, context: usize) -> Result<Self, FilterError> {
-        let model = |message: String| FilterError::Model {
+    pub fn open(path: &Path, context: usize) -> Result<Self, ClipError> {
+        let model = |message: String| ClipError::Model {
             path: path.to_owned(),
             message,
         };
@@ -37,8 +37,13 @@ impl ClipTokenizer {
         })
     }
 
+    /// The `<|endoftext|>` id (49407 in CLIP's vocabulary).
+    pub fn end_token(&self) -> u32 {
+        self.end
+    }
+
     /// Token ids of `texts`: [N, context] i64, as `open_clip.tokenize(texts)`.
-    pub fn encode(&self, texts: &[&str]) -> Result<Array2<i64>, FilterError> {
+    pub fn encode(&self, texts: &[&str]) -> Result<Array2<i64>, ClipError> {
         let mut out = Array2::<i64>::zeros((texts.len(), self.context));
         for (row, text) in texts.iter().enumerate() {
             let once = html_escape::decode_html_entities(text);
@@ -46,7 +51,7 @@ impl ClipTokenizer {
             let encoding = self
                 .inner
                 .encode(clean.trim(), true)
-                .map_err(|e| FilterError::Input(format!("tokenizing {text:?}: {e}")))?;
+                .map_err(|e| ClipError::Input(format!("tokenizing {text:?}: {e}")))?;
             let mut ids: Vec<u32> = encoding.get_ids().to_vec();
             if ids.len() > self.context {
                 ids.truncate(self.context);
