@@ -141,10 +141,24 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:>6} {:>24} {:>10} {:>10} {:>10} {:>10} {:>26}  folder",
-        "cfg", "FID [95% interval]", "sFID", "IS", "precision", "recall", "KID [95% interval]"
-    );
+    // A text-to-image run has its protocol's metrics; a class-conditional one the ADM
+    // evaluator's.
+    let text = args.sample.prompts.is_some();
+    if text {
+        println!(
+            "{:>6} {:>24} {:>26} {:>24} {:>26}  folder",
+            "cfg",
+            "FID [95% interval]",
+            "KID [95% interval]",
+            "CLIP-FID [95% interval]",
+            "CLIP score [95% interval]"
+        );
+    } else {
+        println!(
+            "{:>6} {:>24} {:>10} {:>10} {:>10} {:>10} {:>26}  folder",
+            "cfg", "FID [95% interval]", "sFID", "IS", "precision", "recall", "KID [95% interval]"
+        );
+    }
     for (r, id) in results.iter().zip(&ids) {
         let with_interval = |name: &str, digits: usize| {
             r.metrics
@@ -152,17 +166,29 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
                 .find(|m| m.name == name)
                 .map_or_else(|| "-".to_string(), |m| fmt_metric(m, digits))
         };
-        println!(
-            "{:>6} {:>24} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>26}  {}",
-            r.cfg_scale,
-            with_interval("fid", 3),
-            r.value("sfid"),
-            r.value("inception_score"),
-            r.value("precision"),
-            r.value("recall"),
-            with_interval("kid", 5),
-            r.folder.display()
-        );
+        if text {
+            println!(
+                "{:>6} {:>24} {:>26} {:>24} {:>26}  {}",
+                r.cfg_scale,
+                with_interval("fid", 3),
+                with_interval("kid", 5),
+                with_interval("clip_fid", 3),
+                with_interval("clip_score", 4),
+                r.folder.display()
+            );
+        } else {
+            println!(
+                "{:>6} {:>24} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>26}  {}",
+                r.cfg_scale,
+                with_interval("fid", 3),
+                r.value("sfid"),
+                r.value("inception_score"),
+                r.value("precision"),
+                r.value("recall"),
+                with_interval("kid", 5),
+                r.folder.display()
+            );
+        }
         if let Some(id) = id {
             println!("       recorded as evaluation #{id}");
         }

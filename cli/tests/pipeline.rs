@@ -380,6 +380,67 @@ prompts = "{prompts}"
         serde_json::from_slice(&std::fs::read(dir.path().join("samples/sampling.json")).unwrap())
             .unwrap();
     assert_eq!(record["prompts"][1], "A cup of \"coffee\".");
+
+    // `benchmark generator` with prompts prints the text-to-image protocol's metrics; it reads
+    // the reference features the run cached under the same samples folder, and reuses the
+    // run's samples of this checkpoint at the same settings.
+    let benchmarked = llamagen_on(dir.path(), &db.url())
+        .args([
+            "benchmark",
+            "generator",
+            "--device",
+            "cpu",
+            "--image-size",
+            "32",
+        ])
+        .args(["--num-samples", "4", "--batch-size", "2", "--no-record"])
+        .args([
+            "--eval-resolution",
+            "32",
+            "--model",
+            "t2i",
+            "--benchmark",
+            "t2i-test",
+        ])
+        .arg("--gpt-ckpt")
+        .arg(data.join("checkpoints/0000006.safetensors"))
+        .arg("--gpt-config")
+        .arg(&gpt_config)
+        .arg("--vq-ckpt")
+        .arg(&models.vq_ckpt)
+        .arg("--vq-config")
+        .arg(&models.vq_config)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--t5")
+        .arg(repo().join("encode/tests/fixtures/t5"))
+        .arg("--reference")
+        .arg(data.join("shards"))
+        .arg("--inception")
+        .arg(&inception)
+        .arg("--clip")
+        .arg(repo().join("filter/tests/fixtures/models"))
+        .arg("--out")
+        .arg(data.join("samples"))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let out = text(&benchmarked);
+    assert!(benchmarked.status.success(), "{out}");
+    assert!(out.contains("CLIP score [95% interval]"), "{out}");
+    assert!(
+        out.contains("reference features of"),
+        "the cache is read: {out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1.5 "))
+        .unwrap_or_else(|| panic!("no row for the default cfg 1.5: {out}"));
+    assert_eq!(
+        row.matches('[').count(),
+        4,
+        "four metrics with intervals: {row}"
+    );
     // A class-conditional GPT given prompts is refused.
     let refused = sample(&models.gpt_ckpt, &models.gpt_config, "refused");
     assert!(!refused.status.success());
