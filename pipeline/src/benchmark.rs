@@ -169,14 +169,8 @@ impl Measurer {
         }
         let t = &e.text_to_image;
         let mut clip = t.open_clip()?;
-        let folder_sha256 = if e.reference.is_dir() {
-            crate::provenance::folder_sha256(&e.reference)?
-        } else {
-            String::new()
-        };
         let reference = crate::text_to_image::load_reference(
             &e.reference,
-            &folder_sha256,
             &mut net,
             &e.inception,
             &mut clip,
@@ -186,7 +180,7 @@ impl Measurer {
         .with_context(|| format!("reference {}", e.reference.display()))?;
         let reference_set = ReferenceIdentity {
             path: e.reference.clone(),
-            sha256: folder_sha256,
+            sha256: reference.folder_sha256.clone(),
             num_images: Some(reference.features.inception.nrows()),
             image_size: Some(t.eval_resolution),
             made: serde_json::json!({

@@ -100,11 +100,14 @@ pub struct TextToImageReference {
     pub features: TextToImageFeatures,
     pub inception: Statistics,
     pub clip: Statistics,
+    /// The reference folder by content ([`crate::provenance::folder_sha256`]).
+    pub folder_sha256: String,
 }
 
 impl TextToImageReference {
-    fn new(features: TextToImageFeatures) -> anyhow::Result<Self> {
+    fn new(features: TextToImageFeatures, folder_sha256: String) -> anyhow::Result<Self> {
         Ok(Self {
+            folder_sha256,
             inception: Statistics::from_features(features.inception.view())?,
             clip: Statistics::from_features(features.clip.view())?,
             features,
@@ -227,7 +230,6 @@ fn cache_path(
 /// The reference folder's features, from the cache when a previous run made them.
 pub fn load_reference(
     folder: &Path,
-    folder_sha256: &str,
     net: &mut Inception,
     inception_path: &Path,
     clip: &mut Clip,
@@ -240,7 +242,8 @@ pub fn load_reference(
             folder.display()
         );
     }
-    let cache = cache_path(cache_dir, folder_sha256, inception_path, clip, resolution)?;
+    let folder_sha256 = crate::provenance::folder_sha256(folder)?;
+    let cache = cache_path(cache_dir, &folder_sha256, inception_path, clip, resolution)?;
     if cache.is_file() {
         let mut npz = ndarray_npy::NpzReader::new(
             std::fs::File::open(&cache).with_context(|| format!("opening {}", cache.display()))?,
@@ -254,7 +257,7 @@ pub fn load_reference(
             folder.display(),
             cache.display()
         );
-        return TextToImageReference::new(features);
+        return TextToImageReference::new(features, folder_sha256);
     }
     let mut collector = FeatureCollector::new(net, clip, resolution);
     let bar = crate::progress::bar(0, "reference images");
@@ -279,7 +282,7 @@ pub fn load_reference(
         npz.finish()?;
     }
     std::fs::rename(&tmp, &cache).with_context(|| format!("writing {}", cache.display()))?;
-    TextToImageReference::new(features)
+    TextToImageReference::new(features, folder_sha256)
 }
 
 /// The generated side: the samples (npz `arr_0`, [N, H, W, 3] u8 in sample order) through
@@ -378,10 +381,13 @@ mod tests {
 
     #[test]
     fn the_metrics_come_with_intervals_around_their_values() {
-        let reference = TextToImageReference::new(TextToImageFeatures {
-            inception: features(300, 8, 0.0, 1),
-            clip: features(300, 6, 0.0, 2),
-        })
+        let reference = TextToImageReference::new(
+            TextToImageFeatures {
+                inception: features(300, 8, 0.0, 1),
+                clip: features(300, 6, 0.0, 2),
+            },
+            String::new(),
+        )
         .unwrap();
         let samples = TextToImageFeatures {
             inception: features(200, 8, 0.3, 3),
