@@ -19,6 +19,10 @@ pub struct EvaluateArgs {
     pub reference: PathBuf,
     /// Generated set: ADM npz with arr_0, or a folder of images.
     pub samples: PathBuf,
+    /// A pipeline config whose sections give the Inception, center crop and interval
+    /// settings (flags given here override them; relative paths resolve as `llamagen run` resolves them).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The FID Inception network exported by scripts/export_inception.py.
     #[arg(long, default_value = "weights/pt_inception-2015-12-05.onnx")]
     pub inception: PathBuf,

@@ -3,6 +3,7 @@
 //! dispatches.
 
 mod benchmark;
+mod config_defaults;
 mod db;
 mod demo;
 mod demo_metrics;
@@ -15,7 +16,7 @@ mod train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use llamagen_pipeline::config::PipelineConfig;
 use llamagen_pipeline::runner as run;
@@ -135,7 +136,21 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match config_defaults::apply(Cli::command(), &argv) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match command
+        .try_get_matches_from(&argv)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

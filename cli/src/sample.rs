@@ -1,12 +1,17 @@
 //! `llamagen sample`: images from a GPT checkpoint and a VQ tokenizer
 //! (`llamagen_pipeline::sample` does the work; this prints what it did).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub use llamagen_pipeline::sample::{SampleArgs, VqArgs, device};
 
 #[derive(Debug, clap::Args)]
 pub struct SampleCommand {
+    /// A pipeline config whose sections give the sampler's defaults and the newest checkpoint
+    /// of `train.output` (flags given here override them; relative paths resolve as `llamagen run` resolves them).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub sample: SampleArgs,
     /// Print the report (images made and kept, seconds, the npz) as JSON.

@@ -449,4 +449,56 @@ prompts = "{prompts}"
         "{}",
         text(&refused)
     );
+
+    // Stage commands take the same config: its values are their defaults, flags override.
+    let with_config = |args: &[&str]| {
+        let out = llamagen_on(dir.path(), &db.url())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    };
+    let out = with_config(&["encode", "vq"]);
+    assert!(
+        out.contains("0 shard(s) encoded") && out.contains("2 already done"),
+        "{out}"
+    );
+    assert!(
+        with_config(&["encode", "t5"]).contains("0 shard(s) embedded"),
+        "the config's T5 and output folders"
+    );
+    assert!(with_config(&["train", "--no-record"]).contains("nothing to do"));
+    let out = with_config(&["train", "--no-record", "--max-steps", "7"]);
+    assert!(out.contains("trained to step 7"), "{out}");
+    // The newest checkpoint (step 7) with the architecture the trainer wrote beside it.
+    let config_samples = dir.path().join("config-samples");
+    let out = with_config(&[
+        "sample",
+        "--num-samples",
+        "4",
+        "--out",
+        config_samples.to_str().unwrap(),
+    ]);
+    assert!(out.contains("made 4 image(s)"), "{out}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config_samples.join("sampling.json")).unwrap())
+            .unwrap();
+    let (sha256, _) =
+        llamagen_pipeline::provenance::file_sha256(&data.join("checkpoints/0000007.safetensors"))
+            .unwrap();
+    assert_eq!(record["gpt_ckpt_sha256"], sha256.as_str());
+    assert_eq!(record["prompts"][0], "A tabby cat looks at the camera.");
+    // The config's Inception (the built-in default path does not exist here).
+    let out = with_config(&[
+        "evaluate",
+        config_samples.to_str().unwrap(),
+        config_samples.to_str().unwrap(),
+        "--interval-resamples",
+        "0",
+    ]);
+    assert!(out.lines().any(|l| l.starts_with("fid ")), "{out}");
 }

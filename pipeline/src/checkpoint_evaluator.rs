@@ -23,7 +23,7 @@ use llamagen_store::checkpoint_queue::{
 use llamagen_store::{Store, StoreError, StoreOptions};
 
 use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, Measurer, ScaleResult};
-use crate::config::{PipelineConfig, Precision, Task};
+use crate::config::{PipelineConfig, Task};
 use crate::provenance::file_sha256;
 use crate::sample::SampleArgs;
 use crate::signals::StopSignal;
@@ -68,45 +68,7 @@ impl Protocol {
         let under = |p: &str| PipelineConfig::resolve(data_dir, p);
         let text = m.task == Task::T2i;
         let reference = under(&ev.reference);
-        let resolved = crate::sample::device(device)?;
-        // bf16 sampling is a CUDA feature; on a CPU the same protocol samples in fp32.
-        let precision = if s.precision != Precision::Fp32 && !resolved.is_cuda() {
-            tracing::info!(
-                "sample.precision {} needs CUDA; sampling in fp32 on {resolved:?}",
-                s.precision.as_str()
-            );
-            Precision::Fp32
-        } else {
-            s.precision
-        };
-        let sample = SampleArgs {
-            gpt_ckpt: PathBuf::new(),
-            gpt_model: String::new(),
-            gpt_config: None,
-            vq: crate::sample::VqArgs::from_config(config, data_dir),
-            image_size: i64::from(m.image_size),
-            // The text-to-image protocol resizes every image itself (LANCZOS).
-            image_size_eval: (!text && ev.eval_image_size != m.image_size)
-                .then_some(i64::from(ev.eval_image_size)),
-            num_classes: i64::from(m.num_classes),
-            classes: Vec::new(),
-            prompts: text.then(|| under(&ev.prompts)),
-            t5: text.then(|| under(&config.encode.t5)),
-            num_samples: u64::from(s.num_samples),
-            start: 0,
-            cfg_scale: s.cfg_scale,
-            cfg_interval: i64::from(s.cfg_interval),
-            top_k: i64::from(s.top_k),
-            top_p: s.top_p,
-            temperature: s.temperature,
-            seed: s.seed,
-            batch_size: s.batch_size as usize,
-            device: device.to_string(),
-            precision: precision.as_str().to_string(),
-            out: under(&ev.samples_output),
-            no_npz: false,
-            cancel: None,
-        };
+        let sample = SampleArgs::from_config(config, data_dir, device)?;
         Ok(Protocol {
             benchmark: ev.benchmark.clone(),
             center_crop: (!text && reference.is_dir()).then_some(ev.eval_image_size as usize),

@@ -21,7 +21,7 @@ use llamagen_models::weights;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct SampleArgs {
     /// GPT weights (safetensors from scripts/convert_llamagen.py or our trainer).
     #[arg(long)]
@@ -97,11 +97,67 @@ pub struct SampleArgs {
     /// Set by an evaluator whose claim on the checkpoint was lost: sampling stops after the
     /// batch in hand (the PNGs written so far stay valid for whoever resumes the folder).
     #[arg(skip)]
+    #[serde(skip)]
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
+impl SampleArgs {
+    /// The sampler of a pipeline config: `[sample]`'s settings, `[evaluate]`'s prompts and
+    /// image size, the tokenizer of `[encode]`, the classes of `[model]`; paths resolved under
+    /// `data_dir`. The checkpoint is left empty (the evaluator sets it per checkpoint); bf16
+    /// falls back to fp32 where `device` is not CUDA.
+    pub fn from_config(
+        config: &crate::config::PipelineConfig,
+        data_dir: &Path,
+        device: &str,
+    ) -> anyhow::Result<Self> {
+        use crate::config::{PipelineConfig, Precision, Task};
+        let (ev, s, m) = (&config.evaluate, &config.sample, &config.model);
+        let under = |p: &str| PipelineConfig::resolve(data_dir, p);
+        let text = m.task == Task::T2i;
+        let resolved = self::device(device)?;
+        let precision = if s.precision != Precision::Fp32 && !resolved.is_cuda() {
+            tracing::info!(
+                "sample.precision {} needs CUDA; sampling in fp32 on {resolved:?}",
+                s.precision.as_str()
+            );
+            Precision::Fp32
+        } else {
+            s.precision
+        };
+        Ok(SampleArgs {
+            gpt_ckpt: PathBuf::new(),
+            gpt_model: String::new(),
+            gpt_config: None,
+            vq: VqArgs::from_config(config, data_dir),
+            image_size: i64::from(m.image_size),
+            // The text-to-image protocol resizes every image itself (LANCZOS).
+            image_size_eval: (!text && ev.eval_image_size != m.image_size)
+                .then_some(i64::from(ev.eval_image_size)),
+            num_classes: i64::from(m.num_classes),
+            classes: Vec::new(),
+            prompts: text.then(|| under(&ev.prompts)),
+            t5: text.then(|| under(&config.encode.t5)),
+            num_samples: u64::from(s.num_samples),
+            start: 0,
+            cfg_scale: s.cfg_scale,
+            cfg_interval: i64::from(s.cfg_interval),
+            top_k: i64::from(s.top_k),
+            top_p: s.top_p,
+            temperature: s.temperature,
+            seed: s.seed,
+            batch_size: s.batch_size as usize,
+            device: device.to_string(),
+            precision: precision.as_str().to_string(),
+            out: under(&ev.samples_output),
+            no_npz: false,
+            cancel: None,
+        })
+    }
+}
+
 /// The tokenizer: its weights and architecture (shared with `llamagen benchmark tokenizer`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct VqArgs {
     /// VQ tokenizer weights (safetensors).
     #[arg(long)]

@@ -28,8 +28,13 @@ use llamagen_store::training;
 use ndarray::{ArrayD, IxDyn};
 use tch::Tensor;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct TrainArgs {
+    /// A pipeline config whose sections give this command's defaults (flags given here
+    /// override them; relative paths resolve as `llamagen run` resolves them).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// A `llamagen encode vq` output folder, or one holding `<name>_codes/` and
     /// `<name>_labels/` (LlamaGen's extract_codes_c2i.py).
     #[arg(long)]
@@ -244,6 +249,7 @@ pub fn args_from_config(
     let samples = Dataset::open(&codes, t5.as_deref(), 1, 0)?.len() as u64;
     let per_epoch = samples.div_ceil(u64::from(t.global_batch_size));
     Ok(TrainArgs {
+        config: None,
         codes,
         t5,
         block_shards: 16,
@@ -343,7 +349,7 @@ impl EpochOrder {
 }
 
 /// The checkpoints of `out` (those with their `.sha256`), oldest first.
-fn checkpoints(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn checkpoints(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !out.is_dir() {
         return Ok(Vec::new());
     }

@@ -27,8 +27,14 @@ pub enum EncodeCommand {
     ExportT2i(ExportT2iArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct T5Args {
+    /// A pipeline config whose sections give this command's defaults (flags given here
+    /// override them; relative paths resolve as `llamagen run` resolves them).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
     /// The folder holding `NNNNN_captions.parquet` (`llamagen caption --out`).
     #[arg(long)]
     pub captions: PathBuf,
@@ -49,6 +55,7 @@ pub struct T5Args {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     #[command(flatten)]
+    #[serde(skip)]
     pub workers: WorkerArgs,
 }
 
@@ -68,8 +75,14 @@ pub struct ExportT2iArgs {
     pub out: PathBuf,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct VqEncodeArgs {
+    /// A pipeline config whose sections give this command's defaults (flags given here
+    /// override them; relative paths resolve as `llamagen run` resolves them).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
     /// A folder of webdataset shards (`*.tar`) or an ImageFolder (one subfolder per class).
     #[arg(long)]
     pub input: PathBuf,
@@ -101,6 +114,7 @@ pub struct VqEncodeArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     #[command(flatten)]
+    #[serde(skip)]
     pub workers: WorkerArgs,
 }
 
@@ -358,38 +372,57 @@ pub async fn run_from_config(
     config: &crate::config::PipelineConfig,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
-    let e = &config.encode;
-    let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
-    let shards = under(&config.ingest.output);
     let text = config.model.task == crate::config::Task::T2i;
-    let vq = VqEncodeArgs {
-        input: shards.clone(),
-        out: under(&e.codes_output),
-        vq: crate::sample::VqArgs::from_config(config, data_dir),
-        image_size: e.image_size as usize,
-        ten_crop: e.ten_crop,
-        crop_range: 1.1,
-        no_flip: text && !e.ten_crop,
-        batch_size: e.batch_size as usize,
-        images_per_shard: 1000,
-        device: "auto".into(),
-        workers: WorkerArgs::ALL,
-    };
+    let vq = VqEncodeArgs::from_config(config, data_dir);
     let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?;
     if code != ExitCode::SUCCESS || !text {
         return Ok(code);
     }
     run(
-        &EncodeCommand::T5(T5Args {
-            captions: shards,
+        &EncodeCommand::T5(T5Args::from_config(config, data_dir)),
+        data_dir,
+    )
+    .await
+}
+
+impl VqEncodeArgs {
+    /// The `[encode]` section's VQ pass over the ingested shards: ten-crop, or the center crop
+    /// for text-to-image, else center + flip; relative paths under `data_dir`.
+    pub fn from_config(config: &crate::config::PipelineConfig, data_dir: &std::path::Path) -> Self {
+        let e = &config.encode;
+        let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
+        let text = config.model.task == crate::config::Task::T2i;
+        VqEncodeArgs {
+            config: None,
+            input: under(&config.ingest.output),
+            out: under(&e.codes_output),
+            vq: crate::sample::VqArgs::from_config(config, data_dir),
+            image_size: e.image_size as usize,
+            ten_crop: e.ten_crop,
+            crop_range: 1.1,
+            no_flip: text && !e.ten_crop,
+            batch_size: e.batch_size as usize,
+            images_per_shard: 1000,
+            device: "auto".into(),
+            workers: WorkerArgs::ALL,
+        }
+    }
+}
+
+impl T5Args {
+    /// The `[encode]` section's FLAN-T5 pass over the captions next to the ingested shards.
+    pub fn from_config(config: &crate::config::PipelineConfig, data_dir: &std::path::Path) -> Self {
+        let e = &config.encode;
+        let under = |p: &str| crate::config::PipelineConfig::resolve(data_dir, p);
+        T5Args {
+            config: None,
+            captions: under(&config.ingest.output),
             t5: under(&e.t5),
             out: under(&e.t5_output),
             max_length: e.t5_max_length as usize,
             batch_size: e.batch_size as usize,
             threads: 0,
             workers: WorkerArgs::ALL,
-        }),
-        data_dir,
-    )
-    .await
+        }
+    }
 }
