@@ -1,7 +1,7 @@
 //! Filter and caption workers sharing one shard folder through PostgreSQL leases, as a Slurm
 //! array or a Kubernetes Job of `--leases` workers runs them: one worker is killed with SIGKILL
-//! (caption) or dies holding a shard (filter), the others take its shard over once the lease
-//! runs out, and every shard is finished exactly once.
+//! while it holds a shard, the others take that shard over once the lease runs out, and every
+//! shard is finished exactly once.
 
 mod common;
 
@@ -14,7 +14,6 @@ use llamagen_caption::output::{CaptionStatus, captions_path, journal_path, read_
 use llamagen_caption::testing::{CaptionServer, MODEL};
 use llamagen_filter::output::{filter_path, read_filter};
 use llamagen_shards::webdataset::TarWriter;
-use llamagen_store::runs;
 use llamagen_store::testing::TestDatabase;
 
 /// `count` shards of `per_shard` photos each.
@@ -51,39 +50,11 @@ async fn shard_rows(db: &TestDatabase, stage: &str) -> Vec<(i32, String, i32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filter_workers_take_over_a_dead_workers_shard() {
+async fn filter_workers_take_over_a_killed_workers_shard() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let shards = shards(dir.path(), 5, 3);
-    let output = std::fs::canonicalize(&shards).unwrap();
-    // A worker that died holding shard 0 with a 2-second lease.
-    let open = runs::join_or_start_stage(
-        &db.pool,
-        &runs::SharedStage {
-            stage: "filter",
-            input_path: &shards.display().to_string(),
-            output_path: &output.display().to_string(),
-            config: &serde_json::json!({}),
-            shards: 5,
-            max_attempts: 3,
-            run_id: None,
-        },
-    )
-    .await
-    .unwrap();
-    let dead = runs::claim_shard(
-        &db.pool,
-        open.stage_run_id,
-        "dead:1",
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(dead.shard_index, 0);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-
-    let worker = || {
+    let shards = shards(dir.path(), 4, 12);
+    let worker = |lease_secs: &str| {
         let mut cmd = llamagen_on(dir.path(), &db.url());
         cmd.arg("filter")
             .arg("--input")
@@ -92,35 +63,64 @@ async fn filter_workers_take_over_a_dead_workers_shard() {
             .arg(repo().join("filter/tests/fixtures/models"))
             .args(["--min-width", "200", "--min-height", "200"])
             .args(["--min-aesthetic", "-10", "--min-clip-similarity", "-1"])
-            .args(["--leases", "--lease-secs", "30"])
+            .args(["--leases", "--lease-secs", lease_secs])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
     };
-    let (a, b) = (worker().spawn().unwrap(), worker().spawn().unwrap());
+    // The first worker is SIGKILLed as soon as it holds a shard.
+    let mut doomed = worker("3").spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        let running = shard_rows(&db, "filter")
+            .await
+            .into_iter()
+            .find(|(_, status, _)| status == "running");
+        if let Some((index, _, _)) = running {
+            break index;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never claimed a shard"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let rows = shard_rows(&db, "filter").await;
+    assert!(
+        rows.contains(&(held, "running".to_string(), 1)),
+        "killed while holding shard {held}: {rows:?}"
+    );
+    assert!(!filter_path(&shards, &format!("{held:05}")).exists());
+
+    // Two workers share the folder and take the killed worker's shard over once its lease
+    // has run out.
+    let (a, b) = (worker("30").spawn().unwrap(), worker("30").spawn().unwrap());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
     let worked = |out: &std::process::Output| text(out).matches(" kept in ").count();
-    assert_eq!(worked(&a) + worked(&b), 5, "{}\n{}", text(&a), text(&b));
+    let done_before_kill = rows.iter().filter(|r| r.1 == "succeeded").count();
+    assert_eq!(
+        worked(&a) + worked(&b) + done_before_kill,
+        4,
+        "every shard filtered once: {rows:?}\n{}\n{}",
+        text(&a),
+        text(&b)
+    );
 
     let rows = shard_rows(&db, "filter").await;
-    let expected: Vec<(i32, String, i32)> = (0..5)
-        .map(|i| (i, "succeeded".to_string(), if i == 0 { 2 } else { 1 }))
+    let expected: Vec<(i32, String, i32)> = (0..4)
+        .map(|i| (i, "succeeded".to_string(), if i == held { 2 } else { 1 }))
         .collect();
     assert_eq!(rows, expected);
-    for shard in 0..5 {
+    for shard in 0..4 {
         let decisions = read_filter(&filter_path(&shards, &format!("{shard:05}"))).unwrap();
-        assert_eq!(decisions.len(), 3);
+        assert_eq!(decisions.len(), 12);
     }
-    // The dead worker cannot finish the shard it lost.
-    assert!(
-        runs::complete_shard(&db.pool, &dead, &runs::ShardCounts::default())
-            .await
-            .is_err()
-    );
-    // The shared stage holds the funnel of all 15 samples and closed as succeeded.
+    // The shared stage holds the funnel of all 48 samples and closed as succeeded.
     let (status, rows_in): (String, i64) = sqlx::query_as(
         "SELECT s.status, f.rows_in FROM stage_runs s
          JOIN filter_funnel f ON f.stage_run_id = s.id
@@ -129,12 +129,12 @@ async fn filter_workers_take_over_a_dead_workers_shard() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((status.as_str(), rows_in), ("succeeded", 15));
+    assert_eq!((status.as_str(), rows_in), ("succeeded", 48));
     let stages: i64 = sqlx::query_scalar("SELECT count(*) FROM stage_runs")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(stages, 1, "both workers joined one stage run");
+    assert_eq!(stages, 1, "all three workers joined one stage run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
