@@ -13,20 +13,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
-use llamagen_evaluate::codebook::CodebookUsage;
-use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
-use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
-use llamagen_pipeline::benchmark::{self, EvaluationArgs, GeneratorArgs, open_inception};
+use llamagen_pipeline::benchmark::{self, GeneratorArgs};
 use llamagen_pipeline::checkpoint_evaluator::{self, EvaluatorOptions};
 use llamagen_pipeline::config::PipelineConfig;
-use llamagen_pipeline::provenance::file_sha256;
-use llamagen_pipeline::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use llamagen_store::results::Metric;
-use ndarray::{Array4, Axis, s};
-use tch::{Device, Tensor};
 
-use crate::sample::{self, VqArgs};
+pub use llamagen_pipeline::tokenizer_benchmark::TokenizerArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchmarkCommand {
@@ -64,20 +56,6 @@ pub struct CheckpointsArgs {
     /// Print the summary as JSON (evaluation ids included) instead of a line.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct TokenizerArgs {
-    #[command(flatten)]
-    pub vq: VqArgs,
-    /// Images per tokenizer batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[command(flatten)]
-    pub evaluation: EvaluationArgs,
 }
 
 pub async fn run(command: &BenchmarkCommand, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -196,141 +174,18 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reference images as one uint8 batch [N, H, W, 3].
-fn reference_images(path: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
-    if path.is_dir() {
-        return llamagen_pipeline::image_sets::read_folder(path, center_crop);
-    }
-    llamagen_evaluate::npz::read_reference(path)?
-        .images
-        .with_context(|| {
-            format!(
-                "{} holds statistics only; the tokenizer needs images",
-                path.display()
-            )
-        })
-}
-
 async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let e = &args.evaluation;
-    let config = args.vq.config()?;
-    if args.batch_size == 0 {
-        bail!("--batch-size must be positive");
-    }
-    let originals = reference_images(&e.reference, e.center_crop)
-        .with_context(|| format!("reference {}", e.reference.display()))?;
-    let (n, h, w, _) = originals.dim();
-    let f = config.downsample() as usize;
-    if h % f != 0 || w % f != 0 {
-        bail!("reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}");
-    }
-    if n < 2 {
-        bail!("need at least 2 reference images, found {n}");
-    }
-    let device = sample::device(&args.device)?;
-    let (_vs, vq) = args.vq.load(device)?;
-
-    let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
-    let mut reconstructions = Array4::<u8>::zeros(originals.dim());
-    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for start in (0..n).step_by(args.batch_size) {
-        let end = (start + args.batch_size).min(n);
-        let batch = originals.slice(s![start..end, .., .., ..]);
-        let pixels = Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
-            .view([(end - start) as i64, h as i64, w as i64, 3])
-            .to_device(device);
-        let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
-        let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
-        usage.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
-        let recon = to_uint8_nhwc(&recon);
-        let values = Vec::<u8>::try_from(&recon.view([-1]))?;
-        let recon = Array4::from_shape_vec((end - start, h, w, 3), values)?;
-        for (i, r) in recon.axis_iter(Axis(0)).enumerate() {
-            let (p, s) = reconstruction_quality(
-                originals.index_axis(Axis(0), start + i),
-                r,
-                Convention::LlamaGen,
-            )?;
-            psnrs.push(p);
-            ssims.push(s);
-        }
-        reconstructions
-            .slice_mut(s![start..end, .., .., ..])
-            .assign(&recon);
-    }
-
-    let mut net = open_inception(e)?;
-    let real = net.features(originals.view())?;
-    let fake = net.features(reconstructions.view())?;
-    let metrics = llamagen_pipeline::image_sets::reconstruction_metrics(
-        real.pool.view(),
-        fake.pool.view(),
-        &psnrs,
-        &ssims,
-        usage.usage(),
-        &e.intervals,
-    )?;
-    let mut id = None;
-    if !e.no_record {
-        let reference_set = ReferenceIdentity::of(
-            &e.reference,
-            e.center_crop.filter(|_| e.reference.is_dir()),
-            Some(n),
-            Some(h),
-        )?;
-        id = Some(
-            record(
-                &Recording {
-                    kind: "tokenizer",
-                    architecture: "llamagen-vq",
-                    model: &e.model,
-                    size: None,
-                    checkpoint: &args.vq.vq_ckpt,
-                    step: e.step,
-                    benchmark: &e.benchmark,
-                    cfg_scale: None,
-                    cfg_interval: None,
-                    top_k: None,
-                    top_p: None,
-                    temperature: None,
-                    image_size: Some(h as i32),
-                    eval_image_size: Some(h as i32),
-                    seed: None,
-                    precision: Some("fp32"),
-                    extra: Some(serde_json::json!({
-                        "reference": reference_set.json(),
-                        "vq": config,
-                        "ssim_convention": "llamagen",
-                        "intervals": e.intervals.describe(),
-                    })),
-                    samples_path: None,
-                    protocol: Some(MeasurementProtocol {
-                        feature_extractor_sha256: &file_sha256(&e.inception)?.0,
-                        reference: &reference_set,
-                        preprocessing: serde_json::json!({
-                            "reconstructions": "the reference images through the tokenizer at their size",
-                        }),
-                        settings: serde_json::json!({
-                            "ssim_convention": "llamagen",
-                            "intervals": e.intervals.describe(),
-                        }),
-                        num_samples: n,
-                    }),
-                },
-                data_dir,
-                &metrics,
-                n,
-            )
-            .await?,
-        );
-    }
-    if e.json {
-        let out = serde_json::json!({ "metrics": metrics_json(&metrics), "evaluation_id": id });
+    let result = llamagen_pipeline::tokenizer_benchmark::run(args, data_dir).await?;
+    if args.evaluation.json {
+        let out = serde_json::json!({
+            "metrics": metrics_json(&result.metrics),
+            "evaluation_id": result.evaluation_id,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_metrics(&metrics);
-    if let Some(id) = id {
+    print_metrics(&result.metrics);
+    if let Some(id) = result.evaluation_id {
         println!("recorded as evaluation #{id}");
     }
     Ok(ExitCode::SUCCESS)

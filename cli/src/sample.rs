@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub use llamagen_pipeline::sample::{SampleArgs, VqArgs, device};
+pub use llamagen_pipeline::sample::SampleArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct SampleCommand {

@@ -8,6 +8,7 @@
 //!   CLIP score) of generated images against a reference folder.
 //! - [`recording`]: results onto the leaderboard.
 //! - [`benchmark`]: one checkpoint over a guidance sweep: sample, measure, record.
+//! - [`tokenizer_benchmark`]: a VQ tokenizer's reconstructions measured and recorded.
 //! - [`checkpoint_evaluator`]: every checkpoint a protocol selects benchmarked once, shared by
 //!   any number of evaluators through PostgreSQL claims.
 //! - [`shard_worker`]: the one shard-worker loop (a fixed split, or claims with leases).
@@ -36,4 +37,5 @@ pub mod shard_worker;
 pub mod signals;
 pub mod stages;
 pub mod text_to_image;
+pub mod tokenizer_benchmark;
 pub mod train;

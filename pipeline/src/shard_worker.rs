@@ -499,7 +499,7 @@ pub async fn finish_if_done(
         } else {
             (Outcome::Succeeded, None)
         };
-        let counts = serde_json::to_value(&state)?;
+        let counts = serde_json::to_value(state)?;
         runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
         if !keep_run_open {
             // Another worker may have closed the run first; that is fine.

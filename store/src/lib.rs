@@ -7,12 +7,14 @@
 //! - [`results`]: models, checkpoints, evaluations and metrics (the leaderboard).
 //! - [`training`]: training runs and their loss curves.
 //! - [`checkpoint_queue`]: checkpoints waiting for an evaluation, claimed by evaluators.
+//! - [`lease`]: the claim, renew, fail and release protocol both of those queues share.
 //! - [`schedule`]: cron ticks and the per-pipeline lock that `llamagen schedule` shares.
 //! - [`testing`]: a fresh database per test, on the private cluster or on `DATABASE_URL`.
 
 pub mod checkpoint_queue;
 pub mod cluster;
 mod db;
+pub mod lease;
 pub mod results;
 pub mod runs;
 pub mod schedule;

@@ -211,13 +211,12 @@ pub struct ShardLease {
     pub expires_at: DateTime<Utc>,
 }
 
-/// How many expired leases a shard survives per allowed failure: a killed worker does not use
-/// up the shard's attempts, but a shard that kills every worker is given up in the end.
-pub const EXPIRIES_PER_ATTEMPT: i32 = 3;
+use crate::lease::{self, HELD, Held, Queue};
+pub use crate::lease::{AfterFailure, EXPIRIES_PER_ATTEMPT, Progress as ShardProgress};
 
 /// Claims the lowest-numbered shard that is pending, or whose lease has expired. `None` when
 /// nothing is left to claim (all done, failed, or held by live workers). Taking over an
-/// expired lease counts an expiry, not a failure.
+/// expired lease counts an expiry, not a failure (`lease`).
 pub async fn claim_shard(
     pool: &PgPool,
     stage_run_id: i64,
@@ -225,49 +224,37 @@ pub async fn claim_shard(
     lease: Duration,
 ) -> Result<Option<ShardLease>, StoreError> {
     let mut tx = pool.begin().await?;
-    // A shard whose lease ran out once too often ends as failed, not as claimable.
-    sqlx::query(
-        "UPDATE shards SET status = 'failed', lease_expires_at = NULL, finished_at = now(),
-                expiries = expiries + 1,
-                error = coalesce(error || '; ', '') || 'lease expired ' || (expiries + 1)
-                        || ' times (its workers were killed or lost the database); gave up'
-         WHERE stage_run_id = $1 AND status = 'running' AND lease_expires_at < now()
-           AND expiries + 1 >= $2 * max_attempts",
-    )
-    .bind(stage_run_id)
-    .bind(EXPIRIES_PER_ATTEMPT)
-    .execute(&mut *tx)
-    .await?;
-    let row: Option<(i64, i32, i32, DateTime<Utc>)> = sqlx::query_as(
-        "UPDATE shards SET status = 'running', worker = $2, attempts = attempts + 1,
-                expiries = expiries + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
-                lease_expires_at = now() + make_interval(secs => $3),
-                started_at = now(), finished_at = NULL
-         WHERE id = (
-             SELECT id FROM shards
-             WHERE stage_run_id = $1 AND failures < max_attempts
-               AND (status = 'pending' OR (status = 'running' AND lease_expires_at < now()))
-             ORDER BY shard_index
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED)
-         RETURNING id, shard_index, attempts, lease_expires_at",
-    )
-    .bind(stage_run_id)
-    .bind(worker)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
+    let claimed = lease::claim(&mut tx, Queue::Shards, stage_run_id, worker, lease).await?;
+    let row = match claimed {
+        Some((shard_id, attempt, expires_at)) => {
+            let shard_index: i32 =
+                sqlx::query_scalar("SELECT shard_index FROM shards WHERE id = $1")
+                    .bind(shard_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            Some(ShardLease {
+                shard_id,
+                stage_run_id,
+                shard_index,
+                attempt,
+                worker: worker.to_owned(),
+                expires_at,
+            })
+        }
+        None => None,
+    };
     tx.commit().await?;
-    Ok(
-        row.map(|(shard_id, shard_index, attempt, expires_at)| ShardLease {
-            shard_id,
-            stage_run_id,
-            shard_index,
-            attempt,
-            worker: worker.to_owned(),
-            expires_at,
-        }),
-    )
+    Ok(row)
+}
+
+impl ShardLease {
+    fn held(&self) -> Held<'_> {
+        Held {
+            id: self.shard_id,
+            worker: &self.worker,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// Extends a lease; fails with [`StoreError::LeaseLost`] if another worker has taken the shard.
@@ -276,18 +263,7 @@ pub async fn renew_lease(
     lease: &ShardLease,
     extend_by: Duration,
 ) -> Result<ShardLease, StoreError> {
-    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE shards SET lease_expires_at = now() + make_interval(secs => $4)
-         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
-         RETURNING lease_expires_at",
-    )
-    .bind(lease.shard_id)
-    .bind(&lease.worker)
-    .bind(lease.attempt)
-    .bind(extend_by.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    match expires_at {
+    match lease::renew(pool, Queue::Shards, lease.held(), extend_by).await? {
         Some(expires_at) => Ok(ShardLease {
             expires_at,
             ..lease.clone()
@@ -318,37 +294,29 @@ pub async fn complete_shard(
     } else {
         counts.extra.clone()
     };
-    let done = sqlx::query(
+    let sql = format!(
         "UPDATE shards SET status = 'succeeded', lease_expires_at = NULL, finished_at = now(),
                 duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
                 input_rows = $4, output_rows = $5, failed_rows = $6, bytes_written = $7,
                 counts = $8, error = NULL
-         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'",
-    )
-    .bind(lease.shard_id)
-    .bind(&lease.worker)
-    .bind(lease.attempt)
-    .bind(counts.input_rows)
-    .bind(counts.output_rows)
-    .bind(counts.failed_rows)
-    .bind(counts.bytes_written)
-    .bind(extra)
-    .execute(pool)
-    .await?
-    .rows_affected();
+         WHERE {HELD}"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(lease.shard_id)
+        .bind(&lease.worker)
+        .bind(lease.attempt)
+        .bind(counts.input_rows)
+        .bind(counts.output_rows)
+        .bind(counts.failed_rows)
+        .bind(counts.bytes_written)
+        .bind(extra)
+        .execute(pool)
+        .await?
+        .rows_affected();
     if done == 0 {
         return Err(lease_lost(lease));
     }
     Ok(())
-}
-
-/// What happens to a shard after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// Back to pending: another claim will retry it.
-    WillRetry,
-    /// Out of attempts: failed for good.
-    GaveUp,
 }
 
 /// Records a failed attempt at a held shard: it counts against `max_attempts`.
@@ -357,45 +325,19 @@ pub async fn fail_shard(
     lease: &ShardLease,
     error: &str,
 ) -> Result<AfterFailure, StoreError> {
-    let status: Option<String> = sqlx::query_scalar(
-        "UPDATE shards
-         SET status = CASE WHEN failures + 1 >= max_attempts THEN 'failed' ELSE 'pending' END,
-             failures = failures + 1, lease_expires_at = NULL, worker = NULL, error = $4,
-             finished_at = CASE WHEN failures + 1 >= max_attempts THEN now() END
-         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'
-         RETURNING status",
-    )
-    .bind(lease.shard_id)
-    .bind(&lease.worker)
-    .bind(lease.attempt)
-    .bind(error)
-    .fetch_optional(pool)
-    .await?;
-    match status.as_deref() {
-        Some("failed") => Ok(AfterFailure::GaveUp),
-        Some(_) => Ok(AfterFailure::WillRetry),
-        None => Err(lease_lost(lease)),
-    }
+    lease::fail(pool, Queue::Shards, lease.held(), error)
+        .await?
+        .ok_or_else(|| lease_lost(lease))
 }
 
 /// Gives a held shard back unfinished (its worker is stopping): pending again, counted neither
 /// as a failure nor as an expiry, since the shard itself did nothing wrong.
 pub async fn release_shard(pool: &PgPool, lease: &ShardLease) -> Result<(), StoreError> {
-    let updated = sqlx::query(
-        "UPDATE shards
-         SET status = 'pending', lease_expires_at = NULL, worker = NULL, started_at = NULL
-         WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'",
-    )
-    .bind(lease.shard_id)
-    .bind(&lease.worker)
-    .bind(lease.attempt)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Err(lease_lost(lease));
+    if lease::release(pool, Queue::Shards, lease.held()).await? {
+        Ok(())
+    } else {
+        Err(lease_lost(lease))
     }
-    Ok(())
 }
 
 fn lease_lost(lease: &ShardLease) -> StoreError {
@@ -406,47 +348,8 @@ fn lease_lost(lease: &ShardLease) -> StoreError {
 }
 
 /// Shard counts by status for one stage run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ShardProgress {
-    pub pending: i64,
-    pub running: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-}
-
-impl ShardProgress {
-    pub fn total(&self) -> i64 {
-        self.pending + self.running + self.succeeded + self.failed
-    }
-
-    /// No shard is waiting or in flight.
-    pub fn finished(&self) -> bool {
-        self.pending == 0 && self.running == 0
-    }
-}
-
 pub async fn shard_progress(pool: &PgPool, stage_run_id: i64) -> Result<ShardProgress, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM shards WHERE stage_run_id = $1 GROUP BY status",
-    )
-    .bind(stage_run_id)
-    .fetch_all(pool)
-    .await?;
-    let mut progress = ShardProgress::default();
-    for (status, n) in rows {
-        match status.as_str() {
-            "pending" => progress.pending = n,
-            "running" => progress.running = n,
-            "succeeded" => progress.succeeded = n,
-            "failed" => progress.failed = n,
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "unknown shard status {other:?}"
-                )));
-            }
-        }
-    }
-    Ok(progress)
+    lease::progress(pool, Queue::Shards, stage_run_id).await
 }
 
 /// One rule of a filter funnel: how many rows reached it and how many it removed.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use llamagen_store::StoreError;
-use llamagen_store::checkpoint_queue::{self as queue, Selection};
+use llamagen_store::checkpoint_queue::{self as queue, AfterFailure, Selection};
 use llamagen_store::results::{self, NewCheckpoint, NewModel};
 use llamagen_store::testing::with_database;
 use llamagen_store::training;
@@ -164,7 +164,7 @@ async fn evaluators_never_claim_the_same_checkpoint() {
         assert_eq!((all.len(), unique.len()), (24, 24));
         let progress = queue::progress(&pool, PROTOCOL).await.unwrap();
         assert_eq!(progress.succeeded, 24);
-        assert!(progress.drained());
+        assert!(progress.finished());
     })
     .await;
 }
@@ -212,10 +212,29 @@ async fn a_dead_evaluators_checkpoint_is_taken_over_and_it_cannot_finish_it() {
                 .await
                 .is_err()
         );
-        // A failure on the last attempt is final.
-        assert!(!queue::fail(&pool, &live, "boom").await.unwrap());
+        // The killed evaluator's expiry used none of the two attempts: the first failure is
+        // retried, the second is final.
+        assert_eq!(
+            queue::fail(&pool, &live, "boom").await.unwrap(),
+            AfterFailure::WillRetry
+        );
+        let again = queue::claim(&pool, PROTOCOL, "live", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.attempt, 3);
+        assert_eq!(
+            queue::fail(&pool, &again, "boom").await.unwrap(),
+            AfterFailure::GaveUp
+        );
         let progress = queue::progress(&pool, PROTOCOL).await.unwrap();
         assert_eq!((progress.failed, progress.pending), (1, 0));
+        let (failures, expiries): (i32, i32) =
+            sqlx::query_as("SELECT failures, expiries FROM checkpoint_queue")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((failures, expiries), (2, 1));
     })
     .await;
 }
@@ -242,7 +261,9 @@ async fn a_released_checkpoint_keeps_its_attempts() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(again.attempt, 1);
+        // The release counted as no failure: with one attempt allowed, the checkpoint is
+        // claimed again (the claim counter goes on).
+        assert_eq!(again.attempt, 2);
         queue::complete(&pool, &again, &[7, 8]).await.unwrap();
         let ids: Vec<i64> = sqlx::query_scalar("SELECT evaluation_ids FROM checkpoint_queue")
             .fetch_one(&pool)

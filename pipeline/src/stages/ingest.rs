@@ -329,7 +329,7 @@ pub async fn run_with(
     })
     .await?;
     progress.finish();
-    let state = walked.progress.clone().unwrap_or_default();
+    let state = walked.progress.unwrap_or_default();
     let done_here = walked.done;
     let released = walked.released.clone();
     if walked.stopped {
