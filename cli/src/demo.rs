@@ -287,6 +287,7 @@ async fn export_step(
             codes: under(&c2i.encode.codes_output),
             out: under("demo/llamagen-codes"),
             name: "demo32".into(),
+            json: false,
         }),
         data_dir,
     )
@@ -297,6 +298,7 @@ async fn export_step(
             codes: under(&t2i.encode.codes_output),
             t5: under(&t2i.encode.t5_output),
             out: under("demo/llamagen-t2i"),
+            json: false,
         }),
         data_dir,
     )

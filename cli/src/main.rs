@@ -9,6 +9,7 @@ mod demo;
 mod demo_metrics;
 mod doctor;
 mod evaluate;
+mod json_report;
 mod sample;
 mod serve;
 mod train;
@@ -201,15 +202,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&args, &cli.data_dir).await,
-        Command::Encode(cmd) => encode::run(&cmd, &cli.data_dir).await,
-        Command::Caption(args) => caption::run(&args, &cli.data_dir).await,
-        Command::Filter(args) => filter::run(&args, &cli.data_dir).await,
+        Command::Encode(cmd) => {
+            json_report::run(cmd.json(), encode::run(&cmd, &cli.data_dir)).await
+        }
+        Command::Caption(args) => {
+            json_report::run(args.json, caption::run(&args, &cli.data_dir)).await
+        }
+        Command::Filter(args) => {
+            json_report::run(args.json, filter::run(&args, &cli.data_dir)).await
+        }
         Command::Schedule(args) => schedule::run(&args, &cli.data_dir).await,
         Command::Evaluate(args) => evaluate::run(&args, &cli.data_dir).await,
         Command::Sample(args) => sample::run(&args),
         Command::Train(args) => train::run(&args, &cli.data_dir).await,
         Command::Benchmark(cmd) => benchmark::run(&cmd, &cli.data_dir).await,
-        Command::Ingest(args) => ingest::run(&args, &cli.data_dir).await,
+        Command::Ingest(args) => {
+            json_report::run(args.json, ingest::run(&args, &cli.data_dir)).await
+        }
         Command::Demo { no_serve } => demo::run(&cli.data_dir, !no_serve).await,
         Command::Serve(args) => serve::run(&args, &cli.data_dir).await,
     }

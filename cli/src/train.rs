@@ -3,9 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use llamagen_pipeline::report::StageReport;
 pub use llamagen_pipeline::train::TrainArgs;
 
 pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    llamagen_pipeline::train::run(args, data_dir).await?;
-    Ok(ExitCode::SUCCESS)
+    crate::json_report::run(args.json, async {
+        let summary = llamagen_pipeline::train::run(args, data_dir).await?;
+        Ok(StageReport::success(serde_json::to_value(summary)?))
+    })
+    .await
 }

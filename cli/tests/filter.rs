@@ -82,8 +82,12 @@ async fn filter_records_its_funnel_once_and_caption_skips_what_it_dropped() {
     assert_eq!(status, "succeeded");
 
     // A re-run decides nothing again and the funnel stays as it was.
-    let out = filter().output().unwrap();
+    let out = filter().arg("--json").output().unwrap();
     assert!(text(&out).contains("2 already done"), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is the JSON summary alone: {e}: {}", text(&out)));
+    assert_eq!(report["shards_already_done"], 2, "{report}");
+    assert_eq!(report["shards_decided"], 2, "{report}");
     assert_eq!(funnel().await, first);
     // Other thresholds in the same folder are refused.
     let out = filter().args(["--max-watermark", "0.1"]).output().unwrap();

@@ -467,6 +467,28 @@ prompts = "{prompts}"
         out.contains("0 shard(s) encoded") && out.contains("2 already done"),
         "{out}"
     );
+    // With --json, stdout is the summary alone (the human lines go to stderr).
+    let json_of = |args: &[&str]| {
+        let out = llamagen_on(dir.path(), &db.url())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .args(["--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
+    };
+    let report = json_of(&["encode", "vq"]);
+    assert_eq!(
+        (&report["shards_done"], &report["shards_already_done"]),
+        (&serde_json::json!(0), &serde_json::json!(2)),
+        "{report}"
+    );
+    let report = json_of(&["train", "--no-record"]);
+    assert_eq!(report["step"], 6, "{report}");
+    assert!(report["last_loss"].is_null(), "no step ran: {report}");
     assert!(
         with_config(&["encode", "t5"]).contains("0 shard(s) embedded"),
         "the config's T5 and output folders"

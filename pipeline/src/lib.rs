@@ -19,6 +19,7 @@
 //!   the scheduler, the demo).
 //! - [`scheduler`]: pipelines on their cron entries, one run per pipeline at a time across
 //!   machines (`llamagen schedule`).
+//! - [`report`]: what a stage command did, for `--json`.
 //! - [`signals`]: SIGTERM and Ctrl-C for the long-running loops.
 //! - [`progress`]: progress bars on the long stages.
 //! - [`provenance`]: the git revision, file hashes and host name that results carry.
@@ -30,6 +31,7 @@ pub mod image_sets;
 pub mod progress;
 pub mod provenance;
 pub mod recording;
+pub mod report;
 pub mod runner;
 pub mod sample;
 pub mod scheduler;

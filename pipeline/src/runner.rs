@@ -102,7 +102,9 @@ pub async fn run_stages(
         let outcome = match stage {
             Stage::Ingest => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
-                crate::stages::ingest::run_with(config, &ingest_args, data_dir).await
+                crate::stages::ingest::run_with(config, &ingest_args, data_dir)
+                    .await
+                    .map(|report| report.code)
             }
             Stage::Filter => {
                 let shards = PipelineConfig::resolve(data_dir, &config.ingest.output);
@@ -149,7 +151,7 @@ pub async fn run_stages(
             Stage::Train => match crate::train::args_from_config(config, data_dir) {
                 Ok(train_args) => crate::train::run(&train_args, data_dir)
                     .await
-                    .map(|()| ExitCode::SUCCESS),
+                    .map(|_| ExitCode::SUCCESS),
                 Err(e) => Err(e),
             },
             Stage::Sample => checkpoint_evaluator::sample_selected(config, data_dir, "auto")

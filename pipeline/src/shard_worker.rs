@@ -137,6 +137,21 @@ pub struct Walked {
 }
 
 impl Walked {
+    /// The walk for a `--json` report.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "shards_done": self.done,
+            "shards_already_done": self.kept,
+            "failed": self.failed,
+            "released": self.released,
+            "lost": self.lost,
+            "stopped": self.stopped,
+            "run_id": self.stage.map(|s| s.run_id),
+            "stage_run_id": self.stage.map(|s| s.stage_run_id),
+            "stage_shards": self.progress,
+        })
+    }
+
     /// An error naming the shards that failed here or for good, if any did.
     pub fn result(&self) -> anyhow::Result<()> {
         if !self.failed.is_empty() {

@@ -127,6 +127,11 @@ pub struct TrainArgs {
     /// Train without writing to PostgreSQL.
     #[arg(long)]
     pub no_record: bool,
+    /// Print where training stands (step, last loss, newest checkpoint) as JSON on stdout;
+    /// the progress lines go to stderr.
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: bool,
 }
 
 /// LlamaGen's code folders: sample i is `codes/i.npy` and `labels/i.npy`.
@@ -283,6 +288,7 @@ pub fn args_from_config(
         out,
         model: config.trained_model_name(),
         no_record: false,
+        json: false,
     })
 }
 
@@ -405,7 +411,18 @@ fn resume_newest_usable(
     }
 }
 
-pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
+/// Where a training run stands when `run` returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    pub model: String,
+    pub step: i64,
+    /// The loss of the last step this process ran; `None` when it ran none (already trained).
+    pub last_loss: Option<f64>,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+}
+
+pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSummary> {
     if args.global_batch_size == 0
         || args.gradient_accumulation == 0
         || !args
@@ -645,7 +662,12 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<()> {
     } else {
         println!("trained to step {} (last loss {loss:.4})", trainer.step);
     }
-    Ok(())
+    Ok(TrainSummary {
+        model: args.model.clone(),
+        step: trainer.step,
+        last_loss: (!loss.is_nan()).then_some(loss),
+        checkpoint: checkpoints(&args.out)?.pop(),
+    })
 }
 
 /// The samples at run positions `positions` as one micro-batch on `device`.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{CaptionConfig, PipelineConfig};
+use crate::report::StageReport;
 use crate::shard_worker::{self, Fatal, ShardDone, Sharing, StageTarget};
 use crate::signals::StopSignal;
 use anyhow::Context as _;
@@ -52,6 +53,9 @@ pub struct CaptionArgs {
     pub retries: Option<u32>,
     #[command(flatten)]
     pub workers: WorkerArgs,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl CaptionArgs {
@@ -84,7 +88,7 @@ impl CaptionArgs {
     }
 }
 
-pub async fn run(args: &CaptionArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CaptionArgs, data_dir: &Path) -> anyhow::Result<StageReport> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
     let summary = caption_folder(
@@ -94,15 +98,20 @@ pub async fn run(args: &CaptionArgs, data_dir: &Path) -> anyhow::Result<ExitCode
         &args.workers.sharing(data_dir),
     )
     .await?;
+    let mut report = serde_json::to_value(&summary)?;
+    report["out"] = serde_json::json!(out);
     if summary.stopped {
         println!("stopped by signal; run the command again to resume");
-        return Ok(ExitCode::from(crate::signals::EXIT_STOPPED));
+        return Ok(StageReport::new(
+            ExitCode::from(crate::signals::EXIT_STOPPED),
+            report,
+        ));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(StageReport::success(report))
 }
 
 /// What a folder's captioning did, for the caller's report.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct FolderSummary {
     pub shards_done: usize,
     pub shards_skipped: usize,

@@ -9,6 +9,7 @@ use llamagen_encode::crops::Augment;
 use llamagen_encode::encoder::{EncodeOptions, encode_shard};
 use llamagen_encode::{EncodeSettings, source};
 
+use crate::report::StageReport;
 use crate::sample::VqArgs;
 use crate::shard_worker::WorkerArgs;
 use crate::shard_worker::{self, ShardDone, StageTarget};
@@ -57,6 +58,10 @@ pub struct T5Args {
     #[command(flatten)]
     #[serde(skip)]
     pub workers: WorkerArgs,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +78,9 @@ pub struct ExportT2iArgs {
     /// Where `lists/`, `images/`, `codes/`, `t5/` and `t5_short/` go.
     #[arg(long)]
     pub out: PathBuf,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args, serde::Serialize)]
@@ -116,6 +124,10 @@ pub struct VqEncodeArgs {
     #[command(flatten)]
     #[serde(skip)]
     pub workers: WorkerArgs,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,9 +141,15 @@ pub struct ExportArgs {
     /// LlamaGen names them `<dataset><image_size>`, e.g. imagenet256.
     #[arg(long, default_value = "imagenet256")]
     pub name: String,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub async fn run(command: &EncodeCommand, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    command: &EncodeCommand,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<StageReport> {
     match command {
         EncodeCommand::Vq(args) => vq(args, data_dir).await,
         EncodeCommand::T5(args) => t5(args, data_dir).await,
@@ -146,7 +164,9 @@ pub async fn run(command: &EncodeCommand, data_dir: &std::path::Path) -> anyhow:
                 "{n} samples written to {}: lists/*.jsonl (image_path, text [laion, llava, llava_first]), images/, codes/, t5/ and t5_short/",
                 args.out.display()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(StageReport::success(
+                serde_json::json!({ "samples": n, "out": args.out }),
+            ))
         }
         EncodeCommand::Export(args) => {
             let n = llamagen_encode::export::export_llamagen(&args.codes, &args.out, &args.name)?;
@@ -156,12 +176,14 @@ pub async fn run(command: &EncodeCommand, data_dir: &std::path::Path) -> anyhow:
                 args.name,
                 args.name
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(StageReport::success(
+                serde_json::json!({ "samples": n, "out": args.out, "name": args.name }),
+            ))
         }
     }
 }
 
-async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<StageReport> {
     let augment = if args.ten_crop {
         Augment::TenCrop {
             crop_range: args.crop_range,
@@ -233,7 +255,11 @@ async fn vq(args: &VqEncodeArgs, data_dir: &std::path::Path) -> anyhow::Result<E
         walked.kept,
         args.out.display()
     );
-    exit_code(&walked)
+    let mut summary = walked.summary();
+    summary["images"] = images.into();
+    summary["seconds"] = seconds.into();
+    summary["out"] = serde_json::json!(args.out);
+    Ok(StageReport::new(exit_code(&walked)?, summary))
 }
 
 /// The exit status of a walk: stopped by a signal (the run stays open), failed shards, or
@@ -283,7 +309,7 @@ async fn walk_shards(
     .await
 }
 
-async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<StageReport> {
     use llamagen_encode::t5::{T5Encoder, T5Settings};
     use llamagen_encode::t5_shard::embed_shard;
 
@@ -362,7 +388,14 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<ExitCod
             padded as f64 / stored.max(1) as f64,
         );
     }
-    exit_code(&walked)
+    let mut summary = walked.summary();
+    summary["samples"] = samples.into();
+    summary["texts"] = texts.into();
+    summary["tokens"] = tokens.into();
+    summary["stored_bytes"] = stored.into();
+    summary["seconds"] = seconds.into();
+    summary["out"] = serde_json::json!(args.out);
+    Ok(StageReport::new(exit_code(&walked)?, summary))
 }
 
 /// `llamagen run`'s encode stage: the VQ codes of the ingested shards (ten-crop, or the center
@@ -374,15 +407,12 @@ pub async fn run_from_config(
 ) -> anyhow::Result<ExitCode> {
     let text = config.model.task == crate::config::Task::T2i;
     let vq = VqEncodeArgs::from_config(config, data_dir);
-    let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?;
+    let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?.code;
     if code != ExitCode::SUCCESS || !text {
         return Ok(code);
     }
-    run(
-        &EncodeCommand::T5(T5Args::from_config(config, data_dir)),
-        data_dir,
-    )
-    .await
+    let t5 = T5Args::from_config(config, data_dir);
+    Ok(run(&EncodeCommand::T5(t5), data_dir).await?.code)
 }
 
 impl VqEncodeArgs {
@@ -405,6 +435,7 @@ impl VqEncodeArgs {
             images_per_shard: 1000,
             device: "auto".into(),
             workers: WorkerArgs::ALL,
+            json: false,
         }
     }
 }
@@ -423,6 +454,19 @@ impl T5Args {
             batch_size: e.batch_size as usize,
             threads: 0,
             workers: WorkerArgs::ALL,
+            json: false,
+        }
+    }
+}
+
+impl EncodeCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            EncodeCommand::Vq(a) => a.json,
+            EncodeCommand::T5(a) => a.json,
+            EncodeCommand::Export(a) => a.json,
+            EncodeCommand::ExportT2i(a) => a.json,
         }
     }
 }

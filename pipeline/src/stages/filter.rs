@@ -3,11 +3,11 @@
 //! `filter` stage of the pipeline run that ingested the shards, continuing its metadata funnel.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::config::{FilterConfig, PipelineConfig};
 use anyhow::Context as _;
 
+use crate::report::StageReport;
 use crate::shard_worker::WorkerArgs;
 use crate::shard_worker::{self, ShardDone, Sharing, StageTarget};
 use crate::signals::StopSignal;
@@ -58,6 +58,9 @@ pub struct FilterArgs {
     /// Do not record the funnel in PostgreSQL.
     #[arg(long, alias = "no-db")]
     pub no_record: bool,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl FilterArgs {
@@ -90,18 +93,28 @@ pub fn thresholds(f: &FilterConfig) -> Thresholds {
     }
 }
 
-pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<StageReport> {
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
     let sharing = args.workers.sharing(data_dir);
     let summary = filter_folder(&settings, &args.input, &out, args.threads, &sharing).await?;
+    let mut run_id = None;
     if !args.no_record {
         let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
         let recorded = record(&store, &settings, &args.input, &out, None, &summary).await;
         store.close().await?;
-        recorded?;
+        run_id = Some(recorded?);
     }
-    summary.result().map(|()| ExitCode::SUCCESS)
+    summary.result()?;
+    Ok(StageReport::success(serde_json::json!({
+        "shards_done": summary.shards_done,
+        "shards_already_done": summary.shards_skipped,
+        "shards_total": summary.shards_total,
+        "shards_decided": summary.shards_decided,
+        "stopped": summary.stopped,
+        "run_id": run_id,
+        "out": out,
+    })))
 }
 
 /// What a folder's filtering did.

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{PipelineConfig, record_pipeline_run};
+use crate::report::StageReport;
 use crate::shard_worker::{self, ClaimOptions, ShardDone, work_claims};
 use crate::signals::EXIT_STOPPED;
 use anyhow::{Context as _, bail};
@@ -67,6 +68,9 @@ pub struct IngestArgs {
     /// last stage).
     #[arg(skip)]
     pub keep_run_open: bool,
+    /// Print what the command did as JSON on stdout (its progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl IngestArgs {
@@ -84,6 +88,7 @@ impl IngestArgs {
             worker_name: None,
             grace_secs,
             keep_run_open: true,
+            json: false,
         }
     }
 }
@@ -134,7 +139,7 @@ fn funnel_steps(prepared: &Prepared) -> Vec<FunnelStep> {
         .collect()
 }
 
-pub async fn run(args: &IngestArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &IngestArgs, data_dir: &Path) -> anyhow::Result<StageReport> {
     let config = match &args.config {
         Some(path) => PipelineConfig::load(path)?,
         None => PipelineConfig::default(),
@@ -147,7 +152,7 @@ pub async fn run_with(
     config: &PipelineConfig,
     args: &IngestArgs,
     data_dir: &Path,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<StageReport> {
     let ingest = &config.ingest;
     let output = match &args.output {
         Some(path) => path.clone(),
@@ -185,7 +190,12 @@ pub async fn run_with(
                         "ingest into {output_text} already finished in run #{} ({} shards); nothing to do",
                         open.run_id, state.succeeded
                     );
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(StageReport::success(serde_json::json!({
+                        "run_id": open.run_id,
+                        "stage_run_id": open.stage_run_id,
+                        "stage_shards": state,
+                        "out": output,
+                    })));
                 }
                 let reset = runs::reopen_stage(pool, &open).await?;
                 println!(
@@ -238,7 +248,13 @@ pub async fn run_with(
         if args.prepare_only {
             println!("run id: {}", open.run_id);
             shard_worker::finish_if_done(pool, open, args.keep_run_open).await?;
-            return Ok(ExitCode::SUCCESS);
+            return Ok(StageReport::success(serde_json::json!({
+                "run_id": open.run_id,
+                "stage_run_id": open.stage_run_id,
+                "rows_kept": prepared.rows,
+                "shards": prepared.shards,
+                "out": output,
+            })));
         }
     }
     let open = match stage {
@@ -250,7 +266,11 @@ pub async fn run_with(
             "ingest run #{} into {output_text} has finished; nothing to do",
             open.run_id
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(StageReport::success(serde_json::json!({
+            "run_id": open.run_id,
+            "stage_run_id": open.stage_run_id,
+            "out": output,
+        })));
     }
     let prepared = wait_for_preparation(&output).await?;
 
@@ -332,6 +352,13 @@ pub async fn run_with(
     let state = walked.progress.unwrap_or_default();
     let done_here = walked.done;
     let released = walked.released.clone();
+    let mut summary = walked.summary();
+    summary["worker"] = worker.clone().into();
+    summary["run_id"] = open.run_id.into();
+    summary["stage_run_id"] = open.stage_run_id.into();
+    summary["images_written"] = progress.ok.load(Ordering::Relaxed).into();
+    summary["images_failed"] = progress.failed.load(Ordering::Relaxed).into();
+    summary["out"] = serde_json::json!(output);
     if walked.stopped {
         println!(
             "worker {worker}: stopped by signal after {done_here} shard(s){}; run #{} stays open: re-run to resume",
@@ -340,7 +367,7 @@ pub async fn run_with(
                 .unwrap_or_default(),
             open.run_id
         );
-        return Ok(ExitCode::from(EXIT_STOPPED));
+        return Ok(StageReport::new(ExitCode::from(EXIT_STOPPED), summary));
     }
     println!(
         "worker {worker}: {done_here} shard(s), {} images written, {} failed; run #{}: {} of {} shards done{}",
@@ -355,11 +382,12 @@ pub async fn run_with(
             String::new()
         }
     );
-    Ok(if state.failed > 0 {
+    let code = if state.failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok(StageReport::new(code, summary))
 }
 
 /// A `--worker` started before the preparing process registered the run waits for it.
