@@ -45,23 +45,31 @@ impl Statistics {
         if flat.iter().any(|v| !v.is_finite()) {
             return Err(EvalError::NonFinite("features"));
         }
-        let chunk = |start: usize| -> Tensor {
+        let rows = |start: usize| -> (i64, Tensor) {
             let end = (start + CHUNK).min(n);
-            Tensor::from_slice(&flat[start * d..end * d])
-                .view([(end - start) as i64, d as i64])
-                .to_kind(Kind::Double)
+            let rows = (end - start) as i64;
+            let x = Tensor::from_slice(&flat[start * d..end * d]).view([rows, d as i64]);
+            (rows, x)
         };
         let mut sum = Tensor::zeros([d as i64], (Kind::Double, Device::Cpu));
         for start in (0..n).step_by(CHUNK) {
-            sum += chunk(start).sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
+            sum += rows(start)
+                .1
+                .sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
         }
         let mu = sum / n as f64;
+        // One f64 buffer for every chunk: allocating each anew costs a page fault per page.
+        let buffer = Tensor::zeros([CHUNK.min(n) as i64, d as i64], (Kind::Double, Device::Cpu));
         let mut scatter = Tensor::zeros([d as i64, d as i64], (Kind::Double, Device::Cpu));
         for start in (0..n).step_by(CHUNK) {
-            let centered = chunk(start) - &mu;
-            scatter += centered.transpose(0, 1).matmul(&centered);
+            let (count, x) = rows(start);
+            let mut centered = buffer.narrow(0, 0, count);
+            centered.copy_(&x);
+            centered -= &mu;
+            add_upper_scatter(&mut scatter, &centered);
         }
-        let sigma = scatter / (n - 1) as f64;
+        let upper = scatter.triu(0);
+        let sigma = (&upper + upper.triu(1).transpose(0, 1)) / (n - 1) as f64;
         Ok(Self {
             mu: Array1::from(Vec::<f64>::try_from(&mu)?),
             sigma: Array2::from_shape_vec((d, d), Vec::<f64>::try_from(sigma.view([-1]))?)
@@ -91,6 +99,30 @@ impl Statistics {
             return Err(EvalError::NonFinite(what));
         }
         Ok(())
+    }
+}
+
+/// Column blocks of the scatter matrix [`add_upper_scatter`] splits it into.
+const COLUMN_BLOCKS: i64 = 4;
+
+/// Adds `x^T x` ([D, D], for `x`: [C, D]) to `scatter`, computing only its blocks on and above
+/// the diagonal: the matrix is symmetric, so (B + 1) / 2B of a full product's work does
+/// (62.5% for B = 4; more blocks save more flops but run smaller, slower products, and
+/// measured no faster). numpy's `X^T X` gets the same saving from BLAS's symmetric rank-k
+/// update, which libtorch does not expose; each block here is one general matrix product on
+/// strided views.
+/// Below the diagonal blocks, `scatter` is left as it was.
+fn add_upper_scatter(scatter: &mut Tensor, x: &Tensor) {
+    let d = x.size()[1];
+    let width = (d + COLUMN_BLOCKS - 1) / COLUMN_BLOCKS;
+    for i in (0..d).step_by(width as usize) {
+        let wi = width.min(d - i);
+        let left = x.narrow(1, i, wi).transpose(0, 1);
+        for j in (i..d).step_by(width as usize) {
+            let wj = width.min(d - j);
+            let mut block = scatter.narrow(0, i, wi).narrow(1, j, wj);
+            let _ = block.addmm_(&left, &x.narrow(1, j, wj));
+        }
     }
 }
 
@@ -295,9 +327,8 @@ fn blockwise(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
             .to_kind(Kind::Float)
             .matmul(&factor_f32)
             .to_kind(Kind::Double);
-        grams
-            .get(b as i64)
-            .copy_(&y.transpose(0, 1).matmul(&y).view([-1]));
+        // The upper block triangle only: the solver below reads the upper triangle.
+        add_upper_scatter(&mut grams.get(b as i64).view([di, di]), &y);
         x_sums.push(centered.sum_dim_intlist([0i64].as_slice(), false, Kind::Double));
         y_sums.push(y.sum_dim_intlist([0i64].as_slice(), false, Kind::Double));
         squares.push(centered.square().sum(Kind::Double).double_value(&[]));
@@ -319,7 +350,7 @@ fn blockwise(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
             let delta = c.matmul(&x_sums) / total;
             let delta_y = c.matmul(&y_sums) / total;
             // The scatter less its mean's rank-one part, updated in place; the solver reads the
-            // lower triangle only, and the 1 / (n - 1) goes onto the eigenvalues.
+            // upper triangle only, and the 1 / (n - 1) goes onto the eigenvalues.
             let mut projected = scatter.get(r).view([di, di]);
             let _ = projected.addr_(&(&delta_y * -total), &delta_y);
             let square_sum: f64 = (0..k)
@@ -330,7 +361,7 @@ fn blockwise(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
                     total,
                     delta: &delta,
                     square_sum,
-                    scatter_eigenvalues: projected.linalg_eigvalsh("L"),
+                    scatter_eigenvalues: projected.linalg_eigvalsh("U"),
                 },
                 mu_offset,
                 trace_ref,

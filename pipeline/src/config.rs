@@ -751,6 +751,89 @@ fn probability(key: &str, value: f64) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A config file is input too: the shipped configs with a value swapped for an extreme
+    /// one, a line dropped or a line doubled are refused or accepted, never a panic, and what
+    /// is accepted builds every stage's settings.
+    #[test]
+    fn mutated_configs_are_refused_or_accepted_never_a_panic() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let extremes = [
+            "-1",
+            "0",
+            "1e308",
+            "-1e308",
+            "nan",
+            "inf",
+            "-inf",
+            "\"\"",
+            "[]",
+            "{}",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "4294967296",
+            "true",
+            "\"../../x\"",
+            "[1e308, -1]",
+        ];
+        // xorshift64: a fixed sequence, so a failure reproduces.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize
+        };
+        let mut files: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{files:?}");
+        let mut accepted = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for _ in 0..400 {
+                let mut mutated: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                let i = next() % mutated.len();
+                match next() % 3 {
+                    0 => {
+                        if let Some((key, _)) = mutated[i].split_once('=') {
+                            mutated[i] = format!("{key}= {}", extremes[next() % extremes.len()]);
+                        }
+                    }
+                    1 => {
+                        mutated.remove(i);
+                    }
+                    _ => mutated.insert(i, mutated[i].clone()),
+                }
+                let text = mutated.join("\n");
+                let outcome = std::panic::catch_unwind(|| {
+                    let Ok(c) = PipelineConfig::parse(&text) else {
+                        return false;
+                    };
+                    let data = Path::new("data");
+                    let _ = (
+                        c.to_toml(),
+                        c.paths(data),
+                        c.trained_model_name(),
+                        c.to_json(),
+                    );
+                    let _ = crate::sample::SampleArgs::from_config(&c, data, "cpu");
+                    let _ = crate::stages::encode::VqEncodeArgs::from_config(&c, data);
+                    let _ = crate::stages::encode::T5Args::from_config(&c, data);
+                    true
+                });
+                match outcome {
+                    Ok(ok) => accepted += usize::from(ok),
+                    Err(_) => panic!("{}: panicked on\n{text}", file.display()),
+                }
+            }
+        }
+        assert!(accepted > 0, "some mutations are harmless and accepted");
+    }
+
     #[test]
     fn defaults_follow_the_paper() {
         let c = PipelineConfig::default();
