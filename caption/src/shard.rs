@@ -81,6 +81,9 @@ pub async fn caption_shard(
     if final_path.exists() {
         return Ok(None);
     }
+    // Only this attempt writes the shard's captions now: a temporary of them is a killed
+    // attempt's (its answers are in the journal, which is resumed, not removed).
+    llamagen_shards::atomic::remove_leftovers_for(&[&final_path])?;
     let started = Instant::now();
     let tar_path = tar.to_owned();
     let samples =

@@ -112,6 +112,8 @@ fn every_sample_gets_its_own_caption_and_a_rerun_asks_nothing() {
     let rt = runtime();
     let client = client(server.endpoint("ok"), 2, 10_000);
     rt.block_on(client.check_model(MODEL)).unwrap();
+    let dead = dir.path().join(".tmp.00000_captions.parquet.z9Y8x7");
+    std::fs::write(&dead, b"half").unwrap();
     let summary = rt
         .block_on(caption_shard(
             &client,
@@ -162,6 +164,7 @@ fn every_sample_gets_its_own_caption_and_a_rerun_asks_nothing() {
         !journal_path(dir.path(), "00000").exists(),
         "the journal goes once finished"
     );
+    assert!(!dead.exists(), "a killed attempt's temporary is removed");
 
     let asked = server.requests();
     assert_eq!(asked, 4);

@@ -81,6 +81,15 @@ pub fn encode_shard(
             return Ok(None);
         }
     }
+    // Only this attempt writes the shard's files now: temporaries of them are a killed
+    // attempt's.
+    llamagen_shards::atomic::remove_leftovers_for(&[
+        &paths.codes,
+        &paths.labels,
+        &paths.keys,
+        &paths.summary,
+    ])
+    .map_err(|e| EncodeError::Output(e.to_string()))?;
     let started = Instant::now();
     let views_per_image = options.augment.views();
     let (tx, rx) = sync_channel::<Decoded>(options.batch_size.max(1) * 2);

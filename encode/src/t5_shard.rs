@@ -74,6 +74,10 @@ pub fn embed_shard(
     {
         return Ok(None);
     }
+    // Only this attempt writes the shard's embeddings now: a temporary of them is a killed
+    // attempt's.
+    llamagen_shards::atomic::remove_leftovers_for(&[&target])
+        .map_err(|e| EncodeError::Output(e.to_string()))?;
     let records = read_captions(captions).map_err(|e| EncodeError::Input(e.to_string()))?;
     let captioned: Vec<_> = records
         .into_iter()

@@ -187,10 +187,20 @@ fn shards_encode_resume_skip_corrupt_images_and_export_to_llamagen_layout() {
     let (_vs, vq) = tiny_vq();
     let out = tempfile::tempdir().unwrap();
     let opts = options(Augment::CenterFlip);
+    // A killed attempt at shard 00000 left temporaries of its codes and summary.
+    let dead =
+        [".tmp.00000.codes.npy.a1B2c3", ".tmp.00000.json.d4E5f6"].map(|name| out.path().join(name));
+    for path in &dead {
+        std::fs::write(path, b"half").unwrap();
+    }
     let first: Vec<_> = shards
         .iter()
         .map(|s| encode_shard(&vq, s, out.path(), &opts).unwrap().unwrap())
         .collect();
+    assert!(
+        dead.iter().all(|p| !p.exists()),
+        "the next attempt removes them"
+    );
     assert_eq!(first[0].samples, 2);
     assert_eq!(first[1].samples, 1);
     assert_eq!(first[1].skipped.len(), 1);

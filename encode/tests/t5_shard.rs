@@ -43,9 +43,12 @@ fn captioned_samples_are_embedded_once_and_again_when_captions_change() {
     let mut t5 = encoder();
     let out = dir.path().join("t5");
     std::fs::create_dir_all(&out).unwrap();
+    let dead = out.join(".tmp.00000.t5.safetensors.q1W2e3");
+    std::fs::write(&dead, b"half").unwrap();
     let summary = embed_shard(&mut t5, &captions, "00000", &out, 4)
         .unwrap()
         .unwrap();
+    assert!(!dead.exists(), "a killed attempt's temporary is removed");
     assert_eq!((summary.samples, summary.texts), (2, 3));
     assert!(summary.stored_bytes < summary.llamagen_bytes);
     let stored = ShardEmbeddings::read(&embeddings::path(&out, "00000")).unwrap();

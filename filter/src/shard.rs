@@ -63,6 +63,10 @@ pub fn filter_shard(
     if path.exists() {
         return Ok(None);
     }
+    // Only this attempt writes the shard's decisions now: a temporary of them is a killed
+    // attempt's.
+    llamagen_shards::atomic::remove_leftovers_for(&[&path])
+        .map_err(|e| FilterError::Output(e.to_string()))?;
     let started = Instant::now();
     let samples = llamagen_shards::webdataset::read_samples(tar)
         .map_err(|e| FilterError::Input(e.to_string()))?;

@@ -188,9 +188,15 @@ fn a_shard_is_decided_rule_by_rule_and_counted_once() {
         batch_size: 2, // batches cut across the kinds of samples
         ..ShardOptions::default()
     };
+    // A killed attempt's temporary decisions go; another shard's temporary stays.
+    let dead = dir.path().join(".tmp.00000_filter.parquet.AbC123");
+    let other = dir.path().join(".tmp.00001_filter.parquet.XyZ789");
+    std::fs::write(&dead, b"half").unwrap();
+    std::fs::write(&other, b"in progress").unwrap();
     let summary = filter_shard(&mut scorers, &thresholds, &tar, dir.path(), &options)
         .unwrap()
         .unwrap();
+    assert!(!dead.exists() && other.exists());
     assert_eq!((summary.samples, summary.kept), (7, 1));
     let rows = read_filter(&filter_path(dir.path(), "00000")).unwrap();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();

@@ -90,6 +90,18 @@ pub fn remove_leftovers_of(dir: &Path, names: &[&str]) -> Result<usize, ShardErr
     Ok(removed)
 }
 
+/// [`remove_leftovers_of`] for the output files of one shard attempt, wherever they live.
+pub fn remove_leftovers_for(targets: &[&Path]) -> Result<usize, ShardError> {
+    let mut removed = 0;
+    for target in targets {
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            continue;
+        };
+        removed += remove_leftovers_of(dir, &[&name.to_string_lossy()])?;
+    }
+    Ok(removed)
+}
+
 /// Removes the `.tmp*` files a killed writer left in `dir`.
 pub fn remove_leftovers(dir: &Path) -> Result<usize, ShardError> {
     let mut removed = 0;
