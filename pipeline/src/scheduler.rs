@@ -37,8 +37,8 @@ use sqlx::PgPool;
 /// How often a held pipeline lock is checked while its run goes.
 pub const LOCK_CHECK: Duration = Duration::from_secs(15);
 
-/// `call` until it succeeds, waiting 1, 2, 4, ... up to 60 s between failures; None when a
-/// stop is asked for first.
+/// `call` until it succeeds, waiting 1, 2, 4, ... up to 60 s between failures (a database
+/// outage); None when a stop is asked for first, or when the store refuses the call itself.
 async fn retrying<T, F, Fut>(stop: &StopSignal, what: &str, mut call: F) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -48,6 +48,11 @@ where
     loop {
         match call().await {
             Ok(value) => return Some(value),
+            // A refusal, not an outage: asking again cannot change the answer.
+            Err(StoreError::Invalid(reason)) => {
+                eprintln!("schedule: {what}: {reason}; giving up on it");
+                return None;
+            }
             Err(e) => {
                 eprintln!("schedule: {what}: {e}; retrying in {} s", wait.as_secs());
                 tokio::select! {

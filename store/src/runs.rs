@@ -80,9 +80,14 @@ pub async fn create_pipeline_run(
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok());
-    let id = sqlx::query_scalar(
+    // A scheduled tick has one run: a retry after a lost answer gets the row it made, while
+    // that run is still open (a finished tick's run is not started again).
+    let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO pipeline_runs (pipeline, trigger, config, config_sha256, git_revision, host, scheduled_for)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (pipeline, scheduled_for) WHERE trigger = 'schedule' AND scheduled_for IS NOT NULL
+         DO UPDATE SET host = EXCLUDED.host WHERE pipeline_runs.status = 'running'
+         RETURNING id",
     )
     .bind(run.pipeline)
     .bind(run.trigger.as_str())
@@ -91,9 +96,17 @@ pub async fn create_pipeline_run(
     .bind(run.git_revision)
     .bind(host)
     .bind(run.scheduled_for)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(id)
+    id.ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "pipeline {:?}: the tick of {} already has a finished run",
+            run.pipeline,
+            run.scheduled_for
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        ))
+    })
 }
 
 pub async fn finish_pipeline_run(
