@@ -169,3 +169,98 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
         .unwrap();
     assert_eq!(runs_made, 1, "every worker joined the one run");
 }
+
+/// The fault matrix for a stage past ingest: `llamagen encode vq --leases` SIGKILLed at seeded
+/// random moments after it claims a shard, three times per run, then run to the end. Every shard is encoded exactly
+/// once with all its samples, no kill counts as a failed attempt, no temporary file is left,
+/// and the stage closes succeeded. `LLAMAGEN_FAULT_RUNS=20` runs the long variant.
+#[tokio::test(flavor = "multi_thread")]
+async fn encode_killed_at_random_moments_finishes_every_shard_once() {
+    let runs: u64 = std::env::var("LLAMAGEN_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let mut in_hand = 0;
+    for seed in 1..=runs {
+        let db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        shards(&root.join("shards"), 6);
+        let models = llamagen_models::tiny::write(&root.join("models"), 0).unwrap();
+        std::fs::create_dir_all(root.join("codes")).unwrap();
+        // xorshift64*: a failing seed runs again the same.
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut below = |n: u64| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        };
+        let mut kills = Vec::new();
+        let held = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM shards WHERE status = 'running' AND lease_expires_at > now()",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        };
+        for _ in 0..3 {
+            let mut child = worker(&root, &db, &models);
+            // Once the worker holds a shard (or has ended), a seeded moment later: mid-shard,
+            // between shards, or while closing the stage.
+            let started = std::time::Instant::now();
+            while held().await == 0
+                && child.try_wait().unwrap().is_none()
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let after = Duration::from_millis(below(400));
+            tokio::time::sleep(after).await;
+            let in_shard = held().await > 0;
+            child.kill().unwrap(); // SIGKILL: no destructor, no release, no cleanup
+            child.wait().unwrap();
+            in_hand += usize::from(in_shard);
+            kills.push(after.as_millis());
+        }
+        let last = worker(&root, &db, &models).wait_with_output().unwrap();
+        assert!(
+            last.status.success(),
+            "seed {seed}, kills at {kills:?} ms:\n{}",
+            text(&last)
+        );
+        let rows: Vec<(i32, String, i32)> =
+            sqlx::query_as("SELECT shard_index, status, failures FROM shards ORDER BY shard_index")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 6, "seed {seed}: {rows:?}");
+        for (index, status, failures) in &rows {
+            assert_eq!(status, "succeeded", "seed {seed}, shard {index}: {rows:?}");
+            assert_eq!(*failures, 0, "seed {seed}: a kill counted as a failure");
+            let keys =
+                std::fs::read_to_string(root.join(format!("codes/{index:05}.keys.txt"))).unwrap();
+            assert_eq!(keys.lines().count(), 3, "seed {seed}, shard {index}");
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(root.join("codes"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "seed {seed}: {leftovers:?}");
+        let stage: String = sqlx::query_scalar("SELECT status FROM stage_runs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(stage, "succeeded", "seed {seed}");
+        println!(
+            "seed {seed}: kills {kills:?} ms after a claim; 6 shards encoded once, nothing left over"
+        );
+    }
+    println!("fault matrix, encode: {runs} runs x 3 SIGKILLs ({in_hand} with a shard in hand)");
+    assert!(
+        in_hand > 0,
+        "no kill landed while a shard was in hand: the matrix tests nothing"
+    );
+}
