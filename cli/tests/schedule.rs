@@ -4,59 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::scheduled_ingest as pipeline;
 use common::text;
 use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_store::testing::TestDatabase;
-
-const GOOD: [f64; 6] = [640.0, 480.0, 0.33, 6.0, 0.1, 0.01];
-
-fn row(url: String) -> MetaRow {
-    MetaRow {
-        caption: Some(format!("caption of {url}")),
-        url: Some(url),
-        scores: GOOD,
-    }
-}
-
-/// A pipeline config that ingests `urls` (one shard each) into its own folder under `dir`.
-fn pipeline(
-    dir: &Path,
-    name: &str,
-    schedule: &str,
-    missed: &str,
-    urls: &[String],
-    timeout: f64,
-) -> PathBuf {
-    let folder = dir.join(name);
-    std::fs::create_dir_all(folder.join("metadata")).unwrap();
-    let rows: Vec<MetaRow> = urls.iter().cloned().map(row).collect();
-    write_metadata(
-        &folder.join("metadata/part-0.parquet"),
-        "URL",
-        "TEXT",
-        &rows,
-    )
-    .unwrap();
-    let path = folder.join("pipeline.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[pipeline]\nname = \"{name}\"\nstages = [\"ingest\"]\nschedule = [\"{schedule}\"]\n\
-             missed_runs = \"{missed}\"\n\n[ingest]\ninput = \"{}\"\noutput = \"{}\"\n\
-             rows_per_shard = 1\nconcurrency = 2\ntimeout_secs = {timeout}\nretries = 0\n\
-             image_size = 32\nallow_private_addresses = true\n",
-            folder.join("metadata/*.parquet").display(),
-            folder.join("shards").display()
-        ),
-    )
-    .unwrap();
-    path
-}
 
 fn llamagen(dir: &Path, db: &TestDatabase) -> Command {
     let mut cmd = common::llamagen_on(dir, &db.url());
@@ -330,7 +286,7 @@ async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
     let rows: Vec<MetaRow> = (0..4)
         .flat_map(|i| {
             ["astronaut", "chelsea", "coffee"]
-                .map(|name| row(server.url(&format!("/img/{name}.jpg?v={i}"))))
+                .map(|name| common::metadata_row(server.url(&format!("/img/{name}.jpg?v={i}"))))
         })
         .collect();
     write_metadata(&metadata, "URL", "TEXT", &rows).unwrap();

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::text;
-use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_store::testing::{TestDatabase, restart_server};
 
@@ -19,32 +18,14 @@ async fn the_scheduler_survives_a_database_restart() {
     let server = LoopbackServer::start(bundled_photos()).await.unwrap();
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("p");
-    std::fs::create_dir_all(folder.join("metadata")).unwrap();
-    let rows = vec![MetaRow {
-        caption: Some("a photo".into()),
-        url: Some(server.url("/img/coffee.jpg")),
-        scores: [640.0, 480.0, 0.33, 6.0, 0.1, 0.01],
-    }];
-    write_metadata(
-        &folder.join("metadata/part-0.parquet"),
-        "URL",
-        "TEXT",
-        &rows,
-    )
-    .unwrap();
-    let config = folder.join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"outage\"\nstages = [\"ingest\"]\nschedule = [\"*/2 * * * * *\"]\n\n\
-             [ingest]\ninput = \"{}\"\noutput = \"{}\"\nrows_per_shard = 1\nretries = 0\n\
-             image_size = 32\nallow_private_addresses = true\n",
-            folder.join("metadata/*.parquet").display(),
-            folder.join("shards").display()
-        ),
-    )
-    .unwrap();
+    let config = common::scheduled_ingest(
+        dir.path(),
+        "outage",
+        "*/2 * * * * *",
+        "skip",
+        &[server.url("/img/coffee.jpg")],
+        10.0,
+    );
     let mut scheduler = common::llamagen_on(dir.path(), &db.url())
         .arg("schedule")
         .arg(&config)

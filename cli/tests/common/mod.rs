@@ -44,3 +44,52 @@ pub fn wait_for_lines(path: &std::path::Path, lines: usize, limit: std::time::Du
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Metadata scores that pass every default rule.
+pub const GOOD_SCORES: [f64; 6] = [640.0, 480.0, 0.33, 6.0, 0.1, 0.01];
+
+/// A LAION-COCO metadata row for `url` that every default rule keeps.
+pub fn metadata_row(url: String) -> llamagen_ingest::reader::MetaRow {
+    llamagen_ingest::reader::MetaRow {
+        caption: Some(format!("caption of {url}")),
+        url: Some(url),
+        scores: GOOD_SCORES,
+    }
+}
+
+/// A scheduled pipeline config that ingests `urls` (one shard each) into its own folder
+/// `dir/name`, with cron entry `schedule` and missed-run policy `missed`.
+pub fn scheduled_ingest(
+    dir: &std::path::Path,
+    name: &str,
+    schedule: &str,
+    missed: &str,
+    urls: &[String],
+    timeout: f64,
+) -> PathBuf {
+    use llamagen_ingest::reader::write_metadata;
+    let folder = dir.join(name);
+    std::fs::create_dir_all(folder.join("metadata")).unwrap();
+    let rows: Vec<_> = urls.iter().cloned().map(metadata_row).collect();
+    write_metadata(
+        &folder.join("metadata/part-0.parquet"),
+        "URL",
+        "TEXT",
+        &rows,
+    )
+    .unwrap();
+    let path = folder.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pipeline]\nname = \"{name}\"\nstages = [\"ingest\"]\nschedule = [\"{schedule}\"]\n\
+             missed_runs = \"{missed}\"\n\n[ingest]\ninput = \"{}\"\noutput = \"{}\"\n\
+             rows_per_shard = 1\nconcurrency = 2\ntimeout_secs = {timeout}\nretries = 0\n\
+             image_size = 32\nallow_private_addresses = true\n",
+            folder.join("metadata/*.parquet").display(),
+            folder.join("shards").display()
+        ),
+    )
+    .unwrap();
+    path
+}
