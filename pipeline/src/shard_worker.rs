@@ -5,7 +5,9 @@
 //!
 //! 1. claim the lowest pending shard (or one whose lease expired) of the stage run;
 //! 2. renew the lease every third of its length while the shard is worked on; a renewal that
-//!    finds the shard taken over (this worker was presumed dead) cancels the work in hand;
+//!    finds the shard taken over (this worker was presumed dead) cancels the work in hand, and
+//!    so do two thirds of a lease without a renewal (the database is out of reach), so that
+//!    the work has stopped before another worker can claim the shard;
 //! 3. complete the shard with its counts, fail it with the error (retried while attempts
 //!    remain), or, on SIGTERM / Ctrl-C after a grace period, release it unfinished (the attempt
 //!    does not count);
@@ -365,6 +367,7 @@ where
     let stopping = || stop.is_some_and(StopSignal::requested);
     let mut worked = 0u32;
     while options.max_shards.is_none_or(|max| worked < max) && !stopping() {
+        let claimed_at = std::time::Instant::now();
         let Some(held) =
             runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await?
         else {
@@ -384,27 +387,43 @@ where
             let (pool, held, cancel, lost) =
                 (pool.clone(), held.clone(), cancel.clone(), lost.clone());
             tokio::spawn(async move {
-                let mut renewed = std::time::Instant::now();
+                // The lease ends `lease_time` after the database granted it, which was before
+                // the answer came back: measured from the claim (then each renewal's request),
+                // the local deadline is never later than the database's.
+                let mut granted = claimed_at;
                 loop {
                     tokio::time::sleep(lease_time / 3).await;
-                    match runs::renew_lease(&pool, &held, lease_time).await {
-                        Ok(_) => renewed = std::time::Instant::now(),
+                    let asked = std::time::Instant::now();
+                    let renewal = tokio::time::timeout(
+                        lease_time / 3,
+                        runs::renew_lease(&pool, &held, lease_time),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Invalid(format!(
+                            "no answer within {} ms",
+                            (lease_time / 3).as_millis()
+                        )))
+                    });
+                    match renewal {
+                        Ok(_) => granted = asked,
                         Err(StoreError::LeaseLost { .. }) => {
                             cancel.cancel();
                             lost.notify_one();
                             return;
                         }
                         // A passing database error: the next renewal may get through before
-                        // the lease runs out. Once it has run out, another worker may hold the
-                        // shard, so this one stops writing it.
-                        Err(e) if renewed.elapsed() < lease_time => {
+                        // the lease runs out. The work stops a third of a lease before that
+                        // (the next try could not come in time), so that it has ended before
+                        // another worker can claim the shard and write the same files.
+                        Err(e) if granted.elapsed() < lease_time * 2 / 3 => {
                             tracing::warn!("renewing shard {}: {e}", held.shard_index)
                         }
                         Err(e) => {
                             tracing::warn!(
-                                "shard {}: no renewal for {} s ({e}); giving the shard up",
+                                "shard {}: no renewal for {} s ({e}); giving the shard up before its lease runs out",
                                 held.shard_index,
-                                lease_time.as_secs()
+                                granted.elapsed().as_secs()
                             );
                             cancel.cancel();
                             lost.notify_one();
