@@ -25,10 +25,11 @@ pub use shard::{ShardSummary, caption_shard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptionError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("{0}")]
     Input(String),
@@ -60,7 +61,7 @@ impl CaptionError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         CaptionError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

@@ -25,10 +25,11 @@ use crate::tokenizer::ClipTokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
@@ -78,7 +79,7 @@ impl Clip {
         let spec_path = dir.join(FILES[0]);
         let bytes = std::fs::read(&spec_path).map_err(|source| ClipError::Io {
             path: spec_path.clone(),
-            source,
+            error: source,
         })?;
         let spec: ClipSpec =
             serde_json::from_slice(&bytes).map_err(|e| model_error(&spec_path, e))?;

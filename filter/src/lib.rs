@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 pub enum FilterError {
     #[error(transparent)]
     Clip(#[from] llamagen_clip::ClipError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
@@ -45,7 +46,7 @@ impl FilterError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         FilterError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

@@ -27,10 +27,11 @@ use std::path::{Path, PathBuf};
 pub enum IngestError {
     #[error("metadata {path}: {problem}")]
     Metadata { path: PathBuf, problem: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error(transparent)]
     Shard(#[from] llamagen_shards::ShardError),
@@ -42,7 +43,7 @@ impl IngestError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         IngestError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

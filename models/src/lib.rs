@@ -29,10 +29,11 @@ use std::path::PathBuf;
 /// Everything that can go wrong building, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("weights {path}: {problem}")]
     Weights { path: PathBuf, problem: String },

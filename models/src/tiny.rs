@@ -51,7 +51,7 @@ pub fn configs() -> (GptConfig, VqConfig) {
 pub fn write(dir: &Path, seed: i64) -> Result<TinyModels, ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_owned(),
-        source,
+        error: source,
     })?;
     let (gpt_config, vq_config) = configs();
     tch::manual_seed(seed);
@@ -81,7 +81,7 @@ pub fn write(dir: &Path, seed: i64) -> Result<TinyModels, ModelError> {
         let text = value.map_err(|e| ModelError::Config(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|source| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         })
     };
     json(serde_json::to_string_pretty(&gpt_config), &paths.gpt_config)?;

@@ -462,7 +462,7 @@ fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
 fn io(path: &Path, source: std::io::Error) -> ModelError {
     ModelError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 

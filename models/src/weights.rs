@@ -94,7 +94,7 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
     Tensor::write_safetensors(&named, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     })
 }
 

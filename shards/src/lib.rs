@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 /// Everything that can go wrong reading or writing a shard.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("{path}: {problem}")]
     Format { path: PathBuf, problem: String },
@@ -39,7 +40,7 @@ impl ShardError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         ShardError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 

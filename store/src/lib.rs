@@ -29,10 +29,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        /// In the message rather than `source()`, so that a chain prints it once.
+        error: std::io::Error,
     },
     #[error("private PostgreSQL cluster: {0}")]
     Cluster(String),
@@ -60,7 +61,7 @@ impl StoreError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }
