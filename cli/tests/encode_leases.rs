@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -28,6 +28,22 @@ fn shards(dir: &Path, count: usize) {
     }
 }
 
+/// A fresh database, and a folder with 6 shards, the tiny models and an empty `codes/`.
+async fn six_shards() -> (
+    TestDatabase,
+    tempfile::TempDir,
+    PathBuf,
+    llamagen_models::tiny::TinyModels,
+) {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    shards(&root.join("shards"), 6);
+    let models = llamagen_models::tiny::write(&root.join("models"), 0).unwrap();
+    std::fs::create_dir_all(root.join("codes")).unwrap();
+    (db, dir, root, models)
+}
+
 fn worker(dir: &Path, db: &TestDatabase, models: &llamagen_models::tiny::TinyModels) -> Child {
     let mut cmd: Command = llamagen_on(dir, &db.url());
     cmd.env("RUST_LOG", "warn")
@@ -48,12 +64,7 @@ fn worker(dir: &Path, db: &TestDatabase, models: &llamagen_models::tiny::TinyMod
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_share_shards_and_take_over_a_dead_ones() {
-    let db = TestDatabase::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = std::fs::canonicalize(dir.path()).unwrap();
-    shards(&root.join("shards"), 6);
-    let models = llamagen_models::tiny::write(&root.join("models"), 0).unwrap();
-    std::fs::create_dir_all(root.join("codes")).unwrap();
+    let (db, _dir, root, models) = six_shards().await;
     let pool = &db.pool;
 
     // A worker that died holding shard 0, with a long lease.
@@ -182,12 +193,7 @@ async fn encode_killed_at_random_moments_finishes_every_shard_once() {
         .unwrap_or(2);
     let mut in_hand = 0;
     for seed in 1..=runs {
-        let db = TestDatabase::new().await;
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        shards(&root.join("shards"), 6);
-        let models = llamagen_models::tiny::write(&root.join("models"), 0).unwrap();
-        std::fs::create_dir_all(root.join("codes")).unwrap();
+        let (db, _dir, root, models) = six_shards().await;
         // xorshift64*: a failing seed runs again the same.
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut below = |n: u64| {
