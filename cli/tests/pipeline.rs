@@ -451,7 +451,7 @@ prompts = "{prompts}"
     );
 
     // Stage commands take the same config: its values are their defaults, flags override.
-    let with_config = |args: &[&str]| {
+    let run_with_config = |args: &[&str]| {
         let out = llamagen_on(dir.path(), &db.url())
             .env("RUST_LOG", "warn")
             .args(args)
@@ -460,8 +460,9 @@ prompts = "{prompts}"
             .output()
             .unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out));
-        text(&out)
+        out
     };
+    let with_config = |args: &[&str]| text(&run_with_config(args));
     let out = with_config(&["encode", "vq"]);
     assert!(
         out.contains("0 shard(s) encoded") && out.contains("2 already done"),
@@ -469,14 +470,7 @@ prompts = "{prompts}"
     );
     // With --json, stdout is the summary alone (the human lines go to stderr).
     let json_of = |args: &[&str]| {
-        let out = llamagen_on(dir.path(), &db.url())
-            .env("RUST_LOG", "warn")
-            .args(args)
-            .args(["--json", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let out = run_with_config(&[args, &["--json"]].concat());
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
     };
