@@ -4,6 +4,8 @@
 //! - [`vq`]: the VQ tokenizer (VQGAN encoder, l2-normalised codebook quantizer, decoder).
 //! - [`gpt`]: the Llama-style generator (RMSNorm, SwiGLU, 2D RoPE, class or caption prefix) with
 //!   a KV cache for decoding.
+//! - [`lpips`], [`patchgan`], [`vq_loss`]: the tokenizer's training objective (LPIPS, the
+//!   PatchGAN discriminator, reconstruction + perceptual + adversarial + quantizer terms).
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
@@ -19,12 +21,25 @@ pub mod autocast;
 pub mod generate;
 pub mod gpt;
 pub mod images;
+pub mod lpips;
+pub mod patchgan;
 pub mod tiny;
 pub mod train;
 pub mod vq;
+pub mod vq_loss;
 pub mod weights;
 
 use std::path::PathBuf;
+
+/// The kind reductions accumulate in: float32 (also under bf16 autocast), or float64 for
+/// float64 inputs (which the parity tests use to compare the mathematics, not the rounding).
+pub(crate) fn accumulation(t: &tch::Tensor) -> tch::Kind {
+    if t.kind() == tch::Kind::Double {
+        tch::Kind::Double
+    } else {
+        tch::Kind::Float
+    }
+}
 
 /// Everything that can go wrong building, loading or running a model.
 #[derive(Debug, thiserror::Error)]

@@ -460,8 +460,9 @@ impl VqModel {
             z = l2_normalize(&z);
         }
         let flat = z.view([-1, c]);
-        let distances = flat.square().sum_dim_intlist(1, true, Kind::Float)
-            + codebook.square().sum_dim_intlist(1, false, Kind::Float)
+        let acc = crate::accumulation(&flat);
+        let distances = flat.square().sum_dim_intlist(1, true, acc)
+            + codebook.square().sum_dim_intlist(1, false, acc)
             - flat.matmul(&codebook.tr()) * 2.0;
         let indices = distances.argmin(1, false);
         let z_q = codebook.index_select(0, &indices).view([b, h, w, c]);
@@ -472,9 +473,9 @@ impl VqModel {
             if let Some(used) = &self.codebook_used {
                 usage = Some(advance_usage(used, &indices, self.config.codebook_size));
             }
-            codebook_loss = Some((&z_q - z.detach()).square().mean(Kind::Float));
+            codebook_loss = Some((&z_q - z.detach()).square().mean(acc));
             commit_loss =
-                Some((z_q.detach() - &z).square().mean(Kind::Float) * self.config.commit_loss_beta);
+                Some((z_q.detach() - &z).square().mean(acc) * self.config.commit_loss_beta);
             entropy_loss = Some(entropy_loss_of(&(-&distances)) * self.config.entropy_loss_ratio);
         }
         let straight_through = &z + (&z_q - &z).detach();
@@ -531,6 +532,12 @@ impl VqModel {
         Ok(self.decode(&quant, false))
     }
 
+    /// The decoder's last convolution weight [3, C, 3, 3] (the adaptive adversarial weight's
+    /// reference point).
+    pub fn last_layer(&self) -> &Tensor {
+        &self.decoder.conv_out.ws
+    }
+
     /// Encode then decode (the reconstruction that rFID, PSNR and SSIM measure).
     /// Returns (reconstruction [B, 3, H, W], the quantization).
     pub fn reconstruct(
@@ -572,14 +579,15 @@ fn advance_usage(window: &Tensor, indices: &Tensor, codebook_size: i64) -> f64 {
 /// The reference's `compute_entropy_loss` (softmax affinities at temperature 0.01): per-sample
 /// entropy minus the entropy of the average assignment. affinity: [N, K].
 fn entropy_loss_of(affinity: &Tensor) -> Tensor {
+    let acc = crate::accumulation(affinity);
     let a = affinity / 0.01;
-    let probs = a.softmax(-1, Kind::Float);
-    let log_probs = (&a + 1e-5).log_softmax(-1, Kind::Float);
-    let avg = probs.mean_dim(0, false, Kind::Float);
-    let avg_entropy = -(&avg * (&avg + 1e-5).log()).sum(Kind::Float);
+    let probs = a.softmax(-1, acc);
+    let log_probs = (&a + 1e-5).log_softmax(-1, acc);
+    let avg = probs.mean_dim(0, false, acc);
+    let avg_entropy = -(&avg * (&avg + 1e-5).log()).sum(acc);
     let sample_entropy = -(&probs * log_probs)
-        .sum_dim_intlist(-1, false, Kind::Float)
-        .mean(Kind::Float);
+        .sum_dim_intlist(-1, false, acc)
+        .mean(acc);
     sample_entropy - avg_entropy
 }
 

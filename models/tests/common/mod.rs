@@ -69,7 +69,11 @@ pub fn gpt(name: &str) -> (VarStore, Gpt) {
 }
 
 pub fn vq_config() -> VqConfig {
-    let m = &manifest()["vq"];
+    vq_config_from(&manifest()["vq"])
+}
+
+/// A VQ config from a manifest entry written by the fixture scripts.
+pub fn vq_config_from(m: &Value) -> VqConfig {
     let mult: Vec<i64> = m["ch_mult"]
         .as_array()
         .expect("ch_mult")
