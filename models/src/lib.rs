@@ -9,6 +9,8 @@
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
+//! - [`vq_train`]: tokenizer training (tokenizer and discriminator steps, resumable
+//!   checkpoints).
 //! - [`autocast`]: bf16 autocast on CUDA for the trainer.
 //! - [`weights`]: strict safetensors loading that names every missing, extra or misshaped tensor.
 //! - [`tiny`]: tiny random-weight models for the demo and command tests.
@@ -18,15 +20,18 @@
 //! H = heads, h x w = token grid.
 
 pub mod autocast;
+mod checkpoint;
 pub mod generate;
 pub mod gpt;
 pub mod images;
 pub mod lpips;
+mod optim;
 pub mod patchgan;
 pub mod tiny;
 pub mod train;
 pub mod vq;
 pub mod vq_loss;
+pub mod vq_train;
 pub mod weights;
 
 use std::path::PathBuf;

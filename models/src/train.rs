@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn::VarStore};
 
 use crate::ModelError;
+use crate::checkpoint;
 use crate::gpt::{Gpt, GptConfig};
-use crate::weights::{self, sibling};
+use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, update_ema, zero_grads};
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +92,16 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    fn adamw(&self) -> AdamWSettings {
+        AdamWSettings {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decay_vectors: false,
+        }
+    }
+
     /// The learning rate of optimizer step `step` (from 0).
     pub fn lr_at(&self, step: i64) -> f64 {
         if self.warmup_steps > 0 && step < self.warmup_steps {
@@ -101,47 +112,6 @@ impl TrainConfig {
             return self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
         }
         self.lr
-    }
-}
-
-/// AdamW with PyTorch's update: decoupled decay, bias-corrected moments.
-struct AdamW {
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
-}
-
-impl AdamW {
-    fn new(params: &BTreeMap<String, Tensor>) -> Self {
-        let zeros = |t: &Tensor| t.zeros_like();
-        AdamW {
-            m: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
-            v: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
-        }
-    }
-
-    /// `step` counts from 1. Parameters without a gradient are skipped.
-    fn update(&mut self, params: &BTreeMap<String, Tensor>, c: &TrainConfig, lr: f64, step: i64) {
-        tch::no_grad(|| {
-            let bias1 = 1.0 - c.beta1.powi(step as i32);
-            let bias2 = 1.0 - c.beta2.powi(step as i32);
-            for (name, p) in params {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let mut p = p.shallow_clone();
-                if p.dim() >= 2 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                }
-                let m = self.m.get_mut(name).expect("moment for every parameter");
-                let _ = m.lerp_(&grad, 1.0 - c.beta1);
-                let v = self.v.get_mut(name).expect("moment for every parameter");
-                let _ = v.g_mul_scalar_(c.beta2);
-                let _ = v.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
-                let denom = v.sqrt() / bias2.sqrt() + c.eps;
-                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
-            }
-        });
     }
 }
 
@@ -262,9 +232,7 @@ impl Trainer {
                 .wrapping_mul(1_000_003)
                 .wrapping_add(self.step),
         );
-        for p in self.params.values_mut() {
-            p.zero_grad();
-        }
+        zero_grads(&mut self.params);
         let mut total = 0.0;
         let share = 1.0 / micro_batches.len() as f64;
         let bf16 =
@@ -304,17 +272,9 @@ impl Trainer {
         self.step += 1;
         let lr = self.config.lr_at(self.step - 1);
         self.optimizer
-            .update(&self.params, &self.config, lr, self.step);
+            .update(&self.params, &self.config.adamw(), lr, self.step);
         if let Some(ema) = &mut self.ema {
-            // LlamaGen's update_ema: ema = decay * ema + (1 - decay) * param.
-            let decay = self.config.ema_decay;
-            tch::no_grad(|| {
-                for (name, p) in &self.params {
-                    if let Some(e) = ema.get_mut(name) {
-                        let _ = e.lerp_(p, 1.0 - decay);
-                    }
-                }
-            });
+            update_ema(ema, &self.params, self.config.ema_decay);
         }
         Ok(total)
     }
@@ -326,19 +286,12 @@ impl Trainer {
 
     /// Writes the checkpoint atomically and its `.sha256` next to it; returns the sha256.
     pub fn save(&self, path: &Path) -> Result<String, ModelError> {
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (name, t) in self.vs.variables() {
-            tensors.push((format!("model.{name}"), t.to_device(tch::Device::Cpu)));
-        }
-        for (name, t) in &self.optimizer.m {
-            tensors.push((format!("optimizer.m.{name}"), t.to_device(tch::Device::Cpu)));
-        }
-        for (name, t) in &self.optimizer.v {
-            tensors.push((format!("optimizer.v.{name}"), t.to_device(tch::Device::Cpu)));
-        }
-        for (name, t) in self.ema.iter().flatten() {
-            tensors.push((format!("ema.{name}"), t.to_device(tch::Device::Cpu)));
-        }
+        let model = self.vs.variables();
+        let mut tensors: Vec<(String, Tensor)> = checkpoint::entries("model.", &model)
+            .chain(checkpoint::entries("optimizer.m.", &self.optimizer.m))
+            .chain(checkpoint::entries("optimizer.v.", &self.optimizer.v))
+            .chain(checkpoint::entries("ema.", self.ema.iter().flatten()))
+            .collect();
         tensors.push(("trainer.step".into(), Tensor::from_slice(&[self.step])));
         tensors.push((
             "trainer.tokens_seen".into(),
@@ -349,53 +302,15 @@ impl Trainer {
             "trainer.config".into(),
             Tensor::from_slice(config.to_string().as_bytes()),
         ));
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let tmp = sibling(path, ".tmp");
-        Tensor::write_safetensors(&tensors, &tmp)?;
-        let sha = sha256_file(&tmp)?;
-        let sha_path = sibling(path, ".sha256");
-        let sha_tmp = sibling(path, ".sha256.tmp");
-        std::fs::write(&sha_tmp, format!("{sha}\n")).map_err(|e| io(&sha_path, e))?;
-        // Durable before visible: without the syncs a power cut can leave the renamed names
-        // pointing at empty files, and the newest checkpoint would be lost with the old ones
-        // already superseded.
-        for written in [&tmp, &sha_tmp] {
-            std::fs::File::open(written)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io(written, e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-        std::fs::rename(&sha_tmp, &sha_path).map_err(|e| io(&sha_path, e))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(dir, e))?;
-        }
-        Ok(sha)
+        checkpoint::write(path, tensors)
     }
 
     /// Resumes from a checkpoint written by [`Trainer::save`], after checking its sha256
     /// against the `.sha256` file beside it.
     pub fn resume(path: &Path, device: tch::Device) -> Result<Self, ModelError> {
-        let sha_path = sibling(path, ".sha256");
-        let expected = std::fs::read_to_string(&sha_path).map_err(|e| io(&sha_path, e))?;
-        let actual = sha256_file(path)?;
-        if expected.trim() != actual {
-            return Err(ModelError::Weights {
-                path: path.to_owned(),
-                problem: format!(
-                    "checksum mismatch: {} expects {}, the file hashes to {actual}; it is corrupted or was changed",
-                    sha_path.display(),
-                    expected.trim()
-                ),
-            });
-        }
-        let mut tensors = weights::read(path)?;
+        let mut tensors = checkpoint::read_verified(path)?;
         let take = |tensors: &mut BTreeMap<String, Tensor>, name: &str| {
-            tensors.remove(name).ok_or_else(|| ModelError::Weights {
-                path: path.to_owned(),
-                problem: format!("not a training checkpoint: {name} is missing"),
-            })
+            checkpoint::take(tensors, path, name)
         };
         let config_bytes = Vec::<u8>::try_from(&take(&mut tensors, "trainer.config")?)?;
         let config: serde_json::Value = serde_json::from_slice(&config_bytes)
@@ -407,73 +322,24 @@ impl Trainer {
         let mut trainer = Trainer::new(gpt_config, train, device)?;
         trainer.step = take(&mut tensors, "trainer.step")?.int64_value(&[0]);
         trainer.tokens_seen = take(&mut tensors, "trainer.tokens_seen")?.int64_value(&[0]);
-        tch::no_grad(|| -> Result<(), ModelError> {
-            for (name, mut var) in trainer.vs.variables() {
-                var.f_copy_(&take(&mut tensors, &format!("model.{name}"))?)?;
-            }
-            let mut sets = vec![
-                ("optimizer.m.", &mut trainer.optimizer.m),
-                ("optimizer.v.", &mut trainer.optimizer.v),
-            ];
-            if let Some(ema) = &mut trainer.ema {
-                sets.push(("ema.", ema));
-            }
-            for (prefix, moments) in sets {
-                for (name, t) in moments.iter_mut() {
-                    t.f_copy_(&take(&mut tensors, &format!("{prefix}{name}"))?)?;
-                }
-            }
-            Ok(())
-        })?;
-        if let Some(extra) = tensors.keys().next() {
-            return Err(ModelError::Weights {
-                path: path.to_owned(),
-                problem: format!("unexpected tensor {extra}"),
-            });
+        let mut model = trainer.vs.variables();
+        checkpoint::restore(&mut tensors, path, "model.", model.iter_mut())?;
+        checkpoint::restore(
+            &mut tensors,
+            path,
+            "optimizer.m.",
+            trainer.optimizer.m.iter_mut(),
+        )?;
+        checkpoint::restore(
+            &mut tensors,
+            path,
+            "optimizer.v.",
+            trainer.optimizer.v.iter_mut(),
+        )?;
+        if let Some(ema) = &mut trainer.ema {
+            checkpoint::restore(&mut tensors, path, "ema.", ema.iter_mut())?;
         }
+        checkpoint::nothing_left(&tensors, path)?;
         Ok(trainer)
     }
-}
-
-/// Scales all gradients so that their joint L2 norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`, including its 1e-6 guard). Returns the norm before clipping.
-fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .values()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        let total = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
-        let coef = max_norm / (total + 1e-6);
-        if coef < 1.0 {
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(coef);
-            }
-        }
-        total
-    })
-}
-
-fn io(path: &Path, source: std::io::Error) -> ModelError {
-    ModelError::Io {
-        path: path.to_owned(),
-        error: source,
-    }
-}
-
-fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    use sha2::Digest as _;
-    let mut file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| io(path, e))?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

@@ -1,0 +1,111 @@
+//! PyTorch's AdamW update and gradient clipping, written out because tch does not expose its
+//! optimizers' moment buffers and a checkpoint without them does not resume the same run.
+
+use std::collections::BTreeMap;
+
+use tch::{Kind, Tensor};
+
+/// AdamW's settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamWSettings {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Decay one-dimensional tensors (biases, norm scales) too, as `torch.optim.AdamW` over
+    /// `model.parameters()` does; LlamaGen's GPT trainer decays only tensors of 2+ dimensions.
+    pub decay_vectors: bool,
+}
+
+/// AdamW with PyTorch's update: decoupled decay, bias-corrected moments.
+pub(crate) struct AdamW {
+    pub m: BTreeMap<String, Tensor>,
+    pub v: BTreeMap<String, Tensor>,
+}
+
+impl AdamW {
+    pub fn new(params: &BTreeMap<String, Tensor>) -> Self {
+        let zeros = |t: &Tensor| t.zeros_like();
+        AdamW {
+            m: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+            v: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+        }
+    }
+
+    /// `step` counts from 1. Parameters without a gradient are skipped.
+    pub fn update(
+        &mut self,
+        params: &BTreeMap<String, Tensor>,
+        c: &AdamWSettings,
+        lr: f64,
+        step: i64,
+    ) {
+        tch::no_grad(|| {
+            let bias1 = 1.0 - c.beta1.powi(step as i32);
+            let bias2 = 1.0 - c.beta2.powi(step as i32);
+            for (name, p) in params {
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                if c.weight_decay != 0.0 && (p.dim() >= 2 || c.decay_vectors) {
+                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let m = self.m.get_mut(name).expect("moment for every parameter");
+                let _ = m.lerp_(&grad, 1.0 - c.beta1);
+                let v = self.v.get_mut(name).expect("moment for every parameter");
+                let _ = v.g_mul_scalar_(c.beta2);
+                let _ = v.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
+                let denom = v.sqrt() / bias2.sqrt() + c.eps;
+                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
+            }
+        });
+    }
+}
+
+/// Scales all gradients so that their joint L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`, including its 1e-6 guard). Returns the norm before clipping.
+pub(crate) fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params
+            .values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let total = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
+        let coef = max_norm / (total + 1e-6);
+        if coef < 1.0 {
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(coef);
+            }
+        }
+        total
+    })
+}
+
+/// Sets every gradient of `params` to zero (those not yet computed stay undefined).
+pub(crate) fn zero_grads(params: &mut BTreeMap<String, Tensor>) {
+    for p in params.values_mut() {
+        p.zero_grad();
+    }
+}
+
+/// ema = decay * ema + (1 - decay) * param (LlamaGen's `update_ema`), for each parameter.
+pub(crate) fn update_ema(
+    ema: &mut BTreeMap<String, Tensor>,
+    params: &BTreeMap<String, Tensor>,
+    decay: f64,
+) {
+    tch::no_grad(|| {
+        for (name, p) in params {
+            if let Some(e) = ema.get_mut(name) {
+                let _ = e.lerp_(p, 1.0 - decay);
+            }
+        }
+    });
+}
