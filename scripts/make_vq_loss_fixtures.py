@@ -25,6 +25,7 @@ Files: `vq_loss.safetensors` (weights: `vq.*`, `lpips.*`, `discriminator.*`, flo
 read from the checkout at run time; none of it is committed.
 """
 import argparse
+import importlib.machinery
 import copy
 import json
 import subprocess
@@ -51,6 +52,8 @@ def stub_download_modules() -> None:
         except ImportError:
             module = types.ModuleType(name)
             module.tqdm = None
+            # torchvision's import walks sys.modules and wants a spec on each.
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
             sys.modules[name] = module
 
 

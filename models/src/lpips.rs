@@ -152,13 +152,14 @@ impl Lpips {
     /// Perceptual distance of a and b, both [B, 3, H, W] in [-1, 1] -> [B, 1, 1, 1].
     /// `train` switches on the heads' dropout, as LlamaGen's training does.
     pub fn forward(&self, a: &Tensor, b: &Tensor, train: bool) -> Tensor {
-        let n = a.size()[0];
-        // One pass over both sets: the same convolutions at twice the batch.
-        let features = self.features(&Tensor::cat(&[a, b], 0));
+        // Two passes, as the reference makes them: in training only the reconstructions need
+        // a backward pass, and autograd skips the real images' branch entirely (one batched
+        // pass would back-propagate through both halves).
+        let (features_a, features_b) = (self.features(a), self.features(b));
         let mut total: Option<Tensor> = None;
-        for (f, head) in features.iter().zip(&self.heads) {
-            let fa = unit_normalize(&f.narrow(0, 0, n));
-            let fb = unit_normalize(&f.narrow(0, n, n));
+        for ((fa, fb), head) in features_a.iter().zip(&features_b).zip(&self.heads) {
+            let fa = unit_normalize(fa);
+            let fb = unit_normalize(fb);
             let diff = (fa - fb).square().dropout(HEAD_DROPOUT, train);
             let layer = diff
                 .conv2d(head, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1)

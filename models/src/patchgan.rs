@@ -164,9 +164,9 @@ impl PatchGan {
                 h = norm.forward(&h, train);
             }
             if layer.activation {
-                // LeakyReLU with PyTorch's gradient at 0 (the slope).
-                let negative = &h * SLOPE;
-                h = h.where_self(&h.gt(0.0), &negative);
+                // LeakyReLU(0.2) as one kernel: PReLU with a fixed slope (same values, and
+                // PyTorch's gradient at 0, the slope).
+                h = h.prelu(&Tensor::full([1], SLOPE, (h.kind(), h.device())));
             }
         }
         h

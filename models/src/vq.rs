@@ -476,7 +476,14 @@ impl VqModel {
             codebook_loss = Some((&z_q - z.detach()).square().mean(acc));
             commit_loss =
                 Some((z_q.detach() - &z).square().mean(acc) * self.config.commit_loss_beta);
-            entropy_loss = Some(entropy_loss_of(&(-&distances)) * self.config.entropy_loss_ratio);
+            // At ratio 0 (LlamaGen's default) the reference still computes the term, a softmax
+            // over [positions, codebook] and its backward pass, and multiplies it by 0; the
+            // same zero costs nothing here.
+            entropy_loss = Some(if self.config.entropy_loss_ratio == 0.0 {
+                Tensor::zeros([], (distances.kind(), distances.device()))
+            } else {
+                entropy_loss_of(&(-&distances)) * self.config.entropy_loss_ratio
+            });
         }
         let straight_through = &z + (&z_q - &z).detach();
         Quantized {

@@ -99,6 +99,12 @@ pub struct VqStepLosses {
     pub codebook_usage: f64,
 }
 
+fn set_requires_grad(params: &BTreeMap<String, Tensor>, on: bool) {
+    for p in params.values() {
+        let _ = p.set_requires_grad(on);
+    }
+}
+
 fn trainable(vs: &VarStore) -> BTreeMap<String, Tensor> {
     vs.variables()
         .into_iter()
@@ -193,7 +199,11 @@ impl VqTrainer {
             self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
 
         zero_grads(&mut self.params);
-        let (recon, quantized, g) = crate::autocast::bf16(bf16, || {
+        // The generator's loss runs through the discriminator, whose weight gradients that step
+        // has no use for (LlamaGen computes them and zeroes them before the discriminator's
+        // step): frozen for the pass, they cost no backward work.
+        set_requires_grad(&self.disc_params, false);
+        let generator_pass = crate::autocast::bf16(bf16, || {
             let (recon, quantized) = self.vq.reconstruct(images, true)?;
             let g = self.loss.generator(
                 images,
@@ -204,7 +214,9 @@ impl VqTrainer {
                 true,
             )?;
             Ok::<_, ModelError>((recon, quantized, g))
-        })?;
+        });
+        set_requires_grad(&self.disc_params, true);
+        let (recon, quantized, g) = generator_pass?;
         let generator = g.total.double_value(&[]);
         if !generator.is_finite() {
             return Err(ModelError::Input(format!(
@@ -222,8 +234,6 @@ impl VqTrainer {
             update_ema(ema, &self.params, self.config.ema_decay);
         }
 
-        // The generator's loss also reached the discriminator's weights; LlamaGen zeroes them
-        // before the discriminator's own backward pass.
         zero_grads(&mut self.disc_params);
         let d = crate::autocast::bf16(bf16, || {
             self.loss
