@@ -303,24 +303,64 @@ pub fn crop_long_edge<T: Clone>(image: ArrayView3<'_, T>) -> Array3<T> {
 
 /// ADM's `center_crop_arr(pil_image, size)` of an RGB image [H, W, 3]; returns [size, size, 3].
 pub fn center_crop(image: ArrayView3<'_, u8>, size: usize) -> Result<Array3<u8>, ImagingError> {
+    short_side_crop(image, size, size, |rows, cols| (rows / 2, cols / 2))
+}
+
+/// LlamaGen's `random_crop_arr(pil_image, size)` (its tokenizer training augmentation) with the
+/// random draws given: the short side is first scaled to `short_side` (the reference draws it
+/// from `size ..= ceil(size / 0.8)`), then the crop starts at row `picks.0 % (rows + 1)` and
+/// column `picks.1 % (cols + 1)`, where rows and cols are the spare pixels of each side.
+pub fn random_crop(
+    image: ArrayView3<'_, u8>,
+    size: usize,
+    short_side: usize,
+    picks: (u64, u64),
+) -> Result<Array3<u8>, ImagingError> {
+    if short_side < size {
+        return Err(ImagingError::Invalid(format!(
+            "a short side of {short_side} cannot hold a {size} px crop"
+        )));
+    }
+    short_side_crop(image, size, short_side, |rows, cols| {
+        (
+            (picks.0 % (rows as u64 + 1)) as usize,
+            (picks.1 % (cols as u64 + 1)) as usize,
+        )
+    })
+}
+
+/// Halves the image with BOX while its short side is at least twice `short`, scales it with
+/// BICUBIC so that the short side is `short` (sides rounded as Python rounds), then crops a
+/// `size` square at the offset `place(spare rows, spare columns)` returns.
+fn short_side_crop(
+    image: ArrayView3<'_, u8>,
+    size: usize,
+    short: usize,
+    place: impl FnOnce(usize, usize) -> (usize, usize),
+) -> Result<Array3<u8>, ImagingError> {
     let (h, w, c) = image.dim();
     if size == 0 || h == 0 || w == 0 || c != 3 {
         return Err(ImagingError::Invalid(format!(
-            "cannot center-crop a {w}x{h}x{c} image to {size}"
+            "cannot crop a {w}x{h}x{c} image to {size}"
         )));
     }
     let mut current = image.to_owned();
-    while current.dim().0.min(current.dim().1) >= 2 * size {
+    while current.dim().0.min(current.dim().1) >= 2 * short {
         let (ch, cw, _) = current.dim();
         current = resize(current.view(), cw / 2, ch / 2, Filter::Box);
     }
     let (ch, cw, _) = current.dim();
-    let scale = size as f64 / ch.min(cw) as f64;
+    let scale = short as f64 / ch.min(cw) as f64;
     let (nw, nh) = (
         (cw as f64 * scale).round_ties_even() as usize,
         (ch as f64 * scale).round_ties_even() as usize,
     );
-    let (y, x) = ((nh - size) / 2, (nw - size) / 2);
+    if nw < size || nh < size {
+        return Err(ImagingError::Invalid(format!(
+            "a {cw}x{ch} image scaled to {nw}x{nh} cannot hold a {size} px crop"
+        )));
+    }
+    let (y, x) = place(nh - size, nw - size);
     if (nw, nh) == (cw, ch) {
         return Ok(current.slice(s![y..y + size, x..x + size, ..]).to_owned());
     }
