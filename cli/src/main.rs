@@ -54,8 +54,9 @@ enum Command {
     /// LlamaGen's layouts.
     #[command(subcommand)]
     Encode(encode::EncodeCommand),
-    /// Train a LlamaGen generator and record its checkpoints.
-    Train(Box<train::TrainArgs>),
+    /// Train a LlamaGen generator (or, with `train vq`, a VQ tokenizer) and record its
+    /// checkpoints.
+    Train(Box<train::TrainCommand>),
     /// Generate images from a checkpoint (KV cache, classifier-free guidance).
     Sample(Box<sample::SampleCommand>),
     /// Compare generated images with a reference set: FID, sFID, IS, precision, recall.

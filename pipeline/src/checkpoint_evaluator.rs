@@ -10,6 +10,11 @@
 //! sampling after the batch in hand. With `follow` the evaluator keeps polling, so checkpoints
 //! are benchmarked while training is still writing them; without it, it returns once the queue
 //! is drained (the pipeline's evaluate stage).
+//!
+//! A tokenizer's checkpoint (one `llamagen train vq` registered: its configuration holds `vq`
+//! and no `gpt`) gets the tokenizer benchmark instead: the protocol's reference images through
+//! the tokenizer, rFID, PSNR, SSIM and codebook usage, one leaderboard row per checkpoint, so
+//! the model page charts them against step.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -336,6 +341,28 @@ async fn claim_loop(
             checkpoint.step,
             checkpoint.path
         );
+        if is_tokenizer(checkpoint) {
+            summary.evaluated += 1;
+            match benchmark_tokenizer(protocol, &lease, pool, options, data_dir).await {
+                Ok(id) => {
+                    summary.evaluations.push(id);
+                    match queue::complete(pool, &lease, &[id]).await {
+                        Ok(()) | Err(StoreError::CheckpointLeaseLost { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => {
+                    summary.failed += 1;
+                    let error = format!("{e:#}");
+                    tracing::warn!("{} step {}: {error}", checkpoint.model, checkpoint.step);
+                    match queue::fail(pool, &lease, &error).await {
+                        Ok(_) | Err(StoreError::CheckpointLeaseLost { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            continue;
+        }
         let m = match measurer.take() {
             Some(m) => m,
             None => {
@@ -439,47 +466,7 @@ async fn benchmark_checkpoint(
     };
     let cancel = args.sample.cancel.clone().unwrap_or_default();
     let lost = Arc::new(AtomicBool::new(false));
-    let renewer = {
-        let (pool, lease, cancel, lost) =
-            (pool.clone(), lease.clone(), cancel.clone(), lost.clone());
-        let every = options.lease / 3;
-        let lease_time = options.lease;
-        let stop = options.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let stop_now = async {
-                    match &stop {
-                        Some(s) => s.wait().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = stop_now => {
-                        cancel.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-                match queue::renew(&pool, &lease, lease_time).await {
-                    Ok(_) => {}
-                    Err(StoreError::CheckpointLeaseLost { .. }) => {
-                        tracing::warn!(
-                            "{}: another evaluator took this checkpoint over; stopping",
-                            lease.checkpoint.path
-                        );
-                        lost.store(true, Ordering::Relaxed);
-                        cancel.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    // A passing database error: the next renewal may get through before the
-                    // lease runs out.
-                    Err(e) => {
-                        tracing::warn!("renewing the claim on {}: {e}", lease.checkpoint.path)
-                    }
-                }
-            }
-        })
-    };
+    let renewer = spawn_renewer(pool, lease, options, cancel.clone(), lost.clone());
     let joined = tokio::task::spawn_blocking(move || {
         let mut m = m;
         let result = benchmark::measure(&args, &mut m);
@@ -511,6 +498,103 @@ async fn benchmark_checkpoint(
         Err(e) => Outcome::Failed(format!("{e:#}")),
     };
     (Some(m), outcome)
+}
+
+/// Renews `lease` every third of a lease until aborted; sets `cancel` on a stop request and
+/// `lost` (and `cancel`) when another evaluator has taken the checkpoint over.
+fn spawn_renewer(
+    pool: &sqlx::PgPool,
+    lease: &CheckpointLease,
+    options: &EvaluatorOptions,
+    cancel: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (pool, lease) = (pool.clone(), lease.clone());
+    let every = options.lease / 3;
+    let lease_time = options.lease;
+    let stop = options.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let stop_now = async {
+                match &stop {
+                    Some(s) => s.wait().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop_now => {
+                    cancel.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+            match queue::renew(&pool, &lease, lease_time).await {
+                Ok(_) => {}
+                Err(StoreError::CheckpointLeaseLost { .. }) => {
+                    tracing::warn!(
+                        "{}: another evaluator took this checkpoint over; stopping",
+                        lease.checkpoint.path
+                    );
+                    lost.store(true, Ordering::Relaxed);
+                    cancel.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // A passing database error: the next renewal may get through before the lease
+                // runs out.
+                Err(e) => tracing::warn!("renewing the claim on {}: {e}", lease.checkpoint.path),
+            }
+        }
+    })
+}
+
+/// Whether a queued checkpoint is a tokenizer's (registered by `llamagen train vq`).
+fn is_tokenizer(checkpoint: &SelectedCheckpoint) -> bool {
+    let has = |key: &str| checkpoint.config.get(key).is_some_and(|v| !v.is_null());
+    has("vq") && !has("gpt")
+}
+
+/// The tokenizer benchmark of one claimed tokenizer checkpoint, recorded under the training
+/// run's checkpoint row; returns the evaluation's id. The claim is renewed meanwhile.
+async fn benchmark_tokenizer(
+    protocol: &Protocol,
+    lease: &CheckpointLease,
+    pool: &sqlx::PgPool,
+    options: &EvaluatorOptions,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<i64> {
+    let checkpoint = &lease.checkpoint;
+    let vq = checkpoint.config["vq"].clone();
+    let config: llamagen_models::vq::VqConfig = serde_json::from_value(vq)
+        .with_context(|| format!("the VQ configuration of {}", checkpoint.path))?;
+    let root = &protocol.sample.out;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let vq_config = root.join(format!("{}-vq.json", &checkpoint.sha256[..12]));
+    llamagen_shards::atomic::write_bytes(&vq_config, &serde_json::to_vec_pretty(&config)?)
+        .with_context(|| format!("writing {}", vq_config.display()))?;
+    let args = crate::tokenizer_benchmark::TokenizerArgs {
+        vq: crate::sample::VqArgs {
+            vq_ckpt: PathBuf::from(&checkpoint.path),
+            vq_model: String::new(),
+            vq_config: Some(vq_config),
+            codebook_size: config.codebook_size,
+            codebook_embed_dim: config.codebook_embed_dim,
+        },
+        batch_size: 16,
+        device: protocol.sample.device.clone(),
+        evaluation: evaluation_args(protocol, checkpoint),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
+    let renewer = spawn_renewer(pool, lease, options, cancel, lost.clone());
+    let result = crate::tokenizer_benchmark::run(&args, data_dir).await;
+    renewer.abort();
+    if lost.load(Ordering::Relaxed) {
+        bail!("another evaluator took {} over", checkpoint.path);
+    }
+    let result = result?;
+    result
+        .evaluation_id
+        .context("the tokenizer benchmark recorded no evaluation")
 }
 
 /// The generator benchmark of one claimed checkpoint: its architecture from the training

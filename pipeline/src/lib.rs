@@ -14,6 +14,9 @@
 //! - [`shard_worker`]: the one shard-worker loop (a fixed split, or claims with leases).
 //! - [`train`]: the training loop: data from our shards or LlamaGen's layout, exactly
 //!   resumable checkpoints, runs and loss curves in PostgreSQL.
+//! - [`train_tokenizer`]: the tokenizer's training loop on images (LlamaGen's augmentation),
+//!   the same checkpoints and records.
+//! - [`training_record`]: a training run, its scalars and checkpoints in PostgreSQL.
 //! - [`stages`]: ingest, filter, caption and encode over shard folders, on [`shard_worker`].
 //! - [`runner`]: a pipeline config's stages in order, as one recorded run (`llamagen run`,
 //!   the scheduler, the demo).
@@ -41,3 +44,5 @@ pub mod stages;
 pub mod text_to_image;
 pub mod tokenizer_benchmark;
 pub mod train;
+pub mod train_tokenizer;
+pub mod training_record;

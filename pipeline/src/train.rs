@@ -18,13 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{LrSchedule, Precision};
-use crate::provenance::{file_sha256, git_revision};
+use crate::training_record::{CheckpointRow, TrainingRecord};
 use anyhow::{Context as _, bail};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
 use llamagen_models::train::{MicroBatch, MixedPrecision, TrainConfig, Trainer};
-use llamagen_store::results::{self, NewCheckpoint, NewModel};
-use llamagen_store::training;
+use llamagen_store::results::NewModel;
 use ndarray::{ArrayD, IxDyn};
 use tch::Tensor;
 
@@ -377,14 +376,14 @@ pub fn checkpoints(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Resumes from the newest checkpoint of `out` that loads; a newer one that does not (a power
 /// cut mid-write, a damaged disk) is reported and passed over, and training redoes its steps.
 /// None when `out` holds no checkpoint; an error when it holds only unusable ones.
-fn resume_newest_usable(
+pub(crate) fn resume_newest_usable<T>(
     out: &Path,
-    device: tch::Device,
-) -> anyhow::Result<Option<(PathBuf, Trainer)>> {
+    resume: impl Fn(&Path) -> Result<T, llamagen_models::ModelError>,
+) -> anyhow::Result<Option<(PathBuf, T)>> {
     let all = checkpoints(out)?;
     let mut unusable = Vec::new();
     for path in all.iter().rev() {
-        match Trainer::resume(path, device) {
+        match resume(path) {
             Ok(trainer) => {
                 if !unusable.is_empty() {
                     println!(
@@ -438,7 +437,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     } else {
         Conditioning::Class
     };
-    let resumed = resume_newest_usable(&args.out, device)?;
+    let resumed = resume_newest_usable(&args.out, |path| Trainer::resume(path, device))?;
     let resume_from = resumed.as_ref().map(|(path, _)| path.clone());
     let mut trainer = match resumed {
         Some((path, trainer)) => {
@@ -494,21 +493,15 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         short_probability: args.short_caption_probability,
     });
 
-    let store = if args.no_record {
-        None
-    } else {
-        Some(llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?)
-    };
-    let revision = git_revision();
     let config_json = serde_json::json!({
         "train": trainer.config, "gpt": gpt_config, "codes": args.codes.display().to_string(),
         "t5": args.t5.as_ref().map(|t| t.display().to_string()),
         "global_batch_size": args.global_batch_size,
         "gradient_accumulation": args.gradient_accumulation,
     });
-    let mut ids = None;
-    if let Some(store) = &store {
-        let pool = store.pool();
+    let record = if args.no_record {
+        None
+    } else {
         let size = args
             .gpt_config
             .is_none()
@@ -519,44 +512,27 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             .iter()
             .map(|t| t.numel() as i64)
             .sum();
-        let model_id = results::upsert_model(
-            pool,
-            &NewModel {
-                name: &args.model,
-                kind: "generator",
-                architecture: "llamagen-gpt",
-                size,
-                task: Some(if text.is_some() { "t2i" } else { "c2i" }),
-                params: Some(params),
-                image_size: Some(args.image_size as i32),
-                config: &config_json,
-            },
+        let model = NewModel {
+            name: &args.model,
+            kind: "generator",
+            architecture: "llamagen-gpt",
+            size,
+            task: Some(if text.is_some() { "t2i" } else { "c2i" }),
+            params: Some(params),
+            image_size: Some(args.image_size as i32),
+            config: &config_json,
+        };
+        Some(
+            TrainingRecord::open(
+                data_dir,
+                &model,
+                resume_from.as_deref(),
+                trainer.config.seed,
+                args.global_batch_size as i32,
+            )
+            .await?,
         )
-        .await?;
-        let previous = match &resume_from {
-            Some(path) => training::training_run_of_checkpoint(pool, &file_sha256(path)?.0).await?,
-            None => None,
-        };
-        let run_id = match previous {
-            Some(id) => {
-                training::reopen_training_run(pool, id).await?;
-                id
-            }
-            None => {
-                training::begin_training_run(
-                    pool,
-                    model_id,
-                    &config_json,
-                    revision.as_deref(),
-                    trainer.config.seed,
-                    args.global_batch_size as i32,
-                )
-                .await?
-            }
-        };
-        ids = Some((model_id, run_id));
-        println!("training run #{run_id} of model {:?}", args.model);
-    }
+    };
 
     let micro = args.global_batch_size / args.gradient_accumulation;
     let started = Instant::now();
@@ -600,15 +576,11 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                 &bar,
                 format!("step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  {rate:.0} tokens/s"),
             );
-            if let (Some(store), Some((_, run_id))) = (&store, ids) {
+            if let Some(record) = &record {
                 let lr = trainer.config.lr_at(done - 1);
-                training::log_training_metrics(
-                    store.pool(),
-                    run_id,
-                    done,
-                    &[("loss", loss), ("lr", lr), ("epoch", epoch)],
-                )
-                .await?;
+                record
+                    .log(done, &[("loss", loss), ("lr", lr), ("epoch", epoch)])
+                    .await?;
             }
         }
         if done % args.checkpoint_every == 0 || done == args.max_steps {
@@ -618,42 +590,23 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                 &bar,
                 format!("checkpoint {} (sha256 {})", path.display(), &sha[..12]),
             );
-            if let (Some(store), Some((model_id, run_id))) = (&store, ids) {
-                let path_text = path.display().to_string();
-                let bytes = std::fs::metadata(&path)?.len() as i64;
-                results::register_checkpoint(
-                    store.pool(),
-                    &NewCheckpoint {
-                        model_id,
-                        training_run_id: Some(run_id),
-                        path: &path_text,
+            if let Some(record) = &record {
+                record
+                    .checkpoint(&CheckpointRow {
+                        path: &path,
                         sha256: &sha,
-                        bytes: Some(bytes),
                         step: done,
-                        epoch: Some(epoch),
-                        tokens_seen: Some(trainer.tokens_seen),
-                        train_loss: Some(loss),
-                        config: Some(&config_json),
-                        git_revision: revision.as_deref(),
-                        seed: Some(trainer.config.seed),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                        epoch,
+                        seen: trainer.tokens_seen,
+                        loss,
+                    })
+                    .await?;
             }
         }
     }
     bar.finish_and_clear();
-    if let (Some(store), Some((_, run_id))) = (&store, ids) {
-        let status = if result.is_ok() {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        training::finish_training_run(store.pool(), run_id, status).await?;
-    }
-    if let Some(store) = store {
-        store.close().await?;
+    if let Some(record) = record {
+        record.finish(result.is_ok()).await?;
     }
     result?;
     if loss.is_nan() {

@@ -1,0 +1,260 @@
+//! `llamagen train vq` on webdataset shards of real photos, against a real PostgreSQL: a tiny
+//! tokenizer (random LPIPS from `scripts/export_lpips.py --random`) trains with the
+//! discriminator switching on midway, writes and registers its checkpoints, and the checkpoint
+//! evaluator (`llamagen benchmark checkpoints`) puts every one of them on the leaderboard with
+//! the tokenizer benchmark, the last one better than the first. A run SIGKILLed after its first checkpoint resumes to the uninterrupted run's final
+//! checkpoint, byte for byte; an undecodable image is left out.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{llamagen_on, repo, text};
+use llamagen_models::vq::VqConfig;
+use llamagen_shards::webdataset::TarWriter;
+use llamagen_store::testing::TestDatabase;
+
+const STEPS: &str = "24";
+
+/// Two shards of the bundled photos (PNG and JPEG of each) and one image that does not decode.
+fn shards(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let photos = llamagen_ingest::testing::bundled_photos();
+    let mut names: Vec<&String> = photos.keys().collect();
+    names.sort();
+    for (shard, half) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let mut tar = TarWriter::create(&dir.join(format!("{shard:05}.tar"))).unwrap();
+        for (i, name) in half.iter().enumerate() {
+            let ext = if name.ends_with(".png") { "png" } else { "jpg" };
+            tar.append(&format!("{shard:05}{i:04}"), ext, &photos[*name])
+                .unwrap();
+        }
+        if shard == 1 {
+            tar.append("broken", "jpg", b"\xff\xd8 not a JPEG").unwrap();
+        }
+        tar.finish().unwrap();
+    }
+}
+
+/// The photos center-cropped to 32 px: the benchmark's reference images.
+fn reference(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in llamagen_ingest::testing::bundled_photos() {
+        let img = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        let (w, h) = img.dimensions();
+        let side = w.min(h);
+        let crop =
+            image::imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let small = image::imageops::resize(&crop, 32, 32, image::imageops::FilterType::Triangle);
+        small
+            .save(dir.join(format!("{}.png", name.replace('.', "_"))))
+            .unwrap();
+    }
+}
+
+fn tiny_vq(path: &Path) {
+    let config = VqConfig {
+        codebook_size: 64,
+        encoder_ch_mult: vec![1, 2],
+        decoder_ch_mult: vec![1, 2],
+        z_channels: 32,
+        ch: 32,
+        num_res_blocks: 1,
+        ..VqConfig::vq16()
+    };
+    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+fn train(dir: &Path, db: &TestDatabase, out: &str, extra: &[&str]) -> Command {
+    let mut cmd = llamagen_on(dir, &db.url());
+    cmd.env("RUST_LOG", "warn")
+        .args(["train", "vq", "--device", "cpu", "--precision", "fp32"])
+        .arg("--images")
+        .arg(dir.join("shards"))
+        .arg("--lpips")
+        .arg(dir.join("lpips.safetensors"))
+        .arg("--vq-config")
+        .arg(dir.join("vq.json"))
+        .arg("--out")
+        .arg(dir.join(out))
+        .args(["--model", "tiny-vq-trained", "--image-size", "32"])
+        .args([
+            "--global-batch-size",
+            "4",
+            "--lr",
+            "0.003",
+            "--ema-decay",
+            "0.9",
+        ])
+        .args([
+            "--disc-start",
+            "20",
+            "--disc-weight",
+            "0.1",
+            "--disc-channels",
+            "8",
+            "--disc-layers",
+            "2",
+        ])
+        .args([
+            "--checkpoint-every",
+            "4",
+            "--log-every",
+            "2",
+            "--max-steps",
+            STEPS,
+        ])
+        .args(extra);
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+fn sha(path: PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn trains_records_benchmarks_and_resumes_after_a_kill() {
+    let db = TestDatabase::new().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    shards(&dir.join("shards"));
+    reference(&dir.join("reference"));
+    tiny_vq(&dir.join("vq.json"));
+    let exported = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/export_lpips.py"))
+        .args(["--random", "--widths", "4,8,16,32,32", "--seed", "3"])
+        .arg(dir.join("lpips.safetensors"))
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", text(&exported));
+
+    let out = run(train(dir, &db, "straight", &["--json"]));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(report["step"], 24, "{report}");
+    let last = &report["last"];
+    assert!(last["discriminator"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(last["adversarial"].as_f64().unwrap() != 0.0, "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("left out"), "the broken image: {stderr}");
+    let straight = dir.join("straight");
+    let final_sha = sha(straight.join("0000024.safetensors.sha256"));
+
+    let pool = &db.pool;
+    let (kind, architecture): (String, String) =
+        sqlx::query_as("SELECT kind, architecture FROM models WHERE name = 'tiny-vq-trained'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (kind.as_str(), architecture.as_str()),
+        ("tokenizer", "llamagen-vq")
+    );
+    let steps: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.step FROM checkpoints c JOIN training_runs t ON t.id = c.training_run_id
+         WHERE t.status = 'succeeded' ORDER BY c.step",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(steps, [4, 8, 12, 16, 20, 24]);
+    let logged: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT name FROM training_metrics ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for name in [
+        "loss",
+        "perceptual_loss",
+        "discriminator_loss",
+        "codebook_usage",
+    ] {
+        assert!(logged.iter().any(|n| n == name), "{name} not in {logged:?}");
+    }
+
+    // Every checkpoint on the leaderboard through the checkpoint evaluator.
+    let inception = dir.join("inception.onnx");
+    llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
+    let config = dir.join("evaluate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+name = "vq-evaluation"
+stages = ["evaluate"]
+
+[model]
+task = "c2i"
+
+[evaluate]
+benchmark = "photos32-reconstruction"
+models = ["tiny-vq-trained"]
+reference = "{reference}"
+inception_model = "{inception}"
+eval_image_size = 32
+checkpoint_every = 4
+"#,
+            reference = dir.join("reference").display(),
+            inception = inception.display(),
+        ),
+    )
+    .unwrap();
+    let evaluated = llamagen_on(dir, &db.url())
+        .args(["benchmark", "checkpoints", "--device", "cpu", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(evaluated.status.success(), "{}", text(&evaluated));
+    let rows: Vec<(i64, f64, f64)> = sqlx::query_as(
+        "SELECT c.step,
+                max(m.value) FILTER (WHERE m.name = 'psnr'),
+                max(m.value) FILTER (WHERE m.name = 'rfid')
+         FROM evaluations e JOIN metrics m ON m.evaluation_id = e.id
+         JOIN checkpoints c ON c.id = e.checkpoint_id JOIN models mo ON mo.id = c.model_id
+         WHERE mo.name = 'tiny-vq-trained' GROUP BY c.step ORDER BY c.step",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    eprintln!("(step, PSNR, rFID): {rows:?}");
+    let steps: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(steps, [4, 8, 12, 16, 20, 24], "{rows:?}");
+    let (first, last) = (&rows[0], &rows[5]);
+    assert!(last.1 > first.1 + 1.0, "PSNR did not improve: {rows:?}");
+    assert!(last.2 < first.2, "rFID did not improve: {rows:?}");
+
+    // SIGKILL once the first checkpoint is written, then the same command again.
+    let mut child = train(dir, &db, "killed", &[]).spawn().unwrap();
+    let first = dir.join("killed/0000004.safetensors.sha256");
+    let started = Instant::now();
+    while !first.exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before the kill; nothing was tested"
+    );
+    assert!(!dir.join("killed/0000024.safetensors").exists());
+    let resumed = run(train(dir, &db, "killed", &[]));
+    assert!(
+        text(&resumed).contains("resuming from"),
+        "{}",
+        text(&resumed)
+    );
+    assert_eq!(
+        sha(dir.join("killed/0000024.safetensors.sha256")),
+        final_sha,
+        "the resumed run must end on the uninterrupted run's checkpoint"
+    );
+}

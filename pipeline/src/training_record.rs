@@ -1,0 +1,117 @@
+//! What a training command records in PostgreSQL, shared by the GPT and tokenizer trainers:
+//! the model, one training run (reopened when a run resumes from one of its checkpoints), the
+//! logged scalars, each checkpoint, and the run's end.
+
+use std::path::Path;
+
+use llamagen_store::results::{self, NewCheckpoint, NewModel};
+use llamagen_store::{Store, training};
+
+use crate::provenance::{file_sha256, git_revision};
+
+/// A training run being recorded.
+pub struct TrainingRecord {
+    store: Store,
+    pub model_id: i64,
+    pub run_id: i64,
+    revision: Option<String>,
+    config: serde_json::Value,
+    seed: i64,
+}
+
+/// One checkpoint as the trainer wrote it.
+pub struct CheckpointRow<'a> {
+    pub path: &'a Path,
+    pub sha256: &'a str,
+    pub step: i64,
+    pub epoch: f64,
+    /// Image tokens (GPT) or images (tokenizer) trained on.
+    pub seen: i64,
+    pub loss: f64,
+}
+
+impl TrainingRecord {
+    /// Registers `model` and opens its training run: the run of `resume_from`'s checkpoint when
+    /// there is one, a new one otherwise.
+    pub async fn open(
+        data_dir: &Path,
+        model: &NewModel<'_>,
+        resume_from: Option<&Path>,
+        seed: i64,
+        global_batch: i32,
+    ) -> anyhow::Result<Self> {
+        let store = Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+        let pool = store.pool();
+        let revision = git_revision();
+        let model_id = results::upsert_model(pool, model).await?;
+        let previous = match resume_from {
+            Some(path) => training::training_run_of_checkpoint(pool, &file_sha256(path)?.0).await?,
+            None => None,
+        };
+        let run_id = match previous {
+            Some(id) => {
+                training::reopen_training_run(pool, id).await?;
+                id
+            }
+            None => {
+                training::begin_training_run(
+                    pool,
+                    model_id,
+                    model.config,
+                    revision.as_deref(),
+                    seed,
+                    global_batch,
+                )
+                .await?
+            }
+        };
+        println!("training run #{run_id} of model {:?}", model.name);
+        Ok(TrainingRecord {
+            store,
+            model_id,
+            run_id,
+            revision,
+            config: model.config.clone(),
+            seed,
+        })
+    }
+
+    /// Scalars of `step` (a step logged again after a resume replaces its values).
+    pub async fn log(&self, step: i64, values: &[(&str, f64)]) -> anyhow::Result<()> {
+        training::log_training_metrics(self.store.pool(), self.run_id, step, values).await?;
+        Ok(())
+    }
+
+    pub async fn checkpoint(&self, c: &CheckpointRow<'_>) -> anyhow::Result<()> {
+        let path = c.path.display().to_string();
+        let bytes = std::fs::metadata(c.path)?.len() as i64;
+        results::register_checkpoint(
+            self.store.pool(),
+            &NewCheckpoint {
+                model_id: self.model_id,
+                training_run_id: Some(self.run_id),
+                path: &path,
+                sha256: c.sha256,
+                bytes: Some(bytes),
+                step: c.step,
+                epoch: Some(c.epoch),
+                tokens_seen: Some(c.seen),
+                train_loss: Some(c.loss),
+                config: Some(&self.config),
+                git_revision: self.revision.as_deref(),
+                seed: Some(self.seed),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the run succeeded or failed and closes the connection.
+    pub async fn finish(self, succeeded: bool) -> anyhow::Result<()> {
+        let status = if succeeded { "succeeded" } else { "failed" };
+        training::finish_training_run(self.store.pool(), self.run_id, status).await?;
+        self.store.close().await?;
+        Ok(())
+    }
+}
