@@ -32,6 +32,24 @@ impl AdamW {
         }
     }
 
+    /// The moments as checkpoint entries, `{prefix}.m.NAME` and `{prefix}.v.NAME`.
+    pub fn entries(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        crate::checkpoint::entries(&format!("{prefix}.m."), &self.m)
+            .chain(crate::checkpoint::entries(&format!("{prefix}.v."), &self.v))
+            .collect()
+    }
+
+    /// Copies the moments back from a checkpoint's `{prefix}.m.*` and `{prefix}.v.*`.
+    pub fn restore(
+        &mut self,
+        tensors: &mut BTreeMap<String, Tensor>,
+        path: &std::path::Path,
+        prefix: &str,
+    ) -> Result<(), crate::ModelError> {
+        crate::checkpoint::restore(tensors, path, &format!("{prefix}.m."), self.m.iter_mut())?;
+        crate::checkpoint::restore(tensors, path, &format!("{prefix}.v."), self.v.iter_mut())
+    }
+
     /// `step` counts from 1. Parameters without a gradient are skipped.
     pub fn update(
         &mut self,

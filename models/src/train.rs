@@ -288,8 +288,7 @@ impl Trainer {
     pub fn save(&self, path: &Path) -> Result<String, ModelError> {
         let model = self.vs.variables();
         let mut tensors: Vec<(String, Tensor)> = checkpoint::entries("model.", &model)
-            .chain(checkpoint::entries("optimizer.m.", &self.optimizer.m))
-            .chain(checkpoint::entries("optimizer.v.", &self.optimizer.v))
+            .chain(self.optimizer.entries("optimizer"))
             .chain(checkpoint::entries("ema.", self.ema.iter().flatten()))
             .collect();
         tensors.push(("trainer.step".into(), Tensor::from_slice(&[self.step])));
@@ -324,18 +323,7 @@ impl Trainer {
         trainer.tokens_seen = take(&mut tensors, "trainer.tokens_seen")?.int64_value(&[0]);
         let mut model = trainer.vs.variables();
         checkpoint::restore(&mut tensors, path, "model.", model.iter_mut())?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "optimizer.m.",
-            trainer.optimizer.m.iter_mut(),
-        )?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "optimizer.v.",
-            trainer.optimizer.v.iter_mut(),
-        )?;
+        trainer.optimizer.restore(&mut tensors, path, "optimizer")?;
         if let Some(ema) = &mut trainer.ema {
             checkpoint::restore(&mut tensors, path, "ema.", ema.iter_mut())?;
         }

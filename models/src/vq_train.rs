@@ -281,16 +281,8 @@ impl VqTrainer {
         let disc = self.disc_vs.variables();
         let mut tensors: Vec<(String, Tensor)> = checkpoint::entries("model.", &model)
             .chain(checkpoint::entries("discriminator.", &disc))
-            .chain(checkpoint::entries("optimizer.m.", &self.optimizer.m))
-            .chain(checkpoint::entries("optimizer.v.", &self.optimizer.v))
-            .chain(checkpoint::entries(
-                "disc_optimizer.m.",
-                &self.disc_optimizer.m,
-            ))
-            .chain(checkpoint::entries(
-                "disc_optimizer.v.",
-                &self.disc_optimizer.v,
-            ))
+            .chain(self.optimizer.entries("optimizer"))
+            .chain(self.disc_optimizer.entries("disc_optimizer"))
             .chain(checkpoint::entries("ema.", self.ema.iter().flatten()))
             .collect();
         tensors.push(("trainer.step".into(), Tensor::from_slice(&[self.step])));
@@ -344,30 +336,10 @@ impl VqTrainer {
         checkpoint::restore(&mut tensors, path, "model.", model.iter_mut())?;
         let mut disc = trainer.disc_vs.variables();
         checkpoint::restore(&mut tensors, path, "discriminator.", disc.iter_mut())?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "optimizer.m.",
-            trainer.optimizer.m.iter_mut(),
-        )?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "optimizer.v.",
-            trainer.optimizer.v.iter_mut(),
-        )?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "disc_optimizer.m.",
-            trainer.disc_optimizer.m.iter_mut(),
-        )?;
-        checkpoint::restore(
-            &mut tensors,
-            path,
-            "disc_optimizer.v.",
-            trainer.disc_optimizer.v.iter_mut(),
-        )?;
+        trainer.optimizer.restore(&mut tensors, path, "optimizer")?;
+        trainer
+            .disc_optimizer
+            .restore(&mut tensors, path, "disc_optimizer")?;
         if let Some(ema) = &mut trainer.ema {
             checkpoint::restore(&mut tensors, path, "ema.", ema.iter_mut())?;
         }
