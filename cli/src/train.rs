@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use llamagen_pipeline::report::StageReport;
+use llamagen_pipeline::signals::EXIT_STOPPED;
 pub use llamagen_pipeline::train::TrainArgs;
 use llamagen_pipeline::train_tokenizer::TrainVqArgs;
 
@@ -29,17 +30,26 @@ pub async fn run(command: &TrainCommand, data_dir: &Path) -> anyhow::Result<Exit
         (Some(TrainTokenizer::Vq(args)), _) => {
             crate::json_report::run(args.json, async {
                 let summary = llamagen_pipeline::train_tokenizer::run(args, data_dir).await?;
-                Ok(StageReport::success(serde_json::to_value(summary)?))
+                Ok(report(summary.stopped, serde_json::to_value(summary)?))
             })
             .await
         }
         (None, Some(args)) => {
             crate::json_report::run(args.json, async {
                 let summary = llamagen_pipeline::train::run(args, data_dir).await?;
-                Ok(StageReport::success(serde_json::to_value(summary)?))
+                Ok(report(summary.stopped, serde_json::to_value(summary)?))
             })
             .await
         }
         (None, None) => anyhow::bail!("llamagen train needs a GPT's flags or a subcommand (vq)"),
+    }
+}
+
+/// Exit 143 for a run a signal stopped (checkpoint written), 0 for one that finished.
+fn report(stopped: bool, summary: serde_json::Value) -> StageReport {
+    if stopped {
+        StageReport::new(ExitCode::from(EXIT_STOPPED), summary)
+    } else {
+        StageReport::success(summary)
     }
 }

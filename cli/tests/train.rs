@@ -25,8 +25,12 @@ for i in range(40):
 "#;
 
 fn train(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llamagen"))
-        .arg("--data-dir")
+    train_command(dir, db, config, max_steps).output().unwrap()
+}
+
+fn train_command(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    cmd.arg("--data-dir")
         .arg(dir)
         .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")
@@ -46,9 +50,8 @@ fn train(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Outpu
             "--log-every",
             "5",
         ])
-        .args(["--max-steps", max_steps])
-        .output()
-        .unwrap()
+        .args(["--max-steps", max_steps]);
+    cmd
 }
 
 #[tokio::test]
@@ -172,6 +175,44 @@ async fn trains_records_and_resumes() {
     assert!(
         out.contains("falling back to") && out.contains("0000040"),
         "{out}"
+    );
+
+    // SIGTERM (a preemption) mid-run: the step in hand finishes, a checkpoint is written, the
+    // run is recorded as cancelled, the process exits 143.
+    let child = train_command(dir.path(), &db, &config, "1000000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let due = dir.path().join("checkpoints/0000070.safetensors.sha256");
+    let started = std::time::Instant::now();
+    while !due.exists() && started.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = child.wait_with_output().unwrap();
+    let out = text(&stopped);
+    assert_eq!(stopped.status.code(), Some(143), "{out}");
+    assert!(out.contains("stopped at step"), "{out}");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM training_runs ORDER BY id DESC LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "cancelled");
+    let newest: i64 = sqlx::query_scalar("SELECT max(step) FROM checkpoints")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!((70..1_000_000).contains(&newest), "{newest}");
+    assert!(
+        dir.path()
+            .join(format!("checkpoints/{newest:07}.safetensors"))
+            .is_file()
     );
 
     // Only unusable checkpoints: a clear error, nothing overwritten.

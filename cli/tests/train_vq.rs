@@ -2,8 +2,9 @@
 //! tokenizer (random LPIPS from `scripts/export_lpips.py --random`) trains with the
 //! discriminator switching on midway, writes and registers its checkpoints, and the checkpoint
 //! evaluator (`llamagen benchmark checkpoints`) puts every one of them on the leaderboard with
-//! the tokenizer benchmark, the last one better than the first. A run SIGKILLed after its first checkpoint resumes to the uninterrupted run's final
-//! checkpoint, byte for byte; an undecodable image is left out.
+//! the tokenizer benchmark, the last one better than the first. A run SIGKILLed after its
+//! first checkpoint, and one stopped by SIGTERM (checkpoint written, exit 143), both resume to
+//! the uninterrupted run's final checkpoint, byte for byte; an undecodable image is left out.
 
 mod common;
 
@@ -256,5 +257,52 @@ checkpoint_every = 4
         sha(dir.join("killed/0000024.safetensors.sha256")),
         final_sha,
         "the resumed run must end on the uninterrupted run's checkpoint"
+    );
+
+    // SIGTERM (a preemption): the step in hand finishes, a checkpoint is written, the run is
+    // recorded as cancelled, the process exits 143; the same command finishes the run.
+    let child = train(dir, &db, "preempted", &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = dir.join("preempted/0000004.safetensors.sha256");
+    let started = Instant::now();
+    while !first.exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(143), "{}", text(&stopped));
+    assert!(
+        text(&stopped).contains("stopped at step"),
+        "{}",
+        text(&stopped)
+    );
+    let written: Vec<String> = std::fs::read_dir(dir.join("preempted"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    let newest = written.iter().max().unwrap().clone();
+    assert!(
+        newest.as_str() > "0000004.safetensors" && newest.as_str() < "0000024.safetensors",
+        "the stop's checkpoint: {written:?}"
+    );
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM training_runs WHERE status = 'cancelled'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(cancelled >= 1);
+    run(train(dir, &db, "preempted", &[]));
+    assert_eq!(
+        sha(dir.join("preempted/0000024.safetensors.sha256")),
+        final_sha,
+        "a preempted run must end on the uninterrupted run's checkpoint"
     );
 }

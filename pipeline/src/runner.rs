@@ -151,7 +151,13 @@ pub async fn run_stages(
             Stage::Train => match crate::train::args_from_config(config, data_dir) {
                 Ok(train_args) => crate::train::run(&train_args, data_dir)
                     .await
-                    .map(|_| ExitCode::SUCCESS),
+                    .map(|summary| {
+                        if summary.stopped {
+                            ExitCode::from(EXIT_STOPPED)
+                        } else {
+                            ExitCode::SUCCESS
+                        }
+                    }),
                 Err(e) => Err(e),
             },
             Stage::Sample => checkpoint_evaluator::sample_selected(config, data_dir, "auto")

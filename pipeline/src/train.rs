@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{LrSchedule, Precision};
-use crate::training_record::{CheckpointRow, TrainingRecord};
+use crate::training_record::{CheckpointRow, RunEnd, TrainingRecord};
 use anyhow::{Context as _, bail};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
@@ -415,6 +415,8 @@ pub(crate) fn resume_newest_usable<T>(
 pub struct TrainSummary {
     pub model: String,
     pub step: i64,
+    /// Stopped by SIGTERM or Ctrl-C before `--max-steps`, after writing a checkpoint.
+    pub stopped: bool,
     /// The loss of the last step this process ran; `None` when it ran none (already trained).
     pub last_loss: Option<f64>,
     /// The newest checkpoint.
@@ -541,6 +543,10 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     let mut result = Ok(());
     let mut order = EpochOrder(None);
     let len = data.len();
+    // SIGTERM (Slurm preemption, a Kubernetes eviction) or Ctrl-C: finish the step in hand,
+    // write a checkpoint, record the run as cancelled, exit 143.
+    let stop = crate::signals::StopSignal::listen();
+    let mut stopped = false;
     let bar = crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps");
     while trainer.step < args.max_steps {
         let step = trainer.step;
@@ -583,7 +589,8 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                     .await?;
             }
         }
-        if done % args.checkpoint_every == 0 || done == args.max_steps {
+        stopped = stop.requested() && done < args.max_steps;
+        if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
             crate::progress::println(
@@ -603,21 +610,36 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                     .await?;
             }
         }
+        if stopped {
+            break;
+        }
     }
     bar.finish_and_clear();
+    let end = match (&result, stopped) {
+        (Err(_), _) => RunEnd::Failed,
+        (Ok(()), true) => RunEnd::Cancelled,
+        (Ok(()), false) => RunEnd::Succeeded,
+    };
     if let Some(record) = record {
-        record.finish(result.is_ok()).await?;
+        record.finish(end).await?;
+    }
+    if stopped {
+        println!(
+            "stopped at step {} by a signal, checkpoint written; the same command resumes",
+            trainer.step
+        );
     }
     result?;
     if loss.is_nan() {
         // Resumed at --max-steps: no step ran in this process.
         println!("already trained to step {}; nothing to do", trainer.step);
-    } else {
+    } else if !stopped {
         println!("trained to step {} (last loss {loss:.4})", trainer.step);
     }
     Ok(TrainSummary {
         model: args.model.clone(),
         step: trainer.step,
+        stopped,
         last_loss: (!loss.is_nan()).then_some(loss),
         checkpoint: checkpoints(&args.out)?.pop(),
     })

@@ -39,7 +39,7 @@ use llamagen_store::results::NewModel;
 use tch::Tensor;
 
 use crate::train::{checkpoints, resume_newest_usable};
-use crate::training_record::{CheckpointRow, TrainingRecord};
+use crate::training_record::{CheckpointRow, RunEnd, TrainingRecord};
 
 /// Images per shard when the input is an ImageFolder.
 const FOLDER_SHARD: usize = 1000;
@@ -443,6 +443,8 @@ fn batch(
 pub struct TrainVqSummary {
     pub model: String,
     pub step: i64,
+    /// Stopped by SIGTERM or Ctrl-C before `--max-steps`, after writing a checkpoint.
+    pub stopped: bool,
     /// The last step this process ran; `None` when it ran none (already trained).
     pub last: Option<VqStepLosses>,
     pub checkpoint: Option<PathBuf>,
@@ -531,6 +533,10 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     let first_step = trainer.step;
     let mut last = None;
     let mut result = Ok(());
+    // SIGTERM (Slurm preemption, a Kubernetes eviction) or Ctrl-C: finish the step in hand,
+    // write a checkpoint, record the run as cancelled, exit 143.
+    let stop = crate::signals::StopSignal::listen();
+    let mut stopped = false;
     let bar = crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps");
     while trainer.step < args.max_steps {
         let first = trainer.step as u64 * args.global_batch_size as u64;
@@ -573,7 +579,8 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
                 record.log(done, &scalars(&losses, epoch)).await?;
             }
         }
-        if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps {
+        stopped = stop.requested() && done < args.max_steps;
+        if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
             crate::progress::println(
@@ -594,14 +601,29 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
             }
         }
         last = Some(losses);
+        if stopped {
+            break;
+        }
     }
     bar.finish_and_clear();
+    let end = match (&result, stopped) {
+        (Err(_), _) => RunEnd::Failed,
+        (Ok(()), true) => RunEnd::Cancelled,
+        (Ok(()), false) => RunEnd::Succeeded,
+    };
     if let Some(record) = record {
-        record.finish(result.is_ok()).await?;
+        record.finish(end).await?;
+    }
+    if stopped {
+        println!(
+            "stopped at step {} by a signal, checkpoint written; the same command resumes",
+            trainer.step
+        );
     }
     result?;
     match &last {
         None => println!("already trained to step {}; nothing to do", trainer.step),
+        Some(_) if stopped => {}
         Some(l) => println!(
             "trained to step {} (last loss {:.4})",
             trainer.step, l.generator
@@ -610,6 +632,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     Ok(TrainVqSummary {
         model: args.model.clone(),
         step: trainer.step,
+        stopped,
         last,
         checkpoint: checkpoints(&args.out)?.pop(),
     })

@@ -19,6 +19,15 @@ pub struct TrainingRecord {
     seed: i64,
 }
 
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Succeeded,
+    Failed,
+    /// Stopped by SIGTERM or Ctrl-C after writing a checkpoint; the same command resumes it.
+    Cancelled,
+}
+
 /// One checkpoint as the trainer wrote it.
 pub struct CheckpointRow<'a> {
     pub path: &'a Path,
@@ -107,9 +116,13 @@ impl TrainingRecord {
         Ok(())
     }
 
-    /// Marks the run succeeded or failed and closes the connection.
-    pub async fn finish(self, succeeded: bool) -> anyhow::Result<()> {
-        let status = if succeeded { "succeeded" } else { "failed" };
+    /// Records how the run ended and closes the connection.
+    pub async fn finish(self, end: RunEnd) -> anyhow::Result<()> {
+        let status = match end {
+            RunEnd::Succeeded => "succeeded",
+            RunEnd::Failed => "failed",
+            RunEnd::Cancelled => "cancelled",
+        };
         training::finish_training_run(self.store.pool(), self.run_id, status).await?;
         self.store.close().await?;
         Ok(())
