@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{LrSchedule, Precision};
-use crate::training_record::{CheckpointRow, RunEnd, TrainingRecord};
+use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 use anyhow::{Context as _, bail};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
@@ -593,42 +593,22 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
-            crate::progress::println(
-                &bar,
-                format!("checkpoint {} (sha256 {})", path.display(), &sha[..12]),
-            );
-            if let Some(record) = &record {
-                record
-                    .checkpoint(&CheckpointRow {
-                        path: &path,
-                        sha256: &sha,
-                        step: done,
-                        epoch,
-                        seen: trainer.tokens_seen,
-                        loss,
-                    })
-                    .await?;
-            }
+            let row = CheckpointRow {
+                path: &path,
+                sha256: &sha,
+                step: done,
+                epoch,
+                seen: trainer.tokens_seen,
+                loss,
+            };
+            checkpoint_written(record.as_ref(), &bar, &row).await?;
         }
         if stopped {
             break;
         }
     }
     bar.finish_and_clear();
-    let end = match (&result, stopped) {
-        (Err(_), _) => RunEnd::Failed,
-        (Ok(()), true) => RunEnd::Cancelled,
-        (Ok(()), false) => RunEnd::Succeeded,
-    };
-    if let Some(record) = record {
-        record.finish(end).await?;
-    }
-    if stopped {
-        println!(
-            "stopped at step {} by a signal, checkpoint written; the same command resumes",
-            trainer.step
-        );
-    }
+    end_run(record, &result, stopped, trainer.step).await?;
     result?;
     if loss.is_nan() {
         // Resumed at --max-steps: no step ran in this process.

@@ -39,7 +39,7 @@ use llamagen_store::results::NewModel;
 use tch::Tensor;
 
 use crate::train::{checkpoints, resume_newest_usable};
-use crate::training_record::{CheckpointRow, RunEnd, TrainingRecord};
+use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 
 /// Images per shard when the input is an ImageFolder.
 const FOLDER_SHARD: usize = 1000;
@@ -583,22 +583,15 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
-            crate::progress::println(
-                &bar,
-                format!("checkpoint {} (sha256 {})", path.display(), &sha[..12]),
-            );
-            if let Some(record) = &record {
-                record
-                    .checkpoint(&CheckpointRow {
-                        path: &path,
-                        sha256: &sha,
-                        step: done,
-                        epoch,
-                        seen: trainer.images_seen,
-                        loss: losses.generator,
-                    })
-                    .await?;
-            }
+            let row = CheckpointRow {
+                path: &path,
+                sha256: &sha,
+                step: done,
+                epoch,
+                seen: trainer.images_seen,
+                loss: losses.generator,
+            };
+            checkpoint_written(record.as_ref(), &bar, &row).await?;
         }
         last = Some(losses);
         if stopped {
@@ -606,20 +599,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         }
     }
     bar.finish_and_clear();
-    let end = match (&result, stopped) {
-        (Err(_), _) => RunEnd::Failed,
-        (Ok(()), true) => RunEnd::Cancelled,
-        (Ok(()), false) => RunEnd::Succeeded,
-    };
-    if let Some(record) = record {
-        record.finish(end).await?;
-    }
-    if stopped {
-        println!(
-            "stopped at step {} by a signal, checkpoint written; the same command resumes",
-            trainer.step
-        );
-    }
+    end_run(record, &result, stopped, trainer.step).await?;
     result?;
     match &last {
         None => println!("already trained to step {}; nothing to do", trainer.step),

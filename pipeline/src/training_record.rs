@@ -128,3 +128,47 @@ impl TrainingRecord {
         Ok(())
     }
 }
+
+/// Prints a checkpoint the trainer wrote and registers it when the run is recorded.
+pub async fn checkpoint_written(
+    record: Option<&TrainingRecord>,
+    bar: &indicatif::ProgressBar,
+    row: &CheckpointRow<'_>,
+) -> anyhow::Result<()> {
+    crate::progress::println(
+        bar,
+        format!(
+            "checkpoint {} (sha256 {})",
+            row.path.display(),
+            &row.sha256[..12.min(row.sha256.len())]
+        ),
+    );
+    if let Some(record) = record {
+        record.checkpoint(row).await?;
+    }
+    Ok(())
+}
+
+/// Records how a training loop ended (when the run is recorded) and says so for a stop: failed
+/// on an error, cancelled when a signal stopped it, succeeded otherwise.
+pub async fn end_run(
+    record: Option<TrainingRecord>,
+    result: &anyhow::Result<()>,
+    stopped: bool,
+    step: i64,
+) -> anyhow::Result<()> {
+    let end = match (result, stopped) {
+        (Err(_), _) => RunEnd::Failed,
+        (Ok(()), true) => RunEnd::Cancelled,
+        (Ok(()), false) => RunEnd::Succeeded,
+    };
+    if let Some(record) = record {
+        record.finish(end).await?;
+    }
+    if end == RunEnd::Cancelled {
+        println!(
+            "stopped at step {step} by a signal, checkpoint written; the same command resumes"
+        );
+    }
+    Ok(())
+}
