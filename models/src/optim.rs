@@ -106,6 +106,24 @@ pub(crate) fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -
     })
 }
 
+/// The trainable variables of `vs` by name.
+pub(crate) fn trainable(vs: &tch::nn::VarStore) -> BTreeMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect()
+}
+
+/// A detached copy of `params`: an EMA's starting point.
+pub(crate) fn ema_copy(params: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tch::no_grad(|| {
+        params
+            .iter()
+            .map(|(n, p)| (n.clone(), p.detach().copy()))
+            .collect()
+    })
+}
+
 /// Sets every gradient of `params` to zero (those not yet computed stay undefined).
 pub(crate) fn zero_grads(params: &mut BTreeMap<String, Tensor>) {
     for p in params.values_mut() {

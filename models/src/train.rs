@@ -21,7 +21,9 @@ use tch::{Kind, Tensor, nn::VarStore};
 use crate::ModelError;
 use crate::checkpoint;
 use crate::gpt::{Gpt, GptConfig};
-use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, update_ema, zero_grads};
+use crate::optim::{
+    AdamW, AdamWSettings, clip_grad_norm, ema_copy, trainable, update_ema, zero_grads,
+};
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,20 +190,9 @@ impl Trainer {
         tch::manual_seed(config.seed);
         let vs = VarStore::new(device);
         let gpt = Gpt::new(&vs.root(), gpt_config)?;
-        let params: BTreeMap<String, Tensor> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let params = trainable(&vs);
         let optimizer = AdamW::new(&params);
-        let ema = (config.ema_decay > 0.0).then(|| {
-            tch::no_grad(|| {
-                params
-                    .iter()
-                    .map(|(n, p)| (n.clone(), p.detach().copy()))
-                    .collect()
-            })
-        });
+        let ema = (config.ema_decay > 0.0).then(|| ema_copy(&params));
         Ok(Trainer {
             gpt,
             vs,

@@ -25,7 +25,9 @@ use tch::{Tensor, nn::VarStore};
 use crate::ModelError;
 use crate::checkpoint;
 use crate::lpips::Lpips;
-use crate::optim::{AdamW, AdamWSettings, clip_grad_norm, update_ema, zero_grads};
+use crate::optim::{
+    AdamW, AdamWSettings, clip_grad_norm, ema_copy, trainable, update_ema, zero_grads,
+};
 use crate::patchgan::PatchGan;
 use crate::train::MixedPrecision;
 use crate::vq::{VqConfig, VqModel};
@@ -105,13 +107,6 @@ fn set_requires_grad(params: &BTreeMap<String, Tensor>, on: bool) {
     }
 }
 
-fn trainable(vs: &VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect()
-}
-
 /// A tokenizer, its discriminator, their optimizers and the run's position.
 pub struct VqTrainer {
     pub vq: VqModel,
@@ -149,14 +144,7 @@ impl VqTrainer {
         let discriminator = PatchGan::new(&disc_vs.root(), config.loss.discriminator.clone());
         let params = trainable(&vs);
         let disc_params = trainable(&disc_vs);
-        let ema = (config.ema_decay > 0.0).then(|| {
-            tch::no_grad(|| {
-                params
-                    .iter()
-                    .map(|(n, p)| (n.clone(), p.detach().copy()))
-                    .collect()
-            })
-        });
+        let ema = (config.ema_decay > 0.0).then(|| ema_copy(&params));
         Ok(VqTrainer {
             vq,
             loss: VqLoss::new(config.loss.clone(), lpips, discriminator),

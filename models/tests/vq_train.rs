@@ -2,30 +2,17 @@
 //! reconstruct real photos, the adversarial terms switch on at `disc_start`, a checkpoint
 //! resumes to the bit-identical final checkpoint, and `init_from` starts a fine-tune.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use llamagen_models::images::from_uint8_nhwc;
+use common::{photos, psnr, tiny_vq_config};
 use llamagen_models::lpips::Lpips;
 use llamagen_models::patchgan::PatchGanConfig;
-use llamagen_models::vq::VqConfig;
 use llamagen_models::vq_loss::VqLossConfig;
 use llamagen_models::vq_train::{VqTrainConfig, VqTrainer};
 use llamagen_models::weights;
-use tch::{Device, Kind, Tensor, nn};
-
-/// The three 160 px photos the evaluate crate ships (skimage.data), downscaled to 32 px.
-fn photos() -> Tensor {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../evaluate/tests/fixtures");
-    let mut pixels = Vec::new();
-    for name in ["astronaut", "coffee", "chelsea"] {
-        let img = image::open(dir.join(format!("{name}_original.png")))
-            .unwrap()
-            .resize_exact(32, 32, image::imageops::FilterType::Triangle)
-            .into_rgb8();
-        pixels.extend_from_slice(img.as_raw());
-    }
-    from_uint8_nhwc(&Tensor::from_slice(&pixels).view([3, 32, 32, 3]))
-}
+use tch::{Device, Tensor, nn};
 
 /// A narrow LPIPS with seeded random weights, saved as the trainer reads it.
 fn random_lpips(dir: &Path) -> PathBuf {
@@ -35,18 +22,6 @@ fn random_lpips(dir: &Path) -> PathBuf {
     let path = dir.join("lpips.safetensors");
     weights::save(&vs, &path).unwrap();
     path
-}
-
-fn tiny_vq() -> VqConfig {
-    VqConfig {
-        codebook_size: 64,
-        encoder_ch_mult: vec![1, 2],
-        decoder_ch_mult: vec![1, 2],
-        z_channels: 32,
-        ch: 32,
-        num_res_blocks: 1,
-        ..VqConfig::vq16()
-    }
 }
 
 fn config(disc_start: i64) -> VqTrainConfig {
@@ -66,11 +41,6 @@ fn config(disc_start: i64) -> VqTrainConfig {
     }
 }
 
-fn psnr(a: &Tensor, b: &Tensor) -> f64 {
-    let mse = (a - b).square().mean(Kind::Float).double_value(&[]);
-    10.0 * (4.0 / mse).log10()
-}
-
 fn sha(path: &Path) -> String {
     std::fs::read_to_string(path.with_extension("safetensors.sha256")).unwrap()
 }
@@ -84,7 +54,7 @@ fn trains_switches_on_the_discriminator_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let lpips = random_lpips(dir.path());
     let x = photos();
-    let mut t = VqTrainer::new(tiny_vq(), config(4), &lpips, Device::Cpu).unwrap();
+    let mut t = VqTrainer::new(tiny_vq_config(), config(4), &lpips, Device::Cpu).unwrap();
     let before = tch::no_grad(|| psnr(&t.vq.reconstruct(&x, false).unwrap().0, &x));
     let initial_disc = disc_weights(&t);
     for _ in 0..3 {
@@ -129,7 +99,7 @@ fn trains_switches_on_the_discriminator_and_resumes_exactly() {
 
     // The checkpoint is VQ weights for every command that loads a tokenizer.
     let vs = nn::VarStore::new(Device::Cpu);
-    let vq = llamagen_models::vq::VqModel::new(&vs.root(), tiny_vq()).unwrap();
+    let vq = llamagen_models::vq::VqModel::new(&vs.root(), tiny_vq_config()).unwrap();
     weights::load_strict(&vs, &straight).unwrap();
     let (recon, _) = tch::no_grad(|| vq.reconstruct(&x, false).unwrap());
     assert!((psnr(&recon, &x) - after).abs() < 1e-6);
@@ -140,7 +110,7 @@ fn resume_refuses_other_lpips_weights_and_init_from_starts_a_fine_tune() {
     let dir = tempfile::tempdir().unwrap();
     let lpips = random_lpips(dir.path());
     let x = photos();
-    let mut t = VqTrainer::new(tiny_vq(), config(1), &lpips, Device::Cpu).unwrap();
+    let mut t = VqTrainer::new(tiny_vq_config(), config(1), &lpips, Device::Cpu).unwrap();
     t.train_step(&x).unwrap();
     let path = dir.path().join("0000001.safetensors");
     t.save(&path).unwrap();
@@ -156,7 +126,7 @@ fn resume_refuses_other_lpips_weights_and_init_from_starts_a_fine_tune() {
         .unwrap();
     assert!(err.to_string().contains("not the ones"), "{err}");
 
-    let mut fine = VqTrainer::new(tiny_vq(), config(1), &lpips, Device::Cpu).unwrap();
+    let mut fine = VqTrainer::new(tiny_vq_config(), config(1), &lpips, Device::Cpu).unwrap();
     fine.init_from(&path).unwrap();
     assert_eq!(fine.step, 0);
     let a = t.vs.variables()["decoder.conv_out.weight"].copy();

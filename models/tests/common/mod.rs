@@ -119,3 +119,38 @@ pub fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor, tolerance: f64) 
         "{what}: relative error {err:.3e} > {tolerance:.0e}"
     );
 }
+
+/// The three 160 px photos the evaluate crate ships (skimage.data), downscaled to 32 px:
+/// [3, 3, 32, 32] in [-1, 1].
+pub fn photos() -> Tensor {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../evaluate/tests/fixtures");
+    let mut pixels = Vec::new();
+    for name in ["astronaut", "coffee", "chelsea"] {
+        let img = image::open(dir.join(format!("{name}_original.png")))
+            .unwrap()
+            .resize_exact(32, 32, image::imageops::FilterType::Triangle)
+            .into_rgb8();
+        pixels.extend_from_slice(img.as_raw());
+    }
+    llamagen_models::images::from_uint8_nhwc(&Tensor::from_slice(&pixels).view([3, 32, 32, 3]))
+}
+
+/// PSNR in dB of images in [-1, 1] (peak-to-peak 2).
+pub fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    let mse = (a - b).square().mean(Kind::Float).double_value(&[]);
+    10.0 * (4.0 / mse).log10()
+}
+
+/// A tokenizer small enough to train in seconds: 32 wide, multipliers 1, 2 (downsample 2),
+/// 64 codes.
+pub fn tiny_vq_config() -> VqConfig {
+    VqConfig {
+        codebook_size: 64,
+        encoder_ch_mult: vec![1, 2],
+        decoder_ch_mult: vec![1, 2],
+        z_channels: 32,
+        ch: 32,
+        num_res_blocks: 1,
+        ..VqConfig::vq16()
+    }
+}
