@@ -50,6 +50,23 @@ fn llamagen(dir: &Path, db: &TestDatabase) -> Command {
     common::llamagen_on(dir, &db.url())
 }
 
+/// `DIR/metadata/part-0.parquet`: `hanging` rows on a route that never answers, then `photos`
+/// rows of real photos under distinct URLs.
+fn write_hanging_metadata(dir: &Path, server: &LoopbackServer, hanging: usize, photos: usize) {
+    std::fs::create_dir_all(dir.join("metadata")).unwrap();
+    let names = ["astronaut.png", "chelsea.jpg", "coffee.jpg"];
+    let rows: Vec<MetaRow> = (0..hanging)
+        .map(|i| row(server.url(&format!("/hang?{i}")), GOOD))
+        .chain((0..photos).map(|i| {
+            row(
+                server.url(&format!("/img/{}?{i}", names[i % names.len()])),
+                GOOD,
+            )
+        }))
+        .collect();
+    write_metadata(&dir.join("metadata/part-0.parquet"), "URL", "TEXT", &rows).unwrap();
+}
+
 async fn scalar(db: &TestDatabase, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
 }
@@ -237,23 +254,8 @@ async fn two_workers_share_a_run_and_a_killed_worker_s_shard_is_redone() {
     let server = LoopbackServer::start(photos()).await.unwrap();
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("metadata")).unwrap();
     // Shard 0 hangs (two /hang rows take the whole timeout); the rest are quick photos.
-    let mut rows = vec![
-        row(server.url("/hang?a"), GOOD),
-        row(server.url("/hang?b"), GOOD),
-    ];
-    for i in 0..22 {
-        let name = ["astronaut.png", "chelsea.jpg", "coffee.jpg"][i % 3];
-        rows.push(row(server.url(&format!("/img/{name}?{i}")), GOOD));
-    }
-    write_metadata(
-        &dir.path().join("metadata/part-0.parquet"),
-        "URL",
-        "TEXT",
-        &rows,
-    )
-    .unwrap();
+    write_hanging_metadata(dir.path(), &server, 2, 22);
     let cfg = config(dir.path(), 2);
 
     let out = llamagen(dir.path(), &db)
@@ -339,10 +341,15 @@ async fn two_workers_share_a_run_and_a_killed_worker_s_shard_is_redone() {
         2,
         "shard 0 was claimed by the killed worker, then redone once"
     );
+    // While shard 0 waited, the doomed worker went on to the next shards: those it finished
+    // stay its own and were not redone; none it held when killed is credited to it.
     assert_eq!(
-        scalar(&db, "SELECT count(*) FROM shards WHERE worker = 'doomed'").await,
+        scalar(
+            &db,
+            "SELECT count(*) FROM shards WHERE worker = 'doomed' AND attempts <> 1"
+        )
+        .await,
         0,
-        "nothing is credited to the dead worker"
     );
     assert_eq!(
         scalar(&db, "SELECT sum(output_rows)::bigint FROM shards").await,
@@ -391,4 +398,60 @@ async fn two_workers_share_a_run_and_a_killed_worker_s_shard_is_redone() {
         "the kill is an expired lease, not a failed attempt"
     );
     db.drop_database().await;
+}
+
+/// A shard whose last rows wait on a dead host no longer holds the worker: the next shards are
+/// claimed and finished while its timeout runs out (with `open_shards = 1`, one at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_host_does_not_hold_back_the_next_shards() {
+    let server = LoopbackServer::start(photos()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_hanging_metadata(dir.path(), &server, 1, 11);
+    let cfg = config(dir.path(), 4);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    for open_shards in [4, 1] {
+        let db = TestDatabase::new().await;
+        let shards = dir.path().join(format!("shards-{open_shards}"));
+        std::fs::write(&cfg, format!("{base}open_shards = {open_shards}\n")).unwrap();
+        let out = llamagen(dir.path(), &db)
+            .args(["ingest", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&shards)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stats: Vec<_> = (0..3)
+            .map(|i| {
+                llamagen_shards::stats::ShardStats::read(&ShardPaths::new(&shards, i).stats)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            stats.iter().map(|s| s.successes).collect::<Vec<_>>(),
+            [3, 4, 4]
+        );
+        assert!(
+            stats[0].status_dict.keys().any(|k| k.contains("timed out")),
+            "{:?}",
+            stats[0].status_dict
+        );
+        let later_shards_first =
+            stats[1].end_time < stats[0].end_time && stats[2].end_time < stats[0].end_time;
+        assert_eq!(
+            later_shards_first,
+            open_shards > 1,
+            "open_shards = {open_shards}: shard end times {:?}",
+            stats.iter().map(|s| s.end_time).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            scalar(
+                &db,
+                "SELECT count(*) FROM shards WHERE status = 'succeeded' AND attempts = 1"
+            )
+            .await,
+            3
+        );
+        db.drop_database().await;
+    }
 }

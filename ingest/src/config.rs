@@ -15,7 +15,11 @@ pub struct IngestConfig {
     pub url_column: String,
     pub caption_column: String,
     pub rows_per_shard: u32,
+    /// Downloads in flight at once, across every shard the worker holds.
     pub concurrency: u32,
+    /// Shards a worker holds at once: the next is claimed when every row of the newest has
+    /// started, so that its rows take the slots that the last one's stragglers leave free.
+    pub open_shards: u32,
     pub timeout_secs: f64,
     pub retries: u32,
     pub max_redirects: u32,
@@ -45,6 +49,7 @@ impl Default for IngestConfig {
             caption_column: "TEXT".into(),
             rows_per_shard: 10_000,
             concurrency: 128,
+            open_shards: 8,
             timeout_secs: 10.0,
             retries: 2,
             max_redirects: 5,

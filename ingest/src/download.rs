@@ -41,6 +41,9 @@ pub struct DownloadOptions {
     /// A forward proxy for every download (`http://host:port`, credentials in the URL); None
     /// goes direct whatever the environment says.
     pub proxy: Option<String>,
+    /// Requests in flight at once across everything this downloader fetches (0: no bound). A
+    /// download waiting out its backoff between attempts holds no slot.
+    pub max_in_flight: usize,
 }
 
 impl DownloadOptions {
@@ -59,6 +62,7 @@ impl DownloadOptions {
                 .collect(),
             allow_private_addresses: c.allow_private_addresses,
             proxy: (!c.proxy.is_empty()).then(|| c.proxy.clone()),
+            max_in_flight: c.concurrency as usize,
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Downloaded {
 pub struct Downloader {
     client: reqwest::Client,
     options: DownloadOptions,
+    /// `options.max_in_flight` permits, handed out in the order they were asked for (tokio's
+    /// semaphore is fair), so that rows of the next shard queue behind the last one's.
+    slots: Option<tokio::sync::Semaphore>,
 }
 
 /// The honest user agent: who we are, where to read about us, and the token X-Robots-Tag
@@ -149,7 +156,13 @@ impl Downloader {
         let client = builder
             .build()
             .map_err(|e| DownloadError::Other(format!("building the HTTP client: {e}")))?;
-        Ok(Downloader { client, options })
+        let slots =
+            (options.max_in_flight > 0).then(|| tokio::sync::Semaphore::new(options.max_in_flight));
+        Ok(Downloader {
+            client,
+            options,
+            slots,
+        })
     }
 
     /// Scheme and literal addresses always; with a proxy, also the addresses the name
@@ -191,11 +204,19 @@ impl Downloader {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = tokio::time::timeout(self.options.timeout, self.attempt(parsed.clone()))
-                .await
-                .unwrap_or(Err(DownloadError::Timeout(
-                    self.options.timeout.as_secs_f64(),
-                )));
+            let result = {
+                let _slot = match &self.slots {
+                    Some(slots) => Some(slots.acquire().await.map_err(|_| {
+                        DownloadError::Other("the downloader is shutting down".into())
+                    })?),
+                    None => None,
+                };
+                tokio::time::timeout(self.options.timeout, self.attempt(parsed.clone()))
+                    .await
+                    .unwrap_or(Err(DownloadError::Timeout(
+                        self.options.timeout.as_secs_f64(),
+                    )))
+            };
             match result {
                 Ok((bytes, final_url)) => {
                     return Ok(Downloaded {

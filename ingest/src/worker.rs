@@ -1,7 +1,13 @@
-//! Turns one shard's input rows into its three output files: downloads run concurrently
-//! (`concurrency` at a time), decoding, resizing and encoding run on the blocking pool, and
-//! samples enter the tar as they finish. The manifest follows, then the stats file, which marks
-//! the shard finished. A shard whose stats file exists is never redone.
+//! Turns one shard's input rows into its three output files: downloads run concurrently (at
+//! most `concurrency` rows of the shard started at once, and the downloader's slots, shared by
+//! every shard a worker holds, bound the requests in flight), decoding, resizing and encoding
+//! run on the blocking pool, and samples enter the tar as they finish. The manifest follows,
+//! then the stats file, which marks the shard finished. A shard whose stats file exists is
+//! never redone.
+//!
+//! Once its last row has started, a shard says so ([`Event::AllRowsStarted`]): what is left
+//! are downloads in flight, a few of them perhaps waiting out a dead host's timeout, and the
+//! worker can start the next shard so that its rows take the slots as they come free.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,12 +26,14 @@ use crate::download::Downloader;
 use crate::reader::{MetaRow, SCORE_COLUMNS};
 use crate::resize::{self, ResizeOptions};
 
-/// What a finished row tells the progress display.
+/// What a shard tells its caller as it goes: each row's outcome, and when its last row has
+/// started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Success,
     FailedToDownload,
     FailedToResize,
+    AllRowsStarted,
 }
 
 /// One row's outcome before it is written.
@@ -86,8 +94,16 @@ pub async fn run_shard(
     let mut manifest_rows = Vec::with_capacity(rows.len());
     let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
 
+    let last = rows.len().checked_sub(1);
+    if last.is_none() {
+        on_row(Event::AllRowsStarted);
+    }
+    // The stream takes row `i` when a place among the `concurrency` started rows comes free.
     let mut outcomes = futures::stream::iter(0..rows.len() as u32)
         .map(|i| {
+            if Some(i as usize) == last {
+                on_row(Event::AllRowsStarted);
+            }
             let downloader = downloader.clone();
             let options = resize_options.clone();
             let rows = rows.clone();

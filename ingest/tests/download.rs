@@ -30,6 +30,7 @@ fn options() -> DownloadOptions {
             .to_vec(),
         allow_private_addresses: true,
         proxy: None,
+        max_in_flight: 0,
     }
 }
 
@@ -135,6 +136,51 @@ async fn every_hostile_case_gets_a_clear_error() {
     assert!(
         matches!(&err, DownloadError::Refused(m) if m.contains("non-public")),
         "a name that resolves to loopback is refused too: {err}"
+    );
+}
+
+/// `max_in_flight` bounds requests, not rows: a dead host's attempt holds its slot until the
+/// timeout, and gives it up while it waits to retry.
+#[tokio::test]
+async fn a_slot_is_held_per_attempt_and_free_during_backoff() {
+    let server = LoopbackServer::start(photos()).await.unwrap();
+    let timeout = Duration::from_secs(2);
+    let d = Arc::new(
+        Downloader::new(DownloadOptions {
+            timeout,
+            retries: 1,
+            backoff: Duration::from_millis(300),
+            max_in_flight: 1,
+            ..options()
+        })
+        .unwrap(),
+    );
+    let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let fetch = |name: &'static str, path: &str| {
+        let (d, done, url) = (d.clone(), done.clone(), server.url(path));
+        tokio::spawn(async move {
+            let result = d.fetch(&url).await;
+            done.send((name, started.elapsed())).unwrap();
+            result
+        })
+    };
+    let hang = fetch("hang", "/hang");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let photo = fetch("photo", "/img/coffee.jpg");
+    let err = hang.await.unwrap().unwrap_err();
+    assert!(matches!(err, DownloadError::Timeout(_)), "{err}");
+    assert_eq!(photo.await.unwrap().unwrap().bytes, photos()["coffee.jpg"]);
+    let (first, photo_at) = order.recv().await.unwrap();
+    let (second, _) = order.recv().await.unwrap();
+    assert_eq!(
+        (first, second),
+        ("photo", "hang"),
+        "the photo took the slot while the dead host waited to retry"
+    );
+    assert!(
+        photo_at >= timeout,
+        "the photo waited for the first attempt's slot ({photo_at:?})"
     );
 }
 

@@ -19,6 +19,7 @@ fn options(allow_private_addresses: bool, proxy: Option<String>) -> DownloadOpti
         disallowed_header_directives: Vec::new(),
         allow_private_addresses,
         proxy,
+        max_in_flight: 0,
     }
 }
 

@@ -558,6 +558,10 @@ impl PipelineConfig {
         );
         ensure!(i.concurrency > 0, "ingest.concurrency must be positive");
         ensure!(
+            (1..=64).contains(&i.open_shards),
+            "ingest.open_shards must be in 1..=64"
+        );
+        ensure!(
             i.timeout_secs.is_finite() && i.timeout_secs > 0.0,
             "ingest.timeout_secs must be positive"
         );

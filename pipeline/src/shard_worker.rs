@@ -14,6 +14,10 @@
 //! 4. once no shard is pending or running, close the stage run (and its pipeline run unless
 //!    the caller keeps it open), whichever worker sees it first.
 //!
+//! A stage whose shards end with a long tail (ingest: the last downloads wait out dead hosts'
+//! timeouts) can hold several shards at once ([`ClaimOptions::open_shards`]): the next is
+//! claimed when the newest says its tail has started, each with its own lease and outcome.
+//!
 //! A stage gives the loop one closure that works shard `i`; whatever runs the closure (a
 //! blocking model, an async downloader) the lease protocol is this one.
 
@@ -22,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures::StreamExt as _;
 
 use anyhow::Context as _;
 use llamagen_store::runs::{self, OpenStage, Outcome, ShardCounts, ShardLease, ShardProgress};
@@ -127,8 +133,8 @@ pub struct Walked {
     pub kept: usize,
     /// Shards that failed here, with why (the others went on).
     pub failed: Vec<String>,
-    /// The shard released unfinished when a stop was requested.
-    pub released: Option<String>,
+    /// The shards released unfinished when a stop was requested.
+    pub released: Vec<String>,
     /// Shards abandoned because another worker took them over.
     pub lost: Vec<String>,
     /// A stop (SIGTERM, Ctrl-C) ended the walk early.
@@ -278,11 +284,12 @@ where
         max_shards: None,
         keep_run_open: target.run_id.is_some(),
         spinner: true,
+        open_shards: 1,
     };
-    let result = work_claims(&pool, open, &claims, stop, |lease, cancel| {
-        let i = lease.shard_index as usize;
+    let result = work_claims(&pool, open, &claims, stop, |claim| {
+        let i = claim.lease.shard_index as usize;
         let name = names.get(i).cloned();
-        let fut = name.as_ref().map(|_| work(i, cancel));
+        let fut = name.as_ref().map(|_| work(i, claim.cancel));
         async move {
             match (name, fut) {
                 (Some(name), Some(fut)) => (name, fut.await),
@@ -315,6 +322,9 @@ pub struct ClaimOptions {
     pub keep_run_open: bool,
     /// Count the shards on a spinner (off for stages that draw a finer bar of their own).
     pub spinner: bool,
+    /// Shards held at once: above 1, the next shard is claimed as soon as the newest one's
+    /// tail has started ([`Claim::tail_started`]).
+    pub open_shards: usize,
 }
 
 /// The webdataset shards of a folder in name order, and their names (`00000`, ...): what a
@@ -334,9 +344,11 @@ pub fn worker_name() -> String {
 }
 
 /// The claim loop over an open stage run: claims shards until none is left (or a stop, or
-/// `max_shards`), working each with `work(lease, cancel)`, which returns the shard's name and
-/// outcome. Closes the stage run (and the pipeline run unless `keep_run_open`) once no shard is
-/// pending or running.
+/// `max_shards`), working each with `work(claim)`, which returns the shard's name and outcome.
+/// With `options.open_shards` above 1, a shard whose work calls [`Claim::tail_started`] lets
+/// the loop claim the next one while its tail runs out, up to that many shards at once.
+/// Closes the stage run (and the pipeline run unless `keep_run_open`) once no shard is pending
+/// or running.
 pub async fn work_claims<F, Fut>(
     pool: &PgPool,
     open: OpenStage,
@@ -345,7 +357,7 @@ pub async fn work_claims<F, Fut>(
     mut work: F,
 ) -> anyhow::Result<Walked>
 where
-    F: FnMut(ShardLease, Cancel) -> Fut,
+    F: FnMut(Claim) -> Fut,
     Fut: Future<Output = (String, anyhow::Result<ShardDone>)>,
 {
     let mut walked = Walked {
@@ -365,28 +377,232 @@ where
     };
     let lease_time = options.lease.max(Duration::from_secs(2));
     let stopping = || stop.is_some_and(StopSignal::requested);
-    let mut worked = 0u32;
-    while options.max_shards.is_none_or(|max| worked < max) && !stopping() {
-        let claimed_at = std::time::Instant::now();
-        let Some(held) =
-            runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await?
-        else {
-            // Shards still held by other workers: one of them may be dead, and its shard comes
-            // free when the lease runs out. Leaving now would let a pipeline go on to the next
-            // stage over unfinished output, so the worker stays until the stage is finished.
-            let state = runs::shard_progress(pool, open.stage_run_id).await?;
-            if state.finished() {
-                break;
+    let open_shards = options.open_shards.max(1);
+    let mut claimed = 0u32;
+    let mut in_hand = futures::stream::FuturesUnordered::new();
+    let mut leases: Vec<ShardLease> = Vec::new();
+    // The newest shard in hand, until it says its tail has started or it ends: no other shard
+    // is claimed meanwhile.
+    let mut newest: Option<(i32, Arc<tokio::sync::Notify>)> = None;
+    // When nothing was pending at the last try, the next try waits for a shard to end or for
+    // this moment.
+    let mut retry_claim_at: Option<tokio::time::Instant> = None;
+    loop {
+        let may_claim = newest.is_none()
+            && in_hand.len() < open_shards
+            && options.max_shards.is_none_or(|max| claimed < max)
+            && !stopping()
+            && retry_claim_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+        if may_claim {
+            let claimed_at = std::time::Instant::now();
+            match runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await? {
+                Some(held) => {
+                    claimed += 1;
+                    let cancel = Cancel::default();
+                    let tail = Arc::new(tokio::sync::Notify::new());
+                    let claim = Claim {
+                        lease: held.clone(),
+                        cancel: cancel.clone(),
+                        tail: tail.clone(),
+                    };
+                    newest = Some((held.shard_index, tail));
+                    leases.push(held.clone());
+                    let shard = HeldShard {
+                        pool,
+                        held,
+                        claimed_at,
+                        lease_time,
+                        grace: options.grace,
+                        stop,
+                    };
+                    in_hand.push(shard.work(work(claim), cancel));
+                    continue;
+                }
+                None if in_hand.is_empty() => {
+                    // Shards still held by other workers: one of them may be dead, and its
+                    // shard comes free when the lease runs out. Leaving now would let a
+                    // pipeline go on to the next stage over unfinished output, so the worker
+                    // stays until the stage is finished.
+                    let state = runs::shard_progress(pool, open.stage_run_id).await?;
+                    if state.finished() {
+                        break;
+                    }
+                    tokio::time::sleep((lease_time / 3).min(Duration::from_secs(5))).await;
+                    continue;
+                }
+                None => {
+                    retry_claim_at = Some(
+                        tokio::time::Instant::now() + (lease_time / 3).min(Duration::from_secs(5)),
+                    )
+                }
             }
-            tokio::time::sleep((lease_time / 3).min(Duration::from_secs(5))).await;
-            continue;
+        }
+        if in_hand.is_empty() {
+            // Stopped, or `max_shards` reached.
+            break;
+        }
+        enum Next {
+            Ended(ShardLease, Ended),
+            TailStarted,
+            RetryClaim,
+        }
+        let next = {
+            let tail_started = async {
+                match &newest {
+                    Some((_, tail)) => tail.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match retry_claim_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((held, ended)) = in_hand.next() => Next::Ended(held, ended),
+                () = tail_started => Next::TailStarted,
+                () = retry => Next::RetryClaim,
+            }
         };
-        let cancel = Cancel::default();
+        let (held, ended) = match next {
+            Next::Ended(held, ended) => (held, ended),
+            Next::TailStarted => {
+                newest = None;
+                continue;
+            }
+            Next::RetryClaim => {
+                retry_claim_at = None;
+                continue;
+            }
+        };
+        let index = held.shard_index;
+        leases.retain(|l| l.shard_index != index);
+        if newest.as_ref().is_some_and(|(i, _)| *i == index) {
+            newest = None;
+        }
+        // A shard came free here: pending shards may be claimable again.
+        retry_claim_at = None;
+        match ended {
+            Ended::Stopped => {
+                println!("shard {index:05} released unfinished; the next worker or run redoes it");
+                walked.released.push(format!("{index:05}"));
+                walked.stopped = true;
+            }
+            Ended::Lost => {
+                println!(
+                    "shard {index:05}: the lease ran out and another worker took it over; its work here stops"
+                );
+                walked.lost.push(format!("{index:05}"));
+            }
+            Ended::Worked(_, Err(e)) if e.is::<Fatal>() => {
+                // Nothing else can succeed either: every shard in hand goes back unfinished.
+                drop(in_hand);
+                for lease in std::iter::once(&held).chain(&leases) {
+                    match runs::release_shard(pool, lease).await {
+                        Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Err(e);
+            }
+            Ended::Worked(name, result) => {
+                let error = result.as_ref().err().map(|e| format!("{e:#}"));
+                match walked.record(&bar, &name, result) {
+                    Some(counts) => match runs::complete_shard(pool, &held, &counts).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost { .. }) => {
+                            println!(
+                                "shard {name}: the lease ran out; another worker took it over"
+                            );
+                            walked.lost.push(name);
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => {
+                        let message = error.unwrap_or_else(|| "failed".into());
+                        match runs::fail_shard(pool, &held, &message).await {
+                            Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    walked.stopped |= stopping();
+    walked.progress = Some(finish_if_done(pool, open, options.keep_run_open).await?);
+    Ok(walked)
+}
+
+/// One claimed shard as the loop hands it to the stage's work.
+pub struct Claim {
+    pub lease: ShardLease,
+    /// Set when the work should stop (the lease was lost, or a stop was requested).
+    pub cancel: Cancel,
+    tail: Arc<tokio::sync::Notify>,
+}
+
+impl Claim {
+    /// Says that what is left of this shard no longer keeps the worker busy (ingest: every
+    /// row has started, and what remains are downloads in flight, some waiting out a dead
+    /// host's timeout): the loop may claim the next shard now, so that its work fills the
+    /// slack. Has an effect only with [`ClaimOptions::open_shards`] above 1.
+    pub fn tail_started(&self) {
+        self.tail.notify_one();
+    }
+}
+
+/// How the work on one shard in hand ended.
+enum Ended {
+    Worked(String, anyhow::Result<ShardDone>),
+    /// A stop was requested and the grace ran out: the shard was released.
+    Stopped,
+    /// The lease was lost (taken over, or not renewed in time).
+    Lost,
+}
+
+/// A claimed shard and what keeps its lease.
+struct HeldShard<'a> {
+    pool: &'a PgPool,
+    held: ShardLease,
+    /// When the claim was asked for: the lease counts from before the database granted it.
+    claimed_at: std::time::Instant,
+    lease_time: Duration,
+    grace: Duration,
+    stop: Option<&'a StopSignal>,
+}
+
+/// Aborts a spawned task when dropped, so that a renewer never outlives its shard's work.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl HeldShard<'_> {
+    /// Runs `work` while renewing the lease every third of its length; ends when the work
+    /// does, when the lease is lost, or a grace period after a stop request (the shard is then
+    /// released unfinished and the attempt does not count).
+    async fn work(
+        self,
+        work: impl Future<Output = (String, anyhow::Result<ShardDone>)>,
+        cancel: Cancel,
+    ) -> (ShardLease, Ended) {
         let lost = Arc::new(tokio::sync::Notify::new());
-        let renewer = {
-            let (pool, held, cancel, lost) =
-                (pool.clone(), held.clone(), cancel.clone(), lost.clone());
-            tokio::spawn(async move {
+        let lease_time = self.lease_time;
+        let _renewer = {
+            let (pool, held, cancel, lost) = (
+                self.pool.clone(),
+                self.held.clone(),
+                cancel.clone(),
+                lost.clone(),
+            );
+            let claimed_at = self.claimed_at;
+            AbortOnDrop(tokio::spawn(async move {
                 // The lease ends `lease_time` after the database granted it, which was before
                 // the answer came back: measured from the claim (then each renewal's request),
                 // the local deadline is never later than the database's.
@@ -431,12 +647,12 @@ where
                         }
                     }
                 }
-            })
+            }))
         };
-        let index = held.shard_index;
-        let grace = options.grace;
+        let index = self.held.shard_index;
+        let grace = self.grace;
         let stop_then_grace = async {
-            match stop {
+            match self.stop {
                 Some(s) => {
                     s.then_wait(grace, || {
                         println!(
@@ -449,71 +665,20 @@ where
                 None => std::future::pending().await,
             }
         };
-        enum Ended {
-            Worked(String, anyhow::Result<ShardDone>),
-            Stopped,
-            Lost,
-        }
         let ended = tokio::select! {
-            (name, result) = work(held.clone(), cancel.clone()) => Ended::Worked(name, result),
+            (name, result) = work => Ended::Worked(name, result),
             () = stop_then_grace => Ended::Stopped,
             () = lost.notified() => Ended::Lost,
         };
-        renewer.abort();
-        worked += 1;
-        match ended {
-            Ended::Stopped => {
-                cancel.cancel();
-                match runs::release_shard(pool, &held).await {
-                    Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                println!("shard {index:05} released unfinished; the next worker or run redoes it");
-                walked.released = Some(format!("{index:05}"));
-                walked.stopped = true;
-                break;
-            }
-            Ended::Lost => {
-                println!(
-                    "shard {index:05}: the lease ran out and another worker took it over; its work here stops"
-                );
-                walked.lost.push(format!("{index:05}"));
-            }
-            Ended::Worked(_, Err(e)) if e.is::<Fatal>() => {
-                match runs::release_shard(pool, &held).await {
-                    Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                return Err(e);
-            }
-            Ended::Worked(name, result) => {
-                let error = result.as_ref().err().map(|e| format!("{e:#}"));
-                match walked.record(&bar, &name, result) {
-                    Some(counts) => match runs::complete_shard(pool, &held, &counts).await {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost { .. }) => {
-                            println!(
-                                "shard {name}: the lease ran out; another worker took it over"
-                            );
-                            walked.lost.push(name);
-                        }
-                        Err(e) => return Err(e.into()),
-                    },
-                    None => {
-                        let message = error.unwrap_or_else(|| "failed".into());
-                        match runs::fail_shard(pool, &held, &message).await {
-                            Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
+        if let Ended::Stopped = ended {
+            cancel.cancel();
+            match runs::release_shard(self.pool, &self.held).await {
+                Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+                Err(e) => tracing::warn!("releasing shard {index:05}: {e}"),
             }
         }
+        (self.held, ended)
     }
-    bar.finish_and_clear();
-    walked.stopped |= stopping();
-    walked.progress = Some(finish_if_done(pool, open, options.keep_run_open).await?);
-    Ok(walked)
 }
 
 /// Ends the stage, and the run unless `keep_run_open`, once no shard is pending or running

@@ -46,6 +46,7 @@ async fn work_stops_before_the_lease_runs_out_when_renewals_hang() {
         max_shards: Some(1),
         keep_run_open: false,
         spinner: false,
+        open_shards: 1,
     };
     // When the work stopped.
     let cancelled_at: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::default();
@@ -78,17 +79,17 @@ async fn work_stops_before_the_lease_runs_out_when_renewals_hang() {
         })
     };
     let started = Instant::now();
-    let walked = work_claims(&pool, open, &options, None, |held, cancel| {
+    let walked = work_claims(&pool, open, &options, None, |claim| {
         let seen = seen.clone();
         async move {
             // Work that would take 20 s; it stops when the loop drops it, or when it sees the
             // cancel itself, and either way records when.
             let _stopped = Stopped(seen);
-            while started.elapsed() < Duration::from_secs(20) && !cancel.is_cancelled() {
+            while started.elapsed() < Duration::from_secs(20) && !claim.cancel.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (
-                format!("{:05}", held.shard_index),
+                format!("{:05}", claim.lease.shard_index),
                 Ok(ShardDone::Worked {
                     line: String::new(),
                     counts: Default::default(),

@@ -294,18 +294,22 @@ pub async fn run_with(
         max_shards: args.max_shards,
         keep_run_open: args.keep_run_open,
         spinner: false,
+        open_shards: ingest.open_shards as usize,
     };
     let (progress_ref, output_ref, downloader_ref, resize_ref) =
         (&progress, &output, &downloader, &resize);
-    let walked = work_claims(pool, open, &claims, Some(&stop), move |held, _| async move {
-        let index = held.shard_index as u32;
+    let walked = work_claims(pool, open, &claims, Some(&stop), move |claim| async move {
+        let index = claim.lease.shard_index as u32;
         let name = format!("{index:05}");
         let work = async {
             let rows = {
                 let output = output_ref.clone();
                 tokio::task::spawn_blocking(move || prepare::read_shard(&output, index)).await??
             };
-            let on_row = |e: Event| progress_ref.row(e);
+            let on_row = |e: Event| match e {
+                Event::AllRowsStarted => claim.tail_started(),
+                e => progress_ref.row(e),
+            };
             let stats = run_shard(
                 index,
                 rows,
@@ -351,7 +355,7 @@ pub async fn run_with(
     progress.finish();
     let state = walked.progress.unwrap_or_default();
     let done_here = walked.done;
-    let released = walked.released.clone();
+    let released = walked.released.join(", ");
     let mut summary = walked.summary();
     summary["worker"] = worker.clone().into();
     summary["run_id"] = open.run_id.into();
@@ -362,9 +366,11 @@ pub async fn run_with(
     if walked.stopped {
         println!(
             "worker {worker}: stopped by signal after {done_here} shard(s){}; run #{} stays open: re-run to resume",
-            released
-                .map(|i| format!(", shard {i} released"))
-                .unwrap_or_default(),
+            if released.is_empty() {
+                String::new()
+            } else {
+                format!(", shard(s) {released} released")
+            },
             open.run_id
         );
         return Ok(StageReport::new(ExitCode::from(EXIT_STOPPED), summary));
@@ -435,7 +441,10 @@ impl Progress {
     fn row(&self, event: Event) {
         match event {
             Event::Success => self.ok.fetch_add(1, Ordering::Relaxed),
-            _ => self.failed.fetch_add(1, Ordering::Relaxed),
+            Event::FailedToDownload | Event::FailedToResize => {
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+            Event::AllRowsStarted => return,
         };
         let ok = self.ok.load(Ordering::Relaxed);
         let rate = ok as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
