@@ -194,48 +194,14 @@ async fn encode_killed_at_random_moments_finishes_every_shard_once() {
     let mut in_hand = 0;
     for seed in 1..=runs {
         let (db, _dir, root, models) = six_shards().await;
-        // xorshift64*: a failing seed runs again the same.
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut below = |n: u64| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-        };
-        let mut kills = Vec::new();
-        let held = || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM shards WHERE status = 'running' AND lease_expires_at > now()",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-        };
-        for _ in 0..3 {
-            let mut child = worker(&root, &db, &models);
-            // Once the worker holds a shard (or has ended), a seeded moment later: mid-shard,
-            // between shards, or while closing the stage.
-            let started = std::time::Instant::now();
-            while held().await == 0
-                && child.try_wait().unwrap().is_none()
-                && started.elapsed() < Duration::from_secs(60)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let after = Duration::from_millis(below(400));
-            tokio::time::sleep(after).await;
-            let in_shard = held().await > 0;
-            child.kill().unwrap(); // SIGKILL: no destructor, no release, no cleanup
-            child.wait().unwrap();
-            in_hand += usize::from(in_shard);
-            kills.push(after.as_millis());
-        }
-        let last = worker(&root, &db, &models).wait_with_output().unwrap();
-        assert!(
-            last.status.success(),
-            "seed {seed}, kills at {kills:?} ms:\n{}",
-            text(&last)
-        );
+        let (kills, in_shard) = common::kill_three_times_then_finish(
+            || worker(&root, &db, &models),
+            &db.pool,
+            seed,
+            400,
+        )
+        .await;
+        in_hand += in_shard;
         let rows: Vec<(i32, String, i32)> =
             sqlx::query_as("SELECT shard_index, status, failures FROM shards ORDER BY shard_index")
                 .fetch_all(&db.pool)
@@ -249,11 +215,7 @@ async fn encode_killed_at_random_moments_finishes_every_shard_once() {
                 std::fs::read_to_string(root.join(format!("codes/{index:05}.keys.txt"))).unwrap();
             assert_eq!(keys.lines().count(), 3, "seed {seed}, shard {index}");
         }
-        let leftovers: Vec<String> = std::fs::read_dir(root.join("codes"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(".tmp"))
-            .collect();
+        let leftovers = common::temporaries(&root.join("codes"));
         assert!(leftovers.is_empty(), "seed {seed}: {leftovers:?}");
         let stage: String = sqlx::query_scalar("SELECT status FROM stage_runs")
             .fetch_one(&db.pool)

@@ -22,18 +22,6 @@ const ROWS: usize = 40;
 const ROWS_PER_SHARD: usize = 4;
 const KILLS: usize = 3;
 
-/// A small deterministic generator (xorshift64*), so a failing seed can be run again.
-struct Seeded(u64);
-
-impl Seeded {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 /// What one seeded run found.
 struct Found {
     /// Leases the kills left to run out (kills that landed while a shard was in hand).
@@ -83,7 +71,7 @@ async fn one_run(seed: u64, server: &LoopbackServer) -> Found {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let cfg = config(dir, server);
-    let mut rng = Seeded(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = common::Seeded::new(seed);
     let ingest = || {
         let mut cmd = common::llamagen_on(dir, &db.url());
         cmd.args(["ingest", "--lease-secs", "2", "--config"])
@@ -152,11 +140,7 @@ async fn one_run(seed: u64, server: &LoopbackServer) -> Found {
     assert_eq!(output_rows as usize, successes.len(), "seed {seed}");
     // 4 of every 10 rows fail for good (404, corrupt), the flaky one succeeds on its retry.
     assert_eq!(successes.len(), ROWS * 8 / 10, "seed {seed}");
-    let leftovers: Vec<String> = std::fs::read_dir(&folder)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".tmp"))
-        .collect();
+    let leftovers = common::temporaries(&folder);
     assert!(
         leftovers.is_empty(),
         "seed {seed}: {leftovers:?} left behind"

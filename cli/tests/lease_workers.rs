@@ -1,12 +1,14 @@
 //! Filter and caption workers sharing one shard folder through PostgreSQL leases, as a Slurm
 //! array or a Kubernetes Job of `--leases` workers runs them: one worker is killed with SIGKILL
 //! while it holds a shard, the others take that shard over once the lease runs out, and every
-//! shard is finished exactly once.
+//! shard is finished exactly once. Then each stage's fault matrix: workers SIGKILLed at seeded
+//! moments after a claim, three times per run, then run to the end (`LLAMAGEN_FAULT_RUNS=10`
+//! runs the long variant; CI runs 2 seeds per stage).
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{llamagen_on, repo, text};
@@ -15,6 +17,39 @@ use llamagen_caption::testing::{CaptionServer, MODEL};
 use llamagen_filter::output::{filter_path, read_filter};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
+
+fn fault_runs() -> u64 {
+    std::env::var("LLAMAGEN_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+}
+
+/// After a matrix run: every shard of the one stage run succeeded, no kill was charged as a
+/// failure, no temporary file was left, and the stage closed succeeded.
+async fn every_shard_once(db: &TestDatabase, stage: &str, shards: &Path, seed: u64) {
+    let rows: Vec<(i32, String, i32)> = sqlx::query_as(
+        "SELECT s.shard_index, s.status, s.failures FROM shards s
+         JOIN stage_runs r ON r.id = s.stage_run_id WHERE r.stage = $1 ORDER BY s.shard_index",
+    )
+    .bind(stage)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 4, "seed {seed}: {rows:?}");
+    for (index, status, failures) in &rows {
+        assert_eq!(status, "succeeded", "seed {seed}, shard {index}: {rows:?}");
+        assert_eq!(*failures, 0, "seed {seed}: a kill counted as a failure");
+    }
+    let leftovers = common::temporaries(shards);
+    assert!(leftovers.is_empty(), "seed {seed}: {leftovers:?}");
+    let stages: Vec<String> = sqlx::query_scalar("SELECT status FROM stage_runs WHERE stage = $1")
+        .bind(stage)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stages, ["succeeded"], "seed {seed}: one stage run, closed");
+}
 
 /// `count` shards of `per_shard` photos each.
 fn shards(dir: &Path, count: usize, per_shard: usize) -> PathBuf {
@@ -37,6 +72,38 @@ fn shards(dir: &Path, count: usize, per_shard: usize) -> PathBuf {
     shards
 }
 
+/// A `llamagen filter --leases` worker over `shards`, keeping every sample by score.
+fn filter_worker(dir: &Path, db: &TestDatabase, shards: &Path, lease_secs: &str) -> Command {
+    let mut cmd = llamagen_on(dir, &db.url());
+    cmd.arg("filter")
+        .arg("--input")
+        .arg(shards)
+        .arg("--models")
+        .arg(repo().join("filter/tests/fixtures/models"))
+        .args(["--min-width", "200", "--min-height", "200"])
+        .args(["--min-aesthetic", "-10", "--min-clip-similarity", "-1"])
+        .args(["--leases", "--lease-secs", lease_secs, "--batch-size", "4"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A `llamagen caption --leases` worker over `shards`, asking `endpoint` one at a time.
+fn caption_worker(dir: &Path, db: &TestDatabase, shards: &Path, endpoint: &str) -> Command {
+    let mut cmd = llamagen_on(dir, &db.url());
+    cmd.arg("caption")
+        .arg("--input")
+        .arg(shards)
+        .args(["--endpoint", endpoint, "--model", MODEL])
+        .args(["--concurrency", "1", "--retries", "0"])
+        .args(["--leases", "--lease-secs", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// (shard index, status, attempts) of the one stage run of `stage`.
 async fn shard_rows(db: &TestDatabase, stage: &str) -> Vec<(i32, String, i32)> {
     sqlx::query_as(
@@ -54,21 +121,7 @@ async fn filter_workers_take_over_a_killed_workers_shard() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
     let shards = shards(dir.path(), 4, 12);
-    let worker = |lease_secs: &str| {
-        let mut cmd = llamagen_on(dir.path(), &db.url());
-        cmd.arg("filter")
-            .arg("--input")
-            .arg(&shards)
-            .arg("--models")
-            .arg(repo().join("filter/tests/fixtures/models"))
-            .args(["--min-width", "200", "--min-height", "200"])
-            .args(["--min-aesthetic", "-10", "--min-clip-similarity", "-1"])
-            .args(["--leases", "--lease-secs", lease_secs])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    };
+    let worker = |lease_secs: &str| filter_worker(dir.path(), &db, &shards, lease_secs);
     // The first worker is SIGKILLed as soon as it holds a shard.
     let mut doomed = worker("3").spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -143,19 +196,8 @@ async fn caption_workers_take_over_a_killed_workers_shard() {
     let db = TestDatabase::new().await;
     let dir = tempfile::tempdir().unwrap();
     let shards = shards(dir.path(), 4, 6);
-    let worker = |scenario: &str| {
-        let mut cmd = llamagen_on(dir.path(), &db.url());
-        cmd.arg("caption")
-            .arg("--input")
-            .arg(&shards)
-            .args(["--endpoint", &server.endpoint(scenario), "--model", MODEL])
-            .args(["--concurrency", "1", "--retries", "0"])
-            .args(["--leases", "--lease-secs", "3"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    };
+    let worker =
+        |scenario: &str| caption_worker(dir.path(), &db, &shards, &server.endpoint(scenario));
     // Slow answers: the first worker is SIGKILLed mid-shard, two answers journaled.
     let mut slow = worker("slow/300").spawn().unwrap();
     let journal = journal_path(&shards, "00000");
@@ -198,4 +240,83 @@ async fn caption_workers_take_over_a_killed_workers_shard() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(resumed >= 2, "{line}");
     assert!(!journal.exists());
+}
+
+/// `llamagen filter --leases` SIGKILLed at seeded moments: every sample decided exactly once,
+/// and the funnel counts each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_killed_at_random_moments_decides_every_sample_once() {
+    let runs = fault_runs();
+    let mut in_hand = 0;
+    for seed in 1..=runs {
+        let db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let shards = shards(dir.path(), 4, 12);
+        let worker = || filter_worker(dir.path(), &db, &shards, "2");
+        let (kills, in_shard) =
+            common::kill_three_times_then_finish(|| worker().spawn().unwrap(), &db.pool, seed, 600)
+                .await;
+        in_hand += in_shard;
+        every_shard_once(&db, "filter", &shards, seed).await;
+        let mut keys = std::collections::HashSet::new();
+        for shard in 0..4 {
+            for decision in read_filter(&filter_path(&shards, &format!("{shard:05}"))).unwrap() {
+                assert!(
+                    keys.insert(decision.key.clone()),
+                    "seed {seed}: {decision:?} twice"
+                );
+            }
+        }
+        assert_eq!(keys.len(), 48, "seed {seed}");
+        let rows_in: i64 = sqlx::query_scalar(
+            "SELECT f.rows_in FROM filter_funnel f JOIN stage_runs s ON s.id = f.stage_run_id
+             WHERE s.stage = 'filter' ORDER BY f.step LIMIT 1",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            rows_in, 48,
+            "seed {seed}: the funnel counts each sample once"
+        );
+        println!("seed {seed}: kills {kills:?} ms after a claim; 48 samples decided once");
+        db.drop_database().await;
+    }
+    println!("fault matrix, filter: {runs} runs x 3 SIGKILLs ({in_hand} with a shard in hand)");
+    assert!(in_hand > 0, "no kill landed while a shard was in hand");
+}
+
+/// `llamagen caption --leases` SIGKILLed at seeded moments (answers slowed so that kills land
+/// mid-shard): every sample captioned exactly once, no journal left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_killed_at_random_moments_captions_every_sample_once() {
+    let server = CaptionServer::start().unwrap();
+    let runs = fault_runs();
+    let mut in_hand = 0;
+    for seed in 1..=runs {
+        let db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let shards = shards(dir.path(), 4, 6);
+        let endpoint = server.endpoint("slow/60");
+        let worker = || caption_worker(dir.path(), &db, &shards, &endpoint);
+        let (kills, in_shard) =
+            common::kill_three_times_then_finish(|| worker().spawn().unwrap(), &db.pool, seed, 600)
+                .await;
+        in_hand += in_shard;
+        every_shard_once(&db, "caption", &shards, seed).await;
+        let mut keys = std::collections::HashSet::new();
+        for shard in 0..4 {
+            let name = format!("{shard:05}");
+            for row in read_captions(&captions_path(&shards, &name)).unwrap() {
+                assert_eq!(row.status, CaptionStatus::Ok, "seed {seed}: {row:?}");
+                assert!(keys.insert(row.key.clone()), "seed {seed}: {row:?} twice");
+            }
+            assert!(!journal_path(&shards, &name).exists(), "seed {seed}");
+        }
+        assert_eq!(keys.len(), 24, "seed {seed}");
+        println!("seed {seed}: kills {kills:?} ms after a claim; 24 samples captioned once");
+        db.drop_database().await;
+    }
+    println!("fault matrix, caption: {runs} runs x 3 SIGKILLs ({in_hand} with a shard in hand)");
+    assert!(in_hand > 0, "no kill landed while a shard was in hand");
 }

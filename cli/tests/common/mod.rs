@@ -93,3 +93,86 @@ pub fn scheduled_ingest(
     .unwrap();
     path
 }
+
+/// A small deterministic generator (xorshift64*), so that a failing seed of a fault matrix
+/// runs again the same.
+pub struct Seeded(u64);
+
+impl Seeded {
+    pub fn new(seed: u64) -> Self {
+        Seeded(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Waits until `child`, a `--leases` worker, holds a shard (or has ended), then SIGKILLs it a
+/// seeded moment below `max_ms` later: mid-shard, between shards, or while it closes the
+/// stage. Returns that moment and whether a shard was in hand when it died.
+pub async fn kill_after_a_claim(
+    mut child: std::process::Child,
+    pool: &sqlx::PgPool,
+    rng: &mut Seeded,
+    max_ms: u64,
+) -> (u128, bool) {
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM shards WHERE status = 'running' AND lease_expires_at > now()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    while held().await == 0
+        && child.try_wait().unwrap().is_none()
+        && started.elapsed() < std::time::Duration::from_secs(60)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let after = std::time::Duration::from_millis(rng.below(max_ms));
+    tokio::time::sleep(after).await;
+    let in_hand = held().await > 0;
+    child.kill().unwrap(); // SIGKILL: no destructor, no release, no cleanup
+    child.wait().unwrap();
+    (after.as_millis(), in_hand)
+}
+
+/// The names in `dir` of temporary files (`.tmp*`) a killed attempt could have left.
+pub fn temporaries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect()
+}
+
+/// One run of a fault matrix: `spawn()` a `--leases` worker and SIGKILL it at a seeded moment
+/// after its claim ([`kill_after_a_claim`]), three times, then run one to the end, which must
+/// succeed. Returns the kill moments (ms) and how many kills landed with a shard in hand.
+pub async fn kill_three_times_then_finish(
+    spawn: impl Fn() -> std::process::Child,
+    pool: &sqlx::PgPool,
+    seed: u64,
+    max_ms: u64,
+) -> (Vec<u128>, usize) {
+    let mut rng = Seeded::new(seed);
+    let (mut kills, mut in_hand) = (Vec::new(), 0);
+    for _ in 0..3 {
+        let (after, in_shard) = kill_after_a_claim(spawn(), pool, &mut rng, max_ms).await;
+        in_hand += usize::from(in_shard);
+        kills.push(after);
+    }
+    let last = spawn().wait_with_output().unwrap();
+    assert!(
+        last.status.success(),
+        "seed {seed}, kills at {kills:?} ms:\n{}",
+        text(&last)
+    );
+    (kills, in_hand)
+}
