@@ -12,6 +12,7 @@
 //! - [`checkpoint_evaluator`]: every checkpoint a protocol selects benchmarked once, shared by
 //!   any number of evaluators through PostgreSQL claims.
 //! - [`shard_worker`]: the one shard-worker loop (a fixed split, or claims with leases).
+//! - [`outage`]: the loop's bookkeeping asked again through a database outage.
 //! - [`train`]: the training loop: data from our shards or LlamaGen's layout, exactly
 //!   resumable checkpoints, runs and loss curves in PostgreSQL.
 //! - [`train_tokenizer`]: the tokenizer's training loop on images (LlamaGen's augmentation),
@@ -31,6 +32,7 @@ pub mod benchmark;
 pub mod checkpoint_evaluator;
 pub mod config;
 pub mod image_sets;
+pub mod outage;
 pub mod progress;
 pub mod provenance;
 pub mod recording;

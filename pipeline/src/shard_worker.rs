@@ -34,6 +34,7 @@ use llamagen_store::runs::{self, OpenStage, Outcome, ShardCounts, ShardLease, Sh
 use llamagen_store::{Store, StoreError, StoreOptions};
 use sqlx::PgPool;
 
+use crate::outage::{OUTAGE_LIMIT, through_outage};
 use crate::signals::StopSignal;
 
 /// How a worker takes the shards of its folder.
@@ -395,7 +396,11 @@ where
             && retry_claim_at.is_none_or(|at| tokio::time::Instant::now() >= at);
         if may_claim {
             let claimed_at = std::time::Instant::now();
-            match runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time).await? {
+            let claim = through_outage("claiming a shard", OUTAGE_LIMIT, stop, || {
+                runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time)
+            })
+            .await?;
+            match claim {
                 Some(held) => {
                     claimed += 1;
                     let cancel = Cancel::default();
@@ -423,7 +428,11 @@ where
                     // shard comes free when the lease runs out. Leaving now would let a
                     // pipeline go on to the next stage over unfinished output, so the worker
                     // stays until the stage is finished.
-                    let state = runs::shard_progress(pool, open.stage_run_id).await?;
+                    let state =
+                        through_outage("reading the stage's progress", OUTAGE_LIMIT, stop, || {
+                            runs::shard_progress(pool, open.stage_run_id)
+                        })
+                        .await?;
                     if state.finished() {
                         break;
                     }
@@ -499,7 +508,11 @@ where
                 // Nothing else can succeed either: every shard in hand goes back unfinished.
                 drop(in_hand);
                 for lease in std::iter::once(&held).chain(&leases) {
-                    match runs::release_shard(pool, lease).await {
+                    let released = through_outage("releasing a shard", OUTAGE_LIMIT, stop, || {
+                        runs::release_shard(pool, lease)
+                    })
+                    .await;
+                    match released {
                         Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -509,19 +522,29 @@ where
             Ended::Worked(name, result) => {
                 let error = result.as_ref().err().map(|e| format!("{e:#}"));
                 match walked.record(&bar, &name, result) {
-                    Some(counts) => match runs::complete_shard(pool, &held, &counts).await {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost { .. }) => {
-                            println!(
-                                "shard {name}: the lease ran out; another worker took it over"
-                            );
-                            walked.lost.push(name);
+                    Some(counts) => {
+                        match through_outage("completing a shard", OUTAGE_LIMIT, stop, || {
+                            runs::complete_shard(pool, &held, &counts)
+                        })
+                        .await
+                        {
+                            Ok(()) => {}
+                            Err(StoreError::LeaseLost { .. }) => {
+                                println!(
+                                    "shard {name}: the lease ran out; another worker took it over"
+                                );
+                                walked.lost.push(name);
+                            }
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(e) => return Err(e.into()),
-                    },
+                    }
                     None => {
                         let message = error.unwrap_or_else(|| "failed".into());
-                        match runs::fail_shard(pool, &held, &message).await {
+                        let failed = through_outage("failing a shard", OUTAGE_LIMIT, stop, || {
+                            runs::fail_shard(pool, &held, &message)
+                        })
+                        .await;
+                        match failed {
                             Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
                             Err(e) => return Err(e.into()),
                         }
@@ -532,7 +555,11 @@ where
     }
     bar.finish_and_clear();
     walked.stopped |= stopping();
-    walked.progress = Some(finish_if_done(pool, open, options.keep_run_open).await?);
+    let progress = through_outage("closing the stage", OUTAGE_LIMIT, stop, || {
+        finish_if_done_once(pool, open, options.keep_run_open)
+    })
+    .await?;
+    walked.progress = Some(progress);
     Ok(walked)
 }
 
@@ -672,7 +699,11 @@ impl HeldShard<'_> {
         };
         if let Ended::Stopped = ended {
             cancel.cancel();
-            match runs::release_shard(self.pool, &self.held).await {
+            let released = through_outage("releasing a shard", OUTAGE_LIMIT, None, || {
+                runs::release_shard(self.pool, &self.held)
+            })
+            .await;
+            match released {
                 Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
                 Err(e) => tracing::warn!("releasing shard {index:05}: {e}"),
             }
@@ -688,6 +719,14 @@ pub async fn finish_if_done(
     open: OpenStage,
     keep_run_open: bool,
 ) -> anyhow::Result<ShardProgress> {
+    Ok(finish_if_done_once(pool, open, keep_run_open).await?)
+}
+
+async fn finish_if_done_once(
+    pool: &PgPool,
+    open: OpenStage,
+    keep_run_open: bool,
+) -> Result<ShardProgress, StoreError> {
     let state = runs::shard_progress(pool, open.stage_run_id).await?;
     if state.finished() {
         let (outcome, error) = if state.failed > 0 {
@@ -698,7 +737,7 @@ pub async fn finish_if_done(
         } else {
             (Outcome::Succeeded, None)
         };
-        let counts = serde_json::to_value(state)?;
+        let counts = serde_json::to_value(state).map_err(|e| StoreError::Invalid(e.to_string()))?;
         runs::finish_stage(pool, open.stage_run_id, outcome, &counts, error.as_deref()).await?;
         if !keep_run_open {
             // Another worker may have closed the run first; that is fine.

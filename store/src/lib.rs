@@ -58,6 +58,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database is out of reach or restarting (a connection broke, the server is shutting
+    /// down or not yet accepting connections): the same call may well succeed later. Any
+    /// other error is an answer, and asking again would get the same one.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. } => true,
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            // SQLSTATE class 08: connection exception; 57P01-57P03: admin shutdown, crash
+            // shutdown, cannot connect now (starting up).
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
