@@ -54,13 +54,11 @@ fn train_command(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) 
     cmd
 }
 
-#[tokio::test]
-async fn trains_records_and_resumes() {
-    let db = TestDatabase::new().await;
-    let dir = tempfile::tempdir().unwrap();
+/// Codes in `dir/codes` and a tiny GPT's config; returns the config's path.
+fn codes_and_config(dir: &Path) -> std::path::PathBuf {
     let made = Command::new(repo().join(".venv/bin/python"))
         .args(["-c", WRITE_CODES])
-        .arg(dir.path().join("codes"))
+        .arg(dir.join("codes"))
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", text(&made));
@@ -69,8 +67,16 @@ async fn trains_records_and_resumes() {
     gpt.block_size = 16;
     gpt.num_classes = 4;
     gpt.multiple_of = 32;
-    let config = dir.path().join("gpt.json");
+    let config = dir.join("gpt.json");
     std::fs::write(&config, serde_json::to_string(&gpt).unwrap()).unwrap();
+    config
+}
+
+#[tokio::test]
+async fn trains_records_and_resumes() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = codes_and_config(dir.path());
 
     let first = train(dir.path(), &db, &config, "30");
     assert!(first.status.success(), "{}", text(&first));
@@ -228,5 +234,105 @@ async fn trains_records_and_resumes() {
         text(&refused).contains("no usable checkpoint"),
         "{}",
         text(&refused)
+    );
+}
+
+/// The fault matrix for training: `llamagen train` SIGKILLed at seeded moments of its run
+/// (starting, mid-step, writing a checkpoint, before its first checkpoint), three times,
+/// then run to the end. The last
+/// checkpoint must be byte for byte the one an uninterrupted run writes, each checkpoint must
+/// be registered once in one training run, and no temporary file may be left.
+/// `LLAMAGEN_FAULT_RUNS=20` runs the long variant (CI runs 2 seeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_killed_at_random_moments_resumes_exactly() {
+    let runs: u64 = std::env::var("LLAMAGEN_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    const STEPS: &str = "120";
+    let mut mid_run = 0;
+    let straight = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new().await;
+    let config = codes_and_config(straight.path());
+    let out = train(straight.path(), &db, &config, STEPS);
+    assert!(out.status.success(), "{}", text(&out));
+    let last_checkpoint = format!("checkpoints/{STEPS:0>7}.safetensors");
+    let expected = std::fs::read(straight.path().join(&last_checkpoint)).unwrap();
+    db.drop_database().await;
+
+    for seed in 1..=runs {
+        let db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = codes_and_config(dir.path());
+        let mut rng = common::Seeded::new(seed);
+        // Each kill comes a seeded moment after a seeded checkpoint (0: after the start),
+        // so that it lands at start-up, mid-step or while a checkpoint is written.
+        let mut after_steps: Vec<u64> = (0..3).map(|_| 10 * rng.below(12)).collect();
+        after_steps.sort();
+        let mut kills = Vec::new();
+        for after_step in after_steps {
+            let mut child = train_command(dir.path(), &db, &config, STEPS)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let written = dir
+                .path()
+                .join(format!("checkpoints/{after_step:07}.safetensors.sha256"));
+            let started = std::time::Instant::now();
+            while after_step > 0
+                && !written.exists()
+                && child.try_wait().unwrap().is_none()
+                && started.elapsed() < std::time::Duration::from_secs(60)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let after = rng.below(if after_step == 0 { 800 } else { 80 });
+            std::thread::sleep(std::time::Duration::from_millis(after));
+            mid_run += usize::from(child.try_wait().unwrap().is_none());
+            child.kill().unwrap(); // SIGKILL: no checkpoint, no record
+            child.wait().unwrap();
+            let newest: Option<i64> = sqlx::query_scalar("SELECT max(step) FROM checkpoints")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            kills.push((after_step, after, newest.unwrap_or(0)));
+        }
+        let last = train(dir.path(), &db, &config, STEPS);
+        assert!(
+            last.status.success(),
+            "seed {seed}, kills (ms, newest step) {kills:?}:\n{}",
+            text(&last)
+        );
+        let got = std::fs::read(dir.path().join(&last_checkpoint)).unwrap();
+        assert!(
+            got == expected,
+            "seed {seed}, kills {kills:?}: the last checkpoint differs from the uninterrupted run's"
+        );
+        let steps: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT step, count(*) FROM checkpoints GROUP BY step ORDER BY step")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        let every_ten: Vec<(i64, i64)> = (1..=12).map(|i| (10 * i, 1)).collect();
+        assert_eq!(steps, every_ten, "seed {seed}, kills {kills:?}");
+        let runs_made: Vec<String> = sqlx::query_scalar("SELECT status FROM training_runs")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(runs_made, ["succeeded"], "seed {seed}, kills {kills:?}");
+        let leftovers = common::temporaries(&dir.path().join("checkpoints"));
+        assert!(leftovers.is_empty(), "seed {seed}: {leftovers:?}");
+        println!(
+            "seed {seed}: kills (after step, then ms, newest checkpoint) {kills:?}; last checkpoint identical"
+        );
+        db.drop_database().await;
+    }
+    println!(
+        "fault matrix, train: {runs} runs x 3 SIGKILLs ({mid_run} while training); every last checkpoint identical"
+    );
+    assert!(
+        mid_run > 0,
+        "no kill landed while training: the matrix tests nothing"
     );
 }

@@ -527,6 +527,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         Some(
             TrainingRecord::open(
                 data_dir,
+                &args.out,
                 &model,
                 resume_from.as_deref(),
                 trainer.config.seed,

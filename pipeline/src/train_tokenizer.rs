@@ -520,6 +520,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         Some(
             TrainingRecord::open(
                 data_dir,
+                &args.out,
                 &model,
                 resume_from.as_deref(),
                 trainer.config.seed,

@@ -39,11 +39,23 @@ pub struct CheckpointRow<'a> {
     pub loss: f64,
 }
 
+/// `OUT/training_run.json`: the run that trains into OUT, so that a trainer killed before
+/// its first checkpoint is restarted as the same run rather than a second one.
+const RUN_MARKER: &str = "training_run.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunMarker {
+    run_id: i64,
+    model_id: i64,
+}
+
 impl TrainingRecord {
     /// Registers `model` and opens its training run: the run of `resume_from`'s checkpoint when
-    /// there is one, a new one otherwise.
+    /// there is one; else the run that `out` was started for, if it registered no checkpoint
+    /// (a restart from scratch); a new one otherwise.
     pub async fn open(
         data_dir: &Path,
+        out: &Path,
         model: &NewModel<'_>,
         resume_from: Option<&Path>,
         seed: i64,
@@ -53,9 +65,37 @@ impl TrainingRecord {
         let pool = store.pool();
         let revision = git_revision();
         let model_id = results::upsert_model(pool, model).await?;
-        let previous = match resume_from {
-            Some(path) => training::training_run_of_checkpoint(pool, &file_sha256(path)?.0).await?,
+        let marker = out.join(RUN_MARKER);
+        let resumed = match resume_from {
+            Some(path) => Some((path, file_sha256(path)?.0)),
             None => None,
+        };
+        let previous = match &resumed {
+            Some((_, sha)) => training::training_run_of_checkpoint(pool, sha).await?,
+            None => None,
+        };
+        let previous = match previous {
+            Some(run) => Some(run),
+            // The run `out` was started for, when the checkpoint to resume from is not
+            // registered (the trainer was killed between writing and registering it) or when
+            // there is none and that run registered none either (killed before its first).
+            None => {
+                // Unreadable (torn, another format) counts as absent: a new run is started.
+                let started = std::fs::read(&marker)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<RunMarker>(&bytes).ok())
+                    .filter(|m| m.model_id == model_id);
+                match started {
+                    Some(m) => {
+                        match training::checkpoints_of_run(pool, m.run_id, model_id).await? {
+                            Some(0) => Some(m.run_id),
+                            Some(_) if resumed.is_some() => Some(m.run_id),
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                }
+            }
         };
         let run_id = match previous {
             Some(id) => {
@@ -74,6 +114,17 @@ impl TrainingRecord {
                 .await?
             }
         };
+        if let Some((path, sha)) = &resumed {
+            let row = Unrecorded {
+                model_id,
+                run_id,
+                config: model.config,
+                seed,
+            };
+            row.register(pool, path, sha).await?;
+        }
+        let written = serde_json::to_vec(&RunMarker { run_id, model_id })?;
+        llamagen_shards::atomic::write_bytes(&marker, &written)?;
         println!("training run #{run_id} of model {:?}", model.name);
         Ok(TrainingRecord {
             store,
@@ -125,6 +176,47 @@ impl TrainingRecord {
         };
         training::finish_training_run(self.store.pool(), self.run_id, status).await?;
         self.store.close().await?;
+        Ok(())
+    }
+}
+
+/// Registers the checkpoint a run resumes from if a kill came between writing and registering
+/// it (what the loss was is not known then; its step is in its name). A registered one keeps
+/// its row.
+struct Unrecorded<'a> {
+    model_id: i64,
+    run_id: i64,
+    config: &'a serde_json::Value,
+    seed: i64,
+}
+
+impl Unrecorded<'_> {
+    async fn register(&self, pool: &sqlx::PgPool, path: &Path, sha256: &str) -> anyhow::Result<()> {
+        let Some(step) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            return Ok(());
+        };
+        let shown = path.display().to_string();
+        let revision = git_revision();
+        results::register_checkpoint(
+            pool,
+            &NewCheckpoint {
+                model_id: self.model_id,
+                training_run_id: Some(self.run_id),
+                path: &shown,
+                sha256,
+                bytes: Some(std::fs::metadata(path)?.len() as i64),
+                step,
+                config: Some(self.config),
+                git_revision: revision.as_deref(),
+                seed: Some(self.seed),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(())
     }
 }

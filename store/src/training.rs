@@ -41,6 +41,23 @@ pub async fn training_run_of_checkpoint(
     .flatten())
 }
 
+/// How many checkpoints run `run_id` of `model_id` registered; None when there is no such run
+/// of that model (another database, another model).
+pub async fn checkpoints_of_run(
+    pool: &PgPool,
+    run_id: i64,
+    model_id: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM checkpoints c WHERE c.training_run_id = r.id)
+         FROM training_runs r WHERE r.id = $1 AND r.model_id = $2",
+    )
+    .bind(run_id)
+    .bind(model_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Marks a (resumed) run as running again.
 pub async fn reopen_training_run(pool: &PgPool, run_id: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE training_runs SET status = 'running', finished_at = NULL WHERE id = $1")
