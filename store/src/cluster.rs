@@ -5,6 +5,8 @@
 //! ```text
 //! pgdata/                 the cluster (initdb into pgdata.init-<pid>, then renamed)
 //! pgdata/llamagen.conf    settings rewritten before every start (socket, durability)
+//! pgdata/pg_hba.conf      as root: peer authentication, rewritten before every start
+//! pgdata/pg_ident.conf    as root: the user running llamagen, the only one mapped to the role
 //! pgdata/server.log       the server's log
 //! start.lock              held while a process starts or stops the server
 //! users.lock              every process using the server holds a shared lock on it
@@ -34,7 +36,8 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::StoreError;
 
-/// The role that owns everything in the private cluster (trust authentication on the socket).
+/// The role that owns everything in the private cluster (peer authentication on the socket when
+/// the server runs as another user, see `write_authentication`).
 pub const SUPERUSER: &str = "llamagen";
 const PORT: u16 = 5432;
 /// Unix socket paths are limited to 107 bytes (`sun_path`).
@@ -278,7 +281,44 @@ impl PrivateCluster {
         );
         let path = self.pgdata.join("llamagen.conf");
         write_replacing(&path, text.as_bytes())?;
-        self.give_to_server_user(&path)
+        self.give_to_server_user(&path)?;
+        self.write_authentication()
+    }
+
+    /// As root the server runs as another user, who owns the socket's folder: with initdb's
+    /// `trust`, any process of that user (`nobody`, shared by many daemons) could connect as
+    /// the superuser. So connections are authenticated by peer (the kernel says which user is
+    /// on the other end of the socket), and only the user running llamagen maps to the role.
+    /// Without root the server runs as the caller, whose 0700 socket folder no one else can
+    /// enter, and initdb's `trust` stays.
+    fn write_authentication(&self) -> Result<(), StoreError> {
+        if self.run_as.is_none() {
+            return Ok(());
+        }
+        let caller = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .ok_or_else(|| {
+                StoreError::Cluster(
+                    "the user running llamagen has no name in the user database, which peer \
+                     authentication needs; set DATABASE_URL to use an existing server"
+                        .into(),
+                )
+            })?;
+        let hba = "# Written by llamagen before each start; edits are overwritten.\n\
+                   # Unix socket only; the user running llamagen (pg_ident.conf) as the owner role.\n\
+                   local all all peer map=llamagen\n";
+        let ident = format!(
+            "# Written by llamagen before each start; edits are overwritten.\n\
+             llamagen {caller} {SUPERUSER}\n"
+        );
+        for (name, text) in [("pg_hba.conf", hba.to_owned()), ("pg_ident.conf", ident)] {
+            let path = self.pgdata.join(name);
+            write_replacing(&path, text.as_bytes())?;
+            self.give_to_server_user(&path)?;
+        }
+        Ok(())
     }
 
     /// The host recorded by the process that started the server, if any.

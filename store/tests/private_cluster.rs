@@ -167,3 +167,43 @@ async fn a_second_host_and_planted_symlinks_are_refused() {
 fn cluster_pgdata(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("postgres/pgdata")
 }
+
+/// As root the server runs as another user (`postgres` or `nobody`), who owns the socket's
+/// folder. A process of that user must not get in as the superuser; the user running
+/// llamagen must.
+#[tokio::test]
+async fn only_the_user_running_llamagen_may_connect() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "not root: the server runs as the caller and no other user can reach it; skipped"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = PrivateCluster::start(dir.path(), &ClusterOptions { durable: false }).unwrap();
+    assert_eq!(select_one(&cluster).await, 1);
+    let owner = std::fs::metadata(cluster_pgdata(dir.path())).unwrap();
+    let psql = |uid: u32, gid: u32| {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new(cluster.bin_dir().join("psql"))
+            .arg(cluster.url("postgres"))
+            .args(["-X", "-A", "-t", "-c", "SELECT 1"])
+            .current_dir("/")
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    use std::os::unix::fs::MetadataExt as _;
+    let as_server_user = psql(owner.uid(), owner.gid());
+    assert!(!as_server_user.status.success());
+    let err = String::from_utf8_lossy(&as_server_user.stderr);
+    assert!(err.contains("Peer authentication failed"), "{err}");
+    let as_caller = psql(0, 0);
+    assert!(
+        as_caller.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_caller.stderr)
+    );
+    cluster.stop().unwrap();
+}
