@@ -380,7 +380,7 @@ where
     let stopping = || stop.is_some_and(StopSignal::requested);
     let open_shards = options.open_shards.max(1);
     let mut claimed = 0u32;
-    let mut in_hand = futures::stream::FuturesUnordered::new();
+    let mut in_hand = InHand::default();
     let mut leases: Vec<ShardLease> = Vec::new();
     // The newest shard in hand, until it says its tail has started or it ends: no other shard
     // is claimed meanwhile.
@@ -396,10 +396,14 @@ where
             && retry_claim_at.is_none_or(|at| tokio::time::Instant::now() >= at);
         if may_claim {
             let claimed_at = std::time::Instant::now();
-            let claim = through_outage("claiming a shard", OUTAGE_LIMIT, stop, || {
-                runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time)
-            })
-            .await?;
+            let claim = in_hand
+                .drive(through_outage(
+                    "claiming a shard",
+                    OUTAGE_LIMIT,
+                    stop,
+                    || runs::claim_shard(pool, open.stage_run_id, &options.worker, lease_time),
+                ))
+                .await?;
             match claim {
                 Some(held) => {
                     claimed += 1;
@@ -469,7 +473,7 @@ where
                 }
             };
             tokio::select! {
-                Some((held, ended)) = in_hand.next() => Next::Ended(held, ended),
+                Some((held, ended)) = in_hand.next_ended() => Next::Ended(held, ended),
                 () = tail_started => Next::TailStarted,
                 () = retry => Next::RetryClaim,
             }
@@ -523,11 +527,15 @@ where
                 let error = result.as_ref().err().map(|e| format!("{e:#}"));
                 match walked.record(&bar, &name, result) {
                     Some(counts) => {
-                        match through_outage("completing a shard", OUTAGE_LIMIT, stop, || {
-                            runs::complete_shard(pool, &held, &counts)
-                        })
-                        .await
-                        {
+                        let completed = in_hand
+                            .drive(through_outage(
+                                "completing a shard",
+                                OUTAGE_LIMIT,
+                                stop,
+                                || runs::complete_shard(pool, &held, &counts),
+                            ))
+                            .await;
+                        match completed {
                             Ok(()) => {}
                             Err(StoreError::LeaseLost { .. }) => {
                                 println!(
@@ -540,10 +548,14 @@ where
                     }
                     None => {
                         let message = error.unwrap_or_else(|| "failed".into());
-                        let failed = through_outage("failing a shard", OUTAGE_LIMIT, stop, || {
-                            runs::fail_shard(pool, &held, &message)
-                        })
-                        .await;
+                        let failed = in_hand
+                            .drive(through_outage(
+                                "failing a shard",
+                                OUTAGE_LIMIT,
+                                stop,
+                                || runs::fail_shard(pool, &held, &message),
+                            ))
+                            .await;
                         match failed {
                             Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
                             Err(e) => return Err(e.into()),
@@ -561,6 +573,60 @@ where
     .await?;
     walked.progress = Some(progress);
     Ok(walked)
+}
+
+/// The shards a claiming worker holds: their work, and the ends not yet handled. The loop's
+/// own database calls run through [`InHand::drive`], which keeps the shards' work going
+/// meanwhile: a shard whose futures are not polled for the length of a slow call (a database
+/// outage) would find its downloads' deadlines passed when it is polled again.
+struct InHand<F: Future> {
+    working: futures::stream::FuturesUnordered<F>,
+    ended: std::collections::VecDeque<F::Output>,
+}
+
+impl<F: Future> Default for InHand<F> {
+    fn default() -> Self {
+        Self {
+            working: futures::stream::FuturesUnordered::new(),
+            ended: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<F: Future> InHand<F> {
+    fn push(&mut self, work: F) {
+        self.working.push(work);
+    }
+
+    /// Shards held: working, or ended and not yet handled.
+    fn len(&self) -> usize {
+        self.working.len() + self.ended.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next shard to end (one that ended during a [`drive`](Self::drive) first).
+    async fn next_ended(&mut self) -> Option<F::Output> {
+        match self.ended.pop_front() {
+            Some(ended) => Some(ended),
+            None => self.working.next().await,
+        }
+    }
+
+    /// Awaits `call` while the shards' work goes on; shards that end meanwhile are kept for
+    /// [`next_ended`](Self::next_ended). `call` is never dropped before it is done.
+    async fn drive<T>(&mut self, call: impl Future<Output = T>) -> T {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                value = &mut call => return value,
+                Some(ended) = self.working.next() => self.ended.push_back(ended),
+            }
+        }
+    }
 }
 
 /// One claimed shard as the loop hands it to the stage's work.

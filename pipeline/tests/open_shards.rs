@@ -205,3 +205,66 @@ async fn a_fatal_error_releases_the_other_shards_in_hand() {
     );
     db.drop_database().await;
 }
+
+/// The loop's own database calls do not starve the other shards in hand: while completing one
+/// shard waits on its row (locked here, as a slow or unreachable database would hold it), the
+/// next shard's work goes on and ends. A shard left unpolled that long would find its
+/// downloads' deadlines passed when it ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_call_does_not_stall_the_other_shards() {
+    let db = TestDatabase::new().await;
+    let open = stage(&db, 2).await;
+    let second_started = Arc::new(tokio::sync::Notify::new());
+    let lock_it = Arc::new(tokio::sync::Notify::new());
+    let locked = Arc::new(tokio::sync::Notify::new());
+    let second_ended: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let locker = {
+        let (pool, lock_it, locked) = (db.pool.clone(), lock_it.clone(), locked.clone());
+        tokio::spawn(async move {
+            lock_it.notified().await;
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SELECT id FROM shards WHERE shard_index = 0 FOR UPDATE")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            locked.notify_one();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let released = std::time::Instant::now();
+            tx.rollback().await.unwrap();
+            released
+        })
+    };
+    let walked = work_claims(&db.pool, open, &options(2), None, |claim| {
+        let (second_started, lock_it, locked, second_ended) = (
+            second_started.clone(),
+            lock_it.clone(),
+            locked.clone(),
+            second_ended.clone(),
+        );
+        async move {
+            let index = claim.lease.shard_index;
+            claim.tail_started();
+            if index == 0 {
+                // Ends once shard 1 is in hand, with its row locked: completing it waits.
+                second_started.notified().await;
+                lock_it.notify_one();
+                locked.notified().await;
+            } else {
+                second_started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                *second_ended.lock().unwrap() = Some(std::time::Instant::now());
+            }
+            worked(index)
+        }
+    })
+    .await
+    .unwrap();
+    let released = locker.await.unwrap();
+    assert_eq!(walked.done, 2);
+    let second_ended = second_ended.lock().unwrap().expect("shard 1 ran");
+    assert!(
+        second_ended < released,
+        "shard 1's work waited for shard 0's completion to get through"
+    );
+    db.drop_database().await;
+}
