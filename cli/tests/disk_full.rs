@@ -86,8 +86,8 @@ async fn a_full_disk_fails_clearly_leaves_no_half_file_and_resumes() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     assert!(
-        files.iter().all(|f| !f.starts_with(".tmp")),
-        "a temporary was left: {files:?}"
+        common::temporaries(&out).is_empty(),
+        "a temporary or staged attempt was left: {files:?}"
     );
     for tar in files.iter().filter(|f| f.ends_with(".tar")) {
         let stats = tar.replace(".tar", "_stats.json");

@@ -83,6 +83,15 @@ pub enum ShardDone {
     Worked { line: String, counts: ShardCounts },
     /// Already finished by an earlier run (its files are complete).
     AlreadyDone,
+    /// Worked now, with this attempt's files staged in `staged`: moved into `folder` once the
+    /// database records the shard as done by this attempt
+    /// ([`llamagen_shards::staging::publish`]), never otherwise.
+    Staged {
+        line: String,
+        counts: ShardCounts,
+        staged: PathBuf,
+        folder: PathBuf,
+    },
 }
 
 /// Set when the work in hand should stop: the lease was lost, or a stop was requested.
@@ -180,7 +189,7 @@ impl Walked {
     ) -> Option<ShardCounts> {
         bar.inc(1);
         match result {
-            Ok(ShardDone::Worked { line, counts }) => {
+            Ok(ShardDone::Worked { line, counts } | ShardDone::Staged { line, counts, .. }) => {
                 if !line.is_empty() {
                     crate::progress::println(bar, line);
                 }
@@ -455,7 +464,7 @@ where
             break;
         }
         enum Next {
-            Ended(ShardLease, Ended),
+            Ended(Box<(ShardLease, Ended)>),
             TailStarted,
             RetryClaim,
         }
@@ -473,13 +482,13 @@ where
                 }
             };
             tokio::select! {
-                Some((held, ended)) = in_hand.next_ended() => Next::Ended(held, ended),
+                Some(ended) = in_hand.next_ended() => Next::Ended(Box::new(ended)),
                 () = tail_started => Next::TailStarted,
                 () = retry => Next::RetryClaim,
             }
         };
         let (held, ended) = match next {
-            Next::Ended(held, ended) => (held, ended),
+            Next::Ended(ended) => *ended,
             Next::TailStarted => {
                 newest = None;
                 continue;
@@ -525,6 +534,12 @@ where
             }
             Ended::Worked(name, result) => {
                 let error = result.as_ref().err().map(|e| format!("{e:#}"));
+                let staged = match &result {
+                    Ok(ShardDone::Staged { staged, folder, .. }) => {
+                        Some((staged.clone(), folder.clone()))
+                    }
+                    _ => None,
+                };
                 match walked.record(&bar, &name, result) {
                     Some(counts) => {
                         let completed = in_hand
@@ -536,7 +551,23 @@ where
                             ))
                             .await;
                         match completed {
-                            Ok(()) => {}
+                            // Recorded as this attempt's: its files can go into place.
+                            Ok(()) => {
+                                if let Some((staged, folder)) = staged {
+                                    let index = u32::try_from(index).unwrap_or_default();
+                                    if let Err(e) =
+                                        llamagen_shards::staging::publish(&staged, &folder, index)
+                                    {
+                                        // The shard is recorded done; whoever finds the staged
+                                        // set next (a re-run, another worker) moves it.
+                                        crate::progress::println(
+                                            &bar,
+                                            format!("shard {name}: publishing its files: {e}"),
+                                        );
+                                        walked.failed.push(format!("{name}: publishing: {e}"));
+                                    }
+                                }
+                            }
                             Err(StoreError::LeaseLost { .. }) => {
                                 println!(
                                     "shard {name}: the lease ran out; another worker took it over"

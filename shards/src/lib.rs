@@ -11,12 +11,15 @@
 //!   caption stage and read by encode ([`captions`]).
 //!
 //! Every file goes to a temporary name in its folder, is fsynced, then renamed ([`atomic`]): a
-//! crash never leaves a file that looks finished but is not.
+//! crash never leaves a file that looks finished but is not. Ingest stages each attempt's set
+//! of three in a folder of its own and moves it into place once the attempt is recorded
+//! ([`staging`]), so a set is never half one attempt and half another.
 
 pub mod atomic;
 pub mod captions;
 pub mod manifest;
 pub mod settings;
+pub mod staging;
 pub mod stats;
 pub mod table;
 pub mod webdataset;

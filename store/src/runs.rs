@@ -360,6 +360,21 @@ fn lease_lost(lease: &ShardLease) -> StoreError {
     }
 }
 
+/// Each shard of a stage run: (index, status, attempts). With the attempt number a staged
+/// attempt's files carry, this says whether they are the recorded attempt's.
+pub async fn shard_attempts(
+    pool: &PgPool,
+    stage_run_id: i64,
+) -> Result<Vec<(i32, String, i32)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT shard_index, status, attempts FROM shards WHERE stage_run_id = $1
+         ORDER BY shard_index",
+    )
+    .bind(stage_run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Shard counts by status for one stage run.
 pub async fn shard_progress(pool: &PgPool, stage_run_id: i64) -> Result<ShardProgress, StoreError> {
     lease::progress(pool, Queue::Shards, stage_run_id).await

@@ -143,12 +143,13 @@ pub async fn kill_after_a_claim(
     (after.as_millis(), in_hand)
 }
 
-/// The names in `dir` of temporary files (`.tmp*`) a killed attempt could have left.
+/// The names in `dir` of what a killed attempt could have left: temporary files (`.tmp*`) and
+/// ingest's staged attempts (`.attempt-*`).
 pub fn temporaries(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".tmp"))
+        .filter(|n| n.starts_with(".tmp") || n.starts_with(".attempt-"))
         .collect()
 }
 

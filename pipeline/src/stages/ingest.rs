@@ -25,6 +25,7 @@ use llamagen_ingest::download::{DownloadOptions, Downloader};
 use llamagen_ingest::prepare::{self, Prepared};
 use llamagen_ingest::resize::ResizeOptions;
 use llamagen_ingest::worker::{Event, run_shard};
+use llamagen_shards::{ShardPaths, staging};
 use llamagen_store::runs::{self, FunnelStep, ShardCounts, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
@@ -285,6 +286,7 @@ pub async fn run_with(
         max_pixels: ingest.max_image_pixels,
         max_aspect_ratio: ingest.metadata_filter.max_aspect_ratio,
     });
+    publish_recorded(pool, open.stage_run_id, &output).await?;
     let progress = Progress::new(prepared.rows);
     let stop = crate::signals::StopSignal::listen();
     let claims = ClaimOptions {
@@ -310,17 +312,39 @@ pub async fn run_with(
                 Event::AllRowsStarted => claim.tail_started(),
                 e => progress_ref.row(e),
             };
+            let finished = ShardPaths::new(output_ref, index);
+            // This attempt's files go to a folder of its own; the loop moves them into place
+            // once the database records the shard as this attempt's.
+            let staged = (!finished.is_finished())
+                .then(|| staging::attempt_dir(output_ref, index, claim.lease.attempt));
+            if let Some(staged) = &staged {
+                // Other attempts at this shard are dead (it is claimed by this one now).
+                for dead in staging::staged_attempts(output_ref)? {
+                    if dead.index == index && &dead.path != staged {
+                        staging::discard(&dead.path)?;
+                    }
+                }
+            }
             let stats = run_shard(
                 index,
                 rows,
                 ingest.rows_per_shard,
-                output_ref,
+                staged.as_deref().unwrap_or(output_ref),
                 downloader_ref.clone(),
                 resize_ref.clone(),
                 ingest.concurrency as usize,
                 &on_row,
             )
-            .await?;
+            .await;
+            let stats = match (stats, &staged) {
+                (Ok(stats), _) => stats,
+                // A failed attempt leaves nothing behind (a full disk: not even its folder).
+                (Err(e), Some(staged)) => {
+                    staging::discard(staged)?;
+                    return Err(e.into());
+                }
+                (Err(e), None) => return Err(e.into()),
+            };
             let counts = ShardCounts {
                 input_rows: stats.count as i64,
                 output_rows: stats.successes as i64,
@@ -344,15 +368,23 @@ pub async fn run_with(
             );
             progress_ref.println(line.clone());
             // Printed above the progress bar already.
-            anyhow::Ok(ShardDone::Worked {
-                line: String::new(),
-                counts,
+            let line = String::new();
+            anyhow::Ok(match staged {
+                Some(staged) => ShardDone::Staged {
+                    line,
+                    counts,
+                    staged,
+                    folder: output_ref.clone(),
+                },
+                None => ShardDone::Worked { line, counts },
             })
         };
         (name, work.await)
     })
     .await?;
     progress.finish();
+    // Another worker may have been recorded and stopped before moving its files.
+    publish_recorded(pool, open.stage_run_id, &output).await?;
     let state = walked.progress.unwrap_or_default();
     let done_here = walked.done;
     let released = walked.released.join(", ");
@@ -394,6 +426,40 @@ pub async fn run_with(
         ExitCode::SUCCESS
     };
     Ok(StageReport::new(code, summary))
+}
+
+/// Settles the staged attempts in `output`: the one the database recorded as a shard's is
+/// moved into place (its worker stopped between the record and the moves); those of attempts
+/// that were not recorded, and will not be, are removed. An attempt still running is left.
+async fn publish_recorded(
+    pool: &sqlx::PgPool,
+    stage_run_id: i64,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let staged = staging::staged_attempts(output)?;
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let shards = runs::shard_attempts(pool, stage_run_id).await?;
+    for attempt in staged {
+        let shard = shards
+            .iter()
+            .find(|(index, _, _)| u32::try_from(*index).ok() == Some(attempt.index));
+        match shard {
+            Some((_, status, attempts))
+                if *attempts == attempt.attempt && status == "succeeded" =>
+            {
+                staging::publish(&attempt.path, output, attempt.index)?;
+                println!(
+                    "shard {:05}: moved the files of its recorded attempt {} into place",
+                    attempt.index, attempt.attempt
+                );
+            }
+            Some((_, status, attempts)) if *attempts == attempt.attempt && status == "running" => {}
+            _ => staging::discard(&attempt.path)?,
+        }
+    }
+    Ok(())
 }
 
 /// A `--worker` started before the preparing process registered the run waits for it.
