@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{llamagen_on, repo, text};
-use llamagen_models::vq::VqConfig;
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
 
@@ -56,15 +55,7 @@ fn reference(dir: &Path) {
 }
 
 fn tiny_vq(path: &Path) {
-    let config = VqConfig {
-        codebook_size: 64,
-        encoder_ch_mult: vec![1, 2],
-        decoder_ch_mult: vec![1, 2],
-        z_channels: 32,
-        ch: 32,
-        num_res_blocks: 1,
-        ..VqConfig::vq16()
-    };
+    let config = llamagen_models::tiny::trainable_vq_config();
     std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
 }
 

@@ -47,6 +47,20 @@ pub fn configs() -> (GptConfig, VqConfig) {
     (gpt, vq)
 }
 
+/// A tokenizer small enough to train in seconds (tokenizer-training tests): 32 wide,
+/// multipliers 1, 2 (downsample 2), 64 codes.
+pub fn trainable_vq_config() -> VqConfig {
+    VqConfig {
+        codebook_size: 64,
+        encoder_ch_mult: vec![1, 2],
+        decoder_ch_mult: vec![1, 2],
+        z_channels: 32,
+        ch: 32,
+        num_res_blocks: 1,
+        ..VqConfig::vq16()
+    }
+}
+
 /// Writes the pair into `dir` with weights drawn from `seed`.
 pub fn write(dir: &Path, seed: i64) -> Result<TinyModels, ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {

@@ -6,9 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{photos, psnr, tiny_vq_config};
+use common::{photos, psnr};
 use llamagen_models::lpips::Lpips;
 use llamagen_models::patchgan::PatchGanConfig;
+use llamagen_models::tiny::trainable_vq_config as tiny_vq_config;
 use llamagen_models::vq_loss::VqLossConfig;
 use llamagen_models::vq_train::{VqTrainConfig, VqTrainer};
 use llamagen_models::weights;

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{photos, psnr, tiny_vq_config};
+use common::{photos, psnr};
+use llamagen_models::tiny::trainable_vq_config as tiny_vq_config;
 use llamagen_models::vq::VqModel;
 use tch::{Device, Kind, nn, nn::OptimizerConfig};
 

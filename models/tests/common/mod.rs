@@ -140,17 +140,3 @@ pub fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     let mse = (a - b).square().mean(Kind::Float).double_value(&[]);
     10.0 * (4.0 / mse).log10()
 }
-
-/// A tokenizer small enough to train in seconds: 32 wide, multipliers 1, 2 (downsample 2),
-/// 64 codes.
-pub fn tiny_vq_config() -> VqConfig {
-    VqConfig {
-        codebook_size: 64,
-        encoder_ch_mult: vec![1, 2],
-        decoder_ch_mult: vec![1, 2],
-        z_channels: 32,
-        ch: 32,
-        num_res_blocks: 1,
-        ..VqConfig::vq16()
-    }
-}
