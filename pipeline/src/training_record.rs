@@ -114,26 +114,21 @@ impl TrainingRecord {
                 .await?
             }
         };
-        if let Some((path, sha)) = &resumed {
-            let row = Unrecorded {
-                model_id,
-                run_id,
-                config: model.config,
-                seed,
-            };
-            row.register(pool, path, sha).await?;
-        }
         let written = serde_json::to_vec(&RunMarker { run_id, model_id })?;
         llamagen_shards::atomic::write_bytes(&marker, &written)?;
         println!("training run #{run_id} of model {:?}", model.name);
-        Ok(TrainingRecord {
+        let record = TrainingRecord {
             store,
             model_id,
             run_id,
             revision,
             config: model.config.clone(),
             seed,
-        })
+        };
+        if let Some((path, sha)) = &resumed {
+            record.register_resumed(path, sha).await?;
+        }
+        Ok(record)
     }
 
     /// Scalars of `step` (a step logged again after a resume replaces its values).
@@ -143,20 +138,46 @@ impl TrainingRecord {
     }
 
     pub async fn checkpoint(&self, c: &CheckpointRow<'_>) -> anyhow::Result<()> {
-        let path = c.path.display().to_string();
-        let bytes = std::fs::metadata(c.path)?.len() as i64;
+        self.register(c.path, c.sha256, c.step, Some((c.epoch, c.seen, c.loss)))
+            .await
+    }
+
+    /// Registers the checkpoint a run resumes from if a kill came between writing and
+    /// registering it (what its loss was is not known then; its step is in its name). A
+    /// registered one keeps its row.
+    async fn register_resumed(&self, path: &Path, sha256: &str) -> anyhow::Result<()> {
+        let step = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<i64>().ok());
+        match step {
+            Some(step) => self.register(path, sha256, step, None).await,
+            None => Ok(()),
+        }
+    }
+
+    /// One checkpoint row of this run; `trained` is (epoch, seen, loss) when known.
+    async fn register(
+        &self,
+        path: &Path,
+        sha256: &str,
+        step: i64,
+        trained: Option<(f64, i64, f64)>,
+    ) -> anyhow::Result<()> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::metadata(path)?.len() as i64;
         results::register_checkpoint(
             self.store.pool(),
             &NewCheckpoint {
                 model_id: self.model_id,
                 training_run_id: Some(self.run_id),
-                path: &path,
-                sha256: c.sha256,
+                path: &shown,
+                sha256,
                 bytes: Some(bytes),
-                step: c.step,
-                epoch: Some(c.epoch),
-                tokens_seen: Some(c.seen),
-                train_loss: Some(c.loss),
+                step,
+                epoch: trained.map(|t| t.0),
+                tokens_seen: trained.map(|t| t.1),
+                train_loss: trained.map(|t| t.2),
                 config: Some(&self.config),
                 git_revision: self.revision.as_deref(),
                 seed: Some(self.seed),
@@ -176,47 +197,6 @@ impl TrainingRecord {
         };
         training::finish_training_run(self.store.pool(), self.run_id, status).await?;
         self.store.close().await?;
-        Ok(())
-    }
-}
-
-/// Registers the checkpoint a run resumes from if a kill came between writing and registering
-/// it (what the loss was is not known then; its step is in its name). A registered one keeps
-/// its row.
-struct Unrecorded<'a> {
-    model_id: i64,
-    run_id: i64,
-    config: &'a serde_json::Value,
-    seed: i64,
-}
-
-impl Unrecorded<'_> {
-    async fn register(&self, pool: &sqlx::PgPool, path: &Path, sha256: &str) -> anyhow::Result<()> {
-        let Some(step) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<i64>().ok())
-        else {
-            return Ok(());
-        };
-        let shown = path.display().to_string();
-        let revision = git_revision();
-        results::register_checkpoint(
-            pool,
-            &NewCheckpoint {
-                model_id: self.model_id,
-                training_run_id: Some(self.run_id),
-                path: &shown,
-                sha256,
-                bytes: Some(std::fs::metadata(path)?.len() as i64),
-                step,
-                config: Some(self.config),
-                git_revision: revision.as_deref(),
-                seed: Some(self.seed),
-                ..Default::default()
-            },
-        )
-        .await?;
         Ok(())
     }
 }
