@@ -5,6 +5,7 @@
 #     ONNX Runtime 1.31 (loaded by ort at run time), pinned in scripts/requirements.txt;
 #   - stable links .venv/libtorch and .venv/libonnxruntime.so that .cargo/config.toml points at,
 #     so `cargo build`, `cargo test` and target/*/llamagen need no environment variables;
+#   - libjpeg-turbo's TurboJPEG library (Debian's `libturbojpeg0-dev`), which ingest links;
 #   - PostgreSQL server binaries (Debian's `postgresql`) when `initdb` cannot be found;
 #   - Debian's `chromium` for the dashboard's browser tests when no chromium is installed;
 #   - the rustfmt and clippy components when the toolchain lacks them.
@@ -41,13 +42,21 @@ fi
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
-    "$venv/bin/pip" install --disable-pip-version-check -q -r "$req"
+    "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"
     echo "$want" >"$stamp"
 fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 ln -sfn "$site/torch" "$venv/libtorch"
 ort_lib="$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n1)"
 ln -sfn "$ort_lib" "$venv/libonnxruntime.so"
+
+# --- libjpeg-turbo (ingest's JPEG codec, linked statically by ingest/build.rs) ---------------
+have_turbojpeg() {
+    [ -n "${TURBOJPEG_LIB_DIR:-}" ] && return 0
+    pkg-config --exists libturbojpeg 2>/dev/null && return 0
+    ls /usr/lib/*/libturbojpeg.a /usr/lib/libturbojpeg.a /usr/local/lib/libturbojpeg.a >/dev/null 2>&1
+}
+if ! have_turbojpeg; then apt_install libturbojpeg0-dev pkg-config; fi
 
 # --- PostgreSQL server binaries ------------------------------------------------------------
 find_initdb() {

@@ -19,6 +19,7 @@ pub mod prepare;
 pub mod reader;
 pub mod resize;
 pub mod testing;
+mod turbojpeg;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

@@ -4,11 +4,11 @@
 //! fast_image_resize's box convolution, which averages the covered source pixels) and
 //! Lanczos-3 when enlarging (its `INTER_LANCZOS4`). An alpha channel is dropped.
 //!
-//! JPEG costs most of the CPU, so JPEG gets two shortcuts. A JPEG much larger than the target
-//! is decoded at 1/2, 1/4 or 1/8 scale inside the inverse DCT (jpeg-decoder's `scale`, as
-//! libjpeg-turbo's scaled decoding), never below the size the resize needs; and the output is
-//! encoded with jpeg-encoder's AVX2 path (4:2:0, as OpenCV's encoder in img2dataset). Anything
-//! either cannot handle (CMYK, 16-bit, sides over 65,535) goes through the `image` crate.
+//! JPEG costs most of the CPU, so JPEG goes through libjpeg-turbo (`turbojpeg.rs`), OpenCV's
+//! codec in img2dataset: a JPEG much larger than the target is decoded at 1/2, 1/4 or 1/8
+//! scale inside the inverse DCT, never below the size the resize needs, and the output is
+//! encoded 4:2:0 as OpenCV's encoder does. A JPEG libjpeg-turbo cannot decode to RGB (CMYK,
+//! 12-bit) goes through the `image` crate, as does every other format.
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions as FrOptions, Resizer};
 use image::{ImageReader, Limits};
+
+use crate::turbojpeg;
 
 /// img2dataset's `resize_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,10 +161,10 @@ pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeE
             max: options.max_pixels,
         });
     }
-    let jpeg_rgb = match (reader()?.format(), target_size(w, h, options)) {
-        // At full scale the `image` crate's decoder (zune-jpeg, SIMD) is the faster one.
-        (Some(image::ImageFormat::Jpeg), Some((tw, th))) if w >= 2 * tw && h >= 2 * th => {
-            decode_jpeg_scaled(bytes, tw, th)
+    let jpeg_rgb = match reader()?.format() {
+        Some(image::ImageFormat::Jpeg) => {
+            let target = target_size(w, h, options).unwrap_or((w, h));
+            decode_jpeg_scaled(bytes, w, h, target)
         }
         _ => None,
     };
@@ -215,35 +217,25 @@ fn target_size(w: u32, h: u32, o: &ResizeOptions) -> Option<(u32, u32)> {
     }
 }
 
-/// Decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) that is still at least
-/// `tw` x `th`; None when jpeg-decoder cannot (the caller then uses the `image` crate, whose
+/// Decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) whose size still covers
+/// `target`; None when libjpeg-turbo cannot (the caller then uses the `image` crate, whose
 /// error message is the one reported if the file is bad).
-fn decode_jpeg_scaled(bytes: &[u8], tw: u32, th: u32) -> Option<image::RgbImage> {
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    let (tw, th) = (u16::try_from(tw).ok()?, u16::try_from(th).ok()?);
-    let (sw, sh) = decoder.scale(tw, th).ok()?;
-    let pixels = decoder.decode().ok()?;
-    let info = decoder.info()?;
-    let (sw, sh) = (sw as u32, sh as u32);
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => image::RgbImage::from_raw(sw, sh, pixels),
-        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(sw, sh, pixels)
-            .map(|g| image::DynamicImage::ImageLuma8(g).into_rgb8()),
-        _ => None,
-    }
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    w: u32,
+    h: u32,
+    (tw, th): (u32, u32),
+) -> Option<image::RgbImage> {
+    let denominator = [8, 4, 2, 1].into_iter().find(|&d| {
+        let (sw, sh) = turbojpeg::scaled_size(w, h, d);
+        sw >= tw && sh >= th
+    })?;
+    let (pixels, sw, sh) = turbojpeg::decode_rgb(bytes, denominator).ok()?;
+    image::RgbImage::from_raw(sw, sh, pixels)
 }
 
 fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, ResizeError> {
-    let mut jpeg = Vec::with_capacity(pixels.len() / 8);
-    match (u16::try_from(w), u16::try_from(h)) {
-        (Ok(w16), Ok(h16)) => jpeg_encoder::Encoder::new(&mut jpeg, quality)
-            .encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
-            .map_err(|e| ResizeError::Encode(e.to_string()))?,
-        _ => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality)
-            .encode(pixels, w, h, image::ExtendedColorType::Rgb8)
-            .map_err(|e| ResizeError::Encode(e.to_string()))?,
-    }
-    Ok(jpeg)
+    turbojpeg::encode_rgb(pixels, w, h, quality).map_err(|e| ResizeError::Encode(e.to_string()))
 }
 
 /// Scales `numerator / denominator` of `side`, at least one pixel, at most `u32::MAX` (an
@@ -352,8 +344,10 @@ mod tests {
         );
         assert!(b.get_pixel(32, 32).0[2] > 100, "middle is the image");
         // The crop of a horizontal gradient keeps its middle: x from 50 to 150 (red 150..450).
+        // Row 16, away from where green wraps around (source row 52), which 4:2:0 chroma
+        // subsampling smears across two rows.
         let c = decoded(&process(&bytes, &options(ResizeMode::CenterCrop)).unwrap());
-        let left = c.get_pixel(1, 32).0[0] as i32;
+        let left = c.get_pixel(1, 16).0[0] as i32;
         assert!((left - 150).abs() < 12, "left edge red {left}");
     }
 
@@ -366,11 +360,13 @@ mod tests {
         img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
             .unwrap();
         // Center crop to 64 needs the short side at 64: 1/8 gives 128 x 96.
-        let scaled = decode_jpeg_scaled(&jpeg, 85, 64).unwrap();
+        let scaled = decode_jpeg_scaled(&jpeg, 1024, 768, (85, 64)).unwrap();
         assert_eq!(scaled.dimensions(), (128, 96));
         // Needing 300 x 225 allows 1/2 only.
         assert_eq!(
-            decode_jpeg_scaled(&jpeg, 300, 225).unwrap().dimensions(),
+            decode_jpeg_scaled(&jpeg, 1024, 768, (300, 225))
+                .unwrap()
+                .dimensions(),
             (512, 384)
         );
         // The crop made through the scaled decode matches one made from full resolution.
@@ -391,6 +387,14 @@ mod tests {
             .sum::<f64>()
             / reference.as_raw().len() as f64;
         assert!(diff < 3.0, "mean absolute difference {diff}");
+    }
+
+    #[test]
+    fn jpegs_libjpeg_turbo_cannot_make_rgb_of_go_through_the_image_crate() {
+        let cmyk = crate::turbojpeg::tests::cmyk_jpeg(96, 80);
+        let r = process(&cmyk, &options(ResizeMode::CenterCrop)).unwrap();
+        assert_eq!((r.width, r.height), (64, 64));
+        assert_eq!((r.original_width, r.original_height), (96, 80));
     }
 
     #[test]

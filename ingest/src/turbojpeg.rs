@@ -1,0 +1,385 @@
+//! libjpeg-turbo through its TurboJPEG API, the JPEG codec that OpenCV (img2dataset's) and
+//! Pillow use: SIMD Huffman coding and DCTs, and scaled decoding inside the inverse DCT.
+//!
+//! Only the 2.x functions are bound (`tjDecompress2`, `tjCompress2`, ...); libjpeg-turbo 3.x
+//! keeps them, so Debian 12's 2.1.5 (`libturbojpeg0-dev`) and newer releases both link. The
+//! library is linked statically when its archive is there (see `build.rs`), so a copied
+//! binary needs no libturbojpeg on the worker.
+//!
+//! One compressor and one decompressor per thread, made on first use: the resize runs on
+//! tokio's blocking pool, whose threads live for many images.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_uchar, c_ulong, c_void};
+
+type Handle = *mut c_void;
+
+unsafe extern "C" {
+    fn tjInitCompress() -> Handle;
+    fn tjInitDecompress() -> Handle;
+    fn tjDestroy(handle: Handle) -> c_int;
+    fn tjGetErrorStr2(handle: Handle) -> *mut c_char;
+    fn tjGetErrorCode(handle: Handle) -> c_int;
+    fn tjBufSize(width: c_int, height: c_int, subsamp: c_int) -> c_ulong;
+    fn tjDecompressHeader3(
+        handle: Handle,
+        jpeg: *const c_uchar,
+        jpeg_size: c_ulong,
+        width: *mut c_int,
+        height: *mut c_int,
+        subsamp: *mut c_int,
+        colorspace: *mut c_int,
+    ) -> c_int;
+    fn tjDecompress2(
+        handle: Handle,
+        jpeg: *const c_uchar,
+        jpeg_size: c_ulong,
+        dst: *mut c_uchar,
+        width: c_int,
+        pitch: c_int,
+        height: c_int,
+        pixel_format: c_int,
+        flags: c_int,
+    ) -> c_int;
+    fn tjCompress2(
+        handle: Handle,
+        src: *const c_uchar,
+        width: c_int,
+        pitch: c_int,
+        height: c_int,
+        pixel_format: c_int,
+        jpeg: *mut *mut c_uchar,
+        jpeg_size: *mut c_ulong,
+        subsamp: c_int,
+        quality: c_int,
+        flags: c_int,
+    ) -> c_int;
+}
+
+const TJPF_RGB: c_int = 0;
+const TJSAMP_420: c_int = 2;
+const TJCS_CMYK: c_int = 3;
+const TJCS_YCCK: c_int = 4;
+const TJERR_WARNING: c_int = 0;
+/// The output buffer is ours, sized by `tjBufSize`; the library must never swap it.
+const TJFLAG_NOREALLOC: c_int = 1024;
+/// Refuses progressive JPEGs of more than 500 scans, a cheap way to make a decoder spin.
+const TJFLAG_LIMITSCANS: c_int = 32768;
+
+/// What libjpeg-turbo said when it refused an image.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TurboError(String);
+
+/// A JPEG's header: its size and whether RGB output is possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub width: u32,
+    pub height: u32,
+    /// CMYK and YCCK JPEGs cannot be decoded to RGB by libjpeg-turbo.
+    pub cmyk: bool,
+}
+
+struct Owned(Handle);
+
+impl Owned {
+    fn error(&self) -> TurboError {
+        // SAFETY: the handle is live; the string is owned by it and copied at once.
+        let message = unsafe { CStr::from_ptr(tjGetErrorStr2(self.0)) };
+        TurboError(message.to_string_lossy().into_owned())
+    }
+
+    fn only_warned(&self) -> bool {
+        // SAFETY: the handle is live.
+        unsafe { tjGetErrorCode(self.0) == TJERR_WARNING }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: made by tjInit*, destroyed once.
+        unsafe { tjDestroy(self.0) };
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<Owned>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<Owned>> = const { RefCell::new(None) };
+}
+
+fn with_handle<T>(
+    slot: &'static std::thread::LocalKey<RefCell<Option<Owned>>>,
+    init: unsafe extern "C" fn() -> Handle,
+    f: impl FnOnce(&Owned) -> Result<T, TurboError>,
+) -> Result<T, TurboError> {
+    slot.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            // SAFETY: no arguments; a null return is checked.
+            let handle = unsafe { init() };
+            if handle.is_null() {
+                return Err(TurboError("libjpeg-turbo could not make a handle".into()));
+            }
+            *cell = Some(Owned(handle));
+        }
+        match cell.as_ref() {
+            Some(handle) => f(handle),
+            None => Err(TurboError("libjpeg-turbo handle missing".into())),
+        }
+    })
+}
+
+fn jpeg_len(bytes: &[u8]) -> Result<c_ulong, TurboError> {
+    c_ulong::try_from(bytes.len()).map_err(|_| TurboError("JPEG too large".into()))
+}
+
+/// Reads a JPEG's header without decoding any pixels.
+pub fn header(jpeg: &[u8]) -> Result<Header, TurboError> {
+    let size = jpeg_len(jpeg)?;
+    with_handle(&DECOMPRESSOR, tjInitDecompress, |handle| {
+        let (mut width, mut height, mut subsamp, mut colorspace) = (0, 0, 0, 0);
+        // SAFETY: `jpeg` is valid for `size` bytes; the outputs are plain ints.
+        let rc = unsafe {
+            tjDecompressHeader3(
+                handle.0,
+                jpeg.as_ptr(),
+                size,
+                &mut width,
+                &mut height,
+                &mut subsamp,
+                &mut colorspace,
+            )
+        };
+        if rc != 0 {
+            return Err(handle.error());
+        }
+        Ok(Header {
+            width: u32::try_from(width).map_err(|_| TurboError("negative width".into()))?,
+            height: u32::try_from(height).map_err(|_| TurboError("negative height".into()))?,
+            cmyk: colorspace == TJCS_CMYK || colorspace == TJCS_YCCK,
+        })
+    })
+}
+
+/// The size a JPEG decodes to at `1 / denominator` scale (libjpeg-turbo's `TJSCALED`).
+pub fn scaled_size(width: u32, height: u32, denominator: u32) -> (u32, u32) {
+    (width.div_ceil(denominator), height.div_ceil(denominator))
+}
+
+/// Decodes a JPEG to packed RGB at `1 / denominator` scale (1, 2, 4 or 8), the scaling done
+/// in the inverse DCT. Returns the pixels with their width and height.
+///
+/// A warning (a truncated file, a corrupt restart marker) keeps the decoded pixels, gray where
+/// data was missing, as OpenCV's `imdecode` does; a fatal error is an error.
+pub fn decode_rgb(jpeg: &[u8], denominator: u32) -> Result<(Vec<u8>, u32, u32), TurboError> {
+    if ![1, 2, 4, 8].contains(&denominator) {
+        return Err(TurboError(format!(
+            "scale 1/{denominator} is not one of 1, 1/2, 1/4, 1/8"
+        )));
+    }
+    let head = header(jpeg)?;
+    if head.cmyk {
+        return Err(TurboError("CMYK JPEG: no RGB decoding".into()));
+    }
+    let (w, h) = scaled_size(head.width, head.height, denominator);
+    let len = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| TurboError("image too large".into()))?;
+    let (wi, hi) = (
+        c_int::try_from(w).map_err(|_| TurboError("width too large".into()))?,
+        c_int::try_from(h).map_err(|_| TurboError("height too large".into()))?,
+    );
+    let size = jpeg_len(jpeg)?;
+    let mut pixels = vec![0u8; len];
+    with_handle(&DECOMPRESSOR, tjInitDecompress, |handle| {
+        // SAFETY: `pixels` holds exactly w x h x 3 bytes, the size TurboJPEG writes for the
+        // scaled size asked for (pitch 0 = w x 3).
+        let rc = unsafe {
+            tjDecompress2(
+                handle.0,
+                jpeg.as_ptr(),
+                size,
+                pixels.as_mut_ptr(),
+                wi,
+                0,
+                hi,
+                TJPF_RGB,
+                TJFLAG_LIMITSCANS,
+            )
+        };
+        if rc != 0 && !handle.only_warned() {
+            return Err(handle.error());
+        }
+        Ok(())
+    })?;
+    Ok((pixels, w, h))
+}
+
+/// Encodes packed RGB as a baseline JPEG with 4:2:0 chroma subsampling (OpenCV's default,
+/// and so img2dataset's) at `quality` (1 to 100).
+pub fn encode_rgb(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    quality: u8,
+) -> Result<Vec<u8>, TurboError> {
+    let expected = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3));
+    if expected != Some(pixels.len()) {
+        return Err(TurboError(format!(
+            "{} bytes are not {width} x {height} RGB pixels",
+            pixels.len()
+        )));
+    }
+    let (wi, hi) = (
+        c_int::try_from(width).map_err(|_| TurboError("width too large".into()))?,
+        c_int::try_from(height).map_err(|_| TurboError("height too large".into()))?,
+    );
+    if width == 0 || height == 0 || width > 65_535 || height > 65_535 {
+        return Err(TurboError(format!(
+            "a JPEG cannot be {width} x {height} (sides 1 to 65,535)"
+        )));
+    }
+    // SAFETY: plain arithmetic on valid dimensions.
+    let capacity = unsafe { tjBufSize(wi, hi, TJSAMP_420) };
+    let capacity = usize::try_from(capacity).map_err(|_| TurboError("buffer too large".into()))?;
+    let mut jpeg: Vec<u8> = Vec::with_capacity(capacity);
+    with_handle(&COMPRESSOR, tjInitCompress, |handle| {
+        let mut out = jpeg.as_mut_ptr();
+        let mut out_size = c_ulong::try_from(capacity).map_err(|_| TurboError("buffer".into()))?;
+        // SAFETY: `pixels` holds width x height x 3 bytes (checked above); `jpeg` has
+        // `capacity` bytes of room, the worst case `tjBufSize` gives, and NOREALLOC keeps
+        // TurboJPEG from replacing the pointer.
+        let rc = unsafe {
+            tjCompress2(
+                handle.0,
+                pixels.as_ptr(),
+                wi,
+                0,
+                hi,
+                TJPF_RGB,
+                &mut out,
+                &mut out_size,
+                TJSAMP_420,
+                c_int::from(quality.clamp(1, 100)),
+                TJFLAG_NOREALLOC,
+            )
+        };
+        if rc != 0 {
+            return Err(handle.error());
+        }
+        let written = usize::try_from(out_size).unwrap_or(usize::MAX);
+        if written > capacity || out != jpeg.as_mut_ptr() {
+            return Err(TurboError("libjpeg-turbo wrote past its buffer".into()));
+        }
+        // SAFETY: TurboJPEG initialised the first `written` bytes, within the capacity.
+        unsafe { jpeg.set_len(written) };
+        Ok(())
+    })?;
+    Ok(jpeg)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn photo_like(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x ^ y) & 0xff) as u8,
+            ])
+        })
+    }
+
+    fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(x.abs_diff(*y)))
+            .sum::<f64>()
+            / a.len() as f64
+    }
+
+    #[test]
+    fn a_round_trip_keeps_the_picture() {
+        let img = photo_like(320, 200);
+        let jpeg = encode_rgb(img.as_raw(), 320, 200, 95).unwrap();
+        assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+        // The `image` crate reads what we wrote: a well-formed baseline JPEG.
+        let other = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+        assert_eq!(other.dimensions(), (320, 200));
+        let (ours, w, h) = decode_rgb(&jpeg, 1).unwrap();
+        assert_eq!((w, h), (320, 200));
+        assert!(mean_abs_diff(&ours, img.as_raw()) < 4.0);
+        assert!(mean_abs_diff(&ours, other.as_raw()) < 2.0);
+    }
+
+    #[test]
+    fn scaled_decoding_rounds_up_and_averages() {
+        let img = photo_like(333, 250);
+        let jpeg = encode_rgb(img.as_raw(), 333, 250, 95).unwrap();
+        let (half, w, h) = decode_rgb(&jpeg, 2).unwrap();
+        assert_eq!((w, h), (167, 125));
+        let (eighth, w8, h8) = decode_rgb(&jpeg, 8).unwrap();
+        assert_eq!((w8, h8), (42, 32));
+        assert_eq!(half.len(), 167 * 125 * 3);
+        assert_eq!(eighth.len(), 42 * 32 * 3);
+        assert!(decode_rgb(&jpeg, 3).is_err());
+    }
+
+    #[test]
+    fn garbage_truncation_and_cmyk_are_told_apart() {
+        let err = decode_rgb(b"not a jpeg at all", 1).unwrap_err();
+        assert!(!err.0.is_empty());
+        // A file cut in half decodes with a warning: the top half, as OpenCV gives it.
+        let img = photo_like(256, 256);
+        let jpeg = encode_rgb(img.as_raw(), 256, 256, 90).unwrap();
+        let (cut, w, h) = decode_rgb(&jpeg[..jpeg.len() / 2], 1).unwrap();
+        assert_eq!((w, h), (256, 256));
+        assert!(mean_abs_diff(&cut[..256 * 3 * 16], &img.as_raw()[..256 * 3 * 16]) < 4.0);
+        let cmyk = cmyk_jpeg(16, 16);
+        assert!(header(&cmyk).unwrap().cmyk);
+        assert!(decode_rgb(&cmyk, 1).is_err());
+    }
+
+    /// A YCCK JPEG, as print workflows make them, written by libjpeg-turbo itself.
+    pub(crate) fn cmyk_jpeg(w: u32, h: u32) -> Vec<u8> {
+        const TJPF_CMYK: c_int = 11;
+        let pixels = vec![60u8; (w * h * 4) as usize];
+        let capacity = unsafe { tjBufSize(w as c_int, h as c_int, 0) } as usize;
+        let mut jpeg = Vec::with_capacity(capacity);
+        with_handle(&COMPRESSOR, tjInitCompress, |handle| {
+            let mut out = jpeg.as_mut_ptr();
+            let mut size = capacity as c_ulong;
+            let rc = unsafe {
+                tjCompress2(
+                    handle.0,
+                    pixels.as_ptr(),
+                    w as c_int,
+                    0,
+                    h as c_int,
+                    TJPF_CMYK,
+                    &mut out,
+                    &mut size,
+                    0,
+                    90,
+                    TJFLAG_NOREALLOC,
+                )
+            };
+            assert_eq!(rc, 0, "{}", handle.error());
+            unsafe { jpeg.set_len(size as usize) };
+            Ok(())
+        })
+        .unwrap();
+        jpeg
+    }
+
+    #[test]
+    fn bad_buffers_are_refused_before_the_library_sees_them() {
+        assert!(encode_rgb(&[0u8; 10], 2, 2, 90).is_err());
+        assert!(encode_rgb(&[], 0, 0, 90).is_err());
+    }
+}
