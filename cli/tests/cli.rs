@@ -75,6 +75,35 @@ fn shipped_configs_validate_and_bad_ones_are_refused() {
     assert!(!out.status.success());
     assert!(text(&out).contains("sample.top_p"), "{}", text(&out));
 
+    // The metadata filter's own SQL rule is parsed at check time, and a bad one named.
+    std::fs::write(
+        &bad,
+        "[ingest.metadata_filter]\nwhere = \"LICENSE IS NOT NULL AND WIDTH IN (SELECT 1)\"\n",
+    )
+    .unwrap();
+    let out = llamagen(dir.path())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("metadata_filter.where") && text(&out).contains("not supported"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(
+        &bad,
+        "[ingest.metadata_filter]\nwhere = \"LICENSE IS NOT NULL AND lower(NSFW) = 'unlikely'\"\n",
+    )
+    .unwrap();
+    let out = llamagen(dir.path())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
     let out = llamagen(dir.path())
         .args(["config", "show"])
         .output()

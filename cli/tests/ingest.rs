@@ -138,6 +138,7 @@ async fn ingest_filters_downloads_resumes_and_reads_back() {
     assert_eq!(dropped["max_watermark"], 1, "NaN watermark fails its rule");
     assert_eq!(dropped["min_size"], 1);
     assert_eq!(dropped["dedup_url"], 1);
+    assert_eq!(dropped["where"], 0, "no where rule set: a skipped step");
     assert_eq!(
         scalar(
             &db,

@@ -82,6 +82,10 @@ pub struct MetadataFilter {
     pub min_height: u32,
     pub max_aspect_ratio: f64,
     pub dedup_urls: bool,
+    /// The user's own rule, a SQL boolean expression over the metadata's columns
+    /// (`sql_rule.rs`), applied after the built-in rules and before the deduplication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#where: Option<String>,
 }
 
 impl Default for MetadataFilter {
@@ -95,6 +99,7 @@ impl Default for MetadataFilter {
             min_height: 256,
             max_aspect_ratio: 2.0,
             dedup_urls: true,
+            r#where: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod prepare;
 pub mod reader;
 pub mod resize;
+pub mod sql_rule;
 pub mod testing;
 mod turbojpeg;
 pub mod worker;

@@ -3,6 +3,11 @@
 //! img2dataset's reader cuts its input into shard files before any download. Workers then
 //! claim shards by index.
 //!
+//! Every row group of every file is a unit of work: units are read and screened by the rules on
+//! all cores (`Filter::screen`), a few at a time, and admitted in input order
+//! (`Filter::admit`: deduplication and the funnel), so the result is the same on any number of
+//! cores. Memory is bounded by the units in flight (twice the cores) and the rows they keep.
+//!
 //! The result is recorded in `_inputs/prepared.json`, written last: a preparation that was
 //! killed is redone from the start (it is deterministic, so it writes the same files), and a
 //! finished one is reused as long as the inputs and the filter are the same.
@@ -13,8 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::IngestError;
 use crate::config::IngestConfig;
-use crate::filter::{Filter, Funnel};
-use crate::reader::{MetaRow, MetadataReader, write_metadata};
+use crate::filter::{Filter, Funnel, Rules, Screened};
+use crate::reader::{MetaRow, MetadataReader, ReadSpec, row_groups, write_metadata};
+
+/// Rows per record batch while screening.
+const BATCH_ROWS: usize = 64 * 1024;
 
 /// What preparation produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,8 +94,6 @@ pub fn prepare(
     llamagen_shards::atomic::remove_leftovers(&dir)?;
 
     let per_shard = config.rows_per_shard as usize;
-    let mut filter: Option<Filter> = None;
-    let mut missing_columns = Vec::new();
     let mut pending: Vec<MetaRow> = Vec::with_capacity(per_shard);
     let mut shards = 0u32;
     let mut rows = 0u64;
@@ -104,26 +110,38 @@ pub fn prepare(
         pending.clear();
         Ok(())
     };
+
+    let mut spec = ReadSpec::new(&config.url_column, &config.caption_column, BATCH_ROWS);
+    // Rules are decided by the first file's columns; a later file lacking a column the first
+    // had leaves NaN there, which fails that rule row by row (and is listed in the record).
+    let mut filter: Option<Filter> = None;
+    let mut missing_columns = Vec::new();
+    let mut units: Vec<(&Path, usize)> = Vec::new();
     for path in inputs {
-        let reader =
-            MetadataReader::open(path, &config.url_column, &config.caption_column, 64 * 1024)?;
+        let reader = MetadataReader::open_with(path, &spec)?;
+        if filter.is_none() {
+            let f = Filter::new(&config.metadata_filter, &reader.missing)?;
+            spec.extra_columns = f.sql_columns();
+            filter = Some(f);
+        }
         for column in &reader.missing {
             missing_columns.push((path.display().to_string(), column.clone()));
         }
-        // Rules are decided by the first file's columns; a later file lacking a column the
-        // first had leaves NaN there, which fails that rule row by row (and is listed above).
-        let f = filter.get_or_insert_with(|| Filter::new(&config.metadata_filter, &reader.missing));
-        for batch in reader {
-            for row in batch? {
-                if f.keep(&row) {
-                    rows += 1;
-                    pending.push(row);
-                    if pending.len() == per_shard {
-                        flush(&mut pending, &mut shards)?;
-                    }
+        units.extend((0..row_groups(path)?).map(|group| (path.as_path(), group)));
+    }
+    if let Some(f) = filter.as_mut() {
+        let rules = f.rules();
+        let screen = |&(path, group): &(&Path, usize)| screen_row_group(&rules, path, group, &spec);
+        in_order(&units, screen, |unit| {
+            for row in f.admit(unit?) {
+                rows += 1;
+                pending.push(row);
+                if pending.len() == per_shard {
+                    flush(&mut pending, &mut shards)?;
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     if !pending.is_empty() {
         flush(&mut pending, &mut shards)?;
@@ -147,6 +165,103 @@ pub fn prepare(
     Ok(prepared)
 }
 
+/// Runs `work` over `units` on every core and hands each result to `take` in input order on
+/// the calling thread while later units are being worked on. At most twice as many units as
+/// cores are in work or waiting to be taken, which bounds the memory. The first error, from
+/// either side, stops the rest.
+fn in_order<U: Sync, R: Send>(
+    units: &[U],
+    work: impl Fn(&U) -> Result<R, IngestError> + Sync,
+    mut take: impl FnMut(Result<R, IngestError>) -> Result<(), IngestError>,
+) -> Result<(), IngestError> {
+    use std::collections::BTreeMap;
+    use std::sync::{Condvar, Mutex, MutexGuard};
+
+    struct State<R> {
+        next: usize,
+        taken: usize,
+        stop: bool,
+        done: BTreeMap<usize, R>,
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let window = 2 * workers;
+    let state = Mutex::new(State {
+        next: 0,
+        taken: 0,
+        stop: false,
+        done: BTreeMap::new(),
+    });
+    let changed = Condvar::new();
+    // A worker that panicked is reported by the scope; the state itself stays consistent.
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    fn wait<'a, T>(changed: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(units.len()) {
+            scope.spawn(|| {
+                loop {
+                    let index = {
+                        let mut s = lock();
+                        while !s.stop && s.next < units.len() && s.next >= s.taken + window {
+                            s = wait(&changed, s);
+                        }
+                        if s.stop || s.next >= units.len() {
+                            return;
+                        }
+                        s.next += 1;
+                        s.next - 1
+                    };
+                    let result = work(&units[index]);
+                    lock().done.insert(index, result);
+                    changed.notify_all();
+                }
+            });
+        }
+        let stop = || {
+            lock().stop = true;
+            changed.notify_all();
+        };
+        for index in 0..units.len() {
+            let result = {
+                let mut s = lock();
+                loop {
+                    if let Some(r) = s.done.remove(&index) {
+                        s.taken = index + 1;
+                        break r;
+                    }
+                    s = wait(&changed, s);
+                }
+            };
+            changed.notify_all();
+            if let Err(e) = take(result) {
+                stop();
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Every rule but the deduplication over one row group.
+fn screen_row_group(
+    rules: &Rules,
+    path: &Path,
+    group: usize,
+    spec: &ReadSpec,
+) -> Result<Screened, IngestError> {
+    let spec = ReadSpec {
+        row_groups: Some(vec![group]),
+        ..spec.clone()
+    };
+    let mut reader = MetadataReader::open_with(path, &spec)?;
+    let mut screened = Screened::default();
+    while let Some(batch) = reader.next_batch() {
+        screened.append(rules.screen(&batch?)?);
+    }
+    Ok(screened)
+}
+
 /// The rows of shard `index`.
 pub fn read_shard(output: &Path, index: u32) -> Result<Vec<MetaRow>, IngestError> {
     let path = input_path(output, index);
@@ -155,4 +270,66 @@ pub fn read_shard(output: &Path, index: u32) -> Result<Vec<MetaRow>, IngestError
         rows.extend(batch?);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_taken_in_input_order_whatever_order_they_finish_in() {
+        let units: Vec<u64> = (0..40).collect();
+        let mut taken = Vec::new();
+        in_order(
+            &units,
+            |&u| {
+                // Later units often finish first.
+                std::thread::sleep(std::time::Duration::from_micros(
+                    (40 - u) * 50 + (u * 7919) % 300,
+                ));
+                Ok(u * 10)
+            },
+            |r| {
+                taken.push(r?);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(taken, units.iter().map(|u| u * 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_first_error_in_input_order_stops_the_rest() {
+        let units: Vec<u64> = (0..1_000).collect();
+        let worked = std::sync::atomic::AtomicUsize::new(0);
+        let mut taken = 0;
+        let err = in_order(
+            &units,
+            |&u| {
+                worked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if u == 5 || u == 7 {
+                    Err(IngestError::Config(format!("unit {u}")))
+                } else {
+                    Ok(u)
+                }
+            },
+            |r| {
+                r?;
+                taken += 1;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            IngestError::Config("unit 5".into()).to_string()
+        );
+        assert_eq!(taken, 5);
+        // Nothing far past the failed unit was started: the window bounds the work in flight.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            worked.into_inner() <= 6 + 2 * cores,
+            "too much work after the error"
+        );
+    }
 }

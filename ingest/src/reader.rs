@@ -1,5 +1,7 @@
 //! Reads LAION-COCO metadata parquet in record batches (bounded memory: one batch of the
-//! projected columns at a time), whatever numeric and string types a file uses.
+//! projected columns at a time), whatever numeric and string types a file uses. A file can be
+//! read whole or a few row groups at a time, so that preparation decodes row groups on every
+//! core ([`row_groups`], [`ReadSpec::row_groups`]).
 //!
 //! Columns as LAION-COCO publishes them: the URL and caption columns are configurable
 //! (`url_column`, `caption_column`: `TEXT` is the alt text, `top_caption` BLIP's caption);
@@ -47,12 +49,127 @@ impl MetaRow {
     }
 }
 
+/// One record batch's columns as the metadata rules read them. Absent columns are `None`.
+#[derive(Debug, Clone)]
+pub struct MetaBatch {
+    pub urls: Option<StringArray>,
+    pub captions: Option<StringArray>,
+    /// WIDTH, HEIGHT, similarity, AESTHETIC_SCORE, pwatermark, punsafe.
+    pub scores: [Option<Float64Array>; 6],
+    /// The further columns asked for ([`ReadSpec::extra_columns`]), as the file stores them.
+    pub extra: RecordBatch,
+}
+
+impl MetaBatch {
+    pub fn len(&self) -> usize {
+        self.extra.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Score `column` (an index into [`SCORE_COLUMNS`]) of row `i`; NaN when absent or null.
+    pub fn score(&self, column: usize, i: usize) -> f64 {
+        match &self.scores[column] {
+            Some(col) if !col.is_null(i) => col.value(i),
+            _ => f64::NAN,
+        }
+    }
+
+    pub fn url(&self, i: usize) -> Option<&str> {
+        text_at(&self.urls, i)
+    }
+
+    /// Row `i` as an owned row.
+    pub fn row(&self, i: usize) -> MetaRow {
+        let mut scores = [f64::NAN; 6];
+        for (c, slot) in scores.iter_mut().enumerate() {
+            *slot = self.score(c, i);
+        }
+        MetaRow {
+            url: self.url(i).map(str::to_owned),
+            caption: text_at(&self.captions, i).map(str::to_owned),
+            scores,
+        }
+    }
+
+    /// A batch of owned rows (tests and the reference implementation of the rules).
+    pub fn from_rows(rows: &[MetaRow]) -> Self {
+        let urls: StringArray = rows.iter().map(|r| r.url.as_deref()).collect();
+        let captions: StringArray = rows.iter().map(|r| r.caption.as_deref()).collect();
+        let scores = std::array::from_fn(|c| {
+            Some(
+                rows.iter()
+                    .map(|r| Some(r.scores[c]))
+                    .collect::<Float64Array>(),
+            )
+        });
+        let extra = RecordBatch::try_new_with_options(
+            Arc::new(arrow_schema::Schema::empty()),
+            vec![],
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )
+        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::new(arrow_schema::Schema::empty())));
+        MetaBatch {
+            urls: Some(urls),
+            captions: Some(captions),
+            scores,
+            extra,
+        }
+    }
+}
+
+fn text_at(column: &Option<StringArray>, i: usize) -> Option<&str> {
+    column
+        .as_ref()
+        .filter(|a| !a.is_null(i))
+        .map(|a| a.value(i))
+}
+
+/// What to read from a metadata file.
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    pub url_column: String,
+    pub caption_column: String,
+    /// Columns read as they are, for the user's `where` rule; each must exist.
+    pub extra_columns: Vec<String>,
+    pub batch_rows: usize,
+    /// Only these row groups, in this order (None: all).
+    pub row_groups: Option<Vec<usize>>,
+}
+
+impl ReadSpec {
+    pub fn new(url_column: &str, caption_column: &str, batch_rows: usize) -> Self {
+        ReadSpec {
+            url_column: url_column.to_owned(),
+            caption_column: caption_column.to_owned(),
+            extra_columns: Vec::new(),
+            batch_rows,
+            row_groups: None,
+        }
+    }
+}
+
+/// How many row groups a metadata file has.
+pub fn row_groups(path: &Path) -> Result<usize, IngestError> {
+    let bad = |problem: String| IngestError::Metadata {
+        path: path.to_owned(),
+        problem,
+    };
+    let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+    let builder =
+        llamagen_shards::table::guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
+            .map_err(bad)?
+            .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+    Ok(builder.metadata().num_row_groups())
+}
+
 /// One metadata file, read batch by batch.
 pub struct MetadataReader {
     path: PathBuf,
     batches: ParquetRecordBatchReader,
-    url_column: String,
-    caption_column: String,
+    spec: ReadSpec,
     /// Optional columns this file lacks.
     pub missing: Vec<String>,
 }
@@ -64,6 +181,10 @@ impl MetadataReader {
         caption_column: &str,
         batch_rows: usize,
     ) -> Result<Self, IngestError> {
+        Self::open_with(path, &ReadSpec::new(url_column, caption_column, batch_rows))
+    }
+
+    pub fn open_with(path: &Path, spec: &ReadSpec) -> Result<Self, IngestError> {
         let bad = |problem: String| IngestError::Metadata {
             path: path.to_owned(),
             problem,
@@ -75,42 +196,62 @@ impl MetadataReader {
                 .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
         let schema = builder.schema().clone();
         let has = |name: &str| schema.index_of(name).is_ok();
-        if !has(url_column) {
+        let names = || {
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            names.join(", ")
+        };
+        if !has(&spec.url_column) {
             return Err(bad(format!(
-                "required column {url_column:?} is missing (columns: {})",
-                names.join(", ")
+                "required column {:?} is missing (columns: {})",
+                spec.url_column,
+                names()
             )));
         }
-        let wanted: Vec<&str> = [url_column, caption_column]
+        if let Some(column) = spec.extra_columns.iter().find(|c| !has(c)) {
+            return Err(bad(format!(
+                "the metadata filter's `where` rule names column {column:?}, which this file lacks (columns: {})",
+                names()
+            )));
+        }
+        let wanted: Vec<&str> = [spec.url_column.as_str(), spec.caption_column.as_str()]
             .into_iter()
             .chain(SCORE_COLUMNS)
+            .chain(spec.extra_columns.iter().map(String::as_str))
             .collect();
         let missing = wanted
             .iter()
             .filter(|c| !has(c))
             .map(|c| c.to_string())
             .collect();
-        let roots: Vec<usize> = wanted
+        let mut roots: Vec<usize> = wanted
             .iter()
             .filter_map(|c| schema.index_of(c).ok())
             .collect();
+        roots.sort_unstable();
+        roots.dedup();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let batches = builder
+        let mut builder = builder
             .with_projection(mask)
-            .with_batch_size(batch_rows)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+            .with_batch_size(spec.batch_rows.max(1));
+        if let Some(groups) = &spec.row_groups {
+            let count = builder.metadata().num_row_groups();
+            if let Some(g) = groups.iter().find(|&&g| g >= count) {
+                return Err(bad(format!(
+                    "row group {g} asked for, the file has {count}"
+                )));
+            }
+            builder = builder.with_row_groups(groups.clone());
+        }
+        let batches = builder.build().map_err(|e| bad(e.to_string()))?;
         Ok(MetadataReader {
             path: path.to_owned(),
             batches,
-            url_column: url_column.to_owned(),
-            caption_column: caption_column.to_owned(),
+            spec: spec.clone(),
             missing,
         })
     }
 
-    fn convert(&self, batch: &RecordBatch) -> Result<Vec<MetaRow>, IngestError> {
+    fn convert(&self, batch: &RecordBatch) -> Result<MetaBatch, IngestError> {
         let bad = |problem: String| IngestError::Metadata {
             path: self.path.clone(),
             problem,
@@ -131,39 +272,40 @@ impl MetadataReader {
                 .map_err(|e| bad(format!("column {name:?} is not numeric: {e}")))?;
             Ok(cast.as_any().downcast_ref::<Float64Array>().cloned())
         };
-        let urls = text(&self.url_column)?;
-        let captions = text(&self.caption_column)?;
-        let scores: Vec<Option<Float64Array>> = SCORE_COLUMNS
-            .iter()
-            .map(|c| number(c))
-            .collect::<Result<_, _>>()?;
-        let get = |a: &Option<StringArray>, i: usize| {
-            a.as_ref()
-                .filter(|a| !a.is_null(i))
-                .map(|a| a.value(i).to_owned())
+        let mut scores: [Option<Float64Array>; 6] = Default::default();
+        for (slot, name) in scores.iter_mut().zip(SCORE_COLUMNS) {
+            *slot = number(name)?;
+        }
+        let extra = batch
+            .project(
+                &self
+                    .spec
+                    .extra_columns
+                    .iter()
+                    .filter_map(|c| batch.schema().index_of(c).ok())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        let extra = if extra.num_columns() == 0 {
+            RecordBatch::try_new_with_options(
+                Arc::new(arrow_schema::Schema::empty()),
+                vec![],
+                &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )
+            .map_err(|e| bad(e.to_string()))?
+        } else {
+            extra
         };
-        Ok((0..batch.num_rows())
-            .map(|i| {
-                let mut s = [f64::NAN; 6];
-                for (slot, col) in s.iter_mut().zip(&scores) {
-                    if let Some(col) = col.as_ref().filter(|c| !c.is_null(i)) {
-                        *slot = col.value(i);
-                    }
-                }
-                MetaRow {
-                    url: get(&urls, i),
-                    caption: get(&captions, i),
-                    scores: s,
-                }
-            })
-            .collect())
+        Ok(MetaBatch {
+            urls: text(&self.spec.url_column)?,
+            captions: text(&self.spec.caption_column)?,
+            scores,
+            extra,
+        })
     }
-}
 
-impl Iterator for MetadataReader {
-    type Item = Result<Vec<MetaRow>, IngestError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next record batch, columnar.
+    pub fn next_batch(&mut self) -> Option<Result<MetaBatch, IngestError>> {
         let batch = match llamagen_shards::table::guarded(|| self.batches.next()) {
             Ok(batch) => batch?,
             Err(problem) => {
@@ -181,6 +323,15 @@ impl Iterator for MetadataReader {
                 })
                 .and_then(|b| self.convert(&b)),
         )
+    }
+}
+
+impl Iterator for MetadataReader {
+    type Item = Result<Vec<MetaRow>, IngestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch()
+            .map(|batch| batch.map(|b| (0..b.len()).map(|i| b.row(i)).collect()))
     }
 }
 

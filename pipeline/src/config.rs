@@ -590,6 +590,9 @@ impl PipelineConfig {
             m.max_aspect_ratio >= 1.0,
             "ingest.metadata_filter.max_aspect_ratio must be >= 1"
         );
+        if let Some(rule) = m.r#where.as_deref().filter(|w| !w.trim().is_empty()) {
+            llamagen_ingest::sql_rule::SqlRule::parse(rule)?;
+        }
         ensure!(
             i.proxy.is_empty() || i.proxy.starts_with("http://") || i.proxy.starts_with("https://"),
             "ingest.proxy must be empty or an http(s) URL"
