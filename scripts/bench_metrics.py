@@ -25,17 +25,21 @@ def frechet(a_path: str, b_path: str) -> dict:
     mu1, s1 = np.mean(a, axis=0), np.cov(a, rowvar=False)
     mu2, s2 = np.mean(b, axis=0), np.cov(b, rowvar=False)
     t1 = time.perf_counter()
-    # pytorch_fid.fid_score.calculate_frechet_distance, step by step.
-    diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    fid = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-    t2 = time.perf_counter()
-    return {"fid": fid, "stats_s": t1 - t0, "distance_s": t2 - t1}
+    # pytorch_fid.fid_score.calculate_frechet_distance, step by step; the best of three runs,
+    # as the Rust side takes, since this shared machine's timings of one run vary up to 2x.
+    distance_s = float("inf")
+    for _ in range(3):
+        t2 = time.perf_counter()
+        diff = mu1 - mu2
+        covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(s1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+        if np.iscomplexobj(covmean):
+            covmean = covmean.real
+        fid = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+        distance_s = min(distance_s, time.perf_counter() - t2)
+    return {"fid": fid, "stats_s": t1 - t0, "distance_s": distance_s}
 
 
 def kid(generated_path: str, reference_path: str) -> dict:

@@ -1,8 +1,9 @@
 //! Our metrics against the Python references, side by side in one run:
 //!
 //! - Frechet distance of two sets of N x 2048 features (default N = 50,000): statistics and
-//!   distance, ours (f64 covariance, two symmetric eigendecompositions) vs pytorch-fid's
-//!   (`np.cov` and `scipy.linalg.sqrtm`), with the relative difference of the two FIDs;
+//!   distance (the best of three runs on each side), ours (f64 covariance, a Cholesky factor
+//!   and one symmetric eigenvalue solve) vs pytorch-fid's (`np.cov` and
+//!   `scipy.linalg.sqrtm`), with the relative difference of the two FIDs;
 //! - PSNR + SSIM throughput on the fixture photos, ours vs scikit-image;
 //! - the cost of the confidence intervals: 100 half-sample resamples of the second set's FID
 //!   against one FID from features (that set's statistics and the distance);
@@ -76,9 +77,13 @@ fn bench_frechet(dir: &Path) {
     let sa = Statistics::from_features(a.view()).unwrap();
     let sb = Statistics::from_features(b.view()).unwrap();
     let stats_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let ours = frechet_distance(&sa, &sb).unwrap();
-    let dist_s = t1.elapsed().as_secs_f64();
+    // The best of three, as the Python side takes: one run's time varies up to 2x here.
+    let (mut ours, mut dist_s) = (f64::NAN, f64::INFINITY);
+    for _ in 0..3 {
+        let t1 = Instant::now();
+        ours = frechet_distance(&sa, &sb).unwrap();
+        dist_s = dist_s.min(t1.elapsed().as_secs_f64());
+    }
 
     // One FID of a generated set against a stored reference: the set's statistics and the
     // distance. Its interval: the resamples of the same set.
