@@ -144,7 +144,10 @@ fn check_torch(report: &mut Report) {
     } else {
         report.info(
             "CUDA",
-            "no CUDA device: training and sampling run on the CPU",
+            format!(
+                "no CUDA device ({}): training and sampling run on the CPU",
+                llamagen_native::torch::load_cuda()
+            ),
         );
     }
 }

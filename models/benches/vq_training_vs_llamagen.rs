@@ -47,7 +47,11 @@ fn main() {
             "--size" => size = args.next().and_then(|s| s.parse().ok()),
             "--device" => {
                 device = match args.next().as_deref() {
-                    Some("cuda") => Device::Cuda(0),
+                    Some("cuda") => {
+                        // libtorch's CUDA half, which the linker leaves out (no LD_PRELOAD needed).
+                        let _ = llamagen_native::torch::load_cuda();
+                        Device::Cuda(0)
+                    }
                     _ => Device::Cpu,
                 }
             }

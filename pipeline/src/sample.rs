@@ -250,14 +250,28 @@ pub struct SampleReport {
     pub npz: Option<PathBuf>,
 }
 
+/// The device a `--device` flag names; `auto` says in the log what it chose and why, and
+/// `cuda` without a usable GPU is an error that says what is missing.
 pub fn device(name: &str) -> anyhow::Result<Device> {
-    Ok(match name {
+    let cuda = llamagen_native::torch::load_cuda();
+    let device = match name {
         "auto" => Device::cuda_if_available(),
         "cpu" => Device::Cpu,
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        "cuda" => bail!("--device cuda: libtorch sees no CUDA device"),
+        "cuda" => bail!("--device cuda: libtorch sees no CUDA device ({cuda})"),
         other => bail!("--device must be cpu, cuda or auto, got {other:?}"),
-    })
+    };
+    if name == "auto" {
+        tracing::info!(
+            "--device auto chose {}: {} CUDA device(s), {cuda}",
+            match device {
+                Device::Cuda(i) => format!("cuda:{i}"),
+                _ => "the CPU".into(),
+            },
+            tch::Cuda::device_count()
+        );
+    }
+    Ok(device)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
