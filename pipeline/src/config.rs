@@ -116,6 +116,30 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// Where `llamagen run` puts the stages that use a GPU (encode, train, sample, evaluate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// The first CUDA device when there is one, else the CPU (the log says which).
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU or an error: a GPU machine whose driver or libraries are broken fails at once
+    /// instead of training on its CPU.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The stage commands' `--device` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        }
+    }
+}
+
 /// What the scheduler does with ticks missed while no scheduler ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,6 +209,8 @@ pub struct PipelineSection {
     pub schedule: Vec<String>,
     /// What the scheduler does with ticks missed while it was down.
     pub missed_runs: MissedRuns,
+    /// The device of the stages that use a GPU.
+    pub device: DeviceChoice,
 }
 
 impl PipelineSection {
@@ -202,6 +228,7 @@ impl Default for PipelineSection {
             stages: Stage::ALL.to_vec(),
             schedule: Vec::new(),
             missed_runs: MissedRuns::Skip,
+            device: DeviceChoice::Auto,
         }
     }
 }
@@ -757,6 +784,20 @@ fn probability(key: &str, value: f64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gpu_stages_device_is_a_closed_choice_passed_to_their_flags() {
+        assert_eq!(
+            PipelineConfig::default().pipeline.device,
+            DeviceChoice::Auto
+        );
+        let cuda = PipelineConfig::parse("[pipeline]\ndevice = \"cuda\"\n").unwrap();
+        assert_eq!(cuda.pipeline.device.as_str(), "cuda");
+        let err = PipelineConfig::parse("[pipeline]\ndevice = \"gpu\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("gpu"), "{err:#}");
+        let encode = crate::stages::encode::VqEncodeArgs::from_config(&cuda, Path::new("/data"));
+        assert_eq!(encode.device, "cuda");
+    }
 
     /// A config file is input too: the shipped configs with a value swapped for an extreme
     /// one, a line dropped or a line doubled are refused or accepted, never a panic, and what

@@ -160,24 +160,30 @@ pub async fn run_stages(
                     }),
                 Err(e) => Err(e),
             },
-            Stage::Sample => checkpoint_evaluator::sample_selected(config, data_dir, "auto")
-                .await
-                .map(|(checkpoints, made)| {
-                    println!("{checkpoints} checkpoint(s) sampled, {made} new image(s)");
+            Stage::Sample => checkpoint_evaluator::sample_selected(
+                config,
+                data_dir,
+                config.pipeline.device.as_str(),
+            )
+            .await
+            .map(|(checkpoints, made)| {
+                println!("{checkpoints} checkpoint(s) sampled, {made} new image(s)");
+                ExitCode::SUCCESS
+            }),
+            Stage::Evaluate => checkpoint_evaluator::run(
+                config,
+                data_dir,
+                &EvaluatorOptions::drain(config.pipeline.device.as_str()),
+            )
+            .await
+            .map(|summary| {
+                println!("{summary}");
+                if summary.failed_for_good > 0 {
+                    ExitCode::FAILURE
+                } else {
                     ExitCode::SUCCESS
-                }),
-            Stage::Evaluate => {
-                checkpoint_evaluator::run(config, data_dir, &EvaluatorOptions::drain("auto"))
-                    .await
-                    .map(|summary| {
-                        println!("{summary}");
-                        if summary.failed_for_good > 0 {
-                            ExitCode::FAILURE
-                        } else {
-                            ExitCode::SUCCESS
-                        }
-                    })
-            }
+                }
+            }),
         };
         if let Some(id) = stage_run {
             let (result, error) = match &outcome {

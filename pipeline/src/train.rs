@@ -278,7 +278,7 @@ pub fn args_from_config(
         checkpoint_every: i64::from(t.checkpoint_every),
         log_every: i64::from(t.log_every.max(1)),
         seed: t.seed as i64,
-        device: "auto".into(),
+        device: config.pipeline.device.as_str().into(),
         mixed_precision: if t.precision == Precision::Bf16 {
             MixedPrecision::Bf16
         } else {

@@ -433,7 +433,7 @@ impl VqEncodeArgs {
             no_flip: text && !e.ten_crop,
             batch_size: e.batch_size as usize,
             images_per_shard: 1000,
-            device: "auto".into(),
+            device: config.pipeline.device.as_str().into(),
             workers: WorkerArgs::ALL,
             json: false,
         }
