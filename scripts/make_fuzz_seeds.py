@@ -80,10 +80,17 @@ def config() -> None:
     put("config", "caption", b'endpoint = "http://127.0.0.1:8000/v1"\nconcurrency = 4\nretries = 3\n')
 
 
+def sql_rule() -> None:
+    put("sql_rule", "where", b"LICENSE IS NOT NULL AND lower(NSFW) IN ('unlikely', 'none')")
+    put("sql_rule", "arith", b"WIDTH * 2 % 3 BETWEEN -1 AND abs(score) OR NOT flag")
+    put("sql_rule", "like", b"URL ILIKE 'http%' AND length(URL) > 5 AND score IS NULL")
+
+
 if __name__ == "__main__":
     metadata()
     tar()
     image()
     caption_answer()
     config()
+    sql_rule()
     print(f"seeds written under {CORPUS}")

@@ -65,43 +65,33 @@ fn shipped_configs_validate_and_bad_ones_are_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[sample]\ntop_p = 2.0\n").unwrap();
-    let out = llamagen(dir.path())
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    // `config check` of one config text.
+    let check = |text: &str| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, text).unwrap();
+        llamagen(dir.path())
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check("[sample]\ntop_p = 2.0\n");
     assert!(!out.status.success());
     assert!(text(&out).contains("sample.top_p"), "{}", text(&out));
 
     // The metadata filter's own SQL rule is parsed at check time, and a bad one named.
-    std::fs::write(
-        &bad,
+    let out = check(
         "[ingest.metadata_filter]\nwhere = \"LICENSE IS NOT NULL AND WIDTH IN (SELECT 1)\"\n",
-    )
-    .unwrap();
-    let out = llamagen(dir.path())
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    );
     assert!(!out.status.success());
     assert!(
         text(&out).contains("metadata_filter.where") && text(&out).contains("not supported"),
         "{}",
         text(&out)
     );
-    std::fs::write(
-        &bad,
+    let out = check(
         "[ingest.metadata_filter]\nwhere = \"LICENSE IS NOT NULL AND lower(NSFW) = 'unlikely'\"\n",
-    )
-    .unwrap();
-    let out = llamagen(dir.path())
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    );
     assert!(out.status.success(), "{}", text(&out));
 
     let out = llamagen(dir.path())

@@ -25,6 +25,7 @@ use std::time::Instant;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use llamagen_ingest::config::IngestConfig;
 use llamagen_ingest::prepare::prepare;
+use llamagen_ingest::testing::XorShift as Rng;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -32,20 +33,6 @@ use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 const WORDS: [&str; 16] = [
@@ -59,7 +46,7 @@ fn sentence(rng: &mut Rng, words: usize) -> String {
         if i > 0 {
             s.push(' ');
         }
-        s.push_str(WORDS[(rng.next() % 16) as usize]);
+        s.push_str(WORDS[(rng.next_u64() % 16) as usize]);
     }
     s
 }
@@ -71,33 +58,33 @@ fn write_file(path: &Path, first: usize, n: usize, rng: &mut Rng) {
     let (mut widths, mut heights) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut scores: [Vec<f64>; 4] = Default::default();
     for i in first..first + n {
-        let r = rng.next() % 100;
+        let r = rng.next_u64() % 100;
         urls.push(match r {
             0 => None,
             1 => Some("ftp://files.example.org/x.jpg".to_owned()),
             2 | 3 => Some(format!(
                 "https://cdn.example.com/popular/{}.jpg",
-                rng.next() % 5_000
+                rng.next_u64() % 5_000
             )),
             _ => Some(format!(
                 "https://img{}.example{}.com/images/{:x}/{i}.jpg",
-                rng.next() % 100,
-                rng.next() % 1_000,
-                rng.next() % (1 << 20)
+                rng.next_u64() % 100,
+                rng.next_u64() % 1_000,
+                rng.next_u64() % (1 << 20)
             )),
         });
-        let words = 6 + (rng.next() % 14) as usize;
+        let words = 6 + (rng.next_u64() % 14) as usize;
         texts.push(sentence(rng, words));
         tops.push(sentence(rng, 8));
         let size = |rng: &mut Rng| {
-            (!rng.next().is_multiple_of(40)).then(|| 100 + (rng.next() % 1_900) as i64)
+            (!rng.next_u64().is_multiple_of(40)).then(|| 100 + (rng.next_u64() % 1_900) as i64)
         };
         widths.push(size(rng));
         heights.push(size(rng));
         scores[0].push(rng.uniform(0.2, 0.4));
         scores[1].push(rng.uniform(0.0, 1.0));
         scores[2].push(rng.uniform(0.0, 0.6));
-        scores[3].push(if rng.next().is_multiple_of(200) {
+        scores[3].push(if rng.next_u64().is_multiple_of(200) {
             f64::NAN
         } else {
             rng.uniform(3.5, 7.0)
@@ -151,7 +138,7 @@ fn corpus(rows: usize, files: usize) -> Vec<PathBuf> {
             let n = per.min(rows - first);
             // Each file has its own generator state, so a file is the same whether or not
             // the ones before it were written in this run.
-            let mut file_rng = Rng(rng.next() | 1);
+            let mut file_rng = Rng(rng.next_u64() | 1);
             if !path.exists() {
                 eprintln!("writing {} ({n} rows)", path.display());
                 write_file(&path, first, n, &mut file_rng);

@@ -153,16 +153,19 @@ impl ReadSpec {
 
 /// How many row groups a metadata file has.
 pub fn row_groups(path: &Path) -> Result<usize, IngestError> {
+    Ok(open_parquet(path)?.metadata().num_row_groups())
+}
+
+/// The file's footer read, a decoder panic on a malformed one turned into an error.
+fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, IngestError> {
     let bad = |problem: String| IngestError::Metadata {
         path: path.to_owned(),
         problem,
     };
     let file = File::open(path).map_err(|e| bad(e.to_string()))?;
-    let builder =
-        llamagen_shards::table::guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
-            .map_err(bad)?
-            .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
-    Ok(builder.metadata().num_row_groups())
+    llamagen_shards::table::guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
+        .map_err(bad)?
+        .map_err(|e| bad(format!("not a readable parquet file: {e}")))
 }
 
 /// One metadata file, read batch by batch.
@@ -189,11 +192,7 @@ impl MetadataReader {
             path: path.to_owned(),
             problem,
         };
-        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
-        let builder =
-            llamagen_shards::table::guarded(|| ParquetRecordBatchReaderBuilder::try_new(file))
-                .map_err(bad)?
-                .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+        let builder = open_parquet(path)?;
         let schema = builder.schema().clone();
         let has = |name: &str| schema.index_of(name).is_ok();
         let names = || {

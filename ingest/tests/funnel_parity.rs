@@ -12,26 +12,9 @@ use llamagen_ingest::config::{IngestConfig, MetadataFilter};
 use llamagen_ingest::filter::Rule;
 use llamagen_ingest::prepare::{prepare, read_shard};
 use llamagen_ingest::reader::MetaRow;
+use llamagen_ingest::testing::XorShift as Rng;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-
-/// xorshift64*: the test's rows are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// One generated row with the extra column the `where` rule reads.
 struct Row {
