@@ -110,7 +110,7 @@ impl MetaBatch {
             vec![],
             &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )
-        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::new(arrow_schema::Schema::empty())));
+        .expect("a batch without columns takes any row count");
         MetaBatch {
             urls: Some(urls),
             captions: Some(captions),
@@ -275,6 +275,7 @@ impl MetadataReader {
         for (slot, name) in scores.iter_mut().zip(SCORE_COLUMNS) {
             *slot = number(name)?;
         }
+        // A projection keeps the row count, also with no columns.
         let extra = batch
             .project(
                 &self
@@ -285,16 +286,6 @@ impl MetadataReader {
                     .collect::<Vec<_>>(),
             )
             .map_err(|e| bad(e.to_string()))?;
-        let extra = if extra.num_columns() == 0 {
-            RecordBatch::try_new_with_options(
-                Arc::new(arrow_schema::Schema::empty()),
-                vec![],
-                &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-            )
-            .map_err(|e| bad(e.to_string()))?
-        } else {
-            extra
-        };
         Ok(MetaBatch {
             urls: text(&self.spec.url_column)?,
             captions: text(&self.spec.caption_column)?,

@@ -374,12 +374,15 @@ impl Val {
     fn expand(self, n: usize) -> Result<ArrayRef, String> {
         match self {
             Val::Array(a) => Ok(a),
-            Val::Scalar(a) => {
-                let indices = UInt32Array::from(vec![0u32; n]);
-                arrow_select::take::take(&a, &indices, None).map_err(|e| e.to_string())
-            }
+            Val::Scalar(a) => repeat_first(&a, n),
         }
     }
+}
+
+/// `n` copies of the first value of `a`.
+fn repeat_first(a: &dyn Array, n: usize) -> Result<ArrayRef, String> {
+    let indices = UInt32Array::from(vec![0u32; n]);
+    arrow_select::take::take(a, &indices, None).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -458,30 +461,19 @@ fn eval(node: &Node, batch: &RecordBatch) -> Result<Val, String> {
         }
         Node::And(a, b) | Node::Or(a, b) => {
             let (va, vb) = (eval(a, batch)?, eval(b, batch)?);
-            let n = if matches!((&va, &vb), (Val::Scalar(_), Val::Scalar(_))) {
-                1
-            } else {
-                batch.num_rows()
-            };
-            let op = if matches!(node, Node::And(..)) {
-                "AND"
-            } else {
-                "OR"
-            };
+            let and = matches!(node, Node::And(..));
+            let op = if and { "AND" } else { "OR" };
             let scalar = matches!((&va, &vb), (Val::Scalar(_), Val::Scalar(_)));
-            let (la, lb) = (boolean(&va, op)?, boolean(&vb, op)?);
-            let (la, lb) = (widen(la, n)?, widen(lb, n)?);
-            let out = if op == "AND" {
+            let n = if scalar { 1 } else { batch.num_rows() };
+            let la = widen(boolean(&va, op)?, n)?;
+            let lb = widen(boolean(&vb, op)?, n)?;
+            let out = if and {
                 arrow_arith::boolean::and_kleene(&la, &lb)
             } else {
                 arrow_arith::boolean::or_kleene(&la, &lb)
             }
             .map_err(|e| e.to_string())?;
-            if scalar {
-                Val::Scalar(Arc::new(out))
-            } else {
-                Val::Array(Arc::new(out))
-            }
+            va.same_shape(Some(&vb), Arc::new(out))
         }
         Node::Compare(a, op, b) => {
             let (va, vb) = (eval(a, batch)?, eval(b, batch)?);
@@ -631,9 +623,7 @@ fn widen(a: BooleanArray, n: usize) -> Result<BooleanArray, String> {
     if a.len() == n {
         return Ok(a);
     }
-    let indices = UInt32Array::from(vec![0u32; n]);
-    let taken = arrow_select::take::take(&a, &indices, None).map_err(|e| e.to_string())?;
-    Ok(taken.as_boolean().clone())
+    Ok(repeat_first(&a, n)?.as_boolean().clone())
 }
 
 #[cfg(test)]
