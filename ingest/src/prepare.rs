@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::IngestError;
 use crate::config::IngestConfig;
 use crate::filter::{Filter, Funnel, Rules, Screened};
-use crate::reader::{MetaRow, MetadataReader, ReadSpec, row_groups, write_metadata};
+use crate::reader::{MetaRow, MetadataReader, ReadSpec, write_metadata};
 
 /// Rows per record batch while screening.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -127,7 +127,7 @@ pub fn prepare(
         for column in &reader.missing {
             missing_columns.push((path.display().to_string(), column.clone()));
         }
-        units.extend((0..row_groups(path)?).map(|group| (path.as_path(), group)));
+        units.extend((0..reader.row_groups).map(|group| (path.as_path(), group)));
     }
     if let Some(f) = filter.as_mut() {
         let rules = f.rules();

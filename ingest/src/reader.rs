@@ -1,7 +1,7 @@
 //! Reads LAION-COCO metadata parquet in record batches (bounded memory: one batch of the
 //! projected columns at a time), whatever numeric and string types a file uses. A file can be
 //! read whole or a few row groups at a time, so that preparation decodes row groups on every
-//! core ([`row_groups`], [`ReadSpec::row_groups`]).
+//! core ([`MetadataReader::row_groups`], [`ReadSpec::row_groups`]).
 //!
 //! Columns as LAION-COCO publishes them: the URL and caption columns are configurable
 //! (`url_column`, `caption_column`: `TEXT` is the alt text, `top_caption` BLIP's caption);
@@ -151,11 +151,6 @@ impl ReadSpec {
     }
 }
 
-/// How many row groups a metadata file has.
-pub fn row_groups(path: &Path) -> Result<usize, IngestError> {
-    Ok(open_parquet(path)?.metadata().num_row_groups())
-}
-
 /// The file's footer read, a decoder panic on a malformed one turned into an error.
 fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, IngestError> {
     let bad = |problem: String| IngestError::Metadata {
@@ -175,6 +170,8 @@ pub struct MetadataReader {
     spec: ReadSpec,
     /// Optional columns this file lacks.
     pub missing: Vec<String>,
+    /// Row groups in the whole file (whatever [`ReadSpec::row_groups`] selects).
+    pub row_groups: usize,
 }
 
 impl MetadataReader {
@@ -193,6 +190,7 @@ impl MetadataReader {
             problem,
         };
         let builder = open_parquet(path)?;
+        let row_groups = builder.metadata().num_row_groups();
         let schema = builder.schema().clone();
         let has = |name: &str| schema.index_of(name).is_ok();
         let names = || {
@@ -233,10 +231,9 @@ impl MetadataReader {
             .with_projection(mask)
             .with_batch_size(spec.batch_rows.max(1));
         if let Some(groups) = &spec.row_groups {
-            let count = builder.metadata().num_row_groups();
-            if let Some(g) = groups.iter().find(|&&g| g >= count) {
+            if let Some(g) = groups.iter().find(|&&g| g >= row_groups) {
                 return Err(bad(format!(
-                    "row group {g} asked for, the file has {count}"
+                    "row group {g} asked for, the file has {row_groups}"
                 )));
             }
             builder = builder.with_row_groups(groups.clone());
@@ -247,6 +244,7 @@ impl MetadataReader {
             batches,
             spec: spec.clone(),
             missing,
+            row_groups,
         })
     }
 
