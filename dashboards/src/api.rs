@@ -51,8 +51,11 @@ pub struct ModelData {
     /// At the latest evaluated checkpoint.
     pub fid_by_cfg: Vec<Point>,
     pub is_by_cfg: Vec<Point>,
-    /// Training loss, averaged into at most 400 points per training run.
+    /// Training loss, the gradient norm before clipping and tokens/s, each averaged into at
+    /// most 400 points per training run.
     pub loss: Vec<Point>,
+    pub grad_norm: Vec<Point>,
+    pub tokens_per_s: Vec<Point>,
     pub samples: Vec<SampleImage>,
     /// The model's best 50 evaluations.
     pub evaluations: Vec<LeaderboardRow>,
@@ -82,7 +85,9 @@ pub async fn model_data(state: &AppState, id: i64) -> Result<ModelData, Dashboar
         fid_by_step: queries::metric_by_step(pool, id, fid).await?,
         fid_by_cfg: queries::metric_by_cfg(pool, id, fid).await?,
         is_by_cfg: queries::metric_by_cfg(pool, id, Metric::InceptionScore).await?,
-        loss: queries::training_loss(pool, id, 400).await?,
+        loss: queries::training_metric(pool, id, "loss", 400).await?,
+        grad_norm: queries::training_metric(pool, id, "grad_norm", 400).await?,
+        tokens_per_s: queries::training_metric(pool, id, "tokens_per_s", 400).await?,
         samples,
         evaluations,
         model,

@@ -364,6 +364,20 @@ pub async fn model(
             &data.is_by_cfg,
         ),
         chart("loss", "training loss", "step", "loss", &data.loss),
+        chart(
+            "grad-norm",
+            "gradient norm before clipping",
+            "step",
+            "norm",
+            &data.grad_norm,
+        ),
+        chart(
+            "tokens",
+            "training speed",
+            "step",
+            "tokens/s",
+            &data.tokens_per_s,
+        ),
     ]
     .into_iter()
     .flatten()

@@ -399,21 +399,23 @@ pub async fn metric_by_cfg(
     .await
 }
 
-/// The training loss of every training run of the model, averaged into at most `buckets`
-/// step ranges per run so a million-step curve stays a light page.
-pub async fn training_loss(
+/// One logged training metric (`loss`, `grad_norm`, `tokens_per_s`) of every training run of
+/// the model, averaged into at most `buckets` step ranges per run so a million-step curve stays
+/// a light page.
+pub async fn training_metric(
     pool: &PgPool,
     model_id: i64,
+    name: &str,
     buckets: i32,
 ) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(
         "WITH runs AS (
             SELECT t.id, min(tm.step) AS lo, max(tm.step) AS hi
             FROM training_runs t JOIN training_metrics tm ON tm.training_run_id = t.id
-            WHERE t.model_id = $1 AND tm.name = 'loss'
+            WHERE t.model_id = $1 AND tm.name = $3
             GROUP BY t.id)
          SELECT 'run ' || runs.id::text AS series, avg(tm.step)::float8 AS x, avg(tm.value) AS y
-         FROM runs JOIN training_metrics tm ON tm.training_run_id = runs.id AND tm.name = 'loss'
+         FROM runs JOIN training_metrics tm ON tm.training_run_id = runs.id AND tm.name = $3
          GROUP BY runs.id,
                   CASE WHEN runs.hi = runs.lo THEN 0
                        ELSE floor((tm.step - runs.lo)::float8 * $2 / (runs.hi - runs.lo + 1)) END
@@ -421,6 +423,7 @@ pub async fn training_loss(
     )
     .bind(model_id)
     .bind(buckets)
+    .bind(name)
     .fetch_all(pool)
     .await
 }

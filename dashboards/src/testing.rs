@@ -140,15 +140,19 @@ pub async fn seed(
     .execute(pool)
     .await?;
 
-    // A training run per generator with a falling loss curve.
+    // A training run per generator with a falling loss curve, its gradient norm and speed.
     sqlx::query(
         "WITH t AS (
             INSERT INTO training_runs (model_id, status, config, seed, global_batch)
             SELECT id, 'succeeded', '{}', 0, 256 FROM models WHERE kind = 'generator'
             RETURNING id, model_id)
          INSERT INTO training_metrics (training_run_id, step, name, value)
-         SELECT t.id, s * 100, 'loss', 9.7 * exp(-s / 300.0) + 6.0 + (s % 7) / 50.0
-         FROM t, generate_series(0, $1 * 100) s",
+         SELECT t.id, s * 100, x.name, CASE x.name
+             WHEN 'loss' THEN 9.7 * exp(-s / 300.0) + 6.0 + (s % 7) / 50.0
+             WHEN 'grad_norm' THEN 0.4 + 2.0 * exp(-s / 100.0) + (s % 5) / 40.0
+             ELSE 228000.0 + (s % 11) * 500.0 END
+         FROM t, generate_series(0, $1 * 100) s,
+              (VALUES ('loss'), ('grad_norm'), ('tokens_per_s')) x(name)",
     )
     .bind(checkpoints)
     .execute(pool)

@@ -237,10 +237,12 @@ impl RmsNorm {
         }
     }
 
-    /// Normalises in f32 whatever the activation dtype, then scales in the activation dtype.
+    /// Normalises in f32 (f64 for f64 activations) whatever the activation dtype, then scales
+    /// in the activation dtype.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let norm = &xf * (xf.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
+        let kind = upcast(x.kind());
+        let xf = x.to_kind(kind);
+        let norm = &xf * (xf.square().mean_dim(-1, true, kind) + self.eps).rsqrt();
         norm.to_kind(x.kind()) * &self.weight
     }
 }
@@ -658,7 +660,7 @@ impl Gpt {
         self.norm
             .forward(h)
             .linear::<Tensor>(&self.output, None)
-            .to_kind(Kind::Float)
+            .to_kind(upcast(h.kind()))
     }
 
     /// Teacher-forced pass over the prefix followed by `tokens`.
@@ -720,7 +722,9 @@ impl Gpt {
         let flat = logits.reshape([-1, self.config.vocab_size]);
         let targets = codes.reshape([-1]);
         let loss = match valid {
-            None => flat.cross_entropy_for_logits(&targets),
+            // tch's `cross_entropy_for_logits` takes the log-softmax in float32 whatever the
+            // logits' kind; the head already made them float32 (float64 in the fp64 mode).
+            None => flat.log_softmax(-1, flat.kind()).nll_loss(&targets),
             Some(valid) => {
                 let per_token = flat.cross_entropy_loss::<Tensor>(
                     &targets,
@@ -729,12 +733,13 @@ impl Gpt {
                     -100,
                     0.0,
                 );
+                let kind = per_token.kind();
                 let weights = valid
-                    .to_kind(Kind::Float)
+                    .to_kind(kind)
                     .unsqueeze(1)
                     .expand([-1, n], false)
                     .reshape([-1]);
-                (per_token * &weights).sum(Kind::Float) / weights.sum(Kind::Float).clamp_min(1.0)
+                (per_token * &weights).sum(kind) / weights.sum(kind).clamp_min(1.0)
             }
         };
         Ok((logits, loss))
@@ -878,15 +883,26 @@ pub fn rope_2d(grid: i64, head_dim: i64, base: f64, prefix: i64) -> Tensor {
     )
 }
 
-/// Rotates pairs (x[2i], x[2i+1]) of x: [B, L, H, Dh] by rope: [L, Dh/2, 2], computing in f32.
+/// Rotates pairs (x[2i], x[2i+1]) of x: [B, L, H, Dh] by rope: [L, Dh/2, 2], computing in f32
+/// (f64 for f64 activations).
 fn apply_rope(x: &Tensor, rope: &Tensor) -> Tensor {
     let (b, l, h, d) = x.size4().expect("rope input is [B, L, H, Dh]");
-    let pairs = x.to_kind(Kind::Float).reshape([b, l, h, d / 2, 2]);
+    let pairs = x.to_kind(upcast(x.kind())).reshape([b, l, h, d / 2, 2]);
     let rope = rope.view([1, l, 1, d / 2, 2]);
     let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
     let (cos, sin) = (rope.select(-1, 0), rope.select(-1, 1));
     let rotated = Tensor::stack(&[&x0 * &cos - &x1 * &sin, &x1 * &cos + &x0 * &sin], -1);
     rotated.flatten(3, -1).to_kind(x.kind())
+}
+
+/// The kind LlamaGen's `.float()` casts to: float32, except that float64 activations (the
+/// trainer's fp64 mode, for checking) stay float64 rather than lose precision.
+fn upcast(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ pub enum ModelError {
     Config(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// A data-parallel collective failed (a rank died or timed out).
+    #[error("data parallelism: {0}")]
+    Replicas(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

@@ -86,16 +86,8 @@ impl AdamW {
 /// `clip_grad_norm_`, including its 1e-6 guard). Returns the norm before clipping.
 pub(crate) fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -> f64 {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .values()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        let total = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
+        let grads = defined_grads(params);
+        let total = norm(&grads);
         let coef = max_norm / (total + 1e-6);
         if coef < 1.0 {
             for mut g in grads {
@@ -104,6 +96,27 @@ pub(crate) fn clip_grad_norm(params: &BTreeMap<String, Tensor>, max_norm: f64) -
         }
         total
     })
+}
+
+/// The joint L2 norm of all gradients, as [`clip_grad_norm`] measures it, without clipping.
+pub(crate) fn grad_norm(params: &BTreeMap<String, Tensor>) -> f64 {
+    tch::no_grad(|| norm(&defined_grads(params)))
+}
+
+fn defined_grads(params: &BTreeMap<String, Tensor>) -> Vec<Tensor> {
+    params
+        .values()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect()
+}
+
+fn norm(grads: &[Tensor]) -> f64 {
+    grads
+        .iter()
+        .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The trainable variables of `vs` by name.

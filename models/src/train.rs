@@ -22,7 +22,7 @@ use crate::ModelError;
 use crate::checkpoint;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::{
-    AdamW, AdamWSettings, clip_grad_norm, ema_copy, trainable, update_ema, zero_grads,
+    AdamW, AdamWSettings, clip_grad_norm, ema_copy, grad_norm, trainable, update_ema, zero_grads,
 };
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
@@ -62,6 +62,10 @@ pub enum MixedPrecision {
     None,
     /// bf16 autocast (see [`crate::autocast`]).
     Bf16,
+    /// Weights, optimizer state and arithmetic in float64 on any device: for checking that two
+    /// ways of training compute the same thing (data parallelism against one process, say)
+    /// without float32's rounding, which Adam amplifies where a gradient nearly cancels.
+    Fp64,
 }
 
 impl std::str::FromStr for MixedPrecision {
@@ -70,7 +74,8 @@ impl std::str::FromStr for MixedPrecision {
         match s {
             "none" | "fp32" => Ok(MixedPrecision::None),
             "bf16" => Ok(MixedPrecision::Bf16),
-            other => Err(format!("mixed precision is none or bf16, got {other:?}")),
+            "fp64" => Ok(MixedPrecision::Fp64),
+            other => Err(format!("precision is bf16, fp32 or fp64, got {other:?}")),
         }
     }
 }
@@ -165,6 +170,15 @@ pub fn caption_mask(lengths: &Tensor, prefix: i64, n: i64) -> Tensor {
         .unsqueeze(1)
 }
 
+/// The ranks of a data-parallel run as the trainer needs them (the pipeline implements it over
+/// `llamagen_distributed::ProcessGroup`).
+pub trait Replicas {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Replaces each tensor with its mean over the ranks; every rank passes the same shapes.
+    fn mean(&self, tensors: &[Tensor]) -> Result<(), String>;
+}
+
 /// A GPT, its optimizer and its position in the run.
 pub struct Trainer {
     pub gpt: Gpt,
@@ -174,6 +188,9 @@ pub struct Trainer {
     pub step: i64,
     /// Image tokens the model has been trained to predict.
     pub tokens_seen: i64,
+    /// The gradient's L2 norm at the last step, before clipping (over all ranks' samples in a
+    /// data-parallel run).
+    pub last_grad_norm: f64,
     params: BTreeMap<String, Tensor>,
     optimizer: AdamW,
     /// Exponential moving average of the parameters (LlamaGen's `--ema`), if kept.
@@ -188,8 +205,12 @@ impl Trainer {
         device: tch::Device,
     ) -> Result<Self, ModelError> {
         tch::manual_seed(config.seed);
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(device);
         let gpt = Gpt::new(&vs.root(), gpt_config)?;
+        if config.mixed_precision == MixedPrecision::Fp64 {
+            // Converted in place: the GPT's handles on its variables see float64 too.
+            vs.double();
+        }
         let params = trainable(&vs);
         let optimizer = AdamW::new(&params);
         let ema = (config.ema_decay > 0.0).then(|| ema_copy(&params));
@@ -199,10 +220,24 @@ impl Trainer {
             config,
             step: 0,
             tokens_seen: 0,
+            last_grad_norm: f64::NAN,
             params,
             optimizer,
             ema,
         })
+    }
+
+    /// Starts from earlier weights (`--init-from`): a checkpoint of this trainer or converted
+    /// LlamaGen weights, checked strictly by name and shape. The optimizer, the step and the
+    /// EMA start afresh (the EMA at the loaded weights). The GPT's 2D RoPE table is computed,
+    /// not stored, so weights trained at one image size load at another, as the paper's 512 px
+    /// text-to-image stage starts from its 256 px model.
+    pub fn init_from(&mut self, weights: &Path) -> Result<(), ModelError> {
+        crate::weights::load_strict(&self.vs, weights)?;
+        if let Some(ema) = &mut self.ema {
+            update_ema(ema, &self.params, 0.0);
+        }
+        Ok(())
     }
 
     /// One optimizer step over `micro_batches` of (cond [B] or [B, T, C], codes [B, N]), whose
@@ -214,26 +249,64 @@ impl Trainer {
 
     /// [`Trainer::train_step`] for micro-batches that may carry caption masks and weights.
     pub fn train_step_on(&mut self, micro_batches: &[MicroBatch]) -> Result<f64, ModelError> {
+        self.step_with(micro_batches, None)
+    }
+
+    /// One data-parallel step: this rank's share of each micro-batch (rank r of W holding
+    /// samples r*B .. (r+1)*B of a global micro-batch of W*B), gradients averaged over the
+    /// ranks before clipping, so that every rank makes the same update as one process would on
+    /// the global micro-batches. Returns this rank's mean loss.
+    pub fn train_step_replicated(
+        &mut self,
+        micro_batches: &[MicroBatch],
+        replicas: &dyn Replicas,
+    ) -> Result<f64, ModelError> {
+        self.step_with(micro_batches, Some(replicas))
+    }
+
+    fn step_with(
+        &mut self,
+        micro_batches: &[MicroBatch],
+        replicas: Option<&dyn Replicas>,
+    ) -> Result<f64, ModelError> {
         if micro_batches.is_empty() {
             return Err(ModelError::Input("no micro-batches".into()));
         }
-        tch::manual_seed(
-            self.config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(self.step),
-        );
+        let (rank, world) = replicas.map_or((0, 1), |r| (r.rank() as i64, r.world() as i64));
+        let step_seed = self
+            .config
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(self.step);
+        tch::manual_seed(step_seed);
+        // Condition dropout is drawn for the global micro-batch and each rank takes its slice, so
+        // that the ranks drop exactly the samples one process would.
+        let drops: Vec<Tensor> = micro_batches
+            .iter()
+            .map(|batch| {
+                let b = batch.codes.size()[0];
+                Tensor::rand([b * world], (Kind::Float, batch.cond.device()))
+                    .narrow(0, rank * b, b)
+                    .lt(self.gpt.config.class_dropout_prob)
+            })
+            .collect();
+        // Dropout inside the network: a stream per rank (rank 0's is the single process's), as
+        // PyTorch's DDP runs seed each rank apart.
+        tch::manual_seed(step_seed.wrapping_add(rank.wrapping_mul(0x9E37_79B9)));
         zero_grads(&mut self.params);
         let mut total = 0.0;
         let share = 1.0 / micro_batches.len() as f64;
         let bf16 =
             self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
-        for batch in micro_batches {
-            let (cond, codes) = (&batch.cond, &batch.codes);
-            let b = codes.size()[0];
-            let drop = Tensor::rand([b], (Kind::Float, cond.device()))
-                .lt(self.gpt.config.class_dropout_prob);
-            let cond = self.gpt.drop_condition(cond, &drop);
+        let fp64 = self.config.mixed_precision == MixedPrecision::Fp64;
+        for (batch, drop) in micro_batches.iter().zip(&drops) {
+            let codes = &batch.codes;
+            let cond = if fp64 && batch.cond.is_floating_point() {
+                &batch.cond.to_kind(Kind::Double)
+            } else {
+                &batch.cond
+            };
+            let cond = self.gpt.drop_condition(cond, drop);
             let mask = batch.caption_lengths.as_ref().map(|lengths| {
                 caption_mask(lengths, self.gpt.config.cls_token_num, codes.size()[1])
             });
@@ -255,11 +328,17 @@ impl Trainer {
             }
             (loss * share).backward();
             total += value * share;
-            self.tokens_seen += codes.numel() as i64;
+            self.tokens_seen += codes.numel() as i64 * world;
         }
-        if self.config.grad_clip > 0.0 {
-            clip_grad_norm(&self.params, self.config.grad_clip);
+        if let Some(replicas) = replicas {
+            let grads: Vec<Tensor> = self.params.values().map(Tensor::grad).collect();
+            replicas.mean(&grads).map_err(ModelError::Replicas)?;
         }
+        self.last_grad_norm = if self.config.grad_clip > 0.0 {
+            clip_grad_norm(&self.params, self.config.grad_clip)
+        } else {
+            grad_norm(&self.params)
+        };
         self.step += 1;
         let lr = self.config.lr_at(self.step - 1);
         self.optimizer

@@ -135,6 +135,11 @@ impl VqTrainer {
         lpips: &Path,
         device: tch::Device,
     ) -> Result<Self, ModelError> {
+        if config.mixed_precision == MixedPrecision::Fp64 {
+            return Err(ModelError::Config(
+                "the tokenizer trains in bf16 or fp32; fp64 is the GPT trainer's".into(),
+            ));
+        }
         let lpips_sha256 = checkpoint::sha256_file(lpips)?;
         let (lpips_vs, lpips) = Lpips::load(lpips, device)?;
         tch::manual_seed(config.seed);

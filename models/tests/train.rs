@@ -284,3 +284,44 @@ fn learning_rate_warms_up_then_holds_or_follows_a_cosine() {
     assert!((cosine.lr_at(9) - 0.5).abs() < 1e-12, "half-way");
     assert!(cosine.lr_at(14).abs() < 1e-12 && cosine.lr_at(100).abs() < 1e-12);
 }
+
+#[test]
+fn init_from_starts_a_larger_image_size_from_trained_weights() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.safetensors");
+    let mut small = Trainer::new(tiny(), config(), Device::Cpu).unwrap();
+    for step in 0..3 {
+        small.train_step(&batches(step)).unwrap();
+    }
+    small.save(&path).unwrap();
+
+    // 8 x 8 tokens instead of 4 x 4: the same weights, a fresh optimizer and step.
+    let mut larger = tiny();
+    larger.block_size = 64;
+    let with_ema = TrainConfig {
+        ema_decay: 0.5,
+        ..config()
+    };
+    let mut stage_two = Trainer::new(larger, with_ema, Device::Cpu).unwrap();
+    stage_two.init_from(&path).unwrap();
+    assert_eq!((stage_two.step, stage_two.tokens_seen), (0, 0));
+    let trained = small.vs.variables();
+    for (name, t) in stage_two.vs.variables() {
+        assert!(t.equal(&trained[&name]), "{name} not loaded");
+        assert!(stage_two.ema().unwrap()[&name].equal(&t), "EMA of {name}");
+    }
+    let codes = Tensor::arange(64, (Kind::Int64, Device::Cpu))
+        .remainder(VOCAB)
+        .repeat([4, 1]);
+    let classes = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let loss = stage_two.train_step(&[(classes, codes)]).unwrap();
+    assert!(loss.is_finite() && stage_two.step == 1, "{loss}");
+
+    // Another architecture is refused by name and shape.
+    let mut wider = tiny();
+    wider.dim = 128;
+    let mut other = Trainer::new(wider, config(), Device::Cpu).unwrap();
+    let err = other.init_from(&path).unwrap_err().to_string();
+    assert!(err.contains("file [") && err.contains("model ["), "{err}");
+}

@@ -321,6 +321,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Checkpoint folder (relative paths are under the data folder).
     pub output: String,
+    /// Weights a fresh run starts from (a checkpoint of any image size, or converted LlamaGen
+    /// weights), with a fresh optimizer; empty for a random initialisation.
+    pub init_from: String,
 }
 
 impl Default for TrainConfig {
@@ -343,6 +346,7 @@ impl Default for TrainConfig {
             log_every: 100,
             seed: 0,
             output: "checkpoints".into(),
+            init_from: String::new(),
         }
     }
 }

@@ -20,9 +20,10 @@ use std::time::Instant;
 use crate::config::{LrSchedule, Precision};
 use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 use anyhow::{Context as _, bail};
+use llamagen_distributed::{ProcessGroup, Rendezvous};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
-use llamagen_models::train::{MicroBatch, MixedPrecision, TrainConfig, Trainer};
+use llamagen_models::train::{MicroBatch, MixedPrecision, Replicas, TrainConfig, Trainer};
 use llamagen_store::results::NewModel;
 use ndarray::{ArrayD, IxDyn};
 use tch::Tensor;
@@ -113,13 +114,19 @@ pub struct TrainArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// bf16 (autocast of the forward pass on CUDA, LlamaGen's default) or fp32, as `sample
-    /// --precision` and the config's `train.precision` spell it; the CPU always computes in
-    /// fp32. A resumed run keeps the setting it started with.
+    /// --precision` and the config's `train.precision` spell it; the CPU computes bf16 runs in
+    /// fp32. fp64 keeps weights, optimizer and arithmetic in float64, for checking (data
+    /// parallelism against one process, say). A resumed run keeps the setting it started with.
     #[arg(long = "precision", alias = "mixed-precision", default_value = "bf16")]
     pub mixed_precision: MixedPrecision,
     /// Checkpoint folder; a run resumes from its newest checkpoint.
     #[arg(long)]
     pub out: PathBuf,
+    /// Weights a fresh run starts from, with a fresh optimizer and step: a checkpoint of any
+    /// image size (the paper's 512 px stage from its 256 px model) or converted LlamaGen
+    /// weights. Ignored when --out has a checkpoint to resume from.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Leaderboard name of the model being trained.
     #[arg(long)]
     pub model: String,
@@ -286,6 +293,7 @@ pub fn args_from_config(
         },
         out,
         model: config.trained_model_name(),
+        init_from: (!t.init_from.is_empty()).then(|| under(&t.init_from)),
         no_record: false,
         json: false,
     })
@@ -432,7 +440,29 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     {
         bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
     }
-    let device = crate::sample::device(&args.device)?;
+    let group = match Rendezvous::from_env()? {
+        Some(rendezvous) => Some(ProcessGroup::gloo(&rendezvous)?),
+        None => None,
+    };
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
+    if !args
+        .global_batch_size
+        .is_multiple_of(args.gradient_accumulation * world)
+    {
+        bail!(
+            "--global-batch-size {} does not split into {} micro-batches on each of {world} ranks",
+            args.global_batch_size,
+            args.gradient_accumulation
+        );
+    }
+    let device = match crate::sample::device(&args.device)? {
+        // One GPU per rank of this host.
+        tch::Device::Cuda(_) => {
+            let local = group.as_ref().map_or(0, |_| local_rank());
+            tch::Device::Cuda(local)
+        }
+        cpu => cpu,
+    };
     let mut data = Source::open(args)?;
     let conditioning = if args.t5.is_some() {
         Conditioning::Text
@@ -479,9 +509,19 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                 ..TrainConfig::default()
             };
             std::fs::create_dir_all(&args.out)?;
-            Trainer::new(gpt, config, device)?
+            let mut trainer = Trainer::new(gpt, config, device)?;
+            if let Some(init) = &args.init_from {
+                trainer
+                    .init_from(init)
+                    .with_context(|| format!("--init-from {}", init.display()))?;
+                println!("starting from the weights of {}", init.display());
+            }
+            trainer
         }
     };
+    if let Some(group) = &group {
+        agree_on_the_start(group, &trainer)?;
+    }
     let gpt_config = trainer.gpt.config.clone();
     if gpt_config.conditioning != conditioning {
         bail!(
@@ -500,8 +540,10 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         "t5": args.t5.as_ref().map(|t| t.display().to_string()),
         "global_batch_size": args.global_batch_size,
         "gradient_accumulation": args.gradient_accumulation,
+        "init_from": args.init_from.as_ref().map(|p| p.display().to_string()),
     });
-    let record = if args.no_record {
+    // Rank 0 alone records the run and writes checkpoints: every rank holds the same weights.
+    let record = if args.no_record || rank != 0 {
         None
     } else {
         let size = args
@@ -538,8 +580,10 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     };
 
     let micro = args.global_batch_size / args.gradient_accumulation;
-    let started = Instant::now();
-    let first_step = trainer.step;
+    // Rank r takes the r-th contiguous share of each micro-batch.
+    let local = micro / world;
+    // The rate is measured over the steps since the last log line.
+    let mut last_log = (Instant::now(), trainer.step);
     let mut loss = f64::NAN;
     let mut result = Ok(());
     let mut order = EpochOrder(None);
@@ -548,50 +592,88 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     // write a checkpoint, record the run as cancelled, exit 143.
     let stop = crate::signals::StopSignal::listen();
     let mut stopped = false;
-    let bar = crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps");
+    let bar = if rank == 0 {
+        crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     while trainer.step < args.max_steps {
         let step = trainer.step;
         let position = step as u64 * args.global_batch_size as u64;
         let mut batches = Vec::with_capacity(args.gradient_accumulation);
         for m in 0..args.gradient_accumulation {
-            let first = position + (m * micro) as u64;
+            let first = position + (m * micro + rank * local) as u64;
             batches.push(micro_batch(
                 &mut data,
                 &mut order,
-                first..first + micro as u64,
+                first..first + local as u64,
                 tokens,
                 text,
                 trainer.config.seed,
                 device,
             )?);
         }
-        loss = match trainer.train_step_on(&batches) {
+        let stepped = match &group {
+            Some(group) => trainer.train_step_replicated(&batches, &Ranks(group)),
+            None => trainer.train_step_on(&batches),
+        };
+        loss = match stepped {
             Ok(l) => l,
             Err(e) => {
                 result = Err(anyhow::Error::from(e));
                 break;
             }
         };
+        let mut stop_here = stop.requested();
+        if let Some(group) = &group {
+            // The logged loss is the global batch's, and a stop asked of any rank stops all of
+            // them at the same step (a launcher may signal one process first).
+            match group.sum_f64(&[loss, f64::from(u8::from(stop_here))]) {
+                Ok(sums) => {
+                    loss = sums[0] / world as f64;
+                    stop_here = sums[1] > 0.0;
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
         let done = trainer.step;
         bar.inc(1);
         bar.set_message(format!("loss {loss:.4}"));
         let epoch = (done as u64 * args.global_batch_size as u64) as f64 / len as f64;
-        if done % args.log_every == 0 || done == args.max_steps {
-            let rate = (done - first_step) as f64 * args.global_batch_size as f64 * tokens as f64
-                / started.elapsed().as_secs_f64();
+        if rank == 0 && (done % args.log_every == 0 || done == args.max_steps) {
+            let rate = (done - last_log.1) as f64 * args.global_batch_size as f64 * tokens as f64
+                / last_log.0.elapsed().as_secs_f64();
+            last_log = (Instant::now(), done);
+            let grad_norm = trainer.last_grad_norm;
             crate::progress::println(
                 &bar,
-                format!("step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  {rate:.0} tokens/s"),
+                format!(
+                    "step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  grad norm {grad_norm:.3}  {rate:.0} tokens/s"
+                ),
             );
             if let Some(record) = &record {
                 let lr = trainer.config.lr_at(done - 1);
                 record
-                    .log(done, &[("loss", loss), ("lr", lr), ("epoch", epoch)])
+                    .log(
+                        done,
+                        &[
+                            ("loss", loss),
+                            ("lr", lr),
+                            ("epoch", epoch),
+                            ("grad_norm", grad_norm),
+                            ("tokens_per_s", rate),
+                        ],
+                    )
                     .await?;
             }
         }
-        stopped = stop.requested() && done < args.max_steps;
-        if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
+        stopped = stop_here && done < args.max_steps;
+        let checkpoint =
+            done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped;
+        if checkpoint && rank == 0 {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
             let row = CheckpointRow {
@@ -609,6 +691,11 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         }
     }
     bar.finish_and_clear();
+    if let (Some(group), Ok(())) = (&group, &result) {
+        // Nobody leaves before rank 0's last checkpoint is in place: a launcher that sees one
+        // rank exit may stop the others.
+        result = group.barrier().map_err(anyhow::Error::from);
+    }
     end_run(record, &result, stopped, trainer.step).await?;
     result?;
     if loss.is_nan() {
@@ -624,6 +711,48 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         last_loss: (!loss.is_nan()).then_some(loss),
         checkpoint: checkpoints(&args.out)?.pop(),
     })
+}
+
+/// This host's rank (torchrun's `LOCAL_RANK`, Slurm's `SLURM_LOCALID`), the CUDA device it takes.
+fn local_rank() -> usize {
+    ["LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The trainer's view of the process group.
+struct Ranks<'a>(&'a ProcessGroup);
+
+impl Replicas for Ranks<'_> {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world(&self) -> usize {
+        self.0.world()
+    }
+    fn mean(&self, tensors: &[Tensor]) -> Result<(), String> {
+        self.0.all_reduce_mean(tensors).map_err(|e| e.to_string())
+    }
+}
+
+/// Checks that every rank starts from the same step (the same checkpoint), then gives every
+/// rank rank 0's weights, as PyTorch's DDP does when it wraps a model.
+fn agree_on_the_start(group: &ProcessGroup, trainer: &Trainer) -> anyhow::Result<()> {
+    let step = trainer.step as f64;
+    let sums = group.sum_f64(&[step, step * step])?;
+    let world = group.world() as f64;
+    if sums[0] != step * world || sums[1] != step * step * world {
+        bail!(
+            "the ranks start from different steps (this rank from {}); they must share --out",
+            trainer.step
+        );
+    }
+    for tensor in trainer.vs.trainable_variables() {
+        let _no_grad = tch::no_grad_guard();
+        group.broadcast(&tensor, 0)?;
+    }
+    Ok(())
 }
 
 /// The samples at run positions `positions` as one micro-batch on `device`.

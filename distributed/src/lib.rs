@@ -1,0 +1,523 @@
+//! Data-parallel collectives over libtorch's own c10d: a [`Rendezvous`] read from what a launcher
+//! puts in the environment (torchrun, Slurm's `srun`, a Kubernetes indexed Job), and a
+//! [`ProcessGroup`] on it that all-reduces, broadcasts and waits at barriers.
+//!
+//! The engine is PyTorch's: the TCPStore that `torch.distributed` meets at, and its Gloo backend
+//! (in `libtorch_cpu.so`), reached through a small C++ file compiled against the same libtorch
+//! (`src/c10d.cpp`; docs/architecture.md says why c10d rather than NCCL bindings of our own).
+//! The collectives run on CPU tensors, so the same code trains on two CPU processes in CI as on
+//! a cluster's hosts; CUDA tensors are staged through host memory (correct, and slow for large
+//! models: NCCL is the way to GPU speed, and is not bound yet).
+//!
+//! A [`ProcessGroup`] is used from one thread at a time per rank, as a training loop does; every
+//! rank must call the same collectives in the same order, and a rank that dies or stops calling
+//! makes the others' next collective fail (a closed connection at once, a hung peer after the
+//! rendezvous timeout), so that no rank waits for ever.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use tch::{Kind, Tensor};
+
+/// What goes wrong, with the launcher variable or the collective that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributedError {
+    #[error("data-parallel environment: {0}")]
+    Environment(String),
+    #[error("rendezvous at {host}:{port} as rank {rank} of {world}: {reason}")]
+    Rendezvous {
+        host: String,
+        port: u16,
+        rank: usize,
+        world: usize,
+        reason: String,
+    },
+    #[error("{operation} on rank {rank} of {world}: {reason}")]
+    Collective {
+        operation: &'static str,
+        rank: usize,
+        world: usize,
+        reason: String,
+    },
+}
+
+/// Where the ranks of a run meet and who this process is among them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// This process's rank, 0 ..= world - 1.
+    pub rank: usize,
+    pub world: usize,
+    /// Rank among the processes of this host (the GPU it takes).
+    pub local_rank: usize,
+    /// The TCPStore's host and port (`MASTER_ADDR`, `MASTER_PORT`).
+    pub host: String,
+    pub port: u16,
+    /// Whether this process hosts the store (rank 0, unless torchrun's agent hosts it).
+    pub host_store: bool,
+    /// Key prefix in the store, per launch attempt, so that a restarted job does not read the
+    /// previous attempt's keys.
+    pub prefix: String,
+    /// How long the rendezvous and each collective may wait for a peer.
+    pub timeout: Duration,
+}
+
+/// Collectives and the rendezvous wait this long for a peer unless `LLAMAGEN_DIST_TIMEOUT`
+/// (seconds) says otherwise; PyTorch's default for Gloo is the same 30 minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+impl Rendezvous {
+    /// The rendezvous a launcher described in this process's environment, or `None` for a
+    /// single process (no launcher, or a world of one).
+    pub fn from_env() -> Result<Option<Self>, DistributedError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Rendezvous::from_env`] over any variable lookup. Recognised, in order:
+    ///
+    /// - torchrun: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`; with
+    ///   `TORCHELASTIC_USE_AGENT_STORE=True` the agent hosts the store and every rank connects,
+    ///   under `TORCHELASTIC_RESTART_COUNT`'s attempt;
+    /// - Slurm's `srun`: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, with `MASTER_ADDR`
+    ///   and `MASTER_PORT` exported by the batch script;
+    /// - a Kubernetes indexed Job: `JOB_COMPLETION_INDEX` as the rank, with `WORLD_SIZE`,
+    ///   `MASTER_ADDR` and `MASTER_PORT` in the pod template.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, DistributedError> {
+        let number = |name: &str| -> Result<Option<usize>, DistributedError> {
+            var(name)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| {
+                        DistributedError::Environment(format!("{name}={v:?} is not a number"))
+                    })
+                })
+                .transpose()
+        };
+        let (rank, world, local_rank) = if let Some(rank) = number("RANK")? {
+            let world = number("WORLD_SIZE")?.ok_or_else(|| {
+                DistributedError::Environment("RANK is set but WORLD_SIZE is not".into())
+            })?;
+            (rank, world, number("LOCAL_RANK")?.unwrap_or(0))
+        } else if let Some(rank) = number("SLURM_PROCID")? {
+            let world = number("SLURM_NTASKS")?.unwrap_or(1);
+            (rank, world, number("SLURM_LOCALID")?.unwrap_or(0))
+        } else if let Some(rank) = number("JOB_COMPLETION_INDEX")? {
+            let world = number("WORLD_SIZE")?.ok_or_else(|| {
+                DistributedError::Environment(
+                    "JOB_COMPLETION_INDEX is set but WORLD_SIZE is not (the Job's completions)"
+                        .into(),
+                )
+            })?;
+            (rank, world, 0)
+        } else {
+            return Ok(None);
+        };
+        if world <= 1 {
+            return Ok(None);
+        }
+        if rank >= world {
+            return Err(DistributedError::Environment(format!(
+                "rank {rank} is not below the world size {world}"
+            )));
+        }
+        let host = var("MASTER_ADDR").ok_or_else(|| {
+            DistributedError::Environment(format!(
+                "{world} ranks but no MASTER_ADDR: the host of rank 0 (or of torchrun's agent)"
+            ))
+        })?;
+        let port = match var("MASTER_PORT") {
+            Some(p) => p.trim().parse::<u16>().map_err(|_| {
+                DistributedError::Environment(format!("MASTER_PORT={p:?} is not a port"))
+            })?,
+            None => 29500,
+        };
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
+        let attempt = var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|| "0".into());
+        let timeout = match var("LLAMAGEN_DIST_TIMEOUT") {
+            Some(s) => Duration::from_secs_f64(
+                s.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0)
+                    .ok_or_else(|| {
+                        DistributedError::Environment(format!(
+                            "LLAMAGEN_DIST_TIMEOUT={s:?} is not a positive number of seconds"
+                        ))
+                    })?,
+            ),
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(Some(Rendezvous {
+            rank,
+            world,
+            local_rank,
+            host,
+            port,
+            host_store: rank == 0 && !agent_store,
+            prefix: format!("/llamagen/attempt_{attempt}/"),
+            timeout,
+        }))
+    }
+}
+
+unsafe extern "C" {
+    fn llg_c10d_gloo(
+        host: *const c_char,
+        port: u16,
+        host_store: c_int,
+        prefix: *const c_char,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
+    fn llg_c10d_all_reduce_sum(
+        group: *mut c_void,
+        tensors: *const *const c_void,
+        count: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn llg_c10d_broadcast(
+        group: *mut c_void,
+        tensor: *const c_void,
+        root: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn llg_c10d_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn llg_c10d_free(group: *mut c_void);
+}
+
+/// Room for a C++ exception's message.
+const ERROR_BYTES: usize = 2048;
+
+fn message(buffer: &[u8]) -> String {
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// Gradients are reduced in flat buckets of about this many bytes, as PyTorch's DDP does (its
+/// default `bucket_cap_mb` is 25): few enough calls to keep per-call overhead small, and small
+/// enough that Gloo's threads work on several at once.
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// One rank's handle on a Gloo process group of `world` ranks.
+pub struct ProcessGroup {
+    handle: NonNull<c_void>,
+    rank: usize,
+    world: usize,
+}
+
+// SAFETY: c10d backends may be called from any thread; the handle is only freed in `drop`.
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    /// Meets the other ranks at the rendezvous and opens a Gloo group with them. Returns when
+    /// every rank has arrived, or fails after the rendezvous timeout.
+    pub fn gloo(rendezvous: &Rendezvous) -> Result<Self, DistributedError> {
+        let failed = |reason: String| DistributedError::Rendezvous {
+            host: rendezvous.host.clone(),
+            port: rendezvous.port,
+            rank: rendezvous.rank,
+            world: rendezvous.world,
+            reason,
+        };
+        let host = CString::new(rendezvous.host.as_str())
+            .map_err(|_| failed("the host name holds a NUL byte".into()))?;
+        let prefix = CString::new(rendezvous.prefix.as_str())
+            .map_err(|_| failed("the prefix holds a NUL byte".into()))?;
+        let as_int = |n: usize| c_int::try_from(n).map_err(|_| failed(format!("{n} ranks")));
+        let mut err = vec![0u8; ERROR_BYTES];
+        // SAFETY: the strings are NUL-terminated and outlive the call; `err` has `err_len` bytes.
+        let handle = unsafe {
+            llg_c10d_gloo(
+                host.as_ptr(),
+                rendezvous.port,
+                c_int::from(rendezvous.host_store),
+                prefix.as_ptr(),
+                as_int(rendezvous.rank)?,
+                as_int(rendezvous.world)?,
+                i64::try_from(rendezvous.timeout.as_millis()).unwrap_or(i64::MAX),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        let handle = NonNull::new(handle).ok_or_else(|| failed(message(&err)))?;
+        tracing::info!(
+            rank = rendezvous.rank,
+            world = rendezvous.world,
+            "joined the Gloo process group at {}:{}",
+            rendezvous.host,
+            rendezvous.port
+        );
+        Ok(ProcessGroup {
+            handle,
+            rank: rendezvous.rank,
+            world: rendezvous.world,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    fn check(
+        &self,
+        operation: &'static str,
+        status: c_int,
+        err: &[u8],
+    ) -> Result<(), DistributedError> {
+        if status == 0 {
+            return Ok(());
+        }
+        Err(DistributedError::Collective {
+            operation,
+            rank: self.rank,
+            world: self.world,
+            reason: message(err),
+        })
+    }
+
+    /// Replaces each tensor with its sum over the ranks. Each must be dense and contiguous, and
+    /// every rank must pass tensors of the same shapes and kinds in the same order.
+    pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), DistributedError> {
+        if let Some(t) = tensors.iter().find(|t| !t.is_contiguous()) {
+            return Err(DistributedError::Collective {
+                operation: "all-reduce",
+                rank: self.rank,
+                world: self.world,
+                reason: format!("a tensor of shape {:?} is not contiguous", t.size()),
+            });
+        }
+        let pointers: Vec<*const c_void> = tensors.iter().map(|t| t.as_ptr().cast()).collect();
+        let mut err = vec![0u8; ERROR_BYTES];
+        // SAFETY: each pointer is a live `at::Tensor` owned by `tensors` for the whole call.
+        let status = unsafe {
+            llg_c10d_all_reduce_sum(
+                self.handle.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len(),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        self.check("all-reduce", status, &err)
+    }
+
+    /// Replaces each tensor (a gradient, say; any layout, any device) with its mean over the
+    /// ranks. The tensors are flattened into buckets of at most [`BUCKET_BYTES`] per kind and
+    /// device, reduced together in host memory, and copied back.
+    pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), DistributedError> {
+        let buckets = buckets(tensors, BUCKET_BYTES);
+        let flats: Vec<Tensor> = buckets
+            .iter()
+            .map(|bucket| {
+                let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
+                Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)
+            })
+            .collect();
+        self.all_reduce_sum(&flats)?;
+        let world = self.world as f64;
+        for (bucket, flat) in buckets.iter().zip(flats) {
+            let mean = (flat / world).to_device(tensors[bucket[0]].device());
+            let mut offset = 0;
+            for &i in bucket {
+                let n = tensors[i].numel() as i64;
+                let mut target = tensors[i].shallow_clone();
+                target.copy_(&mean.narrow(0, offset, n).view_as(&target));
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies rank `root`'s `tensor` into every rank's (any layout, any device).
+    pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<(), DistributedError> {
+        let staged = tensor.to_device(tch::Device::Cpu).contiguous();
+        self.broadcast_in_place(&staged, root)?;
+        if staged.data_ptr() != tensor.data_ptr() {
+            tensor.shallow_clone().copy_(&staged);
+        }
+        Ok(())
+    }
+
+    fn broadcast_in_place(&self, tensor: &Tensor, root: usize) -> Result<(), DistributedError> {
+        let mut err = vec![0u8; ERROR_BYTES];
+        let root = c_int::try_from(root).unwrap_or(c_int::MAX);
+        // SAFETY: `tensor` is a live `at::Tensor` for the whole call.
+        let status = unsafe {
+            llg_c10d_broadcast(
+                self.handle.as_ptr(),
+                tensor.as_ptr().cast(),
+                root,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        self.check("broadcast", status, &err)
+    }
+
+    /// Returns when every rank has reached its barrier.
+    pub fn barrier(&self) -> Result<(), DistributedError> {
+        let mut err = vec![0u8; ERROR_BYTES];
+        // SAFETY: a call on a live group; `err` has `err.len()` bytes.
+        let status =
+            unsafe { llg_c10d_barrier(self.handle.as_ptr(), err.as_mut_ptr().cast(), err.len()) };
+        self.check("barrier", status, &err)
+    }
+
+    /// Sums `values` over the ranks, in f64 on the CPU: the small agreements a training loop
+    /// needs each step (the mean loss, whether any rank was asked to stop).
+    pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>, DistributedError> {
+        let tensor = Tensor::from_slice(values);
+        self.all_reduce_sum(std::slice::from_ref(&tensor))?;
+        Vec::<f64>::try_from(&tensor).map_err(|e| DistributedError::Collective {
+            operation: "all-reduce",
+            rank: self.rank,
+            world: self.world,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `llg_c10d_gloo` and is freed once.
+        unsafe { llg_c10d_free(self.handle.as_ptr()) }
+    }
+}
+
+/// Consecutive runs of `tensors` with one kind and device and at most `cap` bytes (a larger
+/// tensor gets a bucket of its own), as index lists.
+fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    let mut key: Option<(Kind, tch::Device)> = None;
+    for (i, t) in tensors.iter().enumerate() {
+        let size = t.numel() * t.kind().elt_size_in_bytes();
+        let k = (t.kind(), t.device());
+        match out.last_mut() {
+            Some(bucket) if key == Some(k) && bytes + size <= cap => {
+                bucket.push(i);
+                bytes += size;
+            }
+            _ => {
+                out.push(vec![i]);
+                bytes = size;
+                key = Some(k);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn each_launcher_is_read() {
+        assert_eq!(Rendezvous::from_vars(vars(&[])).unwrap(), None);
+        let one = [("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "h")];
+        assert_eq!(Rendezvous::from_vars(vars(&one)).unwrap(), None);
+
+        let torchrun = Rendezvous::from_vars(vars(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node-a"),
+            ("MASTER_PORT", "29400"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (torchrun.rank, torchrun.world, torchrun.local_rank),
+            (1, 4, 1)
+        );
+        assert_eq!((torchrun.host.as_str(), torchrun.port), ("node-a", 29400));
+        assert!(!torchrun.host_store);
+        assert_eq!(torchrun.prefix, "/llamagen/attempt_2/");
+
+        let srun = Rendezvous::from_vars(vars(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "0"),
+            ("MASTER_ADDR", "node-b"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((srun.rank, srun.world, srun.port), (0, 8, 29500));
+        assert!(srun.host_store, "rank 0 hosts the store without an agent");
+
+        let job = Rendezvous::from_vars(vars(&[
+            ("JOB_COMPLETION_INDEX", "3"),
+            ("WORLD_SIZE", "4"),
+            ("MASTER_ADDR", "train-0.train"),
+            ("LLAMAGEN_DIST_TIMEOUT", "60"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((job.rank, job.world), (3, 4));
+        assert_eq!(job.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_bad_environment_is_named() {
+        for (pairs, expected) in [
+            (vec![("RANK", "x"), ("WORLD_SIZE", "2")], "RANK=\"x\""),
+            (vec![("RANK", "1")], "WORLD_SIZE is not"),
+            (
+                vec![("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+                "not below",
+            ),
+            (vec![("RANK", "1"), ("WORLD_SIZE", "2")], "no MASTER_ADDR"),
+            (
+                vec![
+                    ("RANK", "1"),
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "99999"),
+                ],
+                "MASTER_PORT",
+            ),
+            (vec![("JOB_COMPLETION_INDEX", "1")], "completions"),
+        ] {
+            let err = Rendezvous::from_vars(vars(&pairs)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn buckets_split_by_kind_and_size() {
+        let t = |n: i64, kind| Tensor::zeros([n], (kind, tch::Device::Cpu));
+        let tensors = [
+            t(10, Kind::Float),
+            t(10, Kind::Float),
+            t(30, Kind::Float),
+            t(4, Kind::Double),
+            t(1, Kind::Float),
+        ];
+        assert_eq!(
+            buckets(&tensors, 100),
+            vec![vec![0, 1], vec![2], vec![3], vec![4]]
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Two and three ranks as processes of this test binary, meeting on loopback through a real
+//! TCPStore: the sums, means, broadcasts and barriers of libtorch's Gloo backend, and a peer
+//! that dies making the others' next collective fail instead of hanging.
+//!
+//! Each rank is a process because that is how ranks run (libtorch's c10d keeps process-wide
+//! state, its flight recorder, that two groups starting at once in one process race on). The
+//! `rank_*` tests are the ranks' bodies: ignored in a plain run, started with `--ignored` by the
+//! tests above them with the rank in the environment.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use llamagen_distributed::{ProcessGroup, Rendezvous};
+use tch::{Kind, Tensor};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the ignored test `body` as `world` rank processes and returns their outputs in rank
+/// order.
+fn on_ranks(world: usize, body: &str) -> Vec<Output> {
+    let port = free_port().to_string();
+    let children: Vec<_> = (0..world)
+        .map(|rank| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    body,
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("LLAMAGEN_DIST_TIMEOUT", "30")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect()
+}
+
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// This process's group, from the variables `on_ranks` set.
+fn join() -> ProcessGroup {
+    let rendezvous = Rendezvous::from_env()
+        .unwrap()
+        .expect("run by on_ranks, with RANK and WORLD_SIZE");
+    ProcessGroup::gloo(&rendezvous).unwrap()
+}
+
+#[test]
+fn sums_means_broadcasts_and_barriers() {
+    for world in [2, 3] {
+        for (rank, out) in on_ranks(world, "rank_collectives").iter().enumerate() {
+            let text = printed(out);
+            assert!(out.status.success(), "rank {rank} of {world}:\n{text}");
+            assert!(
+                text.contains(&format!("rank {rank} of {world}: collectives agree")),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "a rank's body, run by sums_means_broadcasts_and_barriers"]
+fn rank_collectives() {
+    let group = join();
+    let (rank, world) = (group.rank() as f64, group.world() as f64);
+    // A gradient-like set: two kinds, a vector and a strided (transposed) matrix.
+    let a = Tensor::from_slice(&[rank, 1.0, 2.0 * rank]);
+    let b = Tensor::from_slice(&[rank as f32, -1.0, 0.5, 4.0])
+        .view([2, 2])
+        .tr();
+    group
+        .all_reduce_mean(&[a.shallow_clone(), b.shallow_clone()])
+        .unwrap();
+    let mean_rank = (world - 1.0) / 2.0;
+    assert_eq!(
+        Vec::<f64>::try_from(&a).unwrap(),
+        [mean_rank, 1.0, 2.0 * mean_rank]
+    );
+    // b was [[r, -1], [0.5, 4]] seen transposed: [[r, 0.5], [-1, 4]].
+    assert_eq!(
+        Vec::<f32>::try_from(b.contiguous().view([-1])).unwrap(),
+        [mean_rank as f32, 0.5, -1.0, 4.0]
+    );
+    assert_eq!(
+        group.sum_f64(&[rank, 1.0]).unwrap(),
+        [mean_rank * world, world]
+    );
+    // Float64 stays float64: means of values no float32 holds exactly.
+    let fine = Tensor::from_slice(&[0.1 * (rank + 1.0), 1.0 / 3.0 + rank * 1e-12]);
+    group.all_reduce_mean(&[fine.shallow_clone()]).unwrap();
+    let fine = Vec::<f64>::try_from(&fine).unwrap();
+    let ranks: Vec<f64> = (0..group.world()).map(|r| r as f64).collect();
+    let expected = [
+        ranks.iter().map(|r| 0.1 * (r + 1.0)).sum::<f64>() / world,
+        ranks.iter().map(|r| 1.0 / 3.0 + r * 1e-12).sum::<f64>() / world,
+    ];
+    for (got, want) in fine.iter().zip(expected) {
+        assert!(
+            (got - want).abs() <= 4.0 * f64::EPSILON * want.abs(),
+            "{got} vs {want}"
+        );
+    }
+    let c = if group.rank() == 1 {
+        Tensor::from_slice(&[7i64, 8])
+    } else {
+        Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))
+    };
+    group.broadcast(&c, 1).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&c).unwrap(), [7, 8]);
+    group.barrier().unwrap();
+    println!(
+        "rank {} of {}: collectives agree",
+        group.rank(),
+        group.world()
+    );
+}
+
+#[test]
+fn a_peer_that_dies_fails_the_others_collective() {
+    let outs = on_ranks(2, "rank_dies_or_waits");
+    assert!(!outs[1].status.success(), "rank 1 aborts");
+    let text = printed(&outs[0]);
+    assert!(outs[0].status.success(), "{text}");
+    assert!(
+        text.contains("rank 0 saw: all-reduce on rank 0 of 2"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "a rank's body, run by a_peer_that_dies_fails_the_others_collective"]
+fn rank_dies_or_waits() {
+    let group = join();
+    if group.rank() == 1 {
+        // As a SIGKILL would: no destructor runs, the kernel closes the sockets.
+        std::process::abort();
+    }
+    let started = Instant::now();
+    let err = group
+        .all_reduce_sum(&[Tensor::ones([4], (Kind::Float, tch::Device::Cpu))])
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "waited {waited:?} for a dead peer"
+    );
+    println!("rank 0 saw: {err} after {waited:?}");
+}
+
+#[test]
+fn no_peer_is_a_rendezvous_error_after_the_timeout() {
+    let alone = Rendezvous {
+        rank: 1,
+        world: 2,
+        local_rank: 1,
+        host: "127.0.0.1".into(),
+        port: free_port(),
+        host_store: false,
+        prefix: "/test/".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let err = ProcessGroup::gloo(&alone).err().unwrap().to_string();
+    assert!(err.starts_with("rendezvous at 127.0.0.1:"), "{err}");
+    assert!(err.contains("as rank 1 of 2"), "{err}");
+}
