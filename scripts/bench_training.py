@@ -10,6 +10,10 @@ the CPU or CUDA; `--autocast-bf16` wraps the forward pass as train_c2i.py's
 
 Prints {"tokens_per_second": ..., "seconds": ..., "gpu_memory_mib": ...} for the timed steps (one
 warm-up step first); the memory is what nvidia-smi reports for this process, as the Rust side.
+
+Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (Gloo on the CPU,
+NCCL on CUDA), each rank trains `--batch` samples of its own, and rank 0 alone prints, with the
+tokens of all ranks: the peer of `cargo bench -p llamagen-pipeline --bench data_parallel_vs_pytorch`.
 """
 import argparse
 import json
@@ -50,14 +54,20 @@ def main() -> None:
         cls_token_num=c["cls_token_num"], model_type="t2i" if t2i else "c2i",
         caption_dim=c["caption_dim"], multiple_of=c["multiple_of"]))
     model.load_state_dict(load_file(str(args.weights)), strict=True)
-    device = torch.device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0"))
+                          if args.device == "cuda" else None)
     model.to(device)
     model.train()
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        model = torch.nn.parallel.DistributedDataParallel(model)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                              {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(rank)
     codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g).to(device)
     labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g).to(device)
     mask = valid = None
@@ -92,13 +102,19 @@ def main() -> None:
     step()
     if cuda:
         torch.cuda.synchronize()
+    if world > 1:
+        torch.distributed.barrier()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    tokens = args.steps * args.batch * c["block_size"]
+    tokens = args.steps * args.batch * c["block_size"] * world
+    if world > 1:
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return
     print(json.dumps({"tokens_per_second": tokens / seconds, "seconds": seconds,
                       "gpu_memory_mib": gpu_memory_mib() if cuda else None}))
 

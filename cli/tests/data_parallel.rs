@@ -69,8 +69,7 @@ fn train_args(dir: &Path, out: &str, steps: u32, record: bool) -> Vec<String> {
         ("--lr-per-256", "0.5".into()),
         // float64, so that what is compared is the arithmetic and not float32's rounding of
         // sums taken in another order, which Adam amplifies where a gradient nearly cancels
-        // (in float32 the ranks differ from one process by about 1e-5 after 6 steps, as a
-        // PyTorch DDP run would).
+        // (in float32 the ranks differ from one process by about 1e-5 after 6 steps).
         ("--precision", "fp64".into()),
         ("--checkpoint-every", "3".into()),
         ("--log-every", "1".into()),

@@ -722,7 +722,7 @@ fn local_rank() -> usize {
 }
 
 /// The trainer's view of the process group.
-struct Ranks<'a>(&'a ProcessGroup);
+pub struct Ranks<'a>(pub &'a ProcessGroup);
 
 impl Replicas for Ranks<'_> {
     fn rank(&self) -> usize {

@@ -1,0 +1,282 @@
+//! Data-parallel training throughput, ours over libtorch's c10d against PyTorch's
+//! DistributedDataParallel, on the same weights and per-rank batches, in one run:
+//!
+//! - the cost of the data-parallel path itself: one process training alone, and the same
+//!   process in a process group of one (every step's gradients go through the all-reduce);
+//! - `--ranks` processes (one thread each) against one process with as many threads, at the
+//!   same global batch, ours and PyTorch's (LlamaGen's `Transformer` under torchrun, DDP on
+//!   Gloo; `scripts/bench_training.py`).
+//!
+//! ```text
+//! cargo bench -p llamagen-pipeline --bench data_parallel_vs_pytorch -- [--llamagen DIR]
+//!     [--ranks 2] [--batch 4] [--steps 5]
+//! ```
+//!
+//! The model is a class-conditional GPT 384 wide with 6 layers, vocabulary 16384, 256 tokens,
+//! fp32, dropouts on, AdamW with clipping; `--batch` is per rank. Without `--llamagen` (a
+//! checkout of LlamaGen) the peer rows are left out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use llamagen_distributed::{ProcessGroup, Rendezvous};
+use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
+use llamagen_models::train::{MicroBatch, TrainConfig, Trainer};
+use llamagen_models::weights;
+use llamagen_pipeline::train::Ranks;
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+struct Options {
+    llamagen: Option<PathBuf>,
+    ranks: usize,
+    batch: i64,
+    steps: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        llamagen: std::env::var_os("LLAMAGEN_REPO").map(PathBuf::from),
+        ranks: 2,
+        batch: 4,
+        steps: 5,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match arg.as_str() {
+            "--llamagen" => o.llamagen = Some(PathBuf::from(value())),
+            "--ranks" => o.ranks = value().parse().expect("--ranks N"),
+            "--batch" => o.batch = value().parse().expect("--batch N"),
+            "--steps" => o.steps = value().parse().expect("--steps N"),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn config() -> GptConfig {
+    let mut c = GptConfig::new(6, 6, 384, Conditioning::Class);
+    c.vocab_size = 16384;
+    c.block_size = 256;
+    c
+}
+
+/// Trains `steps` timed steps (after one warm-up) at `batch` samples from `weights`, in the
+/// group when given; returns the seconds of the timed steps.
+fn train(weights_path: &Path, batch: i64, steps: usize, group: Option<&ProcessGroup>) -> f64 {
+    let mut trainer = Trainer::new(config(), TrainConfig::default(), Device::Cpu).unwrap();
+    weights::load_strict(&trainer.vs, weights_path).unwrap();
+    let rank = group.map_or(0, |g| g.rank() as i64);
+    tch::manual_seed(rank);
+    let c = config();
+    let batches = [MicroBatch {
+        cond: Tensor::randint(c.num_classes, [batch], (Kind::Int64, Device::Cpu)),
+        codes: Tensor::randint(
+            c.vocab_size,
+            [batch, c.block_size],
+            (Kind::Int64, Device::Cpu),
+        ),
+        caption_lengths: None,
+        valid: None,
+    }];
+    let step = |trainer: &mut Trainer| match group {
+        Some(g) => trainer.train_step_replicated(&batches, &Ranks(g)).unwrap(),
+        None => trainer.train_step_on(&batches).unwrap(),
+    };
+    step(&mut trainer);
+    if let Some(g) = group {
+        g.barrier().unwrap();
+    }
+    let started = Instant::now();
+    for _ in 0..steps {
+        step(&mut trainer);
+    }
+    started.elapsed().as_secs_f64()
+}
+
+fn row(label: &str, tokens_per_s: f64, note: String) {
+    println!("  {label:<42}{tokens_per_s:>8.0} tokens/s   {note}");
+}
+
+fn tokens_per_second(samples: i64, steps: usize, seconds: f64) -> f64 {
+    (samples * config().block_size) as f64 * steps as f64 / seconds
+}
+
+/// One rank of `--ranks` processes (this binary again, with the rank in the environment):
+/// rank 0 prints the global tokens/s.
+fn as_rank(o: &Options, weights_path: &Path) {
+    let rendezvous = Rendezvous::from_env()
+        .unwrap()
+        .expect("RANK and WORLD_SIZE");
+    let group = ProcessGroup::gloo(&rendezvous).unwrap();
+    let seconds = train(weights_path, o.batch, o.steps, Some(&group));
+    if group.rank() == 0 {
+        let samples = o.batch * group.world() as i64;
+        println!("{}", tokens_per_second(samples, o.steps, seconds));
+    }
+}
+
+fn launch_ranks(o: &Options, weights_path: &Path) -> f64 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let me = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..o.ranks)
+        .map(|rank| {
+            Command::new(&me)
+                .args([
+                    "--ranks",
+                    &o.ranks.to_string(),
+                    "--batch",
+                    &o.batch.to_string(),
+                ])
+                .args(["--steps", &o.steps.to_string()])
+                .env("BENCH_RANK_WEIGHTS", weights_path)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", o.ranks.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    String::from_utf8_lossy(&outs[0].stdout)
+        .trim()
+        .parse()
+        .expect("rank 0 prints its tokens/s")
+}
+
+/// LlamaGen's model under PyTorch: one process with `threads` threads, or `ranks` DDP ranks.
+fn pytorch(o: &Options, repo: &Path, dir: &Path, ranks: usize, batch: i64) -> Option<f64> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("scripts/bench_training.py");
+    let mut cmd = if ranks > 1 {
+        let mut c = Command::new(root.join(".venv/bin/torchrun"));
+        c.args(["--standalone", "--nproc-per-node", &ranks.to_string()])
+            .arg(&script)
+            .args(["--threads", "1"]);
+        c
+    } else {
+        let mut c = Command::new(root.join(".venv/bin/python"));
+        c.arg(&script).args(["--threads", &o.ranks.to_string()]);
+        c
+    };
+    let out = cmd
+        .arg("--llamagen")
+        .arg(repo)
+        .arg("--weights")
+        .arg(dir.join("gpt.safetensors"))
+        .arg("--config")
+        .arg(dir.join("gpt.json"))
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            &o.steps.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with('{'))?;
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value["tokens_per_second"].as_f64()
+}
+
+fn main() {
+    let o = options();
+    if let Some(weights_path) = std::env::var_os("BENCH_RANK_WEIGHTS") {
+        as_rank(&o, Path::new(&weights_path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(0);
+    let init = VarStore::new(Device::Cpu);
+    Gpt::new(&init.root(), config()).unwrap();
+    let weights_path = dir.path().join("gpt.safetensors");
+    weights::save(&init, &weights_path).unwrap();
+    std::fs::write(
+        dir.path().join("gpt.json"),
+        serde_json::to_string(&config()).unwrap(),
+    )
+    .unwrap();
+    let global = o.batch * o.ranks as i64;
+    println!(
+        "data-parallel training on the CPU: GPT 384 wide, 6 layers, vocab 16384, 256 tokens, fp32, \
+         {} ranks x batch {} (global {global}), {} timed steps",
+        o.ranks, o.batch, o.steps
+    );
+
+    // The data-parallel path's own cost, at one rank and the global batch.
+    let threads = tch::get_num_threads();
+    let alone = tokens_per_second(global, o.steps, train(&weights_path, global, o.steps, None));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let one = ProcessGroup::gloo(&Rendezvous {
+        rank: 0,
+        world: 1,
+        local_rank: 0,
+        host: "127.0.0.1".into(),
+        port,
+        host_store: true,
+        prefix: "/bench/".into(),
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    let grouped = tokens_per_second(
+        global,
+        o.steps,
+        train(&weights_path, global, o.steps, Some(&one)),
+    );
+    drop(one);
+    row(
+        &format!("ours, one process ({threads} threads)"),
+        alone,
+        String::new(),
+    );
+    row(
+        "ours, in a group of one",
+        grouped,
+        format!("overhead {:+.1} %", (alone / grouped - 1.0) * 100.0),
+    );
+    let ranks = launch_ranks(&o, &weights_path);
+    row(
+        &format!("ours, {} ranks x 1 thread (Gloo)", o.ranks),
+        ranks,
+        format!("{:.2}x one process", ranks / alone),
+    );
+    let Some(repo) = &o.llamagen else {
+        println!("  (PyTorch rows need --llamagen DIR, a LlamaGen checkout)");
+        return;
+    };
+    let torch_alone = pytorch(&o, repo, dir.path(), 1, global);
+    let torch_ddp = pytorch(&o, repo, dir.path(), o.ranks, o.batch);
+    match (torch_alone, torch_ddp) {
+        (Some(single), Some(ddp)) => {
+            row(
+                &format!("PyTorch, one process ({} threads)", o.ranks),
+                single,
+                format!("ours / theirs {:.2}x", alone / single),
+            );
+            row(
+                &format!("PyTorch DDP, {} ranks x 1 thread (Gloo)", o.ranks),
+                ddp,
+                format!("ours / theirs {:.2}x", ranks / ddp),
+            );
+        }
+        _ => println!("  PyTorch did not report (see scripts/bench_training.py)"),
+    }
+}
