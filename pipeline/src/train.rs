@@ -440,9 +440,12 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     {
         bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
     }
-    let group = match Rendezvous::from_env()? {
-        Some(rendezvous) => Some(ProcessGroup::gloo(&rendezvous)?),
-        None => None,
+    let (group, local_rank) = match Rendezvous::from_env()? {
+        Some(rendezvous) => (
+            Some(ProcessGroup::gloo(&rendezvous)?),
+            rendezvous.local_rank,
+        ),
+        None => (None, 0),
     };
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
     if !args
@@ -457,10 +460,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     }
     let device = match crate::sample::device(&args.device)? {
         // One GPU per rank of this host.
-        tch::Device::Cuda(_) => {
-            let local = group.as_ref().map_or(0, |_| local_rank());
-            tch::Device::Cuda(local)
-        }
+        tch::Device::Cuda(_) => tch::Device::Cuda(local_rank),
         cpu => cpu,
     };
     let mut data = Source::open(args)?;
@@ -711,14 +711,6 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         last_loss: (!loss.is_nan()).then_some(loss),
         checkpoint: checkpoints(&args.out)?.pop(),
     })
-}
-
-/// This host's rank (torchrun's `LOCAL_RANK`, Slurm's `SLURM_LOCALID`), the CUDA device it takes.
-fn local_rank() -> usize {
-    ["LOCAL_RANK", "SLURM_LOCALID"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The trainer's view of the process group.
