@@ -507,8 +507,10 @@ mod tests {
         let ab = frechet_distance(&sa, &sb).unwrap();
         let ba = frechet_distance(&sb, &sa).unwrap();
         // The zero eigenvalue comes out as round-off of about eps x |M|, and its square root,
-        // about 1e-8 here, is the agreement any route can promise (sqrt of machine epsilon).
-        assert!((ab - ba).abs() < 2e-8 * ab.abs(), "{ab} vs {ba}");
+        // a few times sqrt(eps) relative, is the agreement any route can promise; where in
+        // that range it lands depends on the CPU's BLAS kernels (2.4e-8 on an AMD EPYC).
+        let floor = f64::EPSILON.sqrt();
+        assert!((ab - ba).abs() < 4.0 * floor * ab.abs(), "{ab} vs {ba}");
     }
 
     #[test]
@@ -618,8 +620,11 @@ mod tests {
         all.counts.fill(1.0);
         let full =
             frechet_distance(&Statistics::from_features(x.view()).unwrap(), &reference).unwrap();
+        // 40 samples in 48 dimensions leave 9 zero eigenvalues, each square-rooted from
+        // round-off (see the singular-covariance test): sqrt(eps) per direction is the floor.
+        let floor = 9.0 * f64::EPSILON.sqrt();
         for v in frechet_resamples(x.view(), &reference, &all).unwrap() {
-            assert!((v - full).abs() < 1e-8 * full, "{v} vs {full}");
+            assert!((v - full).abs() < floor * full, "{v} vs {full}");
         }
     }
 
