@@ -90,12 +90,16 @@ async fn checkpoints(args: &CheckpointsArgs, data_dir: &Path) -> anyhow::Result<
 }
 
 async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let mut measurer = benchmark::Measurer::open(
+    let mut measurer = benchmark::Measurer::open_launched(
         &args.evaluation,
         args.sample.prompts.is_some(),
         &args.sample.out,
     )?;
     let results = benchmark::measure(args, &mut measurer)?;
+    // Under a launcher every rank has the metrics; rank 0 alone records and prints them.
+    if !measurer.leads() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let reference_set = measurer.reference_set;
     let ids = if args.evaluation.no_record {
         vec![None; results.len()]

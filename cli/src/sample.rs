@@ -20,7 +20,10 @@ pub struct SampleCommand {
 }
 
 pub fn run(command: &SampleCommand) -> anyhow::Result<ExitCode> {
-    let report = llamagen_pipeline::sample::sample(&command.sample)?;
+    // Under a launcher, rank 0 alone reports.
+    let Some(report) = llamagen_pipeline::sample::sample_launched(&command.sample)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     if command.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);

@@ -22,23 +22,6 @@ fn llamagen(data_dir: &Path, db: &TestDatabase) -> Command {
     cmd
 }
 
-fn model_args(models: &tiny::TinyModels) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for (flag, path) in [
-        ("--gpt-ckpt", &models.gpt_ckpt),
-        ("--gpt-config", &models.gpt_config),
-        ("--vq-ckpt", &models.vq_ckpt),
-        ("--vq-config", &models.vq_config),
-    ] {
-        args.push(flag.into());
-        args.push(path.into());
-    }
-    for a in ["--image-size", "32", "--device", "cpu", "--batch-size", "8"] {
-        args.push(a.into());
-    }
-    args
-}
-
 #[tokio::test]
 async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let db = TestDatabase::new().await;
@@ -51,7 +34,7 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let reference = dir.path().join("reference");
     let out = llamagen(dir.path(), &db)
         .arg("sample")
-        .args(model_args(&models))
+        .args(common::tiny_model_args(&models, 8))
         .args(["--num-samples", "12", "--seed", "99", "--cfg-scale", "1.0"])
         .arg("--out")
         .arg(&reference)
@@ -62,7 +45,7 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let sweep = |extra: &[&str]| {
         llamagen(dir.path(), &db)
             .args(["benchmark", "generator"])
-            .args(model_args(&models))
+            .args(common::tiny_model_args(&models, 8))
             .args(["--num-samples", "12", "--cfg-scales", "1.0,3.0"])
             .args([
                 "--model",

@@ -359,3 +359,157 @@ async fn sigterm_to_one_rank_stops_both_at_one_step_with_a_checkpoint() {
     let printed = succeeded(resumed, "resume after the stop");
     assert!(printed.contains("resuming from"), "{printed}");
 }
+
+/// `llamagen ARGS` under torchrun with `ranks` CPU ranks.
+fn torchrun_command(ranks: u32, db: &TestDatabase) -> Command {
+    let mut cmd = Command::new(repo().join(".venv/bin/torchrun"));
+    cmd.args([
+        "--standalone",
+        "--nproc-per-node",
+        &ranks.to_string(),
+        "--no-python",
+    ])
+    .arg(env!("CARGO_BIN_EXE_llamagen"))
+    .env("DATABASE_URL", db.url())
+    .env("LLAMAGEN_DIST_TIMEOUT", "120")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// The PNG names of a sample folder and the largest difference of a pixel between two folders.
+fn compare_folders(a: &Path, b: &Path) -> (Vec<String>, Vec<String>, u8) {
+    let names = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".png"))
+            .collect();
+        names.sort();
+        names
+    };
+    let (na, nb) = (names(a), names(b));
+    let mut largest = 0u8;
+    for name in na.iter().filter(|n| nb.contains(n)) {
+        let pa = image::open(a.join(name)).unwrap().into_rgb8();
+        let pb = image::open(b.join(name)).unwrap().into_rgb8();
+        for (x, y) in pa.as_raw().iter().zip(pb.as_raw()) {
+            largest = largest.max(x.abs_diff(*y));
+        }
+    }
+    (na, nb, largest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_sample_and_benchmark_as_one_process() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = llamagen_models::tiny::write(&d.join("models"), 9).unwrap();
+
+    // Sampling: 3 ranks stride through 10 samples from index 2; the images are one process's
+    // (the tokens are the same; the decoder may round a pixel one level apart where the batch
+    // shape differs), and rank 0 wrote the npz once every rank was done.
+    let sample = |cmd: &mut Command, out: &str| {
+        cmd.arg("sample")
+            .args(common::tiny_model_args(&models, 4))
+            .args(["--num-samples", "10", "--first-sample", "2", "--seed", "5"])
+            .arg("--out")
+            .arg(d.join(out))
+            .output()
+            .unwrap()
+    };
+    let mut alone = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    succeeded(sample(&mut alone, "one"), "one process");
+    let printed = succeeded(sample(&mut torchrun_command(3, &db), "three"), "3 ranks");
+    assert_eq!(
+        printed.matches("made ").count(),
+        1,
+        "rank 0 alone reports:\n{printed}"
+    );
+    assert!(printed.contains("made 10 image(s)"), "{printed}");
+    let (one, three, largest) = compare_folders(&d.join("one"), &d.join("three"));
+    assert_eq!(one.len(), 10);
+    assert_eq!(one, three);
+    assert!(largest <= 1, "pixels differ by {largest} levels");
+    let npz = llamagen_evaluate::npz::read_reference(&d.join("three/samples.npz")).unwrap();
+    assert_eq!(npz.images.unwrap().dim(), (10, 32, 32, 3));
+    // A re-run finds every sample made.
+    let again = succeeded(sample(&mut torchrun_command(2, &db), "three"), "resumed");
+    assert!(again.contains("made 0 image(s), kept 10"), "{again}");
+
+    // The benchmark: 2 ranks sample the scale's folder, split the reference's and the samples' images
+    // through the Inception and record once; one process measuring the same folders gets the
+    // same metrics.
+    let inception = d.join("inception.onnx");
+    llamagen_evaluate::inception::export_random_weights(&repo(), &inception, 0, &[]).unwrap();
+    let benchmark = |cmd: &mut Command, out: &Path, record: bool| {
+        cmd.arg("--data-dir")
+            .arg(d.join("data"))
+            .args(["benchmark", "generator"])
+            .args(common::tiny_model_args(&models, 4))
+            .args(["--num-samples", "7", "--cfg-scale", "2.0"])
+            .args(["--model", "tiny-dp", "--benchmark", "tiny32-c2i", "--json"])
+            .args(["--threads", "1", "--interval-resamples", "10"])
+            .arg("--reference")
+            .arg(d.join("one/samples.npz"))
+            .arg("--inception")
+            .arg(&inception)
+            .arg("--out")
+            .arg(out);
+        if !record {
+            cmd.arg("--no-record");
+        }
+        cmd.output().unwrap()
+    };
+    let ranked = succeeded(
+        benchmark(&mut torchrun_command(2, &db), &d.join("runs"), true),
+        "2-rank benchmark",
+    );
+    let json_of = |printed: &str| -> serde_json::Value {
+        let start = printed.find("[\n").expect("a JSON array");
+        let end = printed.rfind("\n]").expect("the array's end") + 2;
+        serde_json::from_str(&printed[start..end]).unwrap()
+    };
+    let ranked = json_of(&ranked);
+    let copy = d.join("runs-copy");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(d.join("runs"))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(copied.status.success());
+    let mut alone = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    alone.env("DATABASE_URL", db.url());
+    let single = json_of(&succeeded(
+        benchmark(&mut alone, &copy, false),
+        "one-process benchmark",
+    ));
+    let (ranked, single) = (ranked.as_array().unwrap(), single.as_array().unwrap());
+    assert_eq!(ranked.len(), 1);
+    for (r, s) in ranked.iter().zip(single) {
+        assert_eq!(r["cfg_scale"], s["cfg_scale"]);
+        let (rm, sm) = (
+            r["metrics"].as_object().unwrap(),
+            s["metrics"].as_object().unwrap(),
+        );
+        assert_eq!(rm.keys().collect::<Vec<_>>(), sm.keys().collect::<Vec<_>>());
+        for (name, value) in rm {
+            let (a, b) = (value.as_f64(), sm[name].as_f64());
+            let (Some(a), Some(b)) = (a, b) else {
+                continue;
+            };
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "cfg {}: {name} {a} on 2 ranks, {b} alone",
+                r["cfg_scale"]
+            );
+        }
+        assert!(r["evaluation_id"].is_i64(), "{r}");
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM evaluations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "rank 0 alone records");
+}

@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::{llamagen_on, repo, text};
 
 use llamagen_caption::output::{CaptionStatus, captions_path, write_captions};
@@ -384,8 +386,8 @@ prompts = "{prompts}"
     // `benchmark generator` with prompts prints the text-to-image protocol's metrics; it reads
     // the reference features the run cached under the same samples folder, and reuses the
     // run's samples of this checkpoint at the same settings.
-    let benchmarked = llamagen_on(dir.path(), &db.url())
-        .args([
+    let benchmark_t2i = |mut cmd: Command, extra: &[&str]| {
+        cmd.args([
             "benchmark",
             "generator",
             "--device",
@@ -422,9 +424,18 @@ prompts = "{prompts}"
         .arg(repo().join("filter/tests/fixtures/models"))
         .arg("--out")
         .arg(data.join("samples"))
-        .env("RUST_LOG", "info")
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    let benchmarked = benchmark_t2i(
+        {
+            let mut cmd = llamagen_on(dir.path(), &db.url());
+            cmd.env("RUST_LOG", "info");
+            cmd
+        },
+        &[],
+    );
     let out = text(&benchmarked);
     assert!(benchmarked.status.success(), "{out}");
     assert!(out.contains("CLIP score [95% interval]"), "{out}");
@@ -441,6 +452,39 @@ prompts = "{prompts}"
         4,
         "four metrics with intervals: {row}"
     );
+    // Two ranks measuring the same samples (a share each through Inception and CLIP, the
+    // features and CLIP scores gathered) print what one process does.
+    let json = |out: std::process::Output| -> serde_json::Value {
+        let printed = text(&out);
+        assert!(out.status.success(), "{printed}");
+        let start = printed.find("[\n").expect("a JSON array");
+        let end = printed.rfind("\n]").expect("the array's end") + 2;
+        serde_json::from_str(&printed[start..end]).unwrap()
+    };
+    let alone = json(benchmark_t2i(
+        llamagen_on(dir.path(), &db.url()),
+        &["--json"],
+    ));
+    let mut ranks = Command::new(repo().join(".venv/bin/torchrun"));
+    ranks
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_llamagen"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("DATABASE_URL", db.url())
+        .env("LLAMAGEN_DIST_TIMEOUT", "120");
+    let ranked = json(benchmark_t2i(ranks, &["--json"]));
+    let (alone, ranked) = (&alone[0]["metrics"], &ranked[0]["metrics"]);
+    for name in ["fid", "kid", "clip_fid", "clip_score"] {
+        let (a, r) = (
+            alone[name].as_f64().unwrap(),
+            ranked[name].as_f64().unwrap(),
+        );
+        assert!(
+            (a - r).abs() <= 1e-4 * a.abs().max(1.0),
+            "{name}: {a} alone, {r} on 2 ranks"
+        );
+    }
     // A class-conditional GPT given prompts is refused.
     let refused = sample(&models.gpt_ckpt, &models.gpt_config, "refused");
     assert!(!refused.status.success());

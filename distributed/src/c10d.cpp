@@ -1,5 +1,5 @@
 // A C face for the few pieces of libtorch's c10d that data-parallel training needs: a TCPStore
-// rendezvous, a Gloo process group, and all-reduce, broadcast and barrier on it. tch binds
+// rendezvous, a Gloo process group, and all-reduce, all-gather, broadcast and barrier on it. tch binds
 // libtorch's tensors but not c10d, so this file is compiled with the `cc` crate against the
 // headers of the same libtorch (build.rs) and called from `src/lib.rs`.
 //
@@ -150,6 +150,30 @@ int llg_c10d_broadcast(void* group, at::Tensor* tensor, int root, char* err, siz
     c10d::BroadcastOptions options;
     options.rootRank = root;
     g->backend->broadcast(list, options)->wait();
+    return 0;
+  } catch (const std::exception& e) {
+    fail(e, err, err_len);
+    return -1;
+  }
+}
+
+// Every rank's `input` (dense, contiguous, the same shape and kind on every rank) into
+// `outputs[r]` for each rank r, which the caller allocated like `input`.
+int llg_c10d_all_gather(
+    void* group,
+    at::Tensor* input,
+    at::Tensor* const* outputs,
+    size_t world,
+    char* err,
+    size_t err_len) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<at::Tensor> inputs{*input};
+    std::vector<std::vector<at::Tensor>> gathered(1);
+    for (size_t r = 0; r < world; ++r) {
+      gathered[0].push_back(*outputs[r]);
+    }
+    g->backend->allgather(gathered, inputs)->wait();
     return 0;
   } catch (const std::exception& e) {
     fail(e, err, err_len);

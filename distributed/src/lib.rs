@@ -1,6 +1,6 @@
 //! Data-parallel collectives over libtorch's own c10d: a [`Rendezvous`] read from what a launcher
 //! puts in the environment (torchrun, Slurm's `srun`, a Kubernetes indexed Job), and a
-//! [`ProcessGroup`] on it that all-reduces, broadcasts and waits at barriers.
+//! [`ProcessGroup`] on it that all-reduces, all-gathers, broadcasts and waits at barriers.
 //!
 //! The engine is PyTorch's: the TCPStore that `torch.distributed` meets at, and its Gloo backend
 //! (in `libtorch_cpu.so`), reached through a small C++ file compiled against the same libtorch
@@ -187,6 +187,14 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn llg_c10d_all_gather(
+        group: *mut c_void,
+        input: *const c_void,
+        outputs: *const *const c_void,
+        world: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn llg_c10d_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
     fn llg_c10d_free(group: *mut c_void);
 }
@@ -209,12 +217,21 @@ pub struct ProcessGroup {
     handle: NonNull<c_void>,
     rank: usize,
     world: usize,
+    local_rank: usize,
 }
 
 // SAFETY: c10d backends may be called from any thread; the handle is only freed in `drop`.
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
+    /// The group a launcher described in the environment ([`Rendezvous::from_env`]), joined;
+    /// `None` for a single process.
+    pub fn from_env() -> Result<Option<Self>, DistributedError> {
+        Rendezvous::from_env()?
+            .map(|rendezvous| Self::gloo(&rendezvous))
+            .transpose()
+    }
+
     /// Meets the other ranks at the rendezvous and opens a Gloo group with them. Returns when
     /// every rank has arrived, or fails after the rendezvous timeout.
     pub fn gloo(rendezvous: &Rendezvous) -> Result<Self, DistributedError> {
@@ -257,11 +274,23 @@ impl ProcessGroup {
             handle,
             rank: rendezvous.rank,
             world: rendezvous.world,
+            local_rank: rendezvous.local_rank,
         })
     }
 
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// Rank among the processes of this host: the GPU this rank takes.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// This rank's contiguous share of `n` items, the first ranks taking one more where `n`
+    /// does not divide: rank r of w takes `[r n / w, (r + 1) n / w)`.
+    pub fn share(&self, n: usize) -> std::ops::Range<usize> {
+        share(n, self.rank, self.world)
     }
 
     pub fn world(&self) -> usize {
@@ -364,6 +393,62 @@ impl ProcessGroup {
         self.check("broadcast", status, &err)
     }
 
+    /// Every rank's `tensor` (the same shape and kind on each; any layout, any device), in rank
+    /// order, on the CPU.
+    pub fn all_gather(&self, tensor: &Tensor) -> Result<Vec<Tensor>, DistributedError> {
+        let input = tensor.to_device(tch::Device::Cpu).contiguous();
+        let outputs: Vec<Tensor> = (0..self.world).map(|_| input.empty_like()).collect();
+        let pointers: Vec<*const c_void> = outputs.iter().map(|t| t.as_ptr().cast()).collect();
+        let mut err = vec![0u8; ERROR_BYTES];
+        // SAFETY: `input` and each output are live `at::Tensor`s for the whole call, and
+        // `pointers` holds `world` of them.
+        let status = unsafe {
+            llg_c10d_all_gather(
+                self.handle.as_ptr(),
+                input.as_ptr().cast(),
+                pointers.as_ptr(),
+                pointers.len(),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        self.check("all-gather", status, &err)?;
+        Ok(outputs)
+    }
+
+    /// The rows of every rank's `rows` ([n_r, ...], the trailing shape and kind the same on
+    /// every rank, n_r free) stacked in rank order: [sum n_r, ...] on the CPU, on every rank.
+    /// Ranks that took [`ProcessGroup::share`]s of a list get the whole list's rows back in its
+    /// order.
+    pub fn gather_rows(&self, rows: &Tensor) -> Result<Tensor, DistributedError> {
+        let size = rows.size();
+        let Some(&n) = size.first() else {
+            return Err(DistributedError::Collective {
+                operation: "all-gather",
+                rank: self.rank,
+                world: self.world,
+                reason: "a scalar has no rows".into(),
+            });
+        };
+        let mut counts = vec![0.0; self.world];
+        counts[self.rank] = n as f64;
+        let counts: Vec<i64> = self.sum_f64(&counts)?.iter().map(|&c| c as i64).collect();
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let mut padded_size = size.clone();
+        padded_size[0] = most;
+        let padded = Tensor::zeros(&padded_size, (rows.kind(), tch::Device::Cpu));
+        if n > 0 {
+            padded.narrow(0, 0, n).copy_(rows);
+        }
+        let parts: Vec<Tensor> = self
+            .all_gather(&padded)?
+            .iter()
+            .zip(&counts)
+            .map(|(part, &count)| part.narrow(0, 0, count))
+            .collect();
+        Ok(Tensor::cat(&parts, 0))
+    }
+
     /// Returns when every rank has reached its barrier.
     pub fn barrier(&self) -> Result<(), DistributedError> {
         let mut err = vec![0u8; ERROR_BYTES];
@@ -392,6 +477,13 @@ impl Drop for ProcessGroup {
         // SAFETY: the handle came from `llg_c10d_gloo` and is freed once.
         unsafe { llg_c10d_free(self.handle.as_ptr()) }
     }
+}
+
+/// Rank `rank`'s contiguous share of `n` items among `world` ranks (see
+/// [`ProcessGroup::share`]); the shares of all ranks cover `0..n` in order.
+pub fn share(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let at = |r: usize| r * n / world.max(1);
+    at(rank)..at(rank + 1)
 }
 
 /// Consecutive runs of `tensors` with one kind and device and at most `cap` bytes (a larger
@@ -502,6 +594,19 @@ mod tests {
         ] {
             let err = Rendezvous::from_vars(vars(&pairs)).unwrap_err().to_string();
             assert!(err.contains(expected), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn shares_cover_the_list_in_order() {
+        for (n, world) in [(0, 3), (2, 3), (10, 3), (12, 4), (50_000, 7)] {
+            let shares: Vec<_> = (0..world).map(|r| share(n, r, world)).collect();
+            assert_eq!(shares[0].start, 0);
+            assert_eq!(shares[world - 1].end, n);
+            for pair in shares.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len().abs_diff(pair[1].len()) <= 1, "{n} / {world}");
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! Two and three ranks as processes of this test binary, meeting on loopback through a real
-//! TCPStore: the sums, means, broadcasts and barriers of libtorch's Gloo backend, and a peer
+//! TCPStore: the sums, means, gathers, broadcasts and barriers of libtorch's Gloo backend, and a peer
 //! that dies making the others' next collective fail instead of hanging.
 //!
 //! Each rank is a process because that is how ranks run (libtorch's c10d keeps process-wide
@@ -132,6 +132,30 @@ fn rank_collectives() {
     };
     group.broadcast(&c, 1).unwrap();
     assert_eq!(Vec::<i64>::try_from(&c).unwrap(), [7, 8]);
+    // Uneven shares: rank r gives r + 1 rows of [r, 10 r + j]; rank 0 of 3 none at all.
+    let given = if group.rank() == 0 && group.world() == 3 {
+        0
+    } else {
+        group.rank() + 1
+    };
+    let rows: Vec<f32> = (0..given)
+        .flat_map(|j| [rank as f32, 10.0 * rank as f32 + j as f32])
+        .collect();
+    let gathered = group
+        .gather_rows(&Tensor::from_slice(&rows).view([given as i64, 2]))
+        .unwrap();
+    let expected: Vec<f32> = (0..group.world())
+        .flat_map(|r| {
+            let n = if r == 0 && group.world() == 3 {
+                0
+            } else {
+                r + 1
+            };
+            (0..n).flat_map(move |j| [r as f32, 10.0 * r as f32 + j as f32])
+        })
+        .collect();
+    assert_eq!(gathered.size()[1], 2);
+    assert_eq!(Vec::<f32>::try_from(gathered.view([-1])).unwrap(), expected);
     group.barrier().unwrap();
     println!(
         "rank {} of {}: collectives agree",

@@ -11,6 +11,11 @@
 //! [`measure`] is the blocking part (sampling and features); [`record`] writes the results.
 //! Recording the same checkpoint, benchmark and configuration again replaces that evaluation's
 //! metrics, so a scheduled re-run never duplicates a row.
+//!
+//! Under a launcher the work is split across the ranks of a [`ProcessGroup`]: each rank samples
+//! its stride of every scale's folder ([`sample::sample_on`]), passes its contiguous share of
+//! the samples (and of an ADM reference's images) through the networks, and the features are
+//! gathered so that every rank computes the same metrics; rank 0 alone records and prints.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +28,11 @@ use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
 use crate::sample::{self, SampleArgs, SampleReport};
 use crate::text_to_image::{TextToImageArgs, TextToImageReference};
 use llamagen_clip::Clip;
+use llamagen_distributed::ProcessGroup;
+use llamagen_evaluate::inception::InceptionFeatures;
 use llamagen_store::results::Metric;
+use ndarray::Array2;
+use tch::Tensor;
 
 /// Where results go and what they are compared with; shared by both modes.
 #[derive(Debug, Clone, clap::Args)]
@@ -123,10 +132,14 @@ pub fn scales(args: &GeneratorArgs) -> Vec<f64> {
 pub fn load_reference(
     e: &EvaluationArgs,
     net: &mut Inception,
+    group: Option<&ProcessGroup>,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
     use anyhow::Context as _;
-    let side = load_side(&e.reference, net, e.center_crop)
-        .with_context(|| format!("reference {}", e.reference.display()))?;
+    let side = match group {
+        None => load_side(&e.reference, net, e.center_crop),
+        Some(g) => load_side_on(&e.reference, net, e.center_crop, g),
+    }
+    .with_context(|| format!("reference {}", e.reference.display()))?;
     let identity = ReferenceIdentity::of_side(&e.reference, e.center_crop, &side)?;
     Ok((side, identity))
 }
@@ -150,6 +163,8 @@ pub struct Measurer {
     pub net: Inception,
     pub reference: Reference,
     pub reference_set: ReferenceIdentity,
+    /// The ranks that share the work, if a launcher started this process.
+    pub group: Option<ProcessGroup>,
 }
 
 impl Measurer {
@@ -157,27 +172,64 @@ impl Measurer {
     /// reference; a text-to-image reference folder's features are cached under
     /// `samples_out/reference-features/`.
     pub fn open(e: &EvaluationArgs, text: bool, samples_out: &Path) -> anyhow::Result<Self> {
+        Self::open_on(e, text, samples_out, None)
+    }
+
+    /// [`Measurer::open`] alone, or as one rank of the group a launcher described in the
+    /// environment.
+    pub fn open_launched(
+        e: &EvaluationArgs,
+        text: bool,
+        samples_out: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::open_on(e, text, samples_out, ProcessGroup::from_env()?)
+    }
+
+    /// [`Measurer::open`] as one rank of `group`: an ADM reference's images are split across
+    /// the ranks; a text-to-image reference is measured by rank 0 into its cache, which the
+    /// other ranks then read.
+    pub fn open_on(
+        e: &EvaluationArgs,
+        text: bool,
+        samples_out: &Path,
+        group: Option<ProcessGroup>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let mut net = open_inception(e)?;
         if !text {
-            let (side, reference_set) = load_reference(e, &mut net)?;
+            let (side, reference_set) = load_reference(e, &mut net, group.as_ref())?;
             return Ok(Self {
                 net,
                 reference: Reference::Images(side),
                 reference_set,
+                group,
             });
         }
         let t = &e.text_to_image;
         let mut clip = t.open_clip()?;
-        let reference = crate::text_to_image::load_reference(
-            &e.reference,
-            &mut net,
-            &e.inception,
-            &mut clip,
-            t.eval_resolution,
-            &samples_out.join("reference-features"),
-        )
-        .with_context(|| format!("reference {}", e.reference.display()))?;
+        let rank = group.as_ref().map_or(0, ProcessGroup::rank);
+        let load = |net: &mut Inception, clip: &mut Clip| {
+            crate::text_to_image::load_reference(
+                &e.reference,
+                net,
+                &e.inception,
+                clip,
+                t.eval_resolution,
+                &samples_out.join("reference-features"),
+            )
+            .with_context(|| format!("reference {}", e.reference.display()))
+        };
+        let mut reference = None;
+        if rank == 0 {
+            reference = Some(load(&mut net, &mut clip)?);
+        }
+        if let Some(g) = &group {
+            g.barrier()?;
+        }
+        let reference = match reference {
+            Some(r) => r,
+            None => load(&mut net, &mut clip)?,
+        };
         let reference_set = ReferenceIdentity {
             path: e.reference.clone(),
             sha256: reference.folder_sha256.clone(),
@@ -196,21 +248,47 @@ impl Measurer {
                 resolution: t.eval_resolution,
             },
             reference_set,
+            group,
         })
     }
 
-    /// The metrics of one scale's sample folder against the reference.
+    /// Whether this process records and reports: rank 0, or a process alone.
+    pub fn leads(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// The metrics of one scale's sample folder against the reference. Under a group, this
+    /// rank's contiguous share of the samples goes through the networks and every rank's
+    /// features are gathered, so that each rank computes the same metrics.
     fn measure_folder(
         &mut self,
         s: &SampleArgs,
         intervals: &IntervalArgs,
     ) -> anyhow::Result<Vec<Metric>> {
         use anyhow::Context as _;
-        let npz = s.out.join("samples.npz");
+        let n = s.num_samples as usize;
+        let group = self.group.as_ref();
+        let world = group.map_or(1, ProcessGroup::world);
+        if n < world {
+            bail!(
+                "{n} samples cannot be shared among {world} ranks; ask for at least one per rank"
+            );
+        }
+        let share = group.map_or(0..n, |g| g.share(n));
+        let first = s.start + share.start as u64;
+        let images = sample::read_samples(&s.out, first..s.start + share.end as u64)?;
         match &mut self.reference {
             Reference::Images(reference) => {
-                let samples = load_side(&npz, &mut self.net, None)?;
-                generation_metrics(reference, &samples, intervals)
+                let bar = crate::progress::bar(share.len() as u64, "samples through the Inception");
+                let mine = self
+                    .net
+                    .features_reporting(images.view(), &mut |k| bar.inc(k as u64))?;
+                bar.finish_and_clear();
+                let features = match group {
+                    Some(g) => gather_features(g, &mine)?,
+                    None => mine,
+                };
+                generation_metrics(reference, &Side::of_features(features)?, intervals)
             }
             Reference::TextToImage {
                 reference,
@@ -222,21 +300,82 @@ impl Measurer {
                     .as_ref()
                     .context("a text-to-image benchmark samples from --prompts")?;
                 let prompts = sample::read_prompts(prompts_file)?;
-                let batch = llamagen_evaluate::npz::read_reference(&npz)?;
-                let images = batch
-                    .images
-                    .with_context(|| format!("{} holds no images", npz.display()))?;
-                let (features, scores) = crate::text_to_image::measure_samples(
+                let (mine, scores) = crate::text_to_image::measure_samples(
                     &images,
+                    first,
                     &prompts,
                     &mut self.net,
                     clip,
                     *resolution,
                 )?;
+                let Some(g) = group else {
+                    return crate::text_to_image::metrics(reference, &mine, &scores, intervals);
+                };
+                let features = crate::text_to_image::TextToImageFeatures {
+                    inception: gather_rows(g, &mine.inception)?,
+                    clip: gather_rows(g, &mine.clip)?,
+                };
+                let scores = Vec::<f64>::try_from(&g.gather_rows(&Tensor::from_slice(&scores))?)?;
                 crate::text_to_image::metrics(reference, &features, &scores, intervals)
             }
         }
     }
+}
+
+/// An ADM reference (npz or folder) as one rank of `group`: every rank reads the images, passes
+/// its contiguous share through the Inception, and receives every rank's features.
+fn load_side_on(
+    path: &Path,
+    net: &mut Inception,
+    center_crop: Option<usize>,
+    group: &ProcessGroup,
+) -> anyhow::Result<Side> {
+    use anyhow::Context as _;
+    let images = if path.is_dir() {
+        crate::image_sets::read_folder(path, center_crop)?
+    } else {
+        let batch = llamagen_evaluate::npz::read_reference(path)?;
+        match batch.images {
+            Some(images) => images,
+            // Statistics alone: nothing to share.
+            None => return load_side(path, net, center_crop),
+        }
+    };
+    let n = images.dim().0;
+    if n < group.world().max(2) {
+        bail!(
+            "need at least 2 images and one per rank ({} ranks), found {n}",
+            group.world()
+        );
+    }
+    let share = group.share(n);
+    let mine = net
+        .features(images.slice(ndarray::s![share, .., .., ..]))
+        .context("the Inception")?;
+    Side::of_features(gather_features(group, &mine)?)
+}
+
+/// Every rank's Inception features, stacked in rank order.
+fn gather_features(
+    group: &ProcessGroup,
+    mine: &InceptionFeatures,
+) -> anyhow::Result<InceptionFeatures> {
+    Ok(InceptionFeatures {
+        pool: gather_rows(group, &mine.pool)?,
+        spatial: gather_rows(group, &mine.spatial)?,
+        logits: gather_rows(group, &mine.logits)?,
+    })
+}
+
+/// Every rank's rows of `rows` ([n_r, D]) stacked in rank order: [sum n_r, D].
+fn gather_rows(group: &ProcessGroup, rows: &Array2<f32>) -> anyhow::Result<Array2<f32>> {
+    let d = rows.ncols();
+    let flat: Vec<f32> = rows.iter().copied().collect();
+    let local = Tensor::from_slice(&flat).view([rows.nrows() as i64, d as i64]);
+    let gathered = group.gather_rows(&local)?;
+    let n = gathered.size()[0] as usize;
+    let values = Vec::<f32>::try_from(gathered.view([-1]))?;
+    Ok(Array2::from_shape_vec((n, d), values)?)
 }
 
 /// The sampler's settings at each scale of the sweep, each with its own folder under
@@ -270,9 +409,10 @@ pub fn scale_settings(args: &GeneratorArgs) -> anyhow::Result<Vec<SampleArgs>> {
         .collect())
 }
 
-/// Samples one scale into its folder (resuming what an earlier run left).
-pub fn sample_scale(s: &SampleArgs) -> anyhow::Result<SampleReport> {
-    let report = sample::sample(s)?;
+/// Samples one scale into its folder (resuming what an earlier run left), as one rank of
+/// `group` where there is one.
+pub fn sample_scale(s: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Result<SampleReport> {
+    let report = sample::sample_on(s, group)?;
     tracing::info!(
         "cfg {}: {} sampled, {} reused ({:.1} s GPT, {:.1} s decode)",
         s.cfg_scale,
@@ -289,7 +429,7 @@ pub fn sample_scale(s: &SampleArgs) -> anyhow::Result<SampleReport> {
 pub fn measure(args: &GeneratorArgs, m: &mut Measurer) -> anyhow::Result<Vec<ScaleResult>> {
     let mut results = Vec::new();
     for s in scale_settings(args)? {
-        let report = sample_scale(&s)?;
+        let report = sample_scale(&s, m.group.as_ref())?;
         let metrics = m.measure_folder(&s, &args.evaluation.intervals)?;
         let sampling: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;

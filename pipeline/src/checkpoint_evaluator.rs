@@ -262,7 +262,7 @@ pub async fn sample_selected(
         made += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
             let mut made = 0;
             for s in benchmark::scale_settings(&args)? {
-                made += benchmark::sample_scale(&s)?.made;
+                made += benchmark::sample_scale(&s, None)?.made;
             }
             Ok(made)
         })

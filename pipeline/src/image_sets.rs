@@ -217,13 +217,20 @@ pub fn load_side(
     let bar = crate::progress::bar(images.dim().0 as u64, "images through the Inception");
     let features = net.features_reporting(images.view(), &mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let pool = Statistics::from_features(features.pool.view())?;
-    let spatial = Some(Statistics::from_features(features.spatial.view())?);
-    Ok(Side {
-        features: Some(features),
-        pool,
-        spatial,
-    })
+    Side::of_features(features)
+}
+
+impl Side {
+    /// A side of images through the Inception: the features and their statistics.
+    pub fn of_features(features: InceptionFeatures) -> anyhow::Result<Self> {
+        let pool = Statistics::from_features(features.pool.view())?;
+        let spatial = Some(Statistics::from_features(features.spatial.view())?);
+        Ok(Side {
+            features: Some(features),
+            pool,
+            spatial,
+        })
+    }
 }
 
 /// The files [`read_folder`] reads, in its order: PNG and JPEG files in name order, then

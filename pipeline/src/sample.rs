@@ -7,12 +7,18 @@
 //! are kept) and split across machines with `--start` / `--num-samples`, always drawing the same
 //! tokens (pixels may differ by one level where a different batch shape changes the decoder's
 //! float rounding).
+//!
+//! Under a launcher (torchrun, `srun`, an indexed Job: [`ProcessGroup::from_env`]) the ranks
+//! share one output folder, on a file system they all see: rank r makes the samples whose
+//! offset from `--start` is r modulo the world (LlamaGen's `sample_c2i_ddp.py` strides the same
+//! way), on the GPU of its local rank, and rank 0 writes `samples.npz` once every rank is done.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::provenance::file_sha256;
 use anyhow::{Context as _, bail};
+use llamagen_distributed::ProcessGroup;
 use llamagen_models::generate::{Sampling, generate};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
 use llamagen_models::images::to_uint8_nhwc;
@@ -58,8 +64,9 @@ pub struct SampleArgs {
     /// Samples to make (the FID protocol uses 50,000).
     #[arg(long, default_value_t = 16)]
     pub num_samples: u64,
-    /// First sample index this process makes (to split a run across machines).
-    #[arg(long, default_value_t = 0)]
+    /// First sample index this process makes (to split a run across machines). Spell it
+    /// `--first-sample` after `torchrun`, whose parser takes `--start` for its `--start-method`.
+    #[arg(long, visible_alias = "first-sample", default_value_t = 0)]
     pub start: u64,
     /// Classifier-free guidance scale s in l_u + s (l_c - l_u); 1.0 disables guidance.
     #[arg(long, default_value_t = 1.5)]
@@ -421,7 +428,22 @@ pub fn sample_seed(seed: u64, index: u64) -> u64 {
     (seed << 32) ^ index
 }
 
+/// Samples in this process alone.
 pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
+    sample_on(args, None)
+}
+
+/// `llamagen sample`: alone, or as one rank of the group a launcher described in the
+/// environment. The report comes back on rank 0 (or the lone process), `None` on the others.
+pub fn sample_launched(args: &SampleArgs) -> anyhow::Result<Option<SampleReport>> {
+    let group = ProcessGroup::from_env()?;
+    let report = sample_on(args, group.as_ref())?;
+    Ok(group.is_none_or(|g| g.rank() == 0).then_some(report))
+}
+
+/// Samples as one rank of `group` (see the module's documentation), or alone. The report's
+/// counts and seconds are summed over the ranks.
+pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Result<SampleReport> {
     let (gpt_config, vq_config) = configs(args)?;
     let sampling = Sampling {
         cfg_scale: args.cfg_scale,
@@ -453,7 +475,12 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     if image_size_eval <= 0 {
         bail!("--image-size-eval must be positive");
     }
-    let device = device(&args.device)?;
+    let device = match (device(&args.device)?, group) {
+        // One GPU per rank of this host.
+        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
+        (device, _) => device,
+    };
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank() as u64, g.world() as u64));
     let gpt_kind = match args.precision.as_str() {
         "fp32" => Kind::Float,
         "bf16" if device.is_cuda() => Kind::BFloat16,
@@ -497,7 +524,16 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
+    // Rank 0 writes the settings; the others check theirs against them.
+    if rank == 0 {
+        llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
+    }
+    if let Some(g) = group {
+        g.barrier()?;
+        if rank != 0 {
+            llamagen_shards::settings::pin(&args.out, "sampling.json", &record)?;
+        }
+    }
 
     let mut prompt_encoder = match &args.t5 {
         Some(dir) if !prompts.is_empty() => Some(PromptEncoder::open(dir, &gpt_config)?),
@@ -510,12 +546,17 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
     let (_vq_vs, vq) = args.vq.load(device)?;
 
     let end = args.start + args.num_samples;
-    let todo: Vec<u64> = (args.start..end)
+    let mine: Vec<u64> = (args.start..end)
+        .filter(|&i| (i - args.start) % world == rank)
+        .collect();
+    let todo: Vec<u64> = mine
+        .iter()
+        .copied()
         .filter(|&i| !png_path(&args.out, i).is_file())
         .collect();
     let mut report = SampleReport {
         made: 0,
-        skipped: args.num_samples - todo.len() as u64,
+        skipped: (mine.len() - todo.len()) as u64,
         gpt_seconds: 0.0,
         decode_seconds: 0.0,
         npz: None,
@@ -579,9 +620,31 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<SampleReport> {
         }
     }
     bar.finish_and_clear();
+    if let Some(g) = group {
+        // Waits for every rank's PNGs; a rank that failed has closed its connections and
+        // fails this call instead.
+        let sums = g.sum_f64(&[
+            report.made as f64,
+            report.skipped as f64,
+            report.gpt_seconds,
+            report.decode_seconds,
+        ])?;
+        report.made = sums[0] as u64;
+        report.skipped = sums[1] as u64;
+        report.gpt_seconds = sums[2];
+        report.decode_seconds = sums[3];
+    }
     if !args.no_npz {
         let path = args.out.join("samples.npz");
-        write_npz(&args.out, args.start..end, &path)?;
+        if rank == 0 {
+            write_npz(&args.out, args.start..end, &path).with_context(|| match group {
+                Some(_) => "the ranks must share the output folder".to_string(),
+                None => format!("writing {}", path.display()),
+            })?;
+        }
+        if let Some(g) = group {
+            g.barrier()?;
+        }
         report.npz = Some(path);
     }
     Ok(report)
@@ -608,6 +671,16 @@ fn write_png(out: &Path, index: u64, pixels: &Tensor) -> anyhow::Result<()> {
 }
 
 fn write_npz(out: &Path, indices: std::ops::Range<u64>, path: &Path) -> anyhow::Result<()> {
+    let stacked = read_samples(out, indices)?;
+    llamagen_evaluate::npz::write_reference(path, Some(stacked.view()), None, None)?;
+    Ok(())
+}
+
+/// The samples `indices` of a folder as [N, H, W, 3] uint8.
+pub fn read_samples(
+    out: &Path,
+    indices: std::ops::Range<u64>,
+) -> anyhow::Result<ndarray::Array4<u8>> {
     let mut images = Vec::new();
     for i in indices {
         let png = png_path(out, i);
@@ -620,9 +693,7 @@ fn write_npz(out: &Path, indices: std::ops::Range<u64>, path: &Path) -> anyhow::
             img.into_raw(),
         )?);
     }
-    let stacked = llamagen_evaluate::inception::stack(&images)?;
-    llamagen_evaluate::npz::write_reference(path, Some(stacked.view()), None, None)?;
-    Ok(())
+    Ok(llamagen_evaluate::inception::stack(&images)?)
 }
 
 #[cfg(test)]

@@ -287,9 +287,10 @@ pub fn load_reference(
 
 /// The generated side: the samples (npz `arr_0`, [N, H, W, 3] u8 in sample order) through
 /// both networks, and each one's CLIP score against the prompt it was sampled from
-/// (`prompts[i % len]`).
+/// (`prompts[i % len]` for sample index i; row 0 of `samples` is sample `first`).
 pub fn measure_samples(
     samples: &Array4<u8>,
+    first: u64,
     prompts: &[String],
     net: &mut Inception,
     clip: &mut Clip,
@@ -300,8 +301,9 @@ pub fn measure_samples(
     }
     let bar = crate::progress::bar(samples.dim().0 as u64, "samples through Inception and CLIP");
     let mut collector = FeatureCollector::new(net, clip, resolution);
-    for (i, image) in samples.outer_iter().enumerate() {
-        collector.push(image, Some(&prompts[i % prompts.len()]))?;
+    for (row, image) in samples.outer_iter().enumerate() {
+        let i = first + row as u64;
+        collector.push(image, Some(&prompts[(i % prompts.len() as u64) as usize]))?;
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -177,3 +177,26 @@ pub async fn kill_three_times_then_finish(
     );
     (kills, in_hand)
 }
+
+/// The flags that point `sample` and `benchmark generator` at tiny models, at 32 px on the CPU
+/// with `batch_size` conditions per batch.
+pub fn tiny_model_args(
+    models: &llamagen_models::tiny::TinyModels,
+    batch_size: usize,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, path) in [
+        ("--gpt-ckpt", &models.gpt_ckpt),
+        ("--gpt-config", &models.gpt_config),
+        ("--vq-ckpt", &models.vq_ckpt),
+        ("--vq-config", &models.vq_config),
+    ] {
+        args.push(flag.into());
+        args.push(path.into());
+    }
+    for a in ["--image-size", "32", "--device", "cpu", "--batch-size"] {
+        args.push(a.into());
+    }
+    args.push(batch_size.to_string().into());
+    args
+}
