@@ -9,17 +9,37 @@ use ort::session::Session;
 
 use crate::NativeError;
 
-/// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set, else the one scripts/setup.sh
-/// linked into the virtualenv when this binary was built.
+/// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set, else the one beside the binary
+/// in the relocatable layout (`BIN/../lib/onnxruntime/`, as scripts/package.sh makes it), else
+/// the one scripts/setup.sh linked into the virtualenv when this binary was built.
 pub fn dylib_path() -> Result<PathBuf, NativeError> {
     let path = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
+        .or_else(packaged_dylib)
         .or_else(|| option_env!("LLAMAGEN_ORT_DYLIB").map(PathBuf::from))
         .ok_or(NativeError::OrtLibraryUnset)?;
     if !path.exists() {
         return Err(NativeError::OrtLibraryMissing { path });
     }
     Ok(path)
+}
+
+/// `libonnxruntime.so*` in `lib/onnxruntime/` next to the folder of the running binary.
+fn packaged_dylib() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.join("lib").join("onnxruntime");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    // The versioned file (libonnxruntime.so.1.31.1) if there are several names.
+    found.sort();
+    found.pop()
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();

@@ -34,7 +34,10 @@ impl TorchInfo {
 /// Probes libtorch. Touching `tch` loads libtorch, so this also proves the rpath works.
 pub fn info() -> TorchInfo {
     load_cuda();
-    let libtorch_dir = option_env!("LIBTORCH").map(PathBuf::from);
+    // The libtorch this process runs on (a packaged copy, say), else the one it was built on.
+    let libtorch_dir = loaded_libtorch_dir()
+        .and_then(|lib| lib.parent().map(Path::to_path_buf))
+        .or_else(|| option_env!("LIBTORCH").map(PathBuf::from));
     let version = libtorch_dir.as_deref().and_then(read_version);
     TorchInfo {
         libtorch_dir,
