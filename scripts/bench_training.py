@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--autocast-bf16", action="store_true")
+    p.add_argument("--zero", action="store_true",
+                   help="under torchrun: AdamW's state sharded by ZeroRedundancyOptimizer")
     p.add_argument("--t2i-features", type=Path,
                    help="text-to-image: f32 [batch, 120, 2048] caption features (the bench's)")
     args = p.parse_args()
@@ -65,8 +67,13 @@ def main() -> None:
         model = torch.nn.parallel.DistributedDataParallel(model)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.zero and world > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        opt = ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=1e-4,
+                                      betas=(0.9, 0.95))
+    else:
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(rank)
     codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g).to(device)
     labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g).to(device)

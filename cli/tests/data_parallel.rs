@@ -101,6 +101,19 @@ fn torchrun(
     ranks: u32,
     record: bool,
 ) -> Output {
+    torchrun_with(dir, db, out, steps, ranks, record, &[])
+}
+
+/// [`torchrun`] with more flags for `llamagen train`.
+fn torchrun_with(
+    dir: &Path,
+    db: &TestDatabase,
+    out: &str,
+    steps: u32,
+    ranks: u32,
+    record: bool,
+    extra: &[&str],
+) -> Output {
     Command::new(repo().join(".venv/bin/torchrun"))
         .args([
             "--standalone",
@@ -110,6 +123,7 @@ fn torchrun(
         ])
         .arg(env!("CARGO_BIN_EXE_llamagen"))
         .args(train_args(dir, out, steps, record))
+        .args(extra)
         .env("DATABASE_URL", db.url())
         .env("LLAMAGEN_DIST_TIMEOUT", "120")
         .output()
@@ -128,10 +142,15 @@ fn checkpoint(dir: &Path, out: &str, step: u32) -> PathBuf {
 
 /// The `model.*` tensors of a checkpoint.
 fn weights(path: &Path) -> BTreeMap<String, Tensor> {
+    tensors(path, "model.")
+}
+
+/// The tensors of a checkpoint whose names start with `prefix`.
+fn tensors(path: &Path, prefix: &str) -> BTreeMap<String, Tensor> {
     Tensor::read_safetensors(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_iter()
-        .filter(|(name, _)| name.starts_with("model."))
+        .filter(|(name, _)| name.starts_with(prefix))
         .collect()
 }
 
@@ -216,6 +235,79 @@ async fn ranks_train_as_one_process_and_move_between_rank_counts() {
     println!(
         "data parallel: largest relative difference from one process (ranks, difference): {figures:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_optimizer_trains_the_same_weights_and_checkpoints_whole() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let shard = ["--shard-optimizer"];
+
+    // Sharded and unsharded 2-rank runs: the same arithmetic, so the same bytes, in the
+    // weights and in the (gathered) optimizer state of both checkpoints.
+    succeeded(torchrun(d, &db, "whole", 6, 2, false), "2 ranks");
+    let printed = succeeded(
+        torchrun_with(d, &db, "sharded", 6, 2, false, &shard),
+        "2 ranks, sharded",
+    );
+    // "... sharded over 2 ranks: X MB on rank R of Y MB": about half on each rank.
+    for rank in 0..2 {
+        let marker = format!(" MB on rank {rank} of ");
+        let line = printed
+            .lines()
+            .find(|l| l.contains("optimizer state sharded over 2 ranks") && l.contains(&marker))
+            .unwrap_or_else(|| panic!("no sharding line for rank {rank}: {printed}"));
+        let held: f64 = line
+            .split(&marker)
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let whole: f64 = line
+            .split(&marker)
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            held > 0.3 * whole && held < 0.7 * whole,
+            "rank {rank} holds {held} of {whole} MB"
+        );
+    }
+    for step in [3, 6] {
+        let whole = tensors(&checkpoint(d, "whole", step), "");
+        let sharded = tensors(&checkpoint(d, "sharded", step), "");
+        assert_eq!(
+            whole.keys().collect::<Vec<_>>(),
+            sharded.keys().collect::<Vec<_>>(),
+            "step {step}"
+        );
+        for (name, t) in &sharded {
+            assert!(t.equal(&whole[name]), "step {step}: {name} differs");
+        }
+    }
+
+    // A sharded 3-rank checkpoint resumes on one process, and that on 2 sharded ranks.
+    succeeded(
+        torchrun_with(d, &db, "moves", 3, 3, false, &shard),
+        "3 ranks, sharded, to step 3",
+    );
+    succeeded(one_process(d, &db, "moves", 5), "1 process resumed");
+    succeeded(
+        torchrun_with(d, &db, "moves", 6, 2, false, &shard),
+        "2 ranks, sharded, resumed",
+    );
+    let difference = relative_difference(&checkpoint(d, "moves", 6), &checkpoint(d, "whole", 6));
+    assert!(difference < 1e-6, "moved between rank counts: {difference}");
+    println!("sharded optimizer: moved between 3, 1 and 2 ranks, {difference:e} from 2 ranks");
 }
 
 fn free_port() -> u16 {

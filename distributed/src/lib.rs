@@ -377,6 +377,29 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// Copies rank `root`'s `tensors` into every rank's (any layout, any device; the same
+    /// shapes and kinds on every rank), in flat buckets of at most [`BUCKET_BYTES`] as
+    /// [`ProcessGroup::all_reduce_mean`] makes them.
+    pub fn broadcast_many(&self, tensors: &[Tensor], root: usize) -> Result<(), DistributedError> {
+        for bucket in buckets(tensors, BUCKET_BYTES) {
+            let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
+            let flat = Tensor::cat(&parts, 0).to_device(tch::Device::Cpu);
+            self.broadcast_in_place(&flat, root)?;
+            if self.rank == root {
+                continue;
+            }
+            let flat = flat.to_device(tensors[bucket[0]].device());
+            let mut offset = 0;
+            for &i in &bucket {
+                let n = tensors[i].numel() as i64;
+                let mut target = tensors[i].shallow_clone();
+                target.copy_(&flat.narrow(0, offset, n).view_as(&target));
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+
     fn broadcast_in_place(&self, tensor: &Tensor, root: usize) -> Result<(), DistributedError> {
         let mut err = vec![0u8; ERROR_BYTES];
         let root = c_int::try_from(root).unwrap_or(c_int::MAX);

@@ -132,6 +132,27 @@ fn rank_collectives() {
     };
     group.broadcast(&c, 1).unwrap();
     assert_eq!(Vec::<i64>::try_from(&c).unwrap(), [7, 8]);
+    // Several tensors of two kinds from the last rank, one of them transposed.
+    let last = group.world() - 1;
+    let (d, e) = if group.rank() == last {
+        (
+            Tensor::from_slice(&[1.5f64, -2.0, 3.0]),
+            Tensor::from_slice(&[1f32, 2.0, 3.0, 4.0]).view([2, 2]).tr(),
+        )
+    } else {
+        (
+            Tensor::zeros([3], (Kind::Double, tch::Device::Cpu)),
+            Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)).tr(),
+        )
+    };
+    group
+        .broadcast_many(&[d.shallow_clone(), e.shallow_clone()], last)
+        .unwrap();
+    assert_eq!(Vec::<f64>::try_from(&d).unwrap(), [1.5, -2.0, 3.0]);
+    assert_eq!(
+        Vec::<f32>::try_from(e.contiguous().view([-1])).unwrap(),
+        [1.0, 3.0, 2.0, 4.0]
+    );
     // Uneven shares: rank r gives r + 1 rows of [r, 10 r + j]; rank 0 of 3 none at all.
     let given = if group.rank() == 0 && group.world() == 3 {
         0

@@ -18,9 +18,14 @@ pub(crate) struct AdamWSettings {
 }
 
 /// AdamW with PyTorch's update: decoupled decay, bias-corrected moments.
+///
+/// Sharded (ZeRO stage 1), it keeps the moments of the parameters it owns only and updates
+/// those alone; the other ranks own and update the rest.
 pub(crate) struct AdamW {
     pub m: BTreeMap<String, Tensor>,
     pub v: BTreeMap<String, Tensor>,
+    /// The parameters this rank updates, when the state is sharded across ranks.
+    pub owned: Option<std::collections::BTreeSet<String>>,
 }
 
 impl AdamW {
@@ -29,7 +34,32 @@ impl AdamW {
         AdamW {
             m: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
             v: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+            owned: None,
         }
+    }
+
+    /// Keeps the moments of the `owned` parameters only, from now on updating those alone.
+    pub fn shard(&mut self, owned: std::collections::BTreeSet<String>) {
+        self.m.retain(|name, _| owned.contains(name));
+        self.v.retain(|name, _| owned.contains(name));
+        self.owned = Some(owned);
+    }
+
+    /// Whether the moments of every parameter in `params` are held here (a checkpoint needs
+    /// them all).
+    pub fn is_whole(&self, params: &BTreeMap<String, Tensor>) -> bool {
+        params
+            .keys()
+            .all(|n| self.m.contains_key(n) && self.v.contains_key(n))
+    }
+
+    /// Bytes of moment state held here.
+    pub fn bytes(&self) -> usize {
+        self.m
+            .values()
+            .chain(self.v.values())
+            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+            .sum()
     }
 
     /// The moments as checkpoint entries, `{prefix}.m.NAME` and `{prefix}.v.NAME`.
@@ -63,7 +93,8 @@ impl AdamW {
             let bias2 = 1.0 - c.beta2.powi(step as i32);
             for (name, p) in params {
                 let grad = p.grad();
-                if !grad.defined() {
+                let mine = self.owned.as_ref().is_none_or(|owned| owned.contains(name));
+                if !grad.defined() || !mine {
                     continue;
                 }
                 let mut p = p.shallow_clone();

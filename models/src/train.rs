@@ -177,6 +177,36 @@ pub trait Replicas {
     fn world(&self) -> usize;
     /// Replaces each tensor with its mean over the ranks; every rank passes the same shapes.
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String>;
+    /// Copies rank `root`'s tensors into every rank's; every rank passes the same shapes.
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), String>;
+}
+
+/// Moments gathered for a checkpoint are sent in pieces of about this many bytes, so that a
+/// rank other than the writer never holds more than one piece of another rank's state.
+const GATHER_BYTES: usize = 64 << 20;
+
+/// The rank that updates each parameter when the optimizer state is sharded over `world`
+/// ranks: the largest parameters first, each to the rank with the fewest elements so far (the
+/// lowest rank on a tie), as PyTorch's `ZeroRedundancyOptimizer` balances them.
+pub fn optimizer_owners(
+    params: &BTreeMap<String, Tensor>,
+    world: usize,
+) -> BTreeMap<String, usize> {
+    let mut by_size: Vec<(&String, i64)> =
+        params.iter().map(|(n, t)| (n, t.numel() as i64)).collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut load = vec![0i64; world.max(1)];
+    let mut owners = BTreeMap::new();
+    for (name, size) in by_size {
+        let (rank, _) = load
+            .iter()
+            .enumerate()
+            .min_by_key(|&(r, &l)| (l, r))
+            .unwrap_or((0, &0));
+        load[rank] += size;
+        owners.insert(name.clone(), rank);
+    }
+    owners
 }
 
 /// A GPT, its optimizer and its position in the run.
@@ -195,6 +225,9 @@ pub struct Trainer {
     optimizer: AdamW,
     /// Exponential moving average of the parameters (LlamaGen's `--ema`), if kept.
     ema: Option<BTreeMap<String, Tensor>>,
+    /// The rank that updates each parameter, when the optimizer state is sharded
+    /// ([`Trainer::shard_optimizer`]).
+    owners: Option<BTreeMap<String, usize>>,
 }
 
 impl Trainer {
@@ -224,7 +257,88 @@ impl Trainer {
             params,
             optimizer,
             ema,
+            owners: None,
         })
+    }
+
+    /// ZeRO stage 1: from now on this rank (`rank` of `world`) keeps AdamW's moments for the
+    /// parameters [`optimizer_owners`] gives it only, and updates those alone; after each
+    /// update every rank sends the parameters it owns to the others. The update is the same
+    /// arithmetic as unsharded, so the weights are too. Steps then need the replicas
+    /// ([`Trainer::train_step_replicated`]), and a checkpoint needs
+    /// [`Trainer::gather_optimizer`] first.
+    pub fn shard_optimizer(&mut self, rank: usize, world: usize) {
+        let owners = optimizer_owners(&self.params, world);
+        let owned = owners
+            .iter()
+            .filter(|&(_, &r)| r == rank)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.optimizer.shard(owned);
+        self.owners = Some(owners);
+    }
+
+    /// Bytes of optimizer state (AdamW's two moments) this trainer holds.
+    pub fn optimizer_bytes(&self) -> usize {
+        self.optimizer.bytes()
+    }
+
+    /// Brings every rank's moments to rank 0, so that it can [`Trainer::save`] a checkpoint
+    /// that resumes on any number of ranks. Every rank calls it; the others hold one piece of
+    /// another rank's state at a time. [`Trainer::release_optimizer`] drops them again.
+    pub fn gather_optimizer(&mut self, replicas: &dyn Replicas) -> Result<(), ModelError> {
+        let Some(owners) = &self.owners else {
+            return Ok(());
+        };
+        let rank = replicas.rank();
+        for owner in (0..replicas.world()).filter(|&o| o != 0) {
+            let names: Vec<&String> = owners
+                .iter()
+                .filter(|&(_, &o)| o == owner)
+                .map(|(n, _)| n)
+                .collect();
+            let mut piece: Vec<&String> = Vec::new();
+            let mut bytes = 0;
+            for (i, name) in names.iter().enumerate() {
+                let p = &self.params[*name];
+                bytes += 2 * p.numel() * p.kind().elt_size_in_bytes();
+                piece.push(name);
+                if bytes < GATHER_BYTES && i + 1 < names.len() {
+                    continue;
+                }
+                let moments: Vec<Tensor> = piece
+                    .iter()
+                    .flat_map(|name| {
+                        [&self.optimizer.m, &self.optimizer.v].map(|state| match state.get(*name) {
+                            Some(t) if rank == owner => t.shallow_clone(),
+                            _ => self.params[*name].zeros_like(),
+                        })
+                    })
+                    .collect();
+                replicas
+                    .broadcast(&moments, owner)
+                    .map_err(ModelError::Replicas)?;
+                if rank == 0 {
+                    let mut moments = moments.into_iter();
+                    for name in &piece {
+                        if let (Some(m), Some(v)) = (moments.next(), moments.next()) {
+                            self.optimizer.m.insert((*name).clone(), m);
+                            self.optimizer.v.insert((*name).clone(), v);
+                        }
+                    }
+                }
+                piece.clear();
+                bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the moments [`Trainer::gather_optimizer`] brought from other ranks.
+    pub fn release_optimizer(&mut self) {
+        if let Some(owned) = self.optimizer.owned.clone() {
+            self.optimizer.shard(owned);
+        }
     }
 
     /// Starts from earlier weights (`--init-from`): a checkpoint of this trainer or converted
@@ -271,6 +385,11 @@ impl Trainer {
     ) -> Result<f64, ModelError> {
         if micro_batches.is_empty() {
             return Err(ModelError::Input("no micro-batches".into()));
+        }
+        if self.owners.is_some() && replicas.is_none() {
+            return Err(ModelError::Input(
+                "a sharded optimizer steps with its replicas".into(),
+            ));
         }
         let (rank, world) = replicas.map_or((0, 1), |r| (r.rank() as i64, r.world() as i64));
         let step_seed = self
@@ -343,6 +462,20 @@ impl Trainer {
         let lr = self.config.lr_at(self.step - 1);
         self.optimizer
             .update(&self.params, &self.config.adamw(), lr, self.step);
+        if let (Some(owners), Some(replicas)) = (&self.owners, replicas) {
+            // Each rank updated its own parameters; every rank takes the others' from them.
+            let _no_grad = tch::no_grad_guard();
+            for owner in 0..replicas.world() {
+                let mine: Vec<Tensor> = owners
+                    .iter()
+                    .filter(|&(_, &o)| o == owner)
+                    .map(|(n, _)| self.params[n].shallow_clone())
+                    .collect();
+                replicas
+                    .broadcast(&mine, owner)
+                    .map_err(ModelError::Replicas)?;
+            }
+        }
         if let Some(ema) = &mut self.ema {
             update_ema(ema, &self.params, self.config.ema_decay);
         }
@@ -356,6 +489,11 @@ impl Trainer {
 
     /// Writes the checkpoint atomically and its `.sha256` next to it; returns the sha256.
     pub fn save(&self, path: &Path) -> Result<String, ModelError> {
+        if !self.optimizer.is_whole(&self.params) {
+            return Err(ModelError::Input(
+                "the optimizer state is sharded across ranks: gather it before saving".into(),
+            ));
+        }
         let model = self.vs.variables();
         let mut tensors: Vec<(String, Tensor)> = checkpoint::entries("model.", &model)
             .chain(self.optimizer.entries("optimizer"))
@@ -399,5 +537,36 @@ impl Trainer {
         }
         checkpoint::nothing_left(&tensors, path)?;
         Ok(trainer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optimizer_owners_balance_the_elements() {
+        let params: BTreeMap<String, Tensor> = [("a", 10), ("b", 100), ("c", 50), ("d", 60)]
+            .into_iter()
+            .map(|(n, size)| {
+                (
+                    n.to_string(),
+                    Tensor::zeros([size], (Kind::Float, tch::Device::Cpu)),
+                )
+            })
+            .collect();
+        let owners = optimizer_owners(&params, 2);
+        // 100 to rank 0; 60 and 50 to rank 1 (then 110 against 100); 10 to rank 0.
+        let expected: BTreeMap<String, usize> = [("a", 0), ("b", 0), ("c", 1), ("d", 1)]
+            .into_iter()
+            .map(|(n, r)| (n.to_string(), r))
+            .collect();
+        assert_eq!(owners, expected);
+        assert!(optimizer_owners(&params, 1).values().all(|&r| r == 0));
+        // More ranks than parameters: some own nothing.
+        let owners = optimizer_owners(&params, 6);
+        let mut ranks: Vec<usize> = owners.values().copied().collect();
+        ranks.sort();
+        assert_eq!(ranks, [0, 1, 2, 3]);
     }
 }

@@ -5,7 +5,9 @@
 //!   process in a process group of one (every step's gradients go through the all-reduce);
 //! - `--ranks` processes (one thread each) against one process with as many threads, at the
 //!   same global batch, ours and PyTorch's (LlamaGen's `Transformer` under torchrun, DDP on
-//!   Gloo; `scripts/bench_training.py`).
+//!   Gloo; `scripts/bench_training.py`);
+//! - the same ranks with AdamW's state sharded (ZeRO stage 1: `--shard-optimizer`), against
+//!   DDP with PyTorch's `ZeroRedundancyOptimizer`, and the optimizer state each rank holds.
 //!
 //! ```text
 //! cargo bench -p llamagen-pipeline --bench data_parallel_vs_pytorch -- [--llamagen DIR]
@@ -32,6 +34,8 @@ struct Options {
     ranks: usize,
     batch: i64,
     steps: usize,
+    /// Set in the rank processes of the sharded rows.
+    shard: bool,
 }
 
 fn options() -> Options {
@@ -40,6 +44,7 @@ fn options() -> Options {
         ranks: 2,
         batch: 4,
         steps: 5,
+        shard: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -49,6 +54,7 @@ fn options() -> Options {
             "--ranks" => o.ranks = value().parse().expect("--ranks N"),
             "--batch" => o.batch = value().parse().expect("--batch N"),
             "--steps" => o.steps = value().parse().expect("--steps N"),
+            "--shard" => o.shard = true,
             _ => {}
         }
     }
@@ -63,10 +69,20 @@ fn config() -> GptConfig {
 }
 
 /// Trains `steps` timed steps (after one warm-up) at `batch` samples from `weights`, in the
-/// group when given; returns the seconds of the timed steps.
-fn train(weights_path: &Path, batch: i64, steps: usize, group: Option<&ProcessGroup>) -> f64 {
+/// group when given (with the optimizer state sharded over it when `shard`); returns the
+/// seconds of the timed steps and the optimizer bytes this process held.
+fn train(
+    weights_path: &Path,
+    batch: i64,
+    steps: usize,
+    group: Option<&ProcessGroup>,
+    shard: bool,
+) -> (f64, usize) {
     let mut trainer = Trainer::new(config(), TrainConfig::default(), Device::Cpu).unwrap();
     weights::load_strict(&trainer.vs, weights_path).unwrap();
+    if let (Some(g), true) = (group, shard) {
+        trainer.shard_optimizer(g.rank(), g.world());
+    }
     let rank = group.map_or(0, |g| g.rank() as i64);
     tch::manual_seed(rank);
     let c = config();
@@ -92,7 +108,7 @@ fn train(weights_path: &Path, batch: i64, steps: usize, group: Option<&ProcessGr
     for _ in 0..steps {
         step(&mut trainer);
     }
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), trainer.optimizer_bytes())
 }
 
 fn row(label: &str, tokens_per_s: f64, note: String) {
@@ -104,20 +120,21 @@ fn tokens_per_second(samples: i64, steps: usize, seconds: f64) -> f64 {
 }
 
 /// One rank of `--ranks` processes (this binary again, with the rank in the environment):
-/// rank 0 prints the global tokens/s.
+/// rank 0 prints the global tokens/s and the optimizer bytes it held.
 fn as_rank(o: &Options, weights_path: &Path) {
     let rendezvous = Rendezvous::from_env()
         .unwrap()
         .expect("RANK and WORLD_SIZE");
     let group = ProcessGroup::gloo(&rendezvous).unwrap();
-    let seconds = train(weights_path, o.batch, o.steps, Some(&group));
+    let (seconds, bytes) = train(weights_path, o.batch, o.steps, Some(&group), o.shard);
     if group.rank() == 0 {
         let samples = o.batch * group.world() as i64;
-        println!("{}", tokens_per_second(samples, o.steps, seconds));
+        println!("{} {bytes}", tokens_per_second(samples, o.steps, seconds));
     }
 }
 
-fn launch_ranks(o: &Options, weights_path: &Path) -> f64 {
+/// The ranks' tokens/s and the optimizer bytes rank 0 held.
+fn launch_ranks(o: &Options, weights_path: &Path, shard: bool) -> (f64, usize) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -135,6 +152,7 @@ fn launch_ranks(o: &Options, weights_path: &Path) -> f64 {
                     &o.batch.to_string(),
                 ])
                 .args(["--steps", &o.steps.to_string()])
+                .args(shard.then_some("--shard"))
                 .env("BENCH_RANK_WEIGHTS", weights_path)
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", o.ranks.to_string())
@@ -151,14 +169,23 @@ fn launch_ranks(o: &Options, weights_path: &Path) -> f64 {
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect();
-    String::from_utf8_lossy(&outs[0].stdout)
-        .trim()
-        .parse()
-        .expect("rank 0 prints its tokens/s")
+    let printed = String::from_utf8_lossy(&outs[0].stdout).into_owned();
+    let mut fields = printed.split_whitespace();
+    let rate = fields.next().and_then(|f| f.parse().ok());
+    let bytes = fields.next().and_then(|f| f.parse().ok());
+    rate.zip(bytes)
+        .unwrap_or_else(|| panic!("rank 0 prints its tokens/s and bytes, not {printed:?}"))
 }
 
 /// LlamaGen's model under PyTorch: one process with `threads` threads, or `ranks` DDP ranks.
-fn pytorch(o: &Options, repo: &Path, dir: &Path, ranks: usize, batch: i64) -> Option<f64> {
+fn pytorch(
+    o: &Options,
+    repo: &Path,
+    dir: &Path,
+    ranks: usize,
+    batch: i64,
+    zero: bool,
+) -> Option<f64> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("scripts/bench_training.py");
     let mut cmd = if ranks > 1 {
@@ -185,6 +212,7 @@ fn pytorch(o: &Options, repo: &Path, dir: &Path, ranks: usize, batch: i64) -> Op
             "--steps",
             &o.steps.to_string(),
         ])
+        .args(zero.then_some("--zero"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -219,7 +247,8 @@ fn main() {
 
     // The data-parallel path's own cost, at one rank and the global batch.
     let threads = tch::get_num_threads();
-    let alone = tokens_per_second(global, o.steps, train(&weights_path, global, o.steps, None));
+    let (seconds, whole_bytes) = train(&weights_path, global, o.steps, None, false);
+    let alone = tokens_per_second(global, o.steps, seconds);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -239,7 +268,7 @@ fn main() {
     let grouped = tokens_per_second(
         global,
         o.steps,
-        train(&weights_path, global, o.steps, Some(&one)),
+        train(&weights_path, global, o.steps, Some(&one), false).0,
     );
     drop(one);
     row(
@@ -252,20 +281,32 @@ fn main() {
         grouped,
         format!("overhead {:+.1} %", (alone / grouped - 1.0) * 100.0),
     );
-    let ranks = launch_ranks(&o, &weights_path);
+    let (ranks, _) = launch_ranks(&o, &weights_path, false);
     row(
         &format!("ours, {} ranks x 1 thread (Gloo)", o.ranks),
         ranks,
         format!("{:.2}x one process", ranks / alone),
     );
+    let (sharded, sharded_bytes) = launch_ranks(&o, &weights_path, true);
+    row(
+        &format!("ours, {} ranks, optimizer sharded", o.ranks),
+        sharded,
+        format!(
+            "{:.2}x unsharded; optimizer state {:.1} MB on rank 0 of {:.1} MB",
+            sharded / ranks,
+            sharded_bytes as f64 / 1e6,
+            whole_bytes as f64 / 1e6
+        ),
+    );
     let Some(repo) = &o.llamagen else {
         println!("  (PyTorch rows need --llamagen DIR, a LlamaGen checkout)");
         return;
     };
-    let torch_alone = pytorch(&o, repo, dir.path(), 1, global);
-    let torch_ddp = pytorch(&o, repo, dir.path(), o.ranks, o.batch);
-    match (torch_alone, torch_ddp) {
-        (Some(single), Some(ddp)) => {
+    let torch_alone = pytorch(&o, repo, dir.path(), 1, global, false);
+    let torch_ddp = pytorch(&o, repo, dir.path(), o.ranks, o.batch, false);
+    let torch_zero = pytorch(&o, repo, dir.path(), o.ranks, o.batch, true);
+    match (torch_alone, torch_ddp, torch_zero) {
+        (Some(single), Some(ddp), Some(zero)) => {
             row(
                 &format!("PyTorch, one process ({} threads)", o.ranks),
                 single,
@@ -275,6 +316,11 @@ fn main() {
                 &format!("PyTorch DDP, {} ranks x 1 thread (Gloo)", o.ranks),
                 ddp,
                 format!("ours / theirs {:.2}x", ranks / ddp),
+            );
+            row(
+                &format!("PyTorch DDP + ZeroRedundancyOptimizer, {} ranks", o.ranks),
+                zero,
+                format!("ours / theirs {:.2}x", sharded / zero),
             );
         }
         _ => println!("  PyTorch did not report (see scripts/bench_training.py)"),

@@ -324,6 +324,9 @@ pub struct TrainConfig {
     /// Weights a fresh run starts from (a checkpoint of any image size, or converted LlamaGen
     /// weights), with a fresh optimizer; empty for a random initialisation.
     pub init_from: String,
+    /// Data-parallel runs: each rank keeps and updates AdamW's state for its share of the
+    /// parameters only (ZeRO stage 1).
+    pub shard_optimizer: bool,
 }
 
 impl Default for TrainConfig {
@@ -347,6 +350,7 @@ impl Default for TrainConfig {
             seed: 0,
             output: "checkpoints".into(),
             init_from: String::new(),
+            shard_optimizer: false,
         }
     }
 }

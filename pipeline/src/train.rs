@@ -127,6 +127,12 @@ pub struct TrainArgs {
     /// weights. Ignored when --out has a checkpoint to resume from.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Data-parallel runs: each rank keeps AdamW's moments for its share of the parameters only
+    /// and updates those, then sends them to the others (ZeRO stage 1): the optimizer's memory
+    /// divided by the ranks, the same weights. Checkpoints still hold the whole state, so a run
+    /// resumes on any number of ranks, sharded or not.
+    #[arg(long)]
+    pub shard_optimizer: bool,
     /// Leaderboard name of the model being trained.
     #[arg(long)]
     pub model: String,
@@ -294,6 +300,7 @@ pub fn args_from_config(
         out,
         model: config.trained_model_name(),
         init_from: (!t.init_from.is_empty()).then(|| under(&t.init_from)),
+        shard_optimizer: t.shard_optimizer,
         no_record: false,
         json: false,
     })
@@ -521,6 +528,17 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     };
     if let Some(group) = &group {
         agree_on_the_start(group, &trainer)?;
+        if args.shard_optimizer {
+            let whole = trainer.optimizer_bytes();
+            trainer.shard_optimizer(rank, world);
+            tracing::info!(
+                "optimizer state sharded over {world} ranks: {:.1} MB on rank {rank} of {:.1} MB",
+                trainer.optimizer_bytes() as f64 / 1e6,
+                whole as f64 / 1e6
+            );
+        }
+    } else if args.shard_optimizer {
+        tracing::info!("--shard-optimizer has no effect on a single process");
     }
     let gpt_config = trainer.gpt.config.clone();
     if gpt_config.conditioning != conditioning {
@@ -541,6 +559,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         "global_batch_size": args.global_batch_size,
         "gradient_accumulation": args.gradient_accumulation,
         "init_from": args.init_from.as_ref().map(|p| p.display().to_string()),
+        "shard_optimizer": args.shard_optimizer && world > 1,
     });
     // Rank 0 alone records the run and writes checkpoints: every rank holds the same weights.
     let record = if args.no_record || rank != 0 {
@@ -673,9 +692,17 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         stopped = stop_here && done < args.max_steps;
         let checkpoint =
             done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped;
+        if let (true, Some(group)) = (checkpoint && args.shard_optimizer, &group) {
+            // Every rank sends its share of the optimizer state to rank 0, which writes it.
+            if let Err(e) = trainer.gather_optimizer(&Ranks(group)) {
+                result = Err(e.into());
+                break;
+            }
+        }
         if checkpoint && rank == 0 {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
+            trainer.release_optimizer();
             let row = CheckpointRow {
                 path: &path,
                 sha256: &sha,
@@ -725,6 +752,11 @@ impl Replicas for Ranks<'_> {
     }
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String> {
         self.0.all_reduce_mean(tensors).map_err(|e| e.to_string())
+    }
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), String> {
+        self.0
+            .broadcast_many(tensors, root)
+            .map_err(|e| e.to_string())
     }
 }
 
