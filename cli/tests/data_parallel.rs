@@ -92,20 +92,9 @@ fn one_process(dir: &Path, db: &TestDatabase, out: &str, steps: u32) -> Output {
         .unwrap()
 }
 
-/// `torchrun --standalone --nproc-per-node ranks --no-python llamagen ...`.
+/// `torchrun --standalone --nproc-per-node ranks --no-python llamagen train ...`, with `extra`
+/// flags for `llamagen train`.
 fn torchrun(
-    dir: &Path,
-    db: &TestDatabase,
-    out: &str,
-    steps: u32,
-    ranks: u32,
-    record: bool,
-) -> Output {
-    torchrun_with(dir, db, out, steps, ranks, record, &[])
-}
-
-/// [`torchrun`] with more flags for `llamagen train`.
-fn torchrun_with(
     dir: &Path,
     db: &TestDatabase,
     out: &str,
@@ -114,18 +103,9 @@ fn torchrun_with(
     record: bool,
     extra: &[&str],
 ) -> Output {
-    Command::new(repo().join(".venv/bin/torchrun"))
-        .args([
-            "--standalone",
-            "--nproc-per-node",
-            &ranks.to_string(),
-            "--no-python",
-        ])
-        .arg(env!("CARGO_BIN_EXE_llamagen"))
+    torchrun_command(ranks, db)
         .args(train_args(dir, out, steps, record))
         .args(extra)
-        .env("DATABASE_URL", db.url())
-        .env("LLAMAGEN_DIST_TIMEOUT", "120")
         .output()
         .unwrap()
 }
@@ -180,7 +160,7 @@ async fn ranks_train_as_one_process_and_move_between_rank_counts() {
     assert!(before > 1e-3, "training moves the weights: {before}");
 
     // Two and three ranks from the start, recorded by rank 0 alone.
-    let two = succeeded(torchrun(d, &db, "two", 6, 2, true), "2 ranks");
+    let two = succeeded(torchrun(d, &db, "two", 6, 2, true, &[]), "2 ranks");
     assert!(
         two.contains("joined the Gloo process group") || two.contains("trained to step 6"),
         "{two}"
@@ -188,7 +168,7 @@ async fn ranks_train_as_one_process_and_move_between_rank_counts() {
     let mut figures = Vec::new();
     for (out, ranks) in [("two", 2), ("three", 3)] {
         if ranks == 3 {
-            succeeded(torchrun(d, &db, out, 6, 3, false), "3 ranks");
+            succeeded(torchrun(d, &db, out, 6, 3, false, &[]), "3 ranks");
         }
         let difference = relative_difference(&checkpoint(d, out, 6), &reference);
         assert!(
@@ -211,8 +191,14 @@ async fn ranks_train_as_one_process_and_move_between_rank_counts() {
     assert_eq!(steps, [3, 6], "each checkpoint registered once, by rank 0");
 
     // 2 ranks to step 3, then 2 ranks on: the uninterrupted 2-rank run, byte for byte.
-    succeeded(torchrun(d, &db, "again", 3, 2, false), "2 ranks to step 3");
-    succeeded(torchrun(d, &db, "again", 6, 2, false), "2 ranks resumed");
+    succeeded(
+        torchrun(d, &db, "again", 3, 2, false, &[]),
+        "2 ranks to step 3",
+    );
+    succeeded(
+        torchrun(d, &db, "again", 6, 2, false, &[]),
+        "2 ranks resumed",
+    );
     let uninterrupted_weights = weights(&checkpoint(d, "two", 6));
     for (name, t) in weights(&checkpoint(d, "again", 6)) {
         assert!(
@@ -222,11 +208,14 @@ async fn ranks_train_as_one_process_and_move_between_rank_counts() {
     }
 
     // 2 ranks then 1 process, and 1 process then 2 ranks: the same samples, the same weights.
-    succeeded(torchrun(d, &db, "down", 3, 2, false), "2 ranks to step 3");
+    succeeded(
+        torchrun(d, &db, "down", 3, 2, false, &[]),
+        "2 ranks to step 3",
+    );
     let resumed = succeeded(one_process(d, &db, "down", 6), "1 process resumed");
     assert!(resumed.contains("resuming from"), "{resumed}");
     succeeded(one_process(d, &db, "up", 3), "1 process to step 3");
-    succeeded(torchrun(d, &db, "up", 6, 2, false), "2 ranks resumed");
+    succeeded(torchrun(d, &db, "up", 6, 2, false, &[]), "2 ranks resumed");
     for out in ["down", "up"] {
         let difference = relative_difference(&checkpoint(d, out, 6), &reference);
         assert!(difference < 1e-6, "{out}: {difference}");
@@ -247,9 +236,9 @@ async fn a_sharded_optimizer_trains_the_same_weights_and_checkpoints_whole() {
 
     // Sharded and unsharded 2-rank runs: the same arithmetic, so the same bytes, in the
     // weights and in the (gathered) optimizer state of both checkpoints.
-    succeeded(torchrun(d, &db, "whole", 6, 2, false), "2 ranks");
+    succeeded(torchrun(d, &db, "whole", 6, 2, false, &[]), "2 ranks");
     let printed = succeeded(
-        torchrun_with(d, &db, "sharded", 6, 2, false, &shard),
+        torchrun(d, &db, "sharded", 6, 2, false, &shard),
         "2 ranks, sharded",
     );
     // "... sharded over 2 ranks: X MB on rank R of Y MB": about half on each rank.
@@ -297,12 +286,12 @@ async fn a_sharded_optimizer_trains_the_same_weights_and_checkpoints_whole() {
 
     // A sharded 3-rank checkpoint resumes on one process, and that on 2 sharded ranks.
     succeeded(
-        torchrun_with(d, &db, "moves", 3, 3, false, &shard),
+        torchrun(d, &db, "moves", 3, 3, false, &shard),
         "3 ranks, sharded, to step 3",
     );
     succeeded(one_process(d, &db, "moves", 5), "1 process resumed");
     succeeded(
-        torchrun_with(d, &db, "moves", 6, 2, false, &shard),
+        torchrun(d, &db, "moves", 6, 2, false, &shard),
         "2 ranks, sharded, resumed",
     );
     let difference = relative_difference(&checkpoint(d, "moves", 6), &checkpoint(d, "whole", 6));
@@ -463,8 +452,7 @@ fn torchrun_command(ranks: u32, db: &TestDatabase) -> Command {
     ])
     .arg(env!("CARGO_BIN_EXE_llamagen"))
     .env("DATABASE_URL", db.url())
-    .env("LLAMAGEN_DIST_TIMEOUT", "120")
-    .env("RUST_LOG", "warn");
+    .env("LLAMAGEN_DIST_TIMEOUT", "120");
     cmd
 }
 
@@ -512,7 +500,10 @@ async fn ranks_sample_and_benchmark_as_one_process() {
     };
     let mut alone = Command::new(env!("CARGO_BIN_EXE_llamagen"));
     succeeded(sample(&mut alone, "one"), "one process");
-    let printed = succeeded(sample(&mut torchrun_command(3, &db), "three"), "3 ranks");
+    let printed = succeeded(
+        sample(torchrun_command(3, &db).env("RUST_LOG", "warn"), "three"),
+        "3 ranks",
+    );
     assert_eq!(
         printed.matches("made ").count(),
         1,
@@ -526,7 +517,10 @@ async fn ranks_sample_and_benchmark_as_one_process() {
     let npz = llamagen_evaluate::npz::read_reference(&d.join("three/samples.npz")).unwrap();
     assert_eq!(npz.images.unwrap().dim(), (10, 32, 32, 3));
     // A re-run finds every sample made.
-    let again = succeeded(sample(&mut torchrun_command(2, &db), "three"), "resumed");
+    let again = succeeded(
+        sample(torchrun_command(2, &db).env("RUST_LOG", "warn"), "three"),
+        "resumed",
+    );
     assert!(again.contains("made 0 image(s), kept 10"), "{again}");
 
     // The benchmark: 2 ranks sample the scale's folder, split the reference's and the samples' images
@@ -554,7 +548,11 @@ async fn ranks_sample_and_benchmark_as_one_process() {
         cmd.output().unwrap()
     };
     let ranked = succeeded(
-        benchmark(&mut torchrun_command(2, &db), &d.join("runs"), true),
+        benchmark(
+            torchrun_command(2, &db).env("RUST_LOG", "warn"),
+            &d.join("runs"),
+            true,
+        ),
         "2-rank benchmark",
     );
     let json_of = |printed: &str| -> serde_json::Value {
