@@ -5,6 +5,7 @@
 //! the tokenizer benchmark, the last one better than the first. A run SIGKILLed after its
 //! first checkpoint, and one stopped by SIGTERM (checkpoint written, exit 143), both resume to
 //! the uninterrupted run's final checkpoint, byte for byte; an undecodable image is left out.
+//! Two ranks under torchrun train as one process on the same global batch.
 
 mod common;
 
@@ -54,6 +55,19 @@ fn reference(dir: &Path) {
     }
 }
 
+/// The shards, the tiny tokenizer's config and random LPIPS weights under `dir`.
+fn setup(dir: &Path) {
+    shards(&dir.join("shards"));
+    tiny_vq(&dir.join("vq.json"));
+    let exported = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/export_lpips.py"))
+        .args(["--random", "--widths", "4,8,16,32,32", "--seed", "3"])
+        .arg(dir.join("lpips.safetensors"))
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", text(&exported));
+}
+
 fn tiny_vq(path: &Path) {
     let config = llamagen_models::tiny::trainable_vq_config();
     std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
@@ -62,7 +76,17 @@ fn tiny_vq(path: &Path) {
 fn train(dir: &Path, db: &TestDatabase, out: &str, extra: &[&str]) -> Command {
     let mut cmd = llamagen_on(dir, &db.url());
     cmd.env("RUST_LOG", "warn")
-        .args(["train", "vq", "--device", "cpu", "--precision", "fp32"])
+        .args(vq_args(dir, out, STEPS, "4"))
+        .args(["--precision", "fp32"])
+        .args(extra);
+    cmd
+}
+
+/// `train vq ...` on the tiny tokenizer to `steps` with a checkpoint `every` steps, into
+/// `dir/out`.
+fn vq_args(dir: &Path, out: &str, steps: &str, every: &str) -> Vec<std::ffi::OsString> {
+    let mut cmd = Command::new("");
+    cmd.args(["train", "vq", "--device", "cpu"])
         .arg("--images")
         .arg(dir.join("shards"))
         .arg("--lpips")
@@ -92,14 +116,13 @@ fn train(dir: &Path, db: &TestDatabase, out: &str, extra: &[&str]) -> Command {
         ])
         .args([
             "--checkpoint-every",
-            "4",
+            every,
             "--log-every",
             "2",
             "--max-steps",
-            STEPS,
-        ])
-        .args(extra);
-    cmd
+            steps,
+        ]);
+    cmd.get_args().map(|a| a.to_os_string()).collect()
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -117,16 +140,8 @@ async fn trains_records_benchmarks_and_resumes_after_a_kill() {
     let db = TestDatabase::new().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    shards(&dir.join("shards"));
+    setup(dir);
     reference(&dir.join("reference"));
-    tiny_vq(&dir.join("vq.json"));
-    let exported = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("scripts/export_lpips.py"))
-        .args(["--random", "--widths", "4,8,16,32,32", "--seed", "3"])
-        .arg(dir.join("lpips.safetensors"))
-        .output()
-        .unwrap();
-    assert!(exported.status.success(), "{}", text(&exported));
 
     let out = run(train(dir, &db, "straight", &["--json"]));
     let report: serde_json::Value =
@@ -296,4 +311,92 @@ checkpoint_every = 4
         final_sha,
         "a preempted run must end on the uninterrupted run's checkpoint"
     );
+}
+
+/// The tiny tokenizer's weights in a checkpoint.
+fn vq_weights(path: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("model."))
+        .collect()
+}
+
+#[tokio::test]
+async fn ranks_train_the_tokenizer_as_one_process() {
+    let db = TestDatabase::new().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+
+    // Before --disc-start (20) every term of the loss is a mean over samples, so 2 ranks
+    // averaging their gradients take one process's step on the global batch of 4.
+    let mut alone = train_steps(
+        dir,
+        &db,
+        "alone",
+        Command::new(env!("CARGO_BIN_EXE_llamagen")),
+    );
+    alone.arg("--no-record");
+    run(alone);
+    let mut ranks = Command::new(repo().join(".venv/bin/torchrun"));
+    ranks
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_llamagen"))
+        .env("LLAMAGEN_DIST_TIMEOUT", "120");
+    let printed = text(&run(train_steps(dir, &db, "ranks", ranks)));
+    assert!(printed.contains("trained to step 4"), "{printed}");
+    let alone = vq_weights(&dir.join("alone/0000004.safetensors"));
+    let ranked = vq_weights(&dir.join("ranks/0000004.safetensors"));
+    let start = vq_weights(&dir.join("alone/0000002.safetensors"));
+    // The usage counter, a buffer, is each rank's own, as under DDP. Tensors whose true
+    // gradient is zero (attention's key biases, biases ahead of a GroupNorm) start at zero and
+    // move by rounding noise alone (about 1e-15), so they are compared within the model's
+    // norm, and every other tensor on its own.
+    let (mut largest, mut moved, mut difference, mut norm) = (0f64, 0f64, 0f64, 0f64);
+    for (name, a) in alone.iter().filter(|(n, _)| !n.ends_with("codebook_used")) {
+        let sq = |t: &tch::Tensor| t.square().sum(tch::Kind::Double).double_value(&[]);
+        difference += sq(&(&ranked[name] - a));
+        norm += sq(a);
+        let scale = a.abs().max().double_value(&[]);
+        if scale > 1e-6 {
+            largest = largest.max((&ranked[name] - a).abs().max().double_value(&[]) / scale);
+            moved = moved.max((&start[name] - a).abs().max().double_value(&[]) / scale);
+        }
+    }
+    let whole = (difference / norm).sqrt();
+    assert!(moved > 1e-3, "training moves the weights: {moved}");
+    assert!(
+        largest < 1e-6 && whole < 1e-9,
+        "2 ranks differ from one process by {largest} in a tensor, {whole} over the model"
+    );
+    println!(
+        "tokenizer, 2 ranks against one process: {largest:e} in a tensor, {whole:e} over the model"
+    );
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM training_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the ranks' run, recorded by rank 0 alone");
+    let checkpoints: Vec<i64> = sqlx::query_scalar("SELECT step FROM checkpoints ORDER BY step")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(checkpoints, [2, 4]);
+}
+
+/// `train vq` to step 4 (checkpoints at 2 and 4) into `dir/out` with `cmd` (the binary, or
+/// torchrun in front of it).
+fn train_steps(dir: &Path, db: &TestDatabase, out: &str, mut cmd: Command) -> Command {
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("DATABASE_URL", db.url())
+        .env("LLAMAGEN_GIT_REVISION", "test")
+        .args(vq_args(dir, out, "4", "2"))
+        // Each rank draws its own dropout masks, as under DDP.
+        .arg("--no-perceptual-dropout")
+        // float64, so that the comparison is of the arithmetic, not of float32's rounding of
+        // sums taken in another order, which Adam amplifies where a gradient is zero.
+        .args(["--precision", "fp64"]);
+    cmd
 }

@@ -29,7 +29,7 @@ use crate::optim::{
     AdamW, AdamWSettings, clip_grad_norm, ema_copy, trainable, update_ema, zero_grads,
 };
 use crate::patchgan::PatchGan;
-use crate::train::MixedPrecision;
+use crate::train::{MixedPrecision, Replicas};
 use crate::vq::{VqConfig, VqModel};
 use crate::vq_loss::{VqLoss, VqLossConfig};
 
@@ -135,18 +135,19 @@ impl VqTrainer {
         lpips: &Path,
         device: tch::Device,
     ) -> Result<Self, ModelError> {
-        if config.mixed_precision == MixedPrecision::Fp64 {
-            return Err(ModelError::Config(
-                "the tokenizer trains in bf16 or fp32; fp64 is the GPT trainer's".into(),
-            ));
-        }
         let lpips_sha256 = checkpoint::sha256_file(lpips)?;
-        let (lpips_vs, lpips) = Lpips::load(lpips, device)?;
+        let (mut lpips_vs, lpips) = Lpips::load(lpips, device)?;
         tch::manual_seed(config.seed);
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(device);
         let vq = VqModel::new(&vs.root(), vq_config)?;
-        let disc_vs = VarStore::new(device);
+        let mut disc_vs = VarStore::new(device);
         let discriminator = PatchGan::new(&disc_vs.root(), config.loss.discriminator.clone());
+        if config.mixed_precision == MixedPrecision::Fp64 {
+            // Converted in place: the networks' handles on their variables see float64 too.
+            for store in [&mut vs, &mut disc_vs, &mut lpips_vs] {
+                store.double();
+            }
+        }
         let params = trainable(&vs);
         let disc_params = trainable(&disc_vs);
         let ema = (config.ema_decay > 0.0).then(|| ema_copy(&params));
@@ -181,15 +182,62 @@ impl VqTrainer {
 
     /// One step on images [B, 3, H, W] in [-1, 1] (already augmented).
     pub fn train_step(&mut self, images: &Tensor) -> Result<VqStepLosses, ModelError> {
+        self.step_with(images, None)
+    }
+
+    /// One data-parallel step on this rank's share of the global batch: the tokenizer's and
+    /// the discriminator's gradients are each averaged over the ranks before clipping, as
+    /// LlamaGen's `vq_train.py` does under DDP. Everything computed from a batch's statistics
+    /// stays this rank's, as under DDP: the entropy term, the adaptive weight of the
+    /// adversarial term (from this rank's gradients at the last layer), the discriminator's
+    /// BatchNorm. The losses returned are this rank's.
+    pub fn train_step_replicated(
+        &mut self,
+        images: &Tensor,
+        replicas: &dyn Replicas,
+    ) -> Result<VqStepLosses, ModelError> {
+        self.step_with(images, Some(replicas))
+    }
+
+    fn step_with(
+        &mut self,
+        images: &Tensor,
+        replicas: Option<&dyn Replicas>,
+    ) -> Result<VqStepLosses, ModelError> {
+        let (rank, world) = replicas.map_or((0, 1), |r| (r.rank() as i64, r.world() as i64));
+        let average = |params: &BTreeMap<String, Tensor>| -> Result<(), ModelError> {
+            match replicas {
+                Some(r) => {
+                    // Which parameters have a gradient follows from the step's structure
+                    // alone, so every rank passes the same list.
+                    let grads: Vec<Tensor> = params
+                        .values()
+                        .map(Tensor::grad)
+                        .filter(Tensor::defined)
+                        .collect();
+                    r.mean(&grads).map_err(ModelError::Replicas)
+                }
+                None => Ok(()),
+            }
+        };
+        // A stream per rank (rank 0's is the single process's) for the network's dropout.
         tch::manual_seed(
             self.config
                 .seed
                 .wrapping_mul(1_000_003)
-                .wrapping_add(self.step),
+                .wrapping_add(self.step)
+                .wrapping_add(rank.wrapping_mul(0x9E37_79B9)),
         );
         let global_step = self.step + 1;
         let bf16 =
             self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
+        let double;
+        let images = if self.config.mixed_precision == MixedPrecision::Fp64 {
+            double = images.to_kind(tch::Kind::Double);
+            &double
+        } else {
+            images
+        };
 
         zero_grads(&mut self.params);
         // The generator's loss runs through the discriminator, whose weight gradients that step
@@ -217,6 +265,7 @@ impl VqTrainer {
             )));
         }
         g.total.backward();
+        average(&self.params)?;
         if self.config.grad_clip > 0.0 {
             clip_grad_norm(&self.params, self.config.grad_clip);
         }
@@ -239,6 +288,7 @@ impl VqTrainer {
             )));
         }
         d.total.backward();
+        average(&self.disc_params)?;
         if self.config.grad_clip > 0.0 {
             clip_grad_norm(&self.disc_params, self.config.grad_clip);
         }
@@ -246,7 +296,7 @@ impl VqTrainer {
             .update(&self.disc_params, &settings, self.config.lr, global_step);
 
         self.step = global_step;
-        self.images_seen += images.size()[0];
+        self.images_seen += images.size()[0] * world;
         let value = |t: &Tensor| t.double_value(&[]);
         Ok(VqStepLosses {
             generator,

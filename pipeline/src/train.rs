@@ -527,7 +527,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         }
     };
     if let Some(group) = &group {
-        agree_on_the_start(group, &trainer)?;
+        agree_on_the_start(group, trainer.step, &trainer.vs.trainable_variables())?;
         if args.shard_optimizer {
             let whole = trainer.optimizer_bytes();
             trainer.shard_optimizer(rank, world);
@@ -761,21 +761,22 @@ impl Replicas for Ranks<'_> {
 }
 
 /// Checks that every rank starts from the same step (the same checkpoint), then gives every
-/// rank rank 0's weights, as PyTorch's DDP does when it wraps a model.
-fn agree_on_the_start(group: &ProcessGroup, trainer: &Trainer) -> anyhow::Result<()> {
-    let step = trainer.step as f64;
+/// rank rank 0's `variables`, as PyTorch's DDP does when it wraps a model.
+pub(crate) fn agree_on_the_start(
+    group: &ProcessGroup,
+    step: i64,
+    variables: &[Tensor],
+) -> anyhow::Result<()> {
+    let step = step as f64;
     let sums = group.sum_f64(&[step, step * step])?;
     let world = group.world() as f64;
     if sums[0] != step * world || sums[1] != step * step * world {
         bail!(
-            "the ranks start from different steps (this rank from {}); they must share --out",
-            trainer.step
+            "the ranks start from different steps (this rank from {step}); they must share --out"
         );
     }
-    for tensor in trainer.vs.trainable_variables() {
-        let _no_grad = tch::no_grad_guard();
-        group.broadcast(&tensor, 0)?;
-    }
+    let _no_grad = tch::no_grad_guard();
+    group.broadcast_many(variables, 0)?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use llamagen_distributed::ProcessGroup;
 use llamagen_encode::dataset::{mix, permutation};
 use llamagen_encode::source::{Fingerprint, Sample, Shard};
 use llamagen_models::train::MixedPrecision;
@@ -150,7 +151,9 @@ pub struct TrainVqArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// bf16 (autocast on CUDA, LlamaGen's default) or fp32; the CPU computes in fp32.
+    /// bf16 (autocast on CUDA, LlamaGen's default) or fp32; the CPU computes in fp32. fp64
+    /// keeps the networks and the arithmetic in float64, for checking (data parallelism
+    /// against one process, say).
     #[arg(long = "precision", default_value = "bf16")]
     pub mixed_precision: MixedPrecision,
     /// Checkpoint folder; a run resumes from its newest checkpoint.
@@ -287,7 +290,8 @@ impl Images {
         }
         if changed {
             std::fs::create_dir_all(out)?;
-            let tmp = out.join("images_index.json.tmp");
+            // Per process: the ranks of a data-parallel run index the same images at once.
+            let tmp = out.join(format!("images_index.json.tmp.{}", std::process::id()));
             std::fs::write(&tmp, serde_json::to_vec(&cached)?)?;
             std::fs::rename(&tmp, &index_path)?;
         }
@@ -454,7 +458,20 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     if args.global_batch_size == 0 || args.image_size == 0 {
         bail!("--global-batch-size and --image-size must be positive");
     }
-    let device = crate::sample::device(&args.device)?;
+    let group = ProcessGroup::from_env()?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
+    if !args.global_batch_size.is_multiple_of(world) {
+        bail!(
+            "--global-batch-size {} does not split among {world} ranks",
+            args.global_batch_size
+        );
+    }
+    let local = args.global_batch_size / world;
+    let device = match (crate::sample::device(&args.device)?, &group) {
+        // One GPU per rank of this host.
+        (tch::Device::Cuda(_), Some(g)) => tch::Device::Cuda(g.local_rank()),
+        (device, _) => device,
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let resumed = resume_newest_usable(&args.out, |path| {
@@ -478,6 +495,11 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
             trainer
         }
     };
+    if let Some(group) = &group {
+        let mut variables = trainer.vs.trainable_variables();
+        variables.extend(trainer.disc_vs.trainable_variables());
+        crate::train::agree_on_the_start(group, trainer.step, &variables)?;
+    }
     let vq_config = trainer.vq.config.clone();
     let downsample = vq_config.downsample() as usize;
     if !args.image_size.is_multiple_of(downsample) {
@@ -486,10 +508,12 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
             args.image_size
         );
     }
-    std::fs::write(
-        args.out.join("vq_config.json"),
-        serde_json::to_vec_pretty(&vq_config)?,
-    )?;
+    if rank == 0 {
+        std::fs::write(
+            args.out.join("vq_config.json"),
+            serde_json::to_vec_pretty(&vq_config)?,
+        )?;
+    }
     let mut images = Images::open(&args.images, &args.out, trainer.config.seed)?;
 
     let config_json = serde_json::json!({
@@ -497,7 +521,8 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         "image_size": args.image_size, "global_batch_size": args.global_batch_size,
         "init_from": args.init_from.as_ref().map(|p| p.display().to_string()),
     });
-    let record = if args.no_record {
+    // Rank 0 alone records the run and writes checkpoints: every rank holds the same weights.
+    let record = if args.no_record || rank != 0 {
         None
     } else {
         let params: i64 = trainer
@@ -538,28 +563,57 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     // write a checkpoint, record the run as cancelled, exit 143.
     let stop = crate::signals::StopSignal::listen();
     let mut stopped = false;
-    let bar = crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps");
+    let bar = if rank == 0 {
+        crate::progress::bar((args.max_steps - trainer.step).max(0) as u64, "steps")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     while trainer.step < args.max_steps {
-        let first = trainer.step as u64 * args.global_batch_size as u64;
+        // Rank r takes the r-th contiguous share of the global batch's positions.
+        let first = trainer.step as u64 * args.global_batch_size as u64 + (rank * local) as u64;
         let x = batch(
             &mut images,
-            first..first + args.global_batch_size as u64,
+            first..first + local as u64,
             args.image_size,
             trainer.config.seed,
             device,
         )?;
-        let losses = match trainer.train_step(&x) {
+        let stepped = match &group {
+            Some(group) => trainer.train_step_replicated(&x, &crate::train::Ranks(group)),
+            None => trainer.train_step(&x),
+        };
+        let mut losses = match stepped {
             Ok(l) => l,
             Err(e) => {
                 result = Err(anyhow::Error::from(e));
                 break;
             }
         };
+        let mut stop_here = stop.requested();
+        if let Some(group) = &group {
+            // The two logged totals are the global batch's (the terms beside them rank 0's),
+            // and a stop asked of any rank stops all of them after the same step.
+            match group.sum_f64(&[
+                losses.generator,
+                losses.discriminator,
+                f64::from(u8::from(stop_here)),
+            ]) {
+                Ok(sums) => {
+                    losses.generator = sums[0] / world as f64;
+                    losses.discriminator = sums[1] / world as f64;
+                    stop_here = sums[2] > 0.0;
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
         let done = trainer.step;
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", losses.generator));
         let epoch = trainer.images_seen as f64 / images.total as f64;
-        if done % args.log_every.max(1) == 0 || done == args.max_steps {
+        if rank == 0 && (done % args.log_every.max(1) == 0 || done == args.max_steps) {
             let rate = (done - first_step) as f64 * args.global_batch_size as f64
                 / started.elapsed().as_secs_f64();
             crate::progress::println(
@@ -580,8 +634,10 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
                 record.log(done, &scalars(&losses, epoch)).await?;
             }
         }
-        stopped = stop.requested() && done < args.max_steps;
-        if done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped {
+        stopped = stop_here && done < args.max_steps;
+        let checkpoint =
+            done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped;
+        if checkpoint && rank == 0 {
             let path = args.out.join(format!("{done:07}.safetensors"));
             let sha = trainer.save(&path)?;
             let row = CheckpointRow {
@@ -600,6 +656,10 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         }
     }
     bar.finish_and_clear();
+    if let (Some(group), Ok(())) = (&group, &result) {
+        // Nobody leaves before rank 0's last checkpoint is in place.
+        result = group.barrier().map_err(anyhow::Error::from);
+    }
     end_run(record, &result, stopped, trainer.step).await?;
     result?;
     match &last {
