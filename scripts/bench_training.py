@@ -18,6 +18,7 @@ tokens of all ranks: the peer of `cargo bench -p llamagen-pipeline --bench data_
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from safetensors.torch import load_file
 
 
@@ -38,6 +40,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--autocast-bf16", action="store_true")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="activation checkpointing: each block under torch.utils.checkpoint")
     p.add_argument("--zero", action="store_true",
                    help="under torchrun: AdamW's state sharded by ZeroRedundancyOptimizer")
     p.add_argument("--t2i-features", type=Path,
@@ -60,6 +64,9 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0"))
                           if args.device == "cuda" else None)
+    if args.checkpoint:
+        for i, block in enumerate(model.layers):
+            model.layers[i] = Checkpointed(block)
     model.to(device)
     model.train()
     if world > 1:
@@ -123,7 +130,19 @@ def main() -> None:
         if rank != 0:
             return
     print(json.dumps({"tokens_per_second": tokens / seconds, "seconds": seconds,
-                      "gpu_memory_mib": gpu_memory_mib() if cuda else None}))
+                      "gpu_memory_mib": gpu_memory_mib() if cuda else None,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+class Checkpointed(torch.nn.Module):
+    """A block whose activations are recomputed in the backward pass instead of kept."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args):
+        return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False)
 
 
 def gpu_memory_mib():

@@ -675,6 +675,23 @@ impl Gpt {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor, ModelError> {
+        let mut h = self.embed(cond, tokens, mask, train)?;
+        let rope = self.rope.narrow(0, 0, h.size()[1]);
+        for layer in &self.layers {
+            h = layer.forward(&h, &rope, None, 0, mask, train);
+        }
+        Ok(self.head(&h))
+    }
+
+    /// The blocks' input: the prefix and the tokens embedded, [B, L, D], after token dropout;
+    /// checks the length and the mask's shape.
+    fn embed(
+        &self,
+        cond: &Tensor,
+        tokens: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
         let prefix = self.embed_condition(cond)?;
         let h = Tensor::cat(&[prefix, self.embed_tokens(tokens)?], 1);
         let len = h.size()[1];
@@ -693,12 +710,7 @@ impl Gpt {
                 )));
             }
         }
-        let mut h = h.dropout(self.config.token_dropout_p, train);
-        let rope = self.rope.narrow(0, 0, len);
-        for layer in &self.layers {
-            h = layer.forward(&h, &rope, None, 0, mask, train);
-        }
-        Ok(self.head(&h))
+        Ok(h.dropout(self.config.token_dropout_p, train))
     }
 
     /// The training objective: `codes` [B, N] are the image's tokens; the model reads the
@@ -719,9 +731,68 @@ impl Gpt {
         }
         let logits = self.forward(cond, &codes.narrow(1, 0, n - 1), mask, train)?;
         let logits = logits.narrow(1, self.config.cls_token_num - 1, n);
+        let loss = self.loss(&logits, codes, valid);
+        Ok((logits, loss))
+    }
+
+    /// [`Gpt::forward_with_targets`] in training mode and its backward pass (of `scale` times
+    /// the loss) with activation checkpointing: the forward pass keeps only each block's input [B, L, D], and
+    /// the backward pass runs each block again, last first, to backpropagate through it. About
+    /// one more forward pass of compute for activations of one block instead of all. Each
+    /// block's dropout masks are drawn from `seed` and the block's index in both passes, so the
+    /// recomputation sees the masks the first pass used. Returns the loss.
+    pub fn backward_checkpointed(
+        &self,
+        cond: &Tensor,
+        codes: &Tensor,
+        mask: Option<&Tensor>,
+        valid: Option<&Tensor>,
+        scale: f64,
+        seed: i64,
+    ) -> Result<f64, ModelError> {
+        let train = true;
+        let n = codes.size().get(1).copied().unwrap_or(0);
+        if n < 1 {
+            return Err(ModelError::Input("codes must be [B, N >= 1]".into()));
+        }
+        let embedded = self.embed(cond, &codes.narrow(1, 0, n - 1), mask, train)?;
+        let len = embedded.size()[1];
+        let rope = self.rope.narrow(0, 0, len);
+        let block_seed = |i: usize| seed.wrapping_mul(0x5851_F42D).wrapping_add(i as i64 + 1);
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut h = embedded.detach();
+        tch::no_grad(|| {
+            for (i, layer) in self.layers.iter().enumerate() {
+                inputs.push(h.shallow_clone());
+                tch::manual_seed(block_seed(i));
+                h = layer.forward(&h, &rope, None, 0, mask, train);
+            }
+        });
+        let top = h.detach().set_requires_grad(true);
+        let logits = self.head(&top).narrow(1, self.config.cls_token_num - 1, n);
+        let loss = self.loss(&logits, codes, valid);
+        let value = loss.double_value(&[]);
+        (loss * scale).backward();
+        let mut grad = top.grad();
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let x = inputs[i].detach().set_requires_grad(true);
+            tch::manual_seed(block_seed(i));
+            let y = layer.forward(&x, &rope, None, 0, mask, train);
+            let kind = y.kind();
+            (y * &grad).sum(kind).backward();
+            grad = x.grad();
+        }
+        (embedded * &grad).sum(grad.kind()).backward();
+        Ok(value)
+    }
+
+    /// The training objective's mean cross-entropy of `logits` [B, N, V] against `codes`
+    /// [B, N], each sample weighted by `valid` [B] when given.
+    fn loss(&self, logits: &Tensor, codes: &Tensor, valid: Option<&Tensor>) -> Tensor {
+        let n = codes.size()[1];
         let flat = logits.reshape([-1, self.config.vocab_size]);
         let targets = codes.reshape([-1]);
-        let loss = match valid {
+        match valid {
             // tch's `cross_entropy_for_logits` takes the log-softmax in float32 whatever the
             // logits' kind; the head already made them float32 (float64 in the fp64 mode).
             None => flat.log_softmax(-1, flat.kind()).nll_loss(&targets),
@@ -741,8 +812,7 @@ impl Gpt {
                     .reshape([-1]);
                 (per_token * &weights).sum(kind) / weights.sum(kind).clamp_min(1.0)
             }
-        };
-        Ok((logits, loss))
+        }
     }
 
     /// An empty cache for `batch` sequences of up to [`GptConfig::max_len`] positions, in the

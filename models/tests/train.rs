@@ -28,6 +28,27 @@ fn tiny() -> GptConfig {
     c
 }
 
+/// The text-conditioned tiny GPT: a 6-token caption prefix 8 wide.
+fn tiny_text() -> GptConfig {
+    let mut c = GptConfig::new(2, 4, 64, Conditioning::Text);
+    c.vocab_size = VOCAB;
+    c.block_size = 16;
+    c.cls_token_num = 6;
+    c.caption_dim = 8;
+    c.caption_token_num = 6;
+    c.multiple_of = 32;
+    c
+}
+
+/// `c` with the dropouts inside the network off (condition dropout stays).
+fn without_network_dropout(mut c: GptConfig) -> GptConfig {
+    c.token_dropout_p = 0.0;
+    c.attn_dropout_p = 0.0;
+    c.resid_dropout_p = 0.0;
+    c.ffn_dropout_p = 0.0;
+    c
+}
+
 fn config() -> TrainConfig {
     TrainConfig {
         lr: 3e-3,
@@ -191,14 +212,7 @@ fn caption_mask_is_llamagens() {
 #[test]
 fn a_text_conditioned_gpt_learns_with_padded_captions() {
     let _turn = turn();
-    let mut c = GptConfig::new(2, 4, 64, Conditioning::Text);
-    c.vocab_size = VOCAB;
-    c.block_size = 16;
-    c.cls_token_num = 6;
-    c.caption_dim = 8;
-    c.caption_token_num = 6;
-    c.multiple_of = 32;
-    let mut trainer = Trainer::new(c, config(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(tiny_text(), config(), Device::Cpu).unwrap();
     let batch = |step: i64| {
         let b = 8i64;
         let classes: Vec<i64> = (0..b).map(|i| (step + i * 3) % 4).collect();
@@ -324,4 +338,82 @@ fn init_from_starts_a_larger_image_size_from_trained_weights() {
     let mut other = Trainer::new(wider, config(), Device::Cpu).unwrap();
     let err = other.init_from(&path).unwrap_err().to_string();
     assert!(err.contains("file [") && err.contains("model ["), "{err}");
+}
+
+/// Weights of two trainers: the largest |a - b| / max |b| over the tensors.
+fn largest_difference(a: &Trainer, b: &Trainer) -> f64 {
+    let theirs = b.vs.variables();
+    a.vs.variables()
+        .iter()
+        .map(|(name, t)| {
+            let other = &theirs[name];
+            let scale = other.abs().max().double_value(&[]).max(1e-300);
+            (t - other).abs().max().double_value(&[]) / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn activation_checkpointing_takes_the_same_steps() {
+    let _turn = turn();
+    // The network's dropouts are off: checkpointed steps draw their masks per block. Condition
+    // dropout, drawn before the network, stays on. float64, so that only the order of the
+    // arithmetic could differ.
+    let mut c = without_network_dropout(tiny());
+    c.class_dropout_prob = 0.25;
+    let plain = TrainConfig {
+        mixed_precision: llamagen_models::train::MixedPrecision::Fp64,
+        ..config()
+    };
+    let checkpointed = TrainConfig {
+        activation_checkpointing: true,
+        ..plain.clone()
+    };
+    let mut a = Trainer::new(c.clone(), plain, Device::Cpu).unwrap();
+    let mut b = Trainer::new(c, checkpointed, Device::Cpu).unwrap();
+    for step in 0..4 {
+        let la = a.train_step(&batches(step)).unwrap();
+        let lb = b.train_step(&batches(step)).unwrap();
+        assert!(
+            (la - lb).abs() <= 1e-12 * la.abs(),
+            "step {step}: {la} vs {lb}"
+        );
+    }
+    let moved = largest_difference(&a, &Trainer::new(tiny(), config(), Device::Cpu).unwrap());
+    assert!(moved > 1e-3, "training moves the weights: {moved}");
+    let difference = largest_difference(&b, &a);
+    assert!(
+        difference < 1e-10,
+        "checkpointed weights differ by {difference}"
+    );
+
+    // Padded captions, weighted samples.
+    let t = without_network_dropout(tiny_text());
+    let batch = llamagen_models::train::MicroBatch {
+        cond: Tensor::randn([4, 6, 8], (Kind::Float, Device::Cpu)),
+        codes: Tensor::randint(VOCAB, [4, 16], (Kind::Int64, Device::Cpu)),
+        caption_lengths: Some(Tensor::from_slice(&[3i64, 6, 1, 4])),
+        valid: Some(Tensor::from_slice(&[1i64, 0, 1, 1])),
+    };
+    let plain = TrainConfig {
+        mixed_precision: llamagen_models::train::MixedPrecision::Fp64,
+        ..config()
+    };
+    let mut a = Trainer::new(t.clone(), plain.clone(), Device::Cpu).unwrap();
+    let mut b = Trainer::new(
+        t,
+        TrainConfig {
+            activation_checkpointing: true,
+            ..plain
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        a.train_step_on(std::slice::from_ref(&batch)).unwrap();
+        b.train_step_on(std::slice::from_ref(&batch)).unwrap();
+    }
+    let text = largest_difference(&b, &a);
+    assert!(text < 1e-10, "text-conditioned: {text}");
+    println!("activation checkpointing: weights within {difference:e} (class), {text:e} (text)");
 }

@@ -327,6 +327,8 @@ pub struct TrainConfig {
     /// Data-parallel runs: each rank keeps and updates AdamW's state for its share of the
     /// parameters only (ZeRO stage 1).
     pub shard_optimizer: bool,
+    /// Recompute each block in the backward pass instead of keeping its activations.
+    pub activation_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -351,6 +353,7 @@ impl Default for TrainConfig {
             output: "checkpoints".into(),
             init_from: String::new(),
             shard_optimizer: false,
+            activation_checkpointing: false,
         }
     }
 }

@@ -133,6 +133,12 @@ pub struct TrainArgs {
     /// resumes on any number of ranks, sharded or not.
     #[arg(long)]
     pub shard_optimizer: bool,
+    /// Keep only each block's input through the forward pass and recompute the blocks in the
+    /// backward pass: activations of one block instead of all, for about a third more
+    /// compute, so that a larger model or batch fits. The same gradients; the network's
+    /// dropout masks are drawn per block. A resumed run keeps the setting it started with.
+    #[arg(long)]
+    pub activation_checkpointing: bool,
     /// Leaderboard name of the model being trained.
     #[arg(long)]
     pub model: String,
@@ -301,6 +307,7 @@ pub fn args_from_config(
         model: config.trained_model_name(),
         init_from: (!t.init_from.is_empty()).then(|| under(&t.init_from)),
         shard_optimizer: t.shard_optimizer,
+        activation_checkpointing: t.activation_checkpointing,
         no_record: false,
         json: false,
     })
@@ -513,6 +520,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                 } else {
                     0
                 },
+                activation_checkpointing: args.activation_checkpointing,
                 ..TrainConfig::default()
             };
             std::fs::create_dir_all(&args.out)?;
