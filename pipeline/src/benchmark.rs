@@ -22,16 +22,16 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use llamagen_evaluate::inception::Inception;
 
-use crate::image_sets::{IntervalArgs, Side, generation_metrics, load_side};
+use crate::image_sets::{
+    IntervalArgs, Side, gather_features, gather_rows, generation_metrics, load_side_on,
+};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
 use crate::sample::{self, SampleArgs, SampleReport};
 use crate::text_to_image::{TextToImageArgs, TextToImageReference};
 use llamagen_clip::Clip;
 use llamagen_distributed::ProcessGroup;
-use llamagen_evaluate::inception::InceptionFeatures;
 use llamagen_store::results::Metric;
-use ndarray::Array2;
 use tch::Tensor;
 
 /// Where results go and what they are compared with; shared by both modes.
@@ -135,11 +135,8 @@ pub fn load_reference(
     group: Option<&ProcessGroup>,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
     use anyhow::Context as _;
-    let side = match group {
-        None => load_side(&e.reference, net, e.center_crop),
-        Some(g) => load_side_on(&e.reference, net, e.center_crop, g),
-    }
-    .with_context(|| format!("reference {}", e.reference.display()))?;
+    let side = load_side_on(&e.reference, net, e.center_crop, group)
+        .with_context(|| format!("reference {}", e.reference.display()))?;
     let identity = ReferenceIdentity::of_side(&e.reference, e.center_crop, &side)?;
     Ok((side, identity))
 }
@@ -320,62 +317,6 @@ impl Measurer {
             }
         }
     }
-}
-
-/// An ADM reference (npz or folder) as one rank of `group`: every rank reads the images, passes
-/// its contiguous share through the Inception, and receives every rank's features.
-fn load_side_on(
-    path: &Path,
-    net: &mut Inception,
-    center_crop: Option<usize>,
-    group: &ProcessGroup,
-) -> anyhow::Result<Side> {
-    use anyhow::Context as _;
-    let images = if path.is_dir() {
-        crate::image_sets::read_folder(path, center_crop)?
-    } else {
-        let batch = llamagen_evaluate::npz::read_reference(path)?;
-        match batch.images {
-            Some(images) => images,
-            // Statistics alone: nothing to share.
-            None => return load_side(path, net, center_crop),
-        }
-    };
-    let n = images.dim().0;
-    if n < group.world().max(2) {
-        bail!(
-            "need at least 2 images and one per rank ({} ranks), found {n}",
-            group.world()
-        );
-    }
-    let share = group.share(n);
-    let mine = net
-        .features(images.slice(ndarray::s![share, .., .., ..]))
-        .context("the Inception")?;
-    Side::of_features(gather_features(group, &mine)?)
-}
-
-/// Every rank's Inception features, stacked in rank order.
-fn gather_features(
-    group: &ProcessGroup,
-    mine: &InceptionFeatures,
-) -> anyhow::Result<InceptionFeatures> {
-    Ok(InceptionFeatures {
-        pool: gather_rows(group, &mine.pool)?,
-        spatial: gather_rows(group, &mine.spatial)?,
-        logits: gather_rows(group, &mine.logits)?,
-    })
-}
-
-/// Every rank's rows of `rows` ([n_r, D]) stacked in rank order: [sum n_r, D].
-fn gather_rows(group: &ProcessGroup, rows: &Array2<f32>) -> anyhow::Result<Array2<f32>> {
-    let d = rows.ncols();
-    let flat: Vec<f32> = rows.iter().copied().collect();
-    let local = Tensor::from_slice(&flat).view([rows.nrows() as i64, d as i64]);
-    let gathered = group.gather_rows(&local)?;
-    let n = gathered.size()[0] as usize;
-    let values = Vec::<f32>::try_from(gathered.view([-1]))?;
-    Ok(Array2::from_shape_vec((n, d), values)?)
 }
 
 /// The sampler's settings at each scale of the sweep, each with its own folder under

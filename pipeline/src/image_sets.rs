@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use llamagen_distributed::ProcessGroup;
 use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
 use llamagen_evaluate::inception::{Inception, InceptionFeatures};
 use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
@@ -196,6 +197,17 @@ pub fn load_side(
     net: &mut Inception,
     center_crop: Option<usize>,
 ) -> anyhow::Result<Side> {
+    load_side_on(path, net, center_crop, None)
+}
+
+/// [`load_side`] as one rank of `group`: every rank reads the images, passes its contiguous
+/// share through the Inception, and receives every rank's features.
+pub fn load_side_on(
+    path: &Path,
+    net: &mut Inception,
+    center_crop: Option<usize>,
+    group: Option<&ProcessGroup>,
+) -> anyhow::Result<Side> {
     let images = if path.is_dir() {
         Some(read_folder(path, center_crop)?)
     } else {
@@ -211,13 +223,50 @@ pub fn load_side(
         batch.images
     };
     let images = images.context("no images")?;
-    if images.dim().0 < 2 {
-        bail!("need at least 2 images, found {}", images.dim().0);
+    let n = images.dim().0;
+    let world = group.map_or(1, ProcessGroup::world);
+    if n < 2 {
+        bail!("need at least 2 images, found {n}");
     }
-    let bar = crate::progress::bar(images.dim().0 as u64, "images through the Inception");
-    let features = net.features_reporting(images.view(), &mut |n| bar.inc(n as u64))?;
+    if n < world {
+        bail!("need at least one image per rank ({world} ranks), found {n}");
+    }
+    let share = group.map_or(0..n, |g| g.share(n));
+    let bar = crate::progress::bar(share.len() as u64, "images through the Inception");
+    let mine = net.features_reporting(images.slice(ndarray::s![share, .., .., ..]), &mut |k| {
+        bar.inc(k as u64)
+    })?;
     bar.finish_and_clear();
-    Side::of_features(features)
+    Side::of_features(match group {
+        Some(g) => gather_features(g, &mine)?,
+        None => mine,
+    })
+}
+
+/// Every rank's Inception features, stacked in rank order.
+pub(crate) fn gather_features(
+    group: &ProcessGroup,
+    mine: &InceptionFeatures,
+) -> anyhow::Result<InceptionFeatures> {
+    Ok(InceptionFeatures {
+        pool: gather_rows(group, &mine.pool)?,
+        spatial: gather_rows(group, &mine.spatial)?,
+        logits: gather_rows(group, &mine.logits)?,
+    })
+}
+
+/// Every rank's rows of `rows` ([n_r, D]) stacked in rank order: [sum n_r, D].
+pub(crate) fn gather_rows(
+    group: &ProcessGroup,
+    rows: &ndarray::Array2<f32>,
+) -> anyhow::Result<ndarray::Array2<f32>> {
+    let d = rows.ncols();
+    let flat: Vec<f32> = rows.iter().copied().collect();
+    let local = tch::Tensor::from_slice(&flat).view([rows.nrows() as i64, d as i64]);
+    let gathered = group.gather_rows(&local)?;
+    let n = gathered.size()[0] as usize;
+    let values = Vec::<f32>::try_from(gathered.view([-1]))?;
+    Ok(ndarray::Array2::from_shape_vec((n, d), values)?)
 }
 
 impl Side {

@@ -281,6 +281,14 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
     Ok(device)
 }
 
+/// [`device`] for one rank of `group`: on CUDA, the GPU of its local rank.
+pub fn rank_device(name: &str, group: Option<&ProcessGroup>) -> anyhow::Result<Device> {
+    Ok(match (device(name)?, group) {
+        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
+        (device, _) => device,
+    })
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -475,11 +483,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
     if image_size_eval <= 0 {
         bail!("--image-size-eval must be positive");
     }
-    let device = match (device(&args.device)?, group) {
-        // One GPU per rank of this host.
-        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
-        (device, _) => device,
-    };
+    let device = rank_device(&args.device, group)?;
     let (rank, world) = group.map_or((0, 1), |g| (g.rank() as u64, g.world() as u64));
     let gpt_kind = match args.precision.as_str() {
         "fp32" => Kind::Float,

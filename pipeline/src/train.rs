@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::config::{LrSchedule, Precision};
 use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 use anyhow::{Context as _, bail};
-use llamagen_distributed::{ProcessGroup, Rendezvous};
+use llamagen_distributed::ProcessGroup;
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
 use llamagen_models::train::{MicroBatch, MixedPrecision, Replicas, TrainConfig, Trainer};
@@ -454,13 +454,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     {
         bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
     }
-    let (group, local_rank) = match Rendezvous::from_env()? {
-        Some(rendezvous) => (
-            Some(ProcessGroup::gloo(&rendezvous)?),
-            rendezvous.local_rank,
-        ),
-        None => (None, 0),
-    };
+    let group = ProcessGroup::from_env()?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
     if !args
         .global_batch_size
@@ -472,11 +466,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             args.gradient_accumulation
         );
     }
-    let device = match crate::sample::device(&args.device)? {
-        // One GPU per rank of this host.
-        tch::Device::Cuda(_) => tch::Device::Cuda(local_rank),
-        cpu => cpu,
-    };
+    let device = crate::sample::rank_device(&args.device, group.as_ref())?;
     let mut data = Source::open(args)?;
     let conditioning = if args.t5.is_some() {
         Conditioning::Text

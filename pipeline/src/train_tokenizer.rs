@@ -467,11 +467,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         );
     }
     let local = args.global_batch_size / world;
-    let device = match (crate::sample::device(&args.device)?, &group) {
-        // One GPU per rank of this host.
-        (tch::Device::Cuda(_), Some(g)) => tch::Device::Cuda(g.local_rank()),
-        (device, _) => device,
-    };
+    let device = crate::sample::rank_device(&args.device, group.as_ref())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let resumed = resume_newest_usable(&args.out, |path| {
