@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The peer side of `cargo bench -p llamagen-models --bench training_vs_pytorch`: LlamaGen's
-`Transformer` (autoregressive/models/gpt.py) trained as its train_c2i.py does (AdamW with decay on
->= 2-D tensors, betas 0.9/0.95, clip 1.0, dropouts on) on the same weights and batches, fp32 on
+`Transformer` (autoregressive/models/gpt.py) trained as its train_c2i.py does (fused AdamW with
+decay on >= 2-D tensors, betas 0.9/0.95, clip 1.0, dropouts on) on the same weights and batches, fp32 on
 the CPU or CUDA; `--autocast-bf16` wraps the forward pass as train_c2i.py's
 `--mixed-precision bf16` does.
 
@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--autocast-bf16", action="store_true")
     p.add_argument("--checkpoint", action="store_true",
                    help="activation checkpointing: each block under torch.utils.checkpoint")
+    p.add_argument("--adamw", choices=["fused", "default"], default="fused",
+                   help="fused: torch.optim.AdamW(fused=True), as train_c2i.py asks for; "
+                        "default: torch's own choice (a loop on the CPU, foreach on CUDA)")
     p.add_argument("--zero", action="store_true",
                    help="under torchrun: AdamW's state sharded by ZeroRedundancyOptimizer")
     p.add_argument("--t2i-features", type=Path,
@@ -75,12 +78,13 @@ def main() -> None:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = dict(fused=True) if args.adamw == "fused" else {}
     if args.zero and world > 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
         opt = ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=1e-4,
-                                      betas=(0.9, 0.95))
+                                      betas=(0.9, 0.95), **fused)
     else:
-        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95))
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), **fused)
     g = torch.Generator().manual_seed(rank)
     codes = torch.randint(0, c["vocab_size"], (args.batch, c["block_size"]), generator=g).to(device)
     labels = torch.randint(0, c["num_classes"], (args.batch,), generator=g).to(device)

@@ -1,7 +1,7 @@
 // A C face for the few pieces of libtorch's c10d that data-parallel training needs: a TCPStore
-// rendezvous, a Gloo process group, and all-reduce, all-gather, broadcast and barrier on it. tch binds
-// libtorch's tensors but not c10d, so this file is compiled with the `cc` crate against the
-// headers of the same libtorch (build.rs) and called from `src/lib.rs`.
+// rendezvous, a Gloo process group, and all-reduce, reduce, all-gather, broadcast and barrier
+// on it. tch binds libtorch's tensors but not c10d, so this file is compiled with the `cc`
+// crate against the headers of the same libtorch (build.rs) and called from `src/lib.rs`.
 //
 // Why ProcessGroupGloo is declared here instead of included: its header needs gloo's headers,
 // which the torch wheel does not ship, although libtorch_cpu.so carries the whole of Gloo and
@@ -17,7 +17,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
@@ -28,6 +27,8 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "llg_error.h"
 
 namespace c10d {
 class TORCH_API ProcessGroupGloo : public Backend {
@@ -55,18 +56,6 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
 };
 
-void fail(const std::exception& e, char* err, size_t err_len) {
-  std::string message;
-  if (auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
-    message = c10->what_without_backtrace();
-  } else {
-    message = e.what();
-  }
-  if (err_len > 0) {
-    std::strncpy(err, message.c_str(), err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-}
 
 }  // namespace
 
@@ -108,7 +97,7 @@ void* llg_c10d_gloo(
     auto backend = c10::intrusive_ptr<c10d::Backend>::unsafe_steal_from_new(group);
     return new Group{std::move(backend)};
   } catch (const std::exception& e) {
-    fail(e, err, err_len);
+    llg::fail(e, err, err_len);
     return nullptr;
   }
 }
@@ -137,7 +126,39 @@ int llg_c10d_all_reduce_sum(
     }
     return 0;
   } catch (const std::exception& e) {
-    fail(e, err, err_len);
+    llg::fail(e, err, err_len);
+    return -1;
+  }
+}
+
+// Sums each of `tensors` (dense, contiguous, on one device) over the ranks into rank
+// `roots[i]`'s copy of tensor i, in place there; on the other ranks the tensor's contents are
+// left undefined (Gloo may use it as scratch). All the reductions are started before the first
+// is waited for. Returns 0, or -1 with the reason in `err`.
+int llg_c10d_reduce_sum(
+    void* group,
+    at::Tensor* const* tensors,
+    const int* roots,
+    size_t count,
+    char* err,
+    size_t err_len) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<std::vector<at::Tensor>> lists(count);
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    works.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      lists[i].push_back(*tensors[i]);
+      c10d::ReduceOptions options;
+      options.rootRank = roots[i];
+      works.push_back(g->backend->reduce(lists[i], options));
+    }
+    for (auto& work : works) {
+      work->wait();
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    llg::fail(e, err, err_len);
     return -1;
   }
 }
@@ -152,7 +173,7 @@ int llg_c10d_broadcast(void* group, at::Tensor* tensor, int root, char* err, siz
     g->backend->broadcast(list, options)->wait();
     return 0;
   } catch (const std::exception& e) {
-    fail(e, err, err_len);
+    llg::fail(e, err, err_len);
     return -1;
   }
 }
@@ -176,7 +197,7 @@ int llg_c10d_all_gather(
     g->backend->allgather(gathered, inputs)->wait();
     return 0;
   } catch (const std::exception& e) {
-    fail(e, err, err_len);
+    llg::fail(e, err, err_len);
     return -1;
   }
 }
@@ -186,7 +207,25 @@ int llg_c10d_barrier(void* group, char* err, size_t err_len) {
     static_cast<Group*>(group)->backend->barrier()->wait();
     return 0;
   } catch (const std::exception& e) {
-    fail(e, err, err_len);
+    llg::fail(e, err, err_len);
+    return -1;
+  }
+}
+
+// Makes `grad` the gradient of `param` (the same shape, kind and device), so that backward
+// passes accumulate into it in place. Returns 0, or -1 with the reason in `err`.
+int llg_set_grad(at::Tensor* param, at::Tensor* grad, char* err, size_t err_len) {
+  try {
+    TORCH_CHECK(
+        grad->sizes() == param->sizes() && grad->scalar_type() == param->scalar_type() &&
+            grad->device() == param->device(),
+        "a gradient of ", grad->sizes(), " ", grad->scalar_type(), " on ", grad->device(),
+        " for a parameter of ", param->sizes(), " ", param->scalar_type(), " on ",
+        param->device());
+    param->mutable_grad() = *grad;
+    return 0;
+  } catch (const std::exception& e) {
+    llg::fail(e, err, err_len);
     return -1;
   }
 }

@@ -180,6 +180,14 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn llg_c10d_reduce_sum(
+        group: *mut c_void,
+        tensors: *const *const c_void,
+        roots: *const c_int,
+        count: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn llg_c10d_broadcast(
         group: *mut c_void,
         tensor: *const c_void,
@@ -192,6 +200,12 @@ unsafe extern "C" {
         input: *const c_void,
         outputs: *const *const c_void,
         world: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn llg_set_grad(
+        param: *const c_void,
+        grad: *const c_void,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -344,27 +358,89 @@ impl ProcessGroup {
     /// ranks. The tensors are flattened into buckets of at most [`BUCKET_BYTES`] per kind and
     /// device, reduced together in host memory, and copied back.
     pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), DistributedError> {
-        let buckets = buckets(tensors, BUCKET_BYTES);
+        let buckets = buckets_of(tensors, BUCKET_BYTES);
         let flats: Vec<Tensor> = buckets
             .iter()
-            .map(|bucket| {
-                let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
-                Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)
-            })
+            .map(|bucket| flatten(tensors, bucket))
             .collect();
         self.all_reduce_sum(&flats)?;
         let world = self.world as f64;
         for (bucket, flat) in buckets.iter().zip(flats) {
-            let mean = (flat / world).to_device(tensors[bucket[0]].device());
-            let mut offset = 0;
-            for &i in bucket {
-                let n = tensors[i].numel() as i64;
-                let mut target = tensors[i].shallow_clone();
-                target.copy_(&mean.narrow(0, offset, n).view_as(&target));
-                offset += n;
-            }
+            unflatten_into(&(flat / world), tensors, bucket);
         }
         Ok(())
+    }
+
+    /// Replaces tensor i with its mean over the ranks on rank `owners[i]` only; the other ranks
+    /// keep their own tensor i. Each rank receives the sums it owns and no others: the
+    /// reduce-scatter of ZeRO, with parameters as the unit. The tensors (any layout, any
+    /// device) are flattened into buckets of at most [`BUCKET_BYTES`] per owner, kind and
+    /// device, and all buckets are reduced together in host memory. Every rank passes the
+    /// same shapes and owners.
+    pub fn reduce_mean_to_owners(
+        &self,
+        tensors: &[Tensor],
+        owners: &[usize],
+    ) -> Result<(), DistributedError> {
+        if owners.len() != tensors.len() || owners.iter().any(|&o| o >= self.world) {
+            return Err(DistributedError::Collective {
+                operation: "reduce",
+                rank: self.rank,
+                world: self.world,
+                reason: format!(
+                    "{} owners for {} tensors, each below the world of {}",
+                    owners.len(),
+                    tensors.len(),
+                    self.world
+                ),
+            });
+        }
+        let mut owned_buckets: Vec<(usize, Vec<usize>)> = Vec::new();
+        for owner in 0..self.world {
+            let mine: Vec<usize> = (0..tensors.len()).filter(|&i| owners[i] == owner).collect();
+            let theirs: Vec<Tensor> = mine.iter().map(|&i| tensors[i].shallow_clone()).collect();
+            for bucket in buckets_of(&theirs, BUCKET_BYTES) {
+                owned_buckets.push((owner, bucket.into_iter().map(|j| mine[j]).collect()));
+            }
+        }
+        let flats: Vec<Tensor> = owned_buckets
+            .iter()
+            .map(|(_, bucket)| flatten(tensors, bucket))
+            .collect();
+        let roots: Vec<usize> = owned_buckets.iter().map(|&(owner, _)| owner).collect();
+        self.reduce_sum(&flats, &roots)?;
+        let world = self.world as f64;
+        for ((owner, bucket), flat) in owned_buckets.iter().zip(flats) {
+            if *owner != self.rank {
+                continue;
+            }
+            unflatten_into(&(flat / world), tensors, bucket);
+        }
+        Ok(())
+    }
+
+    /// Sums each of `tensors` (dense, contiguous, on the CPU) into rank `roots[i]`'s copy, in
+    /// place there; the others' contents are unspecified afterwards.
+    fn reduce_sum(&self, tensors: &[Tensor], roots: &[usize]) -> Result<(), DistributedError> {
+        let pointers: Vec<*const c_void> = tensors.iter().map(|t| t.as_ptr().cast()).collect();
+        let roots: Vec<c_int> = roots
+            .iter()
+            .map(|&r| c_int::try_from(r).unwrap_or(c_int::MAX))
+            .collect();
+        let mut err = vec![0u8; ERROR_BYTES];
+        // SAFETY: `pointers` and `roots` both hold `tensors.len()` entries, each pointer a live
+        // `at::Tensor` owned by `tensors` for the whole call.
+        let status = unsafe {
+            llg_c10d_reduce_sum(
+                self.handle.as_ptr(),
+                pointers.as_ptr(),
+                roots.as_ptr(),
+                pointers.len().min(roots.len()),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        self.check("reduce", status, &err)
     }
 
     /// Copies rank `root`'s `tensor` into every rank's (any layout, any device).
@@ -381,21 +457,13 @@ impl ProcessGroup {
     /// shapes and kinds on every rank), in flat buckets of at most [`BUCKET_BYTES`] as
     /// [`ProcessGroup::all_reduce_mean`] makes them.
     pub fn broadcast_many(&self, tensors: &[Tensor], root: usize) -> Result<(), DistributedError> {
-        for bucket in buckets(tensors, BUCKET_BYTES) {
-            let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
-            let flat = Tensor::cat(&parts, 0).to_device(tch::Device::Cpu);
+        for bucket in buckets_of(tensors, BUCKET_BYTES) {
+            let flat = flatten(tensors, &bucket);
             self.broadcast_in_place(&flat, root)?;
             if self.rank == root {
                 continue;
             }
-            let flat = flat.to_device(tensors[bucket[0]].device());
-            let mut offset = 0;
-            for &i in &bucket {
-                let n = tensors[i].numel() as i64;
-                let mut target = tensors[i].shallow_clone();
-                target.copy_(&flat.narrow(0, offset, n).view_as(&target));
-                offset += n;
-            }
+            unflatten_into(&flat, tensors, &bucket);
         }
         Ok(())
     }
@@ -502,6 +570,157 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// `tensors[i]` for each i of `bucket`, flattened and concatenated in host memory.
+fn flatten(tensors: &[Tensor], bucket: &[usize]) -> Tensor {
+    let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
+    Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)
+}
+
+/// The inverse of [`flatten`]: copies consecutive pieces of `flat` (on the CPU) into `tensors[i]` for each i of `bucket`, in
+/// order, on their own device and in their own layout.
+fn unflatten_into(flat: &Tensor, tensors: &[Tensor], bucket: &[usize]) {
+    let flat = flat.to_device(tensors[bucket[0]].device());
+    let mut offset = 0;
+    for &i in bucket {
+        let n = tensors[i].numel() as i64;
+        let mut target = tensors[i].shallow_clone();
+        target.copy_(&flat.narrow(0, offset, n).view_as(&target));
+        offset += n;
+    }
+}
+
+/// Flat buffers that parameters' gradients are views of, so that the backward pass accumulates
+/// straight into the memory that is then reduced: averaging the gradients copies none of them
+/// (PyTorch DDP's `gradient_as_bucket_view`). Buckets hold at most [`BUCKET_BYTES`] of one
+/// kind, device and owner each. On the CPU the buckets are reduced in place; CUDA buckets are
+/// staged through host memory, one copy each way, as Gloo needs.
+pub struct GradientBuckets {
+    buckets: Vec<GradientBucket>,
+    /// Each attached gradient's data address, to tell that the gradients are still the views.
+    addresses: Vec<usize>,
+}
+
+struct GradientBucket {
+    flat: Tensor,
+    /// The rank that receives this bucket's mean when the optimizer is sharded.
+    owner: usize,
+}
+
+impl GradientBuckets {
+    /// Gives each of `params` a gradient that is a view of a bucket, holding the gradient's
+    /// current value (zero where it had none). With `owners` (one rank per parameter) a bucket
+    /// holds one owner's parameters only, for [`GradientBuckets::reduce_mean_to_owners`].
+    pub fn attach(params: &[Tensor], owners: Option<&[usize]>) -> Result<Self, DistributedError> {
+        let failed = |reason: String| DistributedError::Collective {
+            operation: "gradient buckets",
+            rank: 0,
+            world: 1,
+            reason,
+        };
+        if owners.is_some_and(|o| o.len() != params.len()) {
+            return Err(failed("one owner per parameter".into()));
+        }
+        let owner_of = |i: usize| owners.map_or(0, |o| o[i]);
+        let last_owner = (0..params.len()).map(owner_of).max().unwrap_or(0);
+        let mut buckets = Vec::new();
+        let mut addresses = vec![0; params.len()];
+        for owner in 0..=last_owner {
+            let mine: Vec<usize> = (0..params.len())
+                .filter(|&i| owner_of(i) == owner)
+                .collect();
+            let theirs: Vec<Tensor> = mine.iter().map(|&i| params[i].shallow_clone()).collect();
+            for bucket in buckets_of(&theirs, BUCKET_BYTES) {
+                let members: Vec<usize> = bucket.into_iter().map(|j| mine[j]).collect();
+                let first = &params[members[0]];
+                let total: i64 = members.iter().map(|&i| params[i].numel() as i64).sum();
+                let flat = Tensor::zeros([total], (first.kind(), first.device()));
+                let mut offset = 0;
+                for &i in &members {
+                    let p = &params[i];
+                    let n = p.numel() as i64;
+                    let view = flat.narrow(0, offset, n).view_as(p);
+                    let old = p.grad();
+                    if old.defined() {
+                        view.shallow_clone().copy_(&old);
+                    }
+                    let mut err = vec![0u8; ERROR_BYTES];
+                    // SAFETY: both are live `at::Tensor`s for the whole call.
+                    let status = unsafe {
+                        llg_set_grad(
+                            p.as_ptr().cast(),
+                            view.as_ptr().cast(),
+                            err.as_mut_ptr().cast(),
+                            err.len(),
+                        )
+                    };
+                    if status != 0 {
+                        return Err(failed(message(&err)));
+                    }
+                    addresses[i] = view.data_ptr() as usize;
+                    offset += n;
+                }
+                buckets.push(GradientBucket { flat, owner });
+            }
+        }
+        Ok(GradientBuckets { buckets, addresses })
+    }
+
+    /// Whether `grads` (in the order [`GradientBuckets::attach`] saw their parameters) are
+    /// still the bucket views: a gradient set to a new tensor since is not.
+    pub fn hold(&self, grads: &[Tensor]) -> bool {
+        grads.len() == self.addresses.len()
+            && grads
+                .iter()
+                .zip(&self.addresses)
+                .all(|(g, &a)| g.defined() && g.data_ptr() as usize == a)
+    }
+
+    /// Replaces every attached gradient with its mean over the ranks.
+    pub fn all_reduce_mean(&self, group: &ProcessGroup) -> Result<(), DistributedError> {
+        let staged = self.staged();
+        group.all_reduce_sum(&staged)?;
+        self.unstage(group, staged, |_| true);
+        Ok(())
+    }
+
+    /// Replaces each attached gradient with its mean over the ranks on its owner only; on the
+    /// other ranks its contents are unspecified afterwards (Gloo may use them as scratch).
+    pub fn reduce_mean_to_owners(&self, group: &ProcessGroup) -> Result<(), DistributedError> {
+        let staged = self.staged();
+        let roots: Vec<usize> = self.buckets.iter().map(|b| b.owner).collect();
+        group.reduce_sum(&staged, &roots)?;
+        self.unstage(group, staged, |b| b.owner == group.rank());
+        Ok(())
+    }
+
+    /// The buckets in host memory: CPU buckets themselves, CUDA buckets copied.
+    fn staged(&self) -> Vec<Tensor> {
+        self.buckets
+            .iter()
+            .map(|b| b.flat.to_device(tch::Device::Cpu))
+            .collect()
+    }
+
+    /// Divides the reduced buckets that `keep` selects by the world and copies staged ones back.
+    fn unstage(
+        &self,
+        group: &ProcessGroup,
+        staged: Vec<Tensor>,
+        keep: impl Fn(&GradientBucket) -> bool,
+    ) {
+        let world = group.world() as f64;
+        for (bucket, mut host) in self.buckets.iter().zip(staged) {
+            if !keep(bucket) {
+                continue;
+            }
+            let _ = host.g_div_scalar_(world);
+            if host.data_ptr() != bucket.flat.data_ptr() {
+                bucket.flat.shallow_clone().copy_(&host);
+            }
+        }
+    }
+}
+
 /// Rank `rank`'s contiguous share of `n` items among `world` ranks (see
 /// [`ProcessGroup::share`]); the shares of all ranks cover `0..n` in order.
 pub fn share(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
@@ -511,7 +730,7 @@ pub fn share(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
 
 /// Consecutive runs of `tensors` with one kind and device and at most `cap` bytes (a larger
 /// tensor gets a bucket of its own), as index lists.
-fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
+fn buckets_of(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0;
     let mut key: Option<(Kind, tch::Device)> = None;
@@ -644,7 +863,7 @@ mod tests {
             t(1, Kind::Float),
         ];
         assert_eq!(
-            buckets(&tensors, 100),
+            buckets_of(&tensors, 100),
             vec![vec![0, 1], vec![2], vec![3], vec![4]]
         );
     }

@@ -10,7 +10,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use llamagen_distributed::{ProcessGroup, Rendezvous};
+use llamagen_distributed::{GradientBuckets, ProcessGroup, Rendezvous};
 use tch::{Kind, Tensor};
 
 fn free_port() -> u16 {
@@ -177,6 +177,84 @@ fn rank_collectives() {
         .collect();
     assert_eq!(gathered.size()[1], 2);
     assert_eq!(Vec::<f32>::try_from(gathered.view([-1])).unwrap(), expected);
+    // Means to owners: tensor i ends on rank i mod world as the mean; the others keep theirs.
+    // Three kinds and a transposed matrix, so that buckets split by owner and kind.
+    let own = |i: usize| i % group.world();
+    let tensors = [
+        Tensor::from_slice(&[rank, 2.0 * rank]),
+        Tensor::from_slice(&[rank as f32 + 1.0, 4.0, 6.0, 8.0])
+            .view([2, 2])
+            .tr(),
+        Tensor::from_slice(&[rank + 10.0]),
+        Tensor::from_slice(&[rank as f32; 5]),
+    ];
+    let before: Vec<Tensor> = tensors.iter().map(Tensor::copy).collect();
+    let owners: Vec<usize> = (0..tensors.len()).map(own).collect();
+    group.reduce_mean_to_owners(&tensors, &owners).unwrap();
+    let means = [
+        Tensor::from_slice(&[mean_rank, 2.0 * mean_rank]),
+        Tensor::from_slice(&[mean_rank as f32 + 1.0, 4.0, 6.0, 8.0])
+            .view([2, 2])
+            .tr(),
+        Tensor::from_slice(&[mean_rank + 10.0]),
+        Tensor::from_slice(&[mean_rank as f32; 5]),
+    ];
+    for (i, t) in tensors.iter().enumerate() {
+        let want = if own(i) == group.rank() {
+            &means[i]
+        } else {
+            &before[i]
+        };
+        assert!(t.equal(want), "tensor {i} on rank {}: {t:?}", group.rank());
+    }
+    let refused = group.reduce_mean_to_owners(&tensors, &[0, 0, 0, group.world()]);
+    assert!(refused.unwrap_err().to_string().contains("owners"));
+
+    // Gradients as views of buckets: backward passes accumulate into them, and the means are
+    // taken where they are. Parameters of two kinds, one already with a gradient.
+    let params = [
+        Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f64, -1.0, 0.5, 2.0])
+            .view([2, 2])
+            .set_requires_grad(true),
+        Tensor::from_slice(&[4.0f32]).set_requires_grad(true),
+    ];
+    (&params[2] * 3.0).sum(Kind::Float).backward();
+    let backward = |scale: f64| {
+        for p in &params {
+            (p * (scale * (rank + 1.0))).sum(p.kind()).backward();
+        }
+    };
+    for owners in [None, Some((0..params.len()).map(own).collect::<Vec<_>>())] {
+        let before = params[2].grad().double_value(&[0]);
+        let buckets = GradientBuckets::attach(&params, owners.as_deref()).unwrap();
+        let grads = || params.iter().map(Tensor::grad).collect::<Vec<_>>();
+        assert!(buckets.hold(&grads()));
+        // A gradient keeps its value through the attachment (3 at first).
+        assert_eq!(params[2].grad().double_value(&[0]), before);
+        for p in &params {
+            let _ = p.grad().zero_();
+        }
+        backward(1.0);
+        backward(2.0);
+        assert!(buckets.hold(&grads()), "accumulated in place");
+        match &owners {
+            None => buckets.all_reduce_mean(&group).unwrap(),
+            Some(_) => buckets.reduce_mean_to_owners(&group).unwrap(),
+        }
+        // d/dp of 3 (r + 1) p summed over both passes, averaged over the ranks: 3 (mean + 1).
+        let want = 3.0 * (mean_rank + 1.0);
+        for (i, p) in params.iter().enumerate() {
+            if owners.as_ref().is_some_and(|o| o[i] != group.rank()) {
+                continue;
+            }
+            let g = p.grad().to_kind(Kind::Double).view([-1]);
+            let got = Vec::<f64>::try_from(&g).unwrap();
+            assert!(got.iter().all(|&v| (v - want).abs() < 1e-6), "{i}: {got:?}");
+        }
+    }
+    let mismatched = GradientBuckets::attach(&params, Some(&[0]));
+    assert!(mismatched.is_err());
     group.barrier().unwrap();
     println!(
         "rank {} of {}: collectives agree",

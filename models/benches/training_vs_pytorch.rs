@@ -7,7 +7,12 @@
 //! ```text
 //! cargo bench -p llamagen-models --bench training_vs_pytorch -- [--llamagen DIR] [--steps N]
 //!     [--model small|GPT-B] [--batch N] [--device cpu|cuda] [--precision fp32|bf16] [--t2i]
+//!     [--adamw fused|plain]
 //! ```
+//!
+//! `--adamw fused` (the default) steps both sides with libtorch's fused AdamW kernel, as
+//! train_c2i.py does (`fused=True`); `plain` runs ours written out and PyTorch's default
+//! (a loop on the CPU, `foreach` on CUDA).
 //!
 //! `--t2i` trains the text-conditional variant instead: a 120-token FLAN-T5 XL prefix (2048
 //! wide, random features) with captions of 20 to 120 valid tokens, LlamaGen's t2i attention
@@ -50,6 +55,7 @@ fn main() {
     let mut device = Device::Cpu;
     let mut mixed_precision = MixedPrecision::None;
     let mut t2i = false;
+    let mut fused_adamw = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -68,6 +74,7 @@ fn main() {
                 }
             }
             "--t2i" => t2i = true,
+            "--adamw" => fused_adamw = args.next().as_deref() != Some("plain"),
             "--precision" => {
                 mixed_precision = args.next().unwrap_or_default().parse().unwrap();
             }
@@ -114,16 +121,20 @@ fn main() {
         peer(
             checkout,
             dir.path(),
-            batch,
-            steps,
-            device,
-            mixed_precision == MixedPrecision::Bf16 && device.is_cuda(),
-            t2i,
+            &PeerRun {
+                batch,
+                steps,
+                device,
+                autocast: mixed_precision == MixedPrecision::Bf16 && device.is_cuda(),
+                t2i,
+                fused_adamw,
+            },
         )
     });
 
     let train_config = TrainConfig {
         mixed_precision,
+        fused_adamw,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config.clone(), train_config, device).unwrap();
@@ -166,7 +177,7 @@ fn main() {
         format!("the CPU ({} threads)", tch::get_num_threads())
     };
     println!(
-        "training on {on}: {model} ({} wide, {} layers, {}), vocab 16384, 256 tokens, batch {batch}, {}",
+        "training on {on}: {model} ({} wide, {} layers, {}), vocab 16384, 256 tokens, batch {batch}, {}, {} AdamW",
         config.dim,
         config.n_layer,
         if t2i {
@@ -178,7 +189,8 @@ fn main() {
             "bf16 autocast"
         } else {
             "fp32"
-        }
+        },
+        if fused_adamw { "fused" } else { "plain" }
     );
     let ours_memory = if device.is_cuda() {
         gpu_memory_mib()
@@ -223,17 +235,32 @@ fn memory(mib: Option<u64>) -> String {
         .unwrap_or_default()
 }
 
+/// What the peer trains, as ours does.
+struct PeerRun {
+    batch: i64,
+    steps: i64,
+    device: Device,
+    /// bf16 autocast of the forward pass.
+    autocast: bool,
+    t2i: bool,
+    fused_adamw: bool,
+}
+
 /// LlamaGen's side: (label, tokens/s, GPU MiB) per run, or its stderr.
 /// `dir` holds gpt.safetensors and gpt.json (and features.bin for `t2i`).
 fn peer(
     llamagen: &Path,
     dir: &Path,
-    batch: i64,
-    steps: i64,
-    device: Device,
-    autocast: bool,
-    t2i: bool,
+    run: &PeerRun,
 ) -> Result<Vec<(String, f64, Option<u64>)>, String> {
+    let PeerRun {
+        batch,
+        steps,
+        device,
+        autocast,
+        t2i,
+        fused_adamw,
+    } = *run;
     let (weights_path, config_path) = (dir.join("gpt.safetensors"), dir.join("gpt.json"));
     let t2i_features = t2i.then(|| dir.join("features.bin"));
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -259,6 +286,7 @@ fn peer(
             .args(["--threads", &tch::get_num_threads().to_string()])
             .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }])
             .args(*extra)
+            .args(["--adamw", if fused_adamw { "fused" } else { "default" }])
             .args(
                 t2i_features
                     .iter()
@@ -271,7 +299,10 @@ fn peer(
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         rows.push((
-            format!("LlamaGen + AdamW{label}"),
+            format!(
+                "LlamaGen + AdamW{}{label}",
+                if fused_adamw { "(fused)" } else { "" }
+            ),
             v["tokens_per_second"].as_f64().unwrap(),
             v["gpu_memory_mib"].as_u64(),
         ));

@@ -9,6 +9,8 @@
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
+//! - [`optim`]: PyTorch's AdamW, written out or through libtorch's fused kernel, and gradient
+//!   clipping.
 //! - [`vq_train`]: tokenizer training (tokenizer and discriminator steps, resumable
 //!   checkpoints).
 //! - [`autocast`]: bf16 autocast on CUDA for the trainer.
@@ -25,7 +27,7 @@ pub mod generate;
 pub mod gpt;
 pub mod images;
 pub mod lpips;
-mod optim;
+pub mod optim;
 pub mod patchgan;
 pub mod tiny;
 pub mod train;

@@ -22,7 +22,8 @@ use crate::ModelError;
 use crate::checkpoint;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::{
-    AdamW, AdamWSettings, clip_grad_norm, ema_copy, grad_norm, trainable, update_ema, zero_grads,
+    AdamW, AdamWSettings, clip_grad_norm, ema_copy, grad_norm, joint_norm, scale_grads,
+    squared_norms, trainable, update_ema, zero_grads,
 };
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
@@ -57,6 +58,13 @@ pub struct TrainConfig {
     /// per block from the step's seed instead of in one stream.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`, as LlamaGen's
+    /// `train_c2i.py` asks for) rather than the update written out operation by operation: the
+    /// same arithmetic up to float rounding, one pass over each tensor. A checkpoint records it
+    /// so that a resumed run takes the same steps; checkpoints from before the setting existed
+    /// were written by the plain update and resume with it.
+    #[serde(default)]
+    pub fused_adamw: bool,
 }
 
 /// Forward-pass precision on CUDA.
@@ -101,6 +109,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             cosine_steps: 0,
             activation_checkpointing: false,
+            fused_adamw: true,
         }
     }
 }
@@ -113,6 +122,7 @@ impl TrainConfig {
             eps: self.eps,
             weight_decay: self.weight_decay,
             decay_vectors: false,
+            fused: self.fused_adamw,
         }
     }
 
@@ -182,10 +192,21 @@ pub fn caption_mask(lengths: &Tensor, prefix: i64, n: i64) -> Tensor {
 pub trait Replicas {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
+    /// Gives `params` gradients that [`Replicas::mean`] and [`Replicas::mean_to_owners`] can
+    /// reduce where they are, with no copy (flat buckets the gradients are views of), laid out
+    /// for `owners` (one rank per parameter) when the optimizer is sharded. Called before each
+    /// backward pass; a call that finds the gradients already attached does nothing.
+    fn attach_gradients(&self, params: &[Tensor], owners: Option<&[usize]>) -> Result<(), String>;
     /// Replaces each tensor with its mean over the ranks; every rank passes the same shapes.
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String>;
     /// Copies rank `root`'s tensors into every rank's; every rank passes the same shapes.
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), String>;
+    /// Replaces tensor i with its mean over the ranks on rank `owners[i]` only (the
+    /// reduce-scatter of a sharded optimizer); what the other ranks hold in it afterwards is
+    /// unspecified.
+    fn mean_to_owners(&self, tensors: &[Tensor], owners: &[usize]) -> Result<(), String>;
+    /// Sums `values` over the ranks; every rank gets the sums.
+    fn sum(&self, values: &[f64]) -> Result<Vec<f64>, String>;
 }
 
 /// Moments gathered for a checkpoint are sent in pieces of about this many bytes, so that a
@@ -421,6 +442,16 @@ impl Trainer {
         let network_seed = step_seed.wrapping_add(rank.wrapping_mul(0x9E37_79B9));
         tch::manual_seed(network_seed);
         zero_grads(&mut self.params);
+        if let Some(replicas) = replicas {
+            let params: Vec<Tensor> = self.params.values().map(Tensor::shallow_clone).collect();
+            let owners: Option<Vec<usize>> = self
+                .owners
+                .as_ref()
+                .map(|owners| self.params.keys().map(|n| owners[n]).collect());
+            replicas
+                .attach_gradients(&params, owners.as_deref())
+                .map_err(ModelError::Replicas)?;
+        }
         let mut total = 0.0;
         let share = 1.0 / micro_batches.len() as f64;
         let bf16 =
@@ -473,19 +504,19 @@ impl Trainer {
             total += value * share;
             self.tokens_seen += codes.numel() as i64 * world;
         }
-        if let Some(replicas) = replicas {
-            let grads: Vec<Tensor> = self.params.values().map(Tensor::grad).collect();
-            replicas.mean(&grads).map_err(ModelError::Replicas)?;
-        }
-        self.last_grad_norm = if self.config.grad_clip > 0.0 {
-            clip_grad_norm(&self.params, self.config.grad_clip)
-        } else {
-            grad_norm(&self.params)
+        self.last_grad_norm = match (replicas, &self.owners) {
+            (Some(replicas), Some(owners)) => self.reduce_to_owners(replicas, owners)?,
+            (Some(replicas), None) => {
+                let grads: Vec<Tensor> = self.params.values().map(Tensor::grad).collect();
+                replicas.mean(&grads).map_err(ModelError::Replicas)?;
+                self.clip()
+            }
+            (None, _) => self.clip(),
         };
         self.step += 1;
         let lr = self.config.lr_at(self.step - 1);
         self.optimizer
-            .update(&self.params, &self.config.adamw(), lr, self.step);
+            .update(&self.params, &self.config.adamw(), lr, self.step)?;
         if let (Some(owners), Some(replicas)) = (&self.owners, replicas) {
             // Each rank updated its own parameters; every rank takes the others' from them.
             let _no_grad = tch::no_grad_guard();
@@ -502,6 +533,49 @@ impl Trainer {
         }
         if let Some(ema) = &mut self.ema {
             update_ema(ema, &self.params, self.config.ema_decay);
+        }
+        Ok(total)
+    }
+
+    /// Clips the gradients (when the run clips) and returns their norm before clipping.
+    fn clip(&self) -> f64 {
+        if self.config.grad_clip > 0.0 {
+            clip_grad_norm(&self.params, self.config.grad_clip)
+        } else {
+            grad_norm(&self.params)
+        }
+    }
+
+    /// The sharded optimizer's gradient step: each rank receives the mean gradients of the
+    /// parameters it owns only (half the traffic of averaging them all), the joint norm is
+    /// summed from each rank's squared norms of its own, and each rank clips its own. Returns
+    /// the norm before clipping, the same on every rank and to the bit the one an unsharded
+    /// run computes from the same gradients.
+    fn reduce_to_owners(
+        &self,
+        replicas: &dyn Replicas,
+        owners: &BTreeMap<String, usize>,
+    ) -> Result<f64, ModelError> {
+        let rank = replicas.rank();
+        let grads: Vec<Tensor> = self.params.values().map(Tensor::grad).collect();
+        let owner_of: Vec<usize> = self.params.keys().map(|n| owners[n]).collect();
+        replicas
+            .mean_to_owners(&grads, &owner_of)
+            .map_err(ModelError::Replicas)?;
+        // Another rank's squared norm is exactly 0 here, so the sums are each owner's value.
+        let squares: Vec<f64> = squared_norms(&self.params)
+            .into_iter()
+            .zip(&owner_of)
+            .map(|(square, &owner)| if owner == rank { square } else { 0.0 })
+            .collect();
+        let total = joint_norm(&replicas.sum(&squares).map_err(ModelError::Replicas)?);
+        if self.config.grad_clip > 0.0 {
+            let mine = self
+                .params
+                .iter()
+                .filter(|&(n, _)| owners[n] == rank)
+                .map(|(_, p)| p);
+            scale_grads(mine, total, self.config.grad_clip);
         }
         Ok(total)
     }
@@ -592,5 +666,14 @@ mod tests {
         let mut ranks: Vec<usize> = owners.values().copied().collect();
         ranks.sort();
         assert_eq!(ranks, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn checkpoints_from_before_the_fused_kernel_resume_with_the_plain_update() {
+        let mut old = serde_json::to_value(TrainConfig::default()).unwrap();
+        old.as_object_mut().unwrap().remove("fused_adamw");
+        let read: TrainConfig = serde_json::from_value(old).unwrap();
+        assert!(!read.fused_adamw);
+        assert!(TrainConfig::default().fused_adamw);
     }
 }

@@ -80,6 +80,8 @@ impl VqTrainConfig {
             eps: self.eps,
             weight_decay: self.weight_decay,
             decay_vectors: true,
+            // LlamaGen's vq_train.py builds its optimizers without `fused=True`.
+            fused: false,
         }
     }
 }
@@ -271,7 +273,7 @@ impl VqTrainer {
         }
         let settings = self.config.adamw();
         self.optimizer
-            .update(&self.params, &settings, self.config.lr, global_step);
+            .update(&self.params, &settings, self.config.lr, global_step)?;
         if let Some(ema) = &mut self.ema {
             update_ema(ema, &self.params, self.config.ema_decay);
         }
@@ -293,7 +295,7 @@ impl VqTrainer {
             clip_grad_norm(&self.disc_params, self.config.grad_clip);
         }
         self.disc_optimizer
-            .update(&self.disc_params, &settings, self.config.lr, global_step);
+            .update(&self.disc_params, &settings, self.config.lr, global_step)?;
 
         self.step = global_step;
         self.images_seen += images.size()[0] * world;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use llamagen_distributed::{ProcessGroup, Rendezvous};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
-use llamagen_models::train::{MicroBatch, TrainConfig, Trainer};
+use llamagen_models::train::{MicroBatch, Replicas, TrainConfig, Trainer};
 use llamagen_models::weights;
 use llamagen_pipeline::train::Ranks;
 use tch::{Device, Kind, Tensor, nn::VarStore};
@@ -70,14 +70,16 @@ fn config() -> GptConfig {
 
 /// Trains `steps` timed steps (after one warm-up) at `batch` samples from `weights`, in the
 /// group when given (with the optimizer state sharded over it when `shard`); returns the
-/// seconds of the timed steps and the optimizer bytes this process held.
+/// seconds of the timed steps, the optimizer bytes this process held and, in a group, the
+/// seconds one averaging of the gradients takes (timed apart, after the steps), in place in
+/// their buckets and through copies.
 fn train(
     weights_path: &Path,
     batch: i64,
     steps: usize,
     group: Option<&ProcessGroup>,
     shard: bool,
-) -> (f64, usize) {
+) -> (f64, usize, Option<(f64, f64)>) {
     let mut trainer = Trainer::new(config(), TrainConfig::default(), Device::Cpu).unwrap();
     weights::load_strict(&trainer.vs, weights_path).unwrap();
     if let (Some(g), true) = (group, shard) {
@@ -96,8 +98,9 @@ fn train(
         caption_lengths: None,
         valid: None,
     }];
-    let step = |trainer: &mut Trainer| match group {
-        Some(g) => trainer.train_step_replicated(&batches, &Ranks(g)).unwrap(),
+    let ranks = group.map(Ranks::new);
+    let step = |trainer: &mut Trainer| match &ranks {
+        Some(r) => trainer.train_step_replicated(&batches, r).unwrap(),
         None => trainer.train_step_on(&batches).unwrap(),
     };
     step(&mut trainer);
@@ -108,7 +111,33 @@ fn train(
     for _ in 0..steps {
         step(&mut trainer);
     }
-    (started.elapsed().as_secs_f64(), trainer.optimizer_bytes())
+    let seconds = started.elapsed().as_secs_f64();
+    // The gradients in the trainer's order (by name), still the views of the attached buckets.
+    let grads: Vec<Tensor> = trainer
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .values()
+        .map(Tensor::grad)
+        .collect();
+    // Averaging the bucket views in place, and (for comparison) the same gradients as
+    // separate tensors, which are flattened into buckets and copied back.
+    let averaging = ranks.as_ref().zip(group).filter(|_| !shard).map(|(r, g)| {
+        let started = Instant::now();
+        for _ in 0..steps {
+            r.mean(&grads).unwrap();
+        }
+        let in_place = started.elapsed().as_secs_f64() / steps as f64;
+        let copies: Vec<Tensor> = grads.iter().map(Tensor::copy).collect();
+        let started = Instant::now();
+        for _ in 0..steps {
+            g.all_reduce_mean(&copies).unwrap();
+        }
+        (in_place, started.elapsed().as_secs_f64() / steps as f64)
+    });
+    (seconds, trainer.optimizer_bytes(), averaging)
 }
 
 fn row(label: &str, tokens_per_s: f64, note: String) {
@@ -126,7 +155,7 @@ fn as_rank(o: &Options, weights_path: &Path) {
         .unwrap()
         .expect("RANK and WORLD_SIZE");
     let group = ProcessGroup::gloo(&rendezvous).unwrap();
-    let (seconds, bytes) = train(weights_path, o.batch, o.steps, Some(&group), o.shard);
+    let (seconds, bytes, _) = train(weights_path, o.batch, o.steps, Some(&group), o.shard);
     if group.rank() == 0 {
         let samples = o.batch * group.world() as i64;
         println!("{} {bytes}", tokens_per_second(samples, o.steps, seconds));
@@ -247,8 +276,7 @@ fn main() {
 
     // The data-parallel path's own cost, at one rank and the global batch.
     let threads = tch::get_num_threads();
-    let (seconds, whole_bytes) = train(&weights_path, global, o.steps, None, false);
-    let alone = tokens_per_second(global, o.steps, seconds);
+    // Alternated, two rounds each, so that drift in this shared machine's speed lands on both.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -265,21 +293,51 @@ fn main() {
         timeout: Duration::from_secs(60),
     })
     .unwrap();
-    let grouped = tokens_per_second(
-        global,
-        o.steps,
-        train(&weights_path, global, o.steps, Some(&one), false).0,
-    );
+    let (mut alone_seconds, mut grouped_seconds, mut whole_bytes) = (Vec::new(), Vec::new(), 0);
+    let (mut in_place, mut copied) = (0.0, 0.0);
+    for _ in 0..2 {
+        let (seconds, bytes, _) = train(&weights_path, global, o.steps, None, false);
+        alone_seconds.push(seconds);
+        whole_bytes = bytes;
+        let (seconds, _, mean) = train(&weights_path, global, o.steps, Some(&one), false);
+        grouped_seconds.push(seconds);
+        let (a, b) = mean.unwrap_or((f64::NAN, f64::NAN));
+        in_place += a / 2.0;
+        copied += b / 2.0;
+    }
     drop(one);
+    let rate =
+        |seconds: &[f64]| tokens_per_second(global, o.steps, seconds.iter().sum::<f64>() / 2.0);
+    let (alone, grouped) = (rate(&alone_seconds), rate(&grouped_seconds));
+    let rounds = |seconds: &[f64]| {
+        seconds
+            .iter()
+            .map(|&s| format!("{:.0}", tokens_per_second(global, o.steps, s)))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
     row(
         &format!("ours, one process ({threads} threads)"),
         alone,
-        String::new(),
+        format!("rounds: {}", rounds(&alone_seconds)),
     );
     row(
         "ours, in a group of one",
         grouped,
-        format!("overhead {:+.1} %", (alone / grouped - 1.0) * 100.0),
+        format!(
+            "overhead {:+.1} %; rounds: {}",
+            (alone / grouped - 1.0) * 100.0,
+            rounds(&grouped_seconds)
+        ),
+    );
+    let step_seconds = alone_seconds.iter().sum::<f64>() / (2.0 * o.steps as f64);
+    println!(
+        "  averaging the gradients in the group of one: {:.1} ms per step ({:.2} % of a step) \
+         in their buckets; {:.1} ms ({:.2} %) copied through buckets",
+        in_place * 1e3,
+        in_place / step_seconds * 100.0,
+        copied * 1e3,
+        copied / step_seconds * 100.0
     );
     let (ranks, _) = launch_ranks(&o, &weights_path, false);
     row(

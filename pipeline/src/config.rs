@@ -179,6 +179,16 @@ pub enum LrSchedule {
     Cosine,
 }
 
+/// How AdamW's update is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdamWKernel {
+    /// libtorch's fused kernel (`torch.optim.AdamW(fused=True)`, as LlamaGen's train_c2i.py).
+    Fused,
+    /// The update written out operation by operation (ten kernels per parameter).
+    Plain,
+}
+
 /// Compute precision on CUDA (the CPU computes in fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -329,6 +339,8 @@ pub struct TrainConfig {
     pub shard_optimizer: bool,
     /// Recompute each block in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
+    /// fused (libtorch's fused AdamW kernel) or plain.
+    pub adamw: AdamWKernel,
 }
 
 impl Default for TrainConfig {
@@ -354,6 +366,7 @@ impl Default for TrainConfig {
             init_from: String::new(),
             shard_optimizer: false,
             activation_checkpointing: false,
+            adamw: AdamWKernel::Fused,
         }
     }
 }

@@ -17,10 +17,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::config::{LrSchedule, Precision};
+use crate::config::{AdamWKernel, LrSchedule, Precision};
 use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 use anyhow::{Context as _, bail};
-use llamagen_distributed::ProcessGroup;
+use std::cell::RefCell;
+
+use llamagen_distributed::{GradientBuckets, ProcessGroup};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
 use llamagen_models::train::{MicroBatch, MixedPrecision, Replicas, TrainConfig, Trainer};
@@ -139,6 +141,12 @@ pub struct TrainArgs {
     /// dropout masks are drawn per block. A resumed run keeps the setting it started with.
     #[arg(long)]
     pub activation_checkpointing: bool,
+    /// fused: libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`, which LlamaGen's
+    /// train_c2i.py asks for), one pass over each tensor; plain: the same update written out
+    /// operation by operation. They agree up to float rounding. A resumed run keeps the
+    /// setting it started with.
+    #[arg(long, value_enum, default_value_t = AdamWKernel::Fused)]
+    pub adamw: AdamWKernel,
     /// Leaderboard name of the model being trained.
     #[arg(long)]
     pub model: String,
@@ -308,6 +316,7 @@ pub fn args_from_config(
         init_from: (!t.init_from.is_empty()).then(|| under(&t.init_from)),
         shard_optimizer: t.shard_optimizer,
         activation_checkpointing: t.activation_checkpointing,
+        adamw: t.adamw,
         no_record: false,
         json: false,
     })
@@ -511,6 +520,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                     0
                 },
                 activation_checkpointing: args.activation_checkpointing,
+                fused_adamw: args.adamw == AdamWKernel::Fused,
                 ..TrainConfig::default()
             };
             std::fs::create_dir_all(&args.out)?;
@@ -614,6 +624,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let ranks = group.as_ref().map(Ranks::new);
     while trainer.step < args.max_steps {
         let step = trainer.step;
         let position = step as u64 * args.global_batch_size as u64;
@@ -630,8 +641,8 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
                 device,
             )?);
         }
-        let stepped = match &group {
-            Some(group) => trainer.train_step_replicated(&batches, &Ranks(group)),
+        let stepped = match &ranks {
+            Some(ranks) => trainer.train_step_replicated(&batches, ranks),
             None => trainer.train_step_on(&batches),
         };
         loss = match stepped {
@@ -692,7 +703,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped;
         if let (true, Some(group)) = (checkpoint && args.shard_optimizer, &group) {
             // Every rank sends its share of the optimizer state to rank 0, which writes it.
-            if let Err(e) = trainer.gather_optimizer(&Ranks(group)) {
+            if let Err(e) = trainer.gather_optimizer(&Ranks::new(group)) {
                 result = Err(e.into());
                 break;
             }
@@ -738,23 +749,81 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     })
 }
 
-/// The trainer's view of the process group.
-pub struct Ranks<'a>(pub &'a ProcessGroup);
+/// The trainer's view of the process group, with the gradient buckets its parameters'
+/// gradients are views of once attached. Keep one for a run: the buckets live here.
+pub struct Ranks<'a> {
+    group: &'a ProcessGroup,
+    /// The buckets and the owners they were laid out for.
+    buckets: RefCell<Option<(GradientBuckets, Option<Vec<usize>>)>>,
+}
+
+impl<'a> Ranks<'a> {
+    pub fn new(group: &'a ProcessGroup) -> Self {
+        Ranks {
+            group,
+            buckets: RefCell::new(None),
+        }
+    }
+
+    /// The attached buckets, when `tensors` are still their views.
+    fn holding(&self, tensors: &[Tensor]) -> Option<std::cell::Ref<'_, GradientBuckets>> {
+        std::cell::Ref::filter_map(self.buckets.borrow(), |b| {
+            b.as_ref()
+                .map(|(buckets, _)| buckets)
+                .filter(|buckets| buckets.hold(tensors))
+        })
+        .ok()
+    }
+}
 
 impl Replicas for Ranks<'_> {
     fn rank(&self) -> usize {
-        self.0.rank()
+        self.group.rank()
     }
     fn world(&self) -> usize {
-        self.0.world()
+        self.group.world()
+    }
+    fn attach_gradients(&self, params: &[Tensor], owners: Option<&[usize]>) -> Result<(), String> {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let current = self
+            .buckets
+            .borrow()
+            .as_ref()
+            .is_some_and(|(buckets, laid_out)| {
+                laid_out.as_deref() == owners && buckets.hold(&grads)
+            });
+        if !current {
+            let buckets = GradientBuckets::attach(params, owners).map_err(|e| e.to_string())?;
+            *self.buckets.borrow_mut() = Some((buckets, owners.map(<[usize]>::to_vec)));
+        }
+        Ok(())
     }
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String> {
-        self.0.all_reduce_mean(tensors).map_err(|e| e.to_string())
+        match self.holding(tensors) {
+            Some(buckets) => buckets.all_reduce_mean(self.group),
+            None => self.group.all_reduce_mean(tensors),
+        }
+        .map_err(|e| e.to_string())
     }
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), String> {
-        self.0
+        self.group
             .broadcast_many(tensors, root)
             .map_err(|e| e.to_string())
+    }
+    fn mean_to_owners(&self, tensors: &[Tensor], owners: &[usize]) -> Result<(), String> {
+        let laid_out = self
+            .buckets
+            .borrow()
+            .as_ref()
+            .is_some_and(|(_, o)| o.as_deref() == Some(owners));
+        match self.holding(tensors).filter(|_| laid_out) {
+            Some(buckets) => buckets.reduce_mean_to_owners(self.group),
+            None => self.group.reduce_mean_to_owners(tensors, owners),
+        }
+        .map_err(|e| e.to_string())
+    }
+    fn sum(&self, values: &[f64]) -> Result<Vec<f64>, String> {
+        self.group.sum_f64(values).map_err(|e| e.to_string())
     }
 }
 

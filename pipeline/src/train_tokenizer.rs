@@ -575,7 +575,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
             device,
         )?;
         let stepped = match &group {
-            Some(group) => trainer.train_step_replicated(&x, &crate::train::Ranks(group)),
+            Some(group) => trainer.train_step_replicated(&x, &crate::train::Ranks::new(group)),
             None => trainer.train_step(&x),
         };
         let mut losses = match stepped {

@@ -1,0 +1,42 @@
+// Included by the build scripts of the crates that compile a C++ face over libtorch
+// (`include!("../native/libtorch_cpp.rs")`): it compiles their source against the headers of
+// the libtorch that tch links (`LIBTORCH`, set by `.cargo/config.toml` to the virtualenv's
+// torch), links libtorch, and records its library folders as rpaths, as `native/build.rs`
+// does for the other crates: `$ORIGIN/../lib/torch/lib` first (the relocatable layout of
+// `scripts/package.sh`), then the build's own libtorch.
+
+/// Compiles `source` (relative to the crate) into the static library `name` and links it
+/// with libtorch.
+fn compile_against_libtorch(source: &str, name: &str) {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed={source}");
+    println!("cargo:rerun-if-changed=../native/cpp/llg_error.h");
+    let libtorch = std::path::PathBuf::from(
+        std::env::var("LIBTORCH")
+            .expect("LIBTORCH names the libtorch to build against (scripts/setup.sh installs it)"),
+    );
+    let include = libtorch.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(source)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("../native/cpp")
+        .flag("-std=c++17")
+        // torch's wheels since 2.7 use the C++11 string ABI, as torch-sys assumes.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile(name);
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!(
+        "cargo:rustc-link-search=native={}",
+        libtorch.join("lib").display()
+    );
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/torch/lib");
+    println!(
+        "cargo:rustc-link-arg=-Wl,-rpath,{}",
+        libtorch.join("lib").display()
+    );
+}
