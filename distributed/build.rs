@@ -4,5 +4,5 @@
 include!("../native/libtorch_cpp.rs");
 
 fn main() {
-    compile_against_libtorch("src/c10d.cpp", "llamagen_c10d");
+    compile_against_libtorch(&["src/c10d.cpp"], "llamagen_c10d");
 }

@@ -5,11 +5,13 @@
 // does for the other crates: `$ORIGIN/../lib/torch/lib` first (the relocatable layout of
 // `scripts/package.sh`), then the build's own libtorch.
 
-/// Compiles `source` (relative to the crate) into the static library `name` and links it
+/// Compiles `sources` (relative to the crate) into the static library `name` and links it
 /// with libtorch.
-fn compile_against_libtorch(source: &str, name: &str) {
+fn compile_against_libtorch(sources: &[&str], name: &str) {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed={source}");
+    for source in sources {
+        println!("cargo:rerun-if-changed={source}");
+    }
     println!("cargo:rerun-if-changed=../native/cpp/llg_error.h");
     let libtorch = std::path::PathBuf::from(
         std::env::var("LIBTORCH")
@@ -18,7 +20,7 @@ fn compile_against_libtorch(source: &str, name: &str) {
     let include = libtorch.join("include");
     cc::Build::new()
         .cpp(true)
-        .file(source)
+        .files(sources)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .include("../native/cpp")

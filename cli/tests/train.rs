@@ -119,6 +119,19 @@ async fn trains_records_and_resumes() {
         losses.iter().map(|l| l.0).collect::<Vec<_>>(),
         [5, 10, 15, 20, 25, 30, 35, 40]
     );
+    // Each record holds the process's peak resident memory over its interval (the CPU's
+    // figure; on CUDA the caching allocator's peak), in MiB.
+    let memory: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT step, value FROM training_metrics WHERE name = 'memory_mib' ORDER BY step",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(memory.len(), losses.len(), "{memory:?}");
+    assert!(
+        memory.iter().all(|&(_, mib)| mib > 10.0 && mib < 65536.0),
+        "{memory:?}"
+    );
     let (first_loss, last_loss) = (losses[0].1, losses[losses.len() - 1].1);
     assert!(
         last_loss < 0.5 * first_loss,

@@ -183,6 +183,8 @@ async fn trains_records_benchmarks_and_resumes_after_a_kill() {
         "perceptual_loss",
         "discriminator_loss",
         "codebook_usage",
+        "images_per_s",
+        "memory_mib",
     ] {
         assert!(logged.iter().any(|n| n == name), "{name} not in {logged:?}");
     }

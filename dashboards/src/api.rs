@@ -51,11 +51,12 @@ pub struct ModelData {
     /// At the latest evaluated checkpoint.
     pub fid_by_cfg: Vec<Point>,
     pub is_by_cfg: Vec<Point>,
-    /// Training loss, the gradient norm before clipping and tokens/s, each averaged into at
-    /// most 400 points per training run.
+    /// Training loss, the gradient norm before clipping, tokens/s and the peak memory of each
+    /// logged interval (MiB), each averaged into at most 400 points per training run.
     pub loss: Vec<Point>,
     pub grad_norm: Vec<Point>,
     pub tokens_per_s: Vec<Point>,
+    pub memory_mib: Vec<Point>,
     pub samples: Vec<SampleImage>,
     /// The model's best 50 evaluations.
     pub evaluations: Vec<LeaderboardRow>,
@@ -88,6 +89,7 @@ pub async fn model_data(state: &AppState, id: i64) -> Result<ModelData, Dashboar
         loss: queries::training_metric(pool, id, "loss", 400).await?,
         grad_norm: queries::training_metric(pool, id, "grad_norm", 400).await?,
         tokens_per_s: queries::training_metric(pool, id, "tokens_per_s", 400).await?,
+        memory_mib: queries::training_metric(pool, id, "memory_mib", 400).await?,
         samples,
         evaluations,
         model,

@@ -378,6 +378,13 @@ pub async fn model(
             "tokens/s",
             &data.tokens_per_s,
         ),
+        chart(
+            "memory",
+            "peak memory per logged interval (GPU: allocated by the caching allocator; CPU: resident)",
+            "step",
+            "MiB",
+            &data.memory_mib,
+        ),
     ]
     .into_iter()
     .flatten()

@@ -399,7 +399,7 @@ pub async fn metric_by_cfg(
     .await
 }
 
-/// One logged training metric (`loss`, `grad_norm`, `tokens_per_s`) of every training run of
+/// One logged training metric (`loss`, `grad_norm`, `tokens_per_s`, `memory_mib`) of every training run of
 /// the model, averaged into at most `buckets` step ranges per run so a million-step curve stays
 /// a light page.
 pub async fn training_metric(

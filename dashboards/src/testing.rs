@@ -140,7 +140,8 @@ pub async fn seed(
     .execute(pool)
     .await?;
 
-    // A training run per generator with a falling loss curve, its gradient norm and speed.
+    // A training run per generator with a falling loss curve, its gradient norm, speed and
+    // peak memory.
     sqlx::query(
         "WITH t AS (
             INSERT INTO training_runs (model_id, status, config, seed, global_batch)
@@ -150,9 +151,10 @@ pub async fn seed(
          SELECT t.id, s * 100, x.name, CASE x.name
              WHEN 'loss' THEN 9.7 * exp(-s / 300.0) + 6.0 + (s % 7) / 50.0
              WHEN 'grad_norm' THEN 0.4 + 2.0 * exp(-s / 100.0) + (s % 5) / 40.0
+             WHEN 'memory_mib' THEN 50812.0 - (s % 3) * 64.0
              ELSE 228000.0 + (s % 11) * 500.0 END
          FROM t, generate_series(0, $1 * 100) s,
-              (VALUES ('loss'), ('grad_norm'), ('tokens_per_s')) x(name)",
+              (VALUES ('loss'), ('grad_norm'), ('tokens_per_s'), ('memory_mib')) x(name)",
     )
     .bind(checkpoints)
     .execute(pool)

@@ -466,9 +466,11 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         );
         assert_eq!(eval(&tab, "document.querySelectorAll('#samples img[onerror]').length").as_u64(), Some(0));
 
-        // Charts: FID against step, FID and IS against cfg, loss, gradient norm, tokens/s; each
-        // an SVG with lines.
-        for chart in ["fid-step", "fid-cfg", "is-cfg", "loss", "grad-norm", "tokens"] {
+        // Charts: FID against step, FID and IS against cfg, loss, gradient norm, tokens/s, peak
+        // memory; each an SVG with lines.
+        for chart in [
+            "fid-step", "fid-cfg", "is-cfg", "loss", "grad-norm", "tokens", "memory",
+        ] {
             let lines = eval(
                 &tab,
                 &format!("document.querySelectorAll('#chart-{chart} svg polyline').length"),

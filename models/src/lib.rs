@@ -9,6 +9,8 @@
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
 //!   temperature sampling.
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
+//! - [`memory`]: the peak memory of an interval (CUDA's caching allocator, or the CPU's
+//!   resident set), for the training metrics.
 //! - [`optim`]: PyTorch's AdamW, written out or through libtorch's fused kernel, and gradient
 //!   clipping.
 //! - [`vq_train`]: tokenizer training (tokenizer and discriminator steps, resumable
@@ -27,6 +29,7 @@ pub mod generate;
 pub mod gpt;
 pub mod images;
 pub mod lpips;
+pub mod memory;
 pub mod optim;
 pub mod patchgan;
 pub mod tiny;

@@ -671,7 +671,17 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         bar.inc(1);
         bar.set_message(format!("loss {loss:.4}"));
         let epoch = (done as u64 * args.global_batch_size as u64) as f64 / len as f64;
-        if rank == 0 && (done % args.log_every == 0 || done == args.max_steps) {
+        let logging = done % args.log_every == 0 || done == args.max_steps;
+        // The largest rank's peak memory since the last record (rank 0 holds the most when it
+        // gathers a sharded optimizer, but not always).
+        let memory_mib = match logging.then(|| peak_memory_mib(device, group.as_ref())) {
+            Some(Err(e)) => {
+                result = Err(e);
+                break;
+            }
+            read => read.and_then(Result::ok).unwrap_or(f64::NAN),
+        };
+        if rank == 0 && logging {
             let rate = (done - last_log.1) as f64 * args.global_batch_size as f64 * tokens as f64
                 / last_log.0.elapsed().as_secs_f64();
             last_log = (Instant::now(), done);
@@ -679,23 +689,22 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             crate::progress::println(
                 &bar,
                 format!(
-                    "step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  grad norm {grad_norm:.3}  {rate:.0} tokens/s"
+                    "step {done:>7}  epoch {epoch:>7.3}  loss {loss:.4}  grad norm {grad_norm:.3}  {rate:.0} tokens/s  {memory_mib:.0} MiB"
                 ),
             );
             if let Some(record) = &record {
                 let lr = trainer.config.lr_at(done - 1);
-                record
-                    .log(
-                        done,
-                        &[
-                            ("loss", loss),
-                            ("lr", lr),
-                            ("epoch", epoch),
-                            ("grad_norm", grad_norm),
-                            ("tokens_per_s", rate),
-                        ],
-                    )
-                    .await?;
+                let mut values = vec![
+                    ("loss", loss),
+                    ("lr", lr),
+                    ("epoch", epoch),
+                    ("grad_norm", grad_norm),
+                    ("tokens_per_s", rate),
+                ];
+                if memory_mib.is_finite() {
+                    values.push(("memory_mib", memory_mib));
+                }
+                record.log(done, &values).await?;
             }
         }
         stopped = stop_here && done < args.max_steps;
@@ -747,6 +756,23 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         last_loss: (!loss.is_nan()).then_some(loss),
         checkpoint: checkpoints(&args.out)?.pop(),
     })
+}
+
+/// The peak memory since the last call ([`llamagen_models::memory::take_peak`]: CUDA's caching
+/// allocator, or the CPU's resident set) in MiB, the largest over the ranks of `group`; NaN
+/// where it cannot be read. Every rank of a group calls it at the same step.
+pub(crate) fn peak_memory_mib(
+    device: tch::Device,
+    group: Option<&ProcessGroup>,
+) -> anyhow::Result<f64> {
+    let mine =
+        llamagen_models::memory::take_peak(device).map_or(f64::NAN, |b| b as f64 / 1048576.0);
+    let Some(group) = group else {
+        return Ok(mine);
+    };
+    let mut each = vec![0.0; group.world()];
+    each[group.rank()] = mine;
+    Ok(group.sum_f64(&each)?.into_iter().fold(f64::NAN, f64::max))
 }
 
 /// The trainer's view of the process group, with the gradient buckets its parameters'

@@ -609,13 +609,22 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", losses.generator));
         let epoch = trainer.images_seen as f64 / images.total as f64;
-        if rank == 0 && (done % args.log_every.max(1) == 0 || done == args.max_steps) {
+        let logging = done % args.log_every.max(1) == 0 || done == args.max_steps;
+        let memory_mib =
+            match logging.then(|| crate::train::peak_memory_mib(device, group.as_ref())) {
+                Some(Err(e)) => {
+                    result = Err(e);
+                    break;
+                }
+                read => read.and_then(Result::ok).unwrap_or(f64::NAN),
+            };
+        if rank == 0 && logging {
             let rate = (done - first_step) as f64 * args.global_batch_size as f64
                 / started.elapsed().as_secs_f64();
             crate::progress::println(
                 &bar,
                 format!(
-                    "step {done:>7}  epoch {epoch:>7.3}  loss {:.4} (rec {:.4}, lpips {:.4}, adv {:.4}, vq {:.4}, commit {:.4})  disc {:.4}  usage {:.3}  {rate:.1} images/s",
+                    "step {done:>7}  epoch {epoch:>7.3}  loss {:.4} (rec {:.4}, lpips {:.4}, adv {:.4}, vq {:.4}, commit {:.4})  disc {:.4}  usage {:.3}  {rate:.1} images/s  {memory_mib:.0} MiB",
                     losses.generator,
                     losses.reconstruction,
                     losses.perceptual,
@@ -627,7 +636,12 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
                 ),
             );
             if let Some(record) = &record {
-                record.log(done, &scalars(&losses, epoch)).await?;
+                let mut values = scalars(&losses, epoch);
+                values.push(("images_per_s", rate));
+                if memory_mib.is_finite() {
+                    values.push(("memory_mib", memory_mib));
+                }
+                record.log(done, &values).await?;
             }
         }
         stopped = stop_here && done < args.max_steps;
