@@ -2,9 +2,9 @@
 //! tensors of two or more dimensions only), gradient clipping, the paper's dropouts and
 //! condition dropout, gradient accumulation, and checkpoints that resume exactly.
 //!
-//! The optimizer is written out here (PyTorch's `AdamW` update, operation for operation) because
-//! tch does not expose its optimizers' moment buffers, and a checkpoint without them does not
-//! resume the same run. Randomness (dropout, condition dropout) is reseeded from the run's seed
+//! The optimizer keeps its moments here ([`crate::optim`]; the update runs in libtorch's fused
+//! kernel or written out) because tch does not expose its optimizers' moment buffers, and a
+//! checkpoint without them does not resume the same run. Randomness (dropout, condition dropout) is reseeded from the run's seed
 //! and the step number at every step, so a resumed run draws what the uninterrupted one would.
 //!
 //! A checkpoint is one safetensors file: `model.*` (the GPT, LlamaGen's names), `optimizer.m.*`
