@@ -40,6 +40,8 @@ pub enum DistributedError {
         world: usize,
         reason: String,
     },
+    #[error("gradient buckets: {0}")]
+    Buckets(String),
 }
 
 /// Where the ranks of a run meet and who this process is among them.
@@ -611,14 +613,8 @@ impl GradientBuckets {
     /// current value (zero where it had none). With `owners` (one rank per parameter) a bucket
     /// holds one owner's parameters only, for [`GradientBuckets::reduce_mean_to_owners`].
     pub fn attach(params: &[Tensor], owners: Option<&[usize]>) -> Result<Self, DistributedError> {
-        let failed = |reason: String| DistributedError::Collective {
-            operation: "gradient buckets",
-            rank: 0,
-            world: 1,
-            reason,
-        };
         if owners.is_some_and(|o| o.len() != params.len()) {
-            return Err(failed("one owner per parameter".into()));
+            return Err(DistributedError::Buckets("one owner per parameter".into()));
         }
         let owner_of = |i: usize| owners.map_or(0, |o| o[i]);
         let last_owner = (0..params.len()).map(owner_of).max().unwrap_or(0);
@@ -654,7 +650,7 @@ impl GradientBuckets {
                         )
                     };
                     if status != 0 {
-                        return Err(failed(message(&err)));
+                        return Err(DistributedError::Buckets(message(&err)));
                     }
                     addresses[i] = view.data_ptr() as usize;
                     offset += n;

@@ -103,8 +103,9 @@ impl AdamW {
         crate::checkpoint::restore(tensors, path, &format!("{prefix}.v."), self.v.iter_mut())
     }
 
-    /// One step over `params` (by name, the names [`AdamW::new`] saw) from their gradients, in
-    /// place. `step` counts from 1. Parameters without a gradient are skipped.
+    /// One step over `params` (by name, the names [`AdamW::new`] saw; another name is an error)
+    /// from their gradients, in place. `step` counts from 1. Parameters without a gradient are
+    /// skipped.
     pub fn update(
         &mut self,
         params: &BTreeMap<String, Tensor>,
@@ -123,8 +124,11 @@ impl AdamW {
             if !grad.defined() || !mine {
                 continue;
             }
-            let m = self.m.get_mut(name).expect("moment for every parameter");
-            let v = self.v.get_mut(name).expect("moment for every parameter");
+            let (Some(m), Some(v)) = (self.m.get_mut(name), self.v.get_mut(name)) else {
+                return Err(crate::ModelError::Input(format!(
+                    "AdamW has no moments for {name}: it was made for other parameters"
+                )));
+            };
             if c.fused {
                 let group = &mut fused[usize::from(decayed(p))];
                 group.params.push(p.shallow_clone());

@@ -14,14 +14,13 @@
 //! `--checkpoint-every` steps and at the end; a re-run with the same `--out` resumes from the
 //! newest and continues exactly. Each checkpoint and the loss curve are recorded in PostgreSQL.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{AdamWKernel, LrSchedule, Precision};
 use crate::training_record::{CheckpointRow, TrainingRecord, checkpoint_written, end_run};
 use anyhow::{Context as _, bail};
-use std::cell::RefCell;
-
 use llamagen_distributed::{GradientBuckets, ProcessGroup};
 use llamagen_encode::dataset::{Dataset, TextOptions, mix, permutation};
 use llamagen_models::gpt::{Conditioning, GptConfig};
@@ -710,9 +709,9 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         stopped = stop_here && done < args.max_steps;
         let checkpoint =
             done % args.checkpoint_every.max(1) == 0 || done == args.max_steps || stopped;
-        if let (true, Some(group)) = (checkpoint && args.shard_optimizer, &group) {
+        if let (true, Some(ranks)) = (checkpoint && args.shard_optimizer, &ranks) {
             // Every rank sends its share of the optimizer state to rank 0, which writes it.
-            if let Err(e) = trainer.gather_optimizer(&Ranks::new(group)) {
+            if let Err(e) = trainer.gather_optimizer(ranks) {
                 result = Err(e.into());
                 break;
             }
