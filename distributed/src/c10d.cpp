@@ -56,6 +56,23 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
 };
 
+// Starts `start(list_i, i)` for each of `tensors` (one-tensor lists, which the collectives take
+// by reference and keep until their work is done) before waiting for the first, so that Gloo's
+// worker threads overlap them.
+template <typename Start>
+void start_all_then_wait(at::Tensor* const* tensors, size_t count, Start start) {
+  std::vector<std::vector<at::Tensor>> lists(count);
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  works.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    lists[i].push_back(*tensors[i]);
+    works.push_back(start(lists[i], i));
+  }
+  for (auto& work : works) {
+    work->wait();
+  }
+}
+
 
 }  // namespace
 
@@ -113,17 +130,9 @@ int llg_c10d_all_reduce_sum(
     size_t err_len) {
   try {
     auto* g = static_cast<Group*>(group);
-    // allreduce takes its list by reference and keeps it until the work is done.
-    std::vector<std::vector<at::Tensor>> lists(count);
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    works.reserve(count);
-    for (size_t i = 0; i < count; ++i) {
-      lists[i].push_back(*tensors[i]);
-      works.push_back(g->backend->allreduce(lists[i]));
-    }
-    for (auto& work : works) {
-      work->wait();
-    }
+    start_all_then_wait(tensors, count, [&](std::vector<at::Tensor>& list, size_t) {
+      return g->backend->allreduce(list);
+    });
     return 0;
   } catch (const std::exception& e) {
     llg::fail(e, err, err_len);
@@ -144,18 +153,11 @@ int llg_c10d_reduce_sum(
     size_t err_len) {
   try {
     auto* g = static_cast<Group*>(group);
-    std::vector<std::vector<at::Tensor>> lists(count);
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    works.reserve(count);
-    for (size_t i = 0; i < count; ++i) {
-      lists[i].push_back(*tensors[i]);
+    start_all_then_wait(tensors, count, [&](std::vector<at::Tensor>& list, size_t i) {
       c10d::ReduceOptions options;
       options.rootRank = roots[i];
-      works.push_back(g->backend->reduce(lists[i], options));
-    }
-    for (auto& work : works) {
-      work->wait();
-    }
+      return g->backend->reduce(list, options);
+    });
     return 0;
   } catch (const std::exception& e) {
     llg::fail(e, err, err_len);

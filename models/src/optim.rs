@@ -250,18 +250,18 @@ pub(crate) fn grad_norm(params: &BTreeMap<String, Tensor>) -> f64 {
 /// without a gradient). Ranks that each hold some of the gradients sum these lists and then
 /// take [`joint_norm`], which gives every rank the norm one process computes, to the bit.
 pub(crate) fn squared_norms(params: &BTreeMap<String, Tensor>) -> Vec<f64> {
+    params.values().map(squared_norm).collect()
+}
+
+/// One parameter's entry of [`squared_norms`].
+pub(crate) fn squared_norm(param: &Tensor) -> f64 {
     tch::no_grad(|| {
-        params
-            .values()
-            .map(|p| {
-                let g = p.grad();
-                if g.defined() {
-                    g.square().sum(Kind::Double).double_value(&[])
-                } else {
-                    0.0
-                }
-            })
-            .collect()
+        let g = param.grad();
+        if g.defined() {
+            g.square().sum(Kind::Double).double_value(&[])
+        } else {
+            0.0
+        }
     })
 }
 

@@ -23,7 +23,7 @@ use crate::checkpoint;
 use crate::gpt::{Gpt, GptConfig};
 use crate::optim::{
     AdamW, AdamWSettings, clip_grad_norm, ema_copy, grad_norm, joint_norm, scale_grads,
-    squared_norms, trainable, update_ema, zero_grads,
+    squared_norm, trainable, update_ema, zero_grads,
 };
 
 /// Optimisation settings; defaults are the paper's (lr 1e-4 per 256 samples of batch).
@@ -547,7 +547,7 @@ impl Trainer {
     }
 
     /// The sharded optimizer's gradient step: each rank receives the mean gradients of the
-    /// parameters it owns only (half the traffic of averaging them all), the joint norm is
+    /// parameters it owns only, the joint norm is
     /// summed from each rank's squared norms of its own, and each rank clips its own. Returns
     /// the norm before clipping, the same on every rank and to the bit the one an unsharded
     /// run computes from the same gradients.
@@ -562,11 +562,13 @@ impl Trainer {
         replicas
             .mean_to_owners(&grads, &owner_of)
             .map_err(ModelError::Replicas)?;
-        // Another rank's squared norm is exactly 0 here, so the sums are each owner's value.
-        let squares: Vec<f64> = squared_norms(&self.params)
-            .into_iter()
+        // Only the owner measures a gradient (the others hold no mean of it); their exact zeros
+        // make each sum the owner's value.
+        let squares: Vec<f64> = self
+            .params
+            .values()
             .zip(&owner_of)
-            .map(|(square, &owner)| if owner == rank { square } else { 0.0 })
+            .map(|(p, &owner)| if owner == rank { squared_norm(p) } else { 0.0 })
             .collect();
         let total = joint_norm(&replicas.sum(&squares).map_err(ModelError::Replicas)?);
         if self.config.grad_clip > 0.0 {
