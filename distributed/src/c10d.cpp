@@ -18,6 +18,8 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -27,6 +29,8 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include "llg_error.h"
 
@@ -73,6 +77,120 @@ void start_all_then_wait(at::Tensor* const* tensors, size_t count, Start start) 
   }
 }
 
+
+// Gradient buckets reduced while the backward pass is still running, as PyTorch DDP's Reducer
+// does: a post-accumulate hook on each parameter counts down its bucket, and buckets are
+// launched strictly in their index order (a bucket that is complete waits for the ones before
+// it), so that every rank starts the same collectives in the same order whatever order its
+// autograd engine finishes the gradients in. The hooks do nothing until `armed`, so that the
+// micro-batches before the last one accumulate without communicating (DDP's `no_sync`).
+struct Overlap {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::vector<at::Tensor> flats;
+  // The rank a bucket is reduced to, or -1 to all-reduce it.
+  std::vector<int> roots;
+  std::vector<size_t> members;
+  std::vector<at::Tensor> params;
+  std::vector<size_t> bucket_of;
+  // The hooks installed on `params`, to tell ours from a later owner's when freeing.
+  std::vector<torch::autograd::PostAccumulateGradHook*> installed;
+
+  std::mutex mutex;
+  bool armed = false;
+  std::vector<size_t> waiting;
+  std::vector<char> seen;
+  size_t next = 0;
+  // Gradients accumulated so far in the armed pass, and buckets started before its last one
+  // (under the rest of the pass); `last_early` keeps the finished pass's count.
+  size_t arrived = 0;
+  size_t early = 0;
+  size_t last_early = 0;
+  std::vector<std::vector<at::Tensor>> lists;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::string error;
+
+  // Starts the reduction of bucket `b`. Called with `mutex` held.
+  void launch(size_t b) {
+    lists[b] = {flats[b]};
+    if (roots[b] < 0) {
+      works[b] = backend->allreduce(lists[b]);
+    } else {
+      c10d::ReduceOptions options;
+      options.rootRank = roots[b];
+      works[b] = backend->reduce(lists[b], options);
+    }
+  }
+
+  // Launches every complete bucket whose predecessors are launched. Called with `mutex` held.
+  void launch_ready() {
+    while (next < flats.size() && waiting[next] == 0) {
+      launch(next++);
+    }
+  }
+
+  // Waits for the launched reductions, keeping the first failure. Called with `mutex` held.
+  void wait_launched() {
+    for (size_t b = 0; b < next; ++b) {
+      if (!works[b]) {
+        continue;
+      }
+      try {
+        works[b]->wait();
+      } catch (const std::exception& e) {
+        if (error.empty()) {
+          error = llg::message(e);
+        }
+      }
+      works[b].reset();
+    }
+  }
+
+  void ready(size_t param) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed || !error.empty()) {
+      return;
+    }
+    size_t b = bucket_of[param];
+    if (seen[param]) {
+      // A second accumulation is harmless until the bucket is on its way; after, the sum sent
+      // would miss it.
+      if (b < next) {
+        error = "parameter " + std::to_string(param) +
+            "'s gradient was accumulated again after its bucket was reduced (a parameter used "
+            "by two backward passes of one micro-batch)";
+      }
+      return;
+    }
+    seen[param] = 1;
+    waiting[b] -= 1;
+    arrived += 1;
+    try {
+      size_t before = next;
+      launch_ready();
+      if (arrived < params.size()) {
+        early += next - before;
+      }
+    } catch (const std::exception& e) {
+      error = llg::message(e);
+    }
+  }
+};
+
+struct BucketHook : torch::autograd::PostAccumulateGradHook {
+  BucketHook(std::shared_ptr<Overlap> overlap, size_t param)
+      : overlap(std::move(overlap)), param(param) {}
+  // Runs on the thread that accumulated the gradient (the caller's on CPUs). It must not throw:
+  // an exception here would abort the backward pass mid-graph, so failures wait in `error`.
+  void operator()(const torch::autograd::Variable&) override {
+    overlap->ready(param);
+  }
+  std::shared_ptr<Overlap> overlap;
+  size_t param;
+};
+
+struct OverlapHandle {
+  std::shared_ptr<Overlap> overlap;
+};
 
 }  // namespace
 
@@ -230,6 +348,127 @@ int llg_set_grad(at::Tensor* param, at::Tensor* grad, char* err, size_t err_len)
     llg::fail(e, err, err_len);
     return -1;
   }
+}
+
+
+// Installs the hooks that reduce `flats[b]` (dense, contiguous CPU buckets; all-reduced when
+// `roots[b]` is -1, else reduced to that rank) once every parameter i with `bucket_of[i] == b`
+// has had its gradient accumulated in an armed backward pass. Null on failure, with the reason
+// in `err`.
+void* llg_overlap_new(
+    void* group,
+    at::Tensor* const* flats,
+    const int* roots,
+    size_t buckets,
+    at::Tensor* const* params,
+    const size_t* bucket_of,
+    size_t count,
+    char* err,
+    size_t err_len) {
+  try {
+    auto overlap = std::make_shared<Overlap>();
+    overlap->backend = static_cast<Group*>(group)->backend;
+    overlap->members.assign(buckets, 0);
+    for (size_t b = 0; b < buckets; ++b) {
+      TORCH_CHECK(
+          flats[b]->device().is_cpu() && flats[b]->is_contiguous(),
+          "bucket ", b, " is not a contiguous CPU tensor");
+      overlap->flats.push_back(*flats[b]);
+      overlap->roots.push_back(roots[b]);
+    }
+    for (size_t i = 0; i < count; ++i) {
+      TORCH_CHECK(bucket_of[i] < buckets, "parameter ", i, " names bucket ", bucket_of[i]);
+      overlap->params.push_back(*params[i]);
+      overlap->bucket_of.push_back(bucket_of[i]);
+      overlap->members[bucket_of[i]] += 1;
+    }
+    overlap->waiting = overlap->members;
+    overlap->seen.assign(count, 0);
+    overlap->lists.resize(buckets);
+    overlap->works.resize(buckets);
+    for (size_t i = 0; i < count; ++i) {
+      auto hook = std::make_unique<BucketHook>(overlap, i);
+      overlap->installed.push_back(hook.get());
+      torch::autograd::impl::set_post_acc_grad_hooks(overlap->params[i], std::move(hook));
+    }
+    return new OverlapHandle{std::move(overlap)};
+  } catch (const std::exception& e) {
+    llg::fail(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// Makes the next backward pass launch the reductions: waits for anything left launched by an
+// unfinished pass, then resets the counts.
+void llg_overlap_arm(void* handle) {
+  auto& o = *static_cast<OverlapHandle*>(handle)->overlap;
+  std::lock_guard<std::mutex> lock(o.mutex);
+  o.wait_launched();
+  o.error.clear();
+  o.waiting = o.members;
+  std::fill(o.seen.begin(), o.seen.end(), 0);
+  o.next = 0;
+  o.arrived = 0;
+  o.early = 0;
+  o.armed = true;
+}
+
+// How many buckets the armed backward pass has started so far.
+size_t llg_overlap_started(void* handle) {
+  auto& o = *static_cast<OverlapHandle*>(handle)->overlap;
+  std::lock_guard<std::mutex> lock(o.mutex);
+  return o.next;
+}
+
+// How many buckets the last finished pass started before its last gradient was accumulated.
+size_t llg_overlap_early(void* handle) {
+  auto& o = *static_cast<OverlapHandle*>(handle)->overlap;
+  std::lock_guard<std::mutex> lock(o.mutex);
+  return o.last_early;
+}
+
+// Launches the buckets the armed backward pass left (parameters it did not reach), in order,
+// waits for all of them and disarms. Returns 0, or -1 with the first failure in `err` (a
+// collective's, or a hook's).
+int llg_overlap_finish(void* handle, char* err, size_t err_len) {
+  auto& o = *static_cast<OverlapHandle*>(handle)->overlap;
+  std::lock_guard<std::mutex> lock(o.mutex);
+  o.armed = false;
+  o.last_early = o.early;
+  if (o.error.empty()) {
+    try {
+      while (o.next < o.flats.size()) {
+        o.launch(o.next++);
+      }
+    } catch (const std::exception& e) {
+      o.error = llg::message(e);
+    }
+  }
+  o.wait_launched();
+  if (!o.error.empty()) {
+    llg::fail_with(o.error, err, err_len);
+    return -1;
+  }
+  return 0;
+}
+
+// Removes the hooks that are still ours (a parameter may have been given newer buckets' hooks
+// since) and waits for anything launched.
+void llg_overlap_free(void* handle) {
+  auto* h = static_cast<OverlapHandle*>(handle);
+  auto& o = *h->overlap;
+  {
+    std::lock_guard<std::mutex> lock(o.mutex);
+    o.armed = false;
+    o.wait_launched();
+  }
+  for (size_t i = 0; i < o.params.size(); ++i) {
+    auto& hook = torch::autograd::impl::post_acc_grad_hooks(o.params[i]);
+    if (hook.get() == o.installed[i]) {
+      hook.reset();
+    }
+  }
+  delete h;
 }
 
 void llg_c10d_free(void* group) {

@@ -227,7 +227,7 @@ fn rank_collectives() {
     };
     for owners in [None, Some((0..params.len()).map(own).collect::<Vec<_>>())] {
         let before = params[2].grad().double_value(&[0]);
-        let buckets = GradientBuckets::attach(&params, owners.as_deref()).unwrap();
+        let buckets = GradientBuckets::attach(&params, owners.as_deref(), None).unwrap();
         let grads = || params.iter().map(Tensor::grad).collect::<Vec<_>>();
         assert!(buckets.hold(&grads()));
         // A gradient keeps its value through the attachment (3 at first).
@@ -253,8 +253,80 @@ fn rank_collectives() {
             assert!(got.iter().all(|&v| (v - want).abs() < 1e-6), "{i}: {got:?}");
         }
     }
-    let mismatched = GradientBuckets::attach(&params, Some(&[0]));
+    let mismatched = GradientBuckets::attach(&params, Some(&[0]), None);
     assert!(mismatched.is_err());
+    let not_a_permutation = GradientBuckets::attach(&params, None, Some(&[0, 0, 1]));
+    assert!(not_a_permutation.is_err());
+
+    // Reduced during the backward pass: in the ready order given (2, 1, 0) the kinds alternate,
+    // so each parameter has a bucket of its own, numbered in that order. A bucket starts only
+    // once it and every bucket before it are complete.
+    let params = [
+        Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true),
+    ];
+    let pass = |i: usize, scale: f64| {
+        let p = &params[i];
+        (p * (scale * (rank + 1.0))).sum(p.kind()).backward();
+    };
+    for owners in [None, Some(vec![1 % group.world(), 0, 2 % group.world()])] {
+        let mut buckets =
+            GradientBuckets::attach(&params, owners.as_deref(), Some(&[2, 1, 0])).unwrap();
+        assert_eq!(buckets.len(), 3);
+        assert!(buckets.reduce_during_backward(&params, &group).unwrap());
+        for step in 0..2 {
+            for p in &params {
+                let _ = p.grad().zero_();
+            }
+            // An unarmed pass (an earlier micro-batch) starts nothing.
+            pass(0, 1.0);
+            pass(1, 1.0);
+            pass(2, 1.0);
+            assert_eq!(buckets.started(), 0);
+            buckets.arm();
+            pass(0, 2.0);
+            assert_eq!(buckets.started(), 0, "the last bucket waits for the others");
+            pass(2, 2.0);
+            assert_eq!(buckets.started(), 1, "step {step}");
+            if step == 0 {
+                pass(1, 2.0);
+                assert_eq!(buckets.started(), 3);
+            }
+            // At step 1 parameter 1 misses the last pass: its bucket starts when asked.
+            match &owners {
+                None => buckets.all_reduce_mean(&group).unwrap(),
+                Some(_) => buckets.reduce_mean_to_owners(&group).unwrap(),
+            }
+            // Bucket 0 started under the rest of the pass, the others with or after its last
+            // gradient.
+            assert_eq!(buckets.started_before_last_gradient(), 1);
+            for (i, p) in params.iter().enumerate() {
+                if owners.as_ref().is_some_and(|o| o[i] != group.rank()) {
+                    continue;
+                }
+                let want = if step == 1 && i == 1 { 1.0 } else { 3.0 } * (mean_rank + 1.0);
+                let g = p.grad().to_kind(Kind::Double);
+                let got = Vec::<f64>::try_from(&g).unwrap();
+                assert!(got.iter().all(|&v| (v - want).abs() < 1e-6), "{i}: {got:?}");
+            }
+        }
+        // A gradient accumulated again after its bucket started is refused, not lost.
+        buckets.arm();
+        pass(2, 1.0);
+        pass(2, 1.0);
+        pass(0, 1.0);
+        pass(1, 1.0);
+        let twice = match &owners {
+            None => buckets.all_reduce_mean(&group),
+            Some(_) => buckets.reduce_mean_to_owners(&group),
+        };
+        assert!(
+            twice.unwrap_err().to_string().contains("accumulated again"),
+            "rank {}",
+            group.rank()
+        );
+    }
     group.barrier().unwrap();
     println!(
         "rank {} of {}: collectives agree",

@@ -922,6 +922,42 @@ fn padded_causal_mask(prefix: &Tensor, capacity: i64) -> Tensor {
         .unsqueeze(1)
 }
 
+/// The order a backward pass finishes the gradients of parameters named as above (indices into
+/// `names`): the head (`output`, `norm`) first, then the layers from the last to the first
+/// (within one, the feed-forward before the attention), then the embeddings. Data parallelism
+/// fills and numbers its gradient buckets in this order, so that the first bucket is complete
+/// first and its reduction runs under the rest of the backward pass. Only the order of the
+/// communication depends on it, never a value.
+pub fn gradient_ready_order(names: &[&str]) -> Vec<usize> {
+    let key = |i: usize| {
+        let name = names[i];
+        let (stage, layer, part) = if name.starts_with("output.") || name.starts_with("norm.") {
+            (0, 0, 0)
+        } else if let Some(rest) = name.strip_prefix("layers.") {
+            let (index, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let within = [
+                "feed_forward.w2",
+                "feed_forward.w1",
+                "feed_forward.w3",
+                "ffn_norm",
+                "attention.wo",
+                "attention.wqkv",
+                "attention_norm",
+            ]
+            .iter()
+            .position(|p| part.starts_with(p))
+            .unwrap_or(7);
+            (1, -index.parse::<i64>().unwrap_or(0), within)
+        } else {
+            (2, 0, 0)
+        };
+        (stage, layer, part, std::cmp::Reverse(i))
+    };
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&i| key(i));
+    order
+}
+
 /// LlamaGen's 2D RoPE table: half of each head's rotary pairs turn with the token's row, half
 /// with its column; the `prefix` condition positions get all-zero entries.
 /// Returns [prefix + grid^2, head_dim / 2, 2] (cos, sin), f32 on the CPU.
@@ -978,6 +1014,39 @@ fn upcast(kind: Kind) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gradients_are_ready_from_the_head_down() {
+        let names = [
+            "cls_embedding.embedding_table.weight",
+            "layers.0.attention.wqkv.weight",
+            "layers.0.feed_forward.w2.weight",
+            "layers.1.attention_norm.weight",
+            "layers.10.feed_forward.w1.weight",
+            "layers.2.feed_forward.w2.weight",
+            "norm.weight",
+            "output.weight",
+            "tok_embeddings.weight",
+        ];
+        let order: Vec<&str> = gradient_ready_order(&names)
+            .into_iter()
+            .map(|i| names[i])
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "output.weight",
+                "norm.weight",
+                "layers.10.feed_forward.w1.weight",
+                "layers.2.feed_forward.w2.weight",
+                "layers.1.attention_norm.weight",
+                "layers.0.feed_forward.w2.weight",
+                "layers.0.attention.wqkv.weight",
+                "tok_embeddings.weight",
+                "cls_embedding.embedding_table.weight",
+            ]
+        );
+    }
 
     #[test]
     fn ffn_width_matches_llamagen_sizes() {

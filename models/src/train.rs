@@ -196,7 +196,19 @@ pub trait Replicas {
     /// reduce where they are, with no copy (flat buckets the gradients are views of), laid out
     /// for `owners` (one rank per parameter) when the optimizer is sharded. Called before each
     /// backward pass; a call that finds the gradients already attached does nothing.
-    fn attach_gradients(&self, params: &[Tensor], owners: Option<&[usize]>) -> Result<(), String>;
+    /// `ready_order` (a permutation of the indices of `params`) is the order the backward pass
+    /// is expected to finish the gradients in ([`crate::gpt::gradient_ready_order`]).
+    fn attach_gradients(
+        &self,
+        params: &[Tensor],
+        owners: Option<&[usize]>,
+        ready_order: &[usize],
+    ) -> Result<(), String>;
+    /// Lets the next backward pass start reducing the attached gradients as they are
+    /// accumulated, under the rest of the pass (the last micro-batch's: the ones before it
+    /// accumulate without communicating). [`Replicas::mean`] or [`Replicas::mean_to_owners`]
+    /// then waits for what it started.
+    fn reduce_during_next_backward(&self);
     /// Replaces each tensor with its mean over the ranks; every rank passes the same shapes.
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String>;
     /// Copies rank `root`'s tensors into every rank's; every rank passes the same shapes.
@@ -448,8 +460,13 @@ impl Trainer {
                 .owners
                 .as_ref()
                 .map(|owners| self.params.keys().map(|n| owners[n]).collect());
+            let names: Vec<&str> = self.params.keys().map(String::as_str).collect();
             replicas
-                .attach_gradients(&params, owners.as_deref())
+                .attach_gradients(
+                    &params,
+                    owners.as_deref(),
+                    &crate::gpt::gradient_ready_order(&names),
+                )
                 .map_err(ModelError::Replicas)?;
         }
         let mut total = 0.0;
@@ -458,6 +475,11 @@ impl Trainer {
             self.config.mixed_precision == MixedPrecision::Bf16 && self.vs.device().is_cuda();
         let fp64 = self.config.mixed_precision == MixedPrecision::Fp64;
         for (m, (batch, drop)) in micro_batches.iter().zip(&drops).enumerate() {
+            if m + 1 == micro_batches.len()
+                && let Some(replicas) = replicas
+            {
+                replicas.reduce_during_next_backward();
+            }
             let codes = &batch.codes;
             let cond = if fp64 && batch.cond.is_floating_point() {
                 &batch.cond.to_kind(Kind::Double)

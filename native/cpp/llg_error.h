@@ -11,17 +11,22 @@
 
 namespace llg {
 
-inline void fail(const std::exception& e, char* err, size_t err_len) {
-  std::string message;
+inline std::string message(const std::exception& e) {
   if (auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
-    message = c10->what_without_backtrace();
-  } else {
-    message = e.what();
+    return c10->what_without_backtrace();
   }
+  return e.what();
+}
+
+inline void fail_with(const std::string& message, char* err, size_t err_len) {
   if (err_len > 0) {
     std::strncpy(err, message.c_str(), err_len - 1);
     err[err_len - 1] = '\0';
   }
+}
+
+inline void fail(const std::exception& e, char* err, size_t err_len) {
+  fail_with(message(e), err, err_len);
 }
 
 }  // namespace llg

@@ -5,7 +5,8 @@
 //!   process in a process group of one (every step's gradients go through the all-reduce);
 //! - `--ranks` processes (one thread each) against one process with as many threads, at the
 //!   same global batch, ours and PyTorch's (LlamaGen's `Transformer` under torchrun, DDP on
-//!   Gloo; `scripts/bench_training.py`);
+//!   Gloo; `scripts/bench_training.py`), ours with the gradients reduced during the backward
+//!   pass (the default, as DDP does) and after it;
 //! - the same ranks with AdamW's state sharded (ZeRO stage 1: `--shard-optimizer`), against
 //!   DDP with PyTorch's `ZeroRedundancyOptimizer`, and the optimizer state each rank holds.
 //!
@@ -36,6 +37,8 @@ struct Options {
     steps: usize,
     /// Set in the rank processes of the sharded rows.
     shard: bool,
+    /// Set in the rank processes of the row that reduces after the backward pass.
+    after_backward: bool,
 }
 
 fn options() -> Options {
@@ -45,6 +48,7 @@ fn options() -> Options {
         batch: 4,
         steps: 5,
         shard: false,
+        after_backward: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -55,6 +59,7 @@ fn options() -> Options {
             "--batch" => o.batch = value().parse().expect("--batch N"),
             "--steps" => o.steps = value().parse().expect("--steps N"),
             "--shard" => o.shard = true,
+            "--after-backward" => o.after_backward = true,
             _ => {}
         }
     }
@@ -79,6 +84,7 @@ fn train(
     steps: usize,
     group: Option<&ProcessGroup>,
     shard: bool,
+    after_backward: bool,
 ) -> (f64, usize, Option<(f64, f64)>) {
     let mut trainer = Trainer::new(config(), TrainConfig::default(), Device::Cpu).unwrap();
     weights::load_strict(&trainer.vs, weights_path).unwrap();
@@ -98,7 +104,13 @@ fn train(
         caption_lengths: None,
         valid: None,
     }];
-    let ranks = group.map(Ranks::new);
+    let ranks = group.map(|g| {
+        if after_backward {
+            Ranks::reducing_after_backward(g)
+        } else {
+            Ranks::new(g)
+        }
+    });
     let step = |trainer: &mut Trainer| match &ranks {
         Some(r) => trainer.train_step_replicated(&batches, r).unwrap(),
         None => trainer.train_step_on(&batches).unwrap(),
@@ -155,7 +167,14 @@ fn as_rank(o: &Options, weights_path: &Path) {
         .unwrap()
         .expect("RANK and WORLD_SIZE");
     let group = ProcessGroup::gloo(&rendezvous).unwrap();
-    let (seconds, bytes, _) = train(weights_path, o.batch, o.steps, Some(&group), o.shard);
+    let (seconds, bytes, _) = train(
+        weights_path,
+        o.batch,
+        o.steps,
+        Some(&group),
+        o.shard,
+        o.after_backward,
+    );
     if group.rank() == 0 {
         let samples = o.batch * group.world() as i64;
         println!("{} {bytes}", tokens_per_second(samples, o.steps, seconds));
@@ -163,7 +182,12 @@ fn as_rank(o: &Options, weights_path: &Path) {
 }
 
 /// The ranks' tokens/s and the optimizer bytes rank 0 held.
-fn launch_ranks(o: &Options, weights_path: &Path, shard: bool) -> (f64, usize) {
+fn launch_ranks(
+    o: &Options,
+    weights_path: &Path,
+    shard: bool,
+    after_backward: bool,
+) -> (f64, usize) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -182,6 +206,7 @@ fn launch_ranks(o: &Options, weights_path: &Path, shard: bool) -> (f64, usize) {
                 ])
                 .args(["--steps", &o.steps.to_string()])
                 .args(shard.then_some("--shard"))
+                .args(after_backward.then_some("--after-backward"))
                 .env("BENCH_RANK_WEIGHTS", weights_path)
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", o.ranks.to_string())
@@ -296,10 +321,10 @@ fn main() {
     let (mut alone_seconds, mut grouped_seconds, mut whole_bytes) = (Vec::new(), Vec::new(), 0);
     let (mut in_place, mut copied) = (0.0, 0.0);
     for _ in 0..2 {
-        let (seconds, bytes, _) = train(&weights_path, global, o.steps, None, false);
+        let (seconds, bytes, _) = train(&weights_path, global, o.steps, None, false, false);
         alone_seconds.push(seconds);
         whole_bytes = bytes;
-        let (seconds, _, mean) = train(&weights_path, global, o.steps, Some(&one), false);
+        let (seconds, _, mean) = train(&weights_path, global, o.steps, Some(&one), false, false);
         grouped_seconds.push(seconds);
         let (a, b) = mean.unwrap_or((f64::NAN, f64::NAN));
         in_place += a / 2.0;
@@ -339,13 +364,22 @@ fn main() {
         copied * 1e3,
         copied / step_seconds * 100.0
     );
-    let (ranks, _) = launch_ranks(&o, &weights_path, false);
+    let (ranks, _) = launch_ranks(&o, &weights_path, false, false);
     row(
         &format!("ours, {} ranks x 1 thread (Gloo)", o.ranks),
         ranks,
         format!("{:.2}x one process", ranks / alone),
     );
-    let (sharded, sharded_bytes) = launch_ranks(&o, &weights_path, true);
+    let (after, _) = launch_ranks(&o, &weights_path, false, true);
+    row(
+        &format!("ours, {} ranks, reduced after the backward pass", o.ranks),
+        after,
+        format!(
+            "reducing during the backward pass: {:+.1} %",
+            (ranks / after - 1.0) * 100.0
+        ),
+    );
+    let (sharded, sharded_bytes) = launch_ranks(&o, &weights_path, true, false);
     row(
         &format!("ours, {} ranks, optimizer sharded", o.ranks),
         sharded,

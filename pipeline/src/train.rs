@@ -780,24 +780,58 @@ pub struct Ranks<'a> {
     group: &'a ProcessGroup,
     /// The buckets and the owners they were laid out for.
     buckets: RefCell<Option<(GradientBuckets, Option<Vec<usize>>)>>,
+    /// Whether CPU buckets are reduced during the backward pass.
+    overlap: bool,
 }
 
 impl<'a> Ranks<'a> {
+    /// Reduces each CPU bucket during the backward pass, as soon as its gradients are complete
+    /// (CUDA buckets, staged through host memory for Gloo, after it).
     pub fn new(group: &'a ProcessGroup) -> Self {
         Ranks {
             group,
             buckets: RefCell::new(None),
+            overlap: true,
         }
     }
 
-    /// The attached buckets, when `tensors` are still their views.
-    fn holding(&self, tensors: &[Tensor]) -> Option<std::cell::Ref<'_, GradientBuckets>> {
-        std::cell::Ref::filter_map(self.buckets.borrow(), |b| {
+    /// Reduces the buckets only after the backward pass, for measuring what the overlap saves.
+    pub fn reducing_after_backward(group: &'a ProcessGroup) -> Self {
+        Ranks {
+            overlap: false,
+            ..Ranks::new(group)
+        }
+    }
+
+    /// How many gradient buckets the last step started under the rest of its backward pass,
+    /// and how many there are: all but the last when the reduction overlaps the pass as it
+    /// should. `None` before the first step, or without the overlap.
+    pub fn overlapped_buckets(&self) -> Option<(usize, usize)> {
+        self.buckets
+            .borrow()
+            .as_ref()
+            .filter(|(buckets, _)| buckets.overlapping())
+            .map(|(buckets, _)| (buckets.started_before_last_gradient(), buckets.len()))
+    }
+
+    /// The attached buckets, when `tensors` are still their views; otherwise lets any
+    /// reductions the buckets' hooks started finish.
+    fn holding(
+        &self,
+        tensors: &[Tensor],
+    ) -> Result<Option<std::cell::Ref<'_, GradientBuckets>>, String> {
+        let buckets = self.buckets.borrow();
+        if let Some((attached, _)) = buckets.as_ref()
+            && !attached.hold(tensors)
+        {
+            attached.settle(self.group).map_err(|e| e.to_string())?;
+        }
+        Ok(std::cell::Ref::filter_map(buckets, |b| {
             b.as_ref()
                 .map(|(buckets, _)| buckets)
                 .filter(|buckets| buckets.hold(tensors))
         })
-        .ok()
+        .ok())
     }
 }
 
@@ -808,7 +842,12 @@ impl Replicas for Ranks<'_> {
     fn world(&self) -> usize {
         self.group.world()
     }
-    fn attach_gradients(&self, params: &[Tensor], owners: Option<&[usize]>) -> Result<(), String> {
+    fn attach_gradients(
+        &self,
+        params: &[Tensor],
+        owners: Option<&[usize]>,
+        ready_order: &[usize],
+    ) -> Result<(), String> {
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
         let current = self
             .buckets
@@ -818,13 +857,24 @@ impl Replicas for Ranks<'_> {
                 laid_out.as_deref() == owners && buckets.hold(&grads)
             });
         if !current {
-            let buckets = GradientBuckets::attach(params, owners).map_err(|e| e.to_string())?;
+            let mut buckets = GradientBuckets::attach(params, owners, Some(ready_order))
+                .map_err(|e| e.to_string())?;
+            if self.overlap {
+                buckets
+                    .reduce_during_backward(params, self.group)
+                    .map_err(|e| e.to_string())?;
+            }
             *self.buckets.borrow_mut() = Some((buckets, owners.map(<[usize]>::to_vec)));
         }
         Ok(())
     }
+    fn reduce_during_next_backward(&self) {
+        if let Some((buckets, _)) = self.buckets.borrow().as_ref() {
+            buckets.arm();
+        }
+    }
     fn mean(&self, tensors: &[Tensor]) -> Result<(), String> {
-        match self.holding(tensors) {
+        match self.holding(tensors)? {
             Some(buckets) => buckets.all_reduce_mean(self.group),
             None => self.group.all_reduce_mean(tensors),
         }
@@ -836,12 +886,14 @@ impl Replicas for Ranks<'_> {
             .map_err(|e| e.to_string())
     }
     fn mean_to_owners(&self, tensors: &[Tensor], owners: &[usize]) -> Result<(), String> {
-        let laid_out = self
-            .buckets
-            .borrow()
-            .as_ref()
-            .is_some_and(|(_, o)| o.as_deref() == Some(owners));
-        match self.holding(tensors).filter(|_| laid_out) {
+        let laid_out = match self.buckets.borrow().as_ref() {
+            Some((buckets, o)) if o.as_deref() != Some(owners) => {
+                buckets.settle(self.group).map_err(|e| e.to_string())?;
+                false
+            }
+            attached => attached.is_some(),
+        };
+        match self.holding(tensors)?.filter(|_| laid_out) {
             Some(buckets) => buckets.reduce_mean_to_owners(self.group),
             None => self.group.reduce_mean_to_owners(tensors, owners),
         }
