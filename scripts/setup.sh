@@ -2,7 +2,9 @@
 # Installs what llamagen-rs needs and is missing; a second run only checks and returns.
 #
 #   - a project-local Python virtualenv (.venv) with PyTorch 2.11.0 (libtorch for tch) and
-#     ONNX Runtime 1.31 (loaded by ort at run time), pinned in scripts/requirements.txt;
+#     ONNX Runtime 1.31 (loaded by ort at run time), pinned in scripts/requirements.txt; on a
+#     machine with an NVIDIA driver, ONNX Runtime's GPU build of the same release
+#     (onnxruntime-gpu, whose CUDA execution provider runs the Inception, CLIP and T5);
 #   - stable links .venv/libtorch and .venv/libonnxruntime.so that .cargo/config.toml points at,
 #     so `cargo build`, `cargo test` and target/*/llamagen need no environment variables;
 #   - libjpeg-turbo's TurboJPEG library (Debian's `libturbojpeg0-dev`), which ingest links;
@@ -39,10 +41,27 @@ if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
 fi
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+# ONNX Runtime's GPU build (the same release, with the CUDA execution provider) where an NVIDIA
+# driver is present, the CPU build elsewhere; LLAMAGEN_ONNXRUNTIME=cpu|gpu chooses by hand. Both
+# install the `onnxruntime` module, so one replaces the other.
+ort_build="${LLAMAGEN_ONNXRUNTIME:-}"
+if [ -z "$ort_build" ]; then
+    if [ -e /proc/driver/nvidia/version ] || nvidia-smi -L >/dev/null 2>&1; then ort_build=gpu; else ort_build=cpu; fi
+fi
+case "$ort_build" in cpu|gpu) ;; *) log "LLAMAGEN_ONNXRUNTIME must be cpu or gpu, not $ort_build"; exit 1 ;; esac
+want="$(sha256sum "$req" | cut -d' ' -f1) onnxruntime-$ort_build"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
     "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"
+    ort_version="$(sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' "$req")"
+    if [ "$ort_build" = gpu ]; then
+        log "NVIDIA driver found: onnxruntime-gpu $ort_version in place of the CPU build"
+        "$venv/bin/pip" uninstall --disable-pip-version-check -q -y onnxruntime
+        "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q "onnxruntime-gpu==$ort_version"
+    elif "$venv/bin/pip" show -q onnxruntime-gpu 2>/dev/null; then
+        "$venv/bin/pip" uninstall --disable-pip-version-check -q -y onnxruntime-gpu
+        "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q --force-reinstall "onnxruntime==$ort_version"
+    fi
     echo "$want" >"$stamp"
 fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -77,4 +96,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
-log "ready: $("$venv/bin/python" -c 'import torch, onnxruntime; print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")')"
+log "ready: $("$venv/bin/python" -c 'import torch, onnxruntime; print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} ({", ".join(onnxruntime.get_available_providers())})")')"

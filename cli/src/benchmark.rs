@@ -94,6 +94,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
         &args.evaluation,
         args.sample.prompts.is_some(),
         &args.sample.out,
+        &args.sample.device,
     )?;
     let results = benchmark::measure(args, &mut measurer)?;
     // Under a launcher every rank has the metrics; rank 0 alone records and prints them.

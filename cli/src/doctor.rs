@@ -189,4 +189,45 @@ fn check_onnx(report: &mut Report) {
         }
         Err(e) => report.line(false, "ONNX model", format!("{e:#}")),
     }
+    check_onnx_cuda(report);
+}
+
+/// Whether the ONNX models (Inception, CLIP and its heads, T5) can run on the GPU: the tiny
+/// model through the CUDA execution provider where it can be tried. A GPU that libtorch sees
+/// but ONNX Runtime cannot use is a problem (the models would fall back to the CPU).
+fn check_onnx_cuda(report: &mut Report) {
+    let gpu = tch::Cuda::is_available();
+    if let Some(why) = llamagen_native::onnx::cuda_unavailable() {
+        if gpu {
+            report.line(
+                false,
+                "ONNX on CUDA",
+                format!("{why}; the ONNX models would run on the CPU"),
+            );
+        } else {
+            report.info("ONNX on CUDA", format!("no: {why}"));
+        }
+        return;
+    }
+    let result = (|| -> anyhow::Result<(llamagen_native::onnx::Provider, f32)> {
+        let path =
+            std::env::temp_dir().join(format!("llamagen-doctor-{}.onnx", std::process::id()));
+        std::fs::write(&path, TINY_ONNX)?;
+        let opened =
+            llamagen_native::onnx::session_on(&path, 1, llamagen_native::onnx::OnnxDevice::Cuda(0));
+        let _ = std::fs::remove_file(&path);
+        let (mut session, provider) = opened?;
+        let x = ndarray::Array2::<f32>::zeros((1, 4));
+        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array(x)?])?;
+        let sum = out["probs"].try_extract_array::<f32>()?.iter().sum();
+        Ok((provider, sum))
+    })();
+    match result {
+        Ok((provider, sum)) => report.line(
+            provider == llamagen_native::onnx::Provider::Cuda(0) && (sum - 1.0).abs() < 1e-5,
+            "ONNX on CUDA",
+            format!("tiny MLP on {provider}, softmax sums to {sum:.6}"),
+        ),
+        Err(e) => report.line(false, "ONNX on CUDA", format!("{e:#}")),
+    }
 }

@@ -32,6 +32,10 @@ pub struct EvaluateArgs {
     /// ONNX Runtime threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// cpu, cuda or auto: where the Inception runs (a GPU through ONNX Runtime's CUDA execution
+    /// provider; without it, the CPU, and the log says why).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Write the reference side's statistics (mu, sigma, mu_s, sigma_s) to this npz.
     #[arg(long)]
     pub save_stats: Option<PathBuf>,
@@ -98,7 +102,13 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             args.inception.display()
         );
     }
-    let mut net = Inception::open(&args.inception, args.threads, args.batch_size)?;
+    let device = llamagen_pipeline::sample::device(&args.device)?;
+    let mut net = Inception::open_on(
+        &args.inception,
+        args.threads,
+        args.batch_size,
+        llamagen_native::onnx::OnnxDevice::of(device),
+    )?;
     let reference = load_side(&args.reference, &mut net, args.center_crop)
         .with_context(|| format!("reference {}", args.reference.display()))?;
     let samples = load_side(&args.samples, &mut net, args.center_crop)

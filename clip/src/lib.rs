@@ -16,6 +16,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use llamagen_native::onnx::OnnxDevice;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -74,8 +75,14 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Opens the folder's towers; `threads` per run (0: ONNX Runtime's default).
+    /// Opens the folder's towers on the CPU; `threads` per run (0: ONNX Runtime's default).
     pub fn open(dir: &Path, threads: usize) -> Result<Self, ClipError> {
+        Self::open_on(dir, threads, OnnxDevice::Cpu)
+    }
+
+    /// [`Clip::open`] on `device`: a GPU through ONNX Runtime's CUDA execution provider where
+    /// the library has it, else the CPU (the log says why).
+    pub fn open_on(dir: &Path, threads: usize, device: OnnxDevice) -> Result<Self, ClipError> {
         let spec_path = dir.join(FILES[0]);
         let bytes = std::fs::read(&spec_path).map_err(|source| ClipError::Io {
             path: spec_path.clone(),
@@ -84,8 +91,15 @@ impl Clip {
         let spec: ClipSpec =
             serde_json::from_slice(&bytes).map_err(|e| model_error(&spec_path, e))?;
         Ok(Clip {
-            image: open_session(dir, FILES[1], "pixel_values", "image_embeds", threads)?,
-            text: open_session(dir, FILES[2], "input_ids", "text_embeds", threads)?,
+            image: open_session(
+                dir,
+                FILES[1],
+                "pixel_values",
+                "image_embeds",
+                threads,
+                device,
+            )?,
+            text: open_session(dir, FILES[2], "input_ids", "text_embeds", threads, device)?,
             tokenizer: ClipTokenizer::open(&dir.join(FILES[3]), spec.context_length)?,
             spec,
             dir: dir.to_owned(),
@@ -136,18 +150,19 @@ impl Clip {
     }
 }
 
-/// An ONNX model of an export folder, checked to have the named input and output (the filter's
-/// aesthetic and watermark heads are opened this way too).
+/// An ONNX model of an export folder on `device`, checked to have the named input and output
+/// (the filter's aesthetic and watermark heads are opened this way too).
 pub fn open_session(
     dir: &Path,
     name: &str,
     input: &str,
     output: &str,
     threads: usize,
+    device: OnnxDevice,
 ) -> Result<Session, ClipError> {
     let path = dir.join(name);
-    let session =
-        llamagen_native::onnx::session(&path, threads).map_err(|e| model_error(&path, e))?;
+    let (session, _) = llamagen_native::onnx::session_on(&path, threads, device)
+        .map_err(|e| model_error(&path, e))?;
     let has_in = session.inputs().iter().any(|i| i.name() == input);
     let has_out = session.outputs().iter().any(|o| o.name() == output);
     if !(has_in && has_out) {

@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use llamagen_native::onnx::{OnnxDevice, Provider};
 use ndarray::{Array2, Axis, Ix3};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -89,6 +90,7 @@ pub const MAX_LENGTH: usize = 120;
 pub struct T5Encoder {
     pub spec: T5Spec,
     session: Session,
+    provider: Provider,
     tokenizer: tokenizers::Tokenizer,
     max_length: usize,
     dir: PathBuf,
@@ -99,8 +101,19 @@ fn model_error(path: &Path, message: impl std::fmt::Display) -> EncodeError {
 }
 
 impl T5Encoder {
-    /// Opens an export folder; `threads` per run (0: ONNX Runtime's default).
+    /// Opens an export folder on the CPU; `threads` per run (0: ONNX Runtime's default).
     pub fn open(dir: &Path, max_length: usize, threads: usize) -> Result<Self, EncodeError> {
+        Self::open_on(dir, max_length, threads, OnnxDevice::Cpu)
+    }
+
+    /// [`T5Encoder::open`] on `device`: a GPU through ONNX Runtime's CUDA execution provider
+    /// where the library has it, else the CPU (the log says why; [`T5Encoder::provider`]).
+    pub fn open_on(
+        dir: &Path,
+        max_length: usize,
+        threads: usize,
+        device: OnnxDevice,
+    ) -> Result<Self, EncodeError> {
         if max_length < 1 {
             return Err(EncodeError::Invalid("max_length must be positive".into()));
         }
@@ -110,7 +123,7 @@ impl T5Encoder {
         )
         .map_err(|e| model_error(&spec_path, e))?;
         let model_path = dir.join(FILES[1]);
-        let session = llamagen_native::onnx::session(&model_path, threads)
+        let (session, provider) = llamagen_native::onnx::session_on(&model_path, threads, device)
             .map_err(|e| model_error(&model_path, e))?;
         let names_in: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let has_out = session
@@ -139,10 +152,16 @@ impl T5Encoder {
         Ok(T5Encoder {
             spec,
             session,
+            provider,
             tokenizer,
             max_length,
             dir: dir.to_owned(),
         })
+    }
+
+    /// The execution provider the encoder runs on.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// The files the embeddings depend on (for their checksums).

@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
+use llamagen_native::onnx::{OnnxDevice, Provider};
 use ndarray::{Array2, ArrayView4, Axis, s};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -37,16 +38,29 @@ pub const LOGITS_DIM: usize = 1008;
 /// An open FID Inception network.
 pub struct Inception {
     session: Session,
+    provider: Provider,
     batch_size: usize,
     /// The graph takes float32 levels (else bytes: an older export).
     float_input: bool,
 }
 
 impl Inception {
-    /// Opens an export of scripts/export_inception.py; `threads` 0 lets ONNX Runtime choose.
+    /// Opens an export of scripts/export_inception.py on the CPU; `threads` 0 lets ONNX
+    /// Runtime choose.
     pub fn open(model: &Path, threads: usize, batch_size: usize) -> Result<Self, EvalError> {
-        let session =
-            llamagen_native::onnx::session(model, threads).map_err(|e| EvalError::File {
+        Self::open_on(model, threads, batch_size, OnnxDevice::Cpu)
+    }
+
+    /// [`Inception::open`] on `device`: a GPU through ONNX Runtime's CUDA execution provider
+    /// where the library has it, else the CPU (the log says why; [`Inception::provider`]).
+    pub fn open_on(
+        model: &Path,
+        threads: usize,
+        batch_size: usize,
+        device: OnnxDevice,
+    ) -> Result<Self, EvalError> {
+        let (session, provider) = llamagen_native::onnx::session_on(model, threads, device)
+            .map_err(|e| EvalError::File {
                 path: model.to_path_buf(),
                 message: e.to_string(),
             })?;
@@ -75,9 +89,15 @@ impl Inception {
             == Some(ort::value::TensorElementType::Float32);
         Ok(Self {
             session,
+            provider,
             batch_size: batch_size.max(1),
             float_input,
         })
+    }
+
+    /// The execution provider the network runs on.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// Whether the graph takes float levels (see [`Inception::features_f32`]); exports made

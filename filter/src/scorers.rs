@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+use llamagen_clip::OnnxDevice;
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix1};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -61,17 +62,23 @@ fn model_error(path: &Path, message: impl std::fmt::Display) -> FilterError {
 }
 
 impl Scorers {
-    /// Opens the folder's models; `threads` per run (0: ONNX Runtime's default).
+    /// Opens the folder's models on the CPU; `threads` per run (0: ONNX Runtime's default).
     pub fn open(dir: &Path, threads: usize) -> Result<Self, FilterError> {
+        Self::open_on(dir, threads, OnnxDevice::Cpu)
+    }
+
+    /// [`Scorers::open`] on `device`: a GPU through ONNX Runtime's CUDA execution provider
+    /// where the library has it, else the CPU (the log says why).
+    pub fn open_on(dir: &Path, threads: usize, device: OnnxDevice) -> Result<Self, FilterError> {
         let spec_path = dir.join(FILES[0]);
         let spec: ModelSpec = serde_json::from_slice(
             &std::fs::read(&spec_path).map_err(|e| FilterError::io(&spec_path, e))?,
         )
         .map_err(|e| model_error(&spec_path, e))?;
         Ok(Scorers {
-            clip: Clip::open(dir, threads)?,
-            aesthetic: open_session(dir, FILES[4], "image_embeds", "score", threads)?,
-            watermark: open_session(dir, FILES[5], "pixel_values", "watermark", threads)?,
+            clip: Clip::open_on(dir, threads, device)?,
+            aesthetic: open_session(dir, FILES[4], "image_embeds", "score", threads, device)?,
+            watermark: open_session(dir, FILES[5], "pixel_values", "watermark", threads, device)?,
             spec,
             dir: dir.to_owned(),
         })

@@ -61,21 +61,136 @@ pub fn environment() -> Result<&'static Environment, NativeError> {
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
-/// Opens an ONNX model for inference with `intra_threads` threads per run (0: the runtime's
-/// default, one per core).
+/// Opens an ONNX model for inference on the CPU with `intra_threads` threads per run (0: the
+/// runtime's default, one per core).
 pub fn session(model: &Path, intra_threads: usize) -> Result<Session, NativeError> {
+    session_on(model, intra_threads, OnnxDevice::Cpu).map(|(session, _)| session)
+}
+
+/// Where an ONNX model is asked to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnnxDevice {
+    Cpu,
+    /// A CUDA device by ordinal, through ONNX Runtime's CUDA execution provider.
+    Cuda(usize),
+}
+
+impl OnnxDevice {
+    /// Where the ONNX models of a stage running on libtorch's `device` go: its GPU, or the CPU.
+    pub fn of(device: tch::Device) -> Self {
+        match device {
+            tch::Device::Cuda(ordinal) => OnnxDevice::Cuda(ordinal),
+            _ => OnnxDevice::Cpu,
+        }
+    }
+}
+
+/// The execution provider a session runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provider::Cpu => write!(f, "CPUExecutionProvider"),
+            Provider::Cuda(ordinal) => write!(f, "CUDAExecutionProvider (device {ordinal})"),
+        }
+    }
+}
+
+/// The name ONNX Runtime lists its CUDA execution provider under.
+pub const CUDA_PROVIDER: &str = "CUDAExecutionProvider";
+
+/// Opens an ONNX model on `device` with `intra_threads` CPU threads per run (0: the runtime's
+/// default). A CUDA device is reached through the CUDA execution provider when the loaded
+/// library has it (`onnxruntime-gpu`, which scripts/setup.sh installs where an NVIDIA driver
+/// is present) and it starts (it needs the CUDA and cuDNN libraries that libtorch's CUDA build
+/// brings, loaded first here); otherwise the model runs on the CPU, and the log says why at
+/// warning level. The provider the session runs on is returned and logged.
+pub fn session_on(
+    model: &Path,
+    intra_threads: usize,
+    device: OnnxDevice,
+) -> Result<(Session, Provider), NativeError> {
     let env = environment()?;
     let with_model = |source| NativeError::OrtModel {
         path: model.to_path_buf(),
         source,
     };
-    let mut builder = Session::builder(env).map_err(with_model)?;
-    if intra_threads > 0 {
-        builder = builder
-            .with_intra_threads(intra_threads)
-            .map_err(|e| with_model(e.into()))?;
+    let builder = || -> Result<_, NativeError> {
+        let mut builder = Session::builder(env).map_err(with_model)?;
+        if intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(intra_threads)
+                .map_err(|e| with_model(e.into()))?;
+        }
+        Ok(builder)
+    };
+    if let OnnxDevice::Cuda(ordinal) = device {
+        match cuda_session(builder()?, model, ordinal) {
+            Ok(session) => {
+                let provider = Provider::Cuda(ordinal);
+                tracing::info!(model = %model.display(), %provider, "ONNX model opened");
+                return Ok((session, provider));
+            }
+            Err(why) => tracing::warn!(
+                model = %model.display(),
+                "ONNX model runs on the CPU, not CUDA device {ordinal}: {why}"
+            ),
+        }
     }
-    builder.commit_from_file(model).map_err(with_model)
+    let session = builder()?.commit_from_file(model).map_err(with_model)?;
+    tracing::info!(model = %model.display(), provider = %Provider::Cpu, "ONNX model opened");
+    Ok((session, Provider::Cpu))
+}
+
+/// Why the CUDA execution provider cannot be used on this machine, found without opening a
+/// model: the loaded ONNX Runtime has none (the CPU build), or CUDA's libraries are not loaded
+/// (no NVIDIA driver). `None` when it can be tried.
+pub fn cuda_unavailable() -> Option<String> {
+    let providers = match environment().and_then(|_| available_providers()) {
+        Ok(providers) => providers,
+        Err(e) => return Some(e.to_string()),
+    };
+    if !providers.iter().any(|p| p == CUDA_PROVIDER) {
+        let library = dylib_path().map_or_else(|e| e.to_string(), |p| p.display().to_string());
+        return Some(format!(
+            "the ONNX Runtime at {library} has no {CUDA_PROVIDER} (it lists {}); \
+             scripts/setup.sh installs onnxruntime-gpu where an NVIDIA driver is present",
+            providers.join(", ")
+        ));
+    }
+    // The provider library links CUDA's and cuDNN's by name; libtorch's CUDA half brings the
+    // same major releases (onnxruntime-gpu 1.31 and torch 2.11 are both CUDA 13 builds).
+    let cuda = crate::torch::load_cuda();
+    if !matches!(cuda, crate::torch::CudaLoad::Loaded(_)) {
+        return Some(format!("CUDA's libraries are not loaded: {cuda}"));
+    }
+    None
+}
+
+/// `model` on the CUDA execution provider, or why not.
+fn cuda_session(
+    builder: ort::session::builder::SessionBuilder,
+    model: &Path,
+    ordinal: usize,
+) -> Result<Session, String> {
+    if let Some(why) = cuda_unavailable() {
+        return Err(why);
+    }
+    let device_id = i32::try_from(ordinal).map_err(|_| format!("no CUDA device {ordinal}"))?;
+    let cuda_ep = ort::ep::CUDA::default()
+        .with_device_id(device_id)
+        .build()
+        .error_on_failure();
+    builder
+        .with_execution_providers([cuda_ep])
+        .map_err(|e| format!("the CUDA execution provider did not start: {e}"))?
+        .commit_from_file(model)
+        .map_err(|e| format!("the CUDA execution provider did not take the model: {e}"))
 }
 
 /// What `llamagen doctor` reports about ONNX Runtime.

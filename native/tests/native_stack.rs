@@ -101,19 +101,34 @@ fn onnx_runtime_runs_the_tiny_model_like_numpy() {
     )
     .unwrap();
 
-    let mut session = llamagen_native::onnx::session(&fixtures().join("tiny_mlp.onnx"), 1).unwrap();
-    let outputs = session
-        .run(ort::inputs!["x" => ort::value::Tensor::from_array(input).unwrap()])
-        .unwrap();
-    let probs = outputs["probs"].try_extract_array::<f32>().unwrap();
-    assert_eq!(probs.shape(), &[expected.len(), 3]);
-    for (i, row) in expected.iter().enumerate() {
-        for (j, want) in row.iter().enumerate() {
-            let got = probs[[i, j]] as f64;
-            assert!(
-                (got - want).abs() < 1e-5,
-                "probs[{i}][{j}] = {got}, numpy says {want}"
-            );
+    // On the CPU, and asked for the first GPU: there through the CUDA execution provider where
+    // this machine has it, else on the CPU for a reason that is named.
+    use llamagen_native::onnx::{OnnxDevice, Provider};
+    for device in [OnnxDevice::Cpu, OnnxDevice::Cuda(0)] {
+        let (mut session, provider) =
+            llamagen_native::onnx::session_on(&fixtures().join("tiny_mlp.onnx"), 1, device)
+                .unwrap();
+        match (device, llamagen_native::onnx::cuda_unavailable()) {
+            (OnnxDevice::Cuda(_), Some(why)) => {
+                assert_eq!(provider, Provider::Cpu, "{why}");
+                assert!(why.contains("CUDA"), "{why}");
+            }
+            (OnnxDevice::Cuda(0), None) => assert_eq!(provider, Provider::Cuda(0)),
+            _ => assert_eq!(provider, Provider::Cpu),
+        }
+        let outputs = session
+            .run(ort::inputs!["x" => ort::value::Tensor::from_array(input.clone()).unwrap()])
+            .unwrap();
+        let probs = outputs["probs"].try_extract_array::<f32>().unwrap();
+        assert_eq!(probs.shape(), &[expected.len(), 3]);
+        for (i, row) in expected.iter().enumerate() {
+            for (j, want) in row.iter().enumerate() {
+                let got = probs[[i, j]] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "probs[{i}][{j}] = {got} on {provider}, numpy says {want}"
+                );
+            }
         }
     }
 }

@@ -85,14 +85,21 @@ pub struct GeneratorArgs {
     pub evaluation: EvaluationArgs,
 }
 
-pub fn open_inception(e: &EvaluationArgs) -> anyhow::Result<Inception> {
+/// The Inception on `device` (a GPU through ONNX Runtime's CUDA execution provider where the
+/// library has it, else the CPU; the log says which).
+pub fn open_inception(e: &EvaluationArgs, device: tch::Device) -> anyhow::Result<Inception> {
     if !e.inception.exists() {
         bail!(
             "no Inception network at {}: export it with scripts/export_inception.py (see its --help)",
             e.inception.display()
         );
     }
-    Ok(Inception::open(&e.inception, e.threads, e.eval_batch_size)?)
+    Ok(Inception::open_on(
+        &e.inception,
+        e.threads,
+        e.eval_batch_size,
+        llamagen_native::onnx::OnnxDevice::of(device),
+    )?)
 }
 
 /// One guidance scale's outcome.
@@ -167,9 +174,14 @@ pub struct Measurer {
 impl Measurer {
     /// Opens the Inception (and CLIP for a text-to-image benchmark, `text`) and reads the
     /// reference; a text-to-image reference folder's features are cached under
-    /// `samples_out/reference-features/`.
-    pub fn open(e: &EvaluationArgs, text: bool, samples_out: &Path) -> anyhow::Result<Self> {
-        Self::open_on(e, text, samples_out, None)
+    /// `samples_out/reference-features/`. The networks run on the `--device` named `device`.
+    pub fn open(
+        e: &EvaluationArgs,
+        text: bool,
+        samples_out: &Path,
+        device: &str,
+    ) -> anyhow::Result<Self> {
+        Self::open_on(e, text, samples_out, device, None)
     }
 
     /// [`Measurer::open`] alone, or as one rank of the group a launcher described in the
@@ -178,8 +190,9 @@ impl Measurer {
         e: &EvaluationArgs,
         text: bool,
         samples_out: &Path,
+        device: &str,
     ) -> anyhow::Result<Self> {
-        Self::open_on(e, text, samples_out, ProcessGroup::from_env()?)
+        Self::open_on(e, text, samples_out, device, ProcessGroup::from_env()?)
     }
 
     /// [`Measurer::open`] as one rank of `group`: an ADM reference's images are split across
@@ -189,10 +202,12 @@ impl Measurer {
         e: &EvaluationArgs,
         text: bool,
         samples_out: &Path,
+        device: &str,
         group: Option<ProcessGroup>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut net = open_inception(e)?;
+        let device = crate::sample::rank_device(device, group.as_ref())?;
+        let mut net = open_inception(e, device)?;
         if !text {
             let (side, reference_set) = load_reference(e, &mut net, group.as_ref())?;
             return Ok(Self {
@@ -203,7 +218,7 @@ impl Measurer {
             });
         }
         let t = &e.text_to_image;
-        let mut clip = t.open_clip()?;
+        let mut clip = t.open_clip(device)?;
         let rank = group.as_ref().map_or(0, ProcessGroup::rank);
         let load = |net: &mut Inception, clip: &mut Clip| {
             crate::text_to_image::load_reference(

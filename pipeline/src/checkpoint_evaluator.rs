@@ -369,9 +369,11 @@ async fn claim_loop(
                 let e = evaluation_args(protocol, checkpoint);
                 let text = protocol.sample.prompts.is_some();
                 let samples_out = protocol.sample.out.clone();
-                let open =
-                    tokio::task::spawn_blocking(move || Measurer::open(&e, text, &samples_out))
-                        .await?;
+                let device = protocol.sample.device.clone();
+                let open = tokio::task::spawn_blocking(move || {
+                    Measurer::open(&e, text, &samples_out, &device)
+                })
+                .await?;
                 match open {
                     Ok(m) => m,
                     Err(e) => {

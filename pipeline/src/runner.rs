@@ -112,15 +112,21 @@ pub async fn run_stages(
                 settings.models = PipelineConfig::resolve(data_dir, &settings.models)
                     .display()
                     .to_string();
-                match crate::stages::filter::filter_folder(
-                    &settings,
-                    &shards,
-                    &shards,
-                    0,
-                    &Sharing::ALL,
-                )
-                .await
-                {
+                let filtered = match crate::sample::device(config.pipeline.device.as_str()) {
+                    Ok(device) => {
+                        crate::stages::filter::filter_folder(
+                            &settings,
+                            &shards,
+                            &shards,
+                            0,
+                            device,
+                            &Sharing::ALL,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match filtered {
                     Ok(summary) => crate::stages::filter::record(
                         store,
                         &settings,

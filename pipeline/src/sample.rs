@@ -350,9 +350,14 @@ struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    fn open(t5: &Path, gpt: &GptConfig) -> anyhow::Result<Self> {
+    fn open(t5: &Path, gpt: &GptConfig, device: Device) -> anyhow::Result<Self> {
         let prefix = gpt.cls_token_num as usize;
-        let encoder = llamagen_encode::t5::T5Encoder::open(t5, prefix, 0)?;
+        let encoder = llamagen_encode::t5::T5Encoder::open_on(
+            t5,
+            prefix,
+            0,
+            llamagen_native::onnx::OnnxDevice::of(device),
+        )?;
         if encoder.spec.d_model as i64 != gpt.caption_dim {
             bail!(
                 "the T5 encoder is {} wide but the GPT expects captions {} wide",
@@ -540,7 +545,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
     }
 
     let mut prompt_encoder = match &args.t5 {
-        Some(dir) if !prompts.is_empty() => Some(PromptEncoder::open(dir, &gpt_config)?),
+        Some(dir) if !prompts.is_empty() => Some(PromptEncoder::open(dir, &gpt_config, device)?),
         _ => None,
     };
     let mut gpt_vs = VarStore::new(device);

@@ -47,11 +47,14 @@ impl Default for TextToImageArgs {
 }
 
 impl TextToImageArgs {
-    pub fn open_clip(&self) -> anyhow::Result<Clip> {
+    /// CLIP on `device` (a GPU through ONNX Runtime's CUDA execution provider where the library
+    /// has it, else the CPU; the log says which).
+    pub fn open_clip(&self, device: tch::Device) -> anyhow::Result<Clip> {
         let dir = self.clip.as_ref().context(
             "a text-to-image benchmark needs --clip DIR (evaluate.clip_model): a CLIP export of scripts/export_filter_models.py",
         )?;
-        Clip::open(dir, 0).with_context(|| format!("opening CLIP at {}", dir.display()))
+        Clip::open_on(dir, 0, llamagen_native::onnx::OnnxDevice::of(device))
+            .with_context(|| format!("opening CLIP at {}", dir.display()))
     }
 
     /// How images reach the networks and which CLIP (its files by sha256), as the protocol

@@ -89,7 +89,7 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
             .assign(&recon);
     }
 
-    let mut net = open_inception(e)?;
+    let mut net = open_inception(e, device)?;
     let real = net.features(originals.view())?;
     let fake = net.features(reconstructions.view())?;
     let metrics = crate::image_sets::reconstruction_metrics(

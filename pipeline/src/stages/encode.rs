@@ -55,6 +55,11 @@ pub struct T5Args {
     /// ONNX Runtime threads per run (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// cpu, cuda or auto: where the encoder runs (a GPU through ONNX Runtime's CUDA execution
+    /// provider; without it, the CPU, and the log says why).
+    #[arg(long, default_value = "auto")]
+    #[serde(skip)]
+    pub device: String,
     #[command(flatten)]
     #[serde(skip)]
     pub workers: WorkerArgs,
@@ -313,7 +318,13 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<StageRe
     use llamagen_encode::t5::{T5Encoder, T5Settings};
     use llamagen_encode::t5_shard::embed_shard;
 
-    let mut encoder = T5Encoder::open(&args.t5, args.max_length, args.threads)?;
+    let device = crate::sample::device(&args.device)?;
+    let mut encoder = T5Encoder::open_on(
+        &args.t5,
+        args.max_length,
+        args.threads,
+        llamagen_native::onnx::OnnxDevice::of(device),
+    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let settings = T5Settings {
@@ -453,6 +464,7 @@ impl T5Args {
             max_length: e.t5_max_length as usize,
             batch_size: e.batch_size as usize,
             threads: 0,
+            device: config.pipeline.device.as_str().into(),
             workers: WorkerArgs::ALL,
             json: false,
         }

@@ -15,6 +15,7 @@ use llamagen_filter::FilterSettings;
 use llamagen_filter::rules::{RULES, Thresholds, thresholds_text};
 use llamagen_filter::scorers::Scorers;
 use llamagen_filter::shard::{ShardOptions, filter_shard, folder_funnel};
+use llamagen_native::onnx::OnnxDevice;
 use llamagen_store::runs::{self, FunnelStep, Outcome, ShardCounts, Trigger};
 use llamagen_store::{Store, StoreOptions};
 
@@ -53,6 +54,10 @@ pub struct FilterArgs {
     /// ONNX Runtime threads per model run (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// cpu, cuda or auto: where CLIP and the two heads run (a GPU through ONNX Runtime's CUDA
+    /// execution provider; without it, the CPU, and the log says why).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     #[command(flatten)]
     pub workers: WorkerArgs,
     /// Do not record the funnel in PostgreSQL.
@@ -97,7 +102,9 @@ pub async fn run(args: &FilterArgs, data_dir: &Path) -> anyhow::Result<StageRepo
     let settings = args.settings()?;
     let out = args.out.clone().unwrap_or_else(|| args.input.clone());
     let sharing = args.workers.sharing(data_dir);
-    let summary = filter_folder(&settings, &args.input, &out, args.threads, &sharing).await?;
+    let device = crate::sample::device(&args.device)?;
+    let summary =
+        filter_folder(&settings, &args.input, &out, args.threads, device, &sharing).await?;
     let mut run_id = None;
     if !args.no_record {
         let store = Store::open(&StoreOptions::from_env(data_dir)).await?;
@@ -154,10 +161,11 @@ pub async fn filter_folder(
     input: &Path,
     out: &Path,
     threads: usize,
+    device: tch::Device,
     sharing: &Sharing,
 ) -> anyhow::Result<FolderSummary> {
     let models = PathBuf::from(&settings.models);
-    let mut scorers = Scorers::open(&models, threads)
+    let mut scorers = Scorers::open_on(&models, threads, OnnxDevice::of(device))
         .with_context(|| format!("opening the filter models in {}", models.display()))?;
     let hashes = crate::provenance::files_sha256(&scorers.files())?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
