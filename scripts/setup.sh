@@ -55,7 +55,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"
     ort_version="$(sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' "$req")"
     if [ "$ort_build" = gpu ]; then
-        log "NVIDIA driver found: onnxruntime-gpu $ort_version in place of the CPU build"
+        log "ONNX Runtime's GPU build: onnxruntime-gpu $ort_version in place of the CPU build"
         "$venv/bin/pip" uninstall --disable-pip-version-check -q -y onnxruntime
         "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q "onnxruntime-gpu==$ort_version"
     elif "$venv/bin/pip" show -q onnxruntime-gpu 2>/dev/null; then
@@ -96,4 +96,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
-log "ready: $("$venv/bin/python" -c 'import torch, onnxruntime; print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} ({", ".join(onnxruntime.get_available_providers())})")')"
+log "ready: $("$venv/bin/python" -c 'import torch, onnxruntime as ort; p = ", ".join(ort.get_available_providers()); print(f"torch {torch.__version__}, onnxruntime {ort.__version__} ({p})")')"
