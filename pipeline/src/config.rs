@@ -337,6 +337,8 @@ pub struct TrainConfig {
     /// Data-parallel runs: each rank keeps and updates AdamW's state for its share of the
     /// parameters only (ZeRO stage 1).
     pub shard_optimizer: bool,
+    /// Data-parallel runs: reduce the gradients after the backward pass, not during it.
+    pub reduce_after_backward: bool,
     /// Recompute each block in the backward pass instead of keeping its activations.
     pub activation_checkpointing: bool,
     /// fused (libtorch's fused AdamW kernel) or plain.
@@ -365,6 +367,7 @@ impl Default for TrainConfig {
             output: "checkpoints".into(),
             init_from: String::new(),
             shard_optimizer: false,
+            reduce_after_backward: false,
             activation_checkpointing: false,
             adamw: AdamWKernel::Fused,
         }

@@ -134,6 +134,11 @@ pub struct TrainArgs {
     /// resumes on any number of ranks, sharded or not.
     #[arg(long)]
     pub shard_optimizer: bool,
+    /// Data-parallel runs: reduce the gradients after the backward pass instead of each bucket
+    /// as soon as the pass completes it. The same weights; for CPU hosts whose cores the
+    /// training threads already fill, where the overlap measured slower (docs/models.md).
+    #[arg(long)]
+    pub reduce_after_backward: bool,
     /// Keep only each block's input through the forward pass and recompute the blocks in the
     /// backward pass: activations of one block instead of all, for about a third more
     /// compute, so that a larger model or batch fits. The same gradients; the network's
@@ -314,6 +319,7 @@ pub fn args_from_config(
         model: config.trained_model_name(),
         init_from: (!t.init_from.is_empty()).then(|| under(&t.init_from)),
         shard_optimizer: t.shard_optimizer,
+        reduce_after_backward: t.reduce_after_backward,
         activation_checkpointing: t.activation_checkpointing,
         adamw: t.adamw,
         no_record: false,
@@ -623,7 +629,13 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let ranks = group.as_ref().map(Ranks::new);
+    let ranks = group.as_ref().map(|group| {
+        if args.reduce_after_backward {
+            Ranks::reducing_after_backward(group)
+        } else {
+            Ranks::new(group)
+        }
+    });
     while trainer.step < args.max_steps {
         let step = trainer.step;
         let position = step as u64 * args.global_batch_size as u64;
