@@ -77,7 +77,6 @@ void start_all_then_wait(at::Tensor* const* tensors, size_t count, Start start) 
   }
 }
 
-
 // Gradient buckets reduced while the backward pass is still running, as PyTorch DDP's Reducer
 // does: a post-accumulate hook on each parameter counts down its bucket, and buckets are
 // launched strictly in their index order (a bucket that is complete waits for the ones before
@@ -349,7 +348,6 @@ int llg_set_grad(at::Tensor* param, at::Tensor* grad, char* err, size_t err_len)
     return -1;
   }
 }
-
 
 // Installs the hooks that reduce `flats[b]` (dense, contiguous CPU buckets; all-reduced when
 // `roots[b]` is -1, else reduced to that rank) once every parameter i with `bucket_of[i] == b`

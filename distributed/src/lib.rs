@@ -620,6 +620,8 @@ fn unflatten_into(flat: &Tensor, tensors: &[Tensor], bucket: &[usize]) {
 /// accumulated, as DDP's Reducer does.
 pub struct GradientBuckets {
     buckets: Vec<GradientBucket>,
+    /// The attached parameters, for the hooks.
+    params: Vec<Tensor>,
     /// Each attached gradient's data address, to tell that the gradients are still the views.
     addresses: Vec<usize>,
     /// The bucket each attached gradient is a view of.
@@ -737,6 +739,7 @@ impl GradientBuckets {
         }
         Ok(GradientBuckets {
             buckets,
+            params: params.iter().map(Tensor::shallow_clone).collect(),
             addresses,
             bucket_of,
             sharded: owners.is_some(),
@@ -745,8 +748,7 @@ impl GradientBuckets {
         })
     }
 
-    /// Installs hooks on `params` (those given to [`GradientBuckets::attach`], in its order)
-    /// that start each bucket's reduction as soon as an armed backward pass
+    /// Installs hooks on the attached parameters that start each bucket's reduction as soon as an armed backward pass
     /// ([`GradientBuckets::arm`]) has accumulated the last of its gradients, so that the
     /// communication runs under the rest of the backward pass. Buckets are started in their
     /// order on every rank (a complete bucket waits for the ones before it), so the ranks' Gloo
@@ -757,7 +759,6 @@ impl GradientBuckets {
     /// host memory, are reduced after the backward pass instead.
     pub fn reduce_during_backward(
         &mut self,
-        params: &[Tensor],
         group: &ProcessGroup,
     ) -> Result<bool, DistributedError> {
         if self.overlap.is_some() {
@@ -769,16 +770,6 @@ impl GradientBuckets {
             .any(|b| b.flat.device() != tch::Device::Cpu)
         {
             return Ok(false);
-        }
-        if params.len() != self.addresses.len()
-            || params
-                .iter()
-                .zip(&self.addresses)
-                .any(|(p, &a)| p.grad().data_ptr() as usize != a)
-        {
-            return Err(DistributedError::Buckets(
-                "hooks for parameters other than the attached ones".into(),
-            ));
         }
         let flats: Vec<*const c_void> = self
             .buckets
@@ -796,7 +787,7 @@ impl GradientBuckets {
                 }
             })
             .collect();
-        let pointers: Vec<*const c_void> = params.iter().map(|p| p.as_ptr().cast()).collect();
+        let pointers: Vec<*const c_void> = self.params.iter().map(|p| p.as_ptr().cast()).collect();
         let mut err = vec![0u8; ERROR_BYTES];
         // SAFETY: every pointer is a live `at::Tensor` for the whole call (the C++ side keeps
         // its own references); `flats`/`roots` and `pointers`/`bucket_of` have equal lengths.
@@ -871,7 +862,7 @@ impl GradientBuckets {
     /// Replaces every attached gradient with its mean over the ranks.
     pub fn all_reduce_mean(&self, group: &ProcessGroup) -> Result<(), DistributedError> {
         if self.armed.get() {
-            self.finish_overlap(group, "all-reduce", false)?;
+            self.finish_overlap(group, false)?;
             self.unstage(group, self.staged(), |_| true);
             return Ok(());
         }
@@ -886,7 +877,7 @@ impl GradientBuckets {
     pub fn reduce_mean_to_owners(&self, group: &ProcessGroup) -> Result<(), DistributedError> {
         let mine = |b: &GradientBucket| b.owner == group.rank();
         if self.armed.get() {
-            self.finish_overlap(group, "reduce", true)?;
+            self.finish_overlap(group, true)?;
             self.unstage(group, self.staged(), mine);
             return Ok(());
         }
@@ -904,8 +895,7 @@ impl GradientBuckets {
         if !self.armed.get() {
             return Ok(());
         }
-        let operation = if self.sharded { "reduce" } else { "all-reduce" };
-        self.finish_overlap(group, operation, self.sharded)
+        self.finish_overlap(group, self.sharded)
     }
 
     /// Waits for what the armed backward pass started (starting what it did not reach) and
@@ -913,9 +903,9 @@ impl GradientBuckets {
     fn finish_overlap(
         &self,
         group: &ProcessGroup,
-        operation: &'static str,
         to_owners: bool,
     ) -> Result<(), DistributedError> {
+        let operation = if to_owners { "reduce" } else { "all-reduce" };
         self.armed.set(false);
         let Some(handle) = self.overlap else {
             return Ok(());

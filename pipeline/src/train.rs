@@ -873,7 +873,7 @@ impl Replicas for Ranks<'_> {
                 .map_err(|e| e.to_string())?;
             if self.overlap {
                 buckets
-                    .reduce_during_backward(params, self.group)
+                    .reduce_during_backward(self.group)
                     .map_err(|e| e.to_string())?;
             }
             *self.buckets.borrow_mut() = Some((buckets, owners.map(<[usize]>::to_vec)));
