@@ -7,10 +7,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use llamagen_native::onnx::{OnnxDevice, Provider};
 use llamagen_store::{Store, StoreOptions};
-
-/// The ONNX model scripts/make_tiny_onnx.py writes; run once to prove ONNX Runtime works.
-const TINY_ONNX: &[u8] = include_bytes!("../../native/tests/fixtures/tiny_mlp.onnx");
 
 struct Report {
     problems: usize,
@@ -167,27 +165,13 @@ fn check_onnx(report: &mut Report) {
             info.providers.join(", ")
         ),
     );
-    let result = (|| -> anyhow::Result<Vec<f32>> {
-        let env = llamagen_native::onnx::environment()?;
-        let mut session = ort::session::Session::builder(env)?.commit_from_memory(TINY_ONNX)?;
-        let x = ndarray::Array2::<f32>::zeros((1, 4));
-        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array(x)?])?;
-        Ok(out["probs"]
-            .try_extract_array::<f32>()?
-            .iter()
-            .copied()
-            .collect())
-    })();
-    match result {
-        Ok(probs) => {
-            let sum: f32 = probs.iter().sum();
-            report.line(
-                (sum - 1.0).abs() < 1e-5,
-                "ONNX model",
-                format!("tiny MLP ran, softmax sums to {sum:.6}"),
-            );
-        }
-        Err(e) => report.line(false, "ONNX model", format!("{e:#}")),
+    match llamagen_native::onnx::probe(OnnxDevice::Cpu) {
+        Ok((_, sum)) => report.line(
+            (sum - 1.0).abs() < 1e-5,
+            "ONNX model",
+            format!("tiny MLP ran, softmax sums to {sum:.6}"),
+        ),
+        Err(e) => report.line(false, "ONNX model", e),
     }
     check_onnx_cuda(report);
 }
@@ -209,25 +193,12 @@ fn check_onnx_cuda(report: &mut Report) {
         }
         return;
     }
-    let result = (|| -> anyhow::Result<(llamagen_native::onnx::Provider, f32)> {
-        let path =
-            std::env::temp_dir().join(format!("llamagen-doctor-{}.onnx", std::process::id()));
-        std::fs::write(&path, TINY_ONNX)?;
-        let opened =
-            llamagen_native::onnx::session_on(&path, 1, llamagen_native::onnx::OnnxDevice::Cuda(0));
-        let _ = std::fs::remove_file(&path);
-        let (mut session, provider) = opened?;
-        let x = ndarray::Array2::<f32>::zeros((1, 4));
-        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array(x)?])?;
-        let sum = out["probs"].try_extract_array::<f32>()?.iter().sum();
-        Ok((provider, sum))
-    })();
-    match result {
+    match llamagen_native::onnx::probe(OnnxDevice::Cuda(0)) {
         Ok((provider, sum)) => report.line(
-            provider == llamagen_native::onnx::Provider::Cuda(0) && (sum - 1.0).abs() < 1e-5,
+            provider == Provider::Cuda(0) && (sum - 1.0).abs() < 1e-5,
             "ONNX on CUDA",
             format!("tiny MLP on {provider}, softmax sums to {sum:.6}"),
         ),
-        Err(e) => report.line(false, "ONNX on CUDA", format!("{e:#}")),
+        Err(e) => report.line(false, "ONNX on CUDA", e),
     }
 }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::session::Session;
+use ort::session::builder::SessionBuilder;
 
 use crate::NativeError;
 
@@ -115,6 +116,35 @@ pub fn session_on(
     intra_threads: usize,
     device: OnnxDevice,
 ) -> Result<(Session, Provider), NativeError> {
+    open_on(model, intra_threads, device, |mut builder| {
+        builder.commit_from_file(model)
+    })
+}
+
+/// The tiny MLP that scripts/make_tiny_onnx.py writes to `native/tests/fixtures` (`x` [1, 4] ->
+/// `probs`, a softmax over 3).
+const TINY_MLP: &[u8] = include_bytes!("../tests/fixtures/tiny_mlp.onnx");
+
+/// Runs a tiny built-in model once on `device` (`llamagen doctor`'s check that ONNX Runtime
+/// computes there): the provider it ran on and the sum of its softmax, 1 when it is right.
+pub fn probe(device: OnnxDevice) -> Result<(Provider, f32), NativeError> {
+    let name = Path::new("tiny_mlp.onnx (built in)");
+    let (mut session, provider) = open_on(name, 1, device, |mut builder| {
+        builder.commit_from_memory(TINY_MLP)
+    })?;
+    let x = ort::value::Tensor::from_array(([1usize, 4], vec![0.0f32; 4]))?;
+    let out = session.run(ort::inputs!["x" => x])?;
+    let sum = out["probs"].try_extract_array::<f32>()?.iter().sum();
+    Ok((provider, sum))
+}
+
+/// [`session_on`] for a model that `commit` reads (named `model` in errors and the log).
+fn open_on(
+    model: &Path,
+    intra_threads: usize,
+    device: OnnxDevice,
+    commit: impl Fn(SessionBuilder) -> ort::Result<Session>,
+) -> Result<(Session, Provider), NativeError> {
     let env = environment()?;
     let with_model = |source| NativeError::OrtModel {
         path: model.to_path_buf(),
@@ -130,7 +160,7 @@ pub fn session_on(
         Ok(builder)
     };
     if let OnnxDevice::Cuda(ordinal) = device {
-        match cuda_session(builder()?, model, ordinal) {
+        match cuda_session(builder()?, &commit, ordinal) {
             Ok(session) => {
                 let provider = Provider::Cuda(ordinal);
                 tracing::info!(model = %model.display(), %provider, "ONNX model opened");
@@ -142,7 +172,7 @@ pub fn session_on(
             ),
         }
     }
-    let session = builder()?.commit_from_file(model).map_err(with_model)?;
+    let session = commit(builder()?).map_err(with_model)?;
     tracing::info!(model = %model.display(), provider = %Provider::Cpu, "ONNX model opened");
     Ok((session, Provider::Cpu))
 }
@@ -174,8 +204,8 @@ pub fn cuda_unavailable() -> Option<String> {
 
 /// `model` on the CUDA execution provider, or why not.
 fn cuda_session(
-    builder: ort::session::builder::SessionBuilder,
-    model: &Path,
+    builder: SessionBuilder,
+    commit: &impl Fn(SessionBuilder) -> ort::Result<Session>,
     ordinal: usize,
 ) -> Result<Session, String> {
     if let Some(why) = cuda_unavailable() {
@@ -186,11 +216,10 @@ fn cuda_session(
         .with_device_id(device_id)
         .build()
         .error_on_failure();
-    builder
+    let builder = builder
         .with_execution_providers([cuda_ep])
-        .map_err(|e| format!("the CUDA execution provider did not start: {e}"))?
-        .commit_from_file(model)
-        .map_err(|e| format!("the CUDA execution provider did not take the model: {e}"))
+        .map_err(|e| format!("the CUDA execution provider did not start: {e}"))?;
+    commit(builder).map_err(|e| format!("the CUDA execution provider did not take the model: {e}"))
 }
 
 /// What `llamagen doctor` reports about ONNX Runtime.
