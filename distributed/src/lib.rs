@@ -266,6 +266,25 @@ impl ProcessGroup {
             .transpose()
     }
 
+    /// A group of this process alone, meeting itself at a free loopback port: the data-parallel
+    /// path with no peer, for measuring its own cost or testing it.
+    pub fn alone() -> Result<Self, DistributedError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| DistributedError::Environment(format!("no free loopback port: {e}")))?
+            .port();
+        Self::gloo(&Rendezvous {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            host: "127.0.0.1".into(),
+            port,
+            host_store: true,
+            prefix: "/alone/".into(),
+            timeout: Duration::from_secs(60),
+        })
+    }
+
     /// Meets the other ranks at the rendezvous and opens a Gloo group with them. Returns when
     /// every rank has arrived, or fails after the rendezvous timeout.
     pub fn gloo(rendezvous: &Rendezvous) -> Result<Self, DistributedError> {

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use llamagen_distributed::{ProcessGroup, Rendezvous};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
@@ -302,22 +302,7 @@ fn main() {
     // The data-parallel path's own cost, at one rank and the global batch.
     let threads = tch::get_num_threads();
     // Alternated, two rounds each, so that drift in this shared machine's speed lands on both.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let one = ProcessGroup::gloo(&Rendezvous {
-        rank: 0,
-        world: 1,
-        local_rank: 0,
-        host: "127.0.0.1".into(),
-        port,
-        host_store: true,
-        prefix: "/bench/".into(),
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap();
+    let one = ProcessGroup::alone().unwrap();
     let (mut alone_seconds, mut grouped_seconds, mut whole_bytes) = (Vec::new(), Vec::new(), 0);
     let (mut in_place, mut copied) = (0.0, 0.0);
     for _ in 0..2 {

@@ -3,32 +3,11 @@
 //! last under the rest of the pass), with and without activation checkpointing and with the
 //! optimizer sharded, and the weights are the bytes of reducing after the pass.
 
-use std::time::Duration;
-
-use llamagen_distributed::{ProcessGroup, Rendezvous};
+use llamagen_distributed::ProcessGroup;
 use llamagen_models::gpt::{Conditioning, GptConfig};
 use llamagen_models::train::{MicroBatch, TrainConfig, Trainer};
 use llamagen_pipeline::train::Ranks;
 use tch::{Device, Kind, Tensor};
-
-fn group_of_one() -> ProcessGroup {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    ProcessGroup::gloo(&Rendezvous {
-        rank: 0,
-        world: 1,
-        local_rank: 0,
-        host: "127.0.0.1".into(),
-        port,
-        host_store: true,
-        prefix: "/overlap/".into(),
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap()
-}
 
 /// Six layers 384 wide over a 16384-token vocabulary: about 74 MB of fp32 gradients, so
 /// several 25 MB buckets.
@@ -87,7 +66,7 @@ fn train(
 
 #[test]
 fn buckets_start_under_the_backward_pass_and_change_no_weight() {
-    let group = group_of_one();
+    let group = ProcessGroup::alone().unwrap();
     for (checkpointing, shard) in [(false, false), (true, false), (false, true)] {
         let (overlapped, counts) = train(&group, checkpointing, shard, true);
         let (started_early, buckets) = counts.expect("the CPU buckets overlap");
