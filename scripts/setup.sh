@@ -11,7 +11,20 @@
 #   - PostgreSQL server binaries (Debian's `postgresql`) when `initdb` cannot be found;
 #   - Debian's `chromium` for the dashboard's browser tests when no chromium is installed;
 #   - the rustfmt and clippy components when the toolchain lacks them.
+#
+# Usage: scripts/setup.sh [--build]
+#   --build  only what building and packaging the binary needs (a container image's build
+#            stage, Dockerfile): torch and onnxruntime in .venv, libjpeg-turbo; none of the
+#            test-only Python packages, PostgreSQL, chromium or Rust components
 set -euo pipefail
+
+scope=all
+case "${1:-}" in
+    "") ;;
+    --build) scope=build ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option $1 (scripts/setup.sh --help)" >&2; exit 2 ;;
+esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -49,10 +62,18 @@ if [ -z "$ort_build" ]; then
     if [ -e /proc/driver/nvidia/version ] || nvidia-smi -L >/dev/null 2>&1; then ort_build=gpu; else ort_build=cpu; fi
 fi
 case "$ort_build" in cpu|gpu) ;; *) log "LLAMAGEN_ONNXRUNTIME must be cpu or gpu, not $ort_build"; exit 1 ;; esac
-want="$(sha256sum "$req" | cut -d' ' -f1) onnxruntime-$ort_build"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
-    "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"
+want="$(sha256sum "$req" | cut -d' ' -f1) onnxruntime-$ort_build $scope"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# A full install serves a build too.
+if [ "$have" != "$want" ] && [ "$have" != "${want% build} all" ]; then
+    if [ "$scope" = build ]; then
+        log "installing torch and onnxruntime as pinned in scripts/requirements.txt (torch is ~5 GB)"
+        "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q \
+            $(grep -E '^(torch|onnxruntime)==' "$req")
+    else
+        log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
+        "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"
+    fi
     ort_version="$(sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' "$req")"
     if [ "$ort_build" = gpu ]; then
         log "ONNX Runtime's GPU build: onnxruntime-gpu $ort_version in place of the CPU build"
@@ -76,6 +97,11 @@ have_turbojpeg() {
     ls /usr/lib/*/libturbojpeg.a /usr/lib/libturbojpeg.a /usr/local/lib/libturbojpeg.a >/dev/null 2>&1
 }
 if ! have_turbojpeg; then apt_install libturbojpeg0-dev pkg-config; fi
+
+if [ "$scope" = build ]; then
+    log "ready to build: $("$venv/bin/python" -c 'import torch, onnxruntime as ort; p = ", ".join(ort.get_available_providers()); print(f"torch {torch.__version__}, onnxruntime {ort.__version__} ({p})")')"
+    exit 0
+fi
 
 # --- PostgreSQL server binaries ------------------------------------------------------------
 find_initdb() {
