@@ -7,14 +7,20 @@
 //! JPEG costs most of the CPU, so JPEG goes through libjpeg-turbo (`turbojpeg.rs`), OpenCV's
 //! codec in img2dataset: a JPEG much larger than the target is decoded at 1/2, 1/4 or 1/8
 //! scale inside the inverse DCT, never below the size the resize needs, and the output is
-//! encoded 4:2:0 as OpenCV's encoder does. A JPEG libjpeg-turbo cannot decode to RGB (CMYK,
-//! 12-bit) goes through the `image` crate, as does every other format.
+//! encoded 4:2:0 as OpenCV's encoder does. `center_crop` and `keep_ratio` (to even sides) of
+//! a JPEG never leave YCbCr: the file's planes are resized one by one and encoded as they
+//! are, which spares the chroma upsampling and colour conversions of an RGB round trip
+//! (`process_planes`). A JPEG libjpeg-turbo cannot decode to RGB (CMYK, 12-bit) goes through
+//! the `image` crate, as does every other format.
 
+use std::cell::RefCell;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use fast_image_resize::images::Image;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions as FrOptions, Resizer};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{
+    CropBox, FilterType, PixelType, ResizeAlg, ResizeOptions as FrOptions, Resizer,
+};
 use image::{ImageReader, Limits};
 
 use crate::turbojpeg;
@@ -115,21 +121,30 @@ pub enum ResizeError {
 /// Decodes `bytes`, resizes as `options` say and encodes a JPEG.
 pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeError> {
     let t = Instant::now();
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| ResizeError::Decode(e.to_string()))
+    // A JPEG's header comes from libjpeg-turbo, which decodes it; anything else (a JPEG it
+    // cannot read included) from the `image` crate. Only the header: a bomb is refused before
+    // a pixel is allocated.
+    let jpeg = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        turbojpeg::header(bytes).ok().filter(|head| !head.cmyk)
+    } else {
+        None
     };
-    let probe = reader()?;
-    if probe.format().is_none() {
-        return Err(ResizeError::NotAnImage(
-            "the bytes are in no image format this build decodes".into(),
-        ));
-    }
-    // Reading the header only: a bomb is refused before a pixel is allocated.
-    let (w, h) = probe
-        .into_dimensions()
-        .map_err(|e| ResizeError::Decode(e.to_string()))?;
+    let (w, h) = match jpeg {
+        Some(head) => (head.width, head.height),
+        None => {
+            let probe = ImageReader::new(Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| ResizeError::Decode(e.to_string()))?;
+            if probe.format().is_none() {
+                return Err(ResizeError::NotAnImage(
+                    "the bytes are in no image format this build decodes".into(),
+                ));
+            }
+            probe
+                .into_dimensions()
+                .map_err(|e| ResizeError::Decode(e.to_string()))?
+        }
+    };
     let pixels = w as u64 * h as u64;
     if pixels > options.max_pixels {
         return Err(ResizeError::TooManyPixels {
@@ -161,21 +176,40 @@ pub fn process(bytes: &[u8], options: &ResizeOptions) -> Result<Resized, ResizeE
             max: options.max_pixels,
         });
     }
-    let jpeg_rgb = match reader()?.format() {
-        Some(image::ImageFormat::Jpeg) => {
-            let target = target_size(w, h, options).unwrap_or((w, h));
-            decode_jpeg_scaled(bytes, w, h, target)
-        }
-        _ => None,
+    if jpeg.is_some()
+        && let Some(done) = process_planes(bytes, w, h, options, t)
+    {
+        return Ok(done);
+    }
+    process_rgb(bytes, (w, h), jpeg.is_some(), options, t)
+}
+
+/// Every mode and format through packed RGB: libjpeg-turbo for JPEGs it reads, the `image`
+/// crate for the rest (and for the JPEGs it refused, so that its error is the one reported).
+fn process_rgb(
+    bytes: &[u8],
+    (w, h): (u32, u32),
+    jpeg: bool,
+    options: &ResizeOptions,
+    t: Instant,
+) -> Result<Resized, ResizeError> {
+    let jpeg_rgb = if jpeg {
+        let target = target_size(w, h, options).unwrap_or((w, h));
+        decode_jpeg_scaled(bytes, w, h, target)
+    } else {
+        None
     };
     let rgb = match jpeg_rgb {
         Some(rgb) => rgb,
         None => {
-            let mut decoder = reader()?;
+            let mut decoder = ImageReader::new(Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| ResizeError::Decode(e.to_string()))?;
             let mut limits = Limits::default();
             limits.max_image_width = Some(w);
             limits.max_image_height = Some(h);
             // RGBA16 at most, plus the decoder's own buffers.
+            let pixels = u64::from(w) * u64::from(h);
             limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
             decoder.limits(limits);
             decoder
@@ -217,21 +251,154 @@ fn target_size(w: u32, h: u32, o: &ResizeOptions) -> Option<(u32, u32)> {
     }
 }
 
+/// The smallest DCT scale (1/8, 1/4, 1/2, 1) whose size still covers `(tw, th)`.
+fn jpeg_denominator(w: u32, h: u32, (tw, th): (u32, u32)) -> u32 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| {
+            let (sw, sh) = turbojpeg::scaled_size(w, h, d);
+            sw >= tw && sh >= th
+        })
+        .unwrap_or(1)
+}
+
 /// Decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) whose size still covers
 /// `target`; None when libjpeg-turbo cannot (the caller then uses the `image` crate, whose
 /// error message is the one reported if the file is bad).
-fn decode_jpeg_scaled(
+fn decode_jpeg_scaled(bytes: &[u8], w: u32, h: u32, target: (u32, u32)) -> Option<image::RgbImage> {
+    let (pixels, sw, sh) = turbojpeg::decode_rgb(bytes, jpeg_denominator(w, h, target)).ok()?;
+    image::RgbImage::from_raw(sw, sh, pixels)
+}
+
+/// `center_crop` and `keep_ratio` of a JPEG without leaving YCbCr: the file's planes are
+/// decoded as stored, each is resized on its own (chroma over the same region as luma) and
+/// the 4:2:0 planes of the output are encoded. RGB would cost a chroma upsampling and a
+/// colour conversion on each side and three bytes a pixel through the resize instead of one
+/// and a half; img2dataset's pixels differ by the rounding of those steps. None when
+/// libjpeg-turbo cannot decode the file (the RGB path then reports why).
+fn process_planes(
     bytes: &[u8],
     w: u32,
     h: u32,
-    (tw, th): (u32, u32),
-) -> Option<image::RgbImage> {
-    let denominator = [8, 4, 2, 1].into_iter().find(|&d| {
-        let (sw, sh) = turbojpeg::scaled_size(w, h, d);
-        sw >= tw && sh >= th
+    o: &ResizeOptions,
+    started: Instant,
+) -> Option<Resized> {
+    let crop_square = match o.mode {
+        ResizeMode::CenterCrop => true,
+        ResizeMode::KeepRatio => false,
+        ResizeMode::No | ResizeMode::Border => return None,
+    };
+    let denominator = jpeg_denominator(w, h, target_size(w, h, o)?);
+    let (sw, sh) = turbojpeg::scaled_size(w, h, denominator);
+    let (short, size) = (sw.min(sh), o.image_size);
+    let (tw, th) = if crop_square {
+        (size, size)
+    } else {
+        (scaled(sw, size, short), scaled(sh, size, short))
+    };
+    // An odd side would give the output's last chroma sample half a column of padding to
+    // cover, which the RGB path fills exactly (the encoder repeats the edge); keep_ratio's odd
+    // sides go there.
+    if tw % 2 == 1 || th % 2 == 1 {
+        return None;
+    }
+    let planes = turbojpeg::decode_planes(bytes, denominator).ok()?;
+    if (planes.width, planes.height) != (sw, sh) {
+        return None;
+    }
+    let decode = started.elapsed();
+
+    let t = Instant::now();
+    let ((lw, lh), (cw, ch)) = turbojpeg::planes_420(tw, th).ok()?;
+    if (lw, lh) != (tw, th) {
+        return None;
+    }
+    let crop = if crop_square {
+        CropBox::fit_src_into_dst_size(sw, sh, tw, th, Some((0.5, 0.5)))
+    } else {
+        CropBox {
+            left: 0.0,
+            top: 0.0,
+            width: f64::from(sw),
+            height: f64::from(sh),
+        }
+    };
+    // Chroma takes luma's filter: it shrinks by twice the factor when luma enlarges a little.
+    let filter = if crop.width > f64::from(tw) {
+        FilterType::Box
+    } else {
+        FilterType::Lanczos3
+    };
+    let luma = resize_plane(&planes.luma, crop, (tw, th), filter).ok()?;
+    let chroma = match &planes.chroma {
+        Some([cb, cr]) => {
+            // The source's chroma sample i covers luma samples [i x ratio, (i + 1) x ratio),
+            // the output's j covers [2j, 2j + 2): the same region, in chroma units.
+            let (rx, ry) = (
+                f64::from(planes.luma.width) / f64::from(cb.width),
+                f64::from(planes.luma.height) / f64::from(cb.height),
+            );
+            let (left, top) = (crop.left / rx, crop.top / ry);
+            let region = CropBox {
+                left,
+                top,
+                width: (crop.width / rx).min(f64::from(cb.width) - left),
+                height: (crop.height / ry).min(f64::from(cb.height) - top),
+            };
+            [
+                resize_plane(cb, region, (cw, ch), filter).ok()?,
+                resize_plane(cr, region, (cw, ch), filter).ok()?,
+            ]
+        }
+        None => {
+            let gray = turbojpeg::Plane::filled(cw, ch, 128);
+            [gray.clone(), gray]
+        }
+    };
+    let resize = t.elapsed();
+
+    let t = Instant::now();
+    let jpeg =
+        turbojpeg::encode_planes(tw, th, &luma, [&chroma[0], &chroma[1]], o.jpeg_quality).ok()?;
+    Some(Resized {
+        jpeg,
+        width: tw,
+        height: th,
+        original_width: w,
+        original_height: h,
+        decode,
+        resize,
+        encode: t.elapsed(),
+    })
+}
+
+thread_local! {
+    /// fast_image_resize keeps its scratch buffers between calls.
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
+
+/// Resizes `region` of one plane to `width` x `height` samples with `filter`.
+fn resize_plane(
+    plane: &turbojpeg::Plane,
+    region: CropBox,
+    (width, height): (u32, u32),
+    filter: FilterType,
+) -> Result<turbojpeg::Plane, ResizeError> {
+    let err = |e: &dyn std::fmt::Display| ResizeError::Resize(e.to_string());
+    let src = ImageRef::new(plane.width, plane.height, &plane.data, PixelType::U8)
+        .map_err(|e| err(&e))?;
+    let options = FrOptions::new()
+        .resize_alg(ResizeAlg::Convolution(filter))
+        .crop(region.left, region.top, region.width, region.height);
+    let mut out = turbojpeg::Plane::reused(width, height);
+    let mut dst =
+        Image::from_slice_u8(width, height, &mut out.data, PixelType::U8).map_err(|e| err(&e))?;
+    RESIZER.with(|r| {
+        r.borrow_mut()
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| err(&e))
     })?;
-    let (pixels, sw, sh) = turbojpeg::decode_rgb(bytes, denominator).ok()?;
-    image::RgbImage::from_raw(sw, sh, pixels)
+    Ok(out)
 }
 
 fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, ResizeError> {
@@ -272,8 +439,8 @@ fn resize(rgb: image::RgbImage, o: &ResizeOptions) -> Result<(u32, u32, Vec<u8>)
     if (tw, th) == (w, h) && !crop_square {
         dst = src;
     } else {
-        Resizer::new()
-            .resize(&src, &mut dst, &fr_options)
+        RESIZER
+            .with(|r| r.borrow_mut().resize(&src, &mut dst, &fr_options))
             .map_err(|e| ResizeError::Resize(e.to_string()))?;
     }
     if !pad {
@@ -387,6 +554,94 @@ mod tests {
             .sum::<f64>()
             / reference.as_raw().len() as f64;
         assert!(diff < 3.0, "mean absolute difference {diff}");
+    }
+
+    #[test]
+    fn jpegs_resized_in_ycbcr_are_as_faithful_as_through_rgb() {
+        use crate::turbojpeg::tests::{EVERY_SUBSAMPLING, jpeg_subsampled};
+        // A real photo (scikit-image's coffee, 300 x 200, as the filter's tests keep it).
+        let photo = image::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../filter/tests/fixtures/coffee.png"),
+        )
+        .unwrap()
+        .into_rgb8();
+        let mut lossless = Vec::new();
+        photo
+            .write_to(&mut Cursor::new(&mut lossless), image::ImageFormat::Png)
+            .unwrap();
+        let mean_diff = |a: &image::RgbImage, b: &image::RgbImage| {
+            a.as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .map(|(x, y)| f64::from(x.abs_diff(*y)))
+                .sum::<f64>()
+                / a.as_raw().len() as f64
+        };
+        // (mode, image size): shrinking at a DCT scale and at full scale, enlarging, and
+        // keep_ratio to 96 x 64.
+        let cases = [
+            (ResizeMode::CenterCrop, 64),
+            (ResizeMode::CenterCrop, 160),
+            (ResizeMode::CenterCrop, 256),
+            (ResizeMode::KeepRatio, 64),
+        ];
+        for (subsamp, name) in EVERY_SUBSAMPLING {
+            for turned in [false, true] {
+                let img = if turned {
+                    image::imageops::rotate90(&photo)
+                } else {
+                    photo.clone()
+                };
+                let (w, h) = img.dimensions();
+                let jpeg = jpeg_subsampled(&img, subsamp);
+                let mut png = Vec::new();
+                img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+                    .unwrap();
+                for (mode, image_size) in cases {
+                    let o = ResizeOptions {
+                        image_size,
+                        ..options(mode)
+                    };
+                    let what = format!("{name} {w} x {h} {mode:?} {image_size}");
+                    let planar = process_planes(&jpeg, w, h, &o, Instant::now())
+                        .unwrap_or_else(|| panic!("{what}: no planar result"));
+                    let rgb = process_rgb(&jpeg, (w, h), true, &o, Instant::now()).unwrap();
+                    // The truth: the same resize of the photo itself, no JPEG on the way in.
+                    let truth =
+                        decoded(&process_rgb(&png, (w, h), false, &o, Instant::now()).unwrap());
+                    assert_eq!(
+                        (planar.width, planar.height),
+                        (rgb.width, rgb.height),
+                        "{what}"
+                    );
+                    let (planar, rgb) = (decoded(&planar), decoded(&rgb));
+                    assert_eq!(planar.dimensions(), truth.dimensions(), "{what}");
+                    let (off_planar, off_rgb) =
+                        (mean_diff(&planar, &truth), mean_diff(&rgb, &truth));
+                    assert!(
+                        off_planar <= off_rgb * 1.1 + 0.1,
+                        "{what}: {off_planar:.3} from the truth through YCbCr, {off_rgb:.3} through RGB"
+                    );
+                }
+            }
+        }
+        // Border, no resize and odd output sides (keep_ratio to 95 x 63) take the RGB path.
+        let jpeg = jpeg_subsampled(&photo, 2);
+        let odd = ResizeOptions {
+            image_size: 63,
+            ..options(ResizeMode::KeepRatio)
+        };
+        for o in [
+            options(ResizeMode::Border),
+            options(ResizeMode::No),
+            odd.clone(),
+        ] {
+            assert!(process_planes(&jpeg, 300, 200, &o, Instant::now()).is_none());
+        }
+        let r = process(&jpeg, &odd).unwrap();
+        assert_eq!((r.width, r.height), (95, 63));
+        assert_eq!(decoded(&r).dimensions(), (95, 63));
     }
 
     #[test]
