@@ -272,41 +272,49 @@ fn compress_rgb(
             pixels.len()
         )));
     }
-    let (wi, hi) = (
-        c_int::try_from(width).map_err(|_| TurboError("width too large".into()))?,
-        c_int::try_from(height).map_err(|_| TurboError("height too large".into()))?,
-    );
+    compress_with(width, height, subsamp, |handle, out, out_size| {
+        // SAFETY: `pixels` holds width x height x 3 bytes (checked above); the output is
+        // `compress_with`'s worst-case buffer.
+        unsafe {
+            tjCompress2(
+                handle,
+                pixels.as_ptr(),
+                width as c_int,
+                0,
+                height as c_int,
+                TJPF_RGB,
+                out,
+                out_size,
+                subsamp,
+                c_int::from(quality.clamp(1, 100)),
+                TJFLAG_NOREALLOC,
+            )
+        }
+    })
+}
+
+/// One compression of a `width` x `height` image into a buffer of the worst-case size for
+/// `subsamp` (`tjBufSize`): `compress` gets the handle and the output pointer and size to pass
+/// on with `TJFLAG_NOREALLOC`, and returns the library's code.
+fn compress_with(
+    width: u32,
+    height: u32,
+    subsamp: c_int,
+    compress: impl FnOnce(Handle, &mut *mut c_uchar, &mut c_ulong) -> c_int,
+) -> Result<Vec<u8>, TurboError> {
     if width == 0 || height == 0 || width > 65_535 || height > 65_535 {
         return Err(TurboError(format!(
             "a JPEG cannot be {width} x {height} (sides 1 to 65,535)"
         )));
     }
     // SAFETY: plain arithmetic on valid dimensions.
-    let capacity = unsafe { tjBufSize(wi, hi, subsamp) };
+    let capacity = unsafe { tjBufSize(width as c_int, height as c_int, subsamp) };
     let capacity = usize::try_from(capacity).map_err(|_| TurboError("buffer too large".into()))?;
     let mut jpeg: Vec<u8> = Vec::with_capacity(capacity);
     with_handle(&COMPRESSOR, tjInitCompress, |handle| {
         let mut out = jpeg.as_mut_ptr();
         let mut out_size = c_ulong::try_from(capacity).map_err(|_| TurboError("buffer".into()))?;
-        // SAFETY: `pixels` holds width x height x 3 bytes (checked above); `jpeg` has
-        // `capacity` bytes of room, the worst case `tjBufSize` gives, and NOREALLOC keeps
-        // TurboJPEG from replacing the pointer.
-        let rc = unsafe {
-            tjCompress2(
-                handle.0,
-                pixels.as_ptr(),
-                wi,
-                0,
-                hi,
-                TJPF_RGB,
-                &mut out,
-                &mut out_size,
-                subsamp,
-                c_int::from(quality.clamp(1, 100)),
-                TJFLAG_NOREALLOC,
-            )
-        };
-        if rc != 0 {
+        if compress(handle.0, &mut out, &mut out_size) != 0 {
             return Err(handle.error());
         }
         let written = usize::try_from(out_size).unwrap_or(usize::MAX);
@@ -520,54 +528,30 @@ pub fn encode_planes(
             "planes of a {width} x {height} 4:2:0 image must be {lw} x {lh} and {cw} x {ch}"
         )));
     }
-    if width > 65_535 || height > 65_535 {
-        return Err(TurboError(format!(
-            "a JPEG cannot be {width} x {height} (sides 1 to 65,535)"
-        )));
-    }
-    let (wi, hi) = (width as c_int, height as c_int);
-    // SAFETY: plain arithmetic on valid dimensions.
-    let capacity = unsafe { tjBufSize(wi, hi, TJSAMP_420) };
-    let capacity = usize::try_from(capacity).map_err(|_| TurboError("buffer too large".into()))?;
-    let mut jpeg: Vec<u8> = Vec::with_capacity(capacity);
     let strides = [lw as c_int, cw as c_int, cw as c_int];
-    with_handle(&COMPRESSOR, tjInitCompress, |handle| {
-        let mut planes = [
-            luma.data.as_ptr(),
-            chroma[0].data.as_ptr(),
-            chroma[1].data.as_ptr(),
-        ];
-        let mut out = jpeg.as_mut_ptr();
-        let mut out_size = c_ulong::try_from(capacity).map_err(|_| TurboError("buffer".into()))?;
+    let mut planes = [
+        luma.data.as_ptr(),
+        chroma[0].data.as_ptr(),
+        chroma[1].data.as_ptr(),
+    ];
+    compress_with(width, height, TJSAMP_420, |handle, out, out_size| {
         // SAFETY: each plane holds its stride x plane height bytes (checked above), which is
-        // what TurboJPEG reads; `jpeg` has the worst-case `capacity` and NOREALLOC keeps
-        // TurboJPEG from replacing the pointer.
-        let rc = unsafe {
+        // what TurboJPEG reads; the output is `compress_with`'s worst-case buffer.
+        unsafe {
             tjCompressFromYUVPlanes(
-                handle.0,
+                handle,
                 planes.as_mut_ptr(),
-                wi,
+                width as c_int,
                 strides.as_ptr(),
-                hi,
+                height as c_int,
                 TJSAMP_420,
-                &mut out,
-                &mut out_size,
+                out,
+                out_size,
                 c_int::from(quality.clamp(1, 100)),
                 TJFLAG_NOREALLOC,
             )
-        };
-        if rc != 0 {
-            return Err(handle.error());
         }
-        let written = usize::try_from(out_size).unwrap_or(usize::MAX);
-        if written > capacity || out != jpeg.as_mut_ptr() {
-            return Err(TurboError("libjpeg-turbo wrote past its buffer".into()));
-        }
-        // SAFETY: TurboJPEG initialised the first `written` bytes, within the capacity.
-        unsafe { jpeg.set_len(written) };
-        Ok(())
-    })?;
-    Ok(jpeg)
+    })
 }
 
 #[cfg(test)]
