@@ -194,12 +194,14 @@ pub fn scaled_size(width: u32, height: u32, denominator: u32) -> (u32, u32) {
     (width.div_ceil(denominator), height.div_ceil(denominator))
 }
 
-/// Decodes a JPEG to packed RGB at `1 / denominator` scale (1, 2, 4 or 8), the scaling done
-/// in the inverse DCT. Returns the pixels with their width and height.
-///
-/// A warning (a truncated file, a corrupt restart marker) keeps the decoded pixels, gray where
-/// data was missing, as OpenCV's `imdecode` does; a fatal error is an error.
-pub fn decode_rgb(jpeg: &[u8], denominator: u32) -> Result<(Vec<u8>, u32, u32), TurboError> {
+/// Where a decode at `1 / denominator` scale starts: the header and the scaled size (also as
+/// the library's ints), after refusing scales other than 1, 1/2, 1/4, 1/8 and CMYK files, of
+/// which libjpeg-turbo makes no `output`.
+fn scaled_decode(
+    jpeg: &[u8],
+    denominator: u32,
+    output: &str,
+) -> Result<(Header, Size, (c_int, c_int)), TurboError> {
     if ![1, 2, 4, 8].contains(&denominator) {
         return Err(TurboError(format!(
             "scale 1/{denominator} is not one of 1, 1/2, 1/4, 1/8"
@@ -207,17 +209,27 @@ pub fn decode_rgb(jpeg: &[u8], denominator: u32) -> Result<(Vec<u8>, u32, u32), 
     }
     let head = header(jpeg)?;
     if head.cmyk {
-        return Err(TurboError("CMYK JPEG: no RGB decoding".into()));
+        return Err(TurboError(format!("CMYK JPEG: no {output}")));
     }
     let (w, h) = scaled_size(head.width, head.height, denominator);
-    let len = (w as usize)
-        .checked_mul(h as usize)
-        .and_then(|n| n.checked_mul(3))
-        .ok_or_else(|| TurboError("image too large".into()))?;
     let (wi, hi) = (
         c_int::try_from(w).map_err(|_| TurboError("width too large".into()))?,
         c_int::try_from(h).map_err(|_| TurboError("height too large".into()))?,
     );
+    Ok((head, (w, h), (wi, hi)))
+}
+
+/// Decodes a JPEG to packed RGB at `1 / denominator` scale (1, 2, 4 or 8), the scaling done
+/// in the inverse DCT. Returns the pixels with their width and height.
+///
+/// A warning (a truncated file, a corrupt restart marker) keeps the decoded pixels, gray where
+/// data was missing, as OpenCV's `imdecode` does; a fatal error is an error.
+pub fn decode_rgb(jpeg: &[u8], denominator: u32) -> Result<(Vec<u8>, u32, u32), TurboError> {
+    let (_, (w, h), (wi, hi)) = scaled_decode(jpeg, denominator, "RGB decoding")?;
+    let len = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| TurboError("image too large".into()))?;
     let size = jpeg_len(jpeg)?;
     let mut pixels = vec![0u8; len];
     with_handle(&DECOMPRESSOR, tjInitDecompress, |handle| {
@@ -434,20 +446,7 @@ fn plane_size(
 ///
 /// Warnings keep the pixels, as in [`decode_rgb`].
 pub fn decode_planes(jpeg: &[u8], denominator: u32) -> Result<Planes, TurboError> {
-    if ![1, 2, 4, 8].contains(&denominator) {
-        return Err(TurboError(format!(
-            "scale 1/{denominator} is not one of 1, 1/2, 1/4, 1/8"
-        )));
-    }
-    let head = header(jpeg)?;
-    if head.cmyk {
-        return Err(TurboError("CMYK JPEG: no YCbCr planes".into()));
-    }
-    let (w, h) = scaled_size(head.width, head.height, denominator);
-    let (wi, hi) = (
-        c_int::try_from(w).map_err(|_| TurboError("width too large".into()))?,
-        c_int::try_from(h).map_err(|_| TurboError("height too large".into()))?,
-    );
+    let (head, (w, h), (wi, hi)) = scaled_decode(jpeg, denominator, "YCbCr planes")?;
     let plane = |component| -> Result<Plane, TurboError> {
         let (pw, ph) = plane_size(component, wi, hi, head.subsamp)?;
         Ok(Plane::reused(pw, ph))
