@@ -14,15 +14,16 @@
 #
 # Usage: scripts/setup.sh [--build]
 #   --build  only what building and packaging the binary needs (a container image's build
-#            stage, Dockerfile): torch and onnxruntime in .venv, libjpeg-turbo; none of the
-#            test-only Python packages, PostgreSQL, chromium or Rust components
+#            stage, Dockerfile): torch, onnxruntime and the CUDA headers the NCCL face
+#            compiles against in .venv, libjpeg-turbo; none of the test-only Python
+#            packages, PostgreSQL, chromium or Rust components
 set -euo pipefail
 
 scope=all
 case "${1:-}" in
     "") ;;
     --build) scope=build ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown option $1 (scripts/setup.sh --help)" >&2; exit 2 ;;
 esac
 
@@ -67,9 +68,9 @@ have="$(cat "$stamp" 2>/dev/null || true)"
 # A full install serves a build too.
 if [ "$have" != "$want" ] && [ "$have" != "${want% build} all" ]; then
     if [ "$scope" = build ]; then
-        log "installing torch and onnxruntime as pinned in scripts/requirements.txt (torch is ~5 GB)"
+        log "installing torch, onnxruntime and CUDA's headers as pinned in scripts/requirements.txt (torch is ~5 GB)"
         "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q \
-            $(grep -E '^(torch|onnxruntime)==' "$req")
+            $(grep -E '^(torch|onnxruntime|nvidia-cuda-crt|nvidia-cuda-cccl)==' "$req")
     else
         log "installing Python packages from scripts/requirements.txt (torch is ~5 GB; once per machine)"
         "$venv/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r "$req"

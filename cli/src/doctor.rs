@@ -148,6 +148,27 @@ fn check_torch(report: &mut Report) {
             ),
         );
     }
+    check_nccl(report, info.cuda_available);
+}
+
+/// Whether data-parallel training on GPUs can reduce over NCCL: on a GPU machine it must load
+/// (else a run on several GPUs fails at its rendezvous unless `LLAMAGEN_DIST_BACKEND=gloo`
+/// names the slow path), elsewhere it is only reported.
+fn check_nccl(report: &mut Report, gpu: bool) {
+    use llamagen_distributed::nccl;
+    match (nccl::version(), gpu) {
+        (Ok(version), _) => report.line(
+            true,
+            "NCCL",
+            format!("{version}: ranks training on CUDA reduce over it"),
+        ),
+        (Err(why), true) => report.line(false, "NCCL", why),
+        (Err(_), false) if nccl::BUILT => report.info(
+            "NCCL",
+            "built in, for ranks training on CUDA (no GPU here: ranks use Gloo)",
+        ),
+        (Err(why), false) => report.info("NCCL", format!("no: {why}")),
+    }
 }
 
 fn check_onnx(report: &mut Report) {

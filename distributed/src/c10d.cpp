@@ -1,6 +1,6 @@
 // A C face for the few pieces of libtorch's c10d that data-parallel training needs: a TCPStore
 // rendezvous, a Gloo process group, and all-reduce, reduce, all-gather, broadcast and barrier
-// on it. tch binds libtorch's tensors but not c10d, so this file is compiled with the `cc`
+// on it or on an NCCL group from nccl.cpp. tch binds libtorch's tensors but not c10d, so this file is compiled with the `cc`
 // crate against the headers of the same libtorch (build.rs) and called from `src/lib.rs`.
 //
 // Why ProcessGroupGloo is declared here instead of included: its header needs gloo's headers,
@@ -27,11 +27,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include "c10d_group.h"
 #include "llg_error.h"
 
 namespace c10d {
@@ -56,9 +55,7 @@ namespace {
 // Eight times libtorch 2.11's sizeof(ProcessGroupGloo).
 constexpr size_t kGlooBytes = 4096;
 
-struct Group {
-  c10::intrusive_ptr<c10d::Backend> backend;
-};
+using llg::Group;
 
 // Starts `start(list_i, i)` for each of `tensors` (one-tensor lists, which the collectives take
 // by reference and keep until their work is done) before waiting for the first, so that Gloo's
@@ -178,7 +175,9 @@ struct Overlap {
 struct BucketHook : torch::autograd::PostAccumulateGradHook {
   BucketHook(std::shared_ptr<Overlap> overlap, size_t param)
       : overlap(std::move(overlap)), param(param) {}
-  // Runs on the thread that accumulated the gradient (the caller's on CPUs). It must not throw:
+  // Runs on the thread that accumulated the gradient (the caller's on CPUs, the autograd engine's
+  // device thread on a GPU, where NCCL orders the reduction after the accumulation on the
+  // thread's current stream, as DDP's Reducer relies on). It must not throw:
   // an exception here would abort the backward pass mid-graph, so failures wait in `error`.
   void operator()(const torch::autograd::Variable&) override {
     overlap->ready(param);
@@ -197,6 +196,8 @@ extern "C" {
 
 // A Gloo process group of `world` ranks meeting at the TCPStore on host:port (hosted by this
 // process when `host_store`), under `prefix`. Null on failure, with the reason in `err`.
+// `device` is not used (Gloo runs on the CPU): it is there so that this function and nccl.cpp's
+// `llg_c10d_nccl` have one signature.
 void* llg_c10d_gloo(
     const char* host,
     uint16_t port,
@@ -204,21 +205,13 @@ void* llg_c10d_gloo(
     const char* prefix,
     int rank,
     int world,
+    int /*device*/,
     int64_t timeout_ms,
     char* err,
     size_t err_len) {
   try {
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    c10d::TCPStoreOptions store_options;
-    store_options.port = port;
-    store_options.isServer = host_store != 0;
-    store_options.numWorkers = world;
-    store_options.waitWorkers = true;
-    store_options.timeout = timeout;
-    store_options.multiTenant = true;
-    auto store = c10::make_intrusive<c10d::TCPStore>(host, store_options);
-    c10::intrusive_ptr<c10d::Store> prefixed =
-        c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+    auto prefixed = llg::rendezvous_store(host, port, host_store != 0, prefix, world, timeout);
     auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
     void* memory = ::operator new(kGlooBytes);
     c10d::ProcessGroupGloo* group = nullptr;
@@ -349,10 +342,10 @@ int llg_set_grad(at::Tensor* param, at::Tensor* grad, char* err, size_t err_len)
   }
 }
 
-// Installs the hooks that reduce `flats[b]` (dense, contiguous CPU buckets; all-reduced when
-// `roots[b]` is -1, else reduced to that rank) once every parameter i with `bucket_of[i] == b`
-// has had its gradient accumulated in an armed backward pass. Null on failure, with the reason
-// in `err`.
+// Installs the hooks that reduce `flats[b]` (dense, contiguous buckets on the group's device:
+// the CPU for Gloo, the bound GPU for NCCL; all-reduced when `roots[b]` is -1, else reduced to
+// that rank) once every parameter i with `bucket_of[i] == b` has had its gradient accumulated in
+// an armed backward pass. Null on failure, with the reason in `err`.
 void* llg_overlap_new(
     void* group,
     at::Tensor* const* flats,
@@ -369,8 +362,8 @@ void* llg_overlap_new(
     overlap->members.assign(buckets, 0);
     for (size_t b = 0; b < buckets; ++b) {
       TORCH_CHECK(
-          flats[b]->device().is_cpu() && flats[b]->is_contiguous(),
-          "bucket ", b, " is not a contiguous CPU tensor");
+          flats[b]->is_contiguous() && flats[b]->device() == flats[0]->device(),
+          "bucket ", b, " is not contiguous or not on the first bucket's device");
       overlap->flats.push_back(*flats[b]);
       overlap->roots.push_back(roots[b]);
     }

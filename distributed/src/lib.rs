@@ -4,12 +4,19 @@
 //! [`GradientBuckets`]: flat buckets that the parameters' gradients are views of, reduced during
 //! the backward pass as each is completed.
 //!
-//! The engine is PyTorch's: the TCPStore that `torch.distributed` meets at, and its Gloo backend
-//! (in `libtorch_cpu.so`), reached through a small C++ file compiled against the same libtorch
-//! (`src/c10d.cpp`; docs/architecture.md says why c10d rather than NCCL bindings of our own).
-//! The collectives run on CPU tensors, so the same code trains on two CPU processes in CI as on
-//! a cluster's hosts; CUDA tensors are staged through host memory (correct, and slow for large
-//! models: NCCL is the way to GPU speed, and is not bound yet).
+//! The engine is PyTorch's: the TCPStore that `torch.distributed` meets at, and its two
+//! backends, reached through small C++ files compiled against the same libtorch
+//! (docs/architecture.md says why c10d rather than NCCL bindings of our own):
+//!
+//! - Gloo (in `libtorch_cpu.so`, `src/c10d.cpp`) reduces CPU tensors, so the same code trains
+//!   on two CPU processes in CI as on a cluster's hosts;
+//! - NCCL (ProcessGroupNCCL in `libtorch_cuda.so`, `src/nccl.cpp`, loaded by [`nccl`] only on
+//!   GPU machines) reduces CUDA tensors in place, on the GPU each rank is bound to.
+//!
+//! [`ProcessGroup::from_env_for`] takes NCCL for ranks that train on CUDA and Gloo otherwise
+//! (`LLAMAGEN_DIST_BACKEND` overrides); every collective stages its tensors on the group's
+//! [`ProcessGroup::device`] (host memory for Gloo) and back, so callers pass tensors from
+//! anywhere.
 //!
 //! A [`ProcessGroup`] is used from one thread at a time per rank, as a training loop does; every
 //! rank must call the same collectives in the same order, and a rank that dies or stops calling
@@ -20,7 +27,9 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+pub mod nccl;
 
 /// What goes wrong, with the launcher variable or the collective that failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +53,59 @@ pub enum DistributedError {
     },
     #[error("gradient buckets: {0}")]
     Buckets(String),
+}
+
+/// The c10d backend a [`ProcessGroup`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo: CPU tensors over TCP.
+    Gloo,
+    /// NCCL: CUDA tensors over NVLink, InfiniBand or TCP, on the rank's GPU.
+    Nccl,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Gloo => "Gloo",
+            Backend::Nccl => "NCCL",
+        })
+    }
+}
+
+impl Backend {
+    /// The backend for ranks whose work runs on `device`: NCCL on CUDA, Gloo on the CPU, unless
+    /// `LLAMAGEN_DIST_BACKEND` (`gloo` or `nccl`) names one.
+    pub fn for_device(device: Device) -> Result<Self, DistributedError> {
+        Self::choose(
+            device,
+            std::env::var("LLAMAGEN_DIST_BACKEND").ok().as_deref(),
+        )
+    }
+
+    /// [`Backend::for_device`] with the variable's value given.
+    pub fn choose(device: Device, named: Option<&str>) -> Result<Self, DistributedError> {
+        match named.map(str::trim) {
+            None | Some("") => Ok(if device.is_cuda() {
+                Backend::Nccl
+            } else {
+                Backend::Gloo
+            }),
+            Some(name) if name.eq_ignore_ascii_case("gloo") => Ok(Backend::Gloo),
+            Some(name) if name.eq_ignore_ascii_case("nccl") => {
+                if device.is_cuda() {
+                    Ok(Backend::Nccl)
+                } else {
+                    Err(DistributedError::Environment(format!(
+                        "LLAMAGEN_DIST_BACKEND={name} needs ranks on CUDA, and these run on {device:?}"
+                    )))
+                }
+            }
+            Some(other) => Err(DistributedError::Environment(format!(
+                "LLAMAGEN_DIST_BACKEND={other:?} is neither gloo nor nccl"
+            ))),
+        }
+    }
 }
 
 /// Where the ranks of a run meet and who this process is among them.
@@ -173,6 +235,7 @@ unsafe extern "C" {
         prefix: *const c_char,
         rank: c_int,
         world: c_int,
+        device: c_int,
         timeout_ms: i64,
         err: *mut c_char,
         err_len: usize,
@@ -246,48 +309,88 @@ fn message(buffer: &[u8]) -> String {
 /// enough that Gloo's threads work on several at once.
 pub const BUCKET_BYTES: usize = 25 << 20;
 
-/// One rank's handle on a Gloo process group of `world` ranks.
+/// One rank's handle on a process group of `world` ranks.
 pub struct ProcessGroup {
     handle: NonNull<c_void>,
     rank: usize,
     world: usize,
     local_rank: usize,
+    backend: Backend,
+    /// Where the collectives' tensors must be: the CPU for Gloo, the rank's GPU for NCCL.
+    device: Device,
 }
 
 // SAFETY: c10d backends may be called from any thread; the handle is only freed in `drop`.
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    /// The group a launcher described in the environment ([`Rendezvous::from_env`]), joined;
-    /// `None` for a single process.
+    /// The Gloo group a launcher described in the environment ([`Rendezvous::from_env`]),
+    /// joined; `None` for a single process. For the small agreements of sampling and
+    /// evaluation, whatever device they run on.
     pub fn from_env() -> Result<Option<Self>, DistributedError> {
         Rendezvous::from_env()?
             .map(|rendezvous| Self::gloo(&rendezvous))
             .transpose()
     }
 
-    /// A group of this process alone, meeting itself at a free loopback port: the data-parallel
-    /// path with no peer, for measuring its own cost or testing it.
+    /// The group a launcher described in the environment, for ranks whose work (a training
+    /// step's gradients) is on `device`: on CUDA an NCCL group on the GPU of the rank's local
+    /// rank, else Gloo ([`Backend::for_device`]). `None` for a single process.
+    pub fn from_env_for(device: Device) -> Result<Option<Self>, DistributedError> {
+        let Some(rendezvous) = Rendezvous::from_env()? else {
+            return Ok(None);
+        };
+        match Backend::for_device(device)? {
+            Backend::Gloo => Self::gloo(&rendezvous),
+            Backend::Nccl => Self::nccl(&rendezvous),
+        }
+        .map(Some)
+    }
+
+    /// A Gloo group of this process alone, meeting itself at a free loopback port: the
+    /// data-parallel path with no peer, for measuring its own cost or testing it.
     pub fn alone() -> Result<Self, DistributedError> {
+        Self::alone_on(Device::Cpu)
+    }
+
+    /// [`ProcessGroup::alone`] for work on `device`: an NCCL group on a GPU
+    /// ([`Backend::for_device`]).
+    pub fn alone_on(device: Device) -> Result<Self, DistributedError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|e| DistributedError::Environment(format!("no free loopback port: {e}")))?
             .port();
-        Self::gloo(&Rendezvous {
+        let rendezvous = Rendezvous {
             rank: 0,
             world: 1,
-            local_rank: 0,
+            local_rank: match device {
+                Device::Cuda(gpu) => gpu,
+                _ => 0,
+            },
             host: "127.0.0.1".into(),
             port,
             host_store: true,
             prefix: "/alone/".into(),
             timeout: Duration::from_secs(60),
-        })
+        };
+        Self::open(&rendezvous, Backend::for_device(device)?)
     }
 
     /// Meets the other ranks at the rendezvous and opens a Gloo group with them. Returns when
     /// every rank has arrived, or fails after the rendezvous timeout.
     pub fn gloo(rendezvous: &Rendezvous) -> Result<Self, DistributedError> {
+        Self::open(rendezvous, Backend::Gloo)
+    }
+
+    /// Meets the other ranks at the rendezvous and opens an NCCL group with them, bound to the
+    /// GPU of this rank's local rank and connected before it returns. Fails with the reason
+    /// where NCCL cannot run: a build without it, a machine without an NVIDIA driver (so
+    /// libtorch_cuda is not loaded), no such GPU, or a peer that does not arrive in time.
+    pub fn nccl(rendezvous: &Rendezvous) -> Result<Self, DistributedError> {
+        Self::open(rendezvous, Backend::Nccl)
+    }
+
+    fn open(rendezvous: &Rendezvous, backend: Backend) -> Result<Self, DistributedError> {
         let failed = |reason: String| DistributedError::Rendezvous {
             host: rendezvous.host.clone(),
             port: rendezvous.port,
@@ -300,17 +403,33 @@ impl ProcessGroup {
         let prefix = CString::new(rendezvous.prefix.as_str())
             .map_err(|_| failed("the prefix holds a NUL byte".into()))?;
         let as_int = |n: usize| c_int::try_from(n).map_err(|_| failed(format!("{n} ranks")));
+        let (rank, world) = (as_int(rendezvous.rank)?, as_int(rendezvous.world)?);
+        let timeout_ms = i64::try_from(rendezvous.timeout.as_millis()).unwrap_or(i64::MAX);
+        let (open, device): (nccl::Open, Device) = match backend {
+            Backend::Gloo => (llg_c10d_gloo, Device::Cpu),
+            Backend::Nccl => {
+                let shim = nccl::shim().map_err(|why| {
+                    failed(format!(
+                        "NCCL: {why} (LLAMAGEN_DIST_BACKEND=gloo reduces CUDA tensors through \
+                         host memory instead)"
+                    ))
+                })?;
+                (shim.open, Device::Cuda(rendezvous.local_rank))
+            }
+        };
         let mut err = vec![0u8; ERROR_BYTES];
-        // SAFETY: the strings are NUL-terminated and outlive the call; `err` has `err_len` bytes.
+        // SAFETY: the strings are NUL-terminated and outlive the call; `err` has `err_len` bytes;
+        // both entry points have the signature `nccl::Open` names.
         let handle = unsafe {
-            llg_c10d_gloo(
+            open(
                 host.as_ptr(),
                 rendezvous.port,
                 c_int::from(rendezvous.host_store),
                 prefix.as_ptr(),
-                as_int(rendezvous.rank)?,
-                as_int(rendezvous.world)?,
-                i64::try_from(rendezvous.timeout.as_millis()).unwrap_or(i64::MAX),
+                rank,
+                world,
+                as_int(rendezvous.local_rank)?,
+                timeout_ms,
                 err.as_mut_ptr().cast(),
                 err.len(),
             )
@@ -319,7 +438,7 @@ impl ProcessGroup {
         tracing::info!(
             rank = rendezvous.rank,
             world = rendezvous.world,
-            "joined the Gloo process group at {}:{}",
+            "joined the {backend} process group at {}:{} on {device:?}",
             rendezvous.host,
             rendezvous.port
         );
@@ -328,7 +447,18 @@ impl ProcessGroup {
             rank: rendezvous.rank,
             world: rendezvous.world,
             local_rank: rendezvous.local_rank,
+            backend,
+            device,
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Where the collectives run: the CPU for Gloo, this rank's GPU for NCCL.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     pub fn rank(&self) -> usize {
@@ -367,15 +497,24 @@ impl ProcessGroup {
         })
     }
 
-    /// Replaces each tensor with its sum over the ranks. Each must be dense and contiguous, and
-    /// every rank must pass tensors of the same shapes and kinds in the same order.
+    /// Replaces each tensor with its sum over the ranks. Each must be dense, contiguous and on
+    /// the group's [`ProcessGroup::device`], and every rank must pass tensors of the same shapes
+    /// and kinds in the same order.
     pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), DistributedError> {
-        if let Some(t) = tensors.iter().find(|t| !t.is_contiguous()) {
+        if let Some(t) = tensors
+            .iter()
+            .find(|t| !t.is_contiguous() || t.device() != self.device)
+        {
             return Err(DistributedError::Collective {
                 operation: "all-reduce",
                 rank: self.rank,
                 world: self.world,
-                reason: format!("a tensor of shape {:?} is not contiguous", t.size()),
+                reason: format!(
+                    "a tensor of shape {:?} on {:?} is not contiguous on {:?}",
+                    t.size(),
+                    t.device(),
+                    self.device
+                ),
             });
         }
         let pointers: Vec<*const c_void> = tensors.iter().map(|t| t.as_ptr().cast()).collect();
@@ -395,12 +534,12 @@ impl ProcessGroup {
 
     /// Replaces each tensor (a gradient, say; any layout, any device) with its mean over the
     /// ranks. The tensors are flattened into buckets of at most [`BUCKET_BYTES`] per kind and
-    /// device, reduced together in host memory, and copied back.
+    /// device, reduced together on the group's device, and copied back.
     pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), DistributedError> {
         let buckets = buckets_of(tensors, BUCKET_BYTES);
         let flats: Vec<Tensor> = buckets
             .iter()
-            .map(|bucket| flatten(tensors, bucket))
+            .map(|bucket| flatten(tensors, bucket, self.device))
             .collect();
         self.all_reduce_sum(&flats)?;
         let world = self.world as f64;
@@ -414,7 +553,7 @@ impl ProcessGroup {
     /// keep their own tensor i. Each rank receives the sums it owns and no others: the
     /// reduce-scatter of ZeRO, with parameters as the unit. The tensors (any layout, any
     /// device) are flattened into buckets of at most [`BUCKET_BYTES`] per owner, kind and
-    /// device, and all buckets are reduced together in host memory. Every rank passes the
+    /// device, and all buckets are reduced together on the group's device. Every rank passes the
     /// same shapes and owners.
     pub fn reduce_mean_to_owners(
         &self,
@@ -444,7 +583,7 @@ impl ProcessGroup {
         }
         let flats: Vec<Tensor> = owned_buckets
             .iter()
-            .map(|(_, bucket)| flatten(tensors, bucket))
+            .map(|(_, bucket)| flatten(tensors, bucket, self.device))
             .collect();
         let roots: Vec<usize> = owned_buckets.iter().map(|&(owner, _)| owner).collect();
         self.reduce_sum(&flats, &roots)?;
@@ -458,7 +597,7 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// Sums each of `tensors` (dense, contiguous, on the CPU) into rank `roots[i]`'s copy, in
+    /// Sums each of `tensors` (dense, contiguous, on the group's device) into rank `roots[i]`'s copy, in
     /// place there; the others' contents are unspecified afterwards.
     fn reduce_sum(&self, tensors: &[Tensor], roots: &[usize]) -> Result<(), DistributedError> {
         let pointers: Vec<*const c_void> = tensors.iter().map(|t| t.as_ptr().cast()).collect();
@@ -484,7 +623,7 @@ impl ProcessGroup {
 
     /// Copies rank `root`'s `tensor` into every rank's (any layout, any device).
     pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<(), DistributedError> {
-        let staged = tensor.to_device(tch::Device::Cpu).contiguous();
+        let staged = tensor.to_device(self.device).contiguous();
         self.broadcast_in_place(&staged, root)?;
         if staged.data_ptr() != tensor.data_ptr() {
             tensor.shallow_clone().copy_(&staged);
@@ -497,7 +636,7 @@ impl ProcessGroup {
     /// [`ProcessGroup::all_reduce_mean`] makes them.
     pub fn broadcast_many(&self, tensors: &[Tensor], root: usize) -> Result<(), DistributedError> {
         for bucket in buckets_of(tensors, BUCKET_BYTES) {
-            let flat = flatten(tensors, &bucket);
+            let flat = flatten(tensors, &bucket, self.device);
             self.broadcast_in_place(&flat, root)?;
             if self.rank == root {
                 continue;
@@ -526,7 +665,7 @@ impl ProcessGroup {
     /// Every rank's `tensor` (the same shape and kind on each; any layout, any device), in rank
     /// order, on the CPU.
     pub fn all_gather(&self, tensor: &Tensor) -> Result<Vec<Tensor>, DistributedError> {
-        let input = tensor.to_device(tch::Device::Cpu).contiguous();
+        let input = tensor.to_device(self.device).contiguous();
         let outputs: Vec<Tensor> = (0..self.world).map(|_| input.empty_like()).collect();
         let pointers: Vec<*const c_void> = outputs.iter().map(|t| t.as_ptr().cast()).collect();
         let mut err = vec![0u8; ERROR_BYTES];
@@ -543,7 +682,7 @@ impl ProcessGroup {
             )
         };
         self.check("all-gather", status, &err)?;
-        Ok(outputs)
+        Ok(outputs.iter().map(|t| t.to_device(Device::Cpu)).collect())
     }
 
     /// The rows of every rank's `rows` ([n_r, ...], the trailing shape and kind the same on
@@ -591,32 +730,35 @@ impl ProcessGroup {
     /// Sums `values` over the ranks, in f64 on the CPU: the small agreements a training loop
     /// needs each step (the mean loss, whether any rank was asked to stop).
     pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>, DistributedError> {
-        let tensor = Tensor::from_slice(values);
+        let tensor = Tensor::from_slice(values).to_device(self.device);
         self.all_reduce_sum(std::slice::from_ref(&tensor))?;
-        Vec::<f64>::try_from(&tensor).map_err(|e| DistributedError::Collective {
-            operation: "all-reduce",
-            rank: self.rank,
-            world: self.world,
-            reason: e.to_string(),
+        Vec::<f64>::try_from(&tensor.to_device(Device::Cpu)).map_err(|e| {
+            DistributedError::Collective {
+                operation: "all-reduce",
+                rank: self.rank,
+                world: self.world,
+                reason: e.to_string(),
+            }
         })
     }
 }
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // SAFETY: the handle came from `llg_c10d_gloo` and is freed once.
+        // SAFETY: the handle came from `llg_c10d_gloo` or the NCCL shim (the same `llg::Group`)
+        // and is freed once.
         unsafe { llg_c10d_free(self.handle.as_ptr()) }
     }
 }
 
-/// `tensors[i]` for each i of `bucket`, flattened and concatenated in host memory.
-fn flatten(tensors: &[Tensor], bucket: &[usize]) -> Tensor {
+/// `tensors[i]` for each i of `bucket`, flattened and concatenated on `device`.
+fn flatten(tensors: &[Tensor], bucket: &[usize], device: Device) -> Tensor {
     let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].reshape([-1])).collect();
-    Tensor::cat(&parts, 0).to_device(tch::Device::Cpu)
+    Tensor::cat(&parts, 0).to_device(device)
 }
 
-/// The inverse of [`flatten`]: copies consecutive pieces of `flat` (on the CPU) into `tensors[i]` for each i of `bucket`, in
-/// order, on their own device and in their own layout.
+/// The inverse of [`flatten`]: copies consecutive pieces of `flat` into `tensors[i]` for each i
+/// of `bucket`, in order, on their own device and in their own layout.
 fn unflatten_into(flat: &Tensor, tensors: &[Tensor], bucket: &[usize]) {
     let flat = flat.to_device(tensors[bucket[0]].device());
     let mut offset = 0;
@@ -631,10 +773,10 @@ fn unflatten_into(flat: &Tensor, tensors: &[Tensor], bucket: &[usize]) {
 /// Flat buffers that parameters' gradients are views of, so that the backward pass accumulates
 /// straight into the memory that is then reduced: averaging the gradients copies none of them
 /// (PyTorch DDP's `gradient_as_bucket_view`). Buckets hold at most [`BUCKET_BYTES`] of one
-/// kind, device and owner each. On the CPU the buckets are reduced in place; CUDA buckets are
-/// staged through host memory, one copy each way, as Gloo needs.
+/// kind, device and owner each. Buckets on the group's device (CPU buckets with Gloo, CUDA
+/// buckets with NCCL) are reduced in place; others are staged there, one copy each way.
 ///
-/// CPU buckets can also be reduced while the backward pass runs
+/// Buckets on the group's device can also be reduced while the backward pass runs
 /// ([`GradientBuckets::reduce_during_backward`]), each as soon as its last gradient is
 /// accumulated, as DDP's Reducer does.
 pub struct GradientBuckets {
@@ -774,8 +916,9 @@ impl GradientBuckets {
     /// calls match whatever order their engines finish in. The reduction is the layout's: an
     /// all-reduce, or a reduce to each bucket's owner for a sharded layout.
     ///
-    /// Returns whether the hooks were installed: CUDA buckets, which Gloo needs staged through
-    /// host memory, are reduced after the backward pass instead.
+    /// Returns whether the hooks were installed: buckets off the group's device (CUDA buckets
+    /// with Gloo, which stages them through host memory) are reduced after the backward pass
+    /// instead.
     pub fn reduce_during_backward(
         &mut self,
         group: &ProcessGroup,
@@ -786,7 +929,7 @@ impl GradientBuckets {
         if self
             .buckets
             .iter()
-            .any(|b| b.flat.device() != tch::Device::Cpu)
+            .any(|b| b.flat.device() != group.device())
         {
             return Ok(false);
         }
@@ -882,10 +1025,10 @@ impl GradientBuckets {
     pub fn all_reduce_mean(&self, group: &ProcessGroup) -> Result<(), DistributedError> {
         if self.armed.get() {
             self.finish_overlap(group, false)?;
-            self.unstage(group, self.staged(), |_| true);
+            self.unstage(group, self.staged(group), |_| true);
             return Ok(());
         }
-        let staged = self.staged();
+        let staged = self.staged(group);
         group.all_reduce_sum(&staged)?;
         self.unstage(group, staged, |_| true);
         Ok(())
@@ -897,10 +1040,10 @@ impl GradientBuckets {
         let mine = |b: &GradientBucket| b.owner == group.rank();
         if self.armed.get() {
             self.finish_overlap(group, true)?;
-            self.unstage(group, self.staged(), mine);
+            self.unstage(group, self.staged(group), mine);
             return Ok(());
         }
-        let staged = self.staged();
+        let staged = self.staged(group);
         let roots: Vec<usize> = self.buckets.iter().map(|b| b.owner).collect();
         group.reduce_sum(&staged, &roots)?;
         self.unstage(group, staged, mine);
@@ -962,11 +1105,11 @@ impl GradientBuckets {
                 .all(|(g, &a)| g.defined() && g.data_ptr() as usize == a)
     }
 
-    /// The buckets in host memory: CPU buckets themselves, CUDA buckets copied.
-    fn staged(&self) -> Vec<Tensor> {
+    /// The buckets on the group's device: themselves where they are there already, else copies.
+    fn staged(&self, group: &ProcessGroup) -> Vec<Tensor> {
         self.buckets
             .iter()
-            .map(|b| b.flat.to_device(tch::Device::Cpu))
+            .map(|b| b.flat.to_device(group.device()))
             .collect()
     }
 

@@ -24,6 +24,11 @@ fn free_port() -> u16 {
 /// Runs the ignored test `body` as `world` rank processes and returns their outputs in rank
 /// order.
 fn on_ranks(world: usize, body: &str) -> Vec<Output> {
+    on_ranks_over(world, body, "gloo")
+}
+
+/// [`on_ranks`] with the ranks' group on `backend` (`gloo`, or `nccl` with one GPU per rank).
+fn on_ranks_over(world: usize, body: &str, backend: &str) -> Vec<Output> {
     let port = free_port().to_string();
     let children: Vec<_> = (0..world)
         .map(|rank| {
@@ -37,10 +42,12 @@ fn on_ranks(world: usize, body: &str) -> Vec<Output> {
                     "1",
                 ])
                 .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", world.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
                 .env("LLAMAGEN_DIST_TIMEOUT", "30")
+                .env("LLAMAGEN_TEST_BACKEND", backend)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -61,12 +68,23 @@ fn printed(out: &Output) -> String {
     )
 }
 
-/// This process's group, from the variables `on_ranks` set.
+/// This process's group, from the variables `on_ranks_over` set.
 fn join() -> ProcessGroup {
     let rendezvous = Rendezvous::from_env()
         .unwrap()
         .expect("run by on_ranks, with RANK and WORLD_SIZE");
-    ProcessGroup::gloo(&rendezvous).unwrap()
+    if std::env::var("LLAMAGEN_TEST_BACKEND").as_deref() == Ok("nccl") {
+        llamagen_native::torch::load_cuda();
+        ProcessGroup::nccl(&rendezvous).unwrap()
+    } else {
+        ProcessGroup::gloo(&rendezvous).unwrap()
+    }
+}
+
+/// How many GPUs this machine's libtorch sees (none without an NVIDIA driver).
+fn gpus() -> usize {
+    llamagen_native::torch::load_cuda();
+    usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
 }
 
 #[test]
@@ -83,10 +101,35 @@ fn sums_means_broadcasts_and_barriers() {
     }
 }
 
+/// The same bodies over NCCL, one GPU per rank, where a machine has two or three; elsewhere
+/// (this CI's machines) it says it skipped. tests/nccl.rs checks the NCCL half without a GPU.
+#[test]
+fn the_same_collectives_over_nccl_on_every_gpu() {
+    let gpus = gpus();
+    if gpus < 2 {
+        eprintln!("skipped: NCCL ranks need a GPU each, and this machine has {gpus}");
+        return;
+    }
+    let world = gpus.min(3);
+    for (rank, out) in on_ranks_over(world, "rank_collectives", "nccl")
+        .iter()
+        .enumerate()
+    {
+        let text = printed(out);
+        assert!(out.status.success(), "rank {rank} of {world}:\n{text}");
+        assert!(text.contains("over NCCL"), "{text}");
+    }
+}
+
 #[test]
 #[ignore = "a rank's body, run by sums_means_broadcasts_and_barriers"]
 fn rank_collectives() {
     let group = join();
+    // Parameters live where the group reduces (the CPU for Gloo, this rank's GPU for NCCL), so
+    // that their buckets are reduced in place and during the backward pass; the other tensors
+    // stay on the CPU, which the collectives stage to the group's device and back.
+    let dev = group.device();
+    let cpu = |t: Tensor| t.to_device(tch::Device::Cpu);
     let (rank, world) = (group.rank() as f64, group.world() as f64);
     // A gradient-like set: two kinds, a vector and a strided (transposed) matrix.
     let a = Tensor::from_slice(&[rank, 1.0, 2.0 * rank]);
@@ -213,11 +256,16 @@ fn rank_collectives() {
     // Gradients as views of buckets: backward passes accumulate into them, and the means are
     // taken where they are. Parameters of two kinds, one already with a gradient.
     let params = [
-        Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f32, 2.0, 3.0])
+            .to_device(dev)
+            .set_requires_grad(true),
         Tensor::from_slice(&[1.0f64, -1.0, 0.5, 2.0])
             .view([2, 2])
+            .to_device(dev)
             .set_requires_grad(true),
-        Tensor::from_slice(&[4.0f32]).set_requires_grad(true),
+        Tensor::from_slice(&[4.0f32])
+            .to_device(dev)
+            .set_requires_grad(true),
     ];
     (&params[2] * 3.0).sum(Kind::Float).backward();
     let backward = |scale: f64| {
@@ -248,7 +296,7 @@ fn rank_collectives() {
             if owners.as_ref().is_some_and(|o| o[i] != group.rank()) {
                 continue;
             }
-            let g = p.grad().to_kind(Kind::Double).view([-1]);
+            let g = cpu(p.grad().to_kind(Kind::Double).view([-1]));
             let got = Vec::<f64>::try_from(&g).unwrap();
             assert!(got.iter().all(|&v| (v - want).abs() < 1e-6), "{i}: {got:?}");
         }
@@ -262,9 +310,15 @@ fn rank_collectives() {
     // so each parameter has a bucket of its own, numbered in that order. A bucket starts only
     // once it and every bucket before it are complete.
     let params = [
-        Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true),
-        Tensor::from_slice(&[1.0f64]).set_requires_grad(true),
-        Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true),
+        Tensor::from_slice(&[1.0f32, 2.0])
+            .to_device(dev)
+            .set_requires_grad(true),
+        Tensor::from_slice(&[1.0f64])
+            .to_device(dev)
+            .set_requires_grad(true),
+        Tensor::from_slice(&[1.0f32, 2.0, 3.0])
+            .to_device(dev)
+            .set_requires_grad(true),
     ];
     let pass = |i: usize, scale: f64| {
         let p = &params[i];
@@ -306,7 +360,7 @@ fn rank_collectives() {
                     continue;
                 }
                 let want = if step == 1 && i == 1 { 1.0 } else { 3.0 } * (mean_rank + 1.0);
-                let g = p.grad().to_kind(Kind::Double);
+                let g = cpu(p.grad().to_kind(Kind::Double));
                 let got = Vec::<f64>::try_from(&g).unwrap();
                 assert!(got.iter().all(|&v| (v - want).abs() < 1e-6), "{i}: {got:?}");
             }
@@ -329,9 +383,10 @@ fn rank_collectives() {
     }
     group.barrier().unwrap();
     println!(
-        "rank {} of {}: collectives agree",
+        "rank {} of {}: collectives agree over {}",
         group.rank(),
-        group.world()
+        group.world(),
+        group.backend()
     );
 }
 

@@ -12,8 +12,12 @@
 //!
 //! ```text
 //! cargo bench -p llamagen-pipeline --bench data_parallel_vs_pytorch -- [--llamagen DIR]
-//!     [--ranks 2] [--batch 4] [--steps 5]
+//!     [--ranks 2] [--batch 4] [--steps 5] [--device cpu|cuda]
 //! ```
+//!
+//! With `--device cuda` only the first measure runs, on the GPU: the group of one is an NCCL
+//! group, its gradient buckets reduced in place on the GPU during the backward pass (the
+//! multi-rank rows need a GPU per rank).
 //!
 //! The model is a class-conditional GPT 384 wide with 6 layers, vocabulary 16384, 256 tokens,
 //! fp32, dropouts on, AdamW with clipping; `--batch` is per rank. Without `--llamagen` (a
@@ -39,6 +43,7 @@ struct Options {
     shard: bool,
     /// Set in the rank processes of the row that reduces after the backward pass.
     after_backward: bool,
+    device: Device,
 }
 
 fn options() -> Options {
@@ -49,6 +54,7 @@ fn options() -> Options {
         steps: 5,
         shard: false,
         after_backward: false,
+        device: Device::Cpu,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -60,6 +66,17 @@ fn options() -> Options {
             "--steps" => o.steps = value().parse().expect("--steps N"),
             "--shard" => o.shard = true,
             "--after-backward" => o.after_backward = true,
+            "--device" => {
+                o.device = match value().as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => {
+                        llamagen_native::torch::load_cuda();
+                        assert!(tch::Cuda::is_available(), "--device cuda: no CUDA device");
+                        Device::Cuda(0)
+                    }
+                    other => panic!("--device cpu|cuda, not {other}"),
+                }
+            }
             _ => {}
         }
     }
@@ -79,6 +96,7 @@ fn config() -> GptConfig {
 /// seconds one averaging of the gradients takes (timed apart, after the steps), in place in
 /// their buckets and through copies.
 fn train(
+    device: Device,
     weights_path: &Path,
     batch: i64,
     steps: usize,
@@ -86,7 +104,7 @@ fn train(
     shard: bool,
     after_backward: bool,
 ) -> (f64, usize, Option<(f64, f64)>) {
-    let mut trainer = Trainer::new(config(), TrainConfig::default(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(config(), TrainConfig::default(), device).unwrap();
     weights::load_strict(&trainer.vs, weights_path).unwrap();
     if let (Some(g), true) = (group, shard) {
         trainer.shard_optimizer(g.rank(), g.world());
@@ -95,12 +113,8 @@ fn train(
     tch::manual_seed(rank);
     let c = config();
     let batches = [MicroBatch {
-        cond: Tensor::randint(c.num_classes, [batch], (Kind::Int64, Device::Cpu)),
-        codes: Tensor::randint(
-            c.vocab_size,
-            [batch, c.block_size],
-            (Kind::Int64, Device::Cpu),
-        ),
+        cond: Tensor::randint(c.num_classes, [batch], (Kind::Int64, device)),
+        codes: Tensor::randint(c.vocab_size, [batch, c.block_size], (Kind::Int64, device)),
         caption_lengths: None,
         valid: None,
     }];
@@ -123,6 +137,9 @@ fn train(
     for _ in 0..steps {
         step(&mut trainer);
     }
+    if device.is_cuda() {
+        tch::Cuda::synchronize(0);
+    }
     let seconds = started.elapsed().as_secs_f64();
     // The gradients in the trainer's order (by name), still the views of the attached buckets.
     let grads: Vec<Tensor> = trainer
@@ -137,16 +154,23 @@ fn train(
     // Averaging the bucket views in place, and (for comparison) the same gradients as
     // separate tensors, which are flattened into buckets and copied back.
     let averaging = ranks.as_ref().zip(group).filter(|_| !shard).map(|(r, g)| {
+        let sync = || {
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+        };
         let started = Instant::now();
         for _ in 0..steps {
             r.mean(&grads).unwrap();
         }
+        sync();
         let in_place = started.elapsed().as_secs_f64() / steps as f64;
         let copies: Vec<Tensor> = grads.iter().map(Tensor::copy).collect();
         let started = Instant::now();
         for _ in 0..steps {
             g.all_reduce_mean(&copies).unwrap();
         }
+        sync();
         (in_place, started.elapsed().as_secs_f64() / steps as f64)
     });
     (seconds, trainer.optimizer_bytes(), averaging)
@@ -168,6 +192,7 @@ fn as_rank(o: &Options, weights_path: &Path) {
         .expect("RANK and WORLD_SIZE");
     let group = ProcessGroup::gloo(&rendezvous).unwrap();
     let (seconds, bytes, _) = train(
+        o.device,
         weights_path,
         o.batch,
         o.steps,
@@ -294,27 +319,43 @@ fn main() {
     .unwrap();
     let global = o.batch * o.ranks as i64;
     println!(
-        "data-parallel training on the CPU: GPT 384 wide, 6 layers, vocab 16384, 256 tokens, fp32, \
+        "data-parallel training on {}: GPT 384 wide, 6 layers, vocab 16384, 256 tokens, fp32, \
          {} ranks x batch {} (global {global}), {} timed steps",
-        o.ranks, o.batch, o.steps
+        match o.device {
+            Device::Cuda(_) => "CUDA",
+            _ => "the CPU",
+        },
+        o.ranks,
+        o.batch,
+        o.steps
     );
 
     // The data-parallel path's own cost, at one rank and the global batch.
     let threads = tch::get_num_threads();
     // Alternated, two rounds each, so that drift in this shared machine's speed lands on both.
-    let one = ProcessGroup::alone().unwrap();
+    let one = ProcessGroup::alone_on(o.device).unwrap();
     let (mut alone_seconds, mut grouped_seconds, mut whole_bytes) = (Vec::new(), Vec::new(), 0);
     let (mut in_place, mut copied) = (0.0, 0.0);
     for _ in 0..2 {
-        let (seconds, bytes, _) = train(&weights_path, global, o.steps, None, false, false);
+        let (seconds, bytes, _) =
+            train(o.device, &weights_path, global, o.steps, None, false, false);
         alone_seconds.push(seconds);
         whole_bytes = bytes;
-        let (seconds, _, mean) = train(&weights_path, global, o.steps, Some(&one), false, false);
+        let (seconds, _, mean) = train(
+            o.device,
+            &weights_path,
+            global,
+            o.steps,
+            Some(&one),
+            false,
+            false,
+        );
         grouped_seconds.push(seconds);
         let (a, b) = mean.unwrap_or((f64::NAN, f64::NAN));
         in_place += a / 2.0;
         copied += b / 2.0;
     }
+    let one_backend = one.backend();
     drop(one);
     let rate =
         |seconds: &[f64]| tokens_per_second(global, o.steps, seconds.iter().sum::<f64>() / 2.0);
@@ -327,12 +368,15 @@ fn main() {
             .join(" and ")
     };
     row(
-        &format!("ours, one process ({threads} threads)"),
+        &match o.device {
+            Device::Cuda(_) => "ours, one process (CUDA)".to_string(),
+            _ => format!("ours, one process ({threads} threads)"),
+        },
         alone,
         format!("rounds: {}", rounds(&alone_seconds)),
     );
     row(
-        "ours, in a group of one",
+        &format!("ours, in a group of one ({})", one_backend),
         grouped,
         format!(
             "overhead {:+.1} %; rounds: {}",
@@ -349,6 +393,10 @@ fn main() {
         copied * 1e3,
         copied / step_seconds * 100.0
     );
+    if o.device.is_cuda() {
+        println!("  (the rank rows run on the CPU: one GPU per rank)");
+        return;
+    }
     let (ranks, _) = launch_ranks(&o, &weights_path, false, false);
     row(
         &format!("ours, {} ranks x 1 thread (Gloo)", o.ranks),

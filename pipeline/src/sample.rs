@@ -283,10 +283,24 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 
 /// [`device`] for one rank of `group`: on CUDA, the GPU of its local rank.
 pub fn rank_device(name: &str, group: Option<&ProcessGroup>) -> anyhow::Result<Device> {
-    Ok(match (device(name)?, group) {
+    Ok(on_rank(device(name)?, group))
+}
+
+/// The group a launcher described in the environment, for ranks that train on the device
+/// `name` names, and this rank's device: NCCL on the GPU of its local rank, Gloo on CPUs
+/// ([`ProcessGroup::from_env_for`]). `None` and the device itself for a single process.
+pub fn join_for_training(name: &str) -> anyhow::Result<(Option<ProcessGroup>, Device)> {
+    let device = device(name)?;
+    let group = ProcessGroup::from_env_for(device)?;
+    let device = on_rank(device, group.as_ref());
+    Ok((group, device))
+}
+
+fn on_rank(device: Device, group: Option<&ProcessGroup>) -> Device {
+    match (device, group) {
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
         (device, _) => device,
-    })
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {

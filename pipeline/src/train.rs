@@ -468,7 +468,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
     {
         bail!("--global-batch-size must be a positive multiple of --gradient-accumulation");
     }
-    let group = ProcessGroup::from_env()?;
+    let (group, device) = crate::sample::join_for_training(&args.device)?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
     if !args
         .global_batch_size
@@ -480,7 +480,6 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             args.gradient_accumulation
         );
     }
-    let device = crate::sample::rank_device(&args.device, group.as_ref())?;
     let mut data = Source::open(args)?;
     let conditioning = if args.t5.is_some() {
         Conditioning::Text
@@ -792,13 +791,14 @@ pub struct Ranks<'a> {
     group: &'a ProcessGroup,
     /// The buckets and the owners they were laid out for.
     buckets: RefCell<Option<(GradientBuckets, Option<Vec<usize>>)>>,
-    /// Whether CPU buckets are reduced during the backward pass.
+    /// Whether buckets are reduced during the backward pass.
     overlap: bool,
 }
 
 impl<'a> Ranks<'a> {
-    /// Reduces each CPU bucket during the backward pass, as soon as its gradients are complete
-    /// (CUDA buckets, staged through host memory for Gloo, after it).
+    /// Reduces each bucket during the backward pass, as soon as its gradients are complete,
+    /// where the bucket is on the group's device (CPU buckets with Gloo, CUDA buckets with
+    /// NCCL); CUDA buckets under Gloo, staged through host memory, after it.
     pub fn new(group: &'a ProcessGroup) -> Self {
         Ranks {
             group,

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use llamagen_distributed::ProcessGroup;
 use llamagen_encode::dataset::{mix, permutation};
 use llamagen_encode::source::{Fingerprint, Sample, Shard};
 use llamagen_models::train::MixedPrecision;
@@ -458,7 +457,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     if args.global_batch_size == 0 || args.image_size == 0 {
         bail!("--global-batch-size and --image-size must be positive");
     }
-    let group = ProcessGroup::from_env()?;
+    let (group, device) = crate::sample::join_for_training(&args.device)?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
     if !args.global_batch_size.is_multiple_of(world) {
         bail!(
@@ -467,7 +466,6 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
         );
     }
     let local = args.global_batch_size / world;
-    let device = crate::sample::rank_device(&args.device, group.as_ref())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let resumed = resume_newest_usable(&args.out, |path| {
