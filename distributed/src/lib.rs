@@ -340,11 +340,7 @@ impl ProcessGroup {
         let Some(rendezvous) = Rendezvous::from_env()? else {
             return Ok(None);
         };
-        match Backend::for_device(device)? {
-            Backend::Gloo => Self::gloo(&rendezvous),
-            Backend::Nccl => Self::nccl(&rendezvous),
-        }
-        .map(Some)
+        Self::open(&rendezvous, Backend::for_device(device)?).map(Some)
     }
 
     /// A Gloo group of this process alone, meeting itself at a free loopback port: the
@@ -510,7 +506,7 @@ impl ProcessGroup {
                 rank: self.rank,
                 world: self.world,
                 reason: format!(
-                    "a tensor of shape {:?} on {:?} is not contiguous on {:?}",
+                    "a tensor of shape {:?} on {:?} is not contiguous, or not on the group's {:?}",
                     t.size(),
                     t.device(),
                     self.device
@@ -597,8 +593,8 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// Sums each of `tensors` (dense, contiguous, on the group's device) into rank `roots[i]`'s copy, in
-    /// place there; the others' contents are unspecified afterwards.
+    /// Sums each of `tensors` (dense, contiguous, on the group's device) into rank `roots[i]`'s
+    /// copy, in place there; the others' contents are unspecified afterwards.
     fn reduce_sum(&self, tensors: &[Tensor], roots: &[usize]) -> Result<(), DistributedError> {
         let pointers: Vec<*const c_void> = tensors.iter().map(|t| t.as_ptr().cast()).collect();
         let roots: Vec<c_int> = roots

@@ -150,7 +150,7 @@ fn case_one_gpu() {
         refused
             .unwrap_err()
             .to_string()
-            .contains("not contiguous on Cuda(0)")
+            .contains("not on the group's Cuda(0)")
     );
     assert_eq!(group.sum_f64(&[1.5, -2.0]).unwrap(), [1.5, -2.0]);
     let gathered = group.all_gather(&t).unwrap();
