@@ -52,10 +52,20 @@ pub fn version() -> Result<String, String> {
     shim().map(Shim::version)
 }
 
-/// The shim, loaded on first use; an error says why it cannot be.
+/// The shim, loaded on first use once libtorch_cuda is loaded; an error says why it cannot be.
+/// Only the load's outcome is kept: a call before libtorch_cuda is loaded is refused and a
+/// later one tries again.
 pub(crate) fn shim() -> Result<&'static Shim, String> {
     static LOADED: std::sync::OnceLock<Result<Shim, String>> = std::sync::OnceLock::new();
+    if LOADED.get().is_none() {
+        cuda_loaded()?;
+    }
     LOADED.get_or_init(load).as_ref().map_err(Clone::clone)
+}
+
+#[cfg(not(llamagen_nccl))]
+fn cuda_loaded() -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(not(llamagen_nccl))]
@@ -63,9 +73,9 @@ fn load() -> Result<Shim, String> {
     Err("this build has no NCCL: its libtorch had no CUDA half (libtorch_cuda.so)".into())
 }
 
+/// Whether libtorch_cuda, whose libraries the shim needs by name, is loaded in this process.
 #[cfg(llamagen_nccl)]
-fn load() -> Result<Shim, String> {
-    static BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libllamagen_nccl.so"));
+fn cuda_loaded() -> Result<(), String> {
     // SAFETY: a NUL-terminated soname; RTLD_NOLOAD only looks, and the handle it returns for a
     // loaded library is a reference we keep (the library stays loaded regardless).
     let cuda = unsafe {
@@ -80,6 +90,12 @@ fn load() -> Result<Shim, String> {
                 .into(),
         );
     }
+    Ok(())
+}
+
+#[cfg(llamagen_nccl)]
+fn load() -> Result<Shim, String> {
+    static BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libllamagen_nccl.so"));
     let (file, path) = in_memory_file(BYTES)?;
     let name = std::ffi::CString::new(path).map_err(|e| e.to_string())?;
     // SAFETY: a NUL-terminated path; the handle is kept for the life of the process on purpose

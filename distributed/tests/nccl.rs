@@ -2,7 +2,7 @@
 //! binary, loads once libtorch_cuda is loaded, reports the NCCL release the torch wheel pins,
 //! and reaches ProcessGroupNCCL's own constructor, whose refusal (no GPU here) comes back as a
 //! rendezvous error with libtorch's reason. Where libtorch_cuda is not loaded (a CPU machine's
-//! normal state) the error says so. On a GPU machine a group of one rank reduces CUDA tensors
+//! normal state) the error says so, and a call after it is loaded succeeds. On a GPU machine a group of one rank reduces CUDA tensors
 //! in place, during the backward pass (tests/gloo.rs runs its multi-rank bodies over NCCL where
 //! there are GPUs enough).
 //!
@@ -55,7 +55,8 @@ fn in_process(body: &str, vars: &[(&str, &str)]) -> String {
 
 #[test]
 fn without_libtorch_cuda_nccl_is_refused_with_the_reason() {
-    let text = in_process("case_cuda_not_loaded", &[("LLAMAGEN_LOAD_CUDA", "0")]);
+    // The variable lets the case load libtorch_cuda itself, after its first refusals.
+    let text = in_process("case_cuda_not_loaded", &[("LLAMAGEN_LOAD_CUDA", "1")]);
     assert!(text.contains("case passed"), "{text}");
 }
 
@@ -71,6 +72,11 @@ fn case_cuda_not_loaded() {
     };
     assert!(err.contains(why), "{err}");
     assert!(nccl::version().unwrap_err().contains(why));
+    if nccl::BUILT {
+        // The refusal is not kept: once libtorch_cuda is loaded the shim loads.
+        llamagen_native::torch::load_cuda();
+        assert_eq!(nccl::version().unwrap(), "2.28.9");
+    }
     println!("case passed: {err}");
 }
 
