@@ -12,7 +12,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(llamagen_nccl)");
     println!("cargo:rerun-if-changed=src/nccl.cpp");
     println!("cargo:rerun-if-changed=src/c10d_group.h");
-    let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH is set"));
+    let libtorch = libtorch_dir();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     match cuda_headers(&libtorch) {
         Some(includes) => {
@@ -46,22 +46,14 @@ fn cuda_headers(libtorch: &Path) -> Option<Vec<PathBuf>> {
 /// half. It carries no rpath: it is loaded only after libtorch_cuda, whose libraries then
 /// satisfy its needs by name.
 fn build_nccl_shim(libtorch: &Path, cuda_includes: &[PathBuf], target: &Path) {
-    let include = libtorch.join("include");
-    let mut build = cc::Build::new();
+    let mut build = libtorch_build(libtorch);
     build
-        .cpp(true)
         .pic(true)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include("../native/cpp")
         .include("src")
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
         // The definitions libtorch_cuda was built with, which select ProcessGroupNCCL's
         // declarations in its header.
         .define("USE_C10D_NCCL", None)
-        .define("USE_CUDA", None)
-        .warnings(false);
+        .define("USE_CUDA", None);
     for folder in cuda_includes {
         build.include(folder);
     }

@@ -104,6 +104,12 @@ fn train(
     shard: bool,
     after_backward: bool,
 ) -> (f64, usize, Option<(f64, f64)>) {
+    // Timings end when the GPU's queued work has, not when the host has queued it.
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
     let mut trainer = Trainer::new(config(), TrainConfig::default(), device).unwrap();
     weights::load_strict(&trainer.vs, weights_path).unwrap();
     if let (Some(g), true) = (group, shard) {
@@ -137,9 +143,7 @@ fn train(
     for _ in 0..steps {
         step(&mut trainer);
     }
-    if device.is_cuda() {
-        tch::Cuda::synchronize(0);
-    }
+    sync();
     let seconds = started.elapsed().as_secs_f64();
     // The gradients in the trainer's order (by name), still the views of the attached buckets.
     let grads: Vec<Tensor> = trainer
@@ -154,11 +158,6 @@ fn train(
     // Averaging the bucket views in place, and (for comparison) the same gradients as
     // separate tensors, which are flattened into buckets and copied back.
     let averaging = ranks.as_ref().zip(group).filter(|_| !shard).map(|(r, g)| {
-        let sync = || {
-            if device.is_cuda() {
-                tch::Cuda::synchronize(0);
-            }
-        };
         let started = Instant::now();
         for _ in 0..steps {
             r.mean(&grads).unwrap();
