@@ -53,3 +53,56 @@ fn libtorch_build(libtorch: &std::path::Path) -> cc::Build {
         .warnings(false);
     build
 }
+
+/// The include folders holding each of `headers` among the CUDA wheels that torch's CUDA wheel
+/// depends on (`site-packages/nvidia/*/include`), when libtorch has a CUDA half; `None` if it
+/// has none or a header is missing.
+fn cuda_headers(libtorch: &std::path::Path, headers: &[&str]) -> Option<Vec<std::path::PathBuf>> {
+    if !libtorch.join("lib/libtorch_cuda.so").exists() {
+        return None;
+    }
+    // LIBTORCH may be a link to the wheel's folder (scripts/setup.sh makes `.venv/libtorch`).
+    let nvidia = libtorch.canonicalize().ok()?.parent()?.join("nvidia");
+    let folders: Vec<std::path::PathBuf> = std::fs::read_dir(&nvidia)
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path().join("include")))
+        .collect();
+    headers
+        .iter()
+        .map(|header| folders.iter().find(|f| f.join(header).exists()).cloned())
+        .collect()
+}
+
+/// Compiles `source` (with `defines` and the CUDA `includes`) and links it into the shared
+/// object `target` against libtorch's CUDA half. It carries no rpath: it is loaded only after
+/// libtorch_cuda (llamagen-native's `shim`), whose libraries then satisfy its needs by name.
+fn build_cuda_shim(
+    libtorch: &std::path::Path,
+    source: &str,
+    defines: &[&str],
+    includes: &[std::path::PathBuf],
+    target: &std::path::Path,
+) {
+    println!("cargo:rerun-if-changed={source}");
+    let mut build = libtorch_build(libtorch);
+    build.pic(true).include("src");
+    for define in defines {
+        build.define(define, None);
+    }
+    for folder in includes {
+        build.include(folder);
+    }
+    let objects = build.file(source).compile_intermediates();
+    let status = build
+        .get_compiler()
+        .to_command()
+        .arg("-shared")
+        .arg("-o")
+        .arg(target)
+        .args(&objects)
+        .arg(format!("-L{}", libtorch.join("lib").display()))
+        .args(["-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10"])
+        .status()
+        .expect("running the C++ compiler to link a CUDA shim");
+    assert!(status.success(), "linking {} failed", target.display());
+}

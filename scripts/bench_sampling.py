@@ -5,7 +5,7 @@ benchmark wrote, timed the same way (wall clock around the call, CPU threads as 
 after one untimed warm-up call, with the clock stopped after torch.cuda.synchronize()).
 
     .venv/bin/python scripts/bench_sampling.py --llamagen /tmp/llamagen gpt \
-        --weights gpt_b.safetensors --image-size 256 --classes 8 --cfg-scale 4.0
+        --weights gpt_b.safetensors --gpt-model GPT-B --image-size 256 --classes 8 --cfg-scale 4.0
     .venv/bin/python scripts/bench_sampling.py --llamagen /tmp/llamagen vq \
         --weights vq16.safetensors --image-size 256 --images 8
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("what", choices=["gpt", "vq"])
     parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--gpt-model", default="GPT-B", help="a key of LlamaGen's GPT_models")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--cfg-scale", type=float, default=4.0)
@@ -54,10 +55,10 @@ def main() -> None:
 
     if args.what == "gpt":
         from autoregressive.models.generate import generate
-        from autoregressive.models.gpt import GPT_B
+        from autoregressive.models.gpt import GPT_models
 
         grid = args.image_size // 16
-        model = GPT_B(block_size=grid * grid, cls_token_num=1, model_type="c2i", vocab_size=16384)
+        model = GPT_models[args.gpt_model](block_size=grid * grid, cls_token_num=1, model_type="c2i", vocab_size=16384)
         model.load_state_dict(state, strict=True)
         # As sample_c2i.py: the model moves to the device in the sampling precision.
         model.to(device=device, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)

@@ -149,6 +149,30 @@ fn check_torch(report: &mut Report) {
         );
     }
     check_nccl(report, info.cuda_available);
+    check_cuda_graphs(report, info.cuda_available);
+}
+
+/// Whether sampling on a GPU can replay its decode step as a CUDA graph: on a GPU machine the
+/// face must load (where it does not, sampling decodes eagerly, several times slower),
+/// elsewhere it is only reported.
+fn check_cuda_graphs(report: &mut Report, gpu: bool) {
+    use llamagen_models::cuda_graph;
+    let name = "CUDA graphs";
+    if std::env::var("LLAMAGEN_CUDA_GRAPHS").as_deref() == Ok("0") {
+        return report.info(
+            name,
+            "off (LLAMAGEN_CUDA_GRAPHS=0): sampling decodes eagerly",
+        );
+    }
+    match (cuda_graph::available(), gpu) {
+        (Ok(()), _) => report.line(true, name, "sampling replays its decode step as a graph"),
+        (Err(why), true) => report.line(false, name, why),
+        (Err(_), false) if cuda_graph::BUILT => report.info(
+            name,
+            "built in, for sampling on CUDA (no GPU here: sampling runs on the CPU)",
+        ),
+        (Err(why), false) => report.info(name, format!("no: {why}")),
+    }
 }
 
 /// Whether data-parallel training on GPUs can reduce over NCCL: on a GPU machine it must load

@@ -329,6 +329,38 @@ fn doctor_names_what_is_missing() {
     assert!(report.contains("2 problem(s)"), "{report}");
 }
 
+/// With libtorch's CUDA half loaded (forced here, where there is no driver), both faces the
+/// binary carries for it load side by side: NCCL for training ranks, CUDA graphs for sampling.
+#[test]
+fn doctor_loads_the_cuda_faces_beside_libtorch_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = llamagen(dir.path())
+        .args(["doctor", "--no-db"])
+        .env("LLAMAGEN_LOAD_CUDA", "1")
+        .output()
+        .unwrap();
+    let report = text(&out);
+    if !(llamagen_distributed::nccl::BUILT && llamagen_models::cuda_graph::BUILT) {
+        eprintln!("skipped: this build's libtorch has no CUDA half");
+        return;
+    }
+    assert!(report.contains("[ ok ] NCCL          2.28.9"), "{report}");
+    assert!(
+        report.contains("[ ok ] CUDA graphs   sampling replays its decode step"),
+        "{report}"
+    );
+    let out = llamagen(dir.path())
+        .args(["doctor", "--no-db"])
+        .env("LLAMAGEN_CUDA_GRAPHS", "0")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("[info] CUDA graphs   off (LLAMAGEN_CUDA_GRAPHS=0)"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// Exports the FID Inception with seeded random weights (the real ones cannot be downloaded
 /// here) through the project's own script.
 fn random_inception(dir: &Path) -> PathBuf {

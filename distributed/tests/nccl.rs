@@ -9,10 +9,10 @@
 //! Each case runs in a process of its own, because whether libtorch_cuda is loaded, and the
 //! shim with it, is decided once per process.
 
-use std::process::Command;
 use std::time::Duration;
 
 use llamagen_distributed::{Backend, GradientBuckets, ProcessGroup, Rendezvous, nccl};
+use llamagen_native::testing::run_case_in_fresh_process;
 use tch::{Device, Kind, Tensor};
 
 fn has_gpu() -> bool {
@@ -37,26 +37,10 @@ fn rendezvous() -> Rendezvous {
     }
 }
 
-/// Runs the ignored test `body` in a fresh process with `vars` set, and returns what it printed.
-fn in_process(body: &str, vars: &[(&str, &str)]) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([body, "--exact", "--ignored", "--nocapture"])
-        .envs(vars.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{body}:\n{text}");
-    text
-}
-
 #[test]
 fn without_libtorch_cuda_nccl_is_refused_with_the_reason() {
     // The variable lets the case load libtorch_cuda itself, after its first refusals.
-    let text = in_process("case_cuda_not_loaded", &[("LLAMAGEN_LOAD_CUDA", "1")]);
+    let text = run_case_in_fresh_process("case_cuda_not_loaded", &[("LLAMAGEN_LOAD_CUDA", "1")]);
     assert!(text.contains("case passed"), "{text}");
 }
 
@@ -89,7 +73,7 @@ fn with_libtorch_cuda_the_shim_reaches_process_group_nccl() {
         );
         return;
     }
-    let text = in_process("case_cuda_loaded", &[("LLAMAGEN_LOAD_CUDA", "1")]);
+    let text = run_case_in_fresh_process("case_cuda_loaded", &[("LLAMAGEN_LOAD_CUDA", "1")]);
     assert!(text.contains("case passed"), "{text}");
 }
 
@@ -136,7 +120,7 @@ fn on_a_gpu_one_rank_reduces_cuda_buckets_during_the_backward_pass() {
         eprintln!("skipped: no NVIDIA driver on this machine");
         return;
     }
-    let text = in_process("case_one_gpu", &[]);
+    let text = run_case_in_fresh_process("case_one_gpu", &[]);
     assert!(text.contains("case passed"), "{text}");
 }
 

@@ -3,13 +3,18 @@
 //!
 //! - GPT-B token generation (KV cache, fp32) for 16 images without guidance and for 8 images
 //!   with guidance (scale 4, so a doubled batch of 16), at 256 px (16 x 16 tokens) and 384 px
-//!   (24 x 24 tokens); LlamaGen's `generate` on the same safetensors;
+//!   (24 x 24 tokens); LlamaGen's `generate` on the same safetensors. The paper's Table 7 is
+//!   the 384 px row with guidance. `--models GPT-B,GPT-L,GPT-XL` adds the larger models.
 //! - VQ-16 `decode_code` of 8 images at 256 px, ours against LlamaGen's `VQModel`.
 //!
 //! ```text
 //! cargo bench -p llamagen-models --bench sampling_vs_llamagen -- [--llamagen DIR] [--sizes 256,384] [--repeat N]
-//!     [--device cpu|cuda] [--precision fp32|bf16]
+//!     [--device cpu|cuda] [--precision fp32|bf16] [--models GPT-B,...] [--decoders eager,static,graph]
 //! ```
+//!
+//! Our side runs once per decoder (`llamagen_models::generate::Decoder`): by default the eager
+//! loop on the CPU, and the eager loop and the CUDA graph on CUDA, each row against the same
+//! LlamaGen figure. `static` times the fixed-shape step run eagerly (what the graph records).
 //!
 //! On CUDA both sides run one untimed warm-up first (CUDA context, cuBLAS handles) and the
 //! clock stops after a device synchronise; `--precision bf16` casts the GPT's weights as
@@ -24,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use llamagen_models::generate::{Sampling, generate};
+use llamagen_models::generate::{Decoder, Sampling, generate_with};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
 use llamagen_models::vq::{VqConfig, VqModel};
 use llamagen_models::weights;
@@ -48,6 +53,9 @@ struct Options {
     /// "fp32" or "bf16" (CUDA only), as `llamagen sample --precision`.
     precision: String,
     sizes: Vec<i64>,
+    /// GPT sizes by name, as `GptConfig::named`.
+    models: Vec<String>,
+    decoders: Vec<Decoder>,
     /// Runs per measurement; the best is reported (these machines are shared and noisy).
     repeat: usize,
 }
@@ -58,6 +66,8 @@ fn options() -> Options {
     let mut repeat = 1;
     let mut device = Device::Cpu;
     let mut precision = "fp32".to_string();
+    let mut models = vec!["GPT-B".to_string()];
+    let mut decoders = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -74,11 +84,37 @@ fn options() -> Options {
                 device = match args.next().as_deref() {
                     Some("cuda") => {
                         // libtorch's CUDA half, which the linker leaves out (no LD_PRELOAD needed).
-                        let _ = llamagen_native::torch::load_cuda();
+                        let load = llamagen_native::torch::load_cuda();
+                        assert!(
+                            tch::Cuda::is_available(),
+                            "--device cuda, but no CUDA device: {load}"
+                        );
                         Device::Cuda(0)
                     }
                     _ => Device::Cpu,
                 }
+            }
+            "--models" => {
+                models = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--decoders" => {
+                decoders = Some(
+                    args.next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(|d| match d {
+                            "eager" => Decoder::Eager,
+                            "static" => Decoder::Static,
+                            "graph" => Decoder::CudaGraph,
+                            other => panic!("--decoders takes eager, static, graph; got {other}"),
+                        })
+                        .collect(),
+                )
             }
             "--precision" => precision = args.next().unwrap_or_else(|| "fp32".into()),
             "--repeat" => repeat = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
@@ -89,11 +125,20 @@ fn options() -> Options {
         precision == "fp32" || (precision == "bf16" && device.is_cuda()),
         "--precision is fp32, or bf16 with --device cuda"
     );
+    let decoders = decoders.unwrap_or_else(|| {
+        if device.is_cuda() {
+            vec![Decoder::Eager, Decoder::CudaGraph]
+        } else {
+            vec![Decoder::Eager]
+        }
+    });
     Options {
         llamagen,
         device,
         precision,
         sizes,
+        models,
+        decoders,
         repeat,
     }
 }
@@ -145,16 +190,16 @@ fn best_of(device: Device, repeat: usize, mut run: impl FnMut()) -> f64 {
 fn row(what: &str, ours: f64, theirs: Option<f64>) {
     match theirs {
         Some(t) => println!(
-            "  {what:<44} ours {ours:>7.2} s   LlamaGen {t:>7.2} s   {:.2}x",
+            "  {what:<64} ours {ours:>7.2} s   LlamaGen {t:>7.2} s   {:.2}x",
             t / ours
         ),
-        None => println!("  {what:<44} ours {ours:>7.2} s   LlamaGen (no checkout given)"),
+        None => println!("  {what:<64} ours {ours:>7.2} s   LlamaGen (no checkout given)"),
     }
 }
 
-fn gpt_b(dir: &Path, grid: i64, opts: &Options) -> (VarStore, Gpt, PathBuf) {
+fn gpt(name: &str, dir: &Path, grid: i64, opts: &Options) -> (VarStore, Gpt, PathBuf) {
     tch::manual_seed(1);
-    let mut config = GptConfig::named("GPT-B", Conditioning::Class, grid).unwrap();
+    let mut config = GptConfig::named(name, Conditioning::Class, grid).unwrap();
     config.vocab_size = 16384;
     let mut vs = VarStore::new(opts.device);
     let model = Gpt::new(&vs.root(), config).unwrap();
@@ -163,7 +208,7 @@ fn gpt_b(dir: &Path, grid: i64, opts: &Options) -> (VarStore, Gpt, PathBuf) {
         let mut output = vs.variables()["output.weight"].shallow_clone();
         output.copy_(&(Tensor::randn(output.size(), (Kind::Float, opts.device)) * 0.02));
     });
-    let path = dir.join(format!("gpt_b_{grid}.safetensors"));
+    let path = dir.join(format!("{name}_{grid}.safetensors"));
     weights::save(&vs, &path).unwrap();
     if opts.precision == "bf16" {
         vs.set_kind(Kind::BFloat16);
@@ -183,13 +228,17 @@ fn main() {
         format!("the CPU ({threads} libtorch threads)")
     };
     println!(
-        "sampling on {on}, GPT-B {} with KV cache, top-k 0, top-p 1",
+        "sampling on {on}, {} with KV cache, top-k 0, top-p 1",
         opts.precision
     );
 
-    for size in &opts.sizes {
+    for (name, size) in opts
+        .models
+        .iter()
+        .flat_map(|m| opts.sizes.iter().map(move |s| (m, s)))
+    {
         let grid = size / 16;
-        let (_vs, model, path) = gpt_b(dir.path(), grid, &opts);
+        let (_vs, model, path) = gpt(name, dir.path(), grid, &opts);
         let w = path.to_str().unwrap();
         let size_s = size.to_string();
         for (images, cfg) in [(16i64, 1.0f64), (8, 4.0)] {
@@ -200,10 +249,6 @@ fn main() {
                 top_k: 0,
                 ..Sampling::default()
             };
-            let ours = best_of(opts.device, opts.repeat, || {
-                let codes = generate(&model, &cond, None, &sampling, &seeds).unwrap();
-                assert_eq!(codes.size(), [images, grid * grid]);
-            });
             let theirs = peer(
                 llamagen,
                 opts.repeat,
@@ -217,6 +262,8 @@ fn main() {
                     "gpt",
                     "--weights",
                     w,
+                    "--gpt-model",
+                    name,
                     "--image-size",
                     &size_s,
                     "--classes",
@@ -226,11 +273,18 @@ fn main() {
                 ],
             );
             let label = if cfg > 1.0 {
-                format!("{size} px, {images} images, CFG {cfg} (batch 16)")
+                format!("{name} {size} px, {images} images, CFG {cfg} (batch 16)")
             } else {
-                format!("{size} px, {images} images, no CFG")
+                format!("{name} {size} px, {images} images, no CFG")
             };
-            row(&label, ours, theirs);
+            for &decoder in &opts.decoders {
+                let ours = best_of(opts.device, opts.repeat, || {
+                    let codes =
+                        generate_with(&model, &cond, None, &sampling, &seeds, decoder).unwrap();
+                    assert_eq!(codes.size(), [images, grid * grid]);
+                });
+                row(&format!("{label}, {decoder:?}"), ours, theirs);
+            }
         }
     }
 

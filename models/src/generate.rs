@@ -1,17 +1,20 @@
 //! Autoregressive sampling as LlamaGen's `generate`: prefill the condition prefix, then decode
 //! one token at a time from the KV cache, with classifier-free guidance and top-k / top-p /
-//! temperature filtering.
+//! temperature filtering. On CUDA the decode step is recorded once as a CUDA graph and replayed
+//! for every further token ([`Decoder`]).
 //!
 //! Randomness is per sample: each row of the batch draws its tokens from its own seeded stream
-//! (inverse-CDF sampling with splitmix64 uniforms), so a sample depends only on its seed and
+//! (inverse-CDF sampling with splitmix64 uniforms, computed on the model's device so that no
+//! step waits on the host), so a sample depends only on its seed and
 //! condition, not on the batch it ran in, the device, other threads using libtorch's global
 //! generator, or a resumed run. LlamaGen draws with `torch.multinomial` from the global
 //! generator instead; the distribution sampled is the same, the particular draws are not.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
-use crate::gpt::Gpt;
+use crate::cuda_graph::{self, CudaGraph};
+use crate::gpt::{Gpt, KvCache};
 
 /// Sampling settings; the defaults are the paper's FID settings for class-conditional
 /// ImageNet (guidance 1.5 for LlamaGen's released B/L models, no top-k/top-p, temperature 1).
@@ -74,7 +77,58 @@ impl Sampling {
     }
 }
 
-/// Generates every image token for a batch of conditions.
+/// How the decode loop runs; every choice samples the same tokens for the same seeds, up to
+/// floating-point rounding in the attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Decoder {
+    /// [`Decoder::CudaGraph`] on a CUDA device where this process can capture graphs (unless
+    /// `LLAMAGEN_CUDA_GRAPHS=0`), else [`Decoder::Eager`]; a GPU that falls back says why in
+    /// the log.
+    #[default]
+    Auto,
+    /// One step per token over the filled part of the cache, each kernel launched from the
+    /// host: the reference path.
+    Eager,
+    /// [`Gpt::decode_step_at`], run eagerly: the fixed-shape step a graph records, on any
+    /// device (on the CPU it shows that the graph's step samples what the eager one does).
+    Static,
+    /// The fixed-shape step run eagerly once, then recorded as a CUDA graph and replayed for
+    /// every further token; sampling runs eagerly between replays, on the device.
+    CudaGraph,
+}
+
+impl Decoder {
+    /// The decoder that runs on `device`: resolves [`Decoder::Auto`] and refuses a CUDA graph
+    /// off CUDA.
+    pub fn resolve(self, device: Device) -> Result<Decoder, ModelError> {
+        match (self, device) {
+            (Decoder::Auto, Device::Cuda(_)) => {
+                if std::env::var("LLAMAGEN_CUDA_GRAPHS").as_deref() == Ok("0") {
+                    return Ok(Decoder::Eager);
+                }
+                Ok(match cuda_graph::available() {
+                    Ok(()) => Decoder::CudaGraph,
+                    Err(why) => {
+                        tracing::warn!("sampling without CUDA graphs (eager decoding): {why}");
+                        Decoder::Eager
+                    }
+                })
+            }
+            (Decoder::Auto, _) => Ok(Decoder::Eager),
+            (Decoder::CudaGraph, Device::Cuda(_)) => {
+                cuda_graph::available().map_err(ModelError::Cuda)?;
+                Ok(Decoder::CudaGraph)
+            }
+            (Decoder::CudaGraph, other) => Err(ModelError::Input(format!(
+                "CUDA graph decoding needs a CUDA device; the model is on {other:?}"
+            ))),
+            (chosen, _) => Ok(chosen),
+        }
+    }
+}
+
+/// Generates every image token for a batch of conditions, decoding as [`Decoder::Auto`]
+/// chooses.
 ///
 /// cond: [B] class ids or [B, T, caption_dim] caption features (T = cls_token_num);
 /// prefix_mask: [B, T] bool, false at padded caption positions; seeds: one per sample.
@@ -85,6 +139,18 @@ pub fn generate(
     prefix_mask: Option<&Tensor>,
     sampling: &Sampling,
     seeds: &[u64],
+) -> Result<Tensor, ModelError> {
+    generate_with(gpt, cond, prefix_mask, sampling, seeds, Decoder::Auto)
+}
+
+/// [`generate`] with the decode loop chosen by `decoder`.
+pub fn generate_with(
+    gpt: &Gpt,
+    cond: &Tensor,
+    prefix_mask: Option<&Tensor>,
+    sampling: &Sampling,
+    seeds: &[u64],
+    decoder: Decoder,
 ) -> Result<Tensor, ModelError> {
     sampling.validate()?;
     let batch = cond.size().first().copied().unwrap_or(0);
@@ -97,7 +163,9 @@ pub fn generate(
             seeds.len()
         )));
     }
-    let mut rng = Uniforms::new(seeds);
+    let device = gpt.device();
+    let decoder = decoder.resolve(device)?;
+    let mut rng = Uniforms::new(seeds, device);
     let guided = sampling.guided();
     let (cond_all, mask_all) = if guided {
         let null = gpt.null_condition(batch).to_kind(cond.kind());
@@ -114,6 +182,14 @@ pub fn generate(
     } else {
         (cond.shallow_clone(), prefix_mask.map(Tensor::shallow_clone))
     };
+    // The decoded token of every sequence of the (doubled when guided) batch: [B, 1] -> [2B, 1].
+    let doubled = |token: &Tensor| {
+        if guided {
+            Tensor::cat(&[token, token], 0)
+        } else {
+            token.shallow_clone()
+        }
+    };
 
     tch::no_grad(|| {
         let mut cache = gpt.new_cache(cond_all.size()[0]);
@@ -124,14 +200,10 @@ pub fn generate(
             &mut rng,
         );
         let mut tokens = vec![token.shallow_clone()];
+        let mut steps = StepRunner::new(gpt, cache, &doubled(&token), decoder);
         for i in 0..gpt.config.block_size - 1 {
             let keep_guiding = !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);
-            let input = if guided {
-                Tensor::cat(&[&token, &token], 0)
-            } else {
-                token.shallow_clone()
-            };
-            let logits = gpt.decode_step(&input, &mut cache)?;
+            let logits = steps.next(&doubled(&token))?;
             token = sample(
                 &mix(&logits.select(1, 0), guided, keep_guiding, sampling),
                 sampling,
@@ -141,6 +213,78 @@ pub fn generate(
         }
         Ok(Tensor::cat(&tokens, 1))
     })
+}
+
+/// Runs decode steps as the decoder says, owning the cache and, for the fixed-shape steps, the
+/// buffers whose addresses a graph reads: the input tokens and the device-side position.
+struct StepRunner<'a> {
+    gpt: &'a Gpt,
+    cache: KvCache,
+    decoder: Decoder,
+    /// [B, 1] int64: the tokens the next fixed-shape step reads.
+    input: Tensor,
+    /// [1] int64 on the device: the position the next fixed-shape step writes.
+    position: Tensor,
+    /// The recorded step and its logits [B, 1, V], which each replay rewrites.
+    graph: Option<(CudaGraph, Tensor)>,
+    /// Fixed-shape steps run so far.
+    taken: usize,
+}
+
+impl<'a> StepRunner<'a> {
+    fn new(gpt: &'a Gpt, cache: KvCache, first: &Tensor, decoder: Decoder) -> Self {
+        let position = cache.next_position();
+        StepRunner {
+            gpt,
+            cache,
+            decoder,
+            input: first.copy(),
+            position,
+            graph: None,
+            taken: 0,
+        }
+    }
+
+    /// Feeds `tokens` [B, 1] at the next position. Returns logits [B, 1, V], which the next
+    /// call may overwrite (under a graph they live in the graph's memory).
+    fn next(&mut self, tokens: &Tensor) -> Result<Tensor, ModelError> {
+        if self.decoder == Decoder::Eager {
+            return self.gpt.decode_sampled(tokens, &mut self.cache);
+        }
+        self.input.copy_(tokens);
+        self.taken += 1;
+        if let Some((graph, logits)) = &self.graph {
+            graph.replay()?;
+            return Ok(logits.shallow_clone());
+        }
+        // Libraries set themselves up on first use, which a capture cannot record: the first
+        // step runs eagerly, and the graph is recorded on the second.
+        if self.decoder == Decoder::CudaGraph && self.taken >= 2 {
+            let device = match self.gpt.device() {
+                Device::Cuda(index) => index,
+                other => {
+                    return Err(ModelError::Input(format!(
+                        "CUDA graph decoding on {other:?}"
+                    )));
+                }
+            };
+            let (graph, logits) = CudaGraph::capture(device, || self.fixed_step())?;
+            let logits = logits?;
+            graph.replay()?;
+            self.graph = Some((graph, logits.shallow_clone()));
+            return Ok(logits);
+        }
+        self.fixed_step()
+    }
+
+    /// One fixed-shape step that also advances the position, on the device.
+    fn fixed_step(&mut self) -> Result<Tensor, ModelError> {
+        let logits = self
+            .gpt
+            .decode_step_at(&self.input, &self.position, &mut self.cache)?;
+        let _ = self.position.g_add_scalar_(1);
+        Ok(logits)
+    }
 }
 
 /// logits: [2B, V] (conditional half first) when guided, else [B, V]. Returns [B, V].
@@ -169,10 +313,7 @@ pub fn sample(logits: &Tensor, sampling: &Sampling, rng: &mut Uniforms) -> Tenso
     let probs = filter_logits(logits, sampling).softmax(-1, Kind::Double);
     let cdf = probs.cumsum(-1, Kind::Double);
     let total = cdf.narrow(-1, cdf.size()[1] - 1, 1);
-    let u = Tensor::from_slice(&rng.draw())
-        .to_device(cdf.device())
-        .unsqueeze(1)
-        * total;
+    let u = rng.draw().to_device(cdf.device()).unsqueeze(1) * total;
     // The token is the first whose cumulative probability reaches u; as u > 0, a token with
     // zero probability (filtered out) can never be it.
     cdf.lt_tensor(&u)
@@ -180,31 +321,39 @@ pub fn sample(logits: &Tensor, sampling: &Sampling, rng: &mut Uniforms) -> Tenso
         .clamp_max(cdf.size()[1] - 1)
 }
 
-/// One splitmix64 stream per sample, yielding uniforms in (0, 1].
+/// One splitmix64 stream per sample, yielding uniforms in (0, 1], computed where the samples
+/// are (on the GPU, drawing reads nothing back to the host and sends nothing to the device).
+///
+/// The state lives in an int64 tensor: its additions and products wrap as u64 arithmetic
+/// does, and the logical right shifts are arithmetic shifts with the sign bits masked off, so
+/// the draws are bit for bit those of the scalar splitmix64.
 pub struct Uniforms {
-    states: Vec<u64>,
+    /// [B] int64, each the u64 state of one stream.
+    states: Tensor,
 }
 
 impl Uniforms {
-    pub fn new(seeds: &[u64]) -> Self {
+    pub fn new(seeds: &[u64], device: Device) -> Self {
+        let states: Vec<i64> = seeds.iter().map(|&s| s as i64).collect();
         Uniforms {
-            states: seeds.to_vec(),
+            states: Tensor::from_slice(&states).to_device(device),
         }
     }
 
-    /// The next uniform of every stream, in (0, 1].
-    pub fn draw(&mut self) -> Vec<f64> {
-        self.states
-            .iter_mut()
-            .map(|state| {
-                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = *state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
-            })
-            .collect()
+    /// The next uniform of every stream, [B] f64 in (0, 1].
+    pub fn draw(&mut self) -> Tensor {
+        // u64 >> s of the state's bits.
+        let shift = |z: &Tensor, s: i64| {
+            z.bitwise_right_shift_tensor_scalar(s)
+                .bitwise_and((1i64 << (64 - s)) - 1)
+        };
+        self.states = &self.states + 0x9E37_79B9_7F4A_7C15u64 as i64;
+        let z = &self.states;
+        let z = (z.bitwise_xor_tensor(&shift(z, 30))) * 0xBF58_476D_1CE4_E5B9u64 as i64;
+        let z = (z.bitwise_xor_tensor(&shift(&z, 27))) * 0x94D0_49BB_1331_11EBu64 as i64;
+        let z = z.bitwise_xor_tensor(&shift(&z, 31));
+        // The top 53 bits, plus one, over 2^53: exact in f64.
+        (shift(&z, 11) + 1).to_kind(Kind::Double) / (1u64 << 53) as f64
     }
 }
 
@@ -306,7 +455,7 @@ mod tests {
             top_k: 2,
             ..Sampling::default()
         };
-        let mut rng = Uniforms::new(&[7]);
+        let mut rng = Uniforms::new(&[7], Device::Cpu);
         let mut counts = [0usize; 3];
         for _ in 0..4000 {
             counts[sample(&logits, &s, &mut rng).int64_value(&[0, 0]) as usize] += 1;
@@ -316,6 +465,51 @@ mod tests {
         assert!(
             (share - 0.75).abs() < 0.03,
             "token 1 drawn {share} of the time, expected 0.75"
+        );
+    }
+
+    /// The scalar splitmix64 the tensor streams must reproduce.
+    fn splitmix64(state: &mut u64) -> f64 {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn tensor_uniforms_are_the_scalar_splitmix64_bit_for_bit() {
+        // Seeds that exercise the sign bit and the wrap-around of the u64 arithmetic.
+        let seeds = [
+            0u64,
+            1,
+            42,
+            u64::MAX,
+            1 << 63,
+            0x9E37_79B9_7F4A_7C15,
+            123_456_789,
+        ];
+        let mut rng = Uniforms::new(&seeds, Device::Cpu);
+        let mut states = seeds;
+        for _ in 0..1000 {
+            let drawn = Vec::<f64>::try_from(&rng.draw()).unwrap();
+            for (state, u) in states.iter_mut().zip(drawn) {
+                let expected = splitmix64(state);
+                assert_eq!(u.to_bits(), expected.to_bits());
+                assert!(u > 0.0 && u <= 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cuda_graph_off_cuda_is_refused() {
+        let err = Decoder::CudaGraph.resolve(Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("needs a CUDA device"), "{err}");
+        assert_eq!(Decoder::Auto.resolve(Device::Cpu).unwrap(), Decoder::Eager);
+        assert_eq!(
+            Decoder::Static.resolve(Device::Cpu).unwrap(),
+            Decoder::Static
         );
     }
 

@@ -258,15 +258,15 @@ struct Attention {
 }
 
 impl Attention {
-    /// x: [B, L, D]; rope: [L, Dh/2, 2]; `cache` holds [B, Hkv, capacity, Dh] keys and values
-    /// and receives this call's at positions `start..start + L`; mask: [B, 1, L, start + L]
-    /// (true = attend). Returns [B, L, D].
+    /// x: [B, L, D]; rope: [L, Dh/2, 2]; `cache` receives this call's keys and values (see
+    /// [`CacheWrite`]); mask: [B, 1, L, keys] (true = attend), where keys is start + L for a
+    /// write from `start` and the cache's capacity for a write at a device position (which
+    /// needs the mask). Returns [B, L, D].
     fn forward(
         &self,
         x: &Tensor,
         rope: &Tensor,
-        cache: Option<(&mut Tensor, &mut Tensor)>,
-        start: i64,
+        cache: Option<CacheWrite<'_>>,
         mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
@@ -286,17 +286,37 @@ impl Attention {
         let k = apply_rope(&k, rope).transpose(1, 2);
         let v = v.transpose(1, 2);
 
-        let (keys, values) = match cache {
-            Some((key_cache, value_cache)) => {
-                key_cache.narrow(2, start, l).copy_(&k);
-                value_cache.narrow(2, start, l).copy_(&v);
+        let (keys, values, start) = match cache {
+            Some(CacheWrite {
+                keys,
+                values,
+                at: Position::From(start),
+            }) => {
+                keys.narrow(2, start, l).copy_(&k);
+                values.narrow(2, start, l).copy_(&v);
                 (
-                    key_cache.narrow(2, 0, start + l),
-                    value_cache.narrow(2, 0, start + l),
+                    keys.narrow(2, 0, start + l),
+                    values.narrow(2, 0, start + l),
+                    start,
                 )
             }
-            None => (k, v),
+            Some(CacheWrite {
+                keys,
+                values,
+                at: Position::At(position),
+            }) => {
+                let _ = keys.index_copy_(2, position, &k);
+                let _ = values.index_copy_(2, position, &v);
+                // Every position up to the capacity, unwritten ones masked out by the caller:
+                // the shapes stay the same from step to step.
+                (keys.shallow_clone(), values.shallow_clone(), 0)
+            }
+            None => (k, v, 0),
         };
+        debug_assert!(
+            mask.is_some() || keys.size()[2] == start + l,
+            "a write at a device position attends over the whole capacity and needs a mask"
+        );
         let groups = self.n_head / self.n_kv_head;
         let (keys, values) = if groups > 1 {
             (
@@ -331,6 +351,23 @@ impl Attention {
     }
 }
 
+/// Where an attention call writes its keys and values: the layer's cache tensors
+/// [B, Hkv, capacity, Dh] and the position of the call's first row.
+struct CacheWrite<'a> {
+    keys: &'a mut Tensor,
+    values: &'a mut Tensor,
+    at: Position<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Position<'a> {
+    /// Rows go to `start..start + L`, a position known on the host.
+    From(i64),
+    /// One row goes to the position held in a [1] int64 tensor on the cache's device: nothing
+    /// is read back to the host and every shape is fixed, as a CUDA graph needs.
+    At(&'a Tensor),
+}
+
 struct FeedForward {
     w1: Tensor,
     w2: Tensor,
@@ -361,19 +398,13 @@ impl Block {
         &self,
         x: &Tensor,
         rope: &Tensor,
-        cache: Option<(&mut Tensor, &mut Tensor)>,
-        start: i64,
+        cache: Option<CacheWrite<'_>>,
         mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let attn = self.attention.forward(
-            &self.attention_norm.forward(x),
-            rope,
-            cache,
-            start,
-            mask,
-            train,
-        );
+        let attn =
+            self.attention
+                .forward(&self.attention_norm.forward(x), rope, cache, mask, train);
         let h = x + drop_path(&attn, self.drop_path, train);
         let ffn = self.feed_forward.forward(&self.ffn_norm.forward(&h), train);
         &h + drop_path(&ffn, self.drop_path, train)
@@ -423,6 +454,13 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The next position to fill as a [1] int64 tensor on the cache's device: where
+    /// [`Gpt::decode_step_at`] starts after the prefill.
+    pub fn next_position(&self) -> Tensor {
+        let device = self.keys.first().map_or(tch::Device::Cpu, Tensor::device);
+        Tensor::from_slice(&[self.len]).to_device(device)
     }
 
     fn mask_rows(&self, start: i64, rows: i64) -> Option<Tensor> {
@@ -557,6 +595,11 @@ impl Gpt {
         })
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.tok_embeddings.device()
+    }
+
     /// The null condition used for guidance and condition dropout: the extra class row, or the
     /// null caption. Returns [B] class ids or [B, caption_token_num, caption_dim] features.
     pub fn null_condition(&self, batch: i64) -> Tensor {
@@ -678,7 +721,7 @@ impl Gpt {
         let mut h = self.embed(cond, tokens, mask, train)?;
         let rope = self.rope.narrow(0, 0, h.size()[1]);
         for layer in &self.layers {
-            h = layer.forward(&h, &rope, None, 0, mask, train);
+            h = layer.forward(&h, &rope, None, mask, train);
         }
         Ok(self.head(&h))
     }
@@ -765,7 +808,7 @@ impl Gpt {
             for (i, layer) in self.layers.iter().enumerate() {
                 inputs.push(h.shallow_clone());
                 tch::manual_seed(block_seed(i));
-                h = layer.forward(&h, &rope, None, 0, mask, train);
+                h = layer.forward(&h, &rope, None, mask, train);
             }
         });
         let top = h.detach().set_requires_grad(true);
@@ -777,7 +820,7 @@ impl Gpt {
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let x = inputs[i].detach().set_requires_grad(true);
             tch::manual_seed(block_seed(i));
-            let y = layer.forward(&x, &rope, None, 0, mask, train);
+            let y = layer.forward(&x, &rope, None, mask, train);
             let kind = y.kind();
             (y * &grad).sum(kind).backward();
             grad = x.grad();
@@ -884,7 +927,21 @@ impl Gpt {
         self.step(h, cache)
     }
 
-    fn step(&self, mut h: Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+    /// [`Gpt::decode_step`] for tokens this model's logits were sampled into, which are in
+    /// range by construction: checking them would read them back to the host every step.
+    pub(crate) fn decode_sampled(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        if cache.is_empty() {
+            return Err(ModelError::Input("decode_step before prefill".into()));
+        }
+        let h = Tensor::embedding(&self.tok_embeddings, tokens, -1, false, false);
+        self.step(h, cache)
+    }
+
+    fn step(&self, h: Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
         let (start, len) = (cache.len, h.size()[1]);
         if start + len > cache.capacity {
             return Err(ModelError::Input(format!(
@@ -894,12 +951,75 @@ impl Gpt {
         }
         let rope = self.rope.narrow(0, start, len);
         let mask = cache.mask_rows(start, len);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let entry = Some((&mut cache.keys[i], &mut cache.values[i]));
-            h = layer.forward(&h, &rope, entry, start, mask.as_ref(), false);
-        }
+        let h = self.through_cached_layers(h, &rope, cache, Position::From(start), mask.as_ref());
         cache.len += len;
         Ok(self.head(&h))
+    }
+
+    /// The decode step at fixed shapes, as a CUDA graph records it: feeds one image token per
+    /// sequence (tokens: [B, 1] int64) at the position held in `position` ([1] int64 on the
+    /// model's device) and attends over the cache's whole capacity under a mask, so that no
+    /// value is read back to the host and every call has the same shapes and addresses.
+    ///
+    /// The tokens are not range-checked (that would read them back): they must come from
+    /// sampling this model's logits. The step writes the cache in place and leaves `position`
+    /// and [`KvCache::len`] as they were; the caller advances `position` (on the device) and
+    /// stays below the capacity. Returns logits [B, 1, V].
+    pub fn decode_step_at(
+        &self,
+        tokens: &Tensor,
+        position: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        if cache.is_empty() {
+            return Err(ModelError::Input("decode_step_at before prefill".into()));
+        }
+        let batch = cache.keys.first().map_or(0, |k| k.size()[0]);
+        if tokens.size() != [batch, 1] || tokens.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!(
+                "decode_step_at takes [{batch}, 1] int64 tokens, got {:?} {:?}",
+                tokens.size(),
+                tokens.kind()
+            )));
+        }
+        if position.size() != [1] || position.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!(
+                "the decode position must be a [1] int64 tensor, got {:?} {:?}",
+                position.size(),
+                position.kind()
+            )));
+        }
+        let h = Tensor::embedding(&self.tok_embeddings, tokens, -1, false, false);
+        let rope = self.rope.index_select(0, position);
+        let capacity = cache.capacity;
+        // [B or 1, 1, 1, capacity]: the prefix's padding and causality from the prefill's
+        // mask, else every position up to this one.
+        let mask = match &cache.mask {
+            Some(m) => m.index_select(2, position),
+            None => Tensor::arange(capacity, (Kind::Int64, position.device()))
+                .le_tensor(position)
+                .view([1, 1, 1, capacity]),
+        };
+        let h = self.through_cached_layers(h, &rope, cache, Position::At(position), Some(&mask));
+        Ok(self.head(&h))
+    }
+
+    /// Every block in inference mode, each writing its keys and values into its layer of
+    /// `cache` at `at`. h: [B, L, D] -> [B, L, D].
+    fn through_cached_layers(
+        &self,
+        mut h: Tensor,
+        rope: &Tensor,
+        cache: &mut KvCache,
+        at: Position<'_>,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let caches = cache.keys.iter_mut().zip(cache.values.iter_mut());
+        for (layer, (keys, values)) in self.layers.iter().zip(caches) {
+            let write = CacheWrite { keys, values, at };
+            h = layer.forward(&h, rope, Some(write), mask, false);
+        }
+        h
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`lpips`], [`patchgan`], [`vq_loss`]: the tokenizer's training objective (LPIPS, the
 //!   PatchGAN discriminator, reconstruction + perceptual + adversarial + quantizer terms).
 //! - [`generate`]: prefill plus one-token decoding, classifier-free guidance, top-k / top-p /
-//!   temperature sampling.
+//!   temperature sampling; on CUDA the decode step is captured once as a graph and replayed.
+//! - [`cuda_graph`]: CUDA graph capture and replay (libtorch's `CUDAGraph`).
 //! - [`train`]: AdamW training steps and exactly resumable checkpoints.
 //! - [`memory`]: the peak memory of an interval (CUDA's caching allocator, or the CPU's
 //!   resident set), for the training metrics.
@@ -25,6 +26,7 @@
 
 pub mod autocast;
 mod checkpoint;
+pub mod cuda_graph;
 pub mod generate;
 pub mod gpt;
 pub mod images;
@@ -69,6 +71,9 @@ pub enum ModelError {
     /// A data-parallel collective failed (a rank died or timed out).
     #[error("data parallelism: {0}")]
     Replicas(String),
+    /// CUDA graphs are unavailable here, or capturing or replaying one failed.
+    #[error("CUDA graph: {0}")]
+    Cuda(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

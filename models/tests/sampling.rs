@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{assert_close, expected, gpt};
-use llamagen_models::generate::{Sampling, generate, guide};
+use common::{assert_close, expected, gpt, gpt_on};
+use llamagen_models::generate::{Decoder, Sampling, generate, generate_with, guide};
 use llamagen_models::gpt::Gpt;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Greedy decoding without the cache: the argmax of a full forward pass per position.
 fn greedy_without_cache(model: &Gpt, cond: &Tensor) -> Tensor {
@@ -68,6 +68,148 @@ fn seeds_reproduce_and_differ() {
         lo >= 0 && hi < 64,
         "codes outside the vocabulary: {lo}..={hi}"
     );
+}
+
+/// Guided sampling with top-p, and greedy decoding, of the class fixture; guided sampling of the
+/// caption fixture with a padded prefix (LlamaGen's `emb_masks`): conditions, masks, seeds.
+fn decoding_cases(device: Device) -> Vec<(&'static str, Sampling, Tensor, Option<Tensor>)> {
+    let e = expected("gpt_t2i");
+    let captions = e["cond"].narrow(0, 0, 2).to_device(device);
+    // The first caption padded on its first five rows, the second not at all.
+    let rows = captions.size()[1];
+    let pad = Tensor::arange(rows, (Kind::Int64, device)).ge(5);
+    let mask = Tensor::stack(&[pad, Tensor::ones([rows], (Kind::Bool, device))], 0);
+    let guided = Sampling {
+        cfg_scale: 2.0,
+        top_p: 0.95,
+        ..Sampling::default()
+    };
+    let classes = Tensor::from_slice(&[2i64, 2, 5, 7]).to_device(device);
+    vec![
+        ("gpt_c2i", guided.clone(), classes.shallow_clone(), None),
+        ("gpt_c2i", plain(1), classes, None),
+        (
+            "gpt_t2i",
+            Sampling {
+                cfg_scale: 3.0,
+                cfg_interval: 4,
+                temperature: 0.9,
+                top_k: 20,
+                ..Sampling::default()
+            },
+            captions,
+            Some(mask),
+        ),
+    ]
+}
+
+#[test]
+fn the_fixed_shape_step_samples_what_the_eager_step_does() {
+    for (name, sampling, cond, mask) in decoding_cases(Device::Cpu) {
+        let (_vs, model) = gpt(name);
+        let seeds: Vec<u64> = (40..40 + cond.size()[0] as u64).collect();
+        let run = |decoder| {
+            generate_with(&model, &cond, mask.as_ref(), &sampling, &seeds, decoder).unwrap()
+        };
+        let eager = run(Decoder::Eager);
+        assert_eq!(
+            run(Decoder::Static),
+            eager,
+            "{name} {sampling:?}: the fixed-shape step sampled other tokens"
+        );
+        assert_eq!(run(Decoder::Auto), eager, "Auto is Eager on the CPU");
+    }
+}
+
+#[test]
+fn the_fixed_shape_step_gives_the_eager_logits() {
+    let (_vs, model) = gpt("gpt_t2i");
+    let e = expected("gpt_t2i");
+    let cond = e["cond"].narrow(0, 0, 2);
+    let rows = cond.size()[1];
+    let mask = Tensor::stack(
+        &[
+            Tensor::arange(rows, (Kind::Int64, Device::Cpu)).ge(3),
+            Tensor::ones([rows], (Kind::Bool, Device::Cpu)),
+        ],
+        0,
+    );
+    tch::no_grad(|| {
+        let mut eager = model.new_cache(2);
+        let mut fixed = model.new_cache(2);
+        let _ = model.prefill(&cond, &mut eager, Some(&mask)).unwrap();
+        let _ = model.prefill(&cond, &mut fixed, Some(&mask)).unwrap();
+        let mut position = fixed.next_position();
+        assert_eq!(position.int64_value(&[0]), rows);
+        for step in 0..model.config.block_size - 1 {
+            let tokens = Tensor::from_slice(&[step % 64, (7 * step + 3) % 64]).view([2, 1]);
+            let want = model.decode_step(&tokens, &mut eager).unwrap();
+            let got = model
+                .decode_step_at(&tokens, &position, &mut fixed)
+                .unwrap();
+            assert_close(&format!("step {step}"), &got, &want, 1e-5);
+            position += 1;
+        }
+        // The step leaves the host-side length alone; the caller owns the position.
+        assert_eq!(fixed.len(), rows);
+        let wrong = model.decode_step_at(
+            &Tensor::zeros([3, 1], (Kind::Int64, Device::Cpu)),
+            &position,
+            &mut fixed,
+        );
+        assert!(
+            wrong
+                .unwrap_err()
+                .to_string()
+                .contains("[2, 1] int64 tokens")
+        );
+    });
+}
+
+/// Runs on a machine with an NVIDIA GPU (libtorch_cuda loads there); elsewhere it says so and
+/// passes. The graph's tokens must equal the eager loop's on the same GPU: every step of the
+/// replay reads the input, position and cache where the capture found them.
+#[test]
+fn on_a_gpu_graph_decoding_samples_what_eager_decoding_does() {
+    let _ = llamagen_native::torch::load_cuda();
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let device = Device::Cuda(0);
+    assert_eq!(Decoder::Auto.resolve(device).unwrap(), Decoder::CudaGraph);
+    for (name, sampling, cond, mask) in decoding_cases(device) {
+        let (_vs, model) = gpt_on(name, device);
+        let seeds: Vec<u64> = (40..40 + cond.size()[0] as u64).collect();
+        let run = |decoder| {
+            generate_with(&model, &cond, mask.as_ref(), &sampling, &seeds, decoder).unwrap()
+        };
+        let eager = run(Decoder::Eager);
+        assert_eq!(run(Decoder::Static), eager, "{name}: static on the GPU");
+        assert_eq!(run(Decoder::CudaGraph), eager, "{name}: the CUDA graph");
+        // The same seeds sample the same tokens on the GPU as on the CPU (the uniforms are
+        // bit-exact; a logit that rounds differently could only move a draw at a boundary).
+        let (_cpu_vs, on_cpu) = gpt(name);
+        let cpu = generate_with(
+            &on_cpu,
+            &cond.to_device(Device::Cpu),
+            mask.as_ref().map(|m| m.to_device(Device::Cpu)).as_ref(),
+            &sampling,
+            &seeds,
+            Decoder::Eager,
+        )
+        .unwrap();
+        let same = eager
+            .to_device(Device::Cpu)
+            .eq_tensor(&cpu)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        assert!(
+            same.double_value(&[]) > 0.9,
+            "{name}: GPU and CPU agree on only {} of the tokens",
+            same.double_value(&[])
+        );
+    }
 }
 
 #[test]

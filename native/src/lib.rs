@@ -6,7 +6,9 @@
 //! `LIBTORCH` (at build time) and `ORT_DYLIB_PATH` (at run time) still override them.
 //! [`torch::TorchInfo`] and [`onnx::OrtInfo`] are what `llamagen doctor` reports.
 
+pub mod cuda_shim;
 pub mod onnx;
+pub mod testing;
 pub mod torch;
 
 /// What can go wrong while locating or loading the native libraries.

@@ -37,3 +37,48 @@ fn libtorch_cuda_loads_from_the_running_libtorch_s_folder() {
     let y: Vec<f32> = Vec::try_from(&x * 2.0).unwrap();
     assert_eq!(y, [2.0, 4.0]);
 }
+
+/// Two shims loaded one after the other are two libraries, each with its own symbols, even once
+/// the first one's handle is gone (callers keep only the functions): the loader knows a library
+/// by its `/proc/self/fd/N` path, so a first shim's file must not be closed and its descriptor
+/// number handed to the second.
+#[test]
+fn shims_loaded_in_turn_are_distinct_libraries() {
+    use llamagen_native::cuda_shim;
+    // SAFETY: set before any other thread of this test binary reads the environment.
+    unsafe { std::env::set_var("LLAMAGEN_LOAD_CUDA", "1") };
+    if !matches!(load_cuda(), CudaLoad::Loaded(_)) {
+        assert!(cuda_shim::cuda_loaded().is_err());
+        eprintln!("skipped: this libtorch has no CUDA half");
+        return;
+    }
+    cuda_shim::cuda_loaded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str, value: i32| {
+        let source = dir.path().join(format!("{name}.c"));
+        let object = dir.path().join(format!("lib{name}.so"));
+        std::fs::write(&source, format!("int {name}(void) {{ return {value}; }}\n")).unwrap();
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&object)
+            .arg(&source)
+            .status()
+            .expect("a C compiler (the build uses it too)");
+        assert!(status.success());
+        std::fs::read(object).unwrap()
+    };
+    let (first_bytes, second_bytes) = (build("first", 1), build("second", 2));
+    let call = |shim: &cuda_shim::Shim, symbol: &std::ffi::CStr| {
+        let f = shim.symbol(symbol).unwrap();
+        // SAFETY: the symbol is `int f(void)` as compiled above.
+        unsafe { std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn() -> i32>(f)() }
+    };
+    {
+        let first = cuda_shim::load(c"libfirst.so", &first_bytes).unwrap();
+        assert_eq!(call(&first, c"first"), 1);
+    }
+    let second = cuda_shim::load(c"libsecond.so", &second_bytes).unwrap();
+    assert_eq!(call(&second, c"second"), 2);
+    let missing = second.symbol(c"first").unwrap_err();
+    assert!(missing.contains("libsecond.so has no"), "{missing}");
+}

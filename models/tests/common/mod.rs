@@ -61,7 +61,12 @@ pub fn gpt_config(name: &str) -> GptConfig {
 
 /// A fixture GPT with its weights loaded (the VarStore must outlive the model's use).
 pub fn gpt(name: &str) -> (VarStore, Gpt) {
-    let vs = VarStore::new(Device::Cpu);
+    gpt_on(name, Device::Cpu)
+}
+
+/// [`gpt`] on `device`.
+pub fn gpt_on(name: &str, device: Device) -> (VarStore, Gpt) {
+    let vs = VarStore::new(device);
     let model = Gpt::new(&vs.root(), gpt_config(name)).expect("fixture config is valid");
     weights::load_strict(&vs, &fixture(&format!("{name}.safetensors")))
         .expect("fixture weights load");
