@@ -158,7 +158,7 @@ fn check_torch(report: &mut Report) {
 fn check_cuda_graphs(report: &mut Report, gpu: bool) {
     use llamagen_models::cuda_graph;
     let name = "CUDA graphs";
-    if std::env::var("LLAMAGEN_CUDA_GRAPHS").as_deref() == Ok("0") {
+    if cuda_graph::turned_off() {
         return report.info(
             name,
             "off (LLAMAGEN_CUDA_GRAPHS=0): sampling decodes eagerly",

@@ -31,6 +31,12 @@ struct Face {
 /// Whether this build carries the CUDA graph face (its libtorch had a CUDA half).
 pub const BUILT: bool = cfg!(llamagen_cuda_graph);
 
+/// Whether the user turned graphs off (`LLAMAGEN_CUDA_GRAPHS=0`): sampling then decodes
+/// eagerly on CUDA too.
+pub fn turned_off() -> bool {
+    std::env::var("LLAMAGEN_CUDA_GRAPHS").as_deref() == Ok("0")
+}
+
 /// Whether this process can capture CUDA graphs, or why not: not built in, libtorch_cuda not
 /// loaded (no NVIDIA driver), or the face failed to load.
 pub fn available() -> Result<(), String> {

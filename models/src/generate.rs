@@ -103,7 +103,7 @@ impl Decoder {
     pub fn resolve(self, device: Device) -> Result<Decoder, ModelError> {
         match (self, device) {
             (Decoder::Auto, Device::Cuda(_)) => {
-                if std::env::var("LLAMAGEN_CUDA_GRAPHS").as_deref() == Ok("0") {
+                if cuda_graph::turned_off() {
                     return Ok(Decoder::Eager);
                 }
                 Ok(match cuda_graph::available() {
@@ -227,8 +227,8 @@ struct StepRunner<'a> {
     position: Tensor,
     /// The recorded step and its logits [B, 1, V], which each replay rewrites.
     graph: Option<(CudaGraph, Tensor)>,
-    /// Fixed-shape steps run so far.
-    taken: usize,
+    /// Whether a fixed-shape step has run eagerly, setting up what a capture cannot.
+    warmed_up: bool,
 }
 
 impl<'a> StepRunner<'a> {
@@ -241,7 +241,7 @@ impl<'a> StepRunner<'a> {
             input: first.copy(),
             position,
             graph: None,
-            taken: 0,
+            warmed_up: false,
         }
     }
 
@@ -252,14 +252,13 @@ impl<'a> StepRunner<'a> {
             return self.gpt.decode_sampled(tokens, &mut self.cache);
         }
         self.input.copy_(tokens);
-        self.taken += 1;
         if let Some((graph, logits)) = &self.graph {
             graph.replay()?;
             return Ok(logits.shallow_clone());
         }
         // Libraries set themselves up on first use, which a capture cannot record: the first
         // step runs eagerly, and the graph is recorded on the second.
-        if self.decoder == Decoder::CudaGraph && self.taken >= 2 {
+        if self.decoder == Decoder::CudaGraph && self.warmed_up {
             let device = match self.gpt.device() {
                 Device::Cuda(index) => index,
                 other => {
@@ -274,7 +273,9 @@ impl<'a> StepRunner<'a> {
             self.graph = Some((graph, logits.shallow_clone()));
             return Ok(logits);
         }
-        self.fixed_step()
+        let logits = self.fixed_step()?;
+        self.warmed_up = true;
+        Ok(logits)
     }
 
     /// One fixed-shape step that also advances the position, on the device.
