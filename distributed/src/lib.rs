@@ -27,6 +27,7 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use llamagen_native::c_error::{ERROR_BYTES, message};
 use tch::{Device, Kind, Tensor};
 
 pub mod nccl;
@@ -294,14 +295,6 @@ unsafe extern "C" {
     fn llg_overlap_early(handle: *mut c_void) -> usize;
     fn llg_overlap_finish(handle: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
     fn llg_overlap_free(handle: *mut c_void);
-}
-
-/// Room for a C++ exception's message.
-const ERROR_BYTES: usize = 2048;
-
-fn message(buffer: &[u8]) -> String {
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
 /// Gradients are reduced in flat buckets of about this many bytes, as PyTorch's DDP does (its

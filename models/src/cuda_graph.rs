@@ -13,6 +13,8 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use llamagen_native::c_error::{ERROR_BYTES, message};
+
 use crate::ModelError;
 
 type New = unsafe extern "C" fn(device: c_int, err: *mut c_char, len: usize) -> *mut c_void;
@@ -74,13 +76,11 @@ fn load() -> Result<Face, String> {
 
 /// Calls a face function that reports failure through an error buffer.
 fn checked(what: &str, call: impl FnOnce(*mut c_char, usize) -> bool) -> Result<(), ModelError> {
-    let mut err = vec![0 as c_char; 1024];
-    if call(err.as_mut_ptr(), err.len()) {
+    let mut err = vec![0u8; ERROR_BYTES];
+    if call(err.as_mut_ptr().cast(), err.len()) {
         return Ok(());
     }
-    // SAFETY: the face NUL-terminates what it writes, and the buffer starts zeroed.
-    let message = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-    Err(ModelError::Cuda(format!("{what}: {message}")))
+    Err(ModelError::Cuda(format!("{what}: {}", message(&err))))
 }
 
 /// A captured CUDA graph; [`CudaGraph::replay`] runs it again.

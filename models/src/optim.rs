@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use llamagen_native::c_error::{ERROR_BYTES, message};
 use tch::{Kind, Tensor};
 
 /// AdamW's settings.
@@ -203,7 +204,7 @@ fn fused_adamw(
         pointers(&group.m),
         pointers(&group.v),
     );
-    let mut err = [0u8; 2048];
+    let mut err = [0u8; ERROR_BYTES];
     // SAFETY: the four arrays hold `count` live tensor handles each (borrowed from `group` for
     // the call), and `err` is a buffer of `err.len()` bytes.
     let status = unsafe {
@@ -226,10 +227,9 @@ fn fused_adamw(
     if status == 0 {
         return Ok(());
     }
-    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
     Err(crate::ModelError::Torch(tch::TchError::Torch(format!(
         "fused AdamW: {}",
-        String::from_utf8_lossy(&err[..end])
+        message(&err)
     ))))
 }
 

@@ -1,6 +1,6 @@
 // How the C faces over libtorch (distributed/src/c10d.cpp, models/src/fused_adamw.cpp) hand a
 // C++ exception back across the C boundary: its message, without libtorch's backtrace, copied
-// into the caller's buffer.
+// into the caller's buffer (read back by `llamagen_native::c_error`).
 #pragma once
 
 #include <cstring>

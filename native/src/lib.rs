@@ -6,6 +6,7 @@
 //! `LIBTORCH` (at build time) and `ORT_DYLIB_PATH` (at run time) still override them.
 //! [`torch::TorchInfo`] and [`onnx::OrtInfo`] are what `llamagen doctor` reports.
 
+pub mod c_error;
 pub mod cuda_shim;
 pub mod onnx;
 pub mod testing;
