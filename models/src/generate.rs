@@ -1,7 +1,7 @@
 //! Autoregressive sampling as LlamaGen's `generate`: prefill the condition prefix, then decode
 //! one token at a time from the KV cache, with classifier-free guidance and top-k / top-p /
-//! temperature filtering. On CUDA the decode step is recorded once as a CUDA graph and replayed
-//! for every further token ([`Decoder`]).
+//! temperature filtering. On CUDA the decode step, sampling included, is recorded once as a
+//! CUDA graph and replayed for every further token ([`Decoder`]).
 //!
 //! Randomness is per sample: each row of the batch draws its tokens from its own seeded stream
 //! (inverse-CDF sampling with splitmix64 uniforms, computed on the model's device so that no
@@ -83,17 +83,19 @@ impl Sampling {
 pub enum Decoder {
     /// [`Decoder::CudaGraph`] on a CUDA device where this process can capture graphs (unless
     /// `LLAMAGEN_CUDA_GRAPHS=0`), else [`Decoder::Eager`]; a GPU that falls back says why in
-    /// the log.
+    /// the log. A capture that fails continues as [`Decoder::Static`], with a warning, where
+    /// an explicit [`Decoder::CudaGraph`] fails the generation.
     #[default]
     Auto,
     /// One step per token over the filled part of the cache, each kernel launched from the
     /// host: the reference path.
     Eager,
-    /// [`Gpt::decode_step_at`], run eagerly: the fixed-shape step a graph records, on any
-    /// device (on the CPU it shows that the graph's step samples what the eager one does).
+    /// [`Gpt::decode_step_at`] and sampling in place, run eagerly: the fixed-shape step a
+    /// graph records, on any device (on the CPU it shows that the graph's step samples what
+    /// the eager one does).
     Static,
-    /// The fixed-shape step run eagerly once, then recorded as a CUDA graph and replayed for
-    /// every further token; sampling runs eagerly between replays, on the device.
+    /// The fixed-shape step with its sampling run eagerly once, then recorded as a CUDA graph
+    /// and replayed for every further token: one launch per token.
     CudaGraph,
 }
 
@@ -164,6 +166,7 @@ pub fn generate_with(
         )));
     }
     let device = gpt.device();
+    let requested = decoder;
     let decoder = decoder.resolve(device)?;
     let mut rng = Uniforms::new(seeds, device);
     let guided = sampling.guided();
@@ -194,97 +197,169 @@ pub fn generate_with(
     tch::no_grad(|| {
         let mut cache = gpt.new_cache(cond_all.size()[0]);
         let logits = gpt.prefill(&cond_all, &mut cache, mask_all.as_ref())?;
-        let mut token = sample(
+        let first = sample(
             &mix(&logits.select(1, -1), guided, true, sampling),
             sampling,
             &mut rng,
         );
-        let mut tokens = vec![token.shallow_clone()];
-        let mut steps = StepRunner::new(gpt, cache, &doubled(&token), decoder);
-        for i in 0..gpt.config.block_size - 1 {
-            let keep_guiding = !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);
-            let logits = steps.next(&doubled(&token))?;
-            token = sample(
-                &mix(&logits.select(1, 0), guided, keep_guiding, sampling),
-                sampling,
-                &mut rng,
-            );
-            tokens.push(token.shallow_clone());
+        let keep_guiding = |i: i64| !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);
+        let steps = gpt.config.block_size - 1;
+        if decoder == Decoder::Eager {
+            let mut token = first;
+            let mut tokens = vec![token.shallow_clone()];
+            for i in 0..steps {
+                let logits = gpt.decode_sampled(&doubled(&token), &mut cache)?;
+                token = sample(
+                    &mix(&logits.select(1, 0), guided, keep_guiding(i), sampling),
+                    sampling,
+                    &mut rng,
+                );
+                tokens.push(token.shallow_clone());
+            }
+            return Ok(Tensor::cat(&tokens, 1));
         }
-        Ok(Tensor::cat(&tokens, 1))
+        let mut fixed = FixedStepLoop::new(gpt, sampling, decoder, cache, rng, &first);
+        fixed.may_fall_back = requested == Decoder::Auto;
+        for i in 0..steps {
+            fixed.step(keep_guiding(i))?;
+        }
+        Ok(fixed.tokens.shallow_clone())
     })
 }
 
-/// Runs decode steps as the decoder says, owning the cache and, for the fixed-shape steps, the
-/// buffers whose addresses a graph reads: the input tokens and the device-side position.
-struct StepRunner<'a> {
+/// The decode loop at fixed shapes and addresses: a step feeds the last sampled tokens, samples
+/// the next ones and writes them into the output and into its own input, all on the device
+/// and in place. Nothing in a step reads back to the host or allocates memory that outlives
+/// it, so on CUDA the whole token (model, guidance, filtering and the draw) is recorded once as
+/// a graph and then replayed, one launch per token.
+struct FixedStepLoop<'a> {
     gpt: &'a Gpt,
-    cache: KvCache,
+    sampling: &'a Sampling,
+    guided: bool,
     decoder: Decoder,
-    /// [B, 1] int64: the tokens the next fixed-shape step reads.
+    cache: KvCache,
+    rng: Uniforms,
+    /// [B, 1], or [2B, 1] when guided (both halves the same): the tokens the next step feeds.
     input: Tensor,
-    /// [1] int64 on the device: the position the next fixed-shape step writes.
+    /// [1] int64: the cache position the next step writes.
     position: Tensor,
-    /// The recorded step and its logits [B, 1, V], which each replay rewrites.
-    graph: Option<(CudaGraph, Tensor)>,
-    /// Whether a fixed-shape step has run eagerly, setting up what a capture cannot.
+    /// [B, block_size] int64: the tokens sampled so far, the generation's result.
+    tokens: Tensor,
+    /// [1] int64: the column of `tokens` the next step writes.
+    column: Tensor,
+    /// The recorded step without and with guidance (the guidance interval switches from one
+    /// to the other once).
+    graphs: [Option<CudaGraph>; 2],
+    /// Whether a step has run eagerly, setting up what a capture cannot record.
     warmed_up: bool,
+    /// Whether a failed capture falls back to eager fixed-shape steps (the decoder was chosen
+    /// by [`Decoder::Auto`]) rather than failing the generation.
+    may_fall_back: bool,
 }
 
-impl<'a> StepRunner<'a> {
-    fn new(gpt: &'a Gpt, cache: KvCache, first: &Tensor, decoder: Decoder) -> Self {
-        let position = cache.next_position();
-        StepRunner {
+impl<'a> FixedStepLoop<'a> {
+    /// After the prefill: `cache` holds the prefix and `first` [B, 1] is the token sampled
+    /// from its last position.
+    fn new(
+        gpt: &'a Gpt,
+        sampling: &'a Sampling,
+        decoder: Decoder,
+        cache: KvCache,
+        rng: Uniforms,
+        first: &Tensor,
+    ) -> Self {
+        let guided = sampling.guided();
+        let device = first.device();
+        let tokens = Tensor::zeros(
+            [first.size()[0], gpt.config.block_size],
+            (Kind::Int64, device),
+        );
+        tokens.narrow(1, 0, 1).copy_(first);
+        FixedStepLoop {
             gpt,
-            cache,
+            sampling,
+            guided,
             decoder,
-            input: first.copy(),
-            position,
-            graph: None,
+            input: if guided {
+                Tensor::cat(&[first, first], 0)
+            } else {
+                first.copy()
+            },
+            position: cache.next_position(),
+            tokens,
+            column: Tensor::from_slice(&[1i64]).to_device(device),
+            cache,
+            rng,
+            graphs: [None, None],
             warmed_up: false,
+            may_fall_back: false,
         }
     }
 
-    /// Feeds `tokens` [B, 1] at the next position. Returns logits [B, 1, V], which the next
-    /// call may overwrite (under a graph they live in the graph's memory).
-    fn next(&mut self, tokens: &Tensor) -> Result<Tensor, ModelError> {
-        if self.decoder == Decoder::Eager {
-            return self.gpt.decode_sampled(tokens, &mut self.cache);
+    fn step(&mut self, keep_guiding: bool) -> Result<(), ModelError> {
+        // Libraries set themselves up on first use (cuBLAS handles, workspaces), which a
+        // capture cannot record: the first step runs eagerly.
+        if self.decoder != Decoder::CudaGraph || !self.warmed_up {
+            self.warmed_up = true;
+            return self.sample_next(keep_guiding);
         }
-        self.input.copy_(tokens);
-        if let Some((graph, logits)) = &self.graph {
-            graph.replay()?;
-            return Ok(logits.shallow_clone());
-        }
-        // Libraries set themselves up on first use, which a capture cannot record: the first
-        // step runs eagerly, and the graph is recorded on the second.
-        if self.decoder == Decoder::CudaGraph && self.warmed_up {
-            let device = match self.gpt.device() {
-                Device::Cuda(index) => index,
-                other => {
-                    return Err(ModelError::Input(format!(
-                        "CUDA graph decoding on {other:?}"
-                    )));
+        let slot = usize::from(keep_guiding);
+        let graph = match self.graphs[slot].take() {
+            Some(graph) => graph,
+            None => match self.record(keep_guiding) {
+                Ok(graph) => graph,
+                // A failed capture ran none of its kernels, so the step is still to take.
+                Err(why) if self.may_fall_back => {
+                    tracing::warn!(
+                        "sampling without CUDA graphs (the fixed-shape step runs eagerly; \
+                         LLAMAGEN_CUDA_GRAPHS=0 skips the attempt): {why}"
+                    );
+                    self.decoder = Decoder::Static;
+                    return self.sample_next(keep_guiding);
                 }
-            };
-            let (graph, logits) = CudaGraph::capture(device, || self.fixed_step())?;
-            let logits = logits?;
-            graph.replay()?;
-            self.graph = Some((graph, logits.shallow_clone()));
-            return Ok(logits);
-        }
-        let logits = self.fixed_step()?;
-        self.warmed_up = true;
-        Ok(logits)
+                Err(why) => return Err(why),
+            },
+        };
+        let replayed = graph.replay();
+        self.graphs[slot] = Some(graph);
+        replayed
     }
 
-    /// One fixed-shape step that also advances the position, on the device.
-    fn fixed_step(&mut self) -> Result<Tensor, ModelError> {
+    /// Records one step as a CUDA graph; recording runs nothing, the first replay takes the
+    /// step.
+    fn record(&mut self, keep_guiding: bool) -> Result<CudaGraph, ModelError> {
+        let Device::Cuda(device) = self.gpt.device() else {
+            return Err(ModelError::Input(format!(
+                "CUDA graph decoding on {:?}",
+                self.gpt.device()
+            )));
+        };
+        let (graph, recorded) = CudaGraph::capture(device, || self.sample_next(keep_guiding))?;
+        recorded.map(|()| graph)
+    }
+
+    /// One token for every sample: the fixed-shape decode step, guidance, filtering and the
+    /// draw; then the position, the output column and the next input move on.
+    fn sample_next(&mut self, keep_guiding: bool) -> Result<(), ModelError> {
         let logits = self
             .gpt
             .decode_step_at(&self.input, &self.position, &mut self.cache)?;
         let _ = self.position.g_add_scalar_(1);
-        Ok(logits)
+        let mixed = mix(
+            &logits.select(1, 0),
+            self.guided,
+            keep_guiding,
+            self.sampling,
+        );
+        let token = sample(&mixed, self.sampling, &mut self.rng);
+        let _ = self.tokens.index_copy_(1, &self.column, &token);
+        let _ = self.column.g_add_scalar_(1);
+        let batch = token.size()[0];
+        self.input.narrow(0, 0, batch).copy_(&token);
+        if self.guided {
+            self.input.narrow(0, batch, batch).copy_(&token);
+        }
+        Ok(())
     }
 }
 
@@ -348,7 +423,8 @@ impl Uniforms {
             z.bitwise_right_shift_tensor_scalar(s)
                 .bitwise_and((1i64 << (64 - s)) - 1)
         };
-        self.states = &self.states + 0x9E37_79B9_7F4A_7C15u64 as i64;
+        // In place: a recorded step reads and advances the state where it lives.
+        let _ = self.states.g_add_scalar_(0x9E37_79B9_7F4A_7C15u64 as i64);
         let z = &self.states;
         let z = (z.bitwise_xor_tensor(&shift(z, 30))) * 0xBF58_476D_1CE4_E5B9u64 as i64;
         let z = (z.bitwise_xor_tensor(&shift(&z, 27))) * 0x94D0_49BB_1331_11EBu64 as i64;
@@ -512,6 +588,51 @@ mod tests {
             Decoder::Static.resolve(Device::Cpu).unwrap(),
             Decoder::Static
         );
+    }
+
+    #[test]
+    fn a_fixed_step_leaves_every_buffer_where_it_was() {
+        // A CUDA graph's replay reads and writes the addresses its capture saw, so the loop
+        // must update its buffers in place, never replace them.
+        let (config, _) = crate::tiny::configs();
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let gpt = Gpt::new(&vs.root(), config).unwrap();
+        let sampling = Sampling {
+            cfg_scale: 2.0,
+            cfg_interval: 1,
+            ..Sampling::default()
+        };
+        tch::no_grad(|| {
+            let mut cache = gpt.new_cache(4);
+            let prefix = Tensor::from_slice(&[1i64, 2, 3, 4]);
+            let _ = gpt.prefill(&prefix, &mut cache, None).unwrap();
+            let start = cache.len();
+            let first = Tensor::from_slice(&[5i64, 6]).view([2, 1]);
+            let rng = Uniforms::new(&[1, 2], Device::Cpu);
+            let states = rng.states.copy();
+            let mut fixed =
+                FixedStepLoop::new(&gpt, &sampling, Decoder::Static, cache, rng, &first);
+            let addresses = |f: &FixedStepLoop| -> Vec<usize> {
+                [&f.input, &f.position, &f.tokens, &f.column, &f.rng.states]
+                    .into_iter()
+                    .chain(f.cache.buffers())
+                    .map(|t| t.data_ptr() as usize)
+                    .collect()
+            };
+            let before = addresses(&fixed);
+            // Guided, then past the guidance interval.
+            for keep_guiding in [true, true, false] {
+                fixed.step(keep_guiding).unwrap();
+            }
+            assert_eq!(addresses(&fixed), before, "a buffer moved");
+            assert_eq!(fixed.position.int64_value(&[0]), start + 3);
+            assert_eq!(fixed.column.int64_value(&[0]), 4);
+            assert_eq!(fixed.tokens.narrow(1, 0, 1), first);
+            // Both halves of the guided batch feed the last sampled token.
+            let last = fixed.tokens.narrow(1, 3, 1);
+            assert_eq!(fixed.input, Tensor::cat(&[&last, &last], 0));
+            assert_ne!(fixed.rng.states, states, "the streams did not advance");
+        });
     }
 
     #[test]

@@ -447,6 +447,12 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// Every layer's key and value tensors.
+    #[cfg(test)]
+    pub(crate) fn buffers(&self) -> impl Iterator<Item = &Tensor> {
+        self.keys.iter().chain(&self.values)
+    }
+
     /// Positions filled so far.
     pub fn len(&self) -> i64 {
         self.len
