@@ -185,15 +185,6 @@ pub fn generate_with(
     } else {
         (cond.shallow_clone(), prefix_mask.map(Tensor::shallow_clone))
     };
-    // The decoded token of every sequence of the (doubled when guided) batch: [B, 1] -> [2B, 1].
-    let doubled = |token: &Tensor| {
-        if guided {
-            Tensor::cat(&[token, token], 0)
-        } else {
-            token.shallow_clone()
-        }
-    };
-
     tch::no_grad(|| {
         let mut cache = gpt.new_cache(cond_all.size()[0]);
         let logits = gpt.prefill(&cond_all, &mut cache, mask_all.as_ref())?;
@@ -208,7 +199,7 @@ pub fn generate_with(
             let mut token = first;
             let mut tokens = vec![token.shallow_clone()];
             for i in 0..steps {
-                let logits = gpt.decode_sampled(&doubled(&token), &mut cache)?;
+                let logits = gpt.decode_sampled(&doubled(&token, guided), &mut cache)?;
                 token = sample(
                     &mix(&logits.select(1, 0), guided, keep_guiding(i), sampling),
                     sampling,
@@ -280,11 +271,8 @@ impl<'a> FixedStepLoop<'a> {
             sampling,
             guided,
             decoder,
-            input: if guided {
-                Tensor::cat(&[first, first], 0)
-            } else {
-                first.copy()
-            },
+            // Its own buffer: the steps overwrite it.
+            input: doubled(first, guided).copy(),
             position: cache.next_position(),
             tokens,
             column: Tensor::from_slice(&[1i64]).to_device(device),
@@ -360,6 +348,16 @@ impl<'a> FixedStepLoop<'a> {
             self.input.narrow(0, batch, batch).copy_(&token);
         }
         Ok(())
+    }
+}
+
+/// The decoded token of every sequence of the batch, doubled when guided (both halves read
+/// the same token): [B, 1] -> [2B, 1], else as it is.
+fn doubled(token: &Tensor, guided: bool) -> Tensor {
+    if guided {
+        Tensor::cat(&[token, token], 0)
+    } else {
+        token.shallow_clone()
     }
 }
 

@@ -696,13 +696,13 @@ impl Gpt {
                 )));
             }
         }
-        Ok(Tensor::embedding(
-            &self.tok_embeddings,
-            tokens,
-            -1,
-            false,
-            false,
-        ))
+        Ok(self.embed_sampled(tokens))
+    }
+
+    /// The embeddings of tokens known to be in range (sampled from this model's logits), without
+    /// the check that reads them back to the host. tokens: [B, N] -> [B, N, D].
+    fn embed_sampled(&self, tokens: &Tensor) -> Tensor {
+        Tensor::embedding(&self.tok_embeddings, tokens, -1, false, false)
     }
 
     fn head(&self, h: &Tensor) -> Tensor {
@@ -943,7 +943,7 @@ impl Gpt {
         if cache.is_empty() {
             return Err(ModelError::Input("decode_step before prefill".into()));
         }
-        let h = Tensor::embedding(&self.tok_embeddings, tokens, -1, false, false);
+        let h = self.embed_sampled(tokens);
         self.step(h, cache)
     }
 
@@ -995,7 +995,7 @@ impl Gpt {
                 position.kind()
             )));
         }
-        let h = Tensor::embedding(&self.tok_embeddings, tokens, -1, false, false);
+        let h = self.embed_sampled(tokens);
         let rope = self.rope.index_select(0, position);
         let capacity = cache.capacity;
         // [B or 1, 1, 1, capacity]: the prefix's padding and causality from the prefill's
