@@ -15,7 +15,8 @@
 #      `llamagen-distributed --test nccl` (a group of one reduces CUDA buckets during the
 #      backward pass);
 #   2. `sampling_vs_llamagen --device cuda` at 384 px: the paper's Table 7 setting, eager and
-#      CUDA graph rows beside LlamaGen, fp32 and bf16, then GPT-L and GPT-XL in bf16.
+#      CUDA graph rows beside LlamaGen, fp32 and bf16 (bf16 also times a pass of speculative
+#      Jacobi decoding), then GPT-L and GPT-XL in bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -94,7 +95,7 @@ run() {
     step table7_fp32 300 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
         --repeat 2 --precision fp32
     step table7_bf16 300 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
-        --repeat 2 --precision bf16
+        --repeat 2 --precision bf16 --decoders eager,graph,sjd
     step larger_bf16 400 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
         --models GPT-L,GPT-XL --precision bf16
     return $status

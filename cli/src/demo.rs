@@ -253,7 +253,11 @@ fn text_to_image(
     t2i.pipeline.name = "demo-t2i".into();
     t2i.pipeline.stages = vec![Stage::Encode, Stage::Train, Stage::Sample, Stage::Evaluate];
     t2i.model.task = Task::T2i;
-    t2i.model.gpt_config = models.text_gpt_config.display().to_string();
+    // Absolute: the stages resolve a relative path under the data directory, which the
+    // tiny models' paths already start with.
+    t2i.model.gpt_config = std::path::absolute(&models.text_gpt_config)?
+        .display()
+        .to_string();
     t2i.encode.codes_output = "demo/codes-t2i".into();
     t2i.train.output = "demo/train-t2i".into();
     t2i.train.epochs = 7;
@@ -352,6 +356,7 @@ async fn baseline_step(
         top_k: 0,
         top_p: 1.0,
         temperature: 1.0,
+        jacobi_window: 0,
         seed: 0,
         batch_size: 16,
         device: "cpu".into(),

@@ -28,8 +28,16 @@ pub fn run(command: &SampleCommand) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let passes = if command.sample.jacobi_window > 0 && report.made > 0 {
+        format!(
+            "; {:.1} forward passes per image (speculative Jacobi decoding)",
+            report.forward_passes as f64 / report.made as f64
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "made {} image(s), kept {} finished one(s); GPT {:.2} s, VQ decode {:.2} s{}",
+        "made {} image(s), kept {} finished one(s); GPT {:.2} s, VQ decode {:.2} s{passes}{}",
         report.made,
         report.skipped,
         report.gpt_seconds,

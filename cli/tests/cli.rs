@@ -540,3 +540,26 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
         text(&out)
     );
 }
+
+/// The README's first command as a fresh checkout runs it: `llamagen demo` with the default,
+/// relative data directory, twice (the second run resumes every stage).
+#[test]
+fn the_demo_runs_from_a_relative_data_directory_and_again() {
+    let dir = tempfile::tempdir().unwrap();
+    for run in ["first", "second"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+            .current_dir(dir.path())
+            .args(["--data-dir", "data", "demo", "--no-serve"])
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{run} run: {}", text(&out));
+        assert!(
+            text(&out).contains("[9/9] dashboard skipped"),
+            "{run} run: {}",
+            text(&out)
+        );
+    }
+    assert!(dir.path().join("data/demo/train-t2i").is_dir());
+}

@@ -121,6 +121,45 @@ fn samples_resume_and_reproduce() {
 }
 
 #[test]
+fn speculative_sampling_records_its_window_and_keeps_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = tiny::write(&dir.path().join("models"), 3).unwrap();
+    let out = dir.path().join("sjd");
+    let settings = ["--num-samples", "5", "--top-k", "1", "--jacobi-window", "8"];
+    let run = sample(&models, &out, &settings);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains("made 5 image(s), kept 0")
+            && text(&run).contains("forward passes per image (speculative Jacobi decoding)"),
+        "{}",
+        text(&run)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sampling.json")).unwrap()).unwrap();
+    assert_eq!(record["jacobi_window"], 8);
+
+    // Greedy: the same images as plain decoding, whose record leaves the window out.
+    let plain = dir.path().join("plain");
+    let run = sample(&models, &plain, &settings[..4]);
+    assert!(run.status.success(), "{}", text(&run));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.join("sampling.json")).unwrap()).unwrap();
+    assert!(record.get("jacobi_window").is_none(), "{record}");
+    for i in 0..5 {
+        let name = format!("{i:06}.png");
+        assert_eq!(
+            image::open(out.join(&name)).unwrap().into_rgb8(),
+            image::open(plain.join(&name)).unwrap().into_rgb8(),
+            "{name}"
+        );
+    }
+
+    let mixed = sample(&models, &out, &settings[..4]);
+    assert!(!mixed.status.success());
+    assert!(text(&mixed).contains("other settings"), "{}", text(&mixed));
+}
+
+#[test]
 fn mismatched_models_and_bad_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let models = tiny::write(&dir.path().join("models"), 4).unwrap();

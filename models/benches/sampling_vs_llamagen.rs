@@ -9,12 +9,18 @@
 //!
 //! ```text
 //! cargo bench -p llamagen-models --bench sampling_vs_llamagen -- [--llamagen DIR] [--sizes 256,384] [--repeat N]
-//!     [--device cpu|cuda] [--precision fp32|bf16] [--models GPT-B,...] [--decoders eager,static,graph]
+//!     [--device cpu|cuda] [--precision fp32|bf16] [--models GPT-B,...]
+//!     [--decoders eager,static,graph,sjd] [--jacobi-window 16]
 //! ```
 //!
 //! Our side runs once per decoder (`llamagen_models::generate::Decoder`): by default the eager
 //! loop on the CPU, and the eager loop and the CUDA graph on CUDA, each row against the same
 //! LlamaGen figure. `static` times the fixed-shape step run eagerly (what the graph records).
+//! `sjd` times speculative Jacobi decoding over `--jacobi-window` positions per pass and prints
+//! its forward passes beside plain decoding's. How many drafts a model accepts depends on its
+//! distributions: these seeded random weights give nearly uniform ones, under which almost
+//! every redrawn draft passes its test, so the passes here are far fewer than a trained model's
+//! would be. The row shows what a pass of W positions costs, not what a checkpoint saves.
 //!
 //! On CUDA both sides run one untimed warm-up first (CUDA context, cuBLAS handles) and the
 //! clock stops after a device synchronise; `--precision bf16` casts the GPT's weights as
@@ -29,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use llamagen_models::generate::{Decoder, Sampling, generate_with};
+use llamagen_models::generate::{Decoder, Sampling, generate_speculative, generate_with};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
 use llamagen_models::vq::{VqConfig, VqModel};
 use llamagen_models::weights;
@@ -47,6 +53,15 @@ fn python() -> PathBuf {
         .unwrap_or_else(|| repo().join(".venv/bin/python"))
 }
 
+/// What our side of a row runs.
+#[derive(Clone, Copy)]
+enum Runner {
+    /// One token per forward pass, through this decode loop.
+    Plain(Decoder),
+    /// Speculative Jacobi decoding.
+    Speculative,
+}
+
 struct Options {
     llamagen: Option<PathBuf>,
     device: Device,
@@ -55,7 +70,9 @@ struct Options {
     sizes: Vec<i64>,
     /// GPT sizes by name, as `GptConfig::named`.
     models: Vec<String>,
-    decoders: Vec<Decoder>,
+    decoders: Vec<Runner>,
+    /// Positions per pass of the `sjd` rows.
+    jacobi_window: i64,
     /// Runs per measurement; the best is reported (these machines are shared and noisy).
     repeat: usize,
 }
@@ -68,6 +85,7 @@ fn options() -> Options {
     let mut precision = "fp32".to_string();
     let mut models = vec!["GPT-B".to_string()];
     let mut decoders = None;
+    let mut jacobi_window = 16;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -108,13 +126,19 @@ fn options() -> Options {
                         .unwrap_or_default()
                         .split(',')
                         .map(|d| match d {
-                            "eager" => Decoder::Eager,
-                            "static" => Decoder::Static,
-                            "graph" => Decoder::CudaGraph,
-                            other => panic!("--decoders takes eager, static, graph; got {other}"),
+                            "eager" => Runner::Plain(Decoder::Eager),
+                            "static" => Runner::Plain(Decoder::Static),
+                            "graph" => Runner::Plain(Decoder::CudaGraph),
+                            "sjd" => Runner::Speculative,
+                            other => {
+                                panic!("--decoders takes eager, static, graph, sjd; got {other}")
+                            }
                         })
                         .collect(),
                 )
+            }
+            "--jacobi-window" => {
+                jacobi_window = args.next().and_then(|s| s.parse().ok()).unwrap_or(16)
             }
             "--precision" => precision = args.next().unwrap_or_else(|| "fp32".into()),
             "--repeat" => repeat = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
@@ -127,9 +151,12 @@ fn options() -> Options {
     );
     let decoders = decoders.unwrap_or_else(|| {
         if device.is_cuda() {
-            vec![Decoder::Eager, Decoder::CudaGraph]
+            vec![
+                Runner::Plain(Decoder::Eager),
+                Runner::Plain(Decoder::CudaGraph),
+            ]
         } else {
-            vec![Decoder::Eager]
+            vec![Runner::Plain(Decoder::Eager)]
         }
     });
     Options {
@@ -139,6 +166,7 @@ fn options() -> Options {
         sizes,
         models,
         decoders,
+        jacobi_window,
         repeat,
     }
 }
@@ -277,13 +305,35 @@ fn main() {
             } else {
                 format!("{name} {size} px, {images} images, no CFG")
             };
-            for &decoder in &opts.decoders {
+            for &runner in &opts.decoders {
+                let mut passes = 0;
                 let ours = best_of(opts.device, opts.repeat, || {
-                    let codes =
-                        generate_with(&model, &cond, None, &sampling, &seeds, decoder).unwrap();
+                    let codes = match runner {
+                        Runner::Plain(decoder) => {
+                            generate_with(&model, &cond, None, &sampling, &seeds, decoder).unwrap()
+                        }
+                        Runner::Speculative => {
+                            let sjd = Sampling {
+                                jacobi_window: opts.jacobi_window,
+                                ..sampling.clone()
+                            };
+                            let (codes, stats) =
+                                generate_speculative(&model, &cond, None, &sjd, &seeds).unwrap();
+                            passes = stats.passes;
+                            codes
+                        }
+                    };
                     assert_eq!(codes.size(), [images, grid * grid]);
                 });
-                row(&format!("{label}, {decoder:?}"), ours, theirs);
+                let name = match runner {
+                    Runner::Plain(decoder) => format!("{decoder:?}"),
+                    Runner::Speculative => format!(
+                        "SJD window {} ({passes} passes, plain {})",
+                        opts.jacobi_window,
+                        grid * grid - 1
+                    ),
+                };
+                row(&format!("{label}, {name}"), ours, theirs);
             }
         }
     }

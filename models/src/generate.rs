@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::ModelError;
 use crate::cuda_graph::{self, CudaGraph};
 use crate::gpt::{Gpt, KvCache};
+use crate::jacobi::{self, JacobiStats};
 
 /// Sampling settings; the defaults are the paper's FID settings for class-conditional
 /// ImageNet (guidance 1.5 for LlamaGen's released B/L models, no top-k/top-p, temperature 1).
@@ -31,6 +32,10 @@ pub struct Sampling {
     pub top_k: i64,
     /// Keep the smallest set of tokens whose probability reaches p; 1.0 keeps all.
     pub top_p: f64,
+    /// Speculative Jacobi decoding ([`crate::jacobi`]) over this many positions per forward
+    /// pass; 0 decodes one token per pass as LlamaGen does. The tokens follow the same
+    /// distribution, not the same draws, except at 1, which draws what plain decoding does.
+    pub jacobi_window: i64,
 }
 
 impl Default for Sampling {
@@ -41,6 +46,7 @@ impl Default for Sampling {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            jacobi_window: 0,
         }
     }
 }
@@ -63,6 +69,12 @@ impl Sampling {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top-p must lie in (0, 1], got {}", self.top_p));
         }
+        if self.jacobi_window < 0 {
+            return bad(format!(
+                "the Jacobi window must be >= 0, got {}",
+                self.jacobi_window
+            ));
+        }
         if self.cfg_interval < -1 {
             return bad(format!(
                 "cfg interval must be >= -1, got {}",
@@ -72,7 +84,7 @@ impl Sampling {
         Ok(())
     }
 
-    fn guided(&self) -> bool {
+    pub(crate) fn guided(&self) -> bool {
         self.cfg_scale > 1.0
     }
 }
@@ -145,7 +157,9 @@ pub fn generate(
     generate_with(gpt, cond, prefix_mask, sampling, seeds, Decoder::Auto)
 }
 
-/// [`generate`] with the decode loop chosen by `decoder`.
+/// [`generate`] with the decode loop chosen by `decoder`. Speculative Jacobi decoding
+/// (`sampling.jacobi_window` > 0) runs its own loop, eagerly on every device: it takes
+/// [`Decoder::Auto`] or [`Decoder::Eager`] and refuses the fixed-shape ones.
 pub fn generate_with(
     gpt: &Gpt,
     cond: &Tensor,
@@ -154,7 +168,55 @@ pub fn generate_with(
     seeds: &[u64],
     decoder: Decoder,
 ) -> Result<Tensor, ModelError> {
+    let (codes, stats) = run(gpt, cond, prefix_mask, sampling, seeds, decoder)?;
+    if let Some(stats) = stats {
+        tracing::debug!(
+            "speculative Jacobi decoding: {} passes for {} samples of {} tokens ({:.2}x fewer \
+             than one token per pass)",
+            stats.passes,
+            seeds.len(),
+            gpt.config.block_size,
+            stats.step_compression(gpt.config.block_size)
+        );
+    }
+    Ok(codes)
+}
+
+/// [`generate`] by speculative Jacobi decoding (`sampling.jacobi_window` must be positive),
+/// with how many forward passes it took.
+pub fn generate_speculative(
+    gpt: &Gpt,
+    cond: &Tensor,
+    prefix_mask: Option<&Tensor>,
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Result<(Tensor, JacobiStats), ModelError> {
+    if sampling.jacobi_window < 1 {
+        return Err(ModelError::Input(format!(
+            "speculative decoding needs a Jacobi window of at least 1, got {}",
+            sampling.jacobi_window
+        )));
+    }
+    let (codes, stats) = run(gpt, cond, prefix_mask, sampling, seeds, Decoder::Eager)?;
+    Ok((codes, stats.unwrap_or_default()))
+}
+
+/// The generation: codes [B, block_size], and the passes speculative decoding took.
+fn run(
+    gpt: &Gpt,
+    cond: &Tensor,
+    prefix_mask: Option<&Tensor>,
+    sampling: &Sampling,
+    seeds: &[u64],
+    decoder: Decoder,
+) -> Result<(Tensor, Option<JacobiStats>), ModelError> {
     sampling.validate()?;
+    let speculative = sampling.jacobi_window > 0;
+    if speculative && matches!(decoder, Decoder::Static | Decoder::CudaGraph) {
+        return Err(ModelError::Input(format!(
+            "speculative Jacobi decoding runs eagerly; {decoder:?} decoding cannot run it"
+        )));
+    }
     let batch = cond.size().first().copied().unwrap_or(0);
     if batch == 0 {
         return Err(ModelError::Input("empty condition batch".into()));
@@ -193,6 +255,17 @@ pub fn generate_with(
             sampling,
             &mut rng,
         );
+        if speculative {
+            let (codes, stats) = jacobi::decode(
+                gpt,
+                sampling,
+                &mut cache,
+                &mut rng,
+                &first,
+                sampling.jacobi_window,
+            )?;
+            return Ok((codes, Some(stats)));
+        }
         let keep_guiding = |i: i64| !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);
         let steps = gpt.config.block_size - 1;
         if decoder == Decoder::Eager {
@@ -207,14 +280,14 @@ pub fn generate_with(
                 );
                 tokens.push(token.shallow_clone());
             }
-            return Ok(Tensor::cat(&tokens, 1));
+            return Ok((Tensor::cat(&tokens, 1), None));
         }
         let mut fixed = FixedStepLoop::new(gpt, sampling, decoder, cache, rng, &first);
         fixed.may_fall_back = requested == Decoder::Auto;
         for i in 0..steps {
             fixed.step(keep_guiding(i))?;
         }
-        Ok(fixed.tokens.shallow_clone())
+        Ok((fixed.tokens.shallow_clone(), None))
     })
 }
 
@@ -385,14 +458,21 @@ pub fn guide(logits: &Tensor, scale: f64) -> Tensor {
 /// token per row with that row's uniform. Returns [B, 1] int64.
 pub fn sample(logits: &Tensor, sampling: &Sampling, rng: &mut Uniforms) -> Tensor {
     let probs = filter_logits(logits, sampling).softmax(-1, Kind::Double);
-    let cdf = probs.cumsum(-1, Kind::Double);
-    let total = cdf.narrow(-1, cdf.size()[1] - 1, 1);
-    let u = rng.draw().to_device(cdf.device()).unsqueeze(1) * total;
-    // The token is the first whose cumulative probability reaches u; as u > 0, a token with
-    // zero probability (filtered out) can never be it.
+    inverse_cdf(&probs, &rng.draw()).unsqueeze(1)
+}
+
+/// One token drawn from each distribution of `weights` [..., V] (f64, non-negative, not
+/// necessarily normalized) with the uniform of `u` [...] in (0, 1]. Returns [...] int64.
+pub(crate) fn inverse_cdf(weights: &Tensor, u: &Tensor) -> Tensor {
+    let vocab = weights.size().last().copied().unwrap_or(1);
+    let cdf = weights.cumsum(-1, Kind::Double);
+    let total = cdf.narrow(-1, vocab - 1, 1);
+    let u = u.to_device(cdf.device()).unsqueeze(-1) * total;
+    // The token is the first whose cumulative weight reaches u; as u > 0, a token with zero
+    // weight (filtered out) can never be it.
     cdf.lt_tensor(&u)
-        .sum_dim_intlist(-1, true, Kind::Int64)
-        .clamp_max(cdf.size()[1] - 1)
+        .sum_dim_intlist(-1, false, Kind::Int64)
+        .clamp_max(vocab - 1)
 }
 
 /// One splitmix64 stream per sample, yielding uniforms in (0, 1], computed where the samples
@@ -416,20 +496,44 @@ impl Uniforms {
 
     /// The next uniform of every stream, [B] f64 in (0, 1].
     pub fn draw(&mut self) -> Tensor {
-        // u64 >> s of the state's bits.
-        let shift = |z: &Tensor, s: i64| {
-            z.bitwise_right_shift_tensor_scalar(s)
-                .bitwise_and((1i64 << (64 - s)) - 1)
-        };
         // In place: a recorded step reads and advances the state where it lives.
-        let _ = self.states.g_add_scalar_(0x9E37_79B9_7F4A_7C15u64 as i64);
-        let z = &self.states;
-        let z = (z.bitwise_xor_tensor(&shift(z, 30))) * 0xBF58_476D_1CE4_E5B9u64 as i64;
-        let z = (z.bitwise_xor_tensor(&shift(&z, 27))) * 0x94D0_49BB_1331_11EBu64 as i64;
-        let z = z.bitwise_xor_tensor(&shift(&z, 31));
-        // The top 53 bits, plus one, over 2^53: exact in f64.
-        (shift(&z, 11) + 1).to_kind(Kind::Double) / (1u64 << 53) as f64
+        let _ = self.states.g_add_scalar_(GOLDEN_GAMMA as i64);
+        finalize(&self.states)
     }
+
+    /// The next `count` uniforms of every stream, [B, count] f64: what `count` calls of
+    /// [`Uniforms::draw`] return, side by side.
+    pub fn draw_n(&mut self, count: i64) -> Tensor {
+        let steps = Tensor::arange_start(1, count + 1, (Kind::Int64, self.states.device()))
+            * GOLDEN_GAMMA as i64;
+        let states = self.states.unsqueeze(1) + steps;
+        let _ = self
+            .states
+            .g_add_scalar_(GOLDEN_GAMMA.wrapping_mul(count as u64) as i64);
+        finalize(&states)
+    }
+
+    /// Where the streams are.
+    pub fn device(&self) -> Device {
+        self.states.device()
+    }
+}
+
+/// splitmix64's increment.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// splitmix64's output for states `z` (int64 holding u64 bits), as uniforms in (0, 1] f64.
+fn finalize(z: &Tensor) -> Tensor {
+    // u64 >> s of the state's bits.
+    let shift = |z: &Tensor, s: i64| {
+        z.bitwise_right_shift_tensor_scalar(s)
+            .bitwise_and((1i64 << (64 - s)) - 1)
+    };
+    let z = (z.bitwise_xor_tensor(&shift(z, 30))) * 0xBF58_476D_1CE4_E5B9u64 as i64;
+    let z = (z.bitwise_xor_tensor(&shift(&z, 27))) * 0x94D0_49BB_1331_11EBu64 as i64;
+    let z = z.bitwise_xor_tensor(&shift(&z, 31));
+    // The top 53 bits, plus one, over 2^53: exact in f64.
+    (shift(&z, 11) + 1).to_kind(Kind::Double) / (1u64 << 53) as f64
 }
 
 /// Temperature, top-k and top-p filtering; removed entries become -inf. [B, V] -> [B, V].
@@ -575,6 +679,24 @@ mod tests {
                 assert!(u > 0.0 && u <= 1.0);
             }
         }
+    }
+
+    #[test]
+    fn a_block_of_uniforms_is_the_draws_one_by_one() {
+        let seeds = [7u64, u64::MAX, 1 << 63];
+        let (mut block, mut single) = (
+            Uniforms::new(&seeds, Device::Cpu),
+            Uniforms::new(&seeds, Device::Cpu),
+        );
+        for count in [1, 5, 2] {
+            let drawn = block.draw_n(count);
+            assert_eq!(drawn.size(), [3, count]);
+            let one_by_one =
+                Tensor::stack(&(0..count).map(|_| single.draw()).collect::<Vec<_>>(), 1);
+            assert!(drawn.equal(&one_by_one), "block of {count} differs");
+        }
+        // Both streams stand at the same state afterwards.
+        assert!(block.draw().equal(&single.draw()));
     }
 
     #[test]

@@ -258,10 +258,10 @@ struct Attention {
 }
 
 impl Attention {
-    /// x: [B, L, D]; rope: [L, Dh/2, 2]; `cache` receives this call's keys and values (see
-    /// [`CacheWrite`]); mask: [B, 1, L, keys] (true = attend), where keys is start + L for a
-    /// write from `start` and the cache's capacity for a write at a device position (which
-    /// needs the mask). Returns [B, L, D].
+    /// x: [B, L, D]; rope: [L, Dh/2, 2], or [B, L, Dh/2, 2] per sequence; `cache` receives
+    /// this call's keys and values (see [`CacheWrite`]); mask: [B, 1, L, keys] (true =
+    /// attend), where keys is start + L for a write from `start` and the cache's capacity for
+    /// a write at device positions (which needs the mask). Returns [B, L, D].
     fn forward(
         &self,
         x: &Tensor,
@@ -309,6 +309,18 @@ impl Attention {
                 let _ = values.index_copy_(2, position, &v);
                 // Every position up to the capacity, unwritten ones masked out by the caller:
                 // the shapes stay the same from step to step.
+                (keys.shallow_clone(), values.shallow_clone(), 0)
+            }
+            Some(CacheWrite {
+                keys,
+                values,
+                at: Position::Rows(positions),
+            }) => {
+                let index = positions
+                    .view([b, 1, l, 1])
+                    .expand([b, self.n_kv_head, l, self.head_dim], false);
+                let _ = keys.scatter_(2, &index, &k);
+                let _ = values.scatter_(2, &index, &v);
                 (keys.shallow_clone(), values.shallow_clone(), 0)
             }
             None => (k, v, 0),
@@ -366,6 +378,9 @@ enum Position<'a> {
     /// One row goes to the position held in a [1] int64 tensor on the cache's device: nothing
     /// is read back to the host and every shape is fixed, as a CUDA graph needs.
     At(&'a Tensor),
+    /// Each sequence's rows go to its own positions, a [B, L] int64 tensor on the cache's
+    /// device: sequences that have advanced by different amounts decode in one call.
+    Rows(&'a Tensor),
 }
 
 struct FeedForward {
@@ -1010,6 +1025,60 @@ impl Gpt {
         Ok(self.head(&h))
     }
 
+    /// A block of image tokens per sequence, each sequence at its own positions, as speculative
+    /// decoding feeds them: tokens [B, L] int64 (sampled from this model, so not range-checked)
+    /// go to `positions` [B, L] int64 (below the cache's capacity, on the model's device).
+    /// Every row attends over the cache's whole capacity under a mask that lets it see the
+    /// positions up to its own (and not the prefix's padding), so a row reads the keys this call
+    /// writes before it and whatever the cache holds below; what lies above a sequence's own
+    /// rows is never read until written again. Leaves [`KvCache::len`] as it was.
+    /// Returns logits [B, L, V].
+    pub(crate) fn decode_rows(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        if cache.is_empty() {
+            return Err(ModelError::Input("decode_rows before prefill".into()));
+        }
+        let batch = cache.keys.first().map_or(0, |k| k.size()[0]);
+        let (b, l) = tokens
+            .size2()
+            .map_err(|e| ModelError::Input(e.to_string()))?;
+        if b != batch || positions.size() != [b, l] || positions.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!(
+                "decode_rows takes [{batch}, L] tokens and int64 positions of the same shape, \
+                 got {:?} and {:?} {:?}",
+                tokens.size(),
+                positions.size(),
+                positions.kind()
+            )));
+        }
+        let h = self.embed_sampled(tokens);
+        let capacity = cache.capacity;
+        // [B, L, Dh/2, 2]
+        let rope = self
+            .rope
+            .index_select(0, &positions.reshape([-1]))
+            .view([b, l, -1, 2]);
+        // [B, 1, L, capacity]
+        let mask = match &cache.mask {
+            Some(m) => m.gather(
+                2,
+                &positions
+                    .view([b, 1, l, 1])
+                    .expand([b, 1, l, capacity], false),
+                false,
+            ),
+            None => Tensor::arange(capacity, (Kind::Int64, positions.device()))
+                .view([1, 1, 1, capacity])
+                .le_tensor(&positions.view([b, 1, l, 1])),
+        };
+        let h = self.through_cached_layers(h, &rope, cache, Position::Rows(positions), Some(&mask));
+        Ok(self.head(&h))
+    }
+
     /// Every block in inference mode, each writing its keys and values into its layer of
     /// `cache` at `at`. h: [B, L, D] -> [B, L, D].
     fn through_cached_layers(
@@ -1115,12 +1184,17 @@ pub fn rope_2d(grid: i64, head_dim: i64, base: f64, prefix: i64) -> Tensor {
     )
 }
 
-/// Rotates pairs (x[2i], x[2i+1]) of x: [B, L, H, Dh] by rope: [L, Dh/2, 2], computing in f32
-/// (f64 for f64 activations).
+/// Rotates pairs (x[2i], x[2i+1]) of x: [B, L, H, Dh] by rope: [L, Dh/2, 2] (or, per
+/// sequence, [B, L, Dh/2, 2]), computing in f32 (f64 for f64 activations).
 fn apply_rope(x: &Tensor, rope: &Tensor) -> Tensor {
     let (b, l, h, d) = x.size4().expect("rope input is [B, L, H, Dh]");
     let pairs = x.to_kind(upcast(x.kind())).reshape([b, l, h, d / 2, 2]);
-    let rope = rope.view([1, l, 1, d / 2, 2]);
+    // [L, Dh/2, 2] shared by the batch, or [B, L, Dh/2, 2] per sequence.
+    let rope = if rope.dim() == 4 {
+        rope.view([b, l, 1, d / 2, 2])
+    } else {
+        rope.view([1, l, 1, d / 2, 2])
+    };
     let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
     let (cos, sin) = (rope.select(-1, 0), rope.select(-1, 1));
     let rotated = Tensor::stack(&[&x0 * &cos - &x1 * &sin, &x1 * &cos + &x0 * &sin], -1);

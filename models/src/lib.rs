@@ -30,6 +30,7 @@ pub mod cuda_graph;
 pub mod generate;
 pub mod gpt;
 pub mod images;
+pub mod jacobi;
 pub mod lpips;
 pub mod memory;
 pub mod optim;

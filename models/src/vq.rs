@@ -532,7 +532,7 @@ impl VqModel {
         }
         let quant = self
             .codebook()
-            .index_select(0, &codes.to_kind(Kind::Int64).view([-1]))
+            .index_select(0, &codes.to_kind(Kind::Int64).reshape([-1]))
             .view([codes.size()[0], codes.size()[1], codes.size()[2], -1])
             .permute([0, 3, 1, 2])
             .contiguous();

@@ -34,6 +34,7 @@ fn greedy(cfg_interval: i64) -> Sampling {
         temperature: 1.0,
         top_k: 1,
         top_p: 1.0,
+        jacobi_window: 0,
     }
 }
 

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{assert_close, expected, gpt, gpt_on};
-use llamagen_models::generate::{Decoder, Sampling, generate, generate_with, guide};
+use llamagen_models::generate::{
+    Decoder, Sampling, filter_logits, generate, generate_speculative, generate_with, guide,
+};
 use llamagen_models::gpt::Gpt;
 use tch::{Device, Kind, Tensor};
 
@@ -212,6 +214,221 @@ fn on_a_gpu_graph_decoding_samples_what_eager_decoding_does() {
     }
 }
 
+/// Plain decoding through the reference loop.
+fn eager(
+    model: &Gpt,
+    cond: &Tensor,
+    mask: Option<&Tensor>,
+    sampling: &Sampling,
+    seeds: &[u64],
+) -> Tensor {
+    generate_with(model, cond, mask, sampling, seeds, Decoder::Eager).unwrap()
+}
+
+fn speculative(sampling: &Sampling, window: i64) -> Sampling {
+    Sampling {
+        jacobi_window: window,
+        ..sampling.clone()
+    }
+}
+
+#[test]
+fn speculative_greedy_decoding_is_greedy_decoding() {
+    for (name, sampling, cond, mask) in decoding_cases(Device::Cpu) {
+        if sampling.top_k != 1 {
+            continue;
+        }
+        let (_vs, model) = gpt(name);
+        let seeds: Vec<u64> = (0..cond.size()[0] as u64).collect();
+        let eager = eager(&model, &cond, mask.as_ref(), &sampling, &seeds);
+        for window in [2, 4, 16, 100] {
+            let (codes, stats) = generate_speculative(
+                &model,
+                &cond,
+                mask.as_ref(),
+                &speculative(&sampling, window),
+                &seeds,
+            )
+            .unwrap();
+            assert_eq!(codes, eager, "{name}: greedy SJD over {window} positions");
+            let n = model.config.block_size;
+            assert!(
+                stats.passes_per_sample.iter().all(|&p| (1..n).contains(&p)),
+                "{stats:?}"
+            );
+            assert_eq!(stats.passes, *stats.passes_per_sample.iter().max().unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_jacobi_window_of_one_draws_what_plain_decoding_does() {
+    for (name, sampling, cond, mask) in decoding_cases(Device::Cpu) {
+        let (_vs, model) = gpt(name);
+        let seeds: Vec<u64> = (40..40 + cond.size()[0] as u64).collect();
+        let eager = eager(&model, &cond, mask.as_ref(), &sampling, &seeds);
+        let (codes, stats) = generate_speculative(
+            &model,
+            &cond,
+            mask.as_ref(),
+            &speculative(&sampling, 1),
+            &seeds,
+        )
+        .unwrap();
+        assert_eq!(codes, eager, "{name} {sampling:?}");
+        assert_eq!(stats.passes, model.config.block_size - 1);
+    }
+}
+
+#[test]
+fn a_speculative_sample_depends_on_its_seed_and_condition_alone() {
+    for (name, sampling, cond, mask) in decoding_cases(Device::Cpu) {
+        let (_vs, model) = gpt(name);
+        let sjd = speculative(&sampling, 6);
+        let seeds: Vec<u64> = (7..7 + cond.size()[0] as u64).collect();
+        let run = |cond: &Tensor, mask: Option<&Tensor>, seeds: &[u64]| {
+            generate_with(&model, cond, mask, &sjd, seeds, Decoder::Auto).unwrap()
+        };
+        let batch = run(&cond, mask.as_ref(), &seeds);
+        assert_eq!(
+            batch,
+            run(&cond, mask.as_ref(), &seeds),
+            "{name}: not reproducible"
+        );
+        // The last sample alone: its passes no longer wait for the others.
+        let last = cond.size()[0] - 1;
+        let alone = run(
+            &cond.narrow(0, last, 1),
+            mask.as_ref().map(|m| m.narrow(0, last, 1)).as_ref(),
+            &seeds[last as usize..],
+        );
+        assert_eq!(
+            alone.get(0),
+            batch.get(last),
+            "{name}: a sample changed with its batch"
+        );
+        let (lo, hi) = (batch.min().int64_value(&[]), batch.max().int64_value(&[]));
+        assert!(lo >= 0 && hi < model.config.vocab_size, "{lo}..={hi}");
+    }
+}
+
+/// The exact probability of every sequence of the first `k` image tokens of class `class`
+/// under `sampling` (guidance and filtering as generation applies them), found by expanding
+/// each prefix into the tokens the filters keep: (tokens [M, k], probabilities [M]).
+fn exact_prefixes(model: &Gpt, class: i64, sampling: &Sampling, k: i64) -> (Tensor, Vec<f64>) {
+    let mut prefixes = Tensor::zeros([1, 0], (Kind::Int64, Device::Cpu));
+    let mut probs = vec![1.0f64];
+    for _ in 0..k {
+        let m = prefixes.size()[0];
+        let cond = Tensor::full([m], class, (Kind::Int64, Device::Cpu));
+        let both = Tensor::cat(&[cond, model.null_condition(m)], 0);
+        let logits = model
+            .forward(&both, &Tensor::cat(&[&prefixes, &prefixes], 0), None, false)
+            .unwrap()
+            .select(1, -1);
+        let p =
+            filter_logits(&guide(&logits, sampling.cfg_scale), sampling).softmax(-1, Kind::Double);
+        let (mut next, mut next_probs) = (Vec::new(), Vec::new());
+        for (row, &before) in probs.iter().enumerate() {
+            let p = Vec::<f64>::try_from(p.get(row as i64)).unwrap();
+            for (token, &q) in p.iter().enumerate() {
+                if q > 0.0 {
+                    next.push(Tensor::cat(
+                        &[
+                            prefixes.get(row as i64),
+                            Tensor::from_slice(&[token as i64]),
+                        ],
+                        0,
+                    ));
+                    next_probs.push(before * q);
+                }
+            }
+        }
+        prefixes = Tensor::stack(&next, 0);
+        probs = next_probs;
+    }
+    (prefixes, probs)
+}
+
+/// Pearson's chi-square statistic of `observed` counts against `expected` ones, with cells
+/// expected fewer than 5 times pooled into one; and its degrees of freedom.
+fn chi_square(observed: &[f64], expected: &[f64]) -> (f64, f64) {
+    let (mut stat, mut cells) = (0.0, 0.0);
+    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
+    for (&o, &e) in observed.iter().zip(expected) {
+        if e < 5.0 {
+            pooled_o += o;
+            pooled_e += e;
+        } else {
+            stat += (o - e) * (o - e) / e;
+            cells += 1.0;
+        }
+    }
+    if pooled_e > 0.0 {
+        stat += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
+        cells += 1.0;
+    }
+    (stat, cells - 1.0)
+}
+
+/// The chi-square quantile of `df` degrees of freedom at the standard normal quantile `z`
+/// (Wilson and Hilferty's approximation).
+fn chi_square_quantile(df: f64, z: f64) -> f64 {
+    let a = 2.0 / (9.0 * df);
+    df * (1.0 - a + z * a.sqrt()).powi(3)
+}
+
+/// Speculative decoding changes which tokens are drawn, not their distribution: the first five
+/// tokens of 3,000 samples, plain and speculative, against their exact probabilities under
+/// guidance and top-k (top-k keeps the sequences countable, 3^5 of them).
+#[test]
+fn speculative_tokens_follow_the_models_distribution() {
+    let (_vs, model) = gpt("gpt_c2i");
+    let sampling = Sampling {
+        cfg_scale: 2.0,
+        top_k: 3,
+        ..Sampling::default()
+    };
+    let k = 5;
+    let (prefixes, probs) = tch::no_grad(|| exact_prefixes(&model, 3, &sampling, k));
+    let cells = probs.len();
+    assert_eq!(cells, 243);
+    let n = 3000;
+    let cond = Tensor::full([n], 3, (Kind::Int64, Device::Cpu));
+    let seeds: Vec<u64> = (0..n as u64).map(|i| 1_000_003 * i + 17).collect();
+    let expected: Vec<f64> = probs.iter().map(|p| p * n as f64).collect();
+    for window in [0, 4, 16] {
+        let codes = generate(&model, &cond, None, &speculative(&sampling, window), &seeds)
+            .unwrap()
+            .narrow(1, 0, k);
+        // Each sample's prefix as a row of `prefixes`.
+        let matches = codes
+            .unsqueeze(1)
+            .eq_tensor(&prefixes.unsqueeze(0))
+            .all_dim(2, false)
+            .to_kind(Kind::Int64);
+        assert!(
+            matches
+                .sum_dim_intlist(1, false, Kind::Int64)
+                .eq(1)
+                .all()
+                .int64_value(&[])
+                == 1,
+            "window {window}: a sample outside the filtered support"
+        );
+        let observed =
+            Vec::<f64>::try_from(matches.sum_dim_intlist(0, false, Kind::Double)).unwrap();
+        let (stat, df) = chi_square(&observed, &expected);
+        // A right sampler exceeds the limit once in 10,000 seed sets (z = 3.719); leaving out
+        // the residual, or testing drafts as if drawn with certainty, exceeds it about twice.
+        let limit = chi_square_quantile(df, 3.719);
+        assert!(
+            stat < limit,
+            "window {window}: chi-square {stat:.1} on {df} degrees of freedom (limit {limit:.1})"
+        );
+    }
+}
+
 #[test]
 fn guidance_scale_one_is_the_conditional_logits() {
     let (_vs, model) = gpt("gpt_t2i");
@@ -305,6 +522,23 @@ fn bad_inputs_are_errors_not_panics() {
         ))
         .contains("top-p")
     );
+    let one = Tensor::from_slice(&[1i64]);
+    let bad_window = speculative(&s, -2);
+    assert!(err(generate(&model, &one, None, &bad_window, &[0])).contains("Jacobi window"));
+    let sjd = speculative(&s, 4);
+    assert!(
+        err(generate_with(
+            &model,
+            &one,
+            None,
+            &sjd,
+            &[0],
+            Decoder::Static
+        ))
+        .contains("eagerly")
+    );
+    let plain_decoding = generate_speculative(&model, &one, None, &s, &[0]).map(|(codes, _)| codes);
+    assert!(err(plain_decoding).contains("Jacobi window"));
 
     let cond = Tensor::from_slice(&[1i64]);
     let mut cache = model.new_cache(1);

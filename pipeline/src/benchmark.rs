@@ -359,6 +359,13 @@ pub fn scale_settings(args: &GeneratorArgs) -> anyhow::Result<Vec<SampleArgs>> {
                 s.num_samples,
                 s.image_size_eval.unwrap_or(s.image_size)
             ));
+            if s.jacobi_window > 0 {
+                s.out = s.out.with_file_name(format!(
+                    "{}-jacobi{}",
+                    s.out.file_name().unwrap_or_default().to_string_lossy(),
+                    s.jacobi_window
+                ));
+            }
             s.no_npz = false;
             s
         })

@@ -128,7 +128,7 @@ impl Protocol {
                 self.reference.display()
             );
         }
-        Ok(serde_json::json!({
+        let mut identity = serde_json::json!({
             "benchmark": self.benchmark,
             "reference": hash(&self.reference)?,
             "center_crop": self.center_crop,
@@ -154,7 +154,13 @@ impl Protocol {
             "temperature": s.temperature,
             "seed": s.seed,
             "precision": s.precision,
-        }))
+        });
+        // Only when on, so that protocols recorded before speculative decoding keep their
+        // identity.
+        if s.jacobi_window > 0 {
+            identity["jacobi_window"] = serde_json::json!(s.jacobi_window);
+        }
+        Ok(identity)
     }
 }
 

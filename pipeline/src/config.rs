@@ -392,6 +392,8 @@ pub struct SampleConfig {
     pub top_k: u32,
     pub top_p: f64,
     pub temperature: f64,
+    /// Speculative Jacobi decoding over this many positions per forward pass; 0 is off.
+    pub jacobi_window: u32,
     pub num_samples: u32,
     pub batch_size: u32,
     pub seed: u64,
@@ -406,6 +408,7 @@ impl Default for SampleConfig {
             top_k: 0,
             top_p: 1.0,
             temperature: 1.0,
+            jacobi_window: 0,
             num_samples: 30_000,
             batch_size: 32,
             seed: 0,

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::provenance::file_sha256;
 use anyhow::{Context as _, bail};
 use llamagen_distributed::ProcessGroup;
-use llamagen_models::generate::{Sampling, generate};
+use llamagen_models::generate::{Sampling, generate, generate_speculative};
 use llamagen_models::gpt::{Conditioning, Gpt, GptConfig};
 use llamagen_models::images::to_uint8_nhwc;
 use llamagen_models::vq::{VqConfig, VqModel};
@@ -83,6 +83,11 @@ pub struct SampleArgs {
     /// Softmax temperature (the paper: 1.0).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Speculative Jacobi decoding (SJD) over this many positions per forward pass (the SJD
+    /// paper uses 16; docs/models.md); 0 decodes one token per pass. The same distribution,
+    /// other draws: a folder keeps the window it was started with.
+    #[arg(long, default_value_t = 0)]
+    pub jacobi_window: i64,
     /// Run seed; sample i draws from its own stream derived from the seed and i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -152,6 +157,7 @@ impl SampleArgs {
             top_k: i64::from(s.top_k),
             top_p: s.top_p,
             temperature: s.temperature,
+            jacobi_window: i64::from(s.jacobi_window),
             seed: s.seed,
             batch_size: s.batch_size as usize,
             device: device.to_string(),
@@ -244,7 +250,14 @@ pub struct SamplingRecord {
     pub top_k: i64,
     pub top_p: f64,
     pub temperature: f64,
+    /// 0 (plain decoding) is left out, so folders sampled before SJD existed still match.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jacobi_window: i64,
     pub seed: u64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// What a run did.
@@ -254,6 +267,9 @@ pub struct SampleReport {
     pub skipped: u64,
     pub gpt_seconds: f64,
     pub decode_seconds: f64,
+    /// The GPT's forward passes after the prefill, summed over the images made: block_size - 1
+    /// each when decoding one token per pass, fewer under speculative Jacobi decoding.
+    pub forward_passes: u64,
     pub npz: Option<PathBuf>,
 }
 
@@ -478,6 +494,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
+        jacobi_window: args.jacobi_window,
     };
     sampling.validate()?;
     if args.batch_size == 0 {
@@ -543,6 +560,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         top_k: args.top_k,
         top_p: args.top_p,
         temperature: args.temperature,
+        jacobi_window: args.jacobi_window,
         seed: args.seed,
     };
     std::fs::create_dir_all(&args.out)
@@ -581,6 +599,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         made: 0,
         skipped: (mine.len() - todo.len()) as u64,
         gpt_seconds: 0.0,
+        forward_passes: 0,
         decode_seconds: 0.0,
         npz: None,
     };
@@ -613,7 +632,15 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
             }
         };
         let t = Instant::now();
-        let codes = generate(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
+        let codes = if sampling.jacobi_window > 0 {
+            let (codes, stats) =
+                generate_speculative(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
+            report.forward_passes += stats.passes_per_sample.iter().sum::<i64>() as u64;
+            codes
+        } else {
+            report.forward_passes += batch.len() as u64 * (gpt.config.block_size - 1) as u64;
+            generate(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?
+        };
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
@@ -651,11 +678,13 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
             report.skipped as f64,
             report.gpt_seconds,
             report.decode_seconds,
+            report.forward_passes as f64,
         ])?;
         report.made = sums[0] as u64;
         report.skipped = sums[1] as u64;
         report.gpt_seconds = sums[2];
         report.decode_seconds = sums[3];
+        report.forward_passes = sums[4] as u64;
     }
     if !args.no_npz {
         let path = args.out.join("samples.npz");
