@@ -256,14 +256,7 @@ fn run(
             &mut rng,
         );
         if speculative {
-            let (codes, stats) = jacobi::decode(
-                gpt,
-                sampling,
-                &mut cache,
-                &mut rng,
-                &first,
-                sampling.jacobi_window,
-            )?;
+            let (codes, stats) = jacobi::decode(gpt, sampling, &mut cache, &mut rng, &first)?;
             return Ok((codes, Some(stats)));
         }
         let keep_guiding = |i: i64| !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);

@@ -58,18 +58,18 @@ impl JacobiStats {
 /// Decodes every image token after the first by speculative Jacobi decoding.
 ///
 /// `cache` holds the prefill (of the doubled batch when guided); first: [B, 1], the token
-/// sampled from the prefix's last position; window: positions per pass (at least 1; more than
-/// block_size - 1 are never needed, so it is capped there). Returns codes [B, block_size].
+/// sampled from the prefix's last position. The window is `sampling.jacobi_window` positions
+/// per pass (at least 1; more than block_size - 1 are never needed, so it is capped there).
+/// Returns codes [B, block_size].
 pub(crate) fn decode(
     gpt: &Gpt,
     sampling: &Sampling,
     cache: &mut KvCache,
     rng: &mut Uniforms,
     first: &Tensor,
-    window: i64,
 ) -> Result<(Tensor, JacobiStats), ModelError> {
     let n = gpt.config.block_size;
-    let w = window.clamp(1, (n - 1).max(1));
+    let w = sampling.jacobi_window.clamp(1, (n - 1).max(1));
     let vocab = gpt.config.vocab_size;
     let prefix = cache.len();
     let last_position = gpt.config.max_len() - 1;
