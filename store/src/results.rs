@@ -69,10 +69,12 @@ pub struct NewCheckpoint<'a> {
     pub seed: Option<i64>,
 }
 
-/// Registers a checkpoint; the same file (same SHA-256) registered again keeps its row.
+/// Registers a checkpoint; the same file (same SHA-256) registered again keeps its row. A model
+/// holds one checkpoint per step (and EMA flag): another file at a step it already has is
+/// refused with what to do about it.
 pub async fn register_checkpoint(pool: &PgPool, c: &NewCheckpoint<'_>) -> Result<i64, StoreError> {
     let empty = serde_json::json!({});
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO checkpoints (model_id, training_run_id, path, sha256, bytes, step, epoch,
                                   tokens_seen, train_loss, ema, config, git_revision, seed)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
@@ -93,7 +95,23 @@ pub async fn register_checkpoint(pool: &PgPool, c: &NewCheckpoint<'_>) -> Result
     .bind(c.git_revision)
     .bind(c.seed)
     .fetch_one(pool)
-    .await?)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db)
+            if db.constraint() == Some("checkpoints_model_id_step_ema_key") =>
+        {
+            StoreError::Invalid(format!(
+                "{}: model #{} already has a{} checkpoint at step {} from another file (an \
+                 earlier training run of the same model name); train under another name (the \
+                 pipeline's name is part of it) or keep training the earlier run",
+                c.path,
+                c.model_id,
+                if c.ema { "n EMA" } else { "" },
+                c.step
+            ))
+        }
+        _ => StoreError::Database(e),
+    })
 }
 
 /// A reference set, recorded whenever one is used or made; matched by content.

@@ -37,6 +37,43 @@ async fn checkpoint(pool: &PgPool, model: &str, size: &str, step: i64) -> i64 {
     .unwrap()
 }
 
+#[tokio::test]
+async fn another_file_at_a_step_the_model_has_is_a_clear_error() {
+    with_database(|pool| async move {
+        let first = checkpoint(&pool, "LlamaGen-B", "B", 20).await;
+        let model_id: i64 = sqlx::query_scalar("SELECT model_id FROM checkpoints WHERE id = $1")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        // The same file again keeps its row.
+        assert_eq!(checkpoint(&pool, "LlamaGen-B", "B", 20).await, first);
+        let retrained = NewCheckpoint {
+            model_id,
+            path: "/retrained/0000020.safetensors",
+            sha256: &"f".repeat(64),
+            step: 20,
+            ..Default::default()
+        };
+        let err = results::register_checkpoint(&pool, &retrained)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already has a checkpoint at step 20 from another file")
+                && err.contains("/retrained/0000020.safetensors"),
+            "{err}"
+        );
+        // Its EMA weights at the same step are a checkpoint of their own.
+        let ema = NewCheckpoint {
+            ema: true,
+            ..retrained
+        };
+        assert!(results::register_checkpoint(&pool, &ema).await.is_ok());
+    })
+    .await;
+}
+
 fn sweep_point(checkpoint_id: i64, cfg: f64) -> NewEvaluation<'static> {
     NewEvaluation {
         checkpoint_id,
