@@ -170,7 +170,17 @@ impl PrivateCluster {
         drop(users);
         let users_path = self.root.join("users.lock");
         let probe = lock_file(&users_path)?;
-        let last = probe.try_lock().is_ok();
+        // A child that another thread of this process has forked but not yet exec'd holds a
+        // copy of every descriptor, the one just dropped included, and so its shared lock: a
+        // refusal that lasts only that long is no user. A real one outlasts the retries.
+        let mut last = probe.try_lock().is_ok();
+        for _ in 0..LAST_USER_RETRIES {
+            if last {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            last = probe.try_lock().is_ok();
+        }
         if last && self.is_running()? {
             tracing::debug!(pgdata = %self.pgdata.display(), "stopping private PostgreSQL");
             self.pg_ctl_stop("fast", 60)?;
@@ -602,6 +612,10 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
 }
+
+/// How many times, 20 ms apart, a process leaving the cluster asks again whether it was the
+/// last user before it leaves the server running for the others.
+const LAST_USER_RETRIES: usize = 5;
 
 fn lock_file(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
