@@ -348,8 +348,14 @@ pub fn scale_settings(args: &GeneratorArgs) -> anyhow::Result<Vec<SampleArgs>> {
         .map(|scale| {
             let mut s = args.sample.clone();
             s.cfg_scale = scale;
+            // Plain decoding's folders keep the names they had before speculative decoding.
+            let jacobi = if s.jacobi_window > 0 {
+                format!("-jacobi{}", s.jacobi_window)
+            } else {
+                String::new()
+            };
             s.out = base.join(format!(
-                "cfg{scale}-interval{}-k{}-p{}-t{}-seed{}-from{}-n{}-eval{}",
+                "cfg{scale}-interval{}-k{}-p{}-t{}-seed{}-from{}-n{}-eval{}{jacobi}",
                 s.cfg_interval,
                 s.top_k,
                 s.top_p,
@@ -359,13 +365,6 @@ pub fn scale_settings(args: &GeneratorArgs) -> anyhow::Result<Vec<SampleArgs>> {
                 s.num_samples,
                 s.image_size_eval.unwrap_or(s.image_size)
             ));
-            if s.jacobi_window > 0 {
-                s.out = s.out.with_file_name(format!(
-                    "{}-jacobi{}",
-                    s.out.file_name().unwrap_or_default().to_string_lossy(),
-                    s.jacobi_window
-                ));
-            }
             s.no_npz = false;
             s
         })
