@@ -87,6 +87,12 @@ impl Sampling {
     pub(crate) fn guided(&self) -> bool {
         self.cfg_scale > 1.0
     }
+
+    /// The last decode step still guided (step i makes token i + 1, the prefill's token
+    /// being token 0); None when every step is.
+    pub(crate) fn last_guided_step(&self) -> Option<i64> {
+        (self.cfg_interval > -1).then_some(self.cfg_interval)
+    }
 }
 
 /// How the decode loop runs; every choice samples the same tokens for the same seeds, up to
@@ -259,7 +265,7 @@ fn run(
             let (codes, stats) = jacobi::decode(gpt, sampling, &mut cache, &mut rng, &first)?;
             return Ok((codes, Some(stats)));
         }
-        let keep_guiding = |i: i64| !(sampling.cfg_interval > -1 && i > sampling.cfg_interval);
+        let keep_guiding = |i: i64| sampling.last_guided_step().is_none_or(|last| i <= last);
         let steps = gpt.config.block_size - 1;
         if decoder == Decoder::Eager {
             let mut token = first;

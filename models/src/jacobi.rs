@@ -203,12 +203,10 @@ fn probabilities(logits: &Tensor, sampling: &Sampling, token: &Tensor) -> Tensor
         let flat = logits.reshape([2 * b, w * v]);
         let conditional = flat.narrow(0, 0, b).reshape([b, w, v]);
         let guided = guide(&flat, sampling.cfg_scale).reshape([b, w, v]);
-        if sampling.cfg_interval > -1 {
-            // Plain decoding's step i makes token i + 1 and guides while i <= the interval.
-            let guiding = (token - 1).le(sampling.cfg_interval).unsqueeze(2);
-            guided.where_self(&guiding, &conditional)
-        } else {
-            guided
+        match sampling.last_guided_step() {
+            // Token t is made by decode step t - 1.
+            Some(last) => guided.where_self(&(token - 1).le(last).unsqueeze(2), &conditional),
+            None => guided,
         }
     } else {
         logits.shallow_clone()
