@@ -248,6 +248,43 @@ async fn trains_records_and_resumes() {
         "{}",
         text(&refused)
     );
+
+    // The same model name trained afresh into an empty folder would write its own checkpoints
+    // at steps the model has: refused before the first step, no run started, nothing written.
+    let runs_before: i64 = sqlx::query_scalar("SELECT count(*) FROM training_runs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path().join("codes"), fresh.path().join("codes")).unwrap();
+    let afresh = train(fresh.path(), &db, &config, "20");
+    let out = text(&afresh);
+    assert_eq!(afresh.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "model \"tiny-trained\" already has checkpoints up to step {newest}"
+        )) && out.contains(&format!("{newest:07}.safetensors")),
+        "{out}"
+    );
+    let runs_after: i64 = sqlx::query_scalar("SELECT count(*) FROM training_runs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(runs_after, runs_before);
+    let written = std::fs::read_dir(fresh.path().join("checkpoints"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_else(|_| Vec::new());
+    assert!(
+        written
+            .iter()
+            .all(|name| !name.to_string_lossy().contains("safetensors")),
+        "{written:?}"
+    );
 }
 
 /// The fault matrix for training: `llamagen train` SIGKILLed at seeded moments of its run

@@ -95,7 +95,10 @@ fn vq_args(dir: &Path, out: &str, steps: &str, every: &str) -> Vec<std::ffi::OsS
         .arg(dir.join("vq.json"))
         .arg("--out")
         .arg(dir.join(out))
-        .args(["--model", "tiny-vq-trained", "--image-size", "32"])
+        // One model per folder: a model's checkpoints come from one training run.
+        .arg("--model")
+        .arg(format!("tiny-vq-{out}"))
+        .args(["--image-size", "32"])
         .args([
             "--global-batch-size",
             "4",
@@ -157,7 +160,7 @@ async fn trains_records_benchmarks_and_resumes_after_a_kill() {
 
     let pool = &db.pool;
     let (kind, architecture): (String, String) =
-        sqlx::query_as("SELECT kind, architecture FROM models WHERE name = 'tiny-vq-trained'")
+        sqlx::query_as("SELECT kind, architecture FROM models WHERE name = 'tiny-vq-straight'")
             .fetch_one(pool)
             .await
             .unwrap();
@@ -206,7 +209,7 @@ task = "c2i"
 
 [evaluate]
 benchmark = "photos32-reconstruction"
-models = ["tiny-vq-trained"]
+models = ["tiny-vq-straight"]
 reference = "{reference}"
 inception_model = "{inception}"
 eval_image_size = 32
@@ -229,7 +232,7 @@ checkpoint_every = 4
                 max(m.value) FILTER (WHERE m.name = 'rfid')
          FROM evaluations e JOIN metrics m ON m.evaluation_id = e.id
          JOIN checkpoints c ON c.id = e.checkpoint_id JOIN models mo ON mo.id = c.model_id
-         WHERE mo.name = 'tiny-vq-trained' GROUP BY c.step ORDER BY c.step",
+         WHERE mo.name = 'tiny-vq-straight' GROUP BY c.step ORDER BY c.step",
     )
     .fetch_all(pool)
     .await
@@ -266,6 +269,17 @@ checkpoint_every = 4
         final_sha,
         "the resumed run must end on the uninterrupted run's checkpoint"
     );
+    // Its checkpoints have the same bytes as the other model's, which registered them first;
+    // the resume still continues this model's own run, not the run that registered them.
+    let killed_runs: Vec<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT t.id, (SELECT max(step) FROM training_metrics WHERE training_run_id = t.id)
+         FROM training_runs t JOIN models m ON m.id = t.model_id WHERE m.name = 'tiny-vq-killed'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(killed_runs.len(), 1, "{killed_runs:?}");
+    assert_eq!(killed_runs[0].1, Some(24), "{killed_runs:?}");
 
     // SIGTERM (a preemption): the step in hand finishes, a checkpoint is written, the run is
     // recorded as cancelled, the process exits 143; the same command finishes the run.

@@ -71,7 +71,7 @@ impl TrainingRecord {
             None => None,
         };
         let previous = match &resumed {
-            Some((_, sha)) => training::training_run_of_checkpoint(pool, sha).await?,
+            Some((_, sha)) => training::training_run_of_checkpoint(pool, model_id, sha).await?,
             None => None,
         };
         let previous = match previous {
@@ -103,6 +103,11 @@ impl TrainingRecord {
                 id
             }
             None => {
+                let start = resumed
+                    .as_ref()
+                    .and_then(|(path, _)| step_in_name(path))
+                    .unwrap_or(0);
+                refuse_steps_taken(pool, model, model_id, start).await?;
                 training::begin_training_run(
                     pool,
                     model_id,
@@ -146,11 +151,7 @@ impl TrainingRecord {
     /// registering it (what its loss was is not known then; its step is in its name). A
     /// registered one keeps its row.
     async fn register_resumed(&self, path: &Path, sha256: &str) -> anyhow::Result<()> {
-        let step = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<i64>().ok());
-        match step {
+        match step_in_name(path) {
             Some(step) => self.register(path, sha256, step, None).await,
             None => Ok(()),
         }
@@ -199,6 +200,40 @@ impl TrainingRecord {
         self.store.close().await?;
         Ok(())
     }
+}
+
+/// The step a checkpoint's file name gives (`0005000.safetensors`).
+fn step_in_name(path: &Path) -> Option<i64> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<i64>().ok())
+}
+
+/// A new run of a model that another run has already trained past `start` would write its
+/// own checkpoints at steps the model has, and the first of them could not be registered:
+/// refused now, before any training, rather than at that first checkpoint.
+async fn refuse_steps_taken(
+    pool: &sqlx::PgPool,
+    model: &NewModel<'_>,
+    model_id: i64,
+    start: i64,
+) -> anyhow::Result<()> {
+    let Some(earlier) = training::newest_checkpoint_after(pool, model_id, start).await? else {
+        return Ok(());
+    };
+    let run = earlier.training_run_id.map_or_else(
+        || "no training run".to_string(),
+        |id| format!("training run #{id}"),
+    );
+    anyhow::bail!(
+        "model {:?} already has checkpoints up to step {} ({run}; newest {}), and this run \
+         would start a new one from step {start}: to continue that run, train into the folder \
+         that holds its checkpoints; to train afresh, use another model name (a pipeline's \
+         trained model is named after the pipeline)",
+        model.name,
+        earlier.step,
+        earlier.path,
+    )
 }
 
 /// Prints a checkpoint the trainer wrote and registers it when the run is recorded.

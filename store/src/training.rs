@@ -26,16 +26,20 @@ pub async fn begin_training_run(
     .await?)
 }
 
-/// The training run that wrote the checkpoint with this SHA-256, if it was registered; a run
-/// resumed from that checkpoint continues the same row and loss curve.
+/// The training run of `model_id` that wrote the checkpoint with this SHA-256, if it was
+/// registered; a run resumed from that checkpoint continues the same row and loss curve. The
+/// same bytes registered for another model (a deterministic run repeated under another name)
+/// are not that model's run to continue.
 pub async fn training_run_of_checkpoint(
     pool: &PgPool,
+    model_id: i64,
     sha256: &str,
 ) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT training_run_id FROM checkpoints WHERE sha256 = $1",
+        "SELECT training_run_id FROM checkpoints WHERE sha256 = $1 AND model_id = $2",
     )
     .bind(sha256)
+    .bind(model_id)
     .fetch_optional(pool)
     .await?
     .flatten())
@@ -54,6 +58,31 @@ pub async fn checkpoints_of_run(
     )
     .bind(run_id)
     .bind(model_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// A checkpoint another training run registered for a model.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EarlierCheckpoint {
+    pub step: i64,
+    pub path: String,
+    pub training_run_id: Option<i64>,
+}
+
+/// The newest checkpoint of `model_id` past `step`, if any: a new training run of that model
+/// from `step` would write its own files at steps the model already has a checkpoint for.
+pub async fn newest_checkpoint_after(
+    pool: &PgPool,
+    model_id: i64,
+    step: i64,
+) -> Result<Option<EarlierCheckpoint>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT step, path, training_run_id FROM checkpoints
+         WHERE model_id = $1 AND step > $2 ORDER BY step DESC, ema LIMIT 1",
+    )
+    .bind(model_id)
+    .bind(step)
     .fetch_optional(pool)
     .await?)
 }
