@@ -24,8 +24,14 @@ for i in range(40):
     np.save(f"{root}/imagenet64_labels/{i}.npy", np.array([c], dtype=np.int64))
 "#;
 
+/// A training run to its end; a few seconds here, so ten minutes means it stopped answering.
 fn train(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Output {
-    train_command(dir, db, config, max_steps).output().unwrap()
+    let child = train_command(dir, db, config, max_steps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::output_within(child, std::time::Duration::from_secs(600))
 }
 
 fn train_command(dir: &Path, db: &TestDatabase, config: &Path, max_steps: &str) -> Command {
@@ -213,7 +219,8 @@ async fn trains_records_and_resumes() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let stopped = child.wait_with_output().unwrap();
+    // A lost SIGTERM would leave it training towards step 1,000,000.
+    let stopped = common::output_within(child, std::time::Duration::from_secs(300));
     let out = text(&stopped);
     assert_eq!(stopped.status.code(), Some(143), "{out}");
     assert!(out.contains("stopped at step"), "{out}");

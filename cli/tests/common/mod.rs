@@ -18,6 +18,49 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// A child's output, killing it and failing the test if it has not exited within `limit`: a
+/// command that stops answering (a lost signal, a lock never released) fails here, with what
+/// it printed, instead of holding the whole test run until CI's own time limit ends it.
+pub fn output_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let printed = Output {
+                status: child.wait().unwrap(),
+                stdout: stdout.join().unwrap(),
+                stderr: stderr.join().unwrap(),
+            };
+            panic!(
+                "the command had not exited after {limit:?}; killed. It printed:\n{}",
+                text(&printed)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// `llamagen --data-dir DIR/data` on the database at `database_url`, with a fixed git
 /// revision so recorded rows do not depend on the checkout.
 pub fn llamagen_on(dir: &std::path::Path, database_url: &str) -> std::process::Command {
