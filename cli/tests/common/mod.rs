@@ -26,7 +26,6 @@ pub fn output_within(mut child: std::process::Child, limit: std::time::Duration)
         pipe: Option<impl std::io::Read + Send + 'static>,
     ) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
-            use std::io::Read as _;
             let mut bytes = Vec::new();
             if let Some(mut pipe) = pipe {
                 let _ = pipe.read_to_end(&mut bytes);
