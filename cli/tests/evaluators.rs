@@ -136,7 +136,7 @@ checkpoint_every = 2
     // SIGKILL while it holds the claim (it is loading the reference or sampling).
     killed.kill().unwrap();
     killed.wait().unwrap();
-    let mut survivor = spawn(evaluator());
+    let survivor = spawn(evaluator());
     let survivor_id = survivor.id();
 
     let trained = trainer.wait_with_output().unwrap();
@@ -159,11 +159,7 @@ checkpoint_every = 2
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let started = Instant::now();
-    while survivor.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let survived = survivor.wait_with_output().unwrap();
+    let survived = common::output_within(survivor, Duration::from_secs(300));
     assert_eq!(done, 3, "{}", text(&survived));
 
     let rows: Vec<(i64, i32, String, i64)> = sqlx::query_as(

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::scheduled_ingest as pipeline;
-use common::text;
+use common::{output_within, text};
 use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_store::testing::TestDatabase;
@@ -26,20 +26,6 @@ fn sigterm(child: &Child) {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-}
-
-/// Waits for `child` to exit, killing it (and failing) after `limit`.
-fn wait_exit(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!("did not exit within {limit:?}:\n{}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 async fn poll<T>(limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -86,7 +72,7 @@ async fn sigterm_releases_the_shard_in_hand_and_the_run_resumes() {
     .await;
     let sent = Instant::now();
     sigterm(&child);
-    let out = wait_exit(child, Duration::from_secs(30));
+    let out = output_within(child, Duration::from_secs(30));
     let log = text(&out);
     assert_eq!(out.status.code(), Some(143), "{log}");
     assert!(
@@ -144,8 +130,8 @@ async fn two_schedulers_never_run_a_pipeline_twice_at_once() {
     sigterm(&a);
     sigterm(&b);
     let (out_a, out_b) = (
-        wait_exit(a, Duration::from_secs(60)),
-        wait_exit(b, Duration::from_secs(60)),
+        output_within(a, Duration::from_secs(60)),
+        output_within(b, Duration::from_secs(60)),
     );
     assert!(out_a.status.success(), "{}", text(&out_a));
     assert!(out_b.status.success(), "{}", text(&out_b));
@@ -237,7 +223,7 @@ async fn missed_ticks_are_skipped_or_run_once() {
     })
     .await;
     sigterm(&child);
-    let out = wait_exit(child, Duration::from_secs(30));
+    let out = output_within(child, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(outcome, "succeeded", "{}", text(&out));
 
@@ -359,7 +345,7 @@ async fn a_tick_of_the_shipped_text_to_image_config_runs_every_stage() {
     })
     .await;
     sigterm(&scheduler);
-    let out = wait_exit(scheduler, Duration::from_secs(120));
+    let out = output_within(scheduler, Duration::from_secs(120));
     assert_eq!(outcome, "succeeded", "{}", text(&out));
 
     let run: i64 = sqlx::query_scalar(

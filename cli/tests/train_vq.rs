@@ -298,7 +298,7 @@ checkpoint_every = 4
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let stopped = child.wait_with_output().unwrap();
+    let stopped = common::output_within(child, Duration::from_secs(300));
     assert_eq!(stopped.status.code(), Some(143), "{}", text(&stopped));
     assert!(
         text(&stopped).contains("stopped at step"),
