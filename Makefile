@@ -15,7 +15,7 @@ demo: setup
 ## Formatting, lints, and the whole test suite.
 # One OpenMP thread per process: the tests run two at a time and most start `llamagen`
 # processes of their own, and libtorch's default (a thread per core, spinning while it waits)
-# oversubscribes the cores. Two demo runs side by side took 465 s so, 165 s with one thread each.
+# oversubscribes the cores: two demo runs side by side took 465 s so, and 165 s with one thread each.
 test: setup lint
 	OMP_NUM_THREADS=1 $(CARGO) test --workspace --locked
 
