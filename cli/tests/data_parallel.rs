@@ -324,7 +324,7 @@ async fn a_killed_rank_stops_the_others_without_a_partial_checkpoint() {
     ranks[1].wait().unwrap();
     let killed_at = Instant::now();
     let rank0 = ranks.remove(0);
-    let out = rank0.wait_with_output().unwrap();
+    let out = common::output_within(rank0, Duration::from_secs(600));
     let waited = killed_at.elapsed();
     let printed = text(&out);
     assert!(!out.status.success(), "rank 0 went on alone:\n{printed}");
@@ -408,10 +408,7 @@ async fn sigterm_to_one_rank_stops_both_at_one_step_with_a_checkpoint() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let outs: Vec<Output> = ranks
-        .into_iter()
-        .map(|r| r.wait_with_output().unwrap())
-        .collect();
+    let outs = common::outputs_within(ranks, Duration::from_secs(600));
     for (rank, out) in outs.iter().enumerate() {
         assert_eq!(out.status.code(), Some(143), "rank {rank}:\n{}", text(out));
     }

@@ -135,8 +135,7 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
         .await
         .unwrap();
     let mut outputs = String::new();
-    for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
+    for out in common::outputs_within(vec![a, b], Duration::from_secs(600)) {
         assert!(out.status.success(), "{}", text(&out));
         assert!(
             text(&out).contains(&format!("run #{}", open.run_id)),

@@ -139,7 +139,7 @@ checkpoint_every = 2
     let survivor = spawn(evaluator());
     let survivor_id = survivor.id();
 
-    let trained = trainer.wait_with_output().unwrap();
+    let trained = common::output_within(trainer, Duration::from_secs(600));
     assert!(trained.status.success(), "{}", text(&trained));
     assert!(
         text(&trained).contains("trained to step 6"),

@@ -320,7 +320,9 @@ async fn two_workers_share_a_run_and_a_killed_worker_s_shard_is_redone() {
     };
     let a = spawn("a");
     let b = spawn("b");
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let [a, b]: [_; 2] = common::outputs_within(vec![a, b], Duration::from_secs(600))
+        .try_into()
+        .unwrap();
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
     // Workers stay until the stage is finished, so shard 0 was theirs once the lease ran out:

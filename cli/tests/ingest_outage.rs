@@ -58,7 +58,7 @@ async fn ingest_pauses_through_a_database_restart_and_finishes() {
         ingest.wait().unwrap();
         return;
     }
-    let out = ingest.wait_with_output().unwrap();
+    let out = common::output_within(ingest, Duration::from_secs(600));
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(

@@ -151,7 +151,9 @@ async fn filter_workers_take_over_a_killed_workers_shard() {
     // Two workers share the folder and take the killed worker's shard over once its lease
     // has run out.
     let (a, b) = (worker("30").spawn().unwrap(), worker("30").spawn().unwrap());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let [a, b]: [_; 2] = common::outputs_within(vec![a, b], Duration::from_secs(600))
+        .try_into()
+        .unwrap();
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
     let worked = |out: &std::process::Output| text(out).matches(" kept in ").count();
@@ -208,7 +210,9 @@ async fn caption_workers_take_over_a_killed_workers_shard() {
     // Once its lease has run out, two workers share the folder and take shard 0 over.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (a, b) = (worker("ok").spawn().unwrap(), worker("ok").spawn().unwrap());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let [a, b]: [_; 2] = common::outputs_within(vec![a, b], Duration::from_secs(600))
+        .try_into()
+        .unwrap();
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
 

@@ -77,7 +77,7 @@ async fn the_scheduler_survives_a_database_restart() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = scheduler.wait_with_output().unwrap();
+    let out = common::output_within(scheduler, Duration::from_secs(600));
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("retrying in"), "no call failed? {log}");

@@ -21,7 +21,17 @@ pub fn text(out: &Output) -> String {
 /// A child's output, killing it and failing the test if it has not exited within `limit`: a
 /// command that stops answering (a lost signal, a lock never released) fails here, with what
 /// it printed, instead of holding the whole test run until CI's own time limit ends it.
-pub fn output_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+pub fn output_within(child: std::process::Child, limit: std::time::Duration) -> Output {
+    outputs_within(vec![child], limit).remove(0)
+}
+
+/// [`output_within`] for commands running side by side (workers, ranks): every pipe is
+/// drained while they run, so that one blocked on a full pipe cannot stall the others, and all
+/// are killed if any is still running at `limit`.
+pub fn outputs_within(
+    mut children: Vec<std::process::Child>,
+    limit: std::time::Duration,
+) -> Vec<Output> {
     fn drain(
         pipe: Option<impl std::io::Read + Send + 'static>,
     ) -> std::thread::JoinHandle<Vec<u8>> {
@@ -33,31 +43,54 @@ pub fn output_within(mut child: std::process::Child, limit: std::time::Duration)
             bytes
         })
     }
-    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let pipes: Vec<_> = children
+        .iter_mut()
+        .map(|c| (drain(c.stdout.take()), drain(c.stderr.take())))
+        .collect();
     let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    let mut statuses = vec![None; children.len()];
+    while statuses.iter().any(Option::is_none) {
+        for (child, status) in children.iter_mut().zip(&mut statuses) {
+            if status.is_none() {
+                *status = child.try_wait().unwrap();
+            }
         }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let printed = Output {
-                status: child.wait().unwrap(),
-                stdout: stdout.join().unwrap(),
-                stderr: stderr.join().unwrap(),
-            };
+        if statuses.iter().any(Option::is_none) && started.elapsed() > limit {
+            for (child, status) in children.iter_mut().zip(&mut statuses) {
+                if status.is_none() {
+                    let _ = child.kill();
+                    *status = Some(child.wait().unwrap());
+                }
+            }
+            let printed: Vec<String> = statuses
+                .into_iter()
+                .zip(pipes)
+                .enumerate()
+                .map(|(i, (status, (stdout, stderr)))| {
+                    let out = Output {
+                        status: status.unwrap(),
+                        stdout: stdout.join().unwrap(),
+                        stderr: stderr.join().unwrap(),
+                    };
+                    format!("command {i}:\n{}", text(&out))
+                })
+                .collect();
             panic!(
-                "the command had not exited after {limit:?}; killed. It printed:\n{}",
-                text(&printed)
+                "a command had not exited after {limit:?}; killed. They printed:\n{}",
+                printed.join("\n")
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
     }
+    statuses
+        .into_iter()
+        .zip(pipes)
+        .map(|(status, (stdout, stderr))| Output {
+            status: status.unwrap(),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        })
+        .collect()
 }
 
 /// `llamagen --data-dir DIR/data` on the database at `database_url`, with a fixed git
