@@ -179,22 +179,20 @@ fn every_config_key_is_documented() {
     );
 }
 
+/// The private cluster's commands, then the README's first command as a fresh checkout runs
+/// it: `llamagen demo` with a relative data directory, twice (the second run resumes every
+/// stage).
 #[test]
-fn private_cluster_commands_are_idempotent_and_leave_no_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = llamagen(dir.path())
-        .args(["db", "migrate"])
-        .output()
-        .unwrap();
+fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let out = llamagen(&dir).args(["db", "migrate"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("applied migrations"), "{}", text(&out));
-    let out = llamagen(dir.path())
-        .args(["db", "migrate"])
-        .output()
-        .unwrap();
+    let out = llamagen(&dir).args(["db", "migrate"]).output().unwrap();
     assert!(text(&out).contains("schema up to date"), "{}", text(&out));
 
-    let out = llamagen(dir.path())
+    let out = llamagen(&dir)
         .args(["db", "status", "--json"])
         .output()
         .unwrap();
@@ -209,8 +207,11 @@ fn private_cluster_commands_are_idempotent_and_leave_no_server() {
     );
 
     for round in 1..=2 {
-        let out = llamagen(dir.path())
-            .args(["demo", "--no-serve"])
+        let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+            .current_dir(root.path())
+            .args(["--data-dir", "data", "demo", "--no-serve"])
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         assert!(out.status.success(), "demo round {round}: {}", text(&out));
@@ -236,10 +237,12 @@ fn private_cluster_commands_are_idempotent_and_leave_no_server() {
         }
         assert!(shown.contains("demo-GPT       step  40  cfg 2"), "{shown}");
         assert!(shown.contains("demo finished"), "{shown}");
+        assert!(shown.contains("[9/9] dashboard skipped"), "{shown}");
     }
-    assert!(dir.path().join("demo/llamagen-codes/demo32_codes").is_dir());
+    assert!(dir.join("demo/llamagen-codes/demo32_codes").is_dir());
+    assert!(dir.join("demo/train-t2i").is_dir());
     // Every command stopped the server it started.
-    assert!(!dir.path().join("postgres/pgdata/postmaster.pid").exists());
+    assert!(!dir.join("postgres/pgdata/postmaster.pid").exists());
 }
 
 #[tokio::test]
@@ -539,27 +542,4 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
         "{}",
         text(&out)
     );
-}
-
-/// The README's first command as a fresh checkout runs it: `llamagen demo` with the default,
-/// relative data directory, twice (the second run resumes every stage).
-#[test]
-fn the_demo_runs_from_a_relative_data_directory_and_again() {
-    let dir = tempfile::tempdir().unwrap();
-    for run in ["first", "second"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
-            .current_dir(dir.path())
-            .args(["--data-dir", "data", "demo", "--no-serve"])
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{run} run: {}", text(&out));
-        assert!(
-            text(&out).contains("[9/9] dashboard skipped"),
-            "{run} run: {}",
-            text(&out)
-        );
-    }
-    assert!(dir.path().join("data/demo/train-t2i").is_dir());
 }
