@@ -130,6 +130,16 @@ def main(out: Path) -> None:
         }
         expected["images"][name] = {k: float(v) for k, v in entry.items()}
 
+    # FID of sets smaller than their dimension (a quick check, a small reference): both
+    # covariances are singular, which scipy's sqrtm still square-roots to about 1e-8.
+    d, n_a, n_b = 64, 40, 50
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    small_a = (rng.standard_normal((n_a, d)) @ mix + 0.5).astype(np.float32)
+    small_b = (rng.standard_normal((n_b, d)) @ mix * 1.2).astype(np.float32)
+    np.save(out / "fid_small_a.npy", small_a)
+    np.save(out / "fid_small_b.npy", small_b)
+    expected["fid_small"] = fid_reference(small_a, small_b)
+
     (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
 
 

@@ -9,6 +9,8 @@
 //!   against one FID from features (that set's statistics and the distance);
 //! - KID (100 subsets of 1000), ours (f64, tch) vs torch-fidelity 0.4.0's loop on the same
 //!   features and subsets (f64 numpy), and ours again with the 100 resampled values;
+//! - the Frechet distance of 16 and of 1,000 samples (fewer than the 2048 dimensions, so the
+//!   N x N route) against a 10,000-sample reference, ours vs pytorch-fid;
 //! - FID Inception feature throughput, ours (ONNX Runtime) vs pytorch-fid (PyTorch), on the same
 //!   seeded random weights and the same 256 x 256 images, batch 32.
 //!
@@ -339,5 +341,63 @@ fn main() {
     if run("frechet") {
         let dir = tempfile::tempdir().unwrap();
         bench_frechet(dir.path());
+    }
+    if run("frechet_small") {
+        let dir = tempfile::tempdir().unwrap();
+        bench_frechet_small(dir.path());
+    }
+}
+
+/// FID of sets smaller than the feature dimension (a quick check during training, a demo)
+/// against a full-rank reference of 10,000: the distance from stored statistics on each side.
+fn bench_frechet_small(dir: &Path) {
+    let d = 2048;
+    let reference = features(10_000, d, 1, 0.0);
+    let pr = dir.join("reference.npy");
+    ndarray_npy::write_npy(&pr, &reference).unwrap();
+    let sr = Statistics::from_features(reference.view()).unwrap();
+    drop(reference);
+    println!("Frechet distance of small sets against 10000 x {d} reference features");
+    println!(
+        "  {:<8} {:>16} {:>16} {:>16} {:>9} {:>14} {:>10}",
+        "samples", "ours (N x N)", "ours (D x D)", "pytorch-fid", "speed-up", "FID", "rel. diff."
+    );
+    for n in [16, 1_000] {
+        let x = features(n, d, 2, 0.3);
+        let px = dir.join(format!("samples-{n}.npy"));
+        ndarray_npy::write_npy(&px, &x).unwrap();
+        let (mut ours, mut ours_s) = (f64::NAN, f64::INFINITY);
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            ours = frechet_distance(&Statistics::from_features(x.view()).unwrap(), &sr).unwrap();
+            ours_s = ours_s.min(t0.elapsed().as_secs_f64());
+        }
+        let stored = Statistics {
+            low_rank: None,
+            ..Statistics::from_features(x.view()).unwrap()
+        };
+        let t1 = Instant::now();
+        let square = frechet_distance(&stored, &sr).unwrap();
+        let square_s = t1.elapsed().as_secs_f64();
+        // The Python side's statistics include the reference's; its distance step alone is
+        // the comparable part (ours above includes the small set's statistics).
+        let py = python(&["frechet", px.to_str().unwrap(), pr.to_str().unwrap()]);
+        let (theirs, theirs_s) = (
+            py["fid"].as_f64().unwrap(),
+            py["distance_s"].as_f64().unwrap(),
+        );
+        println!(
+            "  {n:<8} {:>14.3} s {:>14.3} s {:>14.3} s {:>8.0}x {:>14.6} {:>10.2e}",
+            ours_s,
+            square_s,
+            theirs_s,
+            theirs_s / ours_s,
+            ours,
+            (ours - theirs).abs() / theirs.abs()
+        );
+        assert!(
+            (square - ours).abs() < 1e-6 * ours.abs(),
+            "{square} vs {ours}"
+        );
     }
 }

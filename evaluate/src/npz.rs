@@ -72,7 +72,11 @@ pub fn read_reference(path: &Path) -> Result<ReferenceBatch, EvalError> {
                 format!("sigma is {:?} but mu has {d} entries", sigma.dim()),
             ));
         }
-        Ok(Some(Statistics { mu, sigma }))
+        Ok(Some(Statistics {
+            mu,
+            sigma,
+            low_rank: None,
+        }))
     };
     let pool = stats("mu", "sigma")?;
     let spatial = stats("mu_s", "sigma_s")?;
@@ -129,6 +133,7 @@ mod tests {
         let stats = Statistics {
             mu: Array1::from(vec![1.0, 2.0]),
             sigma: Array2::eye(2),
+            low_rank: None,
         };
         write_reference(&path, Some(images.view()), Some(&stats), None).unwrap();
         let back = read_reference(&path).unwrap();

@@ -48,6 +48,22 @@ fn frechet_distance_matches_scipy_sqrtm() {
 }
 
 #[test]
+fn frechet_distance_of_sets_smaller_than_their_dimension_matches_scipy_sqrtm() {
+    // 40 and 50 samples of 64 dimensions: singular covariances, the N x N route.
+    let want = expected()["fid_small"].as_f64().unwrap();
+    let a = Statistics::from_features(npy("fid_small_a.npy").view()).unwrap();
+    let b = Statistics::from_features(npy("fid_small_b.npy").view()).unwrap();
+    assert!(a.low_rank.is_some() && b.low_rank.is_some());
+    assert_close(frechet_distance(&a, &b).unwrap(), want, 1e-6, "FID");
+    // Against statistics read back from a file (no low-rank factor): the other side's route.
+    let b_file = Statistics {
+        low_rank: None,
+        ..b.clone()
+    };
+    assert_close(frechet_distance(&a, &b_file).unwrap(), want, 1e-6, "FID");
+}
+
+#[test]
 fn inception_score_matches_the_adm_formula() {
     let e = expected();
     let split = e["inception_score_split_size"].as_u64().unwrap() as usize;
