@@ -206,6 +206,7 @@ fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
             .starts_with("private cluster")
     );
 
+    let mut leaderboards = Vec::new();
     for round in 1..=2 {
         let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
             .current_dir(root.path())
@@ -238,7 +239,18 @@ fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
         assert!(shown.contains("demo-GPT       step  40  cfg 2"), "{shown}");
         assert!(shown.contains("demo finished"), "{shown}");
         assert!(shown.contains("[9/9] dashboard skipped"), "{shown}");
+        leaderboards.push(
+            shown
+                .lines()
+                .find(|l| l.trim_start().starts_with("leaderboard: "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no leaderboard count: {shown}")),
+        );
     }
+    // The second run re-ingests the same samples (in whatever order their downloads finish)
+    // and measures the baseline again: under the same reference set, so its rows are replaced,
+    // not added.
+    assert_eq!(leaderboards[0], leaderboards[1]);
     assert!(dir.join("demo/llamagen-codes/demo32_codes").is_dir());
     assert!(dir.join("demo/train-t2i").is_dir());
     // Every command stopped the server it started.

@@ -283,7 +283,7 @@ impl Side {
 }
 
 /// The files [`read_folder`] reads, in its order: PNG and JPEG files in name order, then
-/// webdataset tars in name order.
+/// webdataset tars in name order (each tar's images in member-name order).
 pub fn folder_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -309,9 +309,23 @@ fn is_image(extension: &str) -> bool {
     matches!(extension, "png" | "jpg" | "jpeg")
 }
 
+/// The image members of a webdataset shard as (name, bytes), in name (sample key) order.
+///
+/// Ingest appends samples as their downloads finish, so the archive order of the same images
+/// differs from one ingest to the next; in key order (the metadata's) a set reads, and hashes,
+/// the same however its downloads raced, and KID, which draws its subsets by position, gives
+/// the same value for the same images.
+pub fn tar_images(tar: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut members = llamagen_shards::webdataset::read_members(tar)?;
+    members.retain(|(name, _)| is_image(&extension(Path::new(name))));
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(members)
+}
+
 /// Each image of a folder, decoded to RGB [H, W, 3] with a label naming it: PNG and JPEG files
 /// in name order, then the images of its webdataset shards (`*.tar`, as `llamagen ingest`
-/// writes them) in shard and member order. One image in memory at a time.
+/// writes them) in shard order and, within a shard, in member-name (sample key) order. One
+/// decoded image in memory at a time.
 pub fn visit_folder(
     dir: &Path,
     visit: &mut dyn FnMut(String, Array3<u8>) -> anyhow::Result<()>,
@@ -330,13 +344,11 @@ pub fn visit_folder(
         visit(file.display().to_string(), rgb(img)?)?;
     }
     for tar in files.iter().filter(|f| extension(f) == "tar") {
-        for (name, bytes) in llamagen_shards::webdataset::read_members(tar)? {
-            if is_image(&extension(Path::new(&name))) {
-                let label = format!("{}:{name}", tar.display());
-                let img =
-                    image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
-                visit(label, rgb(img)?)?;
-            }
+        for (name, bytes) in tar_images(tar)? {
+            let label = format!("{}:{name}", tar.display());
+            let img =
+                image::load_from_memory(&bytes).with_context(|| format!("decoding {label}"))?;
+            visit(label, rgb(img)?)?;
         }
     }
     Ok(())
@@ -400,15 +412,57 @@ mod tests {
         .unwrap();
         let mut tar =
             llamagen_shards::webdataset::TarWriter::create(&dir.path().join("00000.tar")).unwrap();
-        for key in ["0000", "0001"] {
+        // Appended as downloads finish, read in key order.
+        for key in ["0001", "0000"] {
             tar.append(key, "jpg", &encoded(48, 48, image::ImageFormat::Jpeg))
                 .unwrap();
             tar.append(key, "txt", b"a caption").unwrap();
         }
         tar.finish().unwrap();
+        let mut labels = Vec::new();
+        visit_folder(dir.path(), &mut |label, _| {
+            labels.push(label);
+            Ok(())
+        })
+        .unwrap();
+        let tar_path = dir.path().join("00000.tar").display().to_string();
+        assert_eq!(
+            labels,
+            [
+                dir.path().join("a.png").display().to_string(),
+                format!("{tar_path}:0000.jpg"),
+                format!("{tar_path}:0001.jpg"),
+            ]
+        );
         let batch = read_folder(dir.path(), Some(32)).unwrap();
         assert_eq!(batch.dim(), (3, 32, 32, 3));
         let err = read_folder(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("00000.tar:0000.jpg is 48x48"), "{err}");
+    }
+
+    #[test]
+    fn a_reference_folder_hashes_its_images_not_their_archive_order() {
+        let shard = |order: [&str; 2], caption: &[u8], size: u32| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut tar =
+                llamagen_shards::webdataset::TarWriter::create(&dir.path().join("00000.tar"))
+                    .unwrap();
+            for key in order {
+                let side = if key == "0000" { size } else { 48 };
+                tar.append(key, "jpg", &encoded(side, side, image::ImageFormat::Jpeg))
+                    .unwrap();
+                tar.append(key, "txt", caption).unwrap();
+            }
+            tar.finish().unwrap();
+            let sha = crate::provenance::folder_sha256(dir.path()).unwrap();
+            (dir, sha)
+        };
+        let (_a, first) = shard(["0000", "0001"], b"a caption", 40);
+        // The same images ingested again: the downloads finished in another order, and the
+        // captions were rewritten.
+        let (_b, again) = shard(["0001", "0000"], b"another caption", 40);
+        assert_eq!(first, again);
+        let (_c, changed) = shard(["0000", "0001"], b"a caption", 41);
+        assert_ne!(first, changed);
     }
 }

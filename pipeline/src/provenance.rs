@@ -55,24 +55,39 @@ pub fn file_sha256(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     Ok((hex, bytes))
 }
 
-/// sha256 of a reference folder's content: each image file and webdataset tar that
-/// [`crate::image_sets::read_folder`] reads, in its order, as name, length and bytes. The same
-/// images under another path are the same reference; a renamed, added or changed file is not.
+/// sha256 of a reference folder's content, in the order [`crate::image_sets::read_folder`]
+/// reads it: each image file as name, length and bytes, and each webdataset tar as its name
+/// followed by its images the same way, in key order ([`crate::image_sets::tar_images`]). The
+/// same images under another path are the same reference, and so are the same samples
+/// ingested again (their archive order follows the downloads, and captions and metadata are
+/// not the reference); a renamed, added or changed image is not.
 pub fn folder_sha256(dir: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
+    let entry = |hasher: &mut sha2::Sha256, name: &str, length: u64| {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(length.to_le_bytes());
+    };
     for file in crate::image_sets::folder_files(dir)? {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if file.extension().is_some_and(|e| e == "tar") {
+            let images = crate::image_sets::tar_images(&file)?;
+            entry(&mut hasher, &name, images.len() as u64);
+            for (member, bytes) in images {
+                entry(&mut hasher, &member, bytes.len() as u64);
+                hasher.update(&bytes);
+            }
+            continue;
+        }
         let length = std::fs::metadata(&file)
             .with_context(|| format!("reading {}", file.display()))?
             .len();
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(length.to_le_bytes());
+        entry(&mut hasher, &name, length);
         let mut f =
             std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
         std::io::copy(&mut f, &mut hasher)

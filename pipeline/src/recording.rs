@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever a metric's code changes its numbers, so results of the old code and the new
-/// are different protocols.
-pub const METRICS_IMPLEMENTATION: &str = "llamagen-evaluate 1: ADM evaluator FID/sFID/IS/precision/recall, torch-fidelity 0.4.0 KID, scikit-image PSNR/SSIM";
+/// are different protocols. 2: the Frechet distance of sets of no more samples than
+/// dimensions through their low-rank factor (it had square-rooted round-off of zero
+/// eigenvalues), and webdataset references read in sample-key order (KID's subsets had
+/// followed the order the downloads finished in).
+pub const METRICS_IMPLEMENTATION: &str = "llamagen-evaluate 2: ADM evaluator FID/sFID/IS/precision/recall, torch-fidelity 0.4.0 KID, scikit-image PSNR/SSIM";
 
 /// A reference set by content: what [`record`] files in `reference_sets`.
 #[derive(Debug, Clone, PartialEq)]
