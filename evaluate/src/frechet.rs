@@ -186,24 +186,38 @@ fn psd_sqrt(m: &Tensor) -> Tensor {
 /// matrix products and one eigenvalue-only solve. A singular covariance (a feature that never
 /// varies) has no Cholesky factor; then `L` is replaced by the symmetric square root of S1.
 fn trace_sqrt_product(s1: &Tensor, s2: &Tensor) -> f64 {
-    let (factor, info) = s1.linalg_cholesky_ex(false, false);
-    let factor = if info.int64_value(&[]) == 0 {
-        factor
-    } else {
-        psd_sqrt(s1)
+    let m = match factor(s1) {
+        Factor::Cholesky(l) => lower_congruence_upper(&l, s2),
+        Factor::SquareRoot(r) => symmetrised(&r.transpose(0, 1).matmul(s2).matmul(&r)),
     };
-    let m = if info.int64_value(&[]) == 0 {
-        lower_congruence_upper(&factor, s2)
+    trace_sqrt_psd(&m)
+}
+
+/// A factor `L` of a covariance, `S = L L^T` [D, D].
+enum Factor {
+    /// Lower-triangular.
+    Cholesky(Tensor),
+    /// The symmetric square root, for a singular S (a feature that never varies, or fewer
+    /// samples than dimensions in statistics without their low-rank factor).
+    SquareRoot(Tensor),
+}
+
+impl Factor {
+    fn matrix(&self) -> &Tensor {
+        match self {
+            Factor::Cholesky(l) | Factor::SquareRoot(l) => l,
+        }
+    }
+}
+
+/// S's Cholesky factor, or its symmetric square root where S has none.
+fn factor(s: &Tensor) -> Factor {
+    let (l, info) = s.linalg_cholesky_ex(false, false);
+    if info.int64_value(&[]) == 0 {
+        Factor::Cholesky(l)
     } else {
-        let m = factor.transpose(0, 1).matmul(s2).matmul(&factor);
-        // Symmetrise away the round-off of the two products before the symmetric solver.
-        (&m + m.transpose(0, 1)) * 0.5
-    };
-    m.linalg_eigvalsh("U")
-        .clamp_min(0.0)
-        .sqrt()
-        .sum(Kind::Double)
-        .double_value(&[])
+        Factor::SquareRoot(psd_sqrt(s))
+    }
 }
 
 /// `tr((S1 S2)^{1/2})` with `S1 = A^T A` for `A` [R, D]: the non-zero eigenvalues of `S1 S2`
@@ -212,13 +226,23 @@ fn trace_sqrt_product(s1: &Tensor, s2: &Tensor) -> f64 {
 /// samples of 2048-d features) this costs milliseconds where the D x D route decomposes S1
 /// (singular at that size) in seconds.
 fn trace_sqrt_low_rank(a: &Tensor, s2: &Tensor) -> f64 {
-    let m = a.matmul(s2).matmul(&a.transpose(0, 1));
-    let m = (&m + m.transpose(0, 1)) * 0.5;
+    trace_sqrt_psd(&symmetrised(&a.matmul(s2).matmul(&a.transpose(0, 1))))
+}
+
+/// `tr(M^{1/2})` of a symmetric positive semi-definite `M` from its upper triangle: the sum of
+/// the square roots of its eigenvalues, those below zero (round-off) taken as zero.
+fn trace_sqrt_psd(m: &Tensor) -> f64 {
     m.linalg_eigvalsh("U")
         .clamp_min(0.0)
         .sqrt()
         .sum(Kind::Double)
         .double_value(&[])
+}
+
+/// `(M + M^T) / 2`: a product that is symmetric in exact arithmetic, without the round-off
+/// that makes it not quite so, before a symmetric solver reads one triangle of it.
+fn symmetrised(m: &Tensor) -> Tensor {
+    (m + m.transpose(0, 1)) * 0.5
 }
 
 /// The upper block triangle of `L^T S L` for a lower-triangular `L` [D, D] and a symmetric
@@ -402,14 +426,8 @@ fn blockwise(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
         mu_offset,
         trace_ref,
     } = *f;
-    let (factor, info) = s_ref.linalg_cholesky_ex(false, false);
-    let factor = if info.int64_value(&[]) == 0 {
-        factor
-    } else {
-        psd_sqrt(s_ref)
-    };
     let (k, di) = (resamples.blocks(), x.size()[1]);
-    let factor_f32 = factor.to_kind(Kind::Float);
+    let factor_f32 = factor(s_ref).matrix().to_kind(Kind::Float);
     let mut members: Vec<Vec<i64>> = vec![Vec::new(); k];
     for (i, &b) in resamples.block_of.iter().enumerate() {
         members[b].push(i as i64);
@@ -491,8 +509,7 @@ fn few_samples(f: &Fitted<'_>, resamples: &Resamples) -> Vec<f64> {
         trace_ref,
     } = *f;
     let centered = x.to_kind(Kind::Double) - mu;
-    let gram = centered.matmul(s_ref).matmul(&centered.transpose(0, 1));
-    let gram = (&gram + gram.transpose(0, 1)) * 0.5;
+    let gram = symmetrised(&centered.matmul(s_ref).matmul(&centered.transpose(0, 1)));
     let squares = centered
         .square()
         .sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
