@@ -292,7 +292,7 @@ pub fn folder_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     files.sort();
     let (mut images, tars): (Vec<PathBuf>, Vec<PathBuf>) = files
         .into_iter()
-        .filter(|f| is_image(&extension(f)) || extension(f) == "tar")
+        .filter(|f| is_image(&extension(f)) || is_shard(f))
         .partition(|f| is_image(&extension(f)));
     images.extend(tars);
     Ok(images)
@@ -307,6 +307,12 @@ fn extension(p: &Path) -> String {
 
 fn is_image(extension: &str) -> bool {
     matches!(extension, "png" | "jpg" | "jpeg")
+}
+
+/// Whether a file of a folder is a webdataset shard (`*.tar`, any case), as [`folder_files`]
+/// tells them from images.
+pub fn is_shard(path: &Path) -> bool {
+    extension(path) == "tar"
 }
 
 /// The image members of a webdataset shard as (name, bytes), in name (sample key) order.
@@ -343,7 +349,7 @@ pub fn visit_folder(
         let img = image::open(file).with_context(|| format!("decoding {}", file.display()))?;
         visit(file.display().to_string(), rgb(img)?)?;
     }
-    for tar in files.iter().filter(|f| extension(f) == "tar") {
+    for tar in files.iter().filter(|f| is_shard(f)) {
         for (name, bytes) in tar_images(tar)? {
             let label = format!("{}:{name}", tar.display());
             let img =

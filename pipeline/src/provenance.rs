@@ -75,7 +75,7 @@ pub fn folder_sha256(dir: &std::path::Path) -> anyhow::Result<String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if file.extension().is_some_and(|e| e == "tar") {
+        if crate::image_sets::is_shard(&file) {
             let images = crate::image_sets::tar_images(&file)?;
             entry(&mut hasher, &name, images.len() as u64);
             for (member, bytes) in images {
