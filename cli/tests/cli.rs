@@ -208,11 +208,9 @@ fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
 
     let mut leaderboards = Vec::new();
     for round in 1..=2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_llamagen"))
+        let out = llamagen(Path::new("data"))
             .current_dir(root.path())
-            .args(["--data-dir", "data", "demo", "--no-serve"])
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
+            .args(["demo", "--no-serve"])
             .output()
             .unwrap();
         assert!(out.status.success(), "demo round {round}: {}", text(&out));
