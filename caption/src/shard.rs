@@ -81,9 +81,11 @@ pub async fn caption_shard(
     if final_path.exists() {
         return Ok(None);
     }
-    // Only this attempt writes the shard's captions now: a temporary of them is a killed
-    // attempt's (its answers are in the journal, which is resumed, not removed).
-    llamagen_shards::atomic::remove_leftovers_for(&[&final_path])?;
+    // Only this attempt writes the shard's captions and journal now: a temporary of either is
+    // a killed attempt's. A journal's temporary is a rewrite that never reached its rename, so
+    // the journal itself still holds every answer and is resumed, not removed.
+    let journal_path = output::journal_path(out_dir, &name);
+    llamagen_shards::atomic::remove_leftovers_for(&[&final_path, &journal_path])?;
     let started = Instant::now();
     let tar_path = tar.to_owned();
     let samples =
@@ -91,7 +93,6 @@ pub async fn caption_shard(
             .await
             .map_err(|e| CaptionError::Input(e.to_string()))?
             .map_err(|e| CaptionError::Input(e.to_string()))?;
-    let journal_path = output::journal_path(out_dir, &name);
     let (mut journal, earlier) = Journal::open(&journal_path)?;
     let mut summary = ShardSummary {
         name: name.clone(),

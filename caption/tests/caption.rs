@@ -112,8 +112,14 @@ fn every_sample_gets_its_own_caption_and_a_rerun_asks_nothing() {
     let rt = runtime();
     let client = client(server.endpoint("ok"), 2, 10_000);
     rt.block_on(client.check_model(MODEL)).unwrap();
-    let dead = dir.path().join(".tmp.00000_captions.parquet.z9Y8x7");
-    std::fs::write(&dead, b"half").unwrap();
+    // A killed attempt's temporaries: of the captions, and of a journal rewrite.
+    let dead = [
+        dir.path().join(".tmp.00000_captions.parquet.z9Y8x7"),
+        dir.path().join(".tmp.00000_captions.partial.jsonl.ihqbkX"),
+    ];
+    for file in &dead {
+        std::fs::write(file, b"half").unwrap();
+    }
     let summary = rt
         .block_on(caption_shard(
             &client,
@@ -164,7 +170,12 @@ fn every_sample_gets_its_own_caption_and_a_rerun_asks_nothing() {
         !journal_path(dir.path(), "00000").exists(),
         "the journal goes once finished"
     );
-    assert!(!dead.exists(), "a killed attempt's temporary is removed");
+    for file in &dead {
+        assert!(
+            !file.exists(),
+            "a killed attempt's temporary is removed: {file:?}"
+        );
+    }
 
     let asked = server.requests();
     assert_eq!(asked, 4);
