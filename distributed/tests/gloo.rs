@@ -54,11 +54,43 @@ fn on_ranks_over(world: usize, body: &str, backend: &str) -> Vec<Output> {
                 .unwrap()
         })
         .collect();
-    children
+    // Every rank gives up on a dead or missing peer after LLAMAGEN_DIST_TIMEOUT; one that
+    // still runs long after is killed, so that the test fails with what the ranks printed
+    // instead of hanging the suite.
+    let pids: Vec<libc::pid_t> = children
+        .iter()
+        .map(|c| libc::pid_t::try_from(c.id()).unwrap())
+        .collect();
+    let (finished, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let expired = matches!(
+            watch.recv_timeout(RANKS_LIMIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if expired {
+            for pid in pids {
+                // SAFETY: kill(2) on a child this test spawned and has not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        expired
+    });
+    let outputs: Vec<Output> = children
         .into_iter()
         .map(|child| child.wait_with_output().unwrap())
-        .collect()
+        .collect();
+    drop(finished);
+    let killed = watchdog.join().unwrap();
+    assert!(
+        !killed,
+        "ranks of {body} still ran after {RANKS_LIMIT:?}; killed. They printed:\n{}",
+        outputs.iter().map(printed).collect::<Vec<_>>().join("\n")
+    );
+    outputs
 }
+
+/// How long ranks may take before they are killed: far beyond their 30 s collective timeout.
+const RANKS_LIMIT: Duration = Duration::from_secs(300);
 
 fn printed(out: &Output) -> String {
     format!(
