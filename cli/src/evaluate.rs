@@ -29,7 +29,7 @@ pub struct EvaluateArgs {
     /// Images per Inception batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// ONNX Runtime threads (0: one per core).
+    /// ONNX Runtime threads (0: as many as this process may use; docs/deploy.md).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// cpu, cuda or auto: where the Inception runs (a GPU through ONNX Runtime's CUDA execution

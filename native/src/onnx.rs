@@ -62,8 +62,50 @@ pub fn environment() -> Result<&'static Environment, NativeError> {
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
-/// Opens an ONNX model for inference on the CPU with `intra_threads` threads per run (0: the
-/// runtime's default, one per core).
+/// The intra-op threads of a session whose caller asked for 0 ([`intra_threads_for`] on this
+/// process's environment and CPUs).
+pub fn default_intra_threads() -> usize {
+    let variable = std::env::var(INTRA_THREADS_VARIABLE).ok();
+    let available = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    // SAFETY: sysconf reads a constant of the running system.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    intra_threads_for(
+        variable.as_deref(),
+        available,
+        usize::try_from(online).unwrap_or(0),
+    )
+}
+
+/// ONNX Runtime's own variable for the size of a session's pool (read by its newer releases;
+/// read here for every release).
+pub const INTRA_THREADS_VARIABLE: &str = "ORT_INTRA_OP_NUM_THREADS";
+
+/// How many intra-op threads a session gets when asked for 0, given the value of
+/// [`INTRA_THREADS_VARIABLE`], the CPUs this process may use (`available`: its affinity mask
+/// and cgroup CPU quota) and the machine's online CPUs; 0 leaves ONNX Runtime's own default.
+///
+/// ONNX Runtime sizes its pool to the machine's physical cores, blind to quotas: a
+/// Kubernetes pod limited to 4 CPUs, or a Slurm task bound to 4 of a 64-core node, would start
+/// dozens of threads that the quota then throttles (and on a restricted cpuset the runtime's
+/// affinity calls fail). A process confined to fewer CPUs than the machine has therefore uses
+/// those. An unconfined one keeps the runtime's default, which avoids putting two threads on
+/// one physical core. `OMP_NUM_THREADS` is libtorch's and is not read: the test suite sets it
+/// to 1 to keep libtorch's spinning threads apart, while ONNX models there gain from both
+/// cores.
+pub fn intra_threads_for(variable: Option<&str>, available: usize, online: usize) -> usize {
+    // An explicit 0 asks for the runtime's default, as ONNX Runtime reads it.
+    if let Some(n) = variable.and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n;
+    }
+    if available > 0 && available < online {
+        available
+    } else {
+        0
+    }
+}
+
+/// Opens an ONNX model for inference on the CPU with `intra_threads` threads per run (0:
+/// [`default_intra_threads`]).
 pub fn session(model: &Path, intra_threads: usize) -> Result<Session, NativeError> {
     session_on(model, intra_threads, OnnxDevice::Cpu).map(|(session, _)| session)
 }
@@ -105,12 +147,12 @@ impl std::fmt::Display for Provider {
 /// The name ONNX Runtime lists its CUDA execution provider under.
 pub const CUDA_PROVIDER: &str = "CUDAExecutionProvider";
 
-/// Opens an ONNX model on `device` with `intra_threads` CPU threads per run (0: the runtime's
-/// default). A CUDA device is reached through the CUDA execution provider when the loaded
-/// library has it (`onnxruntime-gpu`, which scripts/setup.sh installs where an NVIDIA driver
-/// is present) and it starts (it needs the CUDA and cuDNN libraries that libtorch's CUDA build
-/// brings, loaded first here); otherwise the model runs on the CPU, and the log says why at
-/// warning level. The provider the session runs on is returned and logged.
+/// Opens an ONNX model on `device` with `intra_threads` CPU threads per run (0:
+/// [`default_intra_threads`]). A CUDA device is reached through the CUDA execution provider
+/// when the loaded library has it (`onnxruntime-gpu`, which scripts/setup.sh installs where an
+/// NVIDIA driver is present) and it starts (it needs the CUDA and cuDNN libraries that
+/// libtorch's CUDA build brings, loaded first here); otherwise the model runs on the CPU, and
+/// the log says why at warning level. The provider the session runs on is returned and logged.
 pub fn session_on(
     model: &Path,
     intra_threads: usize,
@@ -150,6 +192,10 @@ fn open_on(
         path: model.to_path_buf(),
         source,
     };
+    let intra_threads = match intra_threads {
+        0 => default_intra_threads(),
+        n => n,
+    };
     let builder = || -> Result<_, NativeError> {
         let mut builder = Session::builder(env).map_err(with_model)?;
         if intra_threads > 0 {
@@ -163,7 +209,12 @@ fn open_on(
         match cuda_session(builder()?, &commit, ordinal) {
             Ok(session) => {
                 let provider = Provider::Cuda(ordinal);
-                tracing::info!(model = %model.display(), %provider, "ONNX model opened");
+                tracing::info!(
+                    model = %model.display(),
+                    %provider,
+                    threads = intra_threads,
+                    "ONNX model opened"
+                );
                 return Ok((session, provider));
             }
             Err(why) => tracing::warn!(
@@ -173,7 +224,13 @@ fn open_on(
         }
     }
     let session = commit(builder()?).map_err(with_model)?;
-    tracing::info!(model = %model.display(), provider = %Provider::Cpu, "ONNX model opened");
+    // 0: the runtime's own default (physical cores).
+    tracing::info!(
+        model = %model.display(),
+        provider = %Provider::Cpu,
+        threads = intra_threads,
+        "ONNX model opened"
+    );
     Ok((session, Provider::Cpu))
 }
 
@@ -296,5 +353,19 @@ mod tests {
             release_from_build_info("ORT Build Info: git-branch=main"),
             None
         );
+    }
+
+    #[test]
+    fn threads_follow_the_variable_then_the_cpus_this_process_may_use() {
+        // The runtime's own variable is the user's word, even above the CPUs at hand.
+        assert_eq!(intra_threads_for(Some("3"), 2, 64), 3);
+        assert_eq!(intra_threads_for(Some("0"), 4, 64), 0);
+        // A Kubernetes quota or a Slurm task bound to 4 CPUs of a 64-CPU node.
+        assert_eq!(intra_threads_for(None, 4, 64), 4);
+        // Unconfined: the runtime's default (physical cores).
+        assert_eq!(intra_threads_for(None, 64, 64), 0);
+        // An unreadable value is ignored; unknown CPU counts leave the default.
+        assert_eq!(intra_threads_for(Some("many"), 4, 64), 4);
+        assert_eq!(intra_threads_for(None, 0, 0), 0);
     }
 }

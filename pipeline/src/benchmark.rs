@@ -59,7 +59,7 @@ pub struct EvaluationArgs {
     /// Images per Inception batch.
     #[arg(long, default_value_t = 32)]
     pub eval_batch_size: usize,
-    /// ONNX Runtime threads (0: one per core).
+    /// ONNX Runtime threads (0: as many as this process may use; docs/deploy.md).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Compute and print, but do not write to PostgreSQL.

@@ -52,7 +52,7 @@ pub struct T5Args {
     /// Captions per encoder run (grouped by length).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// ONNX Runtime threads per run (0: one per core).
+    /// ONNX Runtime threads per run (0: as many as this process may use; docs/deploy.md).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// cpu, cuda or auto: where the encoder runs (a GPU through ONNX Runtime's CUDA execution

@@ -51,7 +51,7 @@ pub struct FilterArgs {
     /// Images per model batch.
     #[arg(long)]
     pub batch_size: Option<u32>,
-    /// ONNX Runtime threads per model run (0: one per core).
+    /// ONNX Runtime threads per model run (0: as many as this process may use; docs/deploy.md).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// cpu, cuda or auto: where CLIP and the two heads run (a GPU through ONNX Runtime's CUDA
