@@ -62,6 +62,8 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             .arg("--out")
             .arg(dir.path().join("runs"))
             .args(extra)
+            // The feature cache says when it is read, kept, or cannot be used.
+            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info")
             .output()
             .unwrap()
     };
@@ -73,8 +75,43 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         "{}",
         text(&first)
     );
+    assert!(
+        text(&first).contains("reference features kept in"),
+        "{}",
+        text(&first)
+    );
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("runs/reference-features"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    // A re-run reads the reference's features back instead of measuring them again, and
+    // prints the same numbers.
     let again = sweep(&[]);
     assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("reference features from"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&first.stdout)
+    );
+    // A damaged cache file is measured again, and replaced.
+    std::fs::write(&cached[0], b"torn").unwrap();
+    let repaired = sweep(&[]);
+    assert!(repaired.status.success(), "{}", text(&repaired));
+    assert!(
+        text(&repaired).contains("cannot be used"),
+        "{}",
+        text(&repaired)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&repaired.stdout),
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert!(std::fs::metadata(&cached[0]).unwrap().len() > 4);
 
     let pool = &db.pool;
     let rows: Vec<(f64, i32, i64, serde_json::Value)> = sqlx::query_as(

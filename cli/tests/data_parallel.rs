@@ -570,6 +570,8 @@ async fn ranks_sample_and_benchmark_as_one_process() {
         .output()
         .unwrap();
     assert!(copied.status.success());
+    // The ranks kept the reference's features; the single process measures them itself.
+    std::fs::remove_dir_all(copy.join("reference-features")).unwrap();
     let mut alone = Command::new(env!("CARGO_BIN_EXE_llamagen"));
     alone.env("DATABASE_URL", db.url());
     let single = json_of(&succeeded(
@@ -603,4 +605,21 @@ async fn ranks_sample_and_benchmark_as_one_process() {
         .await
         .unwrap();
     assert_eq!(recorded, 1, "rank 0 alone records");
+
+    // Run again, both ranks read the kept features of the reference and measure the same.
+    let cached = succeeded(
+        benchmark(
+            torchrun_command(2, &db).env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info"),
+            &d.join("runs"),
+            false,
+        ),
+        "2-rank benchmark from the kept features",
+    );
+    assert_eq!(
+        cached.matches("reference features from").count(),
+        2,
+        "{cached}"
+    );
+    let cached = json_of(&cached);
+    assert_eq!(cached[0]["metrics"], ranked[0]["metrics"]);
 }

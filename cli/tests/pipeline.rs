@@ -440,7 +440,7 @@ prompts = "{prompts}"
     assert!(benchmarked.status.success(), "{out}");
     assert!(out.contains("CLIP score [95% interval]"), "{out}");
     assert!(
-        out.contains("reference features of"),
+        out.contains("reference features from"),
         "the cache is read: {out}"
     );
     let row = out

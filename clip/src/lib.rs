@@ -75,7 +75,7 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Opens the folder's towers on the CPU; `threads` per run (0: ONNX Runtime's default).
+    /// Opens the folder's towers on the CPU; `threads` per run (0: `onnx::default_intra_threads`).
     pub fn open(dir: &Path, threads: usize) -> Result<Self, ClipError> {
         Self::open_on(dir, threads, OnnxDevice::Cpu)
     }

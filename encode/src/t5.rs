@@ -101,7 +101,7 @@ fn model_error(path: &Path, message: impl std::fmt::Display) -> EncodeError {
 }
 
 impl T5Encoder {
-    /// Opens an export folder on the CPU; `threads` per run (0: ONNX Runtime's default).
+    /// Opens an export folder on the CPU; `threads` per run (0: `onnx::default_intra_threads`).
     pub fn open(dir: &Path, max_length: usize, threads: usize) -> Result<Self, EncodeError> {
         Self::open_on(dir, max_length, threads, OnnxDevice::Cpu)
     }

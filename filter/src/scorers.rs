@@ -62,7 +62,7 @@ fn model_error(path: &Path, message: impl std::fmt::Display) -> FilterError {
 }
 
 impl Scorers {
-    /// Opens the folder's models on the CPU; `threads` per run (0: ONNX Runtime's default).
+    /// Opens the folder's models on the CPU; `threads` per run (0: `onnx::default_intra_threads`).
     pub fn open(dir: &Path, threads: usize) -> Result<Self, FilterError> {
         Self::open_on(dir, threads, OnnxDevice::Cpu)
     }

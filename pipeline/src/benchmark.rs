@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use llamagen_evaluate::inception::Inception;
 
+use crate::feature_cache::FeatureCache;
 use crate::image_sets::{
     IntervalArgs, Side, gather_features, gather_rows, generation_metrics, load_side_on,
 };
@@ -135,16 +136,62 @@ pub fn scales(args: &GeneratorArgs) -> Vec<f64> {
 }
 
 /// The reference set's features (loaded once, shared by every checkpoint and scale) and its
-/// identity by content.
+/// identity by content. Features of a reference with images are kept in `cache_dir` and read
+/// from there by later runs (`crate::feature_cache`); under a group, only when every rank
+/// finds them, as the ranks otherwise share the measuring.
 pub fn load_reference(
     e: &EvaluationArgs,
     net: &mut Inception,
     group: Option<&ProcessGroup>,
+    cache_dir: &Path,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
     use anyhow::Context as _;
-    let side = load_side_on(&e.reference, net, e.center_crop, group)
+    use llamagen_evaluate::inception::{InceptionFeatures, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+    let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
+    let mut identity = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
-    let identity = ReferenceIdentity::of_side(&e.reference, e.center_crop, &side)?;
+    let cache = FeatureCache::new(
+        cache_dir,
+        "adm",
+        &[
+            identity.sha256.as_bytes(),
+            format!("{center_crop:?}").as_bytes(),
+            file_sha256(&e.inception)?.0.as_bytes(),
+        ],
+    );
+    let names = ["pool", "spatial", "logits"];
+    let mut cached = cache.read(&names, &[POOL_DIM, SPATIAL_DIM, LOGITS_DIM]);
+    if let Some(g) = group {
+        let found = g.sum_f64(&[f64::from(u8::from(cached.is_some()))])?;
+        if found[0] < g.world() as f64 {
+            cached = None;
+        }
+    }
+    let side = match cached.and_then(|a| <[ndarray::Array2<f32>; 3]>::try_from(a).ok()) {
+        Some([pool, spatial, logits]) => Side::of_features(InceptionFeatures {
+            pool,
+            spatial,
+            logits,
+        })?,
+        None => {
+            let side = load_side_on(&e.reference, net, e.center_crop, group)
+                .with_context(|| format!("reference {}", e.reference.display()))?;
+            // An npz of statistics alone has no features to keep, and takes no time to read.
+            if let Some(f) = side
+                .features
+                .as_ref()
+                .filter(|_| group.is_none_or(|g| g.rank() == 0))
+            {
+                cache.write(&[
+                    (names[0], &f.pool),
+                    (names[1], &f.spatial),
+                    (names[2], &f.logits),
+                ])?;
+            }
+            side
+        }
+    };
+    identity.num_images = side.features.as_ref().map(|f| f.pool.nrows());
     Ok((side, identity))
 }
 
@@ -209,7 +256,12 @@ impl Measurer {
         let device = crate::sample::rank_device(device, group.as_ref())?;
         let mut net = open_inception(e, device)?;
         if !text {
-            let (side, reference_set) = load_reference(e, &mut net, group.as_ref())?;
+            let (side, reference_set) = load_reference(
+                e,
+                &mut net,
+                group.as_ref(),
+                &samples_out.join("reference-features"),
+            )?;
             return Ok(Self {
                 net,
                 reference: Reference::Images(side),

@@ -4,6 +4,7 @@
 //! - [`config`]: the pipeline config (`PIPELINE.toml`), one section per stage, validated.
 //! - [`sample`]: images from a GPT checkpoint and a VQ tokenizer, resumable per folder.
 //! - [`image_sets`]: image sets through the FID Inception, and the generation metrics.
+//! - [`feature_cache`]: a reference set's features kept on disk for later runs.
 //! - [`text_to_image`]: the text-to-image protocol's features and metrics (FID, KID, CLIP-FID,
 //!   CLIP score) of generated images against a reference folder.
 //! - [`recording`]: results onto the leaderboard.
@@ -31,6 +32,7 @@
 pub mod benchmark;
 pub mod checkpoint_evaluator;
 pub mod config;
+pub mod feature_cache;
 pub mod image_sets;
 pub mod outage;
 pub mod progress;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use llamagen_clip::Clip;
 use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
-use llamagen_evaluate::inception::Inception;
+use llamagen_evaluate::inception::{Inception, POOL_DIM};
 use llamagen_evaluate::kernel_distance::{KidSettings, kernel_distance};
 use llamagen_evaluate::resampling::MIN_SAMPLES;
 use llamagen_evaluate::text_to_image::{
@@ -22,6 +22,7 @@ use llamagen_evaluate::text_to_image::{
 use llamagen_store::results::Metric;
 use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, concatenate};
 
+use crate::feature_cache::FeatureCache;
 use crate::image_sets::IntervalArgs;
 use crate::provenance::file_sha256;
 
@@ -208,26 +209,23 @@ impl<'a> FeatureCollector<'a> {
     }
 }
 
-/// The cache file of a reference folder's features: its name hashes everything they depend
-/// on, so another folder, network or resolution never reads a stale one.
-fn cache_path(
+/// The cache of a reference folder's features: its name hashes everything they depend on, so
+/// another folder, network or resolution never reads a stale one.
+fn cache_of(
     cache_dir: &Path,
     folder_sha256: &str,
     inception: &Path,
     clip: &Clip,
     resolution: usize,
-) -> anyhow::Result<PathBuf> {
-    use sha2::Digest as _;
-    let mut key = sha2::Sha256::new();
-    key.update(folder_sha256.as_bytes());
-    key.update(file_sha256(inception)?.0.as_bytes());
+) -> anyhow::Result<FeatureCache> {
+    let mut shas = vec![folder_sha256.to_owned(), file_sha256(inception)?.0];
     for f in clip.files() {
-        key.update(file_sha256(&f)?.0.as_bytes());
+        shas.push(file_sha256(&f)?.0);
     }
-    key.update(resolution.to_le_bytes());
-    key.update(crate::recording::METRICS_IMPLEMENTATION.as_bytes());
-    let key = format!("{:x}", key.finalize());
-    Ok(cache_dir.join(format!("t2i-{}.npz", &key[..16])))
+    let resolution = resolution.to_le_bytes();
+    let mut parts: Vec<&[u8]> = shas.iter().map(|s| s.as_bytes()).collect();
+    parts.push(&resolution);
+    Ok(FeatureCache::new(cache_dir, "t2i", &parts))
 }
 
 /// The reference folder's features, from the cache when a previous run made them.
@@ -246,21 +244,12 @@ pub fn load_reference(
         );
     }
     let folder_sha256 = crate::provenance::folder_sha256(folder)?;
-    let cache = cache_path(cache_dir, &folder_sha256, inception_path, clip, resolution)?;
-    if cache.is_file() {
-        let mut npz = ndarray_npy::NpzReader::new(
-            std::fs::File::open(&cache).with_context(|| format!("opening {}", cache.display()))?,
-        )?;
-        let features = TextToImageFeatures {
-            inception: npz.by_name("inception")?,
-            clip: npz.by_name("clip")?,
-        };
-        tracing::info!(
-            "reference features of {} from {}",
-            folder.display(),
-            cache.display()
-        );
-        return TextToImageReference::new(features, folder_sha256);
+    let cache = cache_of(cache_dir, &folder_sha256, inception_path, clip, resolution)?;
+    if let Some([inception, clip]) = cache
+        .read(&["inception", "clip"], &[POOL_DIM, clip.spec.embed_dim])
+        .and_then(|arrays| <[Array2<f32>; 2]>::try_from(arrays).ok())
+    {
+        return TextToImageReference::new(TextToImageFeatures { inception, clip }, folder_sha256);
     }
     let mut collector = FeatureCollector::new(net, clip, resolution);
     let bar = crate::progress::bar(0, "reference images");
@@ -275,16 +264,7 @@ pub fn load_reference(
     if features.inception.nrows() < 2 {
         bail!("{} holds fewer than 2 images", folder.display());
     }
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
-    let tmp = cache.with_extension("npz.tmp");
-    {
-        let mut npz = ndarray_npy::NpzWriter::new(std::fs::File::create(&tmp)?);
-        npz.add_array("inception", &features.inception)?;
-        npz.add_array("clip", &features.clip)?;
-        npz.finish()?;
-    }
-    std::fs::rename(&tmp, &cache).with_context(|| format!("writing {}", cache.display()))?;
+    cache.write(&[("inception", &features.inception), ("clip", &features.clip)])?;
     TextToImageReference::new(features, folder_sha256)
 }
 
