@@ -85,32 +85,21 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    // A re-run reads the reference's features back instead of measuring them again, and
-    // prints the same numbers.
-    let again = sweep(&[]);
-    assert!(again.status.success(), "{}", text(&again));
-    assert!(
-        text(&again).contains("reference features from"),
-        "{}",
-        text(&again)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&again.stdout),
-        String::from_utf8_lossy(&first.stdout)
-    );
-    // A damaged cache file is measured again, and replaced.
+    // A re-run prints the same numbers, saying what became of the kept features.
+    let same_numbers_after = |said: &str| {
+        let out = sweep(&[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(said), "{said}: {}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&first.stdout)
+        );
+    };
+    // Read back instead of measured again.
+    same_numbers_after("reference features from");
+    // A damaged file is measured again, and replaced.
     std::fs::write(&cached[0], b"torn").unwrap();
-    let repaired = sweep(&[]);
-    assert!(repaired.status.success(), "{}", text(&repaired));
-    assert!(
-        text(&repaired).contains("cannot be used"),
-        "{}",
-        text(&repaired)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&repaired.stdout),
-        String::from_utf8_lossy(&first.stdout)
-    );
+    same_numbers_after("cannot be used");
     assert!(std::fs::metadata(&cached[0]).unwrap().len() > 4);
 
     let pool = &db.pool;
