@@ -186,7 +186,7 @@ pub fn load_reference(
                     (names[0], &f.pool),
                     (names[1], &f.spatial),
                     (names[2], &f.logits),
-                ])?;
+                ]);
             }
             side
         }

@@ -5,8 +5,9 @@
 //!
 //! A file's name hashes everything its features depend on (the reference's content, the
 //! networks' weights, how images reach them, and the metric code), so a stale file is never
-//! read; one that cannot be read is logged and made again. Files are written atomically under
-//! a unique temporary name, as evaluators on several hosts may share the folder.
+//! read; one that cannot be read is logged and made again, and one that cannot be written is
+//! logged and left out. Files are written atomically under a unique temporary name, as
+//! evaluators on several hosts may share the folder.
 
 use std::path::{Path, PathBuf};
 
@@ -79,8 +80,19 @@ impl FeatureCache {
         Ok(arrays)
     }
 
-    /// Writes `arrays` (name, [N, D]) as the cache file.
-    pub fn write(&self, arrays: &[(&str, &Array2<f32>)]) -> anyhow::Result<()> {
+    /// Writes `arrays` (name, [N, D]) as the cache file. A file that cannot be written is
+    /// logged, not an error: the features in hand are right, and the next run measures again.
+    pub fn write(&self, arrays: &[(&str, &Array2<f32>)]) {
+        match self.try_write(arrays) {
+            Ok(()) => tracing::info!("reference features kept in {}", self.path.display()),
+            Err(e) => tracing::warn!(
+                "reference features not kept in {}: {e:#}",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn try_write(&self, arrays: &[(&str, &Array2<f32>)]) -> anyhow::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -97,7 +109,6 @@ impl FeatureCache {
             npz.finish().map_err(|e| format(&e))?;
             Ok(())
         })?;
-        tracing::info!("reference features kept in {}", path.display());
         Ok(())
     }
 }
@@ -116,9 +127,7 @@ mod tests {
         let cache = FeatureCache::new(dir.path(), "adm", &[b"reference", b"net"]);
         assert!(cache.read(&["pool"], &[3]).is_none(), "no file yet");
         let (pool, logits) = (rows(4, 3, 0.5), rows(4, 2, -1.0));
-        cache
-            .write(&[("pool", &pool), ("logits", &logits)])
-            .unwrap();
+        cache.write(&[("pool", &pool), ("logits", &logits)]);
         let back = cache.read(&["pool", "logits"], &[3, 2]).unwrap();
         assert_eq!(back, [pool.clone(), logits]);
         assert!(cache.read(&["pool"], &[4]).is_none(), "other widths");
@@ -128,8 +137,19 @@ mod tests {
 
         std::fs::write(cache.path(), b"PK\x03\x04 torn").unwrap();
         assert!(cache.read(&["pool"], &[3]).is_none(), "a torn file");
-        cache.write(&[("pool", &pool)]).unwrap();
+        cache.write(&[("pool", &pool)]);
         assert_eq!(cache.read(&["pool"], &[3]).unwrap(), [pool]);
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_written_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // The cache folder's place is taken by a file.
+        let blocked = dir.path().join("reference-features");
+        std::fs::write(&blocked, b"").unwrap();
+        let cache = FeatureCache::new(&blocked, "adm", &[b"reference"]);
+        cache.write(&[("pool", &rows(2, 3, 0.0))]);
+        assert!(cache.read(&["pool"], &[3]).is_none());
     }
 
     #[test]

@@ -264,7 +264,7 @@ pub fn load_reference(
     if features.inception.nrows() < 2 {
         bail!("{} holds fewer than 2 images", folder.display());
     }
-    cache.write(&[("inception", &features.inception), ("clip", &features.clip)])?;
+    cache.write(&[("inception", &features.inception), ("clip", &features.clip)]);
     TextToImageReference::new(features, folder_sha256)
 }
 
