@@ -160,14 +160,14 @@ pub fn load_reference(
         ],
     );
     let names = ["pool", "spatial", "logits"];
-    let mut cached = cache.read(&names, &[POOL_DIM, SPATIAL_DIM, LOGITS_DIM]);
+    let mut cached = cache.read(names, [POOL_DIM, SPATIAL_DIM, LOGITS_DIM]);
     if let Some(g) = group {
         let found = g.sum_f64(&[f64::from(u8::from(cached.is_some()))])?;
         if found[0] < g.world() as f64 {
             cached = None;
         }
     }
-    let side = match cached.and_then(|a| <[ndarray::Array2<f32>; 3]>::try_from(a).ok()) {
+    let side = match cached {
         Some([pool, spatial, logits]) => Side::of_features(InceptionFeatures {
             pool,
             spatial,

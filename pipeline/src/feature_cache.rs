@@ -41,7 +41,11 @@ impl FeatureCache {
 
     /// The arrays `names`, in that order, when the file exists and holds them all with one
     /// row count and `widths` columns each; otherwise `None` (a damaged file is logged).
-    pub fn read(&self, names: &[&str], widths: &[usize]) -> Option<Vec<Array2<f32>>> {
+    pub fn read<const N: usize>(
+        &self,
+        names: [&str; N],
+        widths: [usize; N],
+    ) -> Option<[Array2<f32>; N]> {
         if !self.path.is_file() {
             return None;
         }
@@ -60,10 +64,14 @@ impl FeatureCache {
         }
     }
 
-    fn try_read(&self, names: &[&str], widths: &[usize]) -> anyhow::Result<Vec<Array2<f32>>> {
+    fn try_read<const N: usize>(
+        &self,
+        names: [&str; N],
+        widths: [usize; N],
+    ) -> anyhow::Result<[Array2<f32>; N]> {
         let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&self.path)?)?;
-        let mut arrays = Vec::with_capacity(names.len());
-        for (&name, &width) in names.iter().zip(widths) {
+        let mut arrays = Vec::with_capacity(N);
+        for (name, width) in names.into_iter().zip(widths) {
             let array: Array2<f32> = npz.by_name(name)?;
             anyhow::ensure!(
                 array.ncols() == width,
@@ -77,7 +85,9 @@ impl FeatureCache {
             arrays.iter().all(|a| a.nrows() == rows),
             "its arrays have different row counts"
         );
-        Ok(arrays)
+        Ok(arrays
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one array per name")))
     }
 
     /// Writes `arrays` (name, [N, D]) as the cache file. A file that cannot be written is
@@ -125,20 +135,20 @@ mod tests {
     fn arrays_come_back_and_a_damaged_or_mismatched_file_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let cache = FeatureCache::new(dir.path(), "adm", &[b"reference", b"net"]);
-        assert!(cache.read(&["pool"], &[3]).is_none(), "no file yet");
+        assert!(cache.read(["pool"], [3]).is_none(), "no file yet");
         let (pool, logits) = (rows(4, 3, 0.5), rows(4, 2, -1.0));
         cache.write(&[("pool", &pool), ("logits", &logits)]);
-        let back = cache.read(&["pool", "logits"], &[3, 2]).unwrap();
+        let back = cache.read(["pool", "logits"], [3, 2]).unwrap();
         assert_eq!(back, [pool.clone(), logits]);
-        assert!(cache.read(&["pool"], &[4]).is_none(), "other widths");
-        assert!(cache.read(&["spatial"], &[3]).is_none(), "a missing array");
+        assert!(cache.read(["pool"], [4]).is_none(), "other widths");
+        assert!(cache.read(["spatial"], [3]).is_none(), "a missing array");
         // Nothing but the file is left in the folder.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
         std::fs::write(cache.path(), b"PK\x03\x04 torn").unwrap();
-        assert!(cache.read(&["pool"], &[3]).is_none(), "a torn file");
+        assert!(cache.read(["pool"], [3]).is_none(), "a torn file");
         cache.write(&[("pool", &pool)]);
-        assert_eq!(cache.read(&["pool"], &[3]).unwrap(), [pool]);
+        assert_eq!(cache.read(["pool"], [3]).unwrap(), [pool]);
     }
 
     #[test]
@@ -149,7 +159,7 @@ mod tests {
         std::fs::write(&blocked, b"").unwrap();
         let cache = FeatureCache::new(&blocked, "adm", &[b"reference"]);
         cache.write(&[("pool", &rows(2, 3, 0.0))]);
-        assert!(cache.read(&["pool"], &[3]).is_none());
+        assert!(cache.read(["pool"], [3]).is_none());
     }
 
     #[test]

@@ -245,9 +245,8 @@ pub fn load_reference(
     }
     let folder_sha256 = crate::provenance::folder_sha256(folder)?;
     let cache = cache_of(cache_dir, &folder_sha256, inception_path, clip, resolution)?;
-    if let Some([inception, clip]) = cache
-        .read(&["inception", "clip"], &[POOL_DIM, clip.spec.embed_dim])
-        .and_then(|arrays| <[Array2<f32>; 2]>::try_from(arrays).ok())
+    if let Some([inception, clip]) =
+        cache.read(["inception", "clip"], [POOL_DIM, clip.spec.embed_dim])
     {
         return TextToImageReference::new(TextToImageFeatures { inception, clip }, folder_sha256);
     }
