@@ -375,6 +375,7 @@ async fn baseline_step(
         vq,
         batch_size: 8,
         device: "cpu".into(),
+        reference_features: data_dir.join("demo/baseline/reference-features"),
         evaluation: evaluation("demo-tiny-VQ", "demo-shards-recon"),
     };
     crate::benchmark::run(&BenchmarkCommand::Tokenizer(Box::new(tokenizer)), data_dir).await?;

@@ -149,20 +149,44 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         );
     }
 
-    let tokenizer = llamagen(dir.path(), &db)
-        .args(["benchmark", "tokenizer", "--device", "cpu"])
-        .arg("--vq-ckpt")
-        .arg(&models.vq_ckpt)
-        .arg("--vq-config")
-        .arg(&models.vq_config)
-        .arg("--reference")
-        .arg(reference.join("samples.npz"))
-        .arg("--inception")
-        .arg(&inception)
-        .args(["--model", "tiny-vq", "--benchmark", "tiny32-reconstruction"])
-        .output()
-        .unwrap();
-    assert!(tokenizer.status.success(), "{}", text(&tokenizer));
+    let tokenizer = |features: &Path| {
+        let out = llamagen(dir.path(), &db)
+            .args(["benchmark", "tokenizer", "--device", "cpu"])
+            .arg("--vq-ckpt")
+            .arg(&models.vq_ckpt)
+            .arg("--vq-config")
+            .arg(&models.vq_config)
+            .arg("--reference")
+            .arg(reference.join("samples.npz"))
+            .arg("--inception")
+            .arg(&inception)
+            .args(["--model", "tiny-vq", "--benchmark", "tiny32-reconstruction"])
+            .arg("--reference-features")
+            .arg(features)
+            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    };
+    // The tokenizer measures the originals and keeps their features in a folder of its own...
+    let own = tokenizer(&dir.path().join("tokenizer-features"));
+    assert!(
+        text(&own).contains("reference features kept in"),
+        "{}",
+        text(&own)
+    );
+    // ... and reads the generator's, which are the same reference's, with the same numbers.
+    let shared = tokenizer(&dir.path().join("runs/reference-features"));
+    assert!(
+        text(&shared).contains("reference features from"),
+        "{}",
+        text(&shared)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&shared.stdout),
+        String::from_utf8_lossy(&own.stdout)
+    );
     let metrics: Vec<(String, f64)> = sqlx::query_as(
         "SELECT m.name, m.value FROM metrics m JOIN evaluations e ON e.id = m.evaluation_id
          WHERE e.benchmark = 'tiny32-reconstruction' ORDER BY m.name",

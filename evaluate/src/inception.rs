@@ -96,6 +96,11 @@ impl Inception {
     }
 
     /// The execution provider the network runs on.
+    /// Images per run of the network.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     pub fn provider(&self) -> Provider {
         self.provider
     }

@@ -20,11 +20,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use llamagen_evaluate::inception::Inception;
+use llamagen_evaluate::inception::{Inception, InceptionFeatures};
 
 use crate::feature_cache::FeatureCache;
 use crate::image_sets::{
-    IntervalArgs, Side, gather_features, gather_rows, generation_metrics, load_side_on,
+    IntervalArgs, Side, gather_features, gather_rows, generation_metrics, inception_features,
+    load_side_on,
 };
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
@@ -146,21 +147,11 @@ pub fn load_reference(
     cache_dir: &Path,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
     use anyhow::Context as _;
-    use llamagen_evaluate::inception::{InceptionFeatures, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
     let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
     let mut identity = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
-    let cache = FeatureCache::new(
-        cache_dir,
-        "adm",
-        &[
-            identity.sha256.as_bytes(),
-            format!("{center_crop:?}").as_bytes(),
-            file_sha256(&e.inception)?.0.as_bytes(),
-        ],
-    );
-    let names = ["pool", "spatial", "logits"];
-    let mut cached = cache.read(names, [POOL_DIM, SPATIAL_DIM, LOGITS_DIM]);
+    let cache = reference_cache(e, &identity, cache_dir)?;
+    let mut cached = read_reference_features(&cache);
     if let Some(g) = group {
         let found = g.sum_f64(&[f64::from(u8::from(cached.is_some()))])?;
         if found[0] < g.world() as f64 {
@@ -168,11 +159,7 @@ pub fn load_reference(
         }
     }
     let side = match cached {
-        Some([pool, spatial, logits]) => Side::of_features(InceptionFeatures {
-            pool,
-            spatial,
-            logits,
-        })?,
+        Some(features) => Side::of_features(features)?,
         None => {
             let side = load_side_on(&e.reference, net, e.center_crop, group)
                 .with_context(|| format!("reference {}", e.reference.display()))?;
@@ -182,17 +169,56 @@ pub fn load_reference(
                 .as_ref()
                 .filter(|_| group.is_none_or(|g| g.rank() == 0))
             {
-                cache.write(&[
-                    (names[0], &f.pool),
-                    (names[1], &f.spatial),
-                    (names[2], &f.logits),
-                ]);
+                write_reference_features(&cache, f);
             }
             side
         }
     };
     identity.num_images = side.features.as_ref().map(|f| f.pool.nrows());
     Ok((side, identity))
+}
+
+/// Where the Inception features of an ADM-protocol reference (the generator and the tokenizer
+/// benchmarks alike) are kept: named by the reference's content, the crop of a folder, and the
+/// network's sha256.
+pub fn reference_cache(
+    e: &EvaluationArgs,
+    identity: &ReferenceIdentity,
+    cache_dir: &Path,
+) -> anyhow::Result<FeatureCache> {
+    let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
+    Ok(FeatureCache::new(
+        cache_dir,
+        "adm",
+        &[
+            identity.sha256.as_bytes(),
+            format!("{center_crop:?}").as_bytes(),
+            file_sha256(&e.inception)?.0.as_bytes(),
+        ],
+    ))
+}
+
+const FEATURE_NAMES: [&str; 3] = ["pool", "spatial", "logits"];
+
+/// The reference features `cache` holds, if a previous run kept them intact.
+pub fn read_reference_features(cache: &FeatureCache) -> Option<InceptionFeatures> {
+    use llamagen_evaluate::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+    let [pool, spatial, logits] = cache.read(FEATURE_NAMES, [POOL_DIM, SPATIAL_DIM, LOGITS_DIM])?;
+    Some(InceptionFeatures {
+        pool,
+        spatial,
+        logits,
+    })
+}
+
+/// Keeps `features` in `cache` (a failure is logged: the features in hand are right).
+pub fn write_reference_features(cache: &FeatureCache, features: &InceptionFeatures) {
+    let [pool, spatial, logits] = FEATURE_NAMES;
+    cache.write(&[
+        (pool, &features.pool),
+        (spatial, &features.spatial),
+        (logits, &features.logits),
+    ]);
 }
 
 /// The reference side under the checkpoint's protocol.
@@ -340,14 +366,15 @@ impl Measurer {
         }
         let share = group.map_or(0..n, |g| g.share(n));
         let first = s.start + share.start as u64;
-        let images = sample::read_samples(&s.out, first..s.start + share.end as u64)?;
+        let images = sample::sample_set(&s.out, first..s.start + share.end as u64);
         match &mut self.reference {
             Reference::Images(reference) => {
-                let bar = crate::progress::bar(share.len() as u64, "samples through the Inception");
-                let mine = self
-                    .net
-                    .features_reporting(images.view(), &mut |k| bar.inc(k as u64))?;
-                bar.finish_and_clear();
+                let mine = inception_features(
+                    &mut self.net,
+                    &images,
+                    0..images.len(),
+                    "samples through the Inception",
+                )?;
                 let features = match group {
                     Some(g) => gather_features(g, &mine)?,
                     None => mine,

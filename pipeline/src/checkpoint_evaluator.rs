@@ -589,6 +589,7 @@ async fn benchmark_tokenizer(
         },
         batch_size: 16,
         device: protocol.sample.device.clone(),
+        reference_features: root.join("reference-features"),
         evaluation: evaluation_args(protocol, checkpoint),
     };
     let cancel = Arc::new(AtomicBool::new(false));

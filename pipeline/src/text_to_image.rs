@@ -23,7 +23,7 @@ use llamagen_store::results::Metric;
 use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, concatenate};
 
 use crate::feature_cache::FeatureCache;
-use crate::image_sets::IntervalArgs;
+use crate::image_sets::{ImageSet, IntervalArgs};
 use crate::provenance::file_sha256;
 
 /// The networks of the protocol beyond the FID Inception.
@@ -267,11 +267,11 @@ pub fn load_reference(
     TextToImageReference::new(features, folder_sha256)
 }
 
-/// The generated side: the samples (npz `arr_0`, [N, H, W, 3] u8 in sample order) through
-/// both networks, and each one's CLIP score against the prompt it was sampled from
-/// (`prompts[i % len]` for sample index i; row 0 of `samples` is sample `first`).
+/// The generated side: the samples (`samples`, in sample order, the first being sample
+/// `first`) through both networks one at a time, and each one's CLIP score against the prompt
+/// it was sampled from (`prompts[i % len]` for sample index i).
 pub fn measure_samples(
-    samples: &Array4<u8>,
+    samples: &ImageSet,
     first: u64,
     prompts: &[String],
     net: &mut Inception,
@@ -281,13 +281,21 @@ pub fn measure_samples(
     if prompts.is_empty() {
         bail!("a text-to-image benchmark needs the prompts its samples were drawn from");
     }
-    let bar = crate::progress::bar(samples.dim().0 as u64, "samples through Inception and CLIP");
+    let n = samples.len();
+    let bar = crate::progress::bar(n as u64, "samples through Inception and CLIP");
     let mut collector = FeatureCollector::new(net, clip, resolution);
-    for (row, image) in samples.outer_iter().enumerate() {
-        let i = first + row as u64;
-        collector.push(image, Some(&prompts[(i % prompts.len() as u64) as usize]))?;
+    let mut i = first;
+    samples.visit(0..n, &mut |label, image| {
+        collector
+            .push(
+                image.view(),
+                Some(&prompts[(i % prompts.len() as u64) as usize]),
+            )
+            .with_context(|| format!("sample {label}"))?;
+        i += 1;
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     collector.finish()
 }

@@ -3,17 +3,23 @@
 //! convention) and codebook usage, each with its interval where it has one, recorded as a
 //! tokenizer row of the leaderboard.
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::codebook::CodebookUsage;
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
+use llamagen_evaluate::inception::{InceptionFeatures, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
 use llamagen_store::results::Metric;
-use ndarray::{Array4, Axis, s};
+use ndarray::{Array2, Array4, Axis, s};
 use tch::{Device, Tensor};
 
-use crate::benchmark::{EvaluationArgs, open_inception};
+use crate::benchmark::{
+    EvaluationArgs, open_inception, read_reference_features, reference_cache,
+    write_reference_features,
+};
+use crate::image_sets::{ImageSet, chunk_of};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use crate::sample::VqArgs;
@@ -28,6 +34,10 @@ pub struct TokenizerArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Where the reference's Inception features are kept between runs: the folder
+    /// `benchmark generator` keeps them in under its default `--out`, so the two share them.
+    #[arg(long, default_value = "samples/reference-features")]
+    pub reference_features: PathBuf,
     #[command(flatten)]
     pub evaluation: EvaluationArgs,
 }
@@ -40,58 +50,98 @@ pub struct TokenizerResult {
 }
 
 /// Reconstructs the reference images through the tokenizer, measures them and records the
-/// result unless `--no-record`.
+/// result unless `--no-record`. The images are read, reconstructed and measured a chunk at a
+/// time, so that ImageNet's 50,000 validation images need no more memory than a few hundred;
+/// the originals' Inception features come from the feature cache when a run made them.
 pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<TokenizerResult> {
     let e = &args.evaluation;
     let config = args.vq.config()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let originals = reference_images(&e.reference, e.center_crop)
-        .with_context(|| format!("reference {}", e.reference.display()))?;
-    let (n, h, w, _) = originals.dim();
-    let f = config.downsample() as usize;
-    if h % f != 0 || w % f != 0 {
-        bail!("reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}");
-    }
+    let set = ImageSet::open(&e.reference, e.center_crop)
+        .with_context(|| format!("reference {}", e.reference.display()))?
+        .with_context(|| {
+            format!(
+                "{} holds statistics only; the tokenizer needs images",
+                e.reference.display()
+            )
+        })?;
+    let n = set.len();
     if n < 2 {
         bail!("need at least 2 reference images, found {n}");
     }
+    let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
+    let mut reference_set = ReferenceIdentity::of(&e.reference, center_crop, None, None)
+        .with_context(|| format!("reference {}", e.reference.display()))?;
+    let cache = reference_cache(e, &reference_set, &args.reference_features)?;
+    let cached = read_reference_features(&cache).filter(|f| f.pool.nrows() == n);
     let device = crate::sample::device(&args.device)?;
     let (_vs, vq) = args.vq.load(device)?;
-
-    let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
-    let mut reconstructions = Array4::<u8>::zeros(originals.dim());
-    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for start in (0..n).step_by(args.batch_size) {
-        let end = (start + args.batch_size).min(n);
-        let batch = originals.slice(s![start..end, .., .., ..]);
-        let pixels = Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
-            .view([(end - start) as i64, h as i64, w as i64, 3])
-            .to_device(device);
-        let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
-        let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
-        usage.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
-        let recon = to_uint8_nhwc(&recon);
-        let values = Vec::<u8>::try_from(&recon.view([-1]))?;
-        let recon = Array4::from_shape_vec((end - start, h, w, 3), values)?;
-        for (i, r) in recon.axis_iter(Axis(0)).enumerate() {
-            let (p, s) = reconstruction_quality(
-                originals.index_axis(Axis(0), start + i),
-                r,
-                Convention::LlamaGen,
-            )?;
-            psnrs.push(p);
-            ssims.push(s);
-        }
-        reconstructions
-            .slice_mut(s![start..end, .., .., ..])
-            .assign(&recon);
-    }
-
     let mut net = open_inception(e, device)?;
-    let real = net.features(originals.view())?;
-    let fake = net.features(reconstructions.view())?;
+
+    let f = config.downsample() as usize;
+    let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
+    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut real = cached.is_none().then(|| features_of(n));
+    let mut fake = features_of(n);
+    let mut size = None;
+    let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
+    set.read_chunks(0..n, chunk_of(net.batch_size()), &mut |first, originals| {
+        let (k, h, w, _) = originals.dim();
+        if h % f != 0 || w % f != 0 {
+            bail!(
+                "reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}"
+            );
+        }
+        size.get_or_insert(h);
+        let mut reconstructions = Array4::<u8>::zeros(originals.dim());
+        for start in (0..k).step_by(args.batch_size) {
+            let end = (start + args.batch_size).min(k);
+            let batch = originals.slice(s![start..end, .., .., ..]);
+            let pixels =
+                Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
+                    .view([(end - start) as i64, h as i64, w as i64, 3])
+                    .to_device(device);
+            let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
+            let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
+            usage.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
+            let recon = to_uint8_nhwc(&recon);
+            let values = Vec::<u8>::try_from(&recon.view([-1]))?;
+            let recon = Array4::from_shape_vec((end - start, h, w, 3), values)?;
+            for (i, r) in recon.axis_iter(Axis(0)).enumerate() {
+                let (p, s) = reconstruction_quality(
+                    originals.index_axis(Axis(0), start + i),
+                    r,
+                    Convention::LlamaGen,
+                )?;
+                psnrs.push(p);
+                ssims.push(s);
+            }
+            reconstructions
+                .slice_mut(s![start..end, .., .., ..])
+                .assign(&recon);
+            bar.inc((end - start) as u64);
+        }
+        let rows = first..first + k;
+        if let Some(real) = &mut real {
+            assign(real, rows.clone(), net.features(originals.view())?);
+        }
+        assign(&mut fake, rows, net.features(reconstructions.view())?);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let real = match (cached, real) {
+        (Some(features), _) => features,
+        (None, Some(features)) => {
+            write_reference_features(&cache, &features);
+            features
+        }
+        (None, None) => bail!("the reference's features were neither cached nor measured"),
+    };
+    let h = size.context("no reference images")?;
+    reference_set.num_images = Some(n);
+    reference_set.image_size = reference_set.image_size.or(Some(h));
     let metrics = crate::image_sets::reconstruction_metrics(
         real.pool.view(),
         fake.pool.view(),
@@ -102,12 +152,6 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
     )?;
     let mut id = None;
     if !e.no_record {
-        let reference_set = ReferenceIdentity::of(
-            &e.reference,
-            e.center_crop.filter(|_| e.reference.is_dir()),
-            Some(n),
-            Some(h),
-        )?;
         id = Some(
             record(
                 &Recording {
@@ -160,17 +204,20 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
     })
 }
 
-/// Reference images as one uint8 batch [N, H, W, 3].
-fn reference_images(path: &Path, center_crop: Option<usize>) -> anyhow::Result<Array4<u8>> {
-    if path.is_dir() {
-        return crate::image_sets::read_folder(path, center_crop);
+/// Zeroed Inception features for `n` images.
+fn features_of(n: usize) -> InceptionFeatures {
+    InceptionFeatures {
+        pool: Array2::zeros((n, POOL_DIM)),
+        spatial: Array2::zeros((n, SPATIAL_DIM)),
+        logits: Array2::zeros((n, LOGITS_DIM)),
     }
-    llamagen_evaluate::npz::read_reference(path)?
-        .images
-        .with_context(|| {
-            format!(
-                "{} holds statistics only; the tokenizer needs images",
-                path.display()
-            )
-        })
+}
+
+/// Puts `part`'s rows at `rows` of `into`.
+fn assign(into: &mut InceptionFeatures, rows: Range<usize>, part: InceptionFeatures) {
+    into.pool.slice_mut(s![rows.clone(), ..]).assign(&part.pool);
+    into.spatial
+        .slice_mut(s![rows.clone(), ..])
+        .assign(&part.spatial);
+    into.logits.slice_mut(s![rows, ..]).assign(&part.logits);
 }

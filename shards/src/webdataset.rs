@@ -101,6 +101,23 @@ pub fn read_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ShardError> {
     Ok(members)
 }
 
+/// The member names of a tar shard, in archive order, read from the headers alone (the data
+/// between them is skipped, not read).
+pub fn member_names(path: &Path) -> Result<Vec<String>, ShardError> {
+    let file = File::open(path).map_err(|e| ShardError::io(path, e))?;
+    let mut archive = tar::Archive::new(file);
+    let mut names = Vec::new();
+    for entry in archive
+        .entries_with_seek()
+        .map_err(|e| ShardError::io(path, e))?
+    {
+        let entry = entry.map_err(|e| ShardError::io(path, e))?;
+        let name = entry.path().map_err(|e| ShardError::io(path, e))?;
+        names.push(name.to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
 /// Whether a sample key can name a file inside an output folder as it is: one path component,
 /// not `.` or `..`, no separator, no NUL. Keys come from the tar's member names, which are data
 /// (`../../x` or `/abs/x` would otherwise write outside the folder).
@@ -175,6 +192,7 @@ mod tests {
         assert_eq!(members.len(), 2);
         assert_eq!(members[0], ("0000000.jpg".to_string(), vec![1, 2, 3]));
         assert_eq!(members[1].1, b"a cat");
+        assert_eq!(member_names(&path).unwrap(), ["0000000.jpg", "0000000.txt"]);
     }
 
     #[test]
