@@ -131,13 +131,12 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
         Ok(())
     })?;
     bar.finish_and_clear();
-    let real = match (cached, real) {
-        (Some(features), _) => features,
-        (None, Some(features)) => {
-            write_reference_features(&cache, &features);
-            features
+    let real = match real {
+        Some(measured) => {
+            write_reference_features(&cache, &measured);
+            measured
         }
-        (None, None) => bail!("the reference's features were neither cached nor measured"),
+        None => cached.context("the reference's features were neither cached nor measured")?,
     };
     let h = size.context("no reference images")?;
     reference_set.num_images = Some(n);
