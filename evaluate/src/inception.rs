@@ -31,6 +31,26 @@ pub struct InceptionFeatures {
     pub logits: Array2<f32>,
 }
 
+impl InceptionFeatures {
+    /// Zeroed features for `n` images, to be filled a batch or a chunk at a time.
+    pub fn zeros(n: usize) -> Self {
+        InceptionFeatures {
+            pool: Array2::zeros((n, POOL_DIM)),
+            spatial: Array2::zeros((n, SPATIAL_DIM)),
+            logits: Array2::zeros((n, LOGITS_DIM)),
+        }
+    }
+
+    /// Puts `part`'s rows at `rows` of these features.
+    pub fn assign_rows(&mut self, rows: std::ops::Range<usize>, part: &InceptionFeatures) {
+        self.pool.slice_mut(s![rows.clone(), ..]).assign(&part.pool);
+        self.spatial
+            .slice_mut(s![rows.clone(), ..])
+            .assign(&part.spatial);
+        self.logits.slice_mut(s![rows, ..]).assign(&part.logits);
+    }
+}
+
 pub const POOL_DIM: usize = 2048;
 pub const SPATIAL_DIM: usize = 17 * 17 * 7;
 pub const LOGITS_DIM: usize = 1008;
@@ -95,12 +115,12 @@ impl Inception {
         })
     }
 
-    /// The execution provider the network runs on.
     /// Images per run of the network.
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
 
+    /// The execution provider the network runs on.
     pub fn provider(&self) -> Provider {
         self.provider
     }
@@ -188,11 +208,7 @@ impl Inception {
                 got: format!("{dim:?}"),
             });
         }
-        let mut out = InceptionFeatures {
-            pool: Array2::zeros((n, POOL_DIM)),
-            spatial: Array2::zeros((n, SPATIAL_DIM)),
-            logits: Array2::zeros((n, LOGITS_DIM)),
-        };
+        let mut out = InceptionFeatures::zeros(n);
         for start in (0..n).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(n);
             let [pool, spatial, logits] = run(&mut self.session, start..end)?;

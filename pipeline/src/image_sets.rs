@@ -8,16 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use llamagen_distributed::ProcessGroup;
 use llamagen_evaluate::frechet::{Statistics, frechet_distance, frechet_resamples};
-use llamagen_evaluate::inception::{
-    Inception, InceptionFeatures, LOGITS_DIM, POOL_DIM, SPATIAL_DIM,
-};
+use llamagen_evaluate::inception::{Inception, InceptionFeatures};
 use llamagen_evaluate::inception_score::{ADM_SPLIT_SIZE, inception_score};
 use llamagen_evaluate::kernel_distance::{KidSettings, kernel_distance};
 use llamagen_evaluate::npz::{NpzImages, read_reference};
 use llamagen_evaluate::precision_recall::{ADM_K, precision_recall};
 use llamagen_evaluate::resampling::{Interval, MIN_SAMPLES, Resampling};
 use llamagen_store::results::Metric;
-use ndarray::{Array2, Array3, Array4, ArrayView2, s};
+use ndarray::{Array3, Array4, ArrayView2};
 
 /// One side of the comparison.
 pub struct Side {
@@ -244,19 +242,12 @@ pub fn inception_features(
     rows: Range<usize>,
     what: &str,
 ) -> anyhow::Result<InceptionFeatures> {
-    let mut out = InceptionFeatures {
-        pool: Array2::zeros((rows.len(), POOL_DIM)),
-        spatial: Array2::zeros((rows.len(), SPATIAL_DIM)),
-        logits: Array2::zeros((rows.len(), LOGITS_DIM)),
-    };
+    let mut out = InceptionFeatures::zeros(rows.len());
     let bar = crate::progress::bar(rows.len() as u64, what);
     let chunk = chunk_of(net.batch_size());
     set.read_chunks(rows.clone(), chunk, &mut |first, images| {
         let f = net.features_reporting(images.view(), &mut |k| bar.inc(k as u64))?;
-        let at = first - rows.start..first - rows.start + images.dim().0;
-        out.pool.slice_mut(s![at.clone(), ..]).assign(&f.pool);
-        out.spatial.slice_mut(s![at.clone(), ..]).assign(&f.spatial);
-        out.logits.slice_mut(s![at, ..]).assign(&f.logits);
+        out.assign_rows(first - rows.start..first - rows.start + images.dim().0, &f);
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -662,7 +653,10 @@ mod tests {
             set.read_chunks(rows.clone(), chunk, &mut |first, images| {
                 assert!(images.dim().0 <= chunk);
                 let k = images.dim().0;
-                assert_eq!(images, whole.slice(s![first..first + k, .., .., ..]));
+                assert_eq!(
+                    images,
+                    whole.slice(ndarray::s![first..first + k, .., .., ..])
+                );
                 read.extend(first..first + k);
                 Ok(())
             })

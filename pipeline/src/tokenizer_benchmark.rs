@@ -3,16 +3,15 @@
 //! convention) and codebook usage, each with its interval where it has one, recorded as a
 //! tokenizer row of the leaderboard.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::codebook::CodebookUsage;
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
-use llamagen_evaluate::inception::{InceptionFeatures, LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
+use llamagen_evaluate::inception::InceptionFeatures;
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
 use llamagen_store::results::Metric;
-use ndarray::{Array2, Array4, Axis, s};
+use ndarray::{Array4, Axis, s};
 use tch::{Device, Tensor};
 
 use crate::benchmark::{
@@ -83,8 +82,8 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
     let f = config.downsample() as usize;
     let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
     let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut real = cached.is_none().then(|| features_of(n));
-    let mut fake = features_of(n);
+    let mut real = cached.is_none().then(|| InceptionFeatures::zeros(n));
+    let mut fake = InceptionFeatures::zeros(n);
     let mut size = None;
     let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
     set.read_chunks(0..n, chunk_of(net.batch_size()), &mut |first, originals| {
@@ -125,9 +124,9 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
         }
         let rows = first..first + k;
         if let Some(real) = &mut real {
-            assign(real, rows.clone(), net.features(originals.view())?);
+            real.assign_rows(rows.clone(), &net.features(originals.view())?);
         }
-        assign(&mut fake, rows, net.features(reconstructions.view())?);
+        fake.assign_rows(rows, &net.features(reconstructions.view())?);
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -201,22 +200,4 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
         metrics,
         evaluation_id: id,
     })
-}
-
-/// Zeroed Inception features for `n` images.
-fn features_of(n: usize) -> InceptionFeatures {
-    InceptionFeatures {
-        pool: Array2::zeros((n, POOL_DIM)),
-        spatial: Array2::zeros((n, SPATIAL_DIM)),
-        logits: Array2::zeros((n, LOGITS_DIM)),
-    }
-}
-
-/// Puts `part`'s rows at `rows` of `into`.
-fn assign(into: &mut InceptionFeatures, rows: Range<usize>, part: InceptionFeatures) {
-    into.pool.slice_mut(s![rows.clone(), ..]).assign(&part.pool);
-    into.spatial
-        .slice_mut(s![rows.clone(), ..])
-        .assign(&part.spatial);
-    into.logits.slice_mut(s![rows, ..]).assign(&part.logits);
 }
