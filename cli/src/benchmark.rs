@@ -180,7 +180,11 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
 }
 
 async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let result = llamagen_pipeline::tokenizer_benchmark::run(args, data_dir).await?;
+    let result = llamagen_pipeline::tokenizer_benchmark::run_launched(args, data_dir).await?;
+    // Under a launcher every rank has the metrics; rank 0 alone recorded and prints them.
+    if !result.leads {
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.evaluation.json {
         let out = serde_json::json!({
             "metrics": metrics_json(&result.metrics),

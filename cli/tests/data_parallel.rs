@@ -622,4 +622,105 @@ async fn ranks_sample_and_benchmark_as_one_process() {
     );
     let cached = json_of(&cached);
     assert_eq!(cached[0]["metrics"], ranked[0]["metrics"]);
+
+    // The tokenizer benchmark: 2 ranks reconstruct and measure half of the reference each
+    // (batches of 3, so neither share is a whole number of batches) and rank 0 alone records
+    // and prints what one process measures; the codebook usage, taken over the last codes in
+    // order, is the same figure.
+    let tokenizer = |cmd: &mut Command, features: &str, record: bool| {
+        cmd.arg("--data-dir")
+            .arg(d.join("data"))
+            .args([
+                "benchmark",
+                "tokenizer",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "3",
+            ])
+            .arg("--vq-ckpt")
+            .arg(&models.vq_ckpt)
+            .arg("--vq-config")
+            .arg(&models.vq_config)
+            .arg("--reference")
+            .arg(d.join("one/samples.npz"))
+            .arg("--inception")
+            .arg(&inception)
+            .args([
+                "--model",
+                "tiny-vq-dp",
+                "--benchmark",
+                "tiny32-reconstruction",
+            ])
+            .args(["--json", "--threads", "1", "--interval-resamples", "10"])
+            .arg("--reference-features")
+            .arg(d.join(features));
+        if !record {
+            cmd.arg("--no-record");
+        }
+        cmd.output().unwrap()
+    };
+    let metrics_of = |printed: &str| -> serde_json::Value {
+        assert_eq!(
+            printed.matches("\"evaluation_id\"").count(),
+            1,
+            "one result printed:\n{printed}"
+        );
+        let start = printed.find("{\n").expect("a JSON object");
+        let end = printed.rfind("\n}").expect("the object's end") + 2;
+        serde_json::from_str(&printed[start..end]).unwrap()
+    };
+    let ranked = metrics_of(&succeeded(
+        tokenizer(
+            torchrun_command(2, &db).env("RUST_LOG", "warn"),
+            "tokenizer-features",
+            true,
+        ),
+        "2-rank tokenizer benchmark",
+    ));
+    assert!(ranked["evaluation_id"].is_i64(), "{ranked}");
+    let mut alone = Command::new(env!("CARGO_BIN_EXE_llamagen"));
+    alone.env("DATABASE_URL", db.url());
+    let single = metrics_of(&succeeded(
+        tokenizer(&mut alone, "tokenizer-features-alone", false),
+        "one-process tokenizer benchmark",
+    ));
+    let (rm, sm) = (
+        ranked["metrics"].as_object().unwrap(),
+        single["metrics"].as_object().unwrap(),
+    );
+    assert_eq!(rm.keys().collect::<Vec<_>>(), sm.keys().collect::<Vec<_>>());
+    assert!(rm.contains_key("codebook_usage") && rm.contains_key("rfid"));
+    for (name, value) in rm {
+        let (Some(a), Some(b)) = (value.as_f64(), sm[name].as_f64()) else {
+            continue;
+        };
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{name} {a} on 2 ranks, {b} alone"
+        );
+    }
+    assert_eq!(rm["codebook_usage"], sm["codebook_usage"]);
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM evaluations WHERE benchmark = 'tiny32-reconstruction'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1, "rank 0 alone records");
+    // Rank 0 kept the originals' features; both ranks read them the next time.
+    let cached = succeeded(
+        tokenizer(
+            torchrun_command(2, &db).env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info"),
+            "tokenizer-features",
+            false,
+        ),
+        "2-rank tokenizer benchmark from the kept features",
+    );
+    assert_eq!(
+        cached.matches("reference features from").count(),
+        2,
+        "{cached}"
+    );
+    assert_eq!(metrics_of(&cached)["metrics"], ranked["metrics"]);
 }

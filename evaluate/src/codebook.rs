@@ -93,6 +93,14 @@ impl CodebookUsage {
     pub fn seen_fraction(&self) -> f64 {
         self.ever_distinct as f64 / self.codebook_size as f64
     }
+
+    /// The codes in the window, oldest first. A [`CodebookUsage::seen`] window of [`WINDOW`]
+    /// codes holds all that any later window keeps of its codes, so processes that each
+    /// quantized a contiguous share of a set get the set's usage by pushing their windows, in
+    /// the order of their shares, into one [`CodebookUsage::llamagen`].
+    pub fn window(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.window.iter().copied()
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +122,37 @@ mod tests {
             "only codes 1, 2, 3 remain in the window"
         );
         assert_eq!(u.seen_fraction(), 6.0 / 16.0);
+    }
+
+    #[test]
+    fn shares_pushed_through_their_windows_give_the_whole_usage() {
+        // Shares shorter and longer than the window, in order; the codes drift, so that which
+        // ones remain in the window decides the figure.
+        let lengths = [1_000, 70_000, 3, 65_536, 20_000];
+        let size = 16384;
+        let mut whole = CodebookUsage::llamagen(size);
+        let mut merged = CodebookUsage::llamagen(size);
+        let (mut t, mut noise) = (0u32, 0u32);
+        for n in lengths {
+            let codes: Vec<u32> = (0..n)
+                .map(|_| {
+                    t += 1;
+                    noise = noise.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (t / 8 + (noise >> 16) % 64) % size as u32
+                })
+                .collect();
+            whole.push(&codes).unwrap();
+            let mut share = CodebookUsage::seen(size, WINDOW);
+            share.push(&codes).unwrap();
+            assert_eq!(share.window().len(), n.min(WINDOW));
+            merged.push(&share.window().collect::<Vec<_>>()).unwrap();
+            assert_eq!(merged.usage(), whole.usage(), "after a share of {n}");
+        }
+        assert!(
+            whole.usage() > 0.4 && whole.usage() < 0.6,
+            "{}",
+            whole.usage()
+        );
     }
 
     #[test]

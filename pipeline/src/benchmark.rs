@@ -151,13 +151,7 @@ pub fn load_reference(
     let mut identity = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let cache = reference_cache(e, &identity, cache_dir)?;
-    let mut cached = read_reference_features(&cache);
-    if let Some(g) = group {
-        let found = g.sum_f64(&[f64::from(u8::from(cached.is_some()))])?;
-        if found[0] < g.world() as f64 {
-            cached = None;
-        }
-    }
+    let cached = found_by_every_rank(read_reference_features(&cache), group)?;
     let side = match cached {
         Some(features) => Side::of_features(features)?,
         None => {
@@ -176,6 +170,19 @@ pub fn load_reference(
     };
     identity.num_images = side.features.as_ref().map(|f| f.pool.nrows());
     Ok((side, identity))
+}
+
+/// `cached` where every rank of `group` found its copy, else `None` on every rank: the ranks
+/// either all read the features or all share the measuring.
+pub(crate) fn found_by_every_rank<T>(
+    cached: Option<T>,
+    group: Option<&ProcessGroup>,
+) -> anyhow::Result<Option<T>> {
+    let Some(g) = group else {
+        return Ok(cached);
+    };
+    let found = g.sum_f64(&[f64::from(u8::from(cached.is_some()))])?;
+    Ok(cached.filter(|_| found[0] == g.world() as f64))
 }
 
 /// Where the Inception features of an ADM-protocol reference (the generator and the tokenizer

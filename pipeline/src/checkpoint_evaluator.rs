@@ -595,7 +595,7 @@ async fn benchmark_tokenizer(
     let cancel = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
     let renewer = spawn_renewer(pool, lease, options, cancel, lost.clone());
-    let result = crate::tokenizer_benchmark::run(&args, data_dir).await;
+    let result = crate::tokenizer_benchmark::run_on(&args, data_dir, None).await;
     renewer.abort();
     if lost.load(Ordering::Relaxed) {
         bail!("another evaluator took {} over", checkpoint.path);

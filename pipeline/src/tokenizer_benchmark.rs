@@ -3,22 +3,25 @@
 //! convention) and codebook usage, each with its interval where it has one, recorded as a
 //! tokenizer row of the leaderboard.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use llamagen_evaluate::codebook::CodebookUsage;
+use llamagen_distributed::ProcessGroup;
+use llamagen_evaluate::codebook::{CodebookUsage, WINDOW};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
 use llamagen_evaluate::inception::InceptionFeatures;
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
+use llamagen_models::vq::VqConfig;
 use llamagen_store::results::Metric;
 use ndarray::{Array4, Axis, s};
 use tch::{Device, Tensor};
 
 use crate::benchmark::{
-    EvaluationArgs, open_inception, read_reference_features, reference_cache,
+    EvaluationArgs, found_by_every_rank, open_inception, read_reference_features, reference_cache,
     write_reference_features,
 };
-use crate::image_sets::{ImageSet, chunk_of};
+use crate::image_sets::{ImageSet, chunk_of, gather_features};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use crate::sample::VqArgs;
@@ -46,13 +49,48 @@ pub struct TokenizerArgs {
 pub struct TokenizerResult {
     pub metrics: Vec<Metric>,
     pub evaluation_id: Option<i64>,
+    /// Whether this process records and reports: rank 0 of a launched group, or a process
+    /// alone. Every rank has the same metrics.
+    pub leads: bool,
+}
+
+/// One process's share of the reference through the tokenizer and the Inception.
+struct Share {
+    /// The originals' features, unless the cache had them.
+    real: Option<InceptionFeatures>,
+    fake: InceptionFeatures,
+    psnrs: Vec<f64>,
+    ssims: Vec<f64>,
+    /// The last [`WINDOW`] codes the quantizer produced, oldest first.
+    recent_codes: Vec<u32>,
+    /// The side of the (square) images.
+    size: usize,
+}
+
+/// [`run_on`] alone, or as one rank of the group a launcher (torchrun, `srun`, an indexed Job)
+/// described in the environment.
+pub async fn run_launched(
+    args: &TokenizerArgs,
+    data_dir: &Path,
+) -> anyhow::Result<TokenizerResult> {
+    let group = ProcessGroup::from_env()?;
+    run_on(args, data_dir, group.as_ref()).await
 }
 
 /// Reconstructs the reference images through the tokenizer, measures them and records the
 /// result unless `--no-record`. The images are read, reconstructed and measured a chunk at a
 /// time, so that ImageNet's 50,000 validation images need no more memory than a few hundred;
 /// the originals' Inception features come from the feature cache when a run made them.
-pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<TokenizerResult> {
+///
+/// As one rank of `group`, each rank takes a contiguous share of the images on its own device,
+/// and the shares' features, per-image PSNR/SSIM and last codes are gathered in rank order, so
+/// that every rank computes the metrics one process would; rank 0 alone keeps the features and
+/// records.
+pub async fn run_on(
+    args: &TokenizerArgs,
+    data_dir: &Path,
+    group: Option<&ProcessGroup>,
+) -> anyhow::Result<TokenizerResult> {
     let e = &args.evaluation;
     let config = args.vq.config()?;
     if args.batch_size == 0 {
@@ -70,74 +108,59 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
     if n < 2 {
         bail!("need at least 2 reference images, found {n}");
     }
+    let world = group.map_or(1, ProcessGroup::world);
+    if n < world {
+        bail!("{n} reference images cannot be shared among {world} ranks");
+    }
+    let leads = group.is_none_or(|g| g.rank() == 0);
     let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
     let mut reference_set = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let cache = reference_cache(e, &reference_set, &args.reference_features)?;
     let cached = read_reference_features(&cache).filter(|f| f.pool.nrows() == n);
-    let device = crate::sample::device(&args.device)?;
-    let (_vs, vq) = args.vq.load(device)?;
-    let mut net = open_inception(e, device)?;
+    let cached = found_by_every_rank(cached, group)?;
+    let device = crate::sample::rank_device(&args.device, group)?;
+    let share = group.map_or(0..n, |g| g.share(n));
+    let mine = through_the_tokenizer(args, &config, &set, share, cached.is_none(), device)?;
 
-    let f = config.downsample() as usize;
-    let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
-    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut real = cached.is_none().then(|| InceptionFeatures::zeros(n));
-    let mut fake = InceptionFeatures::zeros(n);
-    let mut size = None;
-    let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
-    set.read_chunks(0..n, chunk_of(net.batch_size()), &mut |first, originals| {
-        let (k, h, w, _) = originals.dim();
-        if h % f != 0 || w % f != 0 {
-            bail!(
-                "reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}"
-            );
+    let codebook_size = config.codebook_size as usize;
+    let mut usage = CodebookUsage::llamagen(codebook_size);
+    let (real, fake, psnrs, ssims) = match group {
+        None => {
+            usage.push(&mine.recent_codes)?;
+            (mine.real, mine.fake, mine.psnrs, mine.ssims)
         }
-        size.get_or_insert(h);
-        let mut reconstructions = Array4::<u8>::zeros(originals.dim());
-        for start in (0..k).step_by(args.batch_size) {
-            let end = (start + args.batch_size).min(k);
-            let batch = originals.slice(s![start..end, .., .., ..]);
-            let pixels =
-                Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
-                    .view([(end - start) as i64, h as i64, w as i64, 3])
-                    .to_device(device);
-            let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
-            let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
+        Some(g) => {
+            let gather = |values: &[f64]| -> anyhow::Result<Vec<f64>> {
+                Ok(Vec::<f64>::try_from(
+                    &g.gather_rows(&Tensor::from_slice(values))?,
+                )?)
+            };
+            let codes: Vec<i64> = mine.recent_codes.iter().map(|&c| i64::from(c)).collect();
+            let codes = Vec::<i64>::try_from(&g.gather_rows(&Tensor::from_slice(&codes))?)?;
             usage.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
-            let recon = to_uint8_nhwc(&recon);
-            let values = Vec::<u8>::try_from(&recon.view([-1]))?;
-            let recon = Array4::from_shape_vec((end - start, h, w, 3), values)?;
-            for (i, r) in recon.axis_iter(Axis(0)).enumerate() {
-                let (p, s) = reconstruction_quality(
-                    originals.index_axis(Axis(0), start + i),
-                    r,
-                    Convention::LlamaGen,
-                )?;
-                psnrs.push(p);
-                ssims.push(s);
-            }
-            reconstructions
-                .slice_mut(s![start..end, .., .., ..])
-                .assign(&recon);
-            bar.inc((end - start) as u64);
+            let real = match &mine.real {
+                Some(real) => Some(gather_features(g, real)?),
+                None => None,
+            };
+            (
+                real,
+                gather_features(g, &mine.fake)?,
+                gather(&mine.psnrs)?,
+                gather(&mine.ssims)?,
+            )
         }
-        let rows = first..first + k;
-        if let Some(real) = &mut real {
-            real.assign_rows(rows.clone(), &net.features(originals.view())?);
-        }
-        fake.assign_rows(rows, &net.features(reconstructions.view())?);
-        Ok(())
-    })?;
-    bar.finish_and_clear();
+    };
     let real = match real {
         Some(measured) => {
-            write_reference_features(&cache, &measured);
+            if leads {
+                write_reference_features(&cache, &measured);
+            }
             measured
         }
         None => cached.context("the reference's features were neither cached nor measured")?,
     };
-    let h = size.context("no reference images")?;
+    let h = mine.size;
     reference_set.num_images = Some(n);
     reference_set.image_size = reference_set.image_size.or(Some(h));
     let metrics = crate::image_sets::reconstruction_metrics(
@@ -149,7 +172,7 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
         &e.intervals,
     )?;
     let mut id = None;
-    if !e.no_record {
+    if leads && !e.no_record {
         id = Some(
             record(
                 &Recording {
@@ -199,5 +222,80 @@ pub async fn run(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Tokeni
     Ok(TokenizerResult {
         metrics,
         evaluation_id: id,
+        leads,
+    })
+}
+
+/// The reference images `rows` through the tokenizer on `device` and, with `originals`, the
+/// originals through the Inception as well.
+fn through_the_tokenizer(
+    args: &TokenizerArgs,
+    config: &VqConfig,
+    set: &ImageSet,
+    rows: Range<usize>,
+    originals_too: bool,
+    device: Device,
+) -> anyhow::Result<Share> {
+    let (_vs, vq) = args.vq.load(device)?;
+    let mut net = open_inception(&args.evaluation, device)?;
+    let f = config.downsample() as usize;
+    let n = rows.len();
+    let mut codes_seen = CodebookUsage::seen(config.codebook_size as usize, WINDOW);
+    let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut real = originals_too.then(|| InceptionFeatures::zeros(n));
+    let mut fake = InceptionFeatures::zeros(n);
+    let mut size = None;
+    let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
+    set.read_chunks(rows.clone(), chunk_of(net.batch_size()), &mut |first, originals| {
+        let (k, h, w, _) = originals.dim();
+        if h % f != 0 || w % f != 0 {
+            bail!(
+                "reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}"
+            );
+        }
+        size.get_or_insert(h);
+        let mut reconstructions = Array4::<u8>::zeros(originals.dim());
+        for start in (0..k).step_by(args.batch_size) {
+            let end = (start + args.batch_size).min(k);
+            let batch = originals.slice(s![start..end, .., .., ..]);
+            let pixels =
+                Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
+                    .view([(end - start) as i64, h as i64, w as i64, 3])
+                    .to_device(device);
+            let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
+            let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
+            codes_seen.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
+            let recon = to_uint8_nhwc(&recon);
+            let values = Vec::<u8>::try_from(&recon.view([-1]))?;
+            let recon = Array4::from_shape_vec((end - start, h, w, 3), values)?;
+            for (i, r) in recon.axis_iter(Axis(0)).enumerate() {
+                let (p, s) = reconstruction_quality(
+                    originals.index_axis(Axis(0), start + i),
+                    r,
+                    Convention::LlamaGen,
+                )?;
+                psnrs.push(p);
+                ssims.push(s);
+            }
+            reconstructions
+                .slice_mut(s![start..end, .., .., ..])
+                .assign(&recon);
+            bar.inc((end - start) as u64);
+        }
+        let mine = first - rows.start..first - rows.start + k;
+        if let Some(real) = &mut real {
+            real.assign_rows(mine.clone(), &net.features(originals.view())?);
+        }
+        fake.assign_rows(mine, &net.features(reconstructions.view())?);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(Share {
+        real,
+        fake,
+        psnrs,
+        ssims,
+        recent_codes: codes_seen.window().collect(),
+        size: size.context("no reference images")?,
     })
 }
