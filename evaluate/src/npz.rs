@@ -291,9 +291,9 @@ impl NpzImages {
         let (dim, data_offset) =
             read_image_header(&mut entry).map_err(|m| file_error(path, format!("arr_0: {m}")))?;
         let (n, h, w) = dim;
-        let bytes = [n, h, w, 3]
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        // Each image's size on its own too: with no images, any height and width would do.
+        let image_bytes = [h, w, 3].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = image_bytes.and_then(|b| (b as u64).checked_mul(n as u64));
         if bytes.and_then(|b| b.checked_add(data_offset)) != Some(size) {
             return Err(file_error(
                 path,
@@ -569,6 +569,42 @@ mod tests {
         };
         write_reference(&statistics_only, None, Some(&stats), None).unwrap();
         assert!(NpzImages::open(&statistics_only).unwrap().is_none());
+    }
+
+    #[test]
+    fn no_damage_to_a_file_panics() {
+        // A small batch with statistics, then every byte of it changed in turn and every
+        // truncation: each reader returns an error or images, and never panics or allocates
+        // what a header claims before checking it.
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.npz");
+        let stats = Statistics {
+            mu: Array1::from(vec![1.0, 2.0]),
+            sigma: Array2::eye(2),
+            low_rank: None,
+        };
+        write_reference(&good, Some(batch(2, 2, 3).view()), Some(&stats), None).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let path = dir.path().join("damaged.npz");
+        let try_all = |damaged: &[u8]| {
+            std::fs::write(&path, damaged).unwrap();
+            let _ = read_reference(&path);
+            if let Ok(Some(images)) = NpzImages::open(&path) {
+                let _ = images.read_chunks::<EvalError>(0..images.len(), 1, &mut |_, _| Ok(()));
+            }
+        };
+        for at in 0..bytes.len() {
+            for value in [0u8, 0x7f, 0xff, bytes[at] ^ 1, b'9', b','] {
+                let mut damaged = bytes.clone();
+                damaged[at] = value;
+                try_all(&damaged);
+            }
+            try_all(&bytes[..at]);
+        }
+        // No images but a height and width whose product overflows.
+        raw_npz(&path, &image_header(0, 1 << 40, 1 << 40), &[]);
+        let err = NpzImages::open(&path).unwrap_err().to_string();
+        assert!(err.contains("claims 0 images"), "{err}");
     }
 
     #[test]
