@@ -61,10 +61,35 @@ struct Share {
     fake: InceptionFeatures,
     psnrs: Vec<f64>,
     ssims: Vec<f64>,
-    /// The last [`WINDOW`] codes the quantizer produced, oldest first.
+    /// The last [`WINDOW`] codes the quantizer produced, oldest first; gathered, each rank's
+    /// in rank order, which leaves the same last codes as one process would.
     recent_codes: Vec<u32>,
-    /// The side of the (square) images.
-    size: usize,
+    /// The images' height, recorded as their size.
+    height: usize,
+}
+
+impl Share {
+    /// Every rank's share, in rank order: the whole set's.
+    fn gathered(self, group: &ProcessGroup) -> anyhow::Result<Share> {
+        let values = |values: &[f64]| -> anyhow::Result<Vec<f64>> {
+            Ok(Vec::<f64>::try_from(
+                &group.gather_rows(&Tensor::from_slice(values))?,
+            )?)
+        };
+        let codes: Vec<i64> = self.recent_codes.iter().map(|&c| i64::from(c)).collect();
+        let codes = Vec::<i64>::try_from(&group.gather_rows(&Tensor::from_slice(&codes))?)?;
+        Ok(Share {
+            real: match &self.real {
+                Some(real) => Some(gather_features(group, real)?),
+                None => None,
+            },
+            fake: gather_features(group, &self.fake)?,
+            psnrs: values(&self.psnrs)?,
+            ssims: values(&self.ssims)?,
+            recent_codes: codes.into_iter().map(|c| c as u32).collect(),
+            height: self.height,
+        })
+    }
 }
 
 /// [`run_on`] alone, or as one rank of the group a launcher (torchrun, `srun`, an indexed Job)
@@ -123,34 +148,13 @@ pub async fn run_on(
     let share = group.map_or(0..n, |g| g.share(n));
     let mine = through_the_tokenizer(args, &config, &set, share, cached.is_none(), device)?;
 
-    let codebook_size = config.codebook_size as usize;
-    let mut usage = CodebookUsage::llamagen(codebook_size);
-    let (real, fake, psnrs, ssims) = match group {
-        None => {
-            usage.push(&mine.recent_codes)?;
-            (mine.real, mine.fake, mine.psnrs, mine.ssims)
-        }
-        Some(g) => {
-            let gather = |values: &[f64]| -> anyhow::Result<Vec<f64>> {
-                Ok(Vec::<f64>::try_from(
-                    &g.gather_rows(&Tensor::from_slice(values))?,
-                )?)
-            };
-            let codes: Vec<i64> = mine.recent_codes.iter().map(|&c| i64::from(c)).collect();
-            let codes = Vec::<i64>::try_from(&g.gather_rows(&Tensor::from_slice(&codes))?)?;
-            usage.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
-            let real = match &mine.real {
-                Some(real) => Some(gather_features(g, real)?),
-                None => None,
-            };
-            (
-                real,
-                gather_features(g, &mine.fake)?,
-                gather(&mine.psnrs)?,
-                gather(&mine.ssims)?,
-            )
-        }
+    let all = match group {
+        Some(g) => mine.gathered(g)?,
+        None => mine,
     };
+    let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
+    usage.push(&all.recent_codes)?;
+    let (real, fake, psnrs, ssims) = (all.real, all.fake, all.psnrs, all.ssims);
     let real = match real {
         Some(measured) => {
             if leads {
@@ -160,7 +164,7 @@ pub async fn run_on(
         }
         None => cached.context("the reference's features were neither cached nor measured")?,
     };
-    let h = mine.size;
+    let h = all.height;
     reference_set.num_images = Some(n);
     reference_set.image_size = reference_set.image_size.or(Some(h));
     let metrics = crate::image_sets::reconstruction_metrics(
@@ -244,7 +248,7 @@ fn through_the_tokenizer(
     let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut real = originals_too.then(|| InceptionFeatures::zeros(n));
     let mut fake = InceptionFeatures::zeros(n);
-    let mut size = None;
+    let mut height = None;
     let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
     set.read_chunks(rows.clone(), chunk_of(net.batch_size()), &mut |first, originals| {
         let (k, h, w, _) = originals.dim();
@@ -253,7 +257,7 @@ fn through_the_tokenizer(
                 "reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}"
             );
         }
-        size.get_or_insert(h);
+        height.get_or_insert(h);
         let mut reconstructions = Array4::<u8>::zeros(originals.dim());
         for start in (0..k).step_by(args.batch_size) {
             let end = (start + args.batch_size).min(k);
@@ -296,6 +300,6 @@ fn through_the_tokenizer(
         psnrs,
         ssims,
         recent_codes: codes_seen.window().collect(),
-        size: size.context("no reference images")?,
+        height: height.context("no reference images")?,
     })
 }
