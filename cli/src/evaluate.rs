@@ -146,6 +146,8 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             architecture: "llamagen-gpt",
             model,
             size: r.size.as_deref(),
+            // The samples were made elsewhere: the model is not loaded here.
+            params: None,
             checkpoint,
             step: r.step,
             benchmark: &r.benchmark,

@@ -252,4 +252,27 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             .await
             .unwrap();
     assert_eq!(unfiled, 0);
+
+    // The models carry their parameter counts, as the paper's tables do: every value of the
+    // weights file but the tokenizer's codebook-usage window, a buffer.
+    let in_file = |path: &Path| -> i64 {
+        tch::Tensor::read_safetensors(path)
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name != "quantize.codebook_used")
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    };
+    let params: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT name, params FROM models ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        params,
+        [
+            ("tiny-c2i".to_owned(), Some(in_file(&models.gpt_ckpt))),
+            ("tiny-vq".to_owned(), Some(in_file(&models.vq_ckpt)))
+        ]
+    );
 }

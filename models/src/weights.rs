@@ -98,6 +98,17 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
     })
 }
 
+/// The values a model learns: the elements of `vs`'s trainable variables, as PyTorch's
+/// `sum(p.numel() for p in model.parameters())` counts them, so buffers (a text-conditional
+/// GPT's unconditional caption, a tokenizer's codebook-usage window) are left out. GPT-B counts
+/// 111M, as the paper's tables give it.
+pub fn parameter_count(vs: &VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
 /// Every tensor of a safetensors file by name.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>, ModelError> {
     if !path.is_file() {

@@ -101,6 +101,8 @@ pub struct Recording<'a> {
     pub architecture: &'a str,
     pub model: &'a str,
     pub size: Option<&'a str>,
+    /// The model's parameters, when the measurement loaded it ([`llamagen_models::weights::parameter_count`]).
+    pub params: Option<i64>,
     /// The weights file, hashed to identify the checkpoint.
     pub checkpoint: &'a Path,
     pub step: i64,
@@ -152,7 +154,7 @@ pub async fn record(
                 } else {
                     "c2i"
                 }),
-                params: None,
+                params: r.params,
                 image_size: r.image_size,
                 config: &config,
             },

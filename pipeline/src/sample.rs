@@ -271,6 +271,8 @@ pub struct SampleReport {
     /// each when decoding one token per pass, fewer under speculative Jacobi decoding.
     pub forward_passes: u64,
     pub npz: Option<PathBuf>,
+    /// The GPT's parameters ([`weights::parameter_count`]).
+    pub gpt_params: i64,
 }
 
 /// The device a `--device` flag names; `auto` says in the log what it chose and why, and
@@ -602,6 +604,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         forward_passes: 0,
         decode_seconds: 0.0,
         npz: None,
+        gpt_params: weights::parameter_count(&gpt_vs),
     };
     let bar = crate::progress::bar(todo.len() as u64, "images");
     for batch in todo.chunks(args.batch_size) {

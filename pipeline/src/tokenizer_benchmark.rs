@@ -66,6 +66,8 @@ struct Share {
     recent_codes: Vec<u32>,
     /// The images' height, recorded as their size.
     height: usize,
+    /// The tokenizer's parameters.
+    params: i64,
 }
 
 impl Share {
@@ -88,6 +90,7 @@ impl Share {
             ssims: values(&self.ssims)?,
             recent_codes: codes.into_iter().map(|c| c as u32).collect(),
             height: self.height,
+            params: self.params,
         })
     }
 }
@@ -184,6 +187,7 @@ pub async fn run_on(
                     architecture: "llamagen-vq",
                     model: &e.model,
                     size: None,
+                    params: Some(all.params),
                     checkpoint: &args.vq.vq_ckpt,
                     step: e.step,
                     benchmark: &e.benchmark,
@@ -240,7 +244,7 @@ fn through_the_tokenizer(
     originals_too: bool,
     device: Device,
 ) -> anyhow::Result<Share> {
-    let (_vs, vq) = args.vq.load(device)?;
+    let (vs, vq) = args.vq.load(device)?;
     let mut net = open_inception(&args.evaluation, device)?;
     let f = config.downsample() as usize;
     let n = rows.len();
@@ -301,5 +305,6 @@ fn through_the_tokenizer(
         ssims,
         recent_codes: codes_seen.window().collect(),
         height: height.context("no reference images")?,
+        params: llamagen_models::weights::parameter_count(&vs),
     })
 }

@@ -581,12 +581,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             .gpt_config
             .is_none()
             .then(|| args.gpt_model.trim_start_matches("GPT-"));
-        let params: i64 = trainer
-            .vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum();
+        let params = llamagen_models::weights::parameter_count(&trainer.vs);
         let model = NewModel {
             name: &args.model,
             kind: "generator",

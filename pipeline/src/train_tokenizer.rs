@@ -519,12 +519,7 @@ pub async fn run(args: &TrainVqArgs, data_dir: &Path) -> anyhow::Result<TrainVqS
     let record = if args.no_record || rank != 0 {
         None
     } else {
-        let params: i64 = trainer
-            .vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum();
+        let params = llamagen_models::weights::parameter_count(&trainer.vs);
         let named = args.vq_config.is_none().then_some(args.vq_model.as_str());
         let model = NewModel {
             name: &args.model,
