@@ -186,7 +186,12 @@ pub async fn run_on(
                     kind: "tokenizer",
                     architecture: "llamagen-vq",
                     model: &e.model,
-                    size: None,
+                    // A named tokenizer (VQ-16, VQ-8), as its training records it.
+                    size: args
+                        .vq
+                        .vq_config
+                        .is_none()
+                        .then_some(args.vq.vq_model.as_str()),
                     params: Some(all.params),
                     checkpoint: &args.vq.vq_ckpt,
                     step: e.step,
