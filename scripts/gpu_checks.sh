@@ -14,9 +14,14 @@
 #      graph, fixed-shape and eager decoding sample the same tokens) and of
 #      `llamagen-distributed --test nccl` (a group of one reduces CUDA buckets during the
 #      backward pass);
-#   2. `sampling_vs_llamagen --device cuda` at 384 px: the paper's Table 7 setting, eager and
-#      CUDA graph rows beside LlamaGen, fp32 and bf16 (bf16 also times a pass of speculative
-#      Jacobi decoding), then GPT-L and GPT-XL in bf16.
+#   2. `sampling_vs_llamagen --device cuda` at 384 px in bf16: the paper's Table 7 setting,
+#      eager and CUDA graph rows beside LlamaGen, and a pass of speculative Jacobi decoding;
+#   3. training beside LlamaGen's train_c2i.py on the same GPU: GPT-B in bf16 at batch 64 and
+#      256 (`training_vs_pytorch`), the NCCL group of one against no data parallelism
+#      (`data_parallel_vs_pytorch`), one fused AdamW step over GPT-B (`adamw_vs_pytorch`);
+#   4. Table 7 in fp32, then GPT-L and GPT-XL in bf16.
+# ONNX Runtime's CUDA provider is not among them: its GPU wheel (about 280 MB) is more than a
+# call carries to that machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -30,7 +35,10 @@ pack() {
         {
             cargo test --no-run --message-format=json -p llamagen-models --test cuda_graph --test sampling
             cargo test --no-run --message-format=json -p llamagen-distributed --test nccl
-            cargo bench --no-run --message-format=json -p llamagen-models --bench sampling_vs_llamagen
+            cargo bench --no-run --message-format=json -p llamagen-models \
+                --bench sampling_vs_llamagen --bench training_vs_pytorch --bench adamw_vs_pytorch
+            cargo bench --no-run --message-format=json -p llamagen-pipeline \
+                --bench data_parallel_vs_pytorch
         } | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -92,10 +100,16 @@ run() {
     step nccl 120 "$dir/bin/nccl" --nocapture
     local peer=()
     [ -d "$dir/llamagen" ] && peer=(--llamagen "$PWD/$dir/llamagen")
-    step table7_fp32 300 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
-        --repeat 2 --precision fp32
     step table7_bf16 300 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
         --repeat 2 --precision bf16 --decoders eager,graph,sjd
+    step train_gpt_b_64 240 "$dir/bin/training_vs_pytorch" "${peer[@]}" --device cuda \
+        --model GPT-B --batch 64 --precision bf16 --steps 20
+    step train_gpt_b_256 240 "$dir/bin/training_vs_pytorch" "${peer[@]}" --device cuda \
+        --model GPT-B --batch 256 --precision bf16 --steps 10
+    step nccl_overhead 180 "$dir/bin/data_parallel_vs_pytorch" --device cuda --batch 32 --steps 20
+    step adamw 120 "$dir/bin/adamw_vs_pytorch" --device cuda --model GPT-B --steps 20
+    step table7_fp32 300 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
+        --repeat 2 --precision fp32
     step larger_bf16 400 "$dir/bin/sampling_vs_llamagen" "${peer[@]}" --device cuda --sizes 384 \
         --models GPT-L,GPT-XL --precision bf16
     return $status
