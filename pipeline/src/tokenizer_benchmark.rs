@@ -239,8 +239,8 @@ pub async fn run_on(
     })
 }
 
-/// The reference images `rows` through the tokenizer on `device` and, with `originals`, the
-/// originals through the Inception as well.
+/// The reference images `rows` through the tokenizer on `device`, the reconstructions through
+/// the Inception, and the originals too when `originals_too` (the feature cache lacked them).
 fn through_the_tokenizer(
     args: &TokenizerArgs,
     config: &VqConfig,
