@@ -24,8 +24,8 @@ use llamagen_evaluate::inception::{Inception, InceptionFeatures};
 
 use crate::feature_cache::FeatureCache;
 use crate::image_sets::{
-    IntervalArgs, Side, gather_features, gather_rows, generation_metrics, inception_features,
-    load_side_on,
+    IntervalArgs, Side, gather_features, gather_rows, gather_values, generation_metrics,
+    inception_features, load_side_on,
 };
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
@@ -34,7 +34,6 @@ use crate::text_to_image::{TextToImageArgs, TextToImageReference};
 use llamagen_clip::Clip;
 use llamagen_distributed::ProcessGroup;
 use llamagen_store::results::Metric;
-use tch::Tensor;
 
 /// Where results go and what they are compared with; shared by both modes.
 #[derive(Debug, Clone, clap::Args)]
@@ -413,7 +412,7 @@ impl Measurer {
                     inception: gather_rows(g, &mine.inception)?,
                     clip: gather_rows(g, &mine.clip)?,
                 };
-                let scores = Vec::<f64>::try_from(&g.gather_rows(&Tensor::from_slice(&scores))?)?;
+                let scores = gather_values(g, &scores)?;
                 crate::text_to_image::metrics(reference, &features, &scores, intervals)
             }
         }

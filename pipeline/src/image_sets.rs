@@ -273,6 +273,16 @@ pub(crate) fn gather_features(
     })
 }
 
+/// Every rank's `values` (n_r each, n_r free) concatenated in rank order.
+pub(crate) fn gather_values<T>(group: &ProcessGroup, values: &[T]) -> anyhow::Result<Vec<T>>
+where
+    T: tch::kind::Element,
+    for<'a> Vec<T>: TryFrom<&'a tch::Tensor, Error = tch::TchError>,
+{
+    let gathered = group.gather_rows(&tch::Tensor::from_slice(values))?;
+    Ok(Vec::<T>::try_from(&gathered)?)
+}
+
 /// Every rank's rows of `rows` ([n_r, D]) stacked in rank order: [sum n_r, D].
 pub(crate) fn gather_rows(
     group: &ProcessGroup,

@@ -21,7 +21,7 @@ use crate::benchmark::{
     EvaluationArgs, found_by_every_rank, open_inception, read_reference_features, reference_cache,
     write_reference_features,
 };
-use crate::image_sets::{ImageSet, chunk_of, gather_features};
+use crate::image_sets::{ImageSet, chunk_of, gather_features, gather_values};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use crate::sample::VqArgs;
@@ -73,22 +73,19 @@ struct Share {
 impl Share {
     /// Every rank's share, in rank order: the whole set's.
     fn gathered(self, group: &ProcessGroup) -> anyhow::Result<Share> {
-        let values = |values: &[f64]| -> anyhow::Result<Vec<f64>> {
-            Ok(Vec::<f64>::try_from(
-                &group.gather_rows(&Tensor::from_slice(values))?,
-            )?)
-        };
         let codes: Vec<i64> = self.recent_codes.iter().map(|&c| i64::from(c)).collect();
-        let codes = Vec::<i64>::try_from(&group.gather_rows(&Tensor::from_slice(&codes))?)?;
         Ok(Share {
             real: match &self.real {
                 Some(real) => Some(gather_features(group, real)?),
                 None => None,
             },
             fake: gather_features(group, &self.fake)?,
-            psnrs: values(&self.psnrs)?,
-            ssims: values(&self.ssims)?,
-            recent_codes: codes.into_iter().map(|c| c as u32).collect(),
+            psnrs: gather_values(group, &self.psnrs)?,
+            ssims: gather_values(group, &self.ssims)?,
+            recent_codes: gather_values(group, &codes)?
+                .into_iter()
+                .map(|c| c as u32)
+                .collect(),
             height: self.height,
             params: self.params,
         })
