@@ -6,7 +6,6 @@ mod benchmark;
 mod config_defaults;
 mod db;
 mod demo;
-mod demo_metrics;
 mod doctor;
 mod evaluate;
 mod json_report;

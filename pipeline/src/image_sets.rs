@@ -356,6 +356,16 @@ pub fn tar_images(tar: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(members)
 }
 
+/// An image as RGB [H, W, 3] uint8, as stored (no crop).
+pub(crate) fn rgb_array(img: image::DynamicImage) -> anyhow::Result<Array3<u8>> {
+    let img = img.to_rgb8();
+    let (w, h) = img.dimensions();
+    Ok(Array3::from_shape_vec(
+        (h as usize, w as usize, 3),
+        img.into_raw(),
+    )?)
+}
+
 /// Each image of a folder, decoded to RGB [H, W, 3] with a label naming it, in
 /// [`ImageSet::folder`]'s order. One decoded image in memory at a time.
 pub fn visit_folder(
@@ -481,14 +491,6 @@ impl ImageSet {
                 .get(rows.clone())
                 .with_context(|| format!("images {rows:?} of {}", items.len()))?,
         };
-        let rgb = |img: image::DynamicImage| -> anyhow::Result<Array3<u8>> {
-            let img = img.to_rgb8();
-            let (w, h) = img.dimensions();
-            Ok(Array3::from_shape_vec(
-                (h as usize, w as usize, 3),
-                img.into_raw(),
-            )?)
-        };
         // The shard whose members are being read, with its images sorted by name.
         type Shard<'a> = (&'a Path, Vec<(String, Vec<u8>)>);
         let mut shard: Option<Shard<'_>> = None;
@@ -510,7 +512,7 @@ impl ImageSet {
                         .with_context(|| format!("decoding {label}"))?
                 }
             };
-            visit(label, rgb(img)?)?;
+            visit(label, rgb_array(img)?)?;
         }
         Ok(())
     }

@@ -22,6 +22,8 @@
 //! - [`stages`]: ingest, filter, caption and encode over shard folders, on [`shard_worker`].
 //! - [`runner`]: a pipeline config's stages in order, as one recorded run (`llamagen run`,
 //!   the scheduler, the demo).
+//! - [`demo`]: what `llamagen demo` runs: loopback stand-ins for the outside world, tiny
+//!   models, the demo config through the runner, the exports, a baseline, a summary.
 //! - [`scheduler`]: pipelines on their cron entries, one run per pipeline at a time across
 //!   machines (`llamagen schedule`).
 //! - [`report`]: what a stage command did, for `--json`.
@@ -32,6 +34,7 @@
 pub mod benchmark;
 pub mod checkpoint_evaluator;
 pub mod config;
+pub mod demo;
 pub mod feature_cache;
 pub mod image_sets;
 pub mod outage;
