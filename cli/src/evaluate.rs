@@ -148,6 +148,7 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             size: r.size.as_deref(),
             // The samples were made elsewhere: the model is not loaded here.
             params: None,
+            config: serde_json::json!({}),
             checkpoint,
             step: r.step,
             benchmark: &r.benchmark,

@@ -275,4 +275,22 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             ("tiny-vq".to_owned(), Some(in_file(&models.vq_ckpt)))
         ]
     );
+    // And their architecture, under the keys training records it with.
+    let configs: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT config FROM models ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let gpt: llamagen_models::gpt::GptConfig =
+        serde_json::from_value(configs[0]["gpt"].clone()).unwrap();
+    let vq: llamagen_models::vq::VqConfig =
+        serde_json::from_value(configs[1]["vq"].clone()).unwrap();
+    assert_eq!(
+        gpt,
+        serde_json::from_value(read(&models.gpt_config)).unwrap()
+    );
+    assert_eq!(vq, serde_json::from_value(read(&models.vq_config)).unwrap());
 }

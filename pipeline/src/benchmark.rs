@@ -527,6 +527,7 @@ pub async fn record(
                     .is_none()
                     .then(|| s.gpt_model.trim_start_matches("GPT-")),
                 params: Some(r.report.gpt_params),
+                config: serde_json::json!({ "gpt": r.sampling.get("gpt") }),
                 checkpoint: &s.gpt_ckpt,
                 step: e.step,
                 benchmark: &e.benchmark,

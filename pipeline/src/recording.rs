@@ -103,6 +103,9 @@ pub struct Recording<'a> {
     pub size: Option<&'a str>,
     /// The model's parameters, when the measurement loaded it ([`llamagen_models::weights::parameter_count`]).
     pub params: Option<i64>,
+    /// The model's architecture as training records it (`{"gpt": GptConfig}` or
+    /// `{"vq": VqConfig}`), merged into the model's config.
+    pub config: serde_json::Value,
     /// The weights file, hashed to identify the checkpoint.
     pub checkpoint: &'a Path,
     pub step: i64,
@@ -141,7 +144,6 @@ pub async fn record(
         llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
     let result = async {
         let pool = store.pool();
-        let config = serde_json::json!({});
         let model_id = results::upsert_model(
             pool,
             &NewModel {
@@ -156,7 +158,7 @@ pub async fn record(
                 }),
                 params: r.params,
                 image_size: r.image_size,
-                config: &config,
+                config: &r.config,
             },
         )
         .await?;

@@ -190,6 +190,7 @@ pub async fn run_on(
                         .is_none()
                         .then_some(args.vq.vq_model.as_str()),
                     params: Some(all.params),
+                    config: serde_json::json!({ "vq": config }),
                     checkpoint: &args.vq.vq_ckpt,
                     step: e.step,
                     benchmark: &e.benchmark,

@@ -24,8 +24,9 @@ pub struct NewModel<'a> {
 }
 
 /// Registers a model by name; an existing model keeps its id and takes the new description,
-/// except where the new one says nothing (a `None` field or an empty config keeps the old value),
-/// so recording a result with few flags does not erase what training registered.
+/// except where the new one says nothing: a `None` field keeps the old value, and the config is
+/// merged key by key (the new value wins), so a benchmark that records only the architecture
+/// (`{"gpt": ...}`) does not erase the training settings that training registered beside it.
 pub async fn upsert_model(pool: &PgPool, model: &NewModel<'_>) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "INSERT INTO models (name, kind, architecture, size, task, params, image_size, config)
@@ -35,7 +36,7 @@ pub async fn upsert_model(pool: &PgPool, model: &NewModel<'_>) -> Result<i64, St
              task = coalesce(EXCLUDED.task, models.task),
              params = coalesce(EXCLUDED.params, models.params),
              image_size = coalesce(EXCLUDED.image_size, models.image_size),
-             config = CASE WHEN EXCLUDED.config = '{}' THEN models.config ELSE EXCLUDED.config END
+             config = models.config || EXCLUDED.config
          RETURNING id",
     )
     .bind(model.name)

@@ -159,23 +159,28 @@ async fn rerunning_an_evaluation_updates_it_in_place() {
         }
         // Registering the same model and checkpoint again reuses their rows.
         assert_eq!(checkpoint(&pool, "LlamaGen-B", "B", 1000).await, ckpt);
-        // A later registration that knows less keeps what was known.
-        let empty = serde_json::json!({});
-        results::upsert_model(
-            &pool,
-            &NewModel {
-                name: "LlamaGen-B",
-                kind: "generator",
-                architecture: "llamagen-gpt",
-                size: None,
-                task: None,
-                params: None,
-                image_size: None,
-                config: &empty,
-            },
-        )
-        .await
-        .unwrap();
+        // A later registration that knows less keeps what was known; its config's keys are
+        // merged in (a benchmark's architecture beside training's settings).
+        for later in [
+            serde_json::json!({}),
+            serde_json::json!({"gpt": {"n_layer": 12}}),
+        ] {
+            results::upsert_model(
+                &pool,
+                &NewModel {
+                    name: "LlamaGen-B",
+                    kind: "generator",
+                    architecture: "llamagen-gpt",
+                    size: None,
+                    task: None,
+                    params: None,
+                    image_size: None,
+                    config: &later,
+                },
+            )
+            .await
+            .unwrap();
+        }
         let (size, params, config): (Option<String>, Option<i64>, serde_json::Value) =
             sqlx::query_as("SELECT size, params, config FROM models WHERE name = 'LlamaGen-B'")
                 .fetch_one(&pool)
@@ -186,7 +191,7 @@ async fn rerunning_an_evaluation_updates_it_in_place() {
             (
                 Some("B"),
                 Some(111_000_000),
-                serde_json::json!({"size": "B"})
+                serde_json::json!({"size": "B", "gpt": {"n_layer": 12}})
             )
         );
     })
