@@ -94,13 +94,39 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&first.stdout)
         );
+        out
     };
-    // Read back instead of measured again.
-    same_numbers_after("reference features from");
+    // Read back instead of measured again, the reference's and each scale's samples'.
+    assert_eq!(
+        text(&first).matches("sample features kept in").count(),
+        2,
+        "{}",
+        text(&first)
+    );
+    let out = same_numbers_after("reference features from");
+    assert_eq!(text(&out).matches("sample features from").count(), 2);
     // A damaged file is measured again, and replaced.
     std::fs::write(&cached[0], b"torn").unwrap();
     same_numbers_after("cannot be used");
     assert!(std::fs::metadata(&cached[0]).unwrap().len() > 4);
+    // A sample made again (here: lost, and drawn again from its seed) has its scale measured
+    // again; the other scale's features are read back.
+    let scale_1 = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("reference-features"))
+        .flat_map(|p| std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("cfg1-")
+        })
+        .unwrap();
+    std::fs::remove_file(scale_1.join("000005.png")).unwrap();
+    let out = same_numbers_after("sample features kept in");
+    assert_eq!(text(&out).matches("sample features kept in").count(), 1);
+    assert_eq!(text(&out).matches("sample features from").count(), 1);
 
     let pool = &db.pool;
     let rows: Vec<(f64, i32, i64, serde_json::Value)> = sqlx::query_as(

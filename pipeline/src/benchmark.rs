@@ -19,8 +19,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use llamagen_evaluate::inception::{Inception, InceptionFeatures};
+use anyhow::{Context as _, bail};
+use llamagen_evaluate::inception::{Inception, InceptionFeatures, POOL_DIM};
 
 use crate::feature_cache::FeatureCache;
 use crate::image_sets::{
@@ -30,7 +30,7 @@ use crate::image_sets::{
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity};
 use crate::sample::{self, SampleArgs, SampleReport};
-use crate::text_to_image::{TextToImageArgs, TextToImageReference};
+use crate::text_to_image::{TextToImageArgs, TextToImageFeatures, TextToImageReference};
 use llamagen_clip::Clip;
 use llamagen_distributed::ProcessGroup;
 use llamagen_store::results::Metric;
@@ -145,12 +145,11 @@ pub fn load_reference(
     group: Option<&ProcessGroup>,
     cache_dir: &Path,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
-    use anyhow::Context as _;
     let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
     let mut identity = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let cache = reference_cache(e, &identity, cache_dir)?;
-    let cached = found_by_every_rank(read_reference_features(&cache), group)?;
+    let cached = found_by_every_rank(read_inception_features(&cache), group)?;
     let side = match cached {
         Some(features) => Side::of_features(features)?,
         None => {
@@ -162,7 +161,7 @@ pub fn load_reference(
                 .as_ref()
                 .filter(|_| group.is_none_or(|g| g.rank() == 0))
             {
-                write_reference_features(&cache, f);
+                write_inception_features(&cache, f);
             }
             side
         }
@@ -207,7 +206,7 @@ pub fn reference_cache(
 const FEATURE_NAMES: [&str; 3] = ["pool", "spatial", "logits"];
 
 /// The reference features `cache` holds, if a previous run kept them intact.
-pub fn read_reference_features(cache: &FeatureCache) -> Option<InceptionFeatures> {
+pub fn read_inception_features(cache: &FeatureCache) -> Option<InceptionFeatures> {
     use llamagen_evaluate::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
     let [pool, spatial, logits] = cache.read(FEATURE_NAMES, [POOL_DIM, SPATIAL_DIM, LOGITS_DIM])?;
     Some(InceptionFeatures {
@@ -218,7 +217,7 @@ pub fn read_reference_features(cache: &FeatureCache) -> Option<InceptionFeatures
 }
 
 /// Keeps `features` in `cache` (a failure is logged: the features in hand are right).
-pub fn write_reference_features(cache: &FeatureCache, features: &InceptionFeatures) {
+pub fn write_inception_features(cache: &FeatureCache, features: &InceptionFeatures) {
     let [pool, spatial, logits] = FEATURE_NAMES;
     cache.write(&[
         (pool, &features.pool),
@@ -248,6 +247,9 @@ pub struct Measurer {
     pub reference_set: ReferenceIdentity,
     /// The ranks that share the work, if a launcher started this process.
     pub group: Option<ProcessGroup>,
+    /// What a sample's features depend on beyond its pixels: the networks' sha256 (and the
+    /// text-to-image protocol's resolution), part of every sample folder's cache key.
+    networks: Vec<String>,
 }
 
 impl Measurer {
@@ -284,7 +286,6 @@ impl Measurer {
         device: &str,
         group: Option<ProcessGroup>,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
         let device = crate::sample::rank_device(device, group.as_ref())?;
         let mut net = open_inception(e, device)?;
         if !text {
@@ -299,6 +300,7 @@ impl Measurer {
                 reference: Reference::Images(side),
                 reference_set,
                 group,
+                networks: vec![file_sha256(&e.inception)?.0],
             });
         }
         let t = &e.text_to_image;
@@ -336,7 +338,13 @@ impl Measurer {
                 "preprocessing": format!("CenterCropLongEdge, LANCZOS to {}", t.eval_resolution),
             }),
         };
+        let mut networks = vec![file_sha256(&e.inception)?.0];
+        for f in clip.files() {
+            networks.push(file_sha256(&f)?.0);
+        }
+        networks.push(format!("resolution {}", t.eval_resolution));
         Ok(Self {
+            networks,
             net,
             reference: Reference::TextToImage {
                 reference,
@@ -353,6 +361,37 @@ impl Measurer {
         self.group.as_ref().is_none_or(|g| g.rank() == 0)
     }
 
+    /// Where the features of the samples `rows` of one scale's folder are kept: its
+    /// `features/`, named by the settings the sampler pinned there (`sampling.json`), each
+    /// sample file's length and modification time (a sample made again is measured again), the
+    /// networks and the protocol.
+    fn samples_cache(
+        &self,
+        s: &SampleArgs,
+        rows: std::ops::Range<u64>,
+    ) -> anyhow::Result<FeatureCache> {
+        use std::os::unix::fs::MetadataExt as _;
+        let settings = std::fs::read(s.out.join("sampling.json"))
+            .with_context(|| format!("reading {}/sampling.json", s.out.display()))?;
+        let mut files = Vec::with_capacity(rows.clone().count() * 24);
+        for index in rows {
+            let png = sample::png_path(&s.out, index);
+            let meta =
+                std::fs::metadata(&png).with_context(|| format!("reading {}", png.display()))?;
+            files.extend(index.to_le_bytes());
+            files.extend(meta.len().to_le_bytes());
+            files.extend(meta.mtime().to_le_bytes());
+            files.extend(meta.mtime_nsec().to_le_bytes());
+        }
+        let kind = match &self.reference {
+            Reference::Images(_) => "adm",
+            Reference::TextToImage { .. } => "t2i",
+        };
+        let mut parts = vec![settings.as_slice(), files.as_slice()];
+        parts.extend(self.networks.iter().map(|n| n.as_bytes()));
+        Ok(FeatureCache::new(&s.out.join("features"), kind, &parts).describing("sample features"))
+    }
+
     /// The metrics of one scale's sample folder against the reference. Under a group, this
     /// rank's contiguous share of the samples goes through the networks and every rank's
     /// features are gathered, so that each rank computes the same metrics.
@@ -361,7 +400,6 @@ impl Measurer {
         s: &SampleArgs,
         intervals: &IntervalArgs,
     ) -> anyhow::Result<Vec<Metric>> {
-        use anyhow::Context as _;
         let n = s.num_samples as usize;
         let group = self.group.as_ref();
         let world = group.map_or(1, ProcessGroup::world);
@@ -372,15 +410,24 @@ impl Measurer {
         }
         let share = group.map_or(0..n, |g| g.share(n));
         let first = s.start + share.start as u64;
-        let images = sample::sample_set(&s.out, first..s.start + share.end as u64);
+        let rows = first..s.start + share.end as u64;
+        let images = sample::sample_set(&s.out, rows.clone());
+        let cache = self.samples_cache(s, rows)?;
         match &mut self.reference {
             Reference::Images(reference) => {
-                let mine = inception_features(
-                    &mut self.net,
-                    &images,
-                    0..images.len(),
-                    "samples through the Inception",
-                )?;
+                let mine = match read_inception_features(&cache) {
+                    Some(f) if f.pool.nrows() == images.len() => f,
+                    _ => {
+                        let f = inception_features(
+                            &mut self.net,
+                            &images,
+                            0..images.len(),
+                            "samples through the Inception",
+                        )?;
+                        write_inception_features(&cache, &f);
+                        f
+                    }
+                };
                 let features = match group {
                     Some(g) => gather_features(g, &mine)?,
                     None => mine,
@@ -396,19 +443,36 @@ impl Measurer {
                     .prompts
                     .as_ref()
                     .context("a text-to-image benchmark samples from --prompts")?;
-                let prompts = sample::read_prompts(prompts_file)?;
-                let (mine, scores) = crate::text_to_image::measure_samples(
-                    &images,
-                    first,
-                    &prompts,
-                    &mut self.net,
-                    clip,
-                    *resolution,
-                )?;
+                let cached = cache
+                    .read(["inception", "clip"], [POOL_DIM, clip.spec.embed_dim])
+                    .filter(|[inception, _]| inception.nrows() == images.len())
+                    .and_then(|[inception, clip]| {
+                        let scores = cache.read_values("clip_score", images.len())?;
+                        Some((TextToImageFeatures { inception, clip }, scores.to_vec()))
+                    });
+                let (mine, scores) = match cached {
+                    Some(cached) => cached,
+                    None => {
+                        let prompts = sample::read_prompts(prompts_file)?;
+                        let (mine, scores) = crate::text_to_image::measure_samples(
+                            &images,
+                            first,
+                            &prompts,
+                            &mut self.net,
+                            clip,
+                            *resolution,
+                        )?;
+                        cache.write_with(
+                            &[("inception", &mine.inception), ("clip", &mine.clip)],
+                            &[("clip_score", &ndarray::Array1::from(scores.clone()))],
+                        );
+                        (mine, scores)
+                    }
+                };
                 let Some(g) = group else {
                     return crate::text_to_image::metrics(reference, &mine, &scores, intervals);
                 };
-                let features = crate::text_to_image::TextToImageFeatures {
+                let features = TextToImageFeatures {
                     inception: gather_rows(g, &mine.inception)?,
                     clip: gather_rows(g, &mine.clip)?,
                 };
@@ -500,9 +564,23 @@ pub async fn record(
     reference_set: &ReferenceIdentity,
     data_dir: &Path,
 ) -> anyhow::Result<Vec<i64>> {
+    let inception_sha256 = file_sha256(&args.evaluation.inception)?.0;
+    let store =
+        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+    let recorded = record_scales(args, results, reference_set, &store, &inception_sha256).await;
+    store.close().await?;
+    recorded
+}
+
+async fn record_scales(
+    args: &GeneratorArgs,
+    results: &[ScaleResult],
+    reference_set: &ReferenceIdentity,
+    store: &llamagen_store::Store,
+    inception_sha256: &str,
+) -> anyhow::Result<Vec<i64>> {
     let e = &args.evaluation;
     let reference = reference_set.json();
-    let inception_sha256 = file_sha256(&e.inception)?.0;
     let mut ids = Vec::new();
     for r in results {
         let s = &r.sample;
@@ -517,7 +595,8 @@ pub async fn record(
                 ),
             })
         };
-        let id = crate::recording::record(
+        let id = crate::recording::record_in(
+            store,
             &Recording {
                 kind: "generator",
                 architecture: "llamagen-gpt",
@@ -548,14 +627,13 @@ pub async fn record(
                 })),
                 samples_path: Some(&r.folder),
                 protocol: Some(MeasurementProtocol {
-                    feature_extractor_sha256: &inception_sha256,
+                    feature_extractor_sha256: inception_sha256,
                     reference: reference_set,
                     preprocessing: preprocessing.clone(),
                     settings: crate::image_sets::generator_metric_settings(&e.intervals),
                     num_samples: s.num_samples as usize,
                 }),
             },
-            data_dir,
             &r.metrics,
             s.num_samples as usize,
         )

@@ -1,7 +1,8 @@
-//! A reference set's features kept on disk (`reference-features/` under the samples folder),
-//! so that a scheduled run does not send the same reference through its networks again: ADM's
-//! 10,000-image ImageNet batch is about 12 minutes of CPU through the Inception, COCO val2014's
-//! 40,504 images an hour.
+//! Features kept on disk, so that a scheduled or resumed run does not send the same images
+//! through its networks again: a reference set's (`reference-features/` under the samples
+//! folder; ADM's 10,000-image ImageNet batch is about 12 minutes of CPU through the Inception,
+//! COCO val2014's 40,504 images an hour), and each sample folder's (its `features/`, so that a
+//! sweep stopped at one guidance scale does not measure the scales before it again).
 //!
 //! A file's name hashes everything its features depend on (the reference's content, the
 //! networks' weights, how images reach them, and the metric code), so a stale file is never
@@ -11,28 +12,39 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::Array2;
+use ndarray::{Array1, Array2};
 
 /// One cache file: `DIR/KIND-KEY.npz`, arrays of f32 rows, one row per reference image.
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
     path: PathBuf,
+    /// What the log says the file holds.
+    what: &'static str,
 }
 
 impl FeatureCache {
     /// The file in `dir` for features of `kind` (`adm`, `t2i`) that depend on `parts` (hashed
-    /// in order, followed by [`crate::recording::METRICS_IMPLEMENTATION`]).
+    /// in order, followed by [`crate::recording::METRICS_IMPLEMENTATION`]), logged as a
+    /// reference's features.
     pub fn new(dir: &Path, kind: &str, parts: &[&[u8]]) -> Self {
         use sha2::Digest as _;
         let mut key = sha2::Sha256::new();
+        // Each part with its length, so that no two lists of parts hash alike.
         for part in parts {
+            key.update((part.len() as u64).to_le_bytes());
             key.update(part);
         }
         key.update(crate::recording::METRICS_IMPLEMENTATION.as_bytes());
         let key = format!("{:x}", key.finalize());
         Self {
             path: dir.join(format!("{kind}-{}.npz", &key[..16])),
+            what: "reference features",
         }
+    }
+
+    /// The same file, logged as holding `what` ("sample features") rather than a reference's.
+    pub fn describing(self, what: &'static str) -> Self {
+        Self { what, ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -51,12 +63,12 @@ impl FeatureCache {
         }
         match self.try_read(names, widths) {
             Ok(arrays) => {
-                tracing::info!("reference features from {}", self.path.display());
+                tracing::info!("{} from {}", self.what, self.path.display());
                 Some(arrays)
             }
             Err(e) => {
                 tracing::warn!(
-                    "{} cannot be used ({e:#}); the reference is measured again",
+                    "{} cannot be used ({e:#}); the images are measured again",
                     self.path.display()
                 );
                 None
@@ -90,19 +102,49 @@ impl FeatureCache {
             .unwrap_or_else(|_| unreachable!("one array per name")))
     }
 
+    /// The f64 array `name` of [`FeatureCache::write_with`], when the file holds it with `len`
+    /// values; otherwise `None` (a damaged file is logged).
+    pub fn read_values(&self, name: &str, len: usize) -> Option<Array1<f64>> {
+        let read = || -> anyhow::Result<Array1<f64>> {
+            let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&self.path)?)?;
+            let values: Array1<f64> = npz.by_name(name)?;
+            anyhow::ensure!(
+                values.len() == len,
+                "{name} has {} values, not {len}",
+                values.len()
+            );
+            Ok(values)
+        };
+        read()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "{} cannot be used ({e:#}); the images are measured again",
+                    self.path.display()
+                );
+            })
+            .ok()
+    }
+
     /// Writes `arrays` (name, [N, D]) as the cache file. A file that cannot be written is
     /// logged, not an error: the features in hand are right, and the next run measures again.
     pub fn write(&self, arrays: &[(&str, &Array2<f32>)]) {
-        match self.try_write(arrays) {
-            Ok(()) => tracing::info!("reference features kept in {}", self.path.display()),
-            Err(e) => tracing::warn!(
-                "reference features not kept in {}: {e:#}",
-                self.path.display()
-            ),
+        self.write_with(arrays, &[]);
+    }
+
+    /// [`FeatureCache::write`] with per-image f64 values beside the features (name, [N]), kept
+    /// to the bit.
+    pub fn write_with(&self, arrays: &[(&str, &Array2<f32>)], values: &[(&str, &Array1<f64>)]) {
+        match self.try_write(arrays, values) {
+            Ok(()) => tracing::info!("{} kept in {}", self.what, self.path.display()),
+            Err(e) => tracing::warn!("{} not kept in {}: {e:#}", self.what, self.path.display()),
         }
     }
 
-    fn try_write(&self, arrays: &[(&str, &Array2<f32>)]) -> anyhow::Result<()> {
+    fn try_write(
+        &self,
+        arrays: &[(&str, &Array2<f32>)],
+        values: &[(&str, &Array1<f64>)],
+    ) -> anyhow::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -114,6 +156,9 @@ impl FeatureCache {
         llamagen_shards::atomic::write_with(path, |file| {
             let mut npz = ndarray_npy::NpzWriter::new(file);
             for (name, array) in arrays {
+                npz.add_array(*name, *array).map_err(|e| format(&e))?;
+            }
+            for (name, array) in values {
                 npz.add_array(*name, *array).map_err(|e| format(&e))?;
             }
             npz.finish().map_err(|e| format(&e))?;
@@ -171,5 +216,27 @@ mod tests {
         assert!(base.starts_with(dir));
         assert_ne!(base, name("adm", &[b"a", b"c"]));
         assert_ne!(base, name("t2i", &[b"a", b"b"]));
+        assert_ne!(name("adm", &[b"a", b"bc"]), name("adm", &[b"ab", b"c"]));
+    }
+
+    #[test]
+    fn values_beside_the_features_come_back_to_the_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            FeatureCache::new(dir.path(), "t2i", &[b"samples"]).describing("sample features");
+        let scores = Array1::from(vec![0.1 + 0.2, 1.0 / 3.0, -2.5e-300]);
+        let clip = rows(3, 2, 0.0);
+        cache.write_with(&[("clip", &clip)], &[("clip_score", &scores)]);
+        assert_eq!(cache.read(["clip"], [2]).unwrap(), [clip]);
+        let back = cache.read_values("clip_score", 3).unwrap();
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(
+            cache.read_values("clip_score", 4).is_none(),
+            "another count"
+        );
+        assert!(cache.read_values("other", 3).is_none(), "a missing array");
     }
 }

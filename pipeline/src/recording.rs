@@ -135,83 +135,89 @@ pub async fn record(
     metrics: &[llamagen_store::results::Metric],
     num_samples: usize,
 ) -> anyhow::Result<i64> {
+    let store =
+        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
+    let result = record_in(&store, r, metrics, num_samples).await;
+    store.close().await?;
+    result
+}
+
+/// [`record`] through a store already open (a sweep records each scale through one).
+pub async fn record_in(
+    store: &llamagen_store::Store,
+    r: &Recording<'_>,
+    metrics: &[llamagen_store::results::Metric],
+    num_samples: usize,
+) -> anyhow::Result<i64> {
     use llamagen_store::results::{self, NewCheckpoint, NewEvaluation, NewModel};
 
     let (sha256, bytes) = crate::provenance::file_sha256(r.checkpoint)?;
     let revision = crate::provenance::git_revision();
-
-    let store =
-        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
-    let result = async {
-        let pool = store.pool();
-        let model_id = results::upsert_model(
-            pool,
-            &NewModel {
-                name: r.model,
-                kind: r.kind,
-                architecture: r.architecture,
-                size: r.size,
-                task: (r.kind == "generator").then_some(if r.benchmark.contains("t2i") {
-                    "t2i"
-                } else {
-                    "c2i"
-                }),
-                params: r.params,
-                image_size: r.image_size,
-                config: &r.config,
-            },
-        )
-        .await?;
-        let path = r.checkpoint.display().to_string();
-        let checkpoint_id = results::register_checkpoint(
-            pool,
-            &NewCheckpoint {
-                model_id,
-                path: &path,
-                sha256: &sha256,
-                bytes: Some(bytes as i64),
-                step: r.step,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let (reference_set_id, protocol_id) = match &r.protocol {
-            Some(p) => {
-                let (set, protocol) = record_protocol(pool, r.kind, p).await?;
-                (Some(set), Some(protocol))
-            }
-            None => (None, None),
-        };
-        let evaluation = NewEvaluation {
-            checkpoint_id,
-            benchmark: r.benchmark,
-            reference_set_id,
-            protocol_id,
-            cfg_scale: r.cfg_scale,
-            cfg_interval: r.cfg_interval,
-            top_k: r.top_k,
-            top_p: r.top_p,
-            temperature: r.temperature,
+    let pool = store.pool();
+    let model_id = results::upsert_model(
+        pool,
+        &NewModel {
+            name: r.model,
+            kind: r.kind,
+            architecture: r.architecture,
+            size: r.size,
+            task: (r.kind == "generator").then_some(if r.benchmark.contains("t2i") {
+                "t2i"
+            } else {
+                "c2i"
+            }),
+            params: r.params,
             image_size: r.image_size,
-            eval_image_size: r.eval_image_size,
-            num_samples: Some(num_samples as i32),
-            seed: r.seed,
-            precision: r.precision,
-            extra: r.extra.as_ref(),
-            git_revision: revision.as_deref(),
-        };
-        let id = results::begin_evaluation(pool, &evaluation).await?;
-        // Absolute, so the dashboard finds them whatever its working directory.
-        let samples = r
-            .samples_path
-            .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
-            .map(|p| p.display().to_string());
-        results::finish_evaluation(pool, id, metrics, samples.as_deref()).await?;
-        anyhow::Ok(id)
-    }
-    .await;
-    store.close().await?;
-    result
+            config: &r.config,
+        },
+    )
+    .await?;
+    let path = r.checkpoint.display().to_string();
+    let checkpoint_id = results::register_checkpoint(
+        pool,
+        &NewCheckpoint {
+            model_id,
+            path: &path,
+            sha256: &sha256,
+            bytes: Some(bytes as i64),
+            step: r.step,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (reference_set_id, protocol_id) = match &r.protocol {
+        Some(p) => {
+            let (set, protocol) = record_protocol(pool, r.kind, p).await?;
+            (Some(set), Some(protocol))
+        }
+        None => (None, None),
+    };
+    let evaluation = NewEvaluation {
+        checkpoint_id,
+        benchmark: r.benchmark,
+        reference_set_id,
+        protocol_id,
+        cfg_scale: r.cfg_scale,
+        cfg_interval: r.cfg_interval,
+        top_k: r.top_k,
+        top_p: r.top_p,
+        temperature: r.temperature,
+        image_size: r.image_size,
+        eval_image_size: r.eval_image_size,
+        num_samples: Some(num_samples as i32),
+        seed: r.seed,
+        precision: r.precision,
+        extra: r.extra.as_ref(),
+        git_revision: revision.as_deref(),
+    };
+    let id = results::begin_evaluation(pool, &evaluation).await?;
+    // Absolute, so the dashboard finds them whatever its working directory.
+    let samples = r
+        .samples_path
+        .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
+        .map(|p| p.display().to_string());
+    results::finish_evaluation(pool, id, metrics, samples.as_deref()).await?;
+    Ok(id)
 }
 
 /// Files a reference set made from another (`llamagen evaluate --save-stats`), so the

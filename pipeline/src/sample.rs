@@ -705,8 +705,8 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
     Ok(report)
 }
 
-/// Records the settings in `sampling.json`, or checks that the folder's match them.
-fn png_path(out: &Path, index: u64) -> PathBuf {
+/// Where sample `index` of a folder is (`NNNNNN.png`).
+pub(crate) fn png_path(out: &Path, index: u64) -> PathBuf {
     out.join(format!("{index:06}.png"))
 }
 

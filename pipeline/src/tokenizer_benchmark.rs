@@ -18,8 +18,8 @@ use ndarray::{Array4, Axis, s};
 use tch::{Device, Tensor};
 
 use crate::benchmark::{
-    EvaluationArgs, found_by_every_rank, open_inception, read_reference_features, reference_cache,
-    write_reference_features,
+    EvaluationArgs, found_by_every_rank, open_inception, read_inception_features, reference_cache,
+    write_inception_features,
 };
 use crate::image_sets::{ImageSet, chunk_of, gather_features, gather_values};
 use crate::provenance::file_sha256;
@@ -142,7 +142,7 @@ pub async fn run_on(
     let mut reference_set = ReferenceIdentity::of(&e.reference, center_crop, None, None)
         .with_context(|| format!("reference {}", e.reference.display()))?;
     let cache = reference_cache(e, &reference_set, &args.reference_features)?;
-    let cached = read_reference_features(&cache).filter(|f| f.pool.nrows() == n);
+    let cached = read_inception_features(&cache).filter(|f| f.pool.nrows() == n);
     let cached = found_by_every_rank(cached, group)?;
     let device = crate::sample::rank_device(&args.device, group)?;
     let share = group.map_or(0..n, |g| g.share(n));
@@ -158,7 +158,7 @@ pub async fn run_on(
     let real = match real {
         Some(measured) => {
             if leads {
-                write_reference_features(&cache, &measured);
+                write_inception_features(&cache, &measured);
             }
             measured
         }
