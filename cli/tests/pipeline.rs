@@ -461,10 +461,32 @@ prompts = "{prompts}"
         let end = printed.rfind("\n]").expect("the array's end") + 2;
         serde_json::from_str(&printed[start..end]).unwrap()
     };
+    // Each scale's samples keep their features (Inception, CLIP and the CLIP scores): the
+    // next run reads the file rather than making it again.
+    let kept_features = || {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut found = Vec::new();
+        let mut dirs = vec![data.join("samples")];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.parent().unwrap().ends_with("features") {
+                    found.push((path.clone(), std::fs::metadata(&path).unwrap().ino()));
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let after_first = kept_features();
+    assert!(!after_first.is_empty());
     let alone = json(benchmark_t2i(
         llamagen_on(dir.path(), &db.url()),
         &["--json"],
     ));
+    assert_eq!(kept_features(), after_first, "read back, not written again");
     let mut ranks = Command::new(repo().join(".venv/bin/torchrun"));
     ranks
         .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
@@ -474,6 +496,8 @@ prompts = "{prompts}"
         .env("DATABASE_URL", db.url())
         .env("LLAMAGEN_DIST_TIMEOUT", "120");
     let ranked = json(benchmark_t2i(ranks, &["--json"]));
+    // Each rank keeps its own share's.
+    assert_eq!(kept_features().len(), after_first.len() + 2);
     let (alone, ranked) = (&alone[0]["metrics"], &ranked[0]["metrics"]);
     for name in ["fid", "kid", "clip_fid", "clip_score"] {
         let (a, r) = (

@@ -205,7 +205,8 @@ pub fn reference_cache(
 
 const FEATURE_NAMES: [&str; 3] = ["pool", "spatial", "logits"];
 
-/// The reference features `cache` holds, if a previous run kept them intact.
+/// The Inception features `cache` holds (a reference's or samples'), if a previous run kept
+/// them intact.
 pub fn read_inception_features(cache: &FeatureCache) -> Option<InceptionFeatures> {
     use llamagen_evaluate::inception::{LOGITS_DIM, POOL_DIM, SPATIAL_DIM};
     let [pool, spatial, logits] = cache.read(FEATURE_NAMES, [POOL_DIM, SPATIAL_DIM, LOGITS_DIM])?;
@@ -249,7 +250,7 @@ pub struct Measurer {
     pub group: Option<ProcessGroup>,
     /// What a sample's features depend on beyond its pixels: the networks' sha256 (and the
     /// text-to-image protocol's resolution), part of every sample folder's cache key.
-    networks: Vec<String>,
+    networks: Vec<Vec<u8>>,
 }
 
 impl Measurer {
@@ -300,7 +301,7 @@ impl Measurer {
                 reference: Reference::Images(side),
                 reference_set,
                 group,
-                networks: vec![file_sha256(&e.inception)?.0],
+                networks: vec![file_sha256(&e.inception)?.0.into_bytes()],
             });
         }
         let t = &e.text_to_image;
@@ -338,11 +339,7 @@ impl Measurer {
                 "preprocessing": format!("CenterCropLongEdge, LANCZOS to {}", t.eval_resolution),
             }),
         };
-        let mut networks = vec![file_sha256(&e.inception)?.0];
-        for f in clip.files() {
-            networks.push(file_sha256(&f)?.0);
-        }
-        networks.push(format!("resolution {}", t.eval_resolution));
+        let networks = crate::text_to_image::networks_key(&e.inception, &clip, t.eval_resolution)?;
         Ok(Self {
             networks,
             net,
@@ -388,7 +385,7 @@ impl Measurer {
             Reference::TextToImage { .. } => "t2i",
         };
         let mut parts = vec![settings.as_slice(), files.as_slice()];
-        parts.extend(self.networks.iter().map(|n| n.as_bytes()));
+        parts.extend(self.networks.iter().map(Vec::as_slice));
         Ok(FeatureCache::new(&s.out.join("features"), kind, &parts).describing("sample features"))
     }
 
@@ -521,9 +518,13 @@ pub fn scale_settings(args: &GeneratorArgs) -> anyhow::Result<Vec<SampleArgs>> {
 }
 
 /// Samples one scale into its folder (resuming what an earlier run left), as one rank of
-/// `group` where there is one.
-pub fn sample_scale(s: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Result<SampleReport> {
-    let report = sample::sample_on(s, group)?;
+/// `group` where there is one, with the networks `models` keeps from the scale before.
+pub fn sample_scale(
+    s: &SampleArgs,
+    group: Option<&ProcessGroup>,
+    models: &mut Option<sample::LoadedModels>,
+) -> anyhow::Result<SampleReport> {
+    let report = sample::sample_with(s, group, models)?;
     tracing::info!(
         "cfg {}: {} sampled, {} reused ({:.1} s GPT, {:.1} s decode)",
         s.cfg_scale,
@@ -539,8 +540,9 @@ pub fn sample_scale(s: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
 /// Blocking: run it off the async threads.
 pub fn measure(args: &GeneratorArgs, m: &mut Measurer) -> anyhow::Result<Vec<ScaleResult>> {
     let mut results = Vec::new();
+    let mut models = None;
     for s in scale_settings(args)? {
-        let report = sample_scale(&s, m.group.as_ref())?;
+        let report = sample_scale(&s, m.group.as_ref(), &mut models)?;
         let metrics = m.measure_folder(&s, &args.evaluation.intervals)?;
         let sampling: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;

@@ -266,9 +266,9 @@ pub async fn sample_selected(
     for checkpoint in &picked {
         let args = generator_args(&protocol, checkpoint)?;
         made += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-            let mut made = 0;
+            let (mut made, mut models) = (0, None);
             for s in benchmark::scale_settings(&args)? {
-                made += benchmark::sample_scale(&s, None)?.made;
+                made += benchmark::sample_scale(&s, None, &mut models)?.made;
             }
             Ok(made)
         })

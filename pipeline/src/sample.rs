@@ -489,6 +489,28 @@ pub fn sample_launched(args: &SampleArgs) -> anyhow::Result<Option<SampleReport>
 /// Samples as one rank of `group` (see the module's documentation), or alone. The report's
 /// counts and seconds are summed over the ranks.
 pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Result<SampleReport> {
+    sample_with(args, group, &mut None)
+}
+
+/// The networks of a sampling run, kept for the next run that names the same weights,
+/// architectures, device and precision: the scales of a sweep load their checkpoint once.
+pub struct LoadedModels {
+    /// Everything the networks were loaded from, as text.
+    key: String,
+    gpt_vs: VarStore,
+    gpt: Gpt,
+    _vq_vs: VarStore,
+    vq: VqModel,
+    prompt_encoder: Option<PromptEncoder>,
+}
+
+/// [`sample_on`], taking its networks from `models` when they were loaded from the same files
+/// and settings, and leaving them there for the next call.
+pub fn sample_with(
+    args: &SampleArgs,
+    group: Option<&ProcessGroup>,
+    models: &mut Option<LoadedModels>,
+) -> anyhow::Result<SampleReport> {
     let (gpt_config, vq_config) = configs(args)?;
     let sampling = Sampling {
         cfg_scale: args.cfg_scale,
@@ -578,15 +600,55 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         }
     }
 
-    let mut prompt_encoder = match &args.t5 {
-        Some(dir) if !prompts.is_empty() => Some(PromptEncoder::open(dir, &gpt_config, device)?),
-        _ => None,
+    let key = format!(
+        "{:?}",
+        (
+            &args.gpt_ckpt,
+            &record.gpt_ckpt_sha256,
+            &gpt_config,
+            &args.vq,
+            &record.vq_ckpt_sha256,
+            device,
+            gpt_kind,
+            &args.t5,
+            &record.t5_sha256,
+            prompts.is_empty(),
+        )
+    );
+    // Networks of other settings are dropped here, before the new ones load, so that two sets
+    // never share the device's memory.
+    let kept = models.take().filter(|loaded| loaded.key == key);
+    let loaded = match kept {
+        Some(loaded) => loaded,
+        None => {
+            let prompt_encoder = match &args.t5 {
+                Some(dir) if !prompts.is_empty() => {
+                    Some(PromptEncoder::open(dir, &gpt_config, device)?)
+                }
+                _ => None,
+            };
+            let mut gpt_vs = VarStore::new(device);
+            let gpt = Gpt::new(&gpt_vs.root(), gpt_config)?;
+            weights::load_strict(&gpt_vs, &args.gpt_ckpt)?;
+            gpt_vs.set_kind(gpt_kind);
+            let (vq_vs, vq) = args.vq.load(device)?;
+            LoadedModels {
+                key,
+                gpt_vs,
+                gpt,
+                _vq_vs: vq_vs,
+                vq,
+                prompt_encoder,
+            }
+        }
     };
-    let mut gpt_vs = VarStore::new(device);
-    let gpt = Gpt::new(&gpt_vs.root(), gpt_config)?;
-    weights::load_strict(&gpt_vs, &args.gpt_ckpt)?;
-    gpt_vs.set_kind(gpt_kind);
-    let (_vq_vs, vq) = args.vq.load(device)?;
+    let LoadedModels {
+        gpt_vs,
+        gpt,
+        vq,
+        prompt_encoder,
+        ..
+    } = models.insert(loaded);
 
     let end = args.start + args.num_samples;
     let mine: Vec<u64> = (args.start..end)
@@ -604,7 +666,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         forward_passes: 0,
         decode_seconds: 0.0,
         npz: None,
-        gpt_params: weights::parameter_count(&gpt_vs),
+        gpt_params: weights::parameter_count(gpt_vs),
     };
     let bar = crate::progress::bar(todo.len() as u64, "images");
     for batch in todo.chunks(args.batch_size) {
@@ -620,7 +682,7 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
             .map(|&i| classes[(i % classes.len() as u64) as usize])
             .collect();
         let seeds: Vec<u64> = batch.iter().map(|&i| sample_seed(args.seed, i)).collect();
-        let (cond, prefix_mask) = match &mut prompt_encoder {
+        let (cond, prefix_mask) = match prompt_encoder {
             None => (Tensor::from_slice(&labels).to_device(device), None),
             Some(encoder) => {
                 let batch_prompts: Vec<&str> = batch
@@ -637,12 +699,12 @@ pub fn sample_on(args: &SampleArgs, group: Option<&ProcessGroup>) -> anyhow::Res
         let t = Instant::now();
         let codes = if sampling.jacobi_window > 0 {
             let (codes, stats) =
-                generate_speculative(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
+                generate_speculative(gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?;
             report.forward_passes += stats.passes_per_sample.iter().sum::<i64>() as u64;
             codes
         } else {
             report.forward_passes += batch.len() as u64 * (gpt.config.block_size - 1) as u64;
-            generate(&gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?
+            generate(gpt, &cond, prefix_mask.as_ref(), &sampling, &seeds)?
         };
         if device.is_cuda() {
             tch::Cuda::synchronize(0);

@@ -209,6 +209,21 @@ impl<'a> FeatureCollector<'a> {
     }
 }
 
+/// What an image's features under this protocol depend on beyond its pixels: the sha256 of the
+/// Inception and of CLIP's files, and the resolution, as parts of a [`FeatureCache`] key.
+pub fn networks_key(
+    inception: &Path,
+    clip: &Clip,
+    resolution: usize,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut parts = vec![file_sha256(inception)?.0.into_bytes()];
+    for f in clip.files() {
+        parts.push(file_sha256(&f)?.0.into_bytes());
+    }
+    parts.push(resolution.to_le_bytes().to_vec());
+    Ok(parts)
+}
+
 /// The cache of a reference folder's features: its name hashes everything they depend on, so
 /// another folder, network or resolution never reads a stale one.
 fn cache_of(
@@ -218,13 +233,9 @@ fn cache_of(
     clip: &Clip,
     resolution: usize,
 ) -> anyhow::Result<FeatureCache> {
-    let mut shas = vec![folder_sha256.to_owned(), file_sha256(inception)?.0];
-    for f in clip.files() {
-        shas.push(file_sha256(&f)?.0);
-    }
-    let resolution = resolution.to_le_bytes();
-    let mut parts: Vec<&[u8]> = shas.iter().map(|s| s.as_bytes()).collect();
-    parts.push(&resolution);
+    let networks = networks_key(inception, clip, resolution)?;
+    let mut parts: Vec<&[u8]> = vec![folder_sha256.as_bytes()];
+    parts.extend(networks.iter().map(Vec::as_slice));
     Ok(FeatureCache::new(cache_dir, "t2i", &parts))
 }
 
