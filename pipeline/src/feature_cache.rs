@@ -67,10 +67,7 @@ impl FeatureCache {
                 Some(arrays)
             }
             Err(e) => {
-                tracing::warn!(
-                    "{} cannot be used ({e:#}); the images are measured again",
-                    self.path.display()
-                );
+                self.unusable(&e);
                 None
             }
         }
@@ -115,14 +112,15 @@ impl FeatureCache {
             );
             Ok(values)
         };
-        read()
-            .inspect_err(|e| {
-                tracing::warn!(
-                    "{} cannot be used ({e:#}); the images are measured again",
-                    self.path.display()
-                );
-            })
-            .ok()
+        read().inspect_err(|e| self.unusable(e)).ok()
+    }
+
+    /// Logs a file that exists but cannot serve (damaged, or holding other arrays).
+    fn unusable(&self, e: &anyhow::Error) {
+        tracing::warn!(
+            "{} cannot be used ({e:#}); the images are measured again",
+            self.path.display()
+        );
     }
 
     /// Writes `arrays` (name, [N, D]) as the cache file. A file that cannot be written is
