@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use llamagen_pipeline::benchmark::{self, GeneratorArgs};
 use llamagen_pipeline::checkpoint_evaluator::{self, EvaluatorOptions};
 use llamagen_pipeline::config::PipelineConfig;
@@ -102,16 +104,35 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     let reference_set = measurer.reference_set;
-    let ids = if args.evaluation.no_record {
-        vec![None; results.len()]
-    } else {
-        let ids = benchmark::record(args, &results, &reference_set, data_dir).await?;
-        ids.into_iter().map(Some).collect()
+    let recorded = match args.evaluation.no_record {
+        true => Ok(vec![None; results.len()]),
+        false => benchmark::record(args, &results, &reference_set, data_dir)
+            .await
+            .map(|ids| ids.into_iter().map(Some).collect()),
     };
+    let ids = match &recorded {
+        Ok(ids) => ids.clone(),
+        Err(_) => vec![None; results.len()],
+    };
+    print_sweep(args, &results, &ids)?;
+    recorded.context(NOT_RECORDED)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a failed recording says after the metrics were printed.
+const NOT_RECORDED: &str = "the metrics printed were measured but not recorded; the same command again reads the kept features back and records them";
+
+/// The sweep's metrics on stdout, a row per scale (JSON with `--json`), with each scale's
+/// evaluation id where it was recorded.
+fn print_sweep(
+    args: &GeneratorArgs,
+    results: &[benchmark::ScaleResult],
+    ids: &[Option<i64>],
+) -> anyhow::Result<()> {
     if args.evaluation.json {
         let rows: Vec<serde_json::Value> = results
             .iter()
-            .zip(&ids)
+            .zip(ids)
             .map(|(r, id)| {
                 serde_json::json!({
                     "cfg_scale": r.cfg_scale,
@@ -122,7 +143,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     // A text-to-image run has its protocol's metrics; a class-conditional one the ADM
     // evaluator's.
@@ -142,7 +163,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
             "cfg", "FID [95% interval]", "sFID", "IS", "precision", "recall", "KID [95% interval]"
         );
     }
-    for (r, id) in results.iter().zip(&ids) {
+    for (r, id) in results.iter().zip(ids) {
         let with_interval = |name: &str, digits: usize| {
             r.metrics
                 .iter()
@@ -176,7 +197,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
             println!("       recorded as evaluation #{id}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -185,18 +206,20 @@ async fn tokenizer(args: &TokenizerArgs, data_dir: &Path) -> anyhow::Result<Exit
     if !result.leads {
         return Ok(ExitCode::SUCCESS);
     }
+    let id = result.recorded.as_ref().ok().copied().flatten();
     if args.evaluation.json {
         let out = serde_json::json!({
             "metrics": metrics_json(&result.metrics),
-            "evaluation_id": result.evaluation_id,
+            "evaluation_id": id,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_metrics(&result.metrics);
+        if let Some(id) = id {
+            println!("recorded as evaluation #{id}");
+        }
     }
-    print_metrics(&result.metrics);
-    if let Some(id) = result.evaluation_id {
-        println!("recorded as evaluation #{id}");
-    }
+    result.recorded.context(NOT_RECORDED)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -115,6 +115,12 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         .with_context(|| format!("samples {}", args.samples.display()))?;
 
     let metrics = generation_metrics(&reference, &samples, &args.intervals)?;
+    // Printed before anything reaches the database, so that an unreachable one loses nothing.
+    if args.json {
+        println!("{}", crate::benchmark::metrics_json(&metrics));
+    } else {
+        crate::benchmark::print_metrics(&metrics);
+    }
     if let Some(path) = &args.save_stats {
         write_reference(
             path,
@@ -130,7 +136,9 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
                 "from": args.reference.display().to_string(),
                 "center_crop": args.center_crop,
             });
-            llamagen_pipeline::recording::file_reference_set(&made, data_dir).await?;
+            llamagen_pipeline::recording::file_reference_set(&made, data_dir)
+                .await
+                .context("the metrics printed were measured but not recorded")?;
         }
     }
     if args.record.record {
@@ -181,13 +189,10 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
                 num_samples: count,
             }),
         };
-        let id = record(&recording, data_dir, &metrics, count).await?;
+        let id = record(&recording, data_dir, &metrics, count)
+            .await
+            .context("the metrics printed were measured but not recorded")?;
         eprintln!("recorded as evaluation #{id}");
-    }
-    if args.json {
-        println!("{}", crate::benchmark::metrics_json(&metrics));
-    } else {
-        crate::benchmark::print_metrics(&metrics);
     }
     Ok(ExitCode::SUCCESS)
 }

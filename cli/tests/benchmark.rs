@@ -22,6 +22,15 @@ fn llamagen(data_dir: &Path, db: &TestDatabase) -> Command {
     cmd
 }
 
+/// `stdout` without its "recorded as evaluation" lines.
+fn without_recorded_lines(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|line| !line.contains("recorded as evaluation"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 #[tokio::test]
 async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let db = TestDatabase::new().await;
@@ -42,9 +51,9 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
-    let sweep = |extra: &[&str]| {
-        llamagen(dir.path(), &db)
-            .args(["benchmark", "generator"])
+    let sweep_command = |extra: &[&str]| {
+        let mut cmd = llamagen(dir.path(), &db);
+        cmd.args(["benchmark", "generator"])
             .args(common::tiny_model_args(&models, 8))
             .args(["--num-samples", "12", "--cfg-scales", "1.0,3.0"])
             .args([
@@ -63,10 +72,10 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             .arg(dir.path().join("runs"))
             .args(extra)
             // The feature cache says when it is read, kept, or cannot be used.
-            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info")
-            .output()
-            .unwrap()
+            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info");
+        cmd
     };
+    let sweep = |extra: &[&str]| sweep_command(extra).output().unwrap();
     let first = sweep(&[]);
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(
@@ -127,6 +136,12 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     let out = same_numbers_after("sample features kept in");
     assert_eq!(text(&out).matches("sample features kept in").count(), 1);
     assert_eq!(text(&out).matches("sample features from").count(), 1);
+    // With the database gone, the sweep still prints what it measured, then fails saying so.
+    let out = common::output_without_a_database(&mut sweep_command(&[]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        without_recorded_lines(&first.stdout)
+    );
 
     let pool = &db.pool;
     let rows: Vec<(f64, i32, i64, serde_json::Value)> = sqlx::query_as(
@@ -175,9 +190,10 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         );
     }
 
-    let tokenizer = |features: &Path| {
-        let out = llamagen(dir.path(), &db)
-            .args(["benchmark", "tokenizer", "--device", "cpu"])
+    // Chunks of 5 images: the 12 reference images are kept in 3 files as they are measured.
+    let tokenizer_command = |features: &Path, reconstructions: &Path| {
+        let mut cmd = llamagen(dir.path(), &db);
+        cmd.args(["benchmark", "tokenizer", "--device", "cpu"])
             .arg("--vq-ckpt")
             .arg(&models.vq_ckpt)
             .arg("--vq-config")
@@ -189,29 +205,103 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
             .args(["--model", "tiny-vq", "--benchmark", "tiny32-reconstruction"])
             .arg("--reference-features")
             .arg(features)
-            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info")
+            .arg("--reconstruction-features")
+            .arg(reconstructions)
+            .args(["--chunk-size", "5"])
+            .env(
+                "RUST_LOG",
+                "warn,llamagen_pipeline::feature_cache=info,llamagen_pipeline::tokenizer_benchmark=info",
+            );
+        cmd
+    };
+    let tokenizer = |features: &Path, reconstructions: &Path| {
+        let out = tokenizer_command(features, reconstructions)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         out
     };
-    // The tokenizer measures the originals and keeps their features in a folder of its own...
-    let own = tokenizer(&dir.path().join("tokenizer-features"));
+    let kept = |prefix: &str| -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.path().join("reconstructions"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .collect();
+        files.sort();
+        files
+    };
+    let reconstructions = dir.path().join("reconstructions");
+    // The tokenizer measures the originals and keeps their features in a folder of its own,
+    // and each chunk's measurements as it goes; the originals' per chunk only until the whole
+    // reference's are kept...
+    let own = tokenizer(&dir.path().join("tokenizer-features"), &reconstructions);
     assert!(
         text(&own).contains("reference features kept in"),
         "{}",
         text(&own)
     );
-    // ... and reads the generator's, which are the same reference's, with the same numbers.
-    let shared = tokenizer(&dir.path().join("runs/reference-features"));
+    assert!(!text(&own).contains("read back"), "{}", text(&own));
+    assert_eq!(kept("reconstructions-").len(), 3);
+    assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
+    // ... and reads the generator's, which are the same reference's, with the same numbers,
+    // and its chunks back without measuring any again.
+    let shared = tokenizer(
+        &dir.path().join("runs/reference-features"),
+        &reconstructions,
+    );
     assert!(
-        text(&shared).contains("reference features from"),
+        text(&shared).contains("reference features from")
+            && text(&shared).contains("3 of 3 chunks of reference images read back"),
         "{}",
         text(&shared)
     );
     assert_eq!(
         String::from_utf8_lossy(&shared.stdout),
         String::from_utf8_lossy(&own.stdout)
+    );
+    // A run stopped in its second chunk, before the reference's features were kept: what
+    // leaves the reference's folder unwritable (a file in its place) leaves each chunk's
+    // originals behind, and a damaged second chunk stands for the one being measured.
+    let unwritable = dir.path().join("unwritable");
+    std::fs::write(&unwritable, b"").unwrap();
+    for file in kept("reconstructions-") {
+        std::fs::remove_file(file).unwrap();
+    }
+    let stopped = tokenizer(&unwritable, &reconstructions);
+    assert!(
+        text(&stopped).contains("reference features not kept"),
+        "{}",
+        text(&stopped)
+    );
+    assert_eq!(kept("originals-").len(), 3);
+    // A chunk of 5 (the largest files; the last chunk holds 2).
+    let second = kept("reconstructions-")
+        .into_iter()
+        .max_by_key(|file| std::fs::metadata(file).unwrap().len())
+        .unwrap();
+    std::fs::write(&second, b"PK\x03\x04 torn").unwrap();
+    // Started again, it reads the other two chunks back, measures the damaged one again,
+    // keeps the reference's features and drops the per-chunk originals: the same figures.
+    let resumed = tokenizer(&dir.path().join("resumed-features"), &reconstructions);
+    assert!(
+        text(&resumed).contains("cannot be used")
+            && text(&resumed).contains("2 of 3 chunks of reference images read back"),
+        "{}",
+        text(&resumed)
+    );
+    assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&own.stdout)
+    );
+    // With the database gone, the numbers are printed all the same, then the run fails.
+    let out = common::output_without_a_database(&mut tokenizer_command(
+        &dir.path().join("resumed-features"),
+        &reconstructions,
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        without_recorded_lines(&own.stdout)
     );
     let metrics: Vec<(String, f64)> = sqlx::query_as(
         "SELECT m.name, m.value FROM metrics m JOIN evaluations e ON e.id = m.evaluation_id

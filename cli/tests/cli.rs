@@ -484,6 +484,15 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
             text(&out)
         );
     }
+    // With the database gone, the metrics are printed all the same, then the run fails.
+    let out = common::output_without_a_database(
+        evaluate(&reference, &samples)
+            .args(["--record", "--model", "LlamaGen-B", "--json"])
+            .arg("--checkpoint")
+            .arg(&checkpoint),
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["fid"], full["fid"]);
     let out = llamagen(dir.path())
         .args(["db", "status", "--json"])
         .output()

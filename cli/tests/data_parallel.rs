@@ -654,7 +654,9 @@ async fn ranks_sample_and_benchmark_as_one_process() {
             ])
             .args(["--json", "--threads", "1", "--interval-resamples", "10"])
             .arg("--reference-features")
-            .arg(d.join(features));
+            .arg(d.join(features))
+            .arg("--reconstruction-features")
+            .arg(d.join(format!("{features}-chunks")));
         if !record {
             cmd.arg("--no-record");
         }
@@ -708,10 +710,13 @@ async fn ranks_sample_and_benchmark_as_one_process() {
     .await
     .unwrap();
     assert_eq!(recorded, 1, "rank 0 alone records");
-    // Rank 0 kept the originals' features; both ranks read them the next time.
+    // Rank 0 kept the originals' features; both ranks read them the next time...
     let cached = succeeded(
         tokenizer(
-            torchrun_command(2, &db).env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info"),
+            torchrun_command(2, &db).env(
+                "RUST_LOG",
+                "warn,llamagen_pipeline::feature_cache=info,llamagen_pipeline::tokenizer_benchmark=info",
+            ),
             "tokenizer-features",
             false,
         ),
@@ -719,6 +724,14 @@ async fn ranks_sample_and_benchmark_as_one_process() {
     );
     assert_eq!(
         cached.matches("reference features from").count(),
+        2,
+        "{cached}"
+    );
+    // And each its share's reconstructions, measured nothing again.
+    assert_eq!(
+        cached
+            .matches("1 of 1 chunks of reference images read back")
+            .count(),
         2,
         "{cached}"
     );

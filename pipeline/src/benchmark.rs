@@ -217,14 +217,15 @@ pub fn read_inception_features(cache: &FeatureCache) -> Option<InceptionFeatures
     })
 }
 
-/// Keeps `features` in `cache` (a failure is logged: the features in hand are right).
-pub fn write_inception_features(cache: &FeatureCache, features: &InceptionFeatures) {
+/// Keeps `features` in `cache`; whether they were kept (a failure is logged: the features in
+/// hand are right).
+pub fn write_inception_features(cache: &FeatureCache, features: &InceptionFeatures) -> bool {
     let [pool, spatial, logits] = FEATURE_NAMES;
     cache.write(&[
         (pool, &features.pool),
         (spatial, &features.spatial),
         (logits, &features.logits),
-    ]);
+    ])
 }
 
 /// The reference side under the checkpoint's protocol.

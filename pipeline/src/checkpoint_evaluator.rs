@@ -590,6 +590,8 @@ async fn benchmark_tokenizer(
         batch_size: 16,
         device: protocol.sample.device.clone(),
         reference_features: root.join("reference-features"),
+        reconstruction_features: root.join("reconstruction-features"),
+        chunk_size: 256,
         evaluation: evaluation_args(protocol, checkpoint),
     };
     let cancel = Arc::new(AtomicBool::new(false));
@@ -600,9 +602,8 @@ async fn benchmark_tokenizer(
     if lost.load(Ordering::Relaxed) {
         bail!("another evaluator took {} over", checkpoint.path);
     }
-    let result = result?;
-    result
-        .evaluation_id
+    result?
+        .recorded?
         .context("the tokenizer benchmark recorded no evaluation")
 }
 

@@ -225,6 +225,8 @@ impl Demo {
             batch_size: 8,
             device: "cpu".into(),
             reference_features: data_dir.join("demo/baseline/reference-features"),
+            reconstruction_features: data_dir.join("demo/baseline/reconstruction-features"),
+            chunk_size: 256,
             evaluation: evaluation("demo-tiny-VQ", "demo-shards-recon"),
         };
         (generator, tokenizer)

@@ -20,6 +20,9 @@ pub struct FeatureCache {
     path: PathBuf,
     /// What the log says the file holds.
     what: &'static str,
+    /// Whether reads and writes that work are logged at debug level only: a file among many,
+    /// whose caller logs a summary.
+    quiet: bool,
 }
 
 impl FeatureCache {
@@ -39,12 +42,29 @@ impl FeatureCache {
         Self {
             path: dir.join(format!("{kind}-{}.npz", &key[..16])),
             what: "reference features",
+            quiet: false,
         }
     }
 
     /// The same file, logged as holding `what` ("sample features") rather than a reference's.
     pub fn describing(self, what: &'static str) -> Self {
         Self { what, ..self }
+    }
+
+    /// The same file, whose reads and writes that work are logged at debug level only.
+    pub fn quietly(self) -> Self {
+        Self {
+            quiet: true,
+            ..self
+        }
+    }
+
+    fn done(&self, how: &str) {
+        if self.quiet {
+            tracing::debug!("{} {how} {}", self.what, self.path.display());
+        } else {
+            tracing::info!("{} {how} {}", self.what, self.path.display());
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -63,7 +83,7 @@ impl FeatureCache {
         }
         match self.try_read(names, widths) {
             Ok(arrays) => {
-                tracing::info!("{} from {}", self.what, self.path.display());
+                self.done("from");
                 Some(arrays)
             }
             Err(e) => {
@@ -123,18 +143,39 @@ impl FeatureCache {
         );
     }
 
-    /// Writes `arrays` (name, [N, D]) as the cache file. A file that cannot be written is
-    /// logged, not an error: the features in hand are right, and the next run measures again.
-    pub fn write(&self, arrays: &[(&str, &Array2<f32>)]) {
-        self.write_with(arrays, &[]);
+    /// Writes `arrays` (name, [N, D]) as the cache file; whether it was written. A file that
+    /// cannot be written is logged, not an error: the features in hand are right, and the next
+    /// run measures again.
+    pub fn write(&self, arrays: &[(&str, &Array2<f32>)]) -> bool {
+        self.write_with(arrays, &[])
     }
 
     /// [`FeatureCache::write`] with per-image f64 values beside the features (name, [N]), kept
     /// to the bit.
-    pub fn write_with(&self, arrays: &[(&str, &Array2<f32>)], values: &[(&str, &Array1<f64>)]) {
+    pub fn write_with(
+        &self,
+        arrays: &[(&str, &Array2<f32>)],
+        values: &[(&str, &Array1<f64>)],
+    ) -> bool {
         match self.try_write(arrays, values) {
-            Ok(()) => tracing::info!("{} kept in {}", self.what, self.path.display()),
-            Err(e) => tracing::warn!("{} not kept in {}: {e:#}", self.what, self.path.display()),
+            Ok(()) => {
+                self.done("kept in");
+                true
+            }
+            Err(e) => {
+                tracing::warn!("{} not kept in {}: {e:#}", self.what, self.path.display());
+                false
+            }
+        }
+    }
+
+    /// Deletes the file, if there is one: what it held is kept elsewhere now. A file that
+    /// cannot be deleted is logged and left.
+    pub fn remove(&self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => tracing::debug!("removed {}", self.path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{} not removed: {e}", self.path.display()),
         }
     }
 
@@ -180,7 +221,7 @@ mod tests {
         let cache = FeatureCache::new(dir.path(), "adm", &[b"reference", b"net"]);
         assert!(cache.read(["pool"], [3]).is_none(), "no file yet");
         let (pool, logits) = (rows(4, 3, 0.5), rows(4, 2, -1.0));
-        cache.write(&[("pool", &pool), ("logits", &logits)]);
+        assert!(cache.write(&[("pool", &pool), ("logits", &logits)]));
         let back = cache.read(["pool", "logits"], [3, 2]).unwrap();
         assert_eq!(back, [pool.clone(), logits]);
         assert!(cache.read(["pool"], [4]).is_none(), "other widths");
@@ -192,6 +233,9 @@ mod tests {
         assert!(cache.read(["pool"], [3]).is_none(), "a torn file");
         cache.write(&[("pool", &pool)]);
         assert_eq!(cache.read(["pool"], [3]).unwrap(), [pool]);
+        cache.remove();
+        assert!(!cache.path().exists());
+        assert!(cache.read(["pool"], [3]).is_none());
     }
 
     #[test]
@@ -201,8 +245,10 @@ mod tests {
         let blocked = dir.path().join("reference-features");
         std::fs::write(&blocked, b"").unwrap();
         let cache = FeatureCache::new(&blocked, "adm", &[b"reference"]);
-        cache.write(&[("pool", &rows(2, 3, 0.0))]);
+        assert!(!cache.write(&[("pool", &rows(2, 3, 0.0))]));
         assert!(cache.read(["pool"], [3]).is_none());
+        cache.remove();
+        assert!(blocked.is_file(), "a file that is not there is no error");
     }
 
     #[test]

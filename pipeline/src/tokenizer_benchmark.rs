@@ -10,18 +10,19 @@ use anyhow::{Context as _, bail};
 use llamagen_distributed::ProcessGroup;
 use llamagen_evaluate::codebook::{CodebookUsage, WINDOW};
 use llamagen_evaluate::image_quality::{Convention, reconstruction_quality};
-use llamagen_evaluate::inception::InceptionFeatures;
+use llamagen_evaluate::inception::{InceptionFeatures, POOL_DIM};
 use llamagen_models::images::{from_uint8_nhwc, to_uint8_nhwc};
 use llamagen_models::vq::VqConfig;
 use llamagen_store::results::Metric;
-use ndarray::{Array4, Axis, s};
+use ndarray::{Array1, Array2, Array4, Axis, s};
 use tch::{Device, Tensor};
 
 use crate::benchmark::{
     EvaluationArgs, found_by_every_rank, open_inception, read_inception_features, reference_cache,
     write_inception_features,
 };
-use crate::image_sets::{ImageSet, chunk_of, gather_features, gather_values};
+use crate::feature_cache::FeatureCache;
+use crate::image_sets::{ImageSet, gather_features, gather_rows, gather_values};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 use crate::sample::VqArgs;
@@ -40,6 +41,15 @@ pub struct TokenizerArgs {
     /// `benchmark generator` keeps them in under its default `--out`, so the two share them.
     #[arg(long, default_value = "samples/reference-features")]
     pub reference_features: PathBuf,
+    /// Where each chunk's measurements (the reconstructions' features, PSNR, SSIM, codes) are
+    /// kept as the run goes, so that a stopped run resumes after its last whole chunk and a
+    /// repeated one measures nothing again.
+    #[arg(long, default_value = "samples/reconstruction-features")]
+    pub reconstruction_features: PathBuf,
+    /// Reference images read, reconstructed, measured and kept at a time: a stopped run loses
+    /// at most one chunk's work.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_size: usize,
     #[command(flatten)]
     pub evaluation: EvaluationArgs,
 }
@@ -48,7 +58,10 @@ pub struct TokenizerArgs {
 #[derive(Debug)]
 pub struct TokenizerResult {
     pub metrics: Vec<Metric>,
-    pub evaluation_id: Option<i64>,
+    /// The evaluation's id once recorded; `None` with `--no-record` and on ranks that do not
+    /// lead; or why recording failed (the database was unreachable, say), kept apart from the
+    /// metrics so that they are reported all the same and the next run reads its chunks back.
+    pub recorded: anyhow::Result<Option<i64>>,
     /// Whether this process records and reports: rank 0 of a launched group, or a process
     /// alone. Every rank has the same metrics.
     pub leads: bool,
@@ -58,7 +71,8 @@ pub struct TokenizerResult {
 struct Share {
     /// The originals' features, unless the cache had them.
     real: Option<InceptionFeatures>,
-    fake: InceptionFeatures,
+    /// The reconstructions' pool features, [n, 2048].
+    fake: Array2<f32>,
     psnrs: Vec<f64>,
     ssims: Vec<f64>,
     /// The last [`WINDOW`] codes the quantizer produced, oldest first; gathered, each rank's
@@ -79,7 +93,7 @@ impl Share {
                 Some(real) => Some(gather_features(group, real)?),
                 None => None,
             },
-            fake: gather_features(group, &self.fake)?,
+            fake: gather_rows(group, &self.fake)?,
             psnrs: gather_values(group, &self.psnrs)?,
             ssims: gather_values(group, &self.ssims)?,
             recent_codes: gather_values(group, &codes)?
@@ -104,13 +118,15 @@ pub async fn run_launched(
 
 /// Reconstructs the reference images through the tokenizer, measures them and records the
 /// result unless `--no-record`. The images are read, reconstructed and measured a chunk at a
-/// time, so that ImageNet's 50,000 validation images need no more memory than a few hundred;
-/// the originals' Inception features come from the feature cache when a run made them.
+/// time, so that ImageNet's 50,000 validation images need no more memory than a few hundred,
+/// and each chunk's measurements are kept, so that a run started again resumes after its last
+/// whole chunk; the originals' Inception features come from the feature cache when a run made
+/// them.
 ///
-/// As one rank of `group`, each rank takes a contiguous share of the images on its own device,
-/// and the shares' features, per-image PSNR/SSIM and last codes are gathered in rank order, so
-/// that every rank computes the metrics one process would; rank 0 alone keeps the features and
-/// records.
+/// As one rank of `group`, each rank takes a contiguous share of the images on its own device
+/// and keeps its own chunks, and the shares' features, per-image PSNR/SSIM and last codes are
+/// gathered in rank order, so that every rank computes the metrics one process would; rank 0
+/// alone keeps the reference's features and records.
 pub async fn run_on(
     args: &TokenizerArgs,
     data_dir: &Path,
@@ -118,8 +134,8 @@ pub async fn run_on(
 ) -> anyhow::Result<TokenizerResult> {
     let e = &args.evaluation;
     let config = args.vq.config()?;
-    if args.batch_size == 0 {
-        bail!("--batch-size must be positive");
+    if args.batch_size == 0 || args.chunk_size == 0 {
+        bail!("--batch-size and --chunk-size must be positive");
     }
     let set = ImageSet::open(&e.reference, e.center_crop)
         .with_context(|| format!("reference {}", e.reference.display()))?
@@ -146,7 +162,8 @@ pub async fn run_on(
     let cached = found_by_every_rank(cached, group)?;
     let device = crate::sample::rank_device(&args.device, group)?;
     let share = group.map_or(0..n, |g| g.share(n));
-    let mine = through_the_tokenizer(args, &config, &set, share, cached.is_none(), device)?;
+    let kept = KeptChunks::new(args, &config, &reference_set, device)?;
+    let mine = through_the_tokenizer(args, &config, &set, share, cached.is_none(), &kept, device)?;
 
     let all = match group {
         Some(g) => mine.gathered(g)?,
@@ -157,8 +174,8 @@ pub async fn run_on(
     let (real, fake, psnrs, ssims) = (all.real, all.fake, all.psnrs, all.ssims);
     let real = match real {
         Some(measured) => {
-            if leads {
-                write_inception_features(&cache, &measured);
+            if leads && write_inception_features(&cache, &measured) {
+                kept.forget_originals(n, world, args.chunk_size);
             }
             measured
         }
@@ -169,16 +186,16 @@ pub async fn run_on(
     reference_set.image_size = reference_set.image_size.or(Some(h));
     let metrics = crate::image_sets::reconstruction_metrics(
         real.pool.view(),
-        fake.pool.view(),
+        fake.view(),
         &psnrs,
         &ssims,
         usage.usage(),
         &e.intervals,
     )?;
-    let mut id = None;
+    let mut recorded = Ok(None);
     if leads && !e.no_record {
-        id = Some(
-            record(
+        let inception_sha256 = file_sha256(&e.inception)?.0;
+        recorded = record(
                 &Recording {
                     kind: "tokenizer",
                     architecture: "llamagen-vq",
@@ -211,7 +228,7 @@ pub async fn run_on(
                     })),
                     samples_path: None,
                     protocol: Some(MeasurementProtocol {
-                        feature_extractor_sha256: &file_sha256(&e.inception)?.0,
+                        feature_extractor_sha256: &inception_sha256,
                         reference: &reference_set,
                         preprocessing: serde_json::json!({
                             "reconstructions": "the reference images through the tokenizer at their size",
@@ -223,57 +240,166 @@ pub async fn run_on(
                         num_samples: n,
                     }),
                 },
-                data_dir,
-                &metrics,
-                n,
-            )
-            .await?,
-        );
+            data_dir,
+            &metrics,
+            n,
+        )
+        .await
+        .map(Some);
     }
     Ok(TokenizerResult {
         metrics,
-        evaluation_id: id,
+        recorded,
         leads,
     })
 }
 
 /// The reference images `rows` through the tokenizer on `device`, the reconstructions through
-/// the Inception, and the originals too when `originals_too` (the feature cache lacked them).
+/// the Inception, and the originals too when `originals_too` (the feature cache lacked them),
+/// a chunk of `args.chunk_size` images at a time; a chunk `kept` from an earlier run is read
+/// back instead, and each chunk measured here is kept.
 fn through_the_tokenizer(
     args: &TokenizerArgs,
     config: &VqConfig,
     set: &ImageSet,
     rows: Range<usize>,
     originals_too: bool,
+    kept: &KeptChunks,
     device: Device,
 ) -> anyhow::Result<Share> {
     let (vs, vq) = args.vq.load(device)?;
-    let mut net = open_inception(&args.evaluation, device)?;
-    let f = config.downsample() as usize;
+    let mut networks = Networks {
+        vq,
+        net: open_inception(&args.evaluation, device)?,
+        batch_size: args.batch_size,
+        downsample: config.downsample() as usize,
+        codebook_size: config.codebook_size as usize,
+        device,
+    };
     let n = rows.len();
-    let mut codes_seen = CodebookUsage::seen(config.codebook_size as usize, WINDOW);
+    let mut recent = CodebookUsage::seen(config.codebook_size as usize, WINDOW);
     let (mut psnrs, mut ssims) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut real = originals_too.then(|| InceptionFeatures::zeros(n));
-    let mut fake = InceptionFeatures::zeros(n);
-    let mut height = None;
+    let mut fake = Array2::<f32>::zeros((n, POOL_DIM));
+    let mut size: Option<(Range<usize>, (usize, usize))> = None;
+    let (mut read_back, mut chunks) = (0, 0);
     let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
-    set.read_chunks(rows.clone(), chunk_of(net.batch_size()), &mut |first, originals| {
+    for part in chunks_of(rows.clone(), args.chunk_size) {
+        chunks += 1;
+        let chunk = match kept.read(&part, originals_too, networks.downsample) {
+            Some(chunk) => {
+                read_back += 1;
+                bar.inc(part.len() as u64);
+                chunk
+            }
+            None => {
+                let mut measured = None;
+                set.read_chunks(part.clone(), part.len(), &mut |_, originals| {
+                    measured = Some(networks.measure(originals, originals_too, &bar)?);
+                    Ok(())
+                })?;
+                let chunk = measured.with_context(|| format!("no reference images {part:?}"))?;
+                kept.keep(&part, &chunk);
+                chunk
+            }
+        };
+        match &size {
+            Some((first, (h, w))) if (*h, *w) != chunk.size => bail!(
+                "reference images {part:?} are {}x{} but images {first:?} are {w}x{h}: resize the set to one size first, or pass --center-crop SIZE",
+                chunk.size.1,
+                chunk.size.0
+            ),
+            Some(_) => {}
+            None => size = Some((part.clone(), chunk.size)),
+        }
+        let mine = part.start - rows.start..part.end - rows.start;
+        if let (Some(real), Some(measured)) = (&mut real, &chunk.real) {
+            real.assign_rows(mine.clone(), measured);
+        }
+        fake.slice_mut(s![mine, ..]).assign(&chunk.fake);
+        psnrs.extend(chunk.psnrs);
+        ssims.extend(chunk.ssims);
+        recent.push(&chunk.last_codes)?;
+    }
+    bar.finish_and_clear();
+    if read_back > 0 {
+        tracing::info!(
+            "{read_back} of {chunks} chunks of reference images read back from {} (measured before); {} measured now",
+            kept.dir.display(),
+            chunks - read_back
+        );
+    }
+    Ok(Share {
+        real,
+        fake,
+        psnrs,
+        ssims,
+        recent_codes: recent.window().collect(),
+        height: size.context("no reference images")?.1.0,
+        params: llamagen_models::weights::parameter_count(&vs),
+    })
+}
+
+/// `rows` in consecutive chunks of `chunk` (the last one shorter).
+fn chunks_of(rows: Range<usize>, chunk: usize) -> impl Iterator<Item = Range<usize>> {
+    let end = rows.end;
+    rows.step_by(chunk.max(1))
+        .map(move |first| first..(first + chunk.max(1)).min(end))
+}
+
+/// What one chunk of reference images gave.
+struct Chunk {
+    /// The originals' Inception features, when the reference's were not kept.
+    real: Option<InceptionFeatures>,
+    /// The reconstructions' pool features, [k, 2048]: all that rFID reads.
+    fake: Array2<f32>,
+    psnrs: Vec<f64>,
+    ssims: Vec<f64>,
+    /// The chunk's last codes, at most [`WINDOW`], oldest first: all that the set's codebook
+    /// usage keeps of them.
+    last_codes: Vec<u32>,
+    /// (H, W) of its images.
+    size: (usize, usize),
+}
+
+/// The networks a chunk goes through.
+struct Networks {
+    vq: llamagen_models::vq::VqModel,
+    net: llamagen_evaluate::inception::Inception,
+    batch_size: usize,
+    downsample: usize,
+    codebook_size: usize,
+    device: Device,
+}
+
+impl Networks {
+    /// `originals` ([k, H, W, 3] uint8) through the tokenizer, `batch_size` at a time, and the
+    /// reconstructions (and the originals when `originals_too`) through the Inception.
+    fn measure(
+        &mut self,
+        originals: Array4<u8>,
+        originals_too: bool,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Chunk> {
         let (k, h, w, _) = originals.dim();
+        let f = self.downsample;
         if h % f != 0 || w % f != 0 {
             bail!(
                 "reference images are {w}x{h}; the tokenizer needs sides that are multiples of {f}"
             );
         }
-        height.get_or_insert(h);
+        let mut codes_seen = CodebookUsage::seen(self.codebook_size, WINDOW);
+        let (mut psnrs, mut ssims) = (Vec::with_capacity(k), Vec::with_capacity(k));
         let mut reconstructions = Array4::<u8>::zeros(originals.dim());
-        for start in (0..k).step_by(args.batch_size) {
-            let end = (start + args.batch_size).min(k);
+        for start in (0..k).step_by(self.batch_size) {
+            let end = (start + self.batch_size).min(k);
             let batch = originals.slice(s![start..end, .., .., ..]);
             let pixels =
                 Tensor::from_slice(batch.as_standard_layout().as_slice().context("layout")?)
                     .view([(end - start) as i64, h as i64, w as i64, 3])
-                    .to_device(device);
-            let (recon, q) = tch::no_grad(|| vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
+                    .to_device(self.device);
+            let (recon, q) =
+                tch::no_grad(|| self.vq.reconstruct(&from_uint8_nhwc(&pixels), false))?;
             let codes = Vec::<i64>::try_from(&q.codes.view([-1]).to_device(Device::Cpu))?;
             codes_seen.push(&codes.iter().map(|&c| c as u32).collect::<Vec<_>>())?;
             let recon = to_uint8_nhwc(&recon);
@@ -293,21 +419,225 @@ fn through_the_tokenizer(
                 .assign(&recon);
             bar.inc((end - start) as u64);
         }
-        let mine = first - rows.start..first - rows.start + k;
-        if let Some(real) = &mut real {
-            real.assign_rows(mine.clone(), &net.features(originals.view())?);
+        let real = match originals_too {
+            true => Some(self.net.features(originals.view())?),
+            false => None,
+        };
+        Ok(Chunk {
+            real,
+            fake: self.net.features(reconstructions.view())?.pool,
+            psnrs,
+            ssims,
+            last_codes: codes_seen.window().collect(),
+            size: (h, w),
+        })
+    }
+}
+
+/// Where each chunk's measurements are kept between runs (`--reconstruction-features`), so
+/// that a run stopped part way (a killed process, an evaluator whose host went away) resumes
+/// after its last whole chunk, and a run repeated (after the database refused its result, or
+/// for other intervals) measures nothing again: a `reconstructions-KEY.npz` per chunk (pool
+/// features, PSNR, SSIM, last codes, image size), and while the reference's own features are
+/// not kept yet, an `originals-KEY.npz` per chunk with the originals' features, removed once
+/// the whole reference's are.
+struct KeptChunks {
+    dir: PathBuf,
+    /// What the reconstructions' measurements depend on: the reference and its crop, the
+    /// Inception, the tokenizer's weights and architecture, and how it ran (its batch and the
+    /// kind of device).
+    reconstructions: Vec<Vec<u8>>,
+    /// What the originals' features depend on: the reference and its crop, the Inception.
+    originals: Vec<Vec<u8>>,
+}
+
+impl KeptChunks {
+    fn new(
+        args: &TokenizerArgs,
+        config: &VqConfig,
+        reference: &ReferenceIdentity,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let e = &args.evaluation;
+        let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
+        let originals = vec![
+            reference.sha256.clone().into_bytes(),
+            format!("{center_crop:?}").into_bytes(),
+            file_sha256(&e.inception)?.0.into_bytes(),
+        ];
+        let mut reconstructions = originals.clone();
+        reconstructions.extend([
+            file_sha256(&args.vq.vq_ckpt)?.0.into_bytes(),
+            serde_json::to_vec(config)?,
+            args.batch_size.to_le_bytes().to_vec(),
+            if device.is_cuda() { "cuda" } else { "cpu" }.into(),
+        ]);
+        Ok(Self {
+            dir: args.reconstruction_features.clone(),
+            reconstructions,
+            originals,
+        })
+    }
+
+    fn file(&self, kind: &str, parts: &[Vec<u8>], rows: &Range<usize>) -> FeatureCache {
+        let rows = [rows.start.to_le_bytes(), rows.end.to_le_bytes()].concat();
+        let mut parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        parts.push(&rows);
+        FeatureCache::new(&self.dir, kind, &parts).quietly()
+    }
+
+    fn reconstructions_file(&self, rows: &Range<usize>) -> FeatureCache {
+        self.file("reconstructions", &self.reconstructions, rows)
+            .describing("reconstruction features")
+    }
+
+    fn originals_file(&self, rows: &Range<usize>) -> FeatureCache {
+        self.file("originals", &self.originals, rows)
+    }
+
+    /// The chunk `rows` as an earlier run kept it (with the originals' features when
+    /// `originals_too`), if it did, whole; the codes of a tokenizer that downsamples by `f`.
+    fn read(&self, rows: &Range<usize>, originals_too: bool, f: usize) -> Option<Chunk> {
+        let k = rows.len();
+        let file = self.reconstructions_file(rows);
+        let [fake] = file.read(["pool"], [POOL_DIM])?;
+        let size = file.read_values("size", 2)?;
+        if fake.nrows() != k || size.iter().any(|&v| v < 1.0) {
+            return None;
         }
-        fake.assign_rows(mine, &net.features(reconstructions.view())?);
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    Ok(Share {
-        real,
-        fake,
-        psnrs,
-        ssims,
-        recent_codes: codes_seen.window().collect(),
-        height: height.context("no reference images")?,
-        params: llamagen_models::weights::parameter_count(&vs),
-    })
+        let size = (size[0] as usize, size[1] as usize);
+        let codes = (k * (size.0 / f) * (size.1 / f)).min(WINDOW);
+        let real = match originals_too {
+            true => Some(
+                read_inception_features(&self.originals_file(rows))
+                    .filter(|f| f.pool.nrows() == k)?,
+            ),
+            false => None,
+        };
+        Some(Chunk {
+            real,
+            fake,
+            psnrs: file.read_values("psnr", k)?.to_vec(),
+            ssims: file.read_values("ssim", k)?.to_vec(),
+            // Codes below 2^53 are exact in f64, the one value type the files hold.
+            last_codes: file
+                .read_values("codes", codes)?
+                .iter()
+                .map(|&c| c as u32)
+                .collect(),
+            size,
+        })
+    }
+
+    /// Keeps `chunk`, the measurements of the images `rows` (a failure is logged: the chunk in
+    /// hand is right, and a later run measures it again).
+    fn keep(&self, rows: &Range<usize>, chunk: &Chunk) {
+        if let Some(real) = &chunk.real {
+            write_inception_features(&self.originals_file(rows), real);
+        }
+        let values = |v: &[f64]| Array1::from(v.to_vec());
+        let codes: Vec<f64> = chunk.last_codes.iter().map(|&c| f64::from(c)).collect();
+        let size = [chunk.size.0 as f64, chunk.size.1 as f64];
+        self.reconstructions_file(rows).write_with(
+            &[("pool", &chunk.fake)],
+            &[
+                ("psnr", &values(&chunk.psnrs)),
+                ("ssim", &values(&chunk.ssims)),
+                ("codes", &values(&codes)),
+                ("size", &values(&size)),
+            ],
+        );
+    }
+
+    /// Removes every rank's per-chunk originals of a set of `n` images shared among `world`
+    /// ranks in chunks of `chunk`: the whole reference's features are kept now.
+    fn forget_originals(&self, n: usize, world: usize, chunk: usize) {
+        for rank in 0..world {
+            for part in chunks_of(llamagen_distributed::share(n, rank, world), chunk) {
+                self.originals_file(&part).remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_rows_in_order() {
+        let chunks: Vec<_> = chunks_of(3..15, 5).collect();
+        assert_eq!(chunks, [3..8, 8..13, 13..15]);
+        assert_eq!(chunks_of(0..4, 4).collect::<Vec<_>>(), vec![(0..4)]);
+        assert_eq!(chunks_of(2..2, 4).count(), 0);
+    }
+
+    fn chunk(k: usize, offset: f32, with_originals: bool) -> Chunk {
+        let (h, w, f) = (32, 48, 16);
+        Chunk {
+            real: with_originals.then(|| {
+                let mut real = InceptionFeatures::zeros(k);
+                real.pool.fill(offset + 1.0);
+                real.logits.fill(offset - 1.0);
+                real
+            }),
+            fake: Array2::from_shape_fn((k, POOL_DIM), |(i, j)| offset + (i * 7 + j) as f32),
+            psnrs: (0..k).map(|i| 20.0 + 1.0 / (i as f64 + 3.0)).collect(),
+            ssims: (0..k).map(|i| 0.5 + 0.1 / (i as f64 + 7.0)).collect(),
+            last_codes: (0..(k * (h / f) * (w / f)).min(WINDOW) as u32)
+                .map(|c| c * 2_654_435 % 16_384)
+                .collect(),
+            size: (h, w),
+        }
+    }
+
+    fn same(a: &Chunk, b: &Chunk) -> bool {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        a.fake == b.fake
+            && bits(&a.psnrs) == bits(&b.psnrs)
+            && bits(&a.ssims) == bits(&b.ssims)
+            && a.last_codes == b.last_codes
+            && a.size == b.size
+            && a.real.as_ref().map(|r| (&r.pool, &r.spatial, &r.logits))
+                == b.real.as_ref().map(|r| (&r.pool, &r.spatial, &r.logits))
+    }
+
+    #[test]
+    fn a_kept_chunk_comes_back_to_the_bit_and_only_for_its_rows_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = |tokenizer: &[u8]| KeptChunks {
+            dir: dir.path().to_owned(),
+            reconstructions: vec![b"reference".to_vec(), tokenizer.to_vec()],
+            originals: vec![b"reference".to_vec()],
+        };
+        let (a, f) = (kept(b"vq a"), 16);
+        assert!(a.read(&(0..5), false, f).is_none(), "nothing kept yet");
+        let first = chunk(5, 0.5, true);
+        a.keep(&(0..5), &first);
+        assert!(same(&a.read(&(0..5), true, f).unwrap(), &first));
+        let without = a.read(&(0..5), false, f).unwrap();
+        assert!(without.real.is_none() && without.fake == first.fake);
+        assert!(a.read(&(5..10), false, f).is_none(), "other rows");
+        assert!(a.read(&(0..4), false, f).is_none(), "fewer rows");
+        assert!(
+            kept(b"vq b").read(&(0..5), false, f).is_none(),
+            "another tokenizer"
+        );
+
+        // A chunk kept without the originals cannot serve a run that needs them; once the
+        // whole reference's features are kept, the per-chunk originals go.
+        let second = chunk(3, -2.0, false);
+        a.keep(&(5..8), &second);
+        assert!(a.read(&(5..8), true, f).is_none());
+        assert!(same(&a.read(&(5..8), false, f).unwrap(), &second));
+        a.forget_originals(8, 1, 5);
+        assert!(a.read(&(0..5), true, f).is_none());
+        assert!(a.read(&(0..5), false, f).is_some());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("reconstructions-")));
+    }
 }

@@ -18,6 +18,23 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// `cmd` run against a PostgreSQL address where nothing listens: it must fail after printing
+/// what it measured, saying so. Its output, for the caller to compare what was printed.
+pub fn output_without_a_database(cmd: &mut std::process::Command) -> Output {
+    let out = cmd
+        .env("DATABASE_URL", "postgres://llamagen@127.0.0.1:1/llamagen")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("measured but not recorded")
+            && text(&out).contains("cannot reach PostgreSQL"),
+        "{}",
+        text(&out)
+    );
+    out
+}
+
 /// A child's output, killing it and failing the test if it has not exited within `limit`: a
 /// command that stops answering (a lost signal, a lock never released) fails here, with what
 /// it printed, instead of holding the whole test run until CI's own time limit ends it.
