@@ -95,6 +95,9 @@ pub struct RecordArgs {
     pub seed: Option<i64>,
 }
 
+/// What a failed recording says after the metrics were printed.
+const NOT_RECORDED: &str = "the metrics printed were measured but not recorded";
+
 pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     if !args.inception.exists() {
         bail!(
@@ -138,7 +141,7 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             });
             llamagen_pipeline::recording::file_reference_set(&made, data_dir)
                 .await
-                .context("the metrics printed were measured but not recorded")?;
+                .context(NOT_RECORDED)?;
         }
     }
     if args.record.record {
@@ -191,7 +194,7 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         };
         let id = record(&recording, data_dir, &metrics, count)
             .await
-            .context("the metrics printed were measured but not recorded")?;
+            .context(NOT_RECORDED)?;
         eprintln!("recorded as evaluation #{id}");
     }
     Ok(ExitCode::SUCCESS)

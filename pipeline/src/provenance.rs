@@ -4,7 +4,16 @@ use std::process::Command;
 
 /// The git revision of the working tree that runs this binary (`-dirty` when it has
 /// uncommitted changes), or `LLAMAGEN_GIT_REVISION` when set (for builds outside a checkout).
+///
+/// Read once per process: the code that runs does not change while it runs, though the
+/// checkout may (a `git pull` beside a scheduler that keeps running); and a sweep records it
+/// at every scale, which spawned git twice each time.
 pub fn git_revision() -> Option<String> {
+    static REVISION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REVISION.get_or_init(read_git_revision).clone()
+}
+
+fn read_git_revision() -> Option<String> {
     if let Ok(rev) = std::env::var("LLAMAGEN_GIT_REVISION") {
         return Some(rev);
     }
