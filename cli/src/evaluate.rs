@@ -2,7 +2,7 @@
 //! npz (`arr_0` images and/or `mu`/`sigma` statistics) or a folder of PNG/JPEG images; the
 //! output is FID, sFID, Inception Score, precision, recall and KID, FID and KID with 95%
 //! intervals (docs/metrics.md). `--save-stats` writes a side's statistics as a reference npz
-//! for later runs.
+//! for later runs; `--keep-features DIR` keeps both sides' features for the next run.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use llamagen_evaluate::inception::Inception;
 use llamagen_evaluate::npz::write_reference;
+use llamagen_pipeline::benchmark::load_kept_side;
 use llamagen_pipeline::image_sets::{IntervalArgs, generation_metrics, load_side};
 use llamagen_pipeline::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
 
@@ -39,6 +40,11 @@ pub struct EvaluateArgs {
     /// Write the reference side's statistics (mu, sigma, mu_s, sigma_s) to this npz.
     #[arg(long)]
     pub save_stats: Option<PathBuf>,
+    /// Keep both sides' Inception features in DIR, named by each set's content, the crop and
+    /// the network, and read them back on the next run instead of measuring again (the folder
+    /// `benchmark generator` keeps its reference's in may be shared).
+    #[arg(long, value_name = "DIR")]
+    pub keep_features: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -112,9 +118,22 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         args.batch_size,
         llamagen_native::onnx::OnnxDevice::of(device),
     )?;
-    let reference = load_side(&args.reference, &mut net, args.center_crop)
+    let mut load = |path: &Path, what| match &args.keep_features {
+        Some(dir) => load_kept_side(
+            path,
+            args.center_crop,
+            &args.inception,
+            &mut net,
+            None,
+            dir,
+            what,
+        )
+        .map(|(side, _)| side),
+        None => load_side(path, &mut net, args.center_crop),
+    };
+    let reference = load(&args.reference, "reference features")
         .with_context(|| format!("reference {}", args.reference.display()))?;
-    let samples = load_side(&args.samples, &mut net, args.center_crop)
+    let samples = load(&args.samples, "sample features")
         .with_context(|| format!("samples {}", args.samples.display()))?;
 
     let metrics = generation_metrics(&reference, &samples, &args.intervals)?;

@@ -493,6 +493,27 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["fid"], full["fid"]);
+    // Both sides' features kept: the next run reads them back and prints the same numbers.
+    let kept = |said: &str| {
+        let out = evaluate(&reference, &samples)
+            .arg("--json")
+            .arg("--keep-features")
+            .arg(dir.path().join("kept-features"))
+            .env("RUST_LOG", "warn,llamagen_pipeline::feature_cache=info")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        for side in ["reference", "sample"] {
+            assert!(
+                text(&out).contains(&format!("{side} features {said}")),
+                "{side} {said}: {}",
+                text(&out)
+            );
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(kept("kept in"), full);
+    assert_eq!(kept("from"), full);
     let out = llamagen(dir.path())
         .args(["db", "status", "--json"])
         .output()

@@ -145,16 +145,40 @@ pub fn load_reference(
     group: Option<&ProcessGroup>,
     cache_dir: &Path,
 ) -> anyhow::Result<(Side, ReferenceIdentity)> {
-    let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
-    let mut identity = ReferenceIdentity::of(&e.reference, center_crop, None, None)
-        .with_context(|| format!("reference {}", e.reference.display()))?;
-    let cache = reference_cache(e, &identity, cache_dir)?;
+    load_kept_side(
+        &e.reference,
+        e.center_crop,
+        &e.inception,
+        net,
+        group,
+        cache_dir,
+        "reference features",
+    )
+    .with_context(|| format!("reference {}", e.reference.display()))
+}
+
+/// The image set at `path` (an npz's `arr_0`, or a folder center-cropped to `center_crop`)
+/// through the Inception `inception` (opened as `net`), or an npz's statistics, with its
+/// identity by content. The features are kept in `cache_dir`, logged as `what`, and read back
+/// by later runs: under a group, only when every rank finds them.
+pub fn load_kept_side(
+    path: &Path,
+    center_crop: Option<usize>,
+    inception: &Path,
+    net: &mut Inception,
+    group: Option<&ProcessGroup>,
+    cache_dir: &Path,
+    what: &'static str,
+) -> anyhow::Result<(Side, ReferenceIdentity)> {
+    let mut identity =
+        ReferenceIdentity::of(path, center_crop.filter(|_| path.is_dir()), None, None)?;
+    let cache =
+        features_cache(path, center_crop, inception, &identity, cache_dir)?.describing(what);
     let cached = found_by_every_rank(read_inception_features(&cache), group)?;
     let side = match cached {
         Some(features) => Side::of_features(features)?,
         None => {
-            let side = load_side_on(&e.reference, net, e.center_crop, group)
-                .with_context(|| format!("reference {}", e.reference.display()))?;
+            let side = load_side_on(path, net, center_crop, group)?;
             // An npz of statistics alone has no features to keep, and takes no time to read.
             if let Some(f) = side
                 .features
@@ -191,14 +215,31 @@ pub fn reference_cache(
     identity: &ReferenceIdentity,
     cache_dir: &Path,
 ) -> anyhow::Result<FeatureCache> {
-    let center_crop = e.center_crop.filter(|_| e.reference.is_dir());
+    features_cache(
+        &e.reference,
+        e.center_crop,
+        &e.inception,
+        identity,
+        cache_dir,
+    )
+}
+
+/// [`reference_cache`] for any image set: `path`'s `identity` and crop, the Inception's sha256.
+fn features_cache(
+    path: &Path,
+    center_crop: Option<usize>,
+    inception: &Path,
+    identity: &ReferenceIdentity,
+    cache_dir: &Path,
+) -> anyhow::Result<FeatureCache> {
+    let center_crop = center_crop.filter(|_| path.is_dir());
     Ok(FeatureCache::new(
         cache_dir,
         "adm",
         &[
             identity.sha256.as_bytes(),
             format!("{center_crop:?}").as_bytes(),
-            file_sha256(&e.inception)?.0.as_bytes(),
+            file_sha256(inception)?.0.as_bytes(),
         ],
     ))
 }
