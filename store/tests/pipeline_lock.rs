@@ -37,6 +37,22 @@ async fn one_holder_and_a_broken_connection_is_noticed() {
         .unwrap();
         assert_eq!(killed, 1);
         assert!(held.check().await.is_err(), "a lost lock is noticed");
+        // The backend tells its client before it exits, and releases its locks as it exits:
+        // wait (at most 10 s) until that has happened.
+        for _ in 0..200 {
+            let held_by_others: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND pid <> pg_backend_pid()
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if held_by_others == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let next = PipelineLock::try_acquire(&pool, "nightly")
             .await
             .unwrap()
