@@ -118,6 +118,8 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
         args.batch_size,
         llamagen_native::onnx::OnnxDevice::of(device),
     )?;
+    // A side whose features are kept comes with its identity by content, which recording
+    // would otherwise hash again (a folder of 50,000 images is gigabytes).
     let mut load = |path: &Path, what| match &args.keep_features {
         Some(dir) => load_kept_side(
             path,
@@ -128,12 +130,12 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
             dir,
             what,
         )
-        .map(|(side, _)| side),
-        None => load_side(path, &mut net, args.center_crop),
+        .map(|(side, identity)| (side, Some(identity))),
+        None => load_side(path, &mut net, args.center_crop).map(|side| (side, None)),
     };
-    let reference = load(&args.reference, "reference features")
+    let (reference, reference_identity) = load(&args.reference, "reference features")
         .with_context(|| format!("reference {}", args.reference.display()))?;
-    let samples = load(&args.samples, "sample features")
+    let (samples, _) = load(&args.samples, "sample features")
         .with_context(|| format!("samples {}", args.samples.display()))?;
 
     let metrics = generation_metrics(&reference, &samples, &args.intervals)?;
@@ -166,8 +168,10 @@ pub async fn run(args: &EvaluateArgs, data_dir: &Path) -> anyhow::Result<ExitCod
     if args.record.record {
         let r = &args.record;
         let count = samples.features.as_ref().map_or(0, |f| f.pool.nrows());
-        let reference_set =
-            ReferenceIdentity::of_side(&args.reference, args.center_crop, &reference)?;
+        let reference_set = match reference_identity {
+            Some(identity) => identity,
+            None => ReferenceIdentity::of_side(&args.reference, args.center_crop, &reference)?,
+        };
         let (Some(model), Some(checkpoint)) = (&r.model, &r.checkpoint) else {
             bail!("--record needs --model and --checkpoint");
         };

@@ -453,11 +453,17 @@ fn evaluate_compares_image_sets_like_the_adm_evaluator() {
     assert!((a - b).abs() <= 1e-9 * a, "{a} vs {b}");
     assert!(from_stats.get("precision").is_none());
 
-    // Recorded twice with the same configuration: one leaderboard row, updated.
+    // Recorded three times with the same configuration: one leaderboard row, updated. The
+    // third keeps its features, and files the same reference set under the identity it read
+    // them by.
     let checkpoint = dir.path().join("c2i_B_256.pt");
     std::fs::write(&checkpoint, b"stand-in checkpoint bytes").unwrap();
-    for _ in 0..2 {
-        let out = evaluate(&reference, &samples)
+    for keep in [None, None, Some(dir.path().join("recorded-features"))] {
+        let mut cmd = evaluate(&reference, &samples);
+        if let Some(keep) = keep {
+            cmd.arg("--keep-features").arg(keep);
+        }
+        let out = cmd
             .args([
                 "--record",
                 "--model",
