@@ -105,17 +105,14 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
     }
     let reference_set = measurer.reference_set;
     let recorded = match args.evaluation.no_record {
-        true => Ok(vec![None; results.len()]),
-        false => benchmark::record(args, &results, &reference_set, data_dir)
-            .await
-            .map(|ids| ids.into_iter().map(Some).collect()),
+        true => benchmark::SweepRecorded {
+            ids: Vec::new(),
+            outcome: Ok(()),
+        },
+        false => benchmark::record(args, &results, &reference_set, data_dir).await,
     };
-    let ids = match &recorded {
-        Ok(ids) => ids.clone(),
-        Err(_) => vec![None; results.len()],
-    };
-    print_sweep(args, &results, &ids)?;
-    recorded.context(NOT_RECORDED)?;
+    print_sweep(args, &results, &recorded.per_scale(results.len()))?;
+    recorded.outcome.context(NOT_RECORDED)?;
     Ok(ExitCode::SUCCESS)
 }
 

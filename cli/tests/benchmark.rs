@@ -142,6 +142,40 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         String::from_utf8_lossy(&out.stdout),
         without_recorded_lines(&first.stdout)
     );
+    // A recording refused part way (a trigger refuses the second scale's row) prints the id of
+    // the scale recorded before the refusal, then fails saying why.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_scale_3() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.cfg_scale = 3 THEN RAISE EXCEPTION 'scale 3 refused'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_scale_3 BEFORE INSERT OR UPDATE ON evaluations
+           FOR EACH ROW EXECUTE FUNCTION refuse_scale_3();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = sweep(&[]);
+    assert!(
+        !out.status.success()
+            && text(&out).contains("measured but not recorded")
+            && text(&out).contains("scale 3 refused"),
+        "{}",
+        text(&out)
+    );
+    let first_stdout = String::from_utf8_lossy(&first.stdout);
+    let second_id = first_stdout
+        .lines()
+        .rfind(|line| line.contains("recorded as evaluation"))
+        .unwrap();
+    let mut partly: Vec<&str> = first_stdout.lines().filter(|l| *l != second_id).collect();
+    partly.push("");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), partly.join("\n"));
+    sqlx::raw_sql("DROP TRIGGER refuse_scale_3 ON evaluations; DROP FUNCTION refuse_scale_3();")
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let pool = &db.pool;
     let rows: Vec<(f64, i32, i64, serde_json::Value)> = sqlx::query_as(
@@ -292,6 +326,23 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
     assert_eq!(
         String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&own.stdout)
+    );
+    // With every chunk kept but not the reference's features (a new folder for them), only
+    // the originals go through the Inception again: the same figures.
+    let originals_only = tokenizer(&dir.path().join("new-features"), &reconstructions);
+    assert!(
+        text(&originals_only).contains("3 of 3 chunks of reference images read back")
+            && text(&originals_only).contains(
+                "3 chunks read back lacked their originals' features (the reference's were not kept)"
+            )
+            && text(&originals_only).contains("reference features kept in"),
+        "{}",
+        text(&originals_only)
+    );
+    assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        String::from_utf8_lossy(&originals_only.stdout),
         String::from_utf8_lossy(&own.stdout)
     );
     // With the database gone, the numbers are printed all the same, then the run fails.

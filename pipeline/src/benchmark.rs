@@ -401,17 +401,16 @@ impl Measurer {
     }
 
     /// Where the features of the samples `rows` of one scale's folder are kept: its
-    /// `features/`, named by the settings the sampler pinned there (`sampling.json`), each
-    /// sample file's length and modification time (a sample made again is measured again), the
-    /// networks and the protocol.
+    /// `features/`, named by the settings the sampler pinned there (`settings`, the bytes of
+    /// its `sampling.json`), each sample file's length and modification time (a sample made
+    /// again is measured again), the networks and the protocol.
     fn samples_cache(
         &self,
         s: &SampleArgs,
+        settings: &[u8],
         rows: std::ops::Range<u64>,
     ) -> anyhow::Result<FeatureCache> {
         use std::os::unix::fs::MetadataExt as _;
-        let settings = std::fs::read(s.out.join("sampling.json"))
-            .with_context(|| format!("reading {}/sampling.json", s.out.display()))?;
         let mut files = Vec::with_capacity(rows.clone().count() * 24);
         for index in rows {
             let png = sample::png_path(&s.out, index);
@@ -426,17 +425,19 @@ impl Measurer {
             Reference::Images(_) => "adm",
             Reference::TextToImage { .. } => "t2i",
         };
-        let mut parts = vec![settings.as_slice(), files.as_slice()];
+        let mut parts = vec![settings, files.as_slice()];
         parts.extend(self.networks.iter().map(Vec::as_slice));
         Ok(FeatureCache::new(&s.out.join("features"), kind, &parts).describing("sample features"))
     }
 
-    /// The metrics of one scale's sample folder against the reference. Under a group, this
-    /// rank's contiguous share of the samples goes through the networks and every rank's
-    /// features are gathered, so that each rank computes the same metrics.
+    /// The metrics of one scale's sample folder, sampled with `settings` (the bytes of its
+    /// `sampling.json`), against the reference. Under a group, this rank's contiguous share of
+    /// the samples goes through the networks and every rank's features are gathered, so that
+    /// each rank computes the same metrics.
     fn measure_folder(
         &mut self,
         s: &SampleArgs,
+        settings: &[u8],
         intervals: &IntervalArgs,
     ) -> anyhow::Result<Vec<Metric>> {
         let n = s.num_samples as usize;
@@ -451,7 +452,7 @@ impl Measurer {
         let first = s.start + share.start as u64;
         let rows = first..s.start + share.end as u64;
         let images = sample::sample_set(&s.out, rows.clone());
-        let cache = self.samples_cache(s, rows)?;
+        let cache = self.samples_cache(s, settings, rows)?;
         match &mut self.reference {
             Reference::Images(reference) => {
                 let mine = match read_inception_features(&cache) {
@@ -482,12 +483,24 @@ impl Measurer {
                     .prompts
                     .as_ref()
                     .context("a text-to-image benchmark samples from --prompts")?;
+                let k = images.len();
                 let cached = cache
-                    .read(["inception", "clip"], [POOL_DIM, clip.spec.embed_dim])
-                    .filter(|[inception, _]| inception.nrows() == images.len())
-                    .and_then(|[inception, clip]| {
-                        let scores = cache.read_values("clip_score", images.len())?;
-                        Some((TextToImageFeatures { inception, clip }, scores.to_vec()))
+                    .read_with(
+                        ["inception", "clip"],
+                        [POOL_DIM, clip.spec.embed_dim],
+                        ["clip_score"],
+                        |[inception, _], [scores]| {
+                            anyhow::ensure!(
+                                inception.nrows() == k && scores.len() == k,
+                                "it holds {} samples' features and {} scores, not {k}",
+                                inception.nrows(),
+                                scores.len()
+                            );
+                            Ok(())
+                        },
+                    )
+                    .map(|([inception, clip], [scores])| {
+                        (TextToImageFeatures { inception, clip }, scores.to_vec())
                     });
                 let (mine, scores) = match cached {
                     Some(cached) => cached,
@@ -585,9 +598,12 @@ pub fn measure(args: &GeneratorArgs, m: &mut Measurer) -> anyhow::Result<Vec<Sca
     let mut models = None;
     for s in scale_settings(args)? {
         let report = sample_scale(&s, m.group.as_ref(), &mut models)?;
-        let metrics = m.measure_folder(&s, &args.evaluation.intervals)?;
-        let sampling: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(s.out.join("sampling.json"))?)?;
+        let settings_file = s.out.join("sampling.json");
+        let settings = std::fs::read(&settings_file)
+            .with_context(|| format!("reading {}", settings_file.display()))?;
+        let metrics = m.measure_folder(&s, &settings, &args.evaluation.intervals)?;
+        let sampling: serde_json::Value = serde_json::from_slice(&settings)
+            .with_context(|| format!("reading {}", settings_file.display()))?;
         results.push(ScaleResult {
             cfg_scale: s.cfg_scale,
             folder: s.out.clone(),
@@ -600,20 +616,52 @@ pub fn measure(args: &GeneratorArgs, m: &mut Measurer) -> anyhow::Result<Vec<Sca
     Ok(results)
 }
 
-/// Records one evaluation per scale, each under the protocol of its measurement; returns their
-/// ids in scale order.
+/// The evaluations a sweep's recording made: one per scale, in scale order, up to the first
+/// that failed.
+#[derive(Debug)]
+pub struct SweepRecorded {
+    /// The ids of the scales recorded, the first `ids.len()` of the sweep.
+    pub ids: Vec<i64>,
+    /// Why the rest were not: the database was unreachable, say. The scales before stay
+    /// recorded, and a run again records every scale, updating those.
+    pub outcome: anyhow::Result<()>,
+}
+
+impl SweepRecorded {
+    /// Each scale's id, `None` past the failure.
+    pub fn per_scale(&self, scales: usize) -> Vec<Option<i64>> {
+        let mut ids: Vec<_> = self.ids.iter().copied().map(Some).collect();
+        ids.resize(scales.max(ids.len()), None);
+        ids
+    }
+}
+
+/// Records one evaluation per scale, each under the protocol of its measurement.
 pub async fn record(
     args: &GeneratorArgs,
     results: &[ScaleResult],
     reference_set: &ReferenceIdentity,
     data_dir: &Path,
-) -> anyhow::Result<Vec<i64>> {
-    let inception_sha256 = file_sha256(&args.evaluation.inception)?.0;
-    let store =
-        llamagen_store::Store::open(&llamagen_store::StoreOptions::from_env(data_dir)).await?;
-    let recorded = record_scales(args, results, reference_set, &store, &inception_sha256).await;
-    store.close().await?;
-    recorded
+) -> SweepRecorded {
+    let mut ids = Vec::new();
+    let outcome = async {
+        let inception_sha256 = file_sha256(&args.evaluation.inception)?.0;
+        let options = llamagen_store::StoreOptions::from_env(data_dir);
+        let store = llamagen_store::Store::open(&options).await?;
+        let recorded = record_scales(
+            args,
+            results,
+            reference_set,
+            &store,
+            &inception_sha256,
+            &mut ids,
+        )
+        .await;
+        store.close().await?;
+        recorded
+    }
+    .await;
+    SweepRecorded { ids, outcome }
 }
 
 async fn record_scales(
@@ -622,10 +670,10 @@ async fn record_scales(
     reference_set: &ReferenceIdentity,
     store: &llamagen_store::Store,
     inception_sha256: &str,
-) -> anyhow::Result<Vec<i64>> {
+    ids: &mut Vec<i64>,
+) -> anyhow::Result<()> {
     let e = &args.evaluation;
     let reference = reference_set.json();
-    let mut ids = Vec::new();
     for r in results {
         let s = &r.sample;
         let preprocessing = if s.prompts.is_some() {
@@ -684,5 +732,5 @@ async fn record_scales(
         .await?;
         ids.push(id);
     }
-    Ok(ids)
+    Ok(())
 }

@@ -396,7 +396,8 @@ async fn claim_loop(
         summary.evaluated += 1;
         match outcome {
             Outcome::Measured(args, results) => {
-                let ids = benchmark::record(&args, &results, &reference_set, data_dir).await?;
+                let recorded = benchmark::record(&args, &results, &reference_set, data_dir).await;
+                let ids = recorded.ids;
                 for (r, id) in results.iter().zip(&ids) {
                     tracing::info!(
                         "{} step {} cfg {}: FID {:.4} (evaluation #{id})",
@@ -406,6 +407,9 @@ async fn claim_loop(
                         r.value("fid")
                     );
                 }
+                // The scales above stay recorded; the samples and their features are kept, so
+                // whoever claims the checkpoint next measures nothing again.
+                recorded.outcome?;
                 summary.evaluations.extend(&ids);
                 match queue::complete(pool, &lease, &ids).await {
                     Ok(()) | Err(StoreError::CheckpointLeaseLost { .. }) => {}

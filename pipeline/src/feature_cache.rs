@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
 
+/// What [`FeatureCache::read_with`] reads: the feature arrays ([rows, width] each) and the f64
+/// arrays, each in the order asked for.
+pub type Read<const N: usize, const M: usize> = ([Array2<f32>; N], [Array1<f64>; M]);
+
 /// One cache file: `DIR/KIND-KEY.npz`, arrays of f32 rows, one row per reference image.
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
@@ -78,13 +82,34 @@ impl FeatureCache {
         names: [&str; N],
         widths: [usize; N],
     ) -> Option<[Array2<f32>; N]> {
+        self.read_with(names, widths, [], |_, _| Ok(()))
+            .map(|(arrays, [])| arrays)
+    }
+
+    /// The arrays `names` (as [`FeatureCache::read`] checks them) and the f64 arrays `values`
+    /// of [`FeatureCache::write_with`], read in one pass over the file, when it exists, holds
+    /// them all and passes `check` (what the caller knows of their lengths); otherwise `None`
+    /// (a damaged file, or one that fails the check, is logged).
+    pub fn read_with<const N: usize, const M: usize>(
+        &self,
+        names: [&str; N],
+        widths: [usize; N],
+        values: [&str; M],
+        check: impl FnOnce(&[Array2<f32>; N], &[Array1<f64>; M]) -> anyhow::Result<()>,
+    ) -> Option<Read<N, M>> {
         if !self.path.is_file() {
             return None;
         }
-        match self.try_read(names, widths) {
-            Ok(arrays) => {
+        let read = self
+            .try_read(names, widths, values)
+            .and_then(|(arrays, values)| {
+                check(&arrays, &values)?;
+                Ok((arrays, values))
+            });
+        match read {
+            Ok(read) => {
                 self.done("from");
-                Some(arrays)
+                Some(read)
             }
             Err(e) => {
                 self.unusable(&e);
@@ -93,11 +118,12 @@ impl FeatureCache {
         }
     }
 
-    fn try_read<const N: usize>(
+    fn try_read<const N: usize, const M: usize>(
         &self,
         names: [&str; N],
         widths: [usize; N],
-    ) -> anyhow::Result<[Array2<f32>; N]> {
+        values: [&str; M],
+    ) -> anyhow::Result<Read<N, M>> {
         let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&self.path)?)?;
         let mut arrays = Vec::with_capacity(N);
         for (name, width) in names.into_iter().zip(widths) {
@@ -114,25 +140,18 @@ impl FeatureCache {
             arrays.iter().all(|a| a.nrows() == rows),
             "its arrays have different row counts"
         );
-        Ok(arrays
+        let mut read_values = Vec::with_capacity(M);
+        for name in values {
+            let array: Array1<f64> = npz.by_name(name)?;
+            read_values.push(array);
+        }
+        let arrays = arrays
             .try_into()
-            .unwrap_or_else(|_| unreachable!("one array per name")))
-    }
-
-    /// The f64 array `name` of [`FeatureCache::write_with`], when the file holds it with `len`
-    /// values; otherwise `None` (a damaged file is logged).
-    pub fn read_values(&self, name: &str, len: usize) -> Option<Array1<f64>> {
-        let read = || -> anyhow::Result<Array1<f64>> {
-            let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&self.path)?)?;
-            let values: Array1<f64> = npz.by_name(name)?;
-            anyhow::ensure!(
-                values.len() == len,
-                "{name} has {} values, not {len}",
-                values.len()
-            );
-            Ok(values)
-        };
-        read().inspect_err(|e| self.unusable(e)).ok()
+            .unwrap_or_else(|_| unreachable!("one array per name"));
+        let values = read_values
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one array per value name"));
+        Ok((arrays, values))
     }
 
     /// Logs a file that exists but cannot serve (damaged, or holding other arrays).
@@ -271,16 +290,35 @@ mod tests {
         let scores = Array1::from(vec![0.1 + 0.2, 1.0 / 3.0, -2.5e-300]);
         let clip = rows(3, 2, 0.0);
         cache.write_with(&[("clip", &clip)], &[("clip_score", &scores)]);
-        assert_eq!(cache.read(["clip"], [2]).unwrap(), [clip]);
-        let back = cache.read_values("clip_score", 3).unwrap();
+        assert_eq!(
+            cache.read(["clip"], [2]).unwrap(),
+            std::slice::from_ref(&clip)
+        );
+        let counted = |n: usize| {
+            move |_: &[Array2<f32>; 1], [scores]: &[Array1<f64>; 1]| {
+                anyhow::ensure!(scores.len() == n, "{} scores", scores.len());
+                Ok(())
+            }
+        };
+        let ([features], [back]) = cache
+            .read_with(["clip"], [2], ["clip_score"], counted(3))
+            .unwrap();
+        assert_eq!(features, clip);
         assert_eq!(
             back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
         assert!(
-            cache.read_values("clip_score", 4).is_none(),
-            "another count"
+            cache
+                .read_with(["clip"], [2], ["clip_score"], counted(4))
+                .is_none(),
+            "failing the caller's check"
         );
-        assert!(cache.read_values("other", 3).is_none(), "a missing array");
+        assert!(
+            cache
+                .read_with(["clip"], [2], ["other"], |_, _| Ok(()))
+                .is_none(),
+            "a missing array"
+        );
     }
 }

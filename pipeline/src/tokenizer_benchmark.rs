@@ -257,7 +257,8 @@ pub async fn run_on(
 /// The reference images `rows` through the tokenizer on `device`, the reconstructions through
 /// the Inception, and the originals too when `originals_too` (the feature cache lacked them),
 /// a chunk of `args.chunk_size` images at a time; a chunk `kept` from an earlier run is read
-/// back instead, and each chunk measured here is kept.
+/// back instead (its originals measured alone when they are needed and were not kept), and
+/// each chunk measured here is kept.
 fn through_the_tokenizer(
     args: &TokenizerArgs,
     config: &VqConfig,
@@ -282,13 +283,26 @@ fn through_the_tokenizer(
     let mut real = originals_too.then(|| InceptionFeatures::zeros(n));
     let mut fake = Array2::<f32>::zeros((n, POOL_DIM));
     let mut size: Option<(Range<usize>, (usize, usize))> = None;
-    let (mut read_back, mut chunks) = (0, 0);
+    let (mut read_back, mut originals_only, mut chunks) = (0, 0, 0);
     let bar = crate::progress::bar(n as u64, "reference images through the tokenizer");
     for part in chunks_of(rows.clone(), args.chunk_size) {
         chunks += 1;
         let chunk = match kept.read(&part, originals_too, networks.downsample) {
-            Some(chunk) => {
+            Some(mut chunk) => {
                 read_back += 1;
+                if originals_too && chunk.real.is_none() {
+                    // Kept by a run that had the reference's features: only the originals'
+                    // own are missing, so only they go through the Inception.
+                    originals_only += 1;
+                    let mut real = None;
+                    set.read_chunks(part.clone(), part.len(), &mut |_, originals| {
+                        real = Some(networks.net.features(originals.view())?);
+                        Ok(())
+                    })?;
+                    let real = real.with_context(|| format!("no reference images {part:?}"))?;
+                    kept.keep_originals(&part, &real);
+                    chunk.real = Some(real);
+                }
                 bar.inc(part.len() as u64);
                 chunk
             }
@@ -327,6 +341,11 @@ fn through_the_tokenizer(
             "{read_back} of {chunks} chunks of reference images read back from {} (measured before); {} measured now",
             kept.dir.display(),
             chunks - read_back
+        );
+    }
+    if originals_only > 0 {
+        tracing::info!(
+            "{originals_only} chunks read back lacked their originals' features (the reference's were not kept): only the originals went through the Inception"
         );
     }
     Ok(Share {
@@ -495,45 +514,63 @@ impl KeptChunks {
         self.file("originals", &self.originals, rows)
     }
 
-    /// The chunk `rows` as an earlier run kept it (with the originals' features when
-    /// `originals_too`), if it did, whole; the codes of a tokenizer that downsamples by `f`.
+    /// The chunk `rows` as an earlier run kept it, if it did, whole; the codes of a tokenizer
+    /// that downsamples by `f`. With `originals_too`, the originals' features come with it
+    /// where they were kept too; a run that had the reference's features kept none, and its
+    /// chunk comes back without them.
     fn read(&self, rows: &Range<usize>, originals_too: bool, f: usize) -> Option<Chunk> {
         let k = rows.len();
-        let file = self.reconstructions_file(rows);
-        let [fake] = file.read(["pool"], [POOL_DIM])?;
-        let size = file.read_values("size", 2)?;
-        if fake.nrows() != k || size.iter().any(|&v| v < 1.0) {
-            return None;
-        }
-        let size = (size[0] as usize, size[1] as usize);
-        let codes = (k * (size.0 / f) * (size.1 / f)).min(WINDOW);
-        let real = match originals_too {
-            true => Some(
-                read_inception_features(&self.originals_file(rows))
-                    .filter(|f| f.pool.nrows() == k)?,
-            ),
-            false => None,
+        let check = |[fake]: &[Array2<f32>; 1], [psnrs, ssims, codes, size]: &[Array1<f64>; 4]| {
+            anyhow::ensure!(
+                fake.nrows() == k && psnrs.len() == k && ssims.len() == k,
+                "it holds {} images' features, {} PSNRs and {} SSIMs, not {k}",
+                fake.nrows(),
+                psnrs.len(),
+                ssims.len()
+            );
+            let (h, w) = match size.as_slice() {
+                Some(&[h, w]) if h >= 1.0 && w >= 1.0 => (h as usize, w as usize),
+                _ => anyhow::bail!("its size is {size}, not height and width"),
+            };
+            let expected = k.saturating_mul(h / f).saturating_mul(w / f).min(WINDOW);
+            anyhow::ensure!(
+                codes.len() == expected,
+                "it holds {} codes, not {expected}",
+                codes.len()
+            );
+            Ok(())
         };
+        let ([fake], [psnrs, ssims, codes, size]) = self.reconstructions_file(rows).read_with(
+            ["pool"],
+            [POOL_DIM],
+            ["psnr", "ssim", "codes", "size"],
+            check,
+        )?;
+        let real = originals_too
+            .then(|| read_inception_features(&self.originals_file(rows)))
+            .flatten()
+            .filter(|f| f.pool.nrows() == k);
         Some(Chunk {
             real,
             fake,
-            psnrs: file.read_values("psnr", k)?.to_vec(),
-            ssims: file.read_values("ssim", k)?.to_vec(),
+            psnrs: psnrs.to_vec(),
+            ssims: ssims.to_vec(),
             // Codes below 2^53 are exact in f64, the one value type the files hold.
-            last_codes: file
-                .read_values("codes", codes)?
-                .iter()
-                .map(|&c| c as u32)
-                .collect(),
-            size,
+            last_codes: codes.iter().map(|&c| c as u32).collect(),
+            size: (size[0] as usize, size[1] as usize),
         })
     }
 
-    /// Keeps `chunk`, the measurements of the images `rows` (a failure is logged: the chunk in
-    /// hand is right, and a later run measures it again).
+    /// Keeps the originals' features of the images `rows` (a failure is logged: the features
+    /// in hand are right, and a later run measures them again).
+    fn keep_originals(&self, rows: &Range<usize>, real: &InceptionFeatures) {
+        write_inception_features(&self.originals_file(rows), real);
+    }
+
+    /// Keeps `chunk`, the measurements of the images `rows` (a failure is logged, as above).
     fn keep(&self, rows: &Range<usize>, chunk: &Chunk) {
         if let Some(real) = &chunk.real {
-            write_inception_features(&self.originals_file(rows), real);
+            self.keep_originals(rows, real);
         }
         let values = |v: &[f64]| Array1::from(v.to_vec());
         let codes: Vec<f64> = chunk.last_codes.iter().map(|&c| f64::from(c)).collect();
@@ -624,14 +661,15 @@ mod tests {
             "another tokenizer"
         );
 
-        // A chunk kept without the originals cannot serve a run that needs them; once the
-        // whole reference's features are kept, the per-chunk originals go.
+        // A chunk kept without the originals comes back without them, for a run that needs
+        // them to measure them alone; once the whole reference's features are kept, the
+        // per-chunk originals go.
         let second = chunk(3, -2.0, false);
         a.keep(&(5..8), &second);
-        assert!(a.read(&(5..8), true, f).is_none());
+        assert!(same(&a.read(&(5..8), true, f).unwrap(), &second));
         assert!(same(&a.read(&(5..8), false, f).unwrap(), &second));
         a.forget_originals(8, 1, 5);
-        assert!(a.read(&(0..5), true, f).is_none());
+        assert!(a.read(&(0..5), true, f).unwrap().real.is_none());
         assert!(a.read(&(0..5), false, f).is_some());
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -639,5 +677,11 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("reconstructions-")));
+
+        // A file that disagrees with itself (here: codes of another image size) is a miss.
+        let mut odd = chunk(3, 1.0, false);
+        odd.size = (64, 48);
+        a.keep(&(8..11), &odd);
+        assert!(a.read(&(8..11), false, f).is_none());
     }
 }
