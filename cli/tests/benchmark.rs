@@ -345,6 +345,21 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         String::from_utf8_lossy(&originals_only.stdout),
         String::from_utf8_lossy(&own.stdout)
     );
+    // Another batch size keeps chunks of its own and, finished, removes those it did not read.
+    let before = kept("reconstructions-");
+    let rebatched = tokenizer_command(&dir.path().join("new-features"), &reconstructions)
+        .args(["--batch-size", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        rebatched.status.success()
+            && text(&rebatched).contains("3 files of this tokenizer's reconstructions that another chunk size, batch size or device left removed"),
+        "{}",
+        text(&rebatched)
+    );
+    let after = kept("reconstructions-");
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|file| !before.contains(file)), "{after:?}");
     // With the database gone, the numbers are printed all the same, then the run fails.
     let out = common::output_without_a_database(&mut tokenizer_command(
         &dir.path().join("resumed-features"),

@@ -29,22 +29,26 @@ pub struct FeatureCache {
     quiet: bool,
 }
 
+/// 16 hex digits of the sha256 of `parts` (each with its length, so that no two lists of parts
+/// hash alike) and [`crate::recording::METRICS_IMPLEMENTATION`]: what names a cache file.
+pub fn key(parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut key = sha2::Sha256::new();
+    for part in parts {
+        key.update((part.len() as u64).to_le_bytes());
+        key.update(part);
+    }
+    key.update(crate::recording::METRICS_IMPLEMENTATION.as_bytes());
+    format!("{:x}", key.finalize())[..16].to_string()
+}
+
 impl FeatureCache {
     /// The file in `dir` for features of `kind` (`adm`, `t2i`) that depend on `parts` (hashed
     /// in order, followed by [`crate::recording::METRICS_IMPLEMENTATION`]), logged as a
     /// reference's features.
     pub fn new(dir: &Path, kind: &str, parts: &[&[u8]]) -> Self {
-        use sha2::Digest as _;
-        let mut key = sha2::Sha256::new();
-        // Each part with its length, so that no two lists of parts hash alike.
-        for part in parts {
-            key.update((part.len() as u64).to_le_bytes());
-            key.update(part);
-        }
-        key.update(crate::recording::METRICS_IMPLEMENTATION.as_bytes());
-        let key = format!("{:x}", key.finalize());
         Self {
-            path: dir.join(format!("{kind}-{}.npz", &key[..16])),
+            path: dir.join(format!("{kind}-{}.npz", key(parts))),
             what: "reference features",
             quiet: false,
         }

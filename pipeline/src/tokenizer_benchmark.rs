@@ -21,7 +21,7 @@ use crate::benchmark::{
     EvaluationArgs, found_by_every_rank, open_inception, read_inception_features, reference_cache,
     write_inception_features,
 };
-use crate::feature_cache::FeatureCache;
+use crate::feature_cache::{FeatureCache, key};
 use crate::image_sets::{ImageSet, gather_features, gather_rows, gather_values};
 use crate::provenance::file_sha256;
 use crate::recording::{MeasurementProtocol, Recording, ReferenceIdentity, record};
@@ -172,15 +172,23 @@ pub async fn run_on(
     let mut usage = CodebookUsage::llamagen(config.codebook_size as usize);
     usage.push(&all.recent_codes)?;
     let (real, fake, psnrs, ssims) = (all.real, all.fake, all.psnrs, all.ssims);
-    let real = match real {
+    let (real, reference_kept) = match real {
         Some(measured) => {
-            if leads && write_inception_features(&cache, &measured) {
-                kept.forget_originals(n, world, args.chunk_size);
-            }
-            measured
+            let written = leads && write_inception_features(&cache, &measured);
+            (measured, written)
         }
-        None => cached.context("the reference's features were neither cached nor measured")?,
+        None => (
+            cached.context("the reference's features were neither cached nor measured")?,
+            true,
+        ),
     };
+    // Every rank has kept its chunks by now: the gathering above waited for them all.
+    if leads {
+        if reference_kept {
+            kept.forget_originals();
+        }
+        kept.forget_other_chunkings(n, world, args.chunk_size);
+    }
     let h = all.height;
     reference_set.num_images = Some(n);
     reference_set.image_size = reference_set.image_size.or(Some(h));
@@ -456,18 +464,23 @@ impl Networks {
 /// Where each chunk's measurements are kept between runs (`--reconstruction-features`), so
 /// that a run stopped part way (a killed process, an evaluator whose host went away) resumes
 /// after its last whole chunk, and a run repeated (after the database refused its result, or
-/// for other intervals) measures nothing again: a `reconstructions-KEY.npz` per chunk (pool
+/// for other intervals) measures nothing again: a `reconstructions-ID-KEY.npz` per chunk (pool
 /// features, PSNR, SSIM, last codes, image size), and while the reference's own features are
-/// not kept yet, an `originals-KEY.npz` per chunk with the originals' features, removed once
-/// the whole reference's are.
+/// not kept yet, an `originals-ID-KEY.npz` per chunk with the originals' features, removed once
+/// the whole reference's are. ID names what is measured, KEY how and which chunk, so that a
+/// finished run finds the files another chunking or batch size left for the same tokenizer
+/// and reference, and removes them.
 struct KeptChunks {
     dir: PathBuf,
-    /// What the reconstructions' measurements depend on: the reference and its crop, the
-    /// Inception, the tokenizer's weights and architecture, and how it ran (its batch and the
-    /// kind of device).
-    reconstructions: Vec<Vec<u8>>,
-    /// What the originals' features depend on: the reference and its crop, the Inception.
-    originals: Vec<Vec<u8>>,
+    /// `reconstructions-ID`, where ID hashes what the reconstructions' measurements depend on:
+    /// the reference and its crop, the Inception, the tokenizer's weights and architecture.
+    reconstructions: String,
+    /// How the tokenizer ran (its batch and the kind of device), hashed into each
+    /// reconstructions file's KEY with the chunk's rows.
+    how: Vec<Vec<u8>>,
+    /// `originals-ID`, where ID hashes what the originals' features depend on: the reference
+    /// and its crop, the Inception.
+    originals: String,
 }
 
 impl KeptChunks {
@@ -488,30 +501,31 @@ impl KeptChunks {
         reconstructions.extend([
             file_sha256(&args.vq.vq_ckpt)?.0.into_bytes(),
             serde_json::to_vec(config)?,
-            args.batch_size.to_le_bytes().to_vec(),
-            if device.is_cuda() { "cuda" } else { "cpu" }.into(),
         ]);
+        let id = |parts: &[Vec<u8>]| key(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
         Ok(Self {
             dir: args.reconstruction_features.clone(),
-            reconstructions,
-            originals,
+            reconstructions: format!("reconstructions-{}", id(&reconstructions)),
+            how: vec![
+                args.batch_size.to_le_bytes().to_vec(),
+                if device.is_cuda() { "cuda" } else { "cpu" }.into(),
+            ],
+            originals: format!("originals-{}", id(&originals)),
         })
     }
 
-    fn file(&self, kind: &str, parts: &[Vec<u8>], rows: &Range<usize>) -> FeatureCache {
-        let rows = [rows.start.to_le_bytes(), rows.end.to_le_bytes()].concat();
-        let mut parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        parts.push(&rows);
-        FeatureCache::new(&self.dir, kind, &parts).quietly()
-    }
-
     fn reconstructions_file(&self, rows: &Range<usize>) -> FeatureCache {
-        self.file("reconstructions", &self.reconstructions, rows)
+        let rows = [rows.start.to_le_bytes(), rows.end.to_le_bytes()].concat();
+        let mut parts: Vec<&[u8]> = self.how.iter().map(Vec::as_slice).collect();
+        parts.push(&rows);
+        FeatureCache::new(&self.dir, &self.reconstructions, &parts)
+            .quietly()
             .describing("reconstruction features")
     }
 
     fn originals_file(&self, rows: &Range<usize>) -> FeatureCache {
-        self.file("originals", &self.originals, rows)
+        let rows = [rows.start.to_le_bytes(), rows.end.to_le_bytes()].concat();
+        FeatureCache::new(&self.dir, &self.originals, &[&rows]).quietly()
     }
 
     /// The chunk `rows` as an earlier run kept it, if it did, whole; the codes of a tokenizer
@@ -586,14 +600,54 @@ impl KeptChunks {
         );
     }
 
-    /// Removes every rank's per-chunk originals of a set of `n` images shared among `world`
-    /// ranks in chunks of `chunk`: the whole reference's features are kept now.
-    fn forget_originals(&self, n: usize, world: usize, chunk: usize) {
-        for rank in 0..world {
-            for part in chunks_of(llamagen_distributed::share(n, rank, world), chunk) {
-                self.originals_file(&part).remove();
+    /// Removes the per-chunk originals, every rank's and every chunking's: the whole
+    /// reference's features are kept now.
+    fn forget_originals(&self) {
+        let removed = self.remove_files_of(&self.originals, |_| false);
+        tracing::debug!("{removed} files of originals' features removed");
+    }
+
+    /// Removes the reconstructions files of this tokenizer and reference that a run over `n`
+    /// images shared among `world` ranks in chunks of `chunk` does not read: those another
+    /// chunking, batch size or kind of device left. (A run beside this one in the same folder
+    /// with other such settings loses what it kept, not what it measures: it keeps measuring
+    /// and keeping, and a run of its settings again measures the removed chunks again.)
+    fn forget_other_chunkings(&self, n: usize, world: usize, chunk: usize) {
+        let ours: std::collections::HashSet<PathBuf> = (0..world)
+            .flat_map(|rank| chunks_of(llamagen_distributed::share(n, rank, world), chunk))
+            .map(|part| self.reconstructions_file(&part).path().to_owned())
+            .collect();
+        let removed = self.remove_files_of(&self.reconstructions, |path| ours.contains(path));
+        if removed > 0 {
+            tracing::info!(
+                "{removed} files of this tokenizer's reconstructions that another chunk size, batch size or device left removed from {}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Removes the files `PREFIX-*.npz` in the folder that `keep` does not keep; how many.
+    fn remove_files_of(&self, prefix: &str, keep: impl Fn(&Path) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let ours = name
+                .to_str()
+                .and_then(|name| name.strip_prefix(prefix))
+                .is_some_and(|rest| rest.starts_with('-') && rest.ends_with(".npz"));
+            if ours && !keep(&path) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!("{} not removed: {e}", path.display()),
+                }
             }
         }
+        removed
     }
 }
 
@@ -639,14 +693,19 @@ mod tests {
                 == b.real.as_ref().map(|r| (&r.pool, &r.spatial, &r.logits))
     }
 
+    fn kept_in(dir: &Path, tokenizer: &[u8], batch: &[u8]) -> KeptChunks {
+        KeptChunks {
+            dir: dir.to_owned(),
+            reconstructions: format!("reconstructions-{}", key(&[b"reference", tokenizer])),
+            how: vec![batch.to_vec()],
+            originals: format!("originals-{}", key(&[b"reference"])),
+        }
+    }
+
     #[test]
     fn a_kept_chunk_comes_back_to_the_bit_and_only_for_its_rows_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = |tokenizer: &[u8]| KeptChunks {
-            dir: dir.path().to_owned(),
-            reconstructions: vec![b"reference".to_vec(), tokenizer.to_vec()],
-            originals: vec![b"reference".to_vec()],
-        };
+        let kept = |tokenizer: &[u8]| kept_in(dir.path(), tokenizer, b"batch 16");
         let (a, f) = (kept(b"vq a"), 16);
         assert!(a.read(&(0..5), false, f).is_none(), "nothing kept yet");
         let first = chunk(5, 0.5, true);
@@ -668,7 +727,7 @@ mod tests {
         a.keep(&(5..8), &second);
         assert!(same(&a.read(&(5..8), true, f).unwrap(), &second));
         assert!(same(&a.read(&(5..8), false, f).unwrap(), &second));
-        a.forget_originals(8, 1, 5);
+        a.forget_originals();
         assert!(a.read(&(0..5), true, f).unwrap().real.is_none());
         assert!(a.read(&(0..5), false, f).is_some());
         let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -683,5 +742,46 @@ mod tests {
         odd.size = (64, 48);
         a.keep(&(8..11), &odd);
         assert!(a.read(&(8..11), false, f).is_none());
+    }
+
+    #[test]
+    fn a_finished_run_removes_what_other_chunkings_of_its_tokenizer_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, kept) = (16, |tokenizer: &[u8], batch: &[u8]| {
+            kept_in(dir.path(), tokenizer, batch)
+        });
+        let (ours, other_batch, other_vq) = (
+            kept(b"vq a", b"batch 16"),
+            kept(b"vq a", b"batch 4"),
+            kept(b"vq b", b"batch 16"),
+        );
+        for rows in [0..5, 5..8, 0..4, 4..8] {
+            ours.keep(&rows, &chunk(rows.len(), 0.0, true));
+        }
+        other_batch.keep(&(0..8), &chunk(8, 0.0, false));
+        other_vq.keep(&(0..5), &chunk(5, 0.0, true));
+        let bystanders = [".tmp.reconstructions-x.npz.abc123", "notes.txt"];
+        for name in bystanders {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+
+        // A run over 8 images on 2 ranks in chunks of 4 reads 0..4 and 4..8 alone.
+        ours.forget_other_chunkings(8, 2, 4);
+        assert!(ours.read(&(0..4), false, f).is_some());
+        assert!(ours.read(&(4..8), false, f).is_some());
+        assert!(ours.read(&(0..5), false, f).is_none(), "another chunk size");
+        assert!(ours.read(&(5..8), false, f).is_none(), "another chunk size");
+        assert!(
+            other_batch.read(&(0..8), false, f).is_none(),
+            "another batch"
+        );
+        assert!(other_vq.read(&(0..5), true, f).unwrap().real.is_some());
+        for name in bystanders {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+        // The reference's features kept, every tokenizer's per-chunk originals go.
+        ours.forget_originals();
+        assert!(other_vq.read(&(0..5), true, f).unwrap().real.is_none());
+        assert!(ours.read(&(0..4), true, f).unwrap().real.is_none());
     }
 }
