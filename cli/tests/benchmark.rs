@@ -279,19 +279,26 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
     // ... and reads the generator's, which are the same reference's, with the same numbers,
     // and its chunks back without measuring any again.
+    // A later run's figures are the first's, and its log says each of `said`.
+    let same_figures = |out: &std::process::Output, said: &[&str]| {
+        for s in said {
+            assert!(text(out).contains(s), "{s}: {}", text(out));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&own.stdout)
+        );
+    };
     let shared = tokenizer(
         &dir.path().join("runs/reference-features"),
         &reconstructions,
     );
-    assert!(
-        text(&shared).contains("reference features from")
-            && text(&shared).contains("3 of 3 chunks of reference images read back"),
-        "{}",
-        text(&shared)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&shared.stdout),
-        String::from_utf8_lossy(&own.stdout)
+    same_figures(
+        &shared,
+        &[
+            "reference features from",
+            "3 of 3 chunks of reference images read back",
+        ],
     );
     // A run stopped in its second chunk, before the reference's features were kept: what
     // leaves the reference's folder unwritable (a file in its place) leaves each chunk's
@@ -317,34 +324,26 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     // Started again, it reads the other two chunks back, measures the damaged one again,
     // keeps the reference's features and drops the per-chunk originals: the same figures.
     let resumed = tokenizer(&dir.path().join("resumed-features"), &reconstructions);
-    assert!(
-        text(&resumed).contains("cannot be used")
-            && text(&resumed).contains("2 of 3 chunks of reference images read back"),
-        "{}",
-        text(&resumed)
+    same_figures(
+        &resumed,
+        &[
+            "cannot be used",
+            "2 of 3 chunks of reference images read back",
+        ],
     );
     assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
-    assert_eq!(
-        String::from_utf8_lossy(&resumed.stdout),
-        String::from_utf8_lossy(&own.stdout)
-    );
     // With every chunk kept but not the reference's features (a new folder for them), only
     // the originals go through the Inception again: the same figures.
     let originals_only = tokenizer(&dir.path().join("new-features"), &reconstructions);
-    assert!(
-        text(&originals_only).contains("3 of 3 chunks of reference images read back")
-            && text(&originals_only).contains(
-                "3 chunks read back lacked their originals' features (the reference's were not kept)"
-            )
-            && text(&originals_only).contains("reference features kept in"),
-        "{}",
-        text(&originals_only)
+    same_figures(
+        &originals_only,
+        &[
+            "3 of 3 chunks of reference images read back",
+            "3 chunks read back lacked their originals' features (the reference's were not kept)",
+            "reference features kept in",
+        ],
     );
     assert_eq!(kept("originals-"), Vec::<std::path::PathBuf>::new());
-    assert_eq!(
-        String::from_utf8_lossy(&originals_only.stdout),
-        String::from_utf8_lossy(&own.stdout)
-    );
     // Another batch size keeps chunks of its own and, finished, removes those it did not read.
     let before = kept("reconstructions-");
     let rebatched = tokenizer_command(&dir.path().join("new-features"), &reconstructions)
