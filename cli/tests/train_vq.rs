@@ -238,6 +238,27 @@ checkpoint_every = 4
     .await
     .unwrap();
     eprintln!("(step, PSNR, rFID): {rows:?}");
+    // Each checkpoint's chunks went once its result was recorded; the reference's features
+    // stay for the next checkpoint.
+    let (mut kept, mut chunk_folders) = (Vec::new(), 0);
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                chunk_folders += usize::from(path.ends_with("reconstruction-features"));
+                dirs.push(path);
+            } else if path.parent().unwrap().ends_with("reconstruction-features")
+                || path.parent().unwrap().ends_with("reference-features")
+            {
+                kept.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        chunk_folders == 1 && kept.len() == 1 && kept[0].starts_with("adm-"),
+        "{chunk_folders} {kept:?}"
+    );
     let steps: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(steps, [4, 8, 12, 16, 20, 24], "{rows:?}");
     let (first, last) = (&rows[0], &rows[5]);

@@ -596,6 +596,7 @@ async fn benchmark_tokenizer(
         reference_features: root.join("reference-features"),
         reconstruction_features: root.join("reconstruction-features"),
         chunk_size: 256,
+        forget_chunks_once_recorded: true,
         evaluation: evaluation_args(protocol, checkpoint),
     };
     let cancel = Arc::new(AtomicBool::new(false));

@@ -227,6 +227,7 @@ impl Demo {
             reference_features: data_dir.join("demo/baseline/reference-features"),
             reconstruction_features: data_dir.join("demo/baseline/reconstruction-features"),
             chunk_size: 256,
+            forget_chunks_once_recorded: false,
             evaluation: evaluation("demo-tiny-VQ", "demo-shards-recon"),
         };
         (generator, tokenizer)

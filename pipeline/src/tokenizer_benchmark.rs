@@ -50,6 +50,11 @@ pub struct TokenizerArgs {
     /// at most one chunk's work.
     #[arg(long, default_value_t = 256)]
     pub chunk_size: usize,
+    /// Whether the chunks are removed once the result is recorded: the checkpoint evaluator's
+    /// choice, as it never measures a recorded checkpoint again, and each tokenizer's chunks
+    /// take about 10 KB per reference image (500 MB for ImageNet's validation set).
+    #[arg(skip)]
+    pub forget_chunks_once_recorded: bool,
     #[command(flatten)]
     pub evaluation: EvaluationArgs,
 }
@@ -254,6 +259,9 @@ pub async fn run_on(
         )
         .await
         .map(Some);
+    }
+    if args.forget_chunks_once_recorded && matches!(recorded, Ok(Some(_))) {
+        kept.forget_all();
     }
     Ok(TokenizerResult {
         metrics,
@@ -624,6 +632,13 @@ impl KeptChunks {
                 self.dir.display()
             );
         }
+    }
+
+    /// Removes this tokenizer's reconstructions files, every chunking's: its result is
+    /// recorded, and nothing measures it again.
+    fn forget_all(&self) {
+        let removed = self.remove_files_of(&self.reconstructions, |_| false);
+        tracing::debug!("{removed} files of reconstructions removed: the result is recorded");
     }
 
     /// Removes the files `PREFIX-*.npz` in the folder that `keep` does not keep; how many.
