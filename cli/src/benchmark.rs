@@ -113,6 +113,7 @@ async fn generator(args: &GeneratorArgs, data_dir: &Path) -> anyhow::Result<Exit
     };
     print_sweep(args, &results, &recorded.per_scale(results.len()))?;
     recorded.outcome.context(NOT_RECORDED)?;
+    benchmark::clear_samples(&results, args.keep_samples);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -248,4 +249,15 @@ pub(crate) fn metrics_json(metrics: &[Metric]) -> serde_json::Value {
         }
     }
     map.into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_kept_grid_is_what_the_dashboard_shows() {
+        assert_eq!(
+            llamagen_pipeline::benchmark::GRID_SAMPLES,
+            llamagen_dashboard::samples::GRID
+        );
+    }
 }

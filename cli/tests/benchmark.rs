@@ -474,4 +474,35 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         serde_json::from_value(read(&models.gpt_config)).unwrap()
     );
     assert_eq!(vq, serde_json::from_value(read(&models.vq_config)).unwrap());
+
+    // Once recorded, a sweep clears its scales' folders to their grid (all 12 samples here,
+    // fewer than the grid's 16), and then to nothing.
+    let scale_folders = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.path().join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with("reference-features"))
+            .flat_map(|p| std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()))
+            .collect()
+    };
+    assert_eq!(scale_folders().len(), 2);
+    let gridded = sweep(&["--keep-samples", "grid"]);
+    assert!(gridded.status.success(), "{}", text(&gridded));
+    assert_eq!(
+        String::from_utf8_lossy(&gridded.stdout),
+        String::from_utf8_lossy(&first.stdout)
+    );
+    for folder in scale_folders() {
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = (0..12).map(|i| format!("{i:06}.png")).collect();
+        expected.push("sampling.json".into());
+        assert_eq!(left, expected, "{}", folder.display());
+    }
+    let cleared = sweep(&["--keep-samples", "none"]);
+    assert!(cleared.status.success(), "{}", text(&cleared));
+    assert_eq!(scale_folders(), Vec::<std::path::PathBuf>::new());
 }

@@ -105,6 +105,7 @@ eval_image_size = 32
 metrics = ["fid", "inception_score"]
 cfg_sweep = [2.0]
 checkpoint_every = 2
+keep_samples = "grid"
 "#,
             vq = models.vq_ckpt.display(),
             vq_config = models.vq_config.display(),
@@ -190,4 +191,29 @@ checkpoint_every = 2
     .await
     .unwrap();
     assert_eq!(evaluations, [(2, 1), (4, 1), (6, 1)]);
+    // Each checkpoint's sample folder, once recorded, keeps its grid (all 8 samples, fewer
+    // than the grid's 16) and sampling.json: no samples.npz, no features.
+    let mut folders = Vec::new();
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with("sampling.json") {
+                folders.push(d.clone());
+            }
+        }
+    }
+    assert_eq!(folders.len(), 3, "{folders:?}");
+    for folder in folders {
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = (0..8).map(|i| format!("{i:06}.png")).collect();
+        expected.push("sampling.json".into());
+        assert_eq!(left, expected, "{}", folder.display());
+    }
 }

@@ -82,9 +82,44 @@ pub struct GeneratorArgs {
     /// Guidance scales to sweep (comma-separated); default: --cfg-scale alone.
     #[arg(long, value_delimiter = ',')]
     pub cfg_scales: Vec<f64>,
+    /// What each scale's sample folder keeps once the sweep is recorded (printed, with
+    /// --no-record): all of it; grid, the first 16 PNGs (what the dashboard shows) and
+    /// sampling.json; or none.
+    #[arg(long, value_enum, default_value_t = KeepSamples::All)]
+    pub keep_samples: KeepSamples,
     #[command(flatten)]
     pub evaluation: EvaluationArgs,
 }
+
+/// What a scale's sample folder keeps once its result is recorded. ImageNet's 50,000 samples
+/// take about 6 GB of PNGs, 9.8 GB of samples.npz and 1 GB of features per scale, so a
+/// scheduled evaluator that keeps them all fills its disk within a training run.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepSamples {
+    /// The PNGs, samples.npz (for ADM's evaluator), sampling.json and the features.
+    #[default]
+    All,
+    /// The first [`GRID_SAMPLES`] PNGs in name order, each with its `.txt` prompt if it has
+    /// one (what the dashboard's model page shows), and sampling.json.
+    Grid,
+    /// Nothing: the folder is removed.
+    None,
+}
+
+/// How many samples the dashboard's grid shows (`llamagen_dashboard::samples::GRID`), the
+/// first in name order.
+pub const GRID_SAMPLES: usize = 16;
 
 /// The Inception on `device` (a GPU through ONNX Runtime's CUDA execution provider where the
 /// library has it, else the CPU; the log says which).
@@ -636,6 +671,80 @@ impl SweepRecorded {
     }
 }
 
+/// Clears each scale's sample folder down to what `keep` keeps, once its result is recorded.
+/// What cannot be removed is logged, not an error: the result is recorded.
+pub fn clear_samples(results: &[ScaleResult], keep: KeepSamples) {
+    for r in results {
+        let (cleared, what) = match keep {
+            KeepSamples::All => continue,
+            KeepSamples::Grid => (keep_grid(&r.folder), "all but its grid removed"),
+            KeepSamples::None => (remove_tree(&r.folder), "removed"),
+        };
+        match cleared {
+            Ok(bytes) => tracing::info!(
+                "cfg {}: {} {what} ({:.1} MB freed)",
+                r.cfg_scale,
+                r.folder.display(),
+                bytes as f64 / 1e6
+            ),
+            Err(e) => tracing::warn!(
+                "cfg {}: {} not cleared: {e:#}",
+                r.cfg_scale,
+                r.folder.display()
+            ),
+        }
+    }
+}
+
+/// Removes everything in the sample folder `dir` but its first [`GRID_SAMPLES`] PNGs, their
+/// `.txt` prompts and sampling.json; the bytes freed.
+fn keep_grid(dir: &Path) -> anyhow::Result<u64> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort();
+    let png =
+        |p: &PathBuf| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) && p.is_file();
+    let grid: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| png(p))
+        .take(GRID_SAMPLES)
+        .cloned()
+        .collect();
+    let kept = |p: &PathBuf| {
+        p.file_name().is_some_and(|n| n == "sampling.json")
+            || grid.contains(p)
+            || grid.iter().any(|g| g.with_extension("txt") == *p)
+    };
+    let mut freed = 0;
+    for path in entries.iter().filter(|p| !kept(p)) {
+        freed += remove_tree(path)?;
+    }
+    Ok(freed)
+}
+
+/// Removes the file or folder `path`; the bytes its files held.
+fn remove_tree(path: &Path) -> anyhow::Result<u64> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        return Ok(meta.len());
+    }
+    let mut freed = 0;
+    for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        freed += remove_tree(
+            &entry
+                .with_context(|| format!("reading {}", path.display()))?
+                .path(),
+        )?;
+    }
+    std::fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(freed)
+}
+
 /// Records one evaluation per scale, each under the protocol of its measurement.
 pub async fn record(
     args: &GeneratorArgs,
@@ -733,4 +842,46 @@ async fn record_scales(
         ids.push(id);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_sample_folder_keeps_its_grid_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("cfg1.5");
+        std::fs::create_dir_all(folder.join("features")).unwrap();
+        for i in 0..20 {
+            std::fs::write(sample::png_path(&folder, i), [0u8; 100]).unwrap();
+        }
+        std::fs::write(folder.join("000003.txt"), b"a prompt").unwrap();
+        std::fs::write(folder.join("000019.txt"), b"a prompt past the grid").unwrap();
+        std::fs::write(folder.join("samples.npz"), [0u8; 1000]).unwrap();
+        std::fs::write(folder.join("sampling.json"), b"{}").unwrap();
+        std::fs::write(folder.join("features/adm-0123.npz"), [0u8; 500]).unwrap();
+        std::fs::write(folder.join(".tmp.samples.npz.x1y2z3"), [0u8; 10]).unwrap();
+
+        let freed = keep_grid(&folder).unwrap();
+        assert_eq!(freed, 4 * 100 + 22 + 1000 + 500 + 10);
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = (0..GRID_SAMPLES).map(|i| format!("{i:06}.png")).collect();
+        expected.extend(["000003.txt".into(), "sampling.json".into()]);
+        expected.sort();
+        assert_eq!(left, expected);
+        // Cleared again, nothing more goes.
+        assert_eq!(keep_grid(&folder).unwrap(), 0);
+
+        assert_eq!(
+            remove_tree(&folder).unwrap(),
+            GRID_SAMPLES as u64 * 100 + 8 + 2
+        );
+        assert!(!folder.exists());
+        assert!(keep_grid(&folder).is_err(), "a folder that is gone");
+    }
 }

@@ -27,7 +27,7 @@ use llamagen_store::checkpoint_queue::{
 };
 use llamagen_store::{Store, StoreError, StoreOptions};
 
-use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, Measurer, ScaleResult};
+use crate::benchmark::{self, EvaluationArgs, GeneratorArgs, KeepSamples, Measurer, ScaleResult};
 use crate::config::{PipelineConfig, Task};
 use crate::provenance::file_sha256;
 use crate::sample::SampleArgs;
@@ -59,6 +59,8 @@ pub struct Protocol {
     pub intervals: crate::image_sets::IntervalArgs,
     /// Text-to-image: CLIP and the protocol's evaluation resolution.
     pub text_to_image: TextToImageArgs,
+    /// What each scale's sample folder keeps once the checkpoint's result is recorded.
+    pub keep_samples: KeepSamples,
 }
 
 impl Protocol {
@@ -102,6 +104,7 @@ impl Protocol {
                 clip: text.then(|| under(&ev.clip_model)),
                 eval_resolution: ev.eval_image_size as usize,
             },
+            keep_samples: ev.keep_samples,
         })
     }
 
@@ -415,6 +418,7 @@ async fn claim_loop(
                     Ok(()) | Err(StoreError::CheckpointLeaseLost { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
+                benchmark::clear_samples(&results, args.keep_samples);
             }
             Outcome::Stopped => {
                 summary.evaluated -= 1;
@@ -651,6 +655,7 @@ fn generator_args(
     Ok(GeneratorArgs {
         sample,
         cfg_scales: protocol.cfg_scales.clone(),
+        keep_samples: protocol.keep_samples,
         evaluation: evaluation_args(protocol, lease),
     })
 }

@@ -450,6 +450,8 @@ pub struct EvaluateConfig {
     pub prompts: String,
     /// Where the sample folders go (relative paths are under the data folder).
     pub samples_output: String,
+    /// What each scale's sample folder keeps once its checkpoint's result is recorded.
+    pub keep_samples: crate::benchmark::KeepSamples,
     /// Half-sample resamples behind each 95% confidence interval (FID, KID); 0: none.
     pub interval_resamples: u32,
     /// Blocks of random samples, half of which each resample keeps.
@@ -471,6 +473,7 @@ impl Default for EvaluateConfig {
             models: Vec::new(),
             prompts: "references/coco_captions.csv".into(),
             samples_output: "samples".into(),
+            keep_samples: crate::benchmark::KeepSamples::All,
             interval_resamples: 100,
             interval_blocks: 64,
             interval_seed: 0,

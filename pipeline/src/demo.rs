@@ -27,7 +27,7 @@ use llamagen_store::Store;
 use llamagen_store::runs::Trigger;
 use ndarray::s;
 
-use crate::benchmark::{EvaluationArgs, GeneratorArgs};
+use crate::benchmark::{EvaluationArgs, GeneratorArgs, KeepSamples};
 use crate::config::{LrSchedule, PipelineConfig, Stage, Task, record_pipeline_run};
 use crate::runner::{self, RunArgs};
 use crate::sample::{SampleArgs, VqArgs};
@@ -218,6 +218,7 @@ impl Demo {
         let generator = GeneratorArgs {
             sample,
             cfg_scales: vec![1.0, 2.0, 4.0],
+            keep_samples: KeepSamples::All,
             evaluation: evaluation("demo-tiny-GPT", &config.evaluate.benchmark),
         };
         let tokenizer = TokenizerArgs {
