@@ -493,14 +493,7 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
         String::from_utf8_lossy(&first.stdout)
     );
     for folder in scale_folders() {
-        let mut left: Vec<String> = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut expected: Vec<String> = (0..12).map(|i| format!("{i:06}.png")).collect();
-        expected.push("sampling.json".into());
-        assert_eq!(left, expected, "{}", folder.display());
+        common::assert_only_samples_and_settings(&folder, 12);
     }
     let cleared = sweep(&["--keep-samples", "none"]);
     assert!(cleared.status.success(), "{}", text(&cleared));

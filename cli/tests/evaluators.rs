@@ -207,13 +207,6 @@ keep_samples = "grid"
     }
     assert_eq!(folders.len(), 3, "{folders:?}");
     for folder in folders {
-        let mut left: Vec<String> = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut expected: Vec<String> = (0..8).map(|i| format!("{i:06}.png")).collect();
-        expected.push("sampling.json".into());
-        assert_eq!(left, expected, "{}", folder.display());
+        common::assert_only_samples_and_settings(&folder, 8);
     }
 }

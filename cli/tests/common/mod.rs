@@ -235,6 +235,19 @@ pub async fn kill_after_a_claim(
     (after.as_millis(), in_hand)
 }
 
+/// Fails unless the sample folder `folder` holds its first `n` PNGs and sampling.json alone:
+/// what a folder cleared to its grid keeps when it has no more samples than the grid shows.
+pub fn assert_only_samples_and_settings(folder: &std::path::Path, n: usize) {
+    let mut left: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("{i:06}.png")).collect();
+    expected.push("sampling.json".into());
+    assert_eq!(left, expected, "{}", folder.display());
+}
+
 /// The names in `dir` of what a killed attempt could have left: temporary files (`.tmp*`) and
 /// ingest's staged attempts (`.attempt-*`).
 pub fn temporaries(dir: &std::path::Path) -> Vec<String> {
