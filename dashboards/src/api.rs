@@ -72,15 +72,18 @@ pub async fn model_data(state: &AppState, id: i64) -> Result<ModelData, Dashboar
     } else {
         Metric::Fid
     };
-    let samples = match queries::latest_samples(pool, id).await? {
-        Some((evaluation_id, dir)) => {
-            let listings = state.listings.clone();
-            tokio::task::spawn_blocking(move || samples::grid(&listings, evaluation_id, &dir))
-                .await
-                .map_err(|e| DashboardError::Internal(format!("sample listing: {e}")))?
-        }
-        None => Vec::new(),
-    };
+    // The newest grid still on disk: a benchmark may clear its folders once recorded.
+    let candidates = queries::latest_samples(pool, id, 20).await?;
+    let listings = state.listings.clone();
+    let samples = tokio::task::spawn_blocking(move || {
+        candidates
+            .iter()
+            .map(|(evaluation_id, dir)| samples::grid(&listings, *evaluation_id, dir))
+            .find(|grid| !grid.is_empty())
+            .unwrap_or_default()
+    })
+    .await
+    .map_err(|e| DashboardError::Internal(format!("sample listing: {e}")))?;
     let evaluations = queries::model_evaluations(pool, id, fid, 50).await?;
     Ok(ModelData {
         fid_by_step: queries::metric_by_step(pool, id, fid).await?,

@@ -428,19 +428,22 @@ pub async fn training_metric(
     .await
 }
 
-/// The newest evaluation of the model that kept its samples on disk.
+/// The model's newest `limit` evaluations that recorded a samples folder, newest first, with
+/// that folder (which may have been cleared since).
 pub async fn latest_samples(
     pool: &PgPool,
     model_id: i64,
-) -> Result<Option<(i64, String)>, sqlx::Error> {
+    limit: i64,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT e.id, e.samples_path FROM evaluations e
          JOIN checkpoints c ON c.id = e.checkpoint_id
          WHERE c.model_id = $1 AND e.status = 'succeeded' AND e.samples_path IS NOT NULL
-         ORDER BY e.finished_at DESC NULLS LAST, e.id DESC LIMIT 1",
+         ORDER BY e.finished_at DESC NULLS LAST, e.id DESC LIMIT $2",
     )
     .bind(model_id)
-    .fetch_optional(pool)
+    .bind(limit)
+    .fetch_all(pool)
     .await
 }
 

@@ -226,6 +226,60 @@ async fn pages_and_api_answer_and_bad_parameters_get_400() {
     );
     assert_eq!(model["samples"].as_array().unwrap().len(), 3);
     assert_eq!(model["samples"][0]["caption"], HOSTILE_CAPTION);
+    // A folder cleared since (here: the newest evaluation's, gone) gives way to the newest
+    // grid still on disk; with none left, the grid is empty.
+    let admin = &server.db.pool;
+    let recorded: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT e.id, e.samples_path FROM evaluations e
+         JOIN checkpoints c ON c.id = e.checkpoint_id
+         WHERE c.model_id = $1 AND e.samples_path IS NOT NULL
+         ORDER BY e.finished_at DESC NULLS LAST, e.id DESC",
+    )
+    .bind(id)
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    assert!(recorded.len() > 1, "{recorded:?}");
+    let clear = |ids: Vec<i64>| async move {
+        sqlx::query(
+            "UPDATE evaluations SET samples_path = '/nonexistent/cleared' WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .execute(admin)
+        .await
+        .unwrap();
+    };
+    let grid_urls = || async {
+        let (_, json) = get(&format!("{base}/api/models/{id}")).await;
+        let model: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let urls: Vec<String> = model["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap().to_owned())
+            .collect();
+        urls
+    };
+    assert_eq!(
+        grid_urls().await[0],
+        format!("/samples/{}/0", recorded[0].0)
+    );
+    clear(vec![recorded[0].0]).await;
+    assert_eq!(
+        grid_urls().await[0],
+        format!("/samples/{}/0", recorded[1].0)
+    );
+    clear(recorded.iter().map(|r| r.0).collect()).await;
+    assert_eq!(grid_urls().await, Vec::<String>::new());
+    for (evaluation, path) in &recorded {
+        sqlx::query("UPDATE evaluations SET samples_path = $2 WHERE id = $1")
+            .bind(evaluation)
+            .bind(path)
+            .execute(admin)
+            .await
+            .unwrap();
+    }
+    assert_eq!(grid_urls().await.len(), 3);
     let (status, png) = {
         let r = reqwest::get(format!("{base}/samples/{}", "x"))
             .await
