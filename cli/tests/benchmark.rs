@@ -497,5 +497,10 @@ async fn generator_sweep_and_tokenizer_are_recorded_once() {
     }
     let cleared = sweep(&["--keep-samples", "none"]);
     assert!(cleared.status.success(), "{}", text(&cleared));
-    assert_eq!(scale_folders(), Vec::<std::path::PathBuf>::new());
+    // The sweep's folder went with its scales'; the reference's features stay.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["reference-features"]);
 }

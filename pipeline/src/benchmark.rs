@@ -666,13 +666,14 @@ impl SweepRecorded {
     /// Each scale's id, `None` past the failure.
     pub fn per_scale(&self, scales: usize) -> Vec<Option<i64>> {
         let mut ids: Vec<_> = self.ids.iter().copied().map(Some).collect();
-        ids.resize(scales.max(ids.len()), None);
+        ids.resize(scales, None);
         ids
     }
 }
 
-/// Clears each scale's sample folder down to what `keep` keeps, once its result is recorded.
-/// What cannot be removed is logged, not an error: the result is recorded.
+/// Clears each scale's sample folder down to what `keep` keeps, once its result is recorded,
+/// and with `none` the sweep's folder too once no scale's is left in it. What cannot be
+/// removed is logged, not an error: the result is recorded.
 pub fn clear_samples(results: &[ScaleResult], keep: KeepSamples) {
     for r in results {
         let (cleared, what) = match keep {
@@ -692,6 +693,12 @@ pub fn clear_samples(results: &[ScaleResult], keep: KeepSamples) {
                 r.cfg_scale,
                 r.folder.display()
             ),
+        }
+    }
+    if keep == KeepSamples::None {
+        // Fails, and so stays, while another sweep's scales are in it.
+        for sweep in results.iter().filter_map(|r| r.folder.parent()) {
+            let _ = std::fs::remove_dir(sweep);
         }
     }
 }
