@@ -171,13 +171,14 @@ impl From<&LeaderboardRow> for RowView {
             tie: r.tied_with_leader,
             protocol_id: r.protocol_id.map(|p| p.to_string()).unwrap_or_default(),
             protocol: r.protocol.clone().unwrap_or_default(),
-            cells: cells(r),
+            cells: cells(r).into(),
         }
     }
 }
 
-fn cells(r: &LeaderboardRow) -> Vec<Cell> {
-    vec![
+/// One cell per column of [`COLUMNS`], in its order (the array length holds them equal).
+fn cells(r: &LeaderboardRow) -> [Cell; COLUMNS.len()] {
+    [
         fmt_params(r.params).into(),
         r.step.to_string().into(),
         fmt_opt(r.epoch, 1).into(),
@@ -327,6 +328,9 @@ struct ModelPageView {
     params: String,
     charts: Vec<ChartView>,
     samples: Vec<SampleImage>,
+    /// (label, tooltip) of the columns after the benchmark: the leaderboard's, so that the
+    /// headers always match [`cells`].
+    columns: Vec<(&'static str, &'static str)>,
     rows: Vec<RowView>,
 }
 
@@ -380,7 +384,7 @@ pub async fn model(
         ),
         chart(
             "memory",
-            "peak memory per logged interval (GPU: allocated by the caching allocator; CPU: resident)",
+            "peak memory per interval (GPU: allocated; CPU: resident set)",
             "step",
             "MiB",
             &data.memory_mib,
@@ -395,6 +399,10 @@ pub async fn model(
         model: data.model,
         charts,
         samples: data.samples,
+        columns: COLUMNS
+            .iter()
+            .map(|&(label, _, title)| (label, title))
+            .collect(),
         rows,
     };
     Ok(render(&view))

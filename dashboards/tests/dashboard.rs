@@ -431,6 +431,41 @@ fn fid_column(tab: &Tab) -> Vec<f64> {
     }
 }
 
+/// Every row of every table on the page has one cell per header cell, and each table has rows;
+/// returns the header labels of the table with id `table`.
+fn assert_rows_fit_their_headers(tab: &Tab, table: &str) -> Vec<String> {
+    let shapes: Vec<Vec<u64>> = serde_json::from_str(
+        eval(
+            tab,
+            "JSON.stringify([...document.querySelectorAll('table')].map(t => \
+             [t.querySelectorAll('thead th').length, \
+              ...[...t.querySelectorAll('tbody tr')].map(r => r.children.length)]))",
+        )
+        .as_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(!shapes.is_empty(), "no table");
+    for shape in &shapes {
+        assert!(shape.len() > 1, "a table without rows: {shapes:?}");
+        assert!(
+            shape.iter().all(|&n| n == shape[0]),
+            "cells against headers: {shapes:?}"
+        );
+    }
+    serde_json::from_str(
+        eval(
+            tab,
+            &format!(
+                "JSON.stringify([...document.querySelectorAll('#{table} thead th')].map(h => h.textContent.trim()))"
+            ),
+        )
+        .as_str()
+        .unwrap(),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_text() {
     let server = start().await;
@@ -519,6 +554,12 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
             Some(HOSTILE_CAPTION)
         );
         assert_eq!(eval(&tab, "document.querySelectorAll('#samples img[onerror]').length").as_u64(), Some(0));
+        // The evaluations table has the leaderboard's columns after the benchmark, each filled.
+        let model_page = assert_rows_fit_their_headers(&tab, "evaluations");
+        assert_eq!(model_page[0], "benchmark");
+        for metric in ["FID", "KID×10³", "CLIP-FID", "CLIP", "rFID", "usage"] {
+            assert!(model_page.iter().any(|h| h == metric), "{metric}: {model_page:?}");
+        }
 
         // Charts: FID against step, FID and IS against cfg, loss, gradient norm, tokens/s, peak
         // memory; each an SVG with lines.
@@ -542,6 +583,10 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         // The leaderboard shows the same name as text too.
         tab.navigate_to(&format!("{base}/?model=GPT-evil")).unwrap().wait_until_navigated().unwrap();
         let names = eval(&tab, "[...document.querySelectorAll('#leaderboard td.model')].map(c => c.textContent).join('|')");
+        let leaderboard = assert_rows_fit_their_headers(&tab, "leaderboard");
+        let ranked: Vec<&str> = leaderboard.iter().map(|h| h.trim_end_matches([' ', '▲', '▼'])).collect();
+        assert_eq!(ranked[..2], ["model", "benchmark"]);
+        assert_eq!(ranked[2..], model_page[1..], "the model page's columns are the leaderboard's");
         assert!(names.as_str().unwrap().starts_with(HOSTILE_NAME), "{names:?}");
         assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
         assert_eq!(eval(&tab, "typeof window.pwned").as_str(), Some("undefined"));
