@@ -375,8 +375,16 @@ prompts = "{prompts}"
         "samples",
     );
     assert!(sampled.status.success(), "{}", text(&sampled));
-    for i in 0..4 {
+    // Each sample has its prompt beside it (i modulo the two prompts).
+    for (i, prompt) in ["A tabby cat looks at the camera.", "A cup of \"coffee\"."]
+        .iter()
+        .cycle()
+        .take(4)
+        .enumerate()
+    {
         assert!(dir.path().join(format!("samples/{i:06}.png")).is_file());
+        let beside = std::fs::read_to_string(dir.path().join(format!("samples/{i:06}.txt")));
+        assert_eq!(beside.unwrap(), *prompt, "sample {i}");
     }
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("samples/sampling.json")).unwrap())

@@ -12,6 +12,9 @@
 //! share one output folder, on a file system they all see: rank r makes the samples whose
 //! offset from `--start` is r modulo the world (LlamaGen's `sample_c2i_ddp.py` strides the same
 //! way), on the GPU of its local rank, and rank 0 writes `samples.npz` once every rank is done.
+//!
+//! Text-to-image samples (`--prompts`) take prompt `i % prompts` and have it beside them as
+//! `NNNNNN.txt` (the caption under each image of the dashboard's grid).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -719,6 +722,11 @@ pub fn sample_with(
         let pixels = to_uint8_nhwc(&images);
         report.decode_seconds += t.elapsed().as_secs_f64();
         for (row, &index) in batch.iter().enumerate() {
+            if !prompts.is_empty() {
+                // Before the PNG, which marks the sample finished.
+                let prompt = &prompts[(index % prompts.len() as u64) as usize];
+                write_prompt(&args.out, index, prompt)?;
+            }
             write_png(&args.out, index, &pixels.get(row as i64))?;
         }
         report.made += batch.len() as u64;
@@ -784,6 +792,15 @@ fn write_png(out: &Path, index: u64, pixels: &Tensor) -> anyhow::Result<()> {
         .save_with_format(&tmp, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// `NNNNNN.txt`: the prompt of text-to-image sample `index`, renamed into place like the PNG.
+fn write_prompt(out: &Path, index: u64, prompt: &str) -> anyhow::Result<()> {
+    let path = png_path(out, index).with_extension("txt");
+    let tmp = path.with_extension("txt.tmp");
+    std::fs::write(&tmp, prompt).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
 }
 
