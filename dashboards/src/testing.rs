@@ -14,6 +14,8 @@ pub const HOSTILE_CAPTION: &str = "a cat <img src=x onerror=\"window.pwned='capt
 pub struct Seeded {
     pub models: Vec<(i64, String)>,
     pub hostile_model_id: i64,
+    /// The tokenizer `VQ-16`, with one reconstruction evaluation.
+    pub tokenizer_model_id: i64,
     pub run_id: i64,
     pub evaluations: i64,
 }
@@ -204,6 +206,7 @@ pub async fn seed(
     Ok(Seeded {
         models: made,
         hostile_model_id,
+        tokenizer_model_id: tokenizer,
         run_id,
         evaluations: evaluations + 1,
     })

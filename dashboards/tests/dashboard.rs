@@ -471,6 +471,7 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
     let server = start().await;
     let base = server.base.clone();
     let hostile = server.seeded.hostile_model_id;
+    let tokenizer = server.seeded.tokenizer_model_id;
     tokio::task::spawn_blocking(move || {
         let browser = browser();
         let tab = browser.new_tab().unwrap();
@@ -579,6 +580,16 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         let wait_loaded = "Promise.all([...document.querySelectorAll('#samples img')].map(i => i.complete ? 1 : new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => [...document.querySelectorAll('#samples img')].map(i => i.naturalWidth).join(','))";
         let widths = tab.evaluate(wait_loaded, true).unwrap().value.unwrap();
         assert_eq!(widths.as_str(), Some("64,64,64"), "{widths:?}");
+
+        // A tokenizer's page: its reconstruction row under the same columns, and no sample
+        // grid (its evaluations keep no images).
+        tab.navigate_to(&format!("{base}/models/{tokenizer}"))
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        tab.wait_for_element("#evaluations tbody tr").unwrap();
+        assert_eq!(assert_rows_fit_their_headers(&tab, "evaluations"), model_page);
+        assert_eq!(eval(&tab, "document.getElementById('samples') === null").as_bool(), Some(true));
 
         // The leaderboard shows the same name as text too.
         tab.navigate_to(&format!("{base}/?model=GPT-evil")).unwrap().wait_until_navigated().unwrap();
