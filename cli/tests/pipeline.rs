@@ -180,6 +180,43 @@ prompts = "{prompts}"
         stages,
         ["encode", "train", "sample", "evaluate"].map(succeeded)
     );
+    // Each stage run records what it did and where it wrote (the run page shows both).
+    let recorded: Vec<(String, serde_json::Value, Option<String>)> =
+        sqlx::query_as("SELECT stage, counts, output_path FROM stage_runs ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let counts = |stage: &str| {
+        let (_, counts, output) = recorded.iter().find(|(s, ..)| s == stage).unwrap();
+        (counts.clone(), output.clone().unwrap())
+    };
+    let (encoded, codes) = counts("encode");
+    assert_eq!(
+        (&encoded["images"], &encoded["texts"]),
+        (&12.into(), &18.into())
+    );
+    assert_eq!(codes, data.join("codes").display().to_string());
+    let (trained, checkpoints) = counts("train");
+    assert_eq!(trained["step"], 6);
+    assert!(
+        trained["loss"].as_f64().is_some_and(f64::is_finite),
+        "{trained}"
+    );
+    assert_eq!(checkpoints, data.join("checkpoints").display().to_string());
+    let (sampled, samples) = counts("sample");
+    assert_eq!(
+        (&sampled["checkpoints"], &sampled["new_images"]),
+        (&2.into(), &16.into())
+    );
+    let (evaluated, _) = counts("evaluate");
+    assert_eq!(
+        (&evaluated["checkpoints"], &evaluated["evaluations"]),
+        (&2.into(), &4.into())
+    );
+    assert!(
+        samples.starts_with(&data.display().to_string()),
+        "{samples}"
+    );
     // Both checkpoints at both scales, each one leaderboard row with the text-to-image
     // protocol's metrics and their intervals.
     type Row = (i64, f64, [Option<f64>; 4], [Option<f64>; 6], Option<f64>);

@@ -84,7 +84,8 @@ fn draw<DB: DrawingBackend>(
         .caption(caption, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(36)
-        .y_label_area_size(56)
+        // Room for tick labels as wide as "11000.0" beside the axis title.
+        .y_label_area_size(72)
         .build_cartesian_2d(x_range, y_range)
         .map_err(err)?;
     chart

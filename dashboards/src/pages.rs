@@ -495,6 +495,9 @@ pub struct StageView {
     pub shards_failed: i64,
     pub rows_out: i64,
     pub rows_failed: i64,
+    /// For a stage without shards (training, sampling, a stage run in one process): what it
+    /// recorded it did, as `name value` pairs.
+    pub summary: String,
     pub output: String,
     pub error: String,
 }
@@ -508,6 +511,33 @@ struct RunPageView {
     failed: Vec<queries::FailedShard>,
 }
 
+/// A stage's recorded counts as `name value` pairs joined by ` · `, by name;
+/// names read with spaces, numbers with at most four decimals, anything nested left out.
+fn counts_text(counts: &serde_json::Value) -> String {
+    let Some(map) = counts.as_object() else {
+        return String::new();
+    };
+    map.iter()
+        .filter_map(|(name, value)| {
+            let value = match value {
+                serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                    (Some(i), _) => i.to_string(),
+                    (None, Some(f)) => format!("{:.4}", f)
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                        .to_string(),
+                    _ => return None,
+                },
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some(format!("{} {value}", name.replace('_', " ")))
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 /// `GET /pipelines/runs/{id}`: one run's stages, shard progress and funnel.
 pub async fn pipeline_run(
     State(state): State<AppState>,
@@ -517,20 +547,26 @@ pub async fn pipeline_run(
     let stages = data
         .stages
         .iter()
-        .map(|s| StageView {
-            stage: s.stage.clone(),
-            status: s.status.clone(),
-            shards_done: s.shards_succeeded + s.shards_failed,
-            shards_total: s.shards_pending
-                + s.shards_running
-                + s.shards_succeeded
-                + s.shards_failed,
-            shards_running: s.shards_running,
-            shards_failed: s.shards_failed,
-            rows_out: s.rows_out,
-            rows_failed: s.rows_failed,
-            output: s.output_path.clone().unwrap_or_default(),
-            error: s.error.clone().unwrap_or_default(),
+        .map(|s| {
+            let shards_total =
+                s.shards_pending + s.shards_running + s.shards_succeeded + s.shards_failed;
+            StageView {
+                stage: s.stage.clone(),
+                status: s.status.clone(),
+                shards_done: s.shards_succeeded + s.shards_failed,
+                shards_total,
+                shards_running: s.shards_running,
+                shards_failed: s.shards_failed,
+                rows_out: s.rows_out,
+                rows_failed: s.rows_failed,
+                summary: if shards_total == 0 {
+                    counts_text(&s.counts)
+                } else {
+                    String::new()
+                },
+                output: s.output_path.clone().unwrap_or_default(),
+                error: s.error.clone().unwrap_or_default(),
+            }
         })
         .collect();
     Ok(render(&RunPageView {

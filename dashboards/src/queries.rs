@@ -515,6 +515,9 @@ pub struct Stage {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// What the stage recorded it did (`stage_runs.counts`), e.g. images encoded or the
+    /// training step reached.
+    pub counts: serde_json::Value,
     pub shards_pending: i64,
     pub shards_running: i64,
     pub shards_succeeded: i64,
@@ -526,6 +529,7 @@ pub struct Stage {
 pub async fn stages(pool: &PgPool, run_id: i64) -> Result<Vec<Stage>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.id, s.stage, s.status, s.output_path, s.started_at, s.finished_at, s.error,
+                s.counts,
                 count(*) FILTER (WHERE sh.status = 'pending')   AS shards_pending,
                 count(*) FILTER (WHERE sh.status = 'running')   AS shards_running,
                 count(*) FILTER (WHERE sh.status = 'succeeded') AS shards_succeeded,

@@ -193,6 +193,17 @@ pub async fn seed(
     .bind(HOSTILE_CAPTION)
     .execute(pool)
     .await?;
+    // A stage without shards (training) that recorded what it did, a hostile string among it.
+    sqlx::query(
+        "INSERT INTO stage_runs (run_id, stage, status, output_path, counts)
+         VALUES ($1, 'train', 'succeeded', '/data/checkpoints',
+                 jsonb_build_object('step', 42000, 'loss', 3.25, 'model', $2::text,
+                                    'nested', jsonb_build_object('left', 'out')))",
+    )
+    .bind(run_id)
+    .bind(HOSTILE_NAME)
+    .execute(pool)
+    .await?;
     sqlx::query(
         "INSERT INTO filter_funnel (stage_run_id, step, rule, threshold, rows_in, rows_dropped)
          VALUES ($1, 0, 'valid_url', NULL, 600000000, 2000000),

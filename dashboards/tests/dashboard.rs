@@ -297,10 +297,25 @@ async fn pages_and_api_answer_and_bad_parameters_get_400() {
         !html.contains(HOSTILE_CAPTION),
         "the shard error was not escaped"
     );
+    // A stage without shards shows what it recorded in place of the shard columns, by name,
+    // its strings escaped and nested values left out.
+    assert!(
+        html.contains(
+            "<td colspan=\"6\" class=\"summary\">loss 3.25 · model &#60;script&#62;\
+             window.pwned=&#39;name&#39;&#60;/script&#62;GPT-evil · step 42000</td>\
+             <td>/data/checkpoints</td>"
+        ),
+        "{html}"
+    );
+    assert!(
+        !html.contains(HOSTILE_NAME) && !html.contains("nested"),
+        "{html}"
+    );
     let (status, json) = get(&format!("{base}/api/runs/{}", server.seeded.run_id)).await;
     assert_eq!(status, 200);
     let run: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(run["stages"][0]["shards_running"], 1);
+    assert_eq!(run["stages"][1]["counts"]["step"], 42000);
     assert_eq!(run["funnel"].as_array().unwrap().len(), 4);
 
     // Prometheus metrics count what was asked, by route pattern.

@@ -97,14 +97,23 @@ pub async fn run_stages(
             None
         } else {
             let section = config.to_json()[stage.as_str()].clone();
-            Some(runs::start_stage(pool, run_id, stage.as_str(), &section).await?)
+            let id = runs::start_stage(pool, run_id, stage.as_str(), &section).await?;
+            let (input, output) = stage_paths(config, stage, data_dir);
+            runs::set_stage_paths(
+                pool,
+                id,
+                &input.to_string_lossy(),
+                &output.to_string_lossy(),
+            )
+            .await?;
+            Some(id)
         };
         let outcome = match stage {
             Stage::Ingest => {
                 let ingest_args = IngestArgs::for_pipeline_run(run_id, args.grace_secs);
                 crate::stages::ingest::run_with(config, &ingest_args, data_dir)
                     .await
-                    .map(|report| report.code)
+                    .map(|report| (report.code, serde_json::Value::Null))
             }
             Stage::Filter => {
                 let shards = PipelineConfig::resolve(data_dir, &config.ingest.output);
@@ -137,7 +146,7 @@ pub async fn run_stages(
                     )
                     .await
                     .and_then(|_| summary.result())
-                    .map(|()| ExitCode::SUCCESS),
+                    .map(|()| (ExitCode::SUCCESS, serde_json::Value::Null)),
                     Err(e) => Err(e),
                 }
             }
@@ -151,17 +160,31 @@ pub async fn run_stages(
                     &Sharing::ALL,
                 )
                 .await
-                .map(|_| ExitCode::SUCCESS)
+                .map(|s| {
+                    let counts = serde_json::json!({
+                        "shards": s.shards_done + s.shards_skipped,
+                        "captioned": s.captioned,
+                        "failed": s.failed,
+                        "without_image": s.no_image,
+                    });
+                    (ExitCode::SUCCESS, counts)
+                })
             }
-            Stage::Encode => crate::stages::encode::run_from_config(config, data_dir).await,
+            Stage::Encode => crate::stages::encode::run_from_config(config, data_dir)
+                .await
+                .map(|(code, summaries)| (code, encode_counts(&summaries))),
             Stage::Train => match crate::train::args_from_config(config, data_dir) {
                 Ok(train_args) => crate::train::run(&train_args, data_dir)
                     .await
                     .map(|summary| {
+                        let counts = serde_json::json!({
+                            "step": summary.step,
+                            "loss": summary.last_loss,
+                        });
                         if summary.stopped {
-                            ExitCode::from(EXIT_STOPPED)
+                            (ExitCode::from(EXIT_STOPPED), counts)
                         } else {
-                            ExitCode::SUCCESS
+                            (ExitCode::SUCCESS, counts)
                         }
                     }),
                 Err(e) => Err(e),
@@ -174,7 +197,8 @@ pub async fn run_stages(
             .await
             .map(|(checkpoints, made)| {
                 println!("{checkpoints} checkpoint(s) sampled, {made} new image(s)");
-                ExitCode::SUCCESS
+                let counts = serde_json::json!({"checkpoints": checkpoints, "new_images": made});
+                (ExitCode::SUCCESS, counts)
             }),
             Stage::Evaluate => checkpoint_evaluator::run(
                 config,
@@ -184,26 +208,39 @@ pub async fn run_stages(
             .await
             .map(|summary| {
                 println!("{summary}");
+                let counts = serde_json::json!({
+                    "checkpoints": summary.evaluated,
+                    "failed": summary.failed,
+                    "evaluations": summary.evaluations.len(),
+                    "failed_for_good": summary.failed_for_good,
+                });
                 if summary.failed_for_good > 0 {
-                    ExitCode::FAILURE
+                    (ExitCode::FAILURE, counts)
                 } else {
-                    ExitCode::SUCCESS
+                    (ExitCode::SUCCESS, counts)
                 }
             }),
         };
         if let Some(id) = stage_run {
-            let (result, error) = match &outcome {
-                Ok(code) if *code == ExitCode::SUCCESS => (Outcome::Succeeded, None),
-                Ok(_) => (
+            let (result, error, counts) = match &outcome {
+                Ok((code, counts)) if *code == ExitCode::SUCCESS => {
+                    (Outcome::Succeeded, None, counts.clone())
+                }
+                Ok((_, counts)) => (
                     Outcome::Failed,
                     Some(format!("{stage} exited with an error")),
+                    counts.clone(),
                 ),
-                Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),
+                Err(e) => (
+                    Outcome::Failed,
+                    Some(format!("{e:#}")),
+                    serde_json::json!({}),
+                ),
             };
-            runs::finish_stage(pool, id, result, &serde_json::json!({}), error.as_deref()).await?;
+            runs::finish_stage(pool, id, result, &counts, error.as_deref()).await?;
         }
         let code = match outcome {
-            Ok(code) => code,
+            Ok((code, _)) => code,
             Err(e) => {
                 let message = format!("{stage}: {e:#}");
                 runs::finish_pipeline_run(pool, run_id, Outcome::Failed, Some(&message)).await?;
@@ -225,4 +262,35 @@ pub async fn run_stages(
     runs::finish_pipeline_run(pool, run_id, Outcome::Succeeded, None).await?;
     println!("run #{run_id} succeeded");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a stage recorded by the runner reads from and writes to, for its stage run's row
+/// (the run page's output column).
+fn stage_paths(config: &PipelineConfig, stage: Stage, data_dir: &Path) -> (PathBuf, PathBuf) {
+    let under = |p: &str| PipelineConfig::resolve(data_dir, p);
+    let shards = under(&config.ingest.output);
+    let samples = under(&config.evaluate.samples_output);
+    match stage {
+        Stage::Ingest | Stage::Filter | Stage::Caption => (shards.clone(), shards),
+        Stage::Encode => (shards, under(&config.encode.codes_output)),
+        Stage::Train => (
+            under(&config.encode.codes_output),
+            under(&config.train.output),
+        ),
+        Stage::Sample | Stage::Evaluate => (under(&config.train.output), samples),
+    }
+}
+
+/// The encode stage's counts: the VQ pass's images (and, for text-to-image, the FLAN-T5
+/// pass's texts), out of each pass's `--json` summary.
+fn encode_counts(summaries: &[serde_json::Value]) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    for summary in summaries {
+        for key in ["images", "texts", "tokens"] {
+            if let Some(v) = summary.get(key).filter(|v| !v.is_null()) {
+                counts.insert(key.into(), v.clone());
+            }
+        }
+    }
+    counts.into()
 }

@@ -411,19 +411,21 @@ async fn t5(args: &T5Args, data_dir: &std::path::Path) -> anyhow::Result<StageRe
 
 /// `llamagen run`'s encode stage: the VQ codes of the ingested shards (ten-crop, or the center
 /// crop for text-to-image, else center + flip), then for text-to-image the FLAN-T5 embeddings
-/// of their captions, with the `[encode]` section of the pipeline config.
+/// of their captions, with the `[encode]` section of the pipeline config. Returns the last
+/// pass's exit status and each pass's `--json` summary.
 pub async fn run_from_config(
     config: &crate::config::PipelineConfig,
     data_dir: &std::path::Path,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
     let text = config.model.task == crate::config::Task::T2i;
     let vq = VqEncodeArgs::from_config(config, data_dir);
-    let code = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?.code;
-    if code != ExitCode::SUCCESS || !text {
-        return Ok(code);
+    let report = run(&EncodeCommand::Vq(Box::new(vq)), data_dir).await?;
+    if report.code != ExitCode::SUCCESS || !text {
+        return Ok((report.code, vec![report.summary]));
     }
     let t5 = T5Args::from_config(config, data_dir);
-    Ok(run(&EncodeCommand::T5(t5), data_dir).await?.code)
+    let t5 = run(&EncodeCommand::T5(t5), data_dir).await?;
+    Ok((t5.code, vec![report.summary, t5.summary]))
 }
 
 impl VqEncodeArgs {
