@@ -210,6 +210,7 @@ fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
     for round in 1..=2 {
         let out = llamagen(Path::new("data"))
             .current_dir(root.path())
+            .env("RUST_LOG", "info")
             .args(["demo", "--no-serve"])
             .output()
             .unwrap();
@@ -237,6 +238,13 @@ fn private_cluster_commands_are_idempotent_and_the_demo_runs_twice() {
         assert!(shown.contains("demo-GPT       step  40  cfg 2"), "{shown}");
         assert!(shown.contains("demo finished"), "{shown}");
         assert!(shown.contains("[9/9] dashboard skipped"), "{shown}");
+        // Every stage, checkpoint and scale resolves `--device auto`; the log says once what
+        // it chose.
+        assert_eq!(
+            shown.matches("--device auto chose the CPU").count(),
+            1,
+            "{shown}"
+        );
         leaderboards.push(
             shown
                 .lines()

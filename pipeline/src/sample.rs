@@ -278,9 +278,11 @@ pub struct SampleReport {
     pub gpt_params: i64,
 }
 
-/// The device a `--device` flag names; `auto` says in the log what it chose and why, and
-/// `cuda` without a usable GPU is an error that says what is missing.
+/// The device a `--device` flag names; `auto` says in the log what it chose and why (once per
+/// process: a pipeline resolves it for every stage, checkpoint and scale), and `cuda` without a
+/// usable GPU is an error that says what is missing.
 pub fn device(name: &str) -> anyhow::Result<Device> {
+    static CHOICE_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let cuda = llamagen_native::torch::load_cuda();
     let device = match name {
         "auto" => Device::cuda_if_available(),
@@ -290,14 +292,16 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
         other => bail!("--device must be cpu, cuda or auto, got {other:?}"),
     };
     if name == "auto" {
-        tracing::info!(
-            "--device auto chose {}: {} CUDA device(s), {cuda}",
-            match device {
-                Device::Cuda(i) => format!("cuda:{i}"),
-                _ => "the CPU".into(),
-            },
-            tch::Cuda::device_count()
-        );
+        let chosen = match device {
+            Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "the CPU".into(),
+        };
+        let count = tch::Cuda::device_count();
+        if CHOICE_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!("--device auto chose {chosen}: {count} CUDA device(s), {cuda}");
+        } else {
+            tracing::info!("--device auto chose {chosen}: {count} CUDA device(s), {cuda}");
+        }
     }
     Ok(device)
 }
