@@ -493,50 +493,7 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
             println!("resuming from {}", path.display());
             trainer
         }
-        None => {
-            let grid = args.image_size / args.downsample;
-            let mut gpt = match &args.gpt_config {
-                Some(path) => serde_json::from_slice::<GptConfig>(&std::fs::read(path)?)
-                    .with_context(|| format!("parsing {}", path.display()))?,
-                None => GptConfig::named(&args.gpt_model, conditioning, grid)?,
-            };
-            if args.gpt_config.is_none() {
-                gpt.vocab_size = args.vocab_size;
-                gpt.num_classes = args.num_classes;
-                if let Some(t5) = &args.t5 {
-                    // The caption width is the embeddings' width.
-                    gpt.caption_dim = llamagen_encode::t5::T5Settings::read(t5)?.d_model as i64;
-                }
-            }
-            let config = TrainConfig {
-                lr: args.lr_per_256 * args.global_batch_size as f64 / 256.0,
-                beta1: args.beta1,
-                beta2: args.beta2,
-                weight_decay: args.weight_decay,
-                grad_clip: args.grad_clip,
-                warmup_steps: args.warmup_steps,
-                seed: args.seed,
-                mixed_precision: args.mixed_precision,
-                ema_decay: args.ema_decay,
-                cosine_steps: if args.lr_schedule == LrSchedule::Cosine {
-                    (args.max_steps - args.warmup_steps).max(1)
-                } else {
-                    0
-                },
-                activation_checkpointing: args.activation_checkpointing,
-                fused_adamw: args.adamw == AdamWKernel::Fused,
-                ..TrainConfig::default()
-            };
-            std::fs::create_dir_all(&args.out)?;
-            let mut trainer = Trainer::new(gpt, config, device)?;
-            if let Some(init) = &args.init_from {
-                trainer
-                    .init_from(init)
-                    .with_context(|| format!("--init-from {}", init.display()))?;
-                println!("starting from the weights of {}", init.display());
-            }
-            trainer
-        }
+        None => fresh_trainer(args, conditioning, device)?,
     };
     if let Some(group) = &group {
         agree_on_the_start(group, trainer.step, &trainer.vs.trainable_variables())?;
@@ -761,6 +718,61 @@ pub async fn run(args: &TrainArgs, data_dir: &Path) -> anyhow::Result<TrainSumma
         last_loss: (!loss.is_nan()).then_some(loss),
         checkpoint: checkpoints(&args.out)?.pop(),
     })
+}
+
+/// A trainer for a run that starts now: the GPT named by `--gpt-model` (or `--gpt-config`)
+/// with the run's optimizer settings, optionally from `--init-from`'s weights.
+fn fresh_trainer(
+    args: &TrainArgs,
+    conditioning: Conditioning,
+    device: tch::Device,
+) -> anyhow::Result<Trainer> {
+    let grid = args.image_size / args.downsample;
+    let mut gpt = match &args.gpt_config {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice::<GptConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => GptConfig::named(&args.gpt_model, conditioning, grid)?,
+    };
+    if args.gpt_config.is_none() {
+        gpt.vocab_size = args.vocab_size;
+        gpt.num_classes = args.num_classes;
+        if let Some(t5) = &args.t5 {
+            // The caption width is the embeddings' width.
+            gpt.caption_dim = llamagen_encode::t5::T5Settings::read(t5)?.d_model as i64;
+        }
+    }
+    let config = TrainConfig {
+        lr: args.lr_per_256 * args.global_batch_size as f64 / 256.0,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        warmup_steps: args.warmup_steps,
+        seed: args.seed,
+        mixed_precision: args.mixed_precision,
+        ema_decay: args.ema_decay,
+        cosine_steps: if args.lr_schedule == LrSchedule::Cosine {
+            (args.max_steps - args.warmup_steps).max(1)
+        } else {
+            0
+        },
+        activation_checkpointing: args.activation_checkpointing,
+        fused_adamw: args.adamw == AdamWKernel::Fused,
+        ..TrainConfig::default()
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let mut trainer = Trainer::new(gpt, config, device)?;
+    if let Some(init) = &args.init_from {
+        trainer
+            .init_from(init)
+            .with_context(|| format!("--init-from {}", init.display()))?;
+        println!("starting from the weights of {}", init.display());
+    }
+    Ok(trainer)
 }
 
 /// The peak memory since the last call ([`llamagen_models::memory::take_peak`]: CUDA's caching
