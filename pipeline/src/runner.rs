@@ -265,9 +265,15 @@ pub async fn run_stages(
 }
 
 /// Where a stage recorded by the runner reads from and writes to, for its stage run's row
-/// (the run page's output column).
+/// (the run page's output column), as absolute paths: canonical where they exist, as the
+/// shard stages record theirs.
 fn stage_paths(config: &PipelineConfig, stage: Stage, data_dir: &Path) -> (PathBuf, PathBuf) {
-    let under = |p: &str| PipelineConfig::resolve(data_dir, p);
+    let under = |p: &str| {
+        let path = PipelineConfig::resolve(data_dir, p);
+        path.canonicalize()
+            .or_else(|_| std::path::absolute(&path))
+            .unwrap_or(path)
+    };
     let shards = under(&config.ingest.output);
     let samples = under(&config.evaluate.samples_output);
     match stage {
