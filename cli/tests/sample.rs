@@ -164,8 +164,9 @@ fn mismatched_models_and_bad_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let models = tiny::write(&dir.path().join("models"), 4).unwrap();
     let out = dir.path().join("samples");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--image-size", "48"], "needs 144"),
+        (&["--num-samples", "0"], "--num-samples must be positive"),
         (&["--top-p", "0"], "top-p"),
         (&["--classes", "3,12"], "class 12"),
         (&["--precision", "bf16"], "needs CUDA"),

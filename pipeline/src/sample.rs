@@ -531,6 +531,9 @@ pub fn sample_with(
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
+    if args.num_samples == 0 {
+        bail!("--num-samples must be positive");
+    }
     let classes: Vec<i64> = if args.classes.is_empty() {
         (0..gpt_config.num_classes).collect()
     } else {
