@@ -75,11 +75,25 @@ async fn filter_records_its_funnel_once_and_caption_skips_what_it_dropped() {
     assert_eq!(first[0], ("image decodes".to_string(), 8, 2));
     assert_eq!(first[1], ("image size".to_string(), 6, 2));
     assert_eq!(first[5].1, 4);
-    let status: String = sqlx::query_scalar("SELECT status FROM stage_runs WHERE stage = 'filter'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (status, started): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT status, started_at FROM stage_runs WHERE stage = 'filter'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(status, "succeeded");
+    // The stage run is recorded once the work is done, but starts when the work did: before
+    // the first decisions file was written (the database and the files share this host's
+    // clock).
+    let first_written: chrono::DateTime<chrono::Utc> =
+        std::fs::metadata(filter_path(&shards, "00000"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .into();
+    assert!(
+        started < first_written,
+        "started {started}, first decisions {first_written}"
+    );
 
     // A re-run decides nothing again and the funnel stays as it was.
     let out = filter().arg("--json").output().unwrap();

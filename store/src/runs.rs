@@ -451,6 +451,23 @@ async fn insert_funnel(
     Ok(())
 }
 
+/// Moves a stage run's start `seconds` before now: for a stage recorded once its work is done
+/// (the database's clock, so that hosts' clocks need not agree).
+pub async fn backdate_stage_start(
+    pool: &PgPool,
+    stage_run_id: i64,
+    seconds: f64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE stage_runs SET started_at = now() - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(stage_run_id)
+    .bind(seconds.max(0.0))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Records where a stage reads from and writes to (how workers find a run to join).
 pub async fn set_stage_paths(
     pool: &PgPool,

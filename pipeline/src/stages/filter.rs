@@ -139,6 +139,9 @@ pub struct FolderSummary {
     pub stopped: bool,
     /// With `--leases`: the stage run the workers share (the funnel is recorded there).
     pub stage: Option<runs::OpenStage>,
+    /// How long the folder took, models opened included: without leases the stage run is
+    /// recorded once the work is done, and starts this long before.
+    pub seconds: f64,
 }
 
 impl FolderSummary {
@@ -164,6 +167,7 @@ pub async fn filter_folder(
     device: tch::Device,
     sharing: &Sharing,
 ) -> anyhow::Result<FolderSummary> {
+    let opened = std::time::Instant::now();
     let models = PathBuf::from(&settings.models);
     let mut scorers = Scorers::open_on(&models, threads, OnnxDevice::of(device))
         .with_context(|| format!("opening the filter models in {}", models.display()))?;
@@ -238,6 +242,7 @@ pub async fn filter_folder(
     summary.failed = walked.failed.clone();
     summary.stopped = walked.stopped;
     summary.stage = walked.stage;
+    summary.seconds = opened.elapsed().as_secs_f64();
     summary.shards_decided = all
         .iter()
         .filter(|tar| {
@@ -294,6 +299,7 @@ pub async fn record(
     };
     let stage_run_id =
         runs::start_stage(pool, run_id, "filter", &serde_json::to_value(settings)?).await?;
+    runs::backdate_stage_start(pool, stage_run_id, summary.seconds).await?;
     runs::set_stage_paths(pool, stage_run_id, &input_text, &out_text).await?;
     let funnel = record_funnel(pool, settings, out, stage_run_id).await?;
     if summary.shards_decided == summary.shards_total {
