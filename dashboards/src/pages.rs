@@ -418,6 +418,22 @@ pub struct RunView {
     pub error: String,
 }
 
+/// A duration as a person reads it: "12.3 s", "4 min 05 s", "2 h 05 min", "3 d 07 h".
+fn fmt_seconds(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "–".into();
+    }
+    if seconds < 60.0 {
+        return format!("{seconds:.1} s");
+    }
+    let s = seconds.round() as u64;
+    match s {
+        s if s < 3600 => format!("{} min {:02} s", s / 60, s % 60),
+        s if s < 86400 => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {:02} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 fn run_view(r: &queries::PipelineRun) -> RunView {
     RunView {
         id: r.id,
@@ -425,10 +441,7 @@ fn run_view(r: &queries::PipelineRun) -> RunView {
         trigger: r.trigger.clone(),
         status: r.status.clone(),
         started: r.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        duration: r
-            .seconds
-            .map(|s| format!("{s:.1} s"))
-            .unwrap_or_else(|| "–".into()),
+        duration: r.seconds.map(fmt_seconds).unwrap_or_else(|| "–".into()),
         error: r.error.clone().unwrap_or_default(),
     }
 }
@@ -498,6 +511,8 @@ pub struct StageView {
     /// For a stage without shards (training, sampling, a stage run in one process): what it
     /// recorded it did, as `name value` pairs.
     pub summary: String,
+    /// How long it took; "–" while it runs.
+    pub took: String,
     pub output: String,
     pub error: String,
 }
@@ -564,6 +579,10 @@ pub async fn pipeline_run(
                 } else {
                     String::new()
                 },
+                took: s
+                    .finished_at
+                    .map(|end| fmt_seconds((end - s.started_at).as_seconds_f64()))
+                    .unwrap_or_else(|| "–".into()),
                 output: s.output_path.clone().unwrap_or_default(),
                 error: s.error.clone().unwrap_or_default(),
             }
@@ -575,4 +594,23 @@ pub async fn pipeline_run(
         funnel: data.funnel,
         failed: data.failed_shards,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        for (seconds, text) in [
+            (0.04, "0.0 s"),
+            (59.94, "59.9 s"),
+            (65.0, "1 min 05 s"),
+            (7500.0, "2 h 05 min"),
+            (3.0 * 86400.0 + 7.0 * 3600.0 + 59.0, "3 d 07 h"),
+            (-1.0, "–"),
+        ] {
+            assert_eq!(fmt_seconds(seconds), text, "{seconds}");
+        }
+    }
 }

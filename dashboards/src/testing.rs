@@ -195,8 +195,10 @@ pub async fn seed(
     .await?;
     // A stage without shards (training) that recorded what it did, a hostile string among it.
     sqlx::query(
-        "INSERT INTO stage_runs (run_id, stage, status, output_path, counts)
+        "INSERT INTO stage_runs (run_id, stage, status, output_path, started_at, finished_at,
+                                 counts)
          VALUES ($1, 'train', 'succeeded', '/data/checkpoints',
+                 now() - interval '2 hours 5 minutes 10 seconds', now(),
                  jsonb_build_object('step', 42000, 'loss', 3.25, 'model', $2::text,
                                     'nested', jsonb_build_object('left', 'out')))",
     )

@@ -303,7 +303,7 @@ async fn pages_and_api_answer_and_bad_parameters_get_400() {
         html.contains(
             "<td colspan=\"6\" class=\"summary\">loss 3.25 · model &#60;script&#62;\
              window.pwned=&#39;name&#39;&#60;/script&#62;GPT-evil · step 42000</td>\
-             <td>/data/checkpoints</td>"
+             <td class=\"num\">2 h 05 min</td><td>/data/checkpoints</td>"
         ),
         "{html}"
     );
@@ -314,8 +314,17 @@ async fn pages_and_api_answer_and_bad_parameters_get_400() {
     let (status, json) = get(&format!("{base}/api/runs/{}", server.seeded.run_id)).await;
     assert_eq!(status, 200);
     let run: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(run["stages"][0]["shards_running"], 1);
-    assert_eq!(run["stages"][1]["counts"]["step"], 42000);
+    let stage = |name: &str| {
+        run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("ingest")["shards_running"], 1);
+    assert_eq!(stage("train")["counts"]["step"], 42000);
     assert_eq!(run["funnel"].as_array().unwrap().len(), 4);
 
     // Prometheus metrics count what was asked, by route pattern.
