@@ -88,10 +88,18 @@ fn draw<DB: DrawingBackend>(
         .y_label_area_size(72)
         .build_cartesian_2d(x_range, y_range)
         .map_err(err)?;
+    let (x_decimals, y_decimals) = (
+        tick_decimals(&chart.x_range()),
+        tick_decimals(&chart.y_range()),
+    );
+    let x_tick = move |v: &f64| tick(*v, x_decimals);
+    let y_tick = move |v: &f64| tick(*v, y_decimals);
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&x_tick)
+        .y_label_formatter(&y_tick)
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(err)?;
@@ -126,13 +134,94 @@ fn draw<DB: DrawingBackend>(
             }))
             .map_err(err)?;
     }
+    let drawn: Vec<&Point> = order
+        .iter()
+        .take(MAX_SERIES)
+        .flat_map(|name| series[name].iter().copied())
+        .collect();
+    let corner = legend_corner(
+        &drawn,
+        &chart.x_range(),
+        &chart.y_range(),
+        order.len().min(MAX_SERIES),
+    );
     chart
         .configure_series_labels()
+        .position(corner)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+/// How many decimals tell the ticks of `range` apart. plotters puts at most ten labels on an
+/// axis, a step of 1, 2 or 5 times a power of ten: the smallest such step that spans the range
+/// in nine gives the power (an IS axis from 1.003250 to 1.003258 steps by 0.000001 and needs six
+/// decimals; an FID axis from 900 to 1150 steps by 50 and needs none).
+fn tick_decimals(range: &std::ops::Range<f64>) -> usize {
+    let least = (range.end - range.start) / 9.0;
+    if !(least.is_finite() && least > 0.0) {
+        return 1;
+    }
+    let power = 10f64.powf(least.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&s| s >= least * (1.0 - 1e-9))
+        .unwrap_or(10.0 * power);
+    (-step.log10().floor()).clamp(0.0, 12.0) as usize
+}
+
+/// A tick label with `decimals` decimals, never "-0".
+fn tick(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    match text.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => text,
+    }
+}
+
+/// The corner of the plot whose legend box (about 30% of the width, a line per series) covers
+/// the fewest points and interval ends, so that the legend hides as little as it can; ties go
+/// to the upper right, then the upper left, lower right and lower left.
+fn legend_corner(
+    points: &[&Point],
+    x: &std::ops::Range<f64>,
+    y: &std::ops::Range<f64>,
+    series: usize,
+) -> SeriesLabelPosition {
+    let (width, height) = (0.3, (0.08 + 0.07 * series as f64).min(0.6));
+    let unit = |v: f64, r: &std::ops::Range<f64>| (v - r.start) / (r.end - r.start);
+    let corners = [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let covered = |right: bool, upper: bool| {
+        points
+            .iter()
+            .flat_map(|p| {
+                let (low, high) = interval(p).unwrap_or((p.y, p.y));
+                [(p.x, p.y), (p.x, low), (p.x, high)]
+            })
+            .filter(|&(px, py)| {
+                let (u, v) = (unit(px, x), unit(py, y));
+                let across = if right { u >= 1.0 - width } else { u <= width };
+                let up = if upper {
+                    v >= 1.0 - height
+                } else {
+                    v <= height
+                };
+                across && up
+            })
+            .count()
+    };
+    corners
+        .into_iter()
+        .min_by_key(|&(_, right, upper)| covered(right, upper))
+        .map_or(SeriesLabelPosition::UpperRight, |(corner, ..)| corner)
 }
 
 /// A point's finite interval.
@@ -179,6 +268,63 @@ mod tests {
     }
 
     #[test]
+    fn tick_labels_have_the_decimals_their_steps_need() {
+        assert_eq!(tick_decimals(&(900.0..1150.0)), 0);
+        assert_eq!(tick_decimals(&(2.5..3.9)), 1);
+        assert_eq!(tick_decimals(&(1.003_250..1.003_258)), 6);
+        assert_eq!(tick_decimals(&(35_000.0..56_000.0)), 0);
+        assert_eq!(tick(1.003_251_4, 6), "1.003251");
+        assert_eq!(tick(-0.000_01, 2), "0.00");
+        assert_eq!(tick(-1.5, 1), "-1.5");
+        // Distinct ticks stay distinct: every multiple of the finest step plotters takes.
+        let range = 1.003_250..1.003_258;
+        let d = tick_decimals(&range);
+        let labels: Vec<String> = (0..9)
+            .map(|i| tick(1.003_250 + i as f64 * 1e-6, d))
+            .collect();
+        let mut unique = labels.clone();
+        unique.dedup();
+        assert_eq!(unique, labels);
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        let corner = |points: &[Point]| {
+            let refs: Vec<&Point> = points.iter().collect();
+            let (x, y) = ranges(&refs);
+            format!("{:?}", legend_corner(&refs, &x, &y, 1))
+        };
+        // FID falling with training: the upper right is empty.
+        let falling = [
+            point("a", 0.0, 10.0),
+            point("a", 5.0, 5.0),
+            point("a", 10.0, 1.0),
+        ];
+        assert_eq!(corner(&falling), "UpperRight");
+        // Rising, as a loss never does but tokens/s might: the upper left.
+        let rising = [
+            point("a", 0.0, 1.0),
+            point("a", 5.0, 5.0),
+            point("a", 10.0, 10.0),
+        ];
+        assert_eq!(corner(&rising), "UpperLeft");
+        // A U over the guidance scale with high ends: the lower corners are free.
+        let u = [
+            point("a", 1.0, 10.0),
+            point("a", 2.0, 1.0),
+            point("a", 3.0, 10.0),
+        ];
+        assert_eq!(corner(&u), "LowerRight");
+        // An interval end counts like a point: the last point's wide interval reaches the
+        // upper right.
+        let mut high = point("a", 10.0, 1.0);
+        high.low = Some(0.5);
+        high.high = Some(12.0);
+        let falling_then_wide = [point("a", 0.0, 10.0), point("a", 5.0, 5.0), high];
+        assert_eq!(corner(&falling_then_wide), "UpperLeft");
+    }
+
+    #[test]
     fn draws_one_path_per_series_and_escapes_text() {
         let points = [
             point("cfg 1.5", 1000.0, 9.0),
@@ -222,7 +368,7 @@ mod tests {
         };
         // One error bar: its stem and two caps in the series' colour; the y axis reaches 30.
         assert_eq!((bars(&svg), bars(&plain)), (3, 0), "{svg}");
-        assert!(svg.lines().any(|l| l.trim() == "30.0"), "{svg}");
+        assert!(svg.lines().any(|l| l.trim() == "30"), "{svg}");
     }
 
     #[test]
