@@ -328,8 +328,8 @@ struct ModelPageView {
     params: String,
     charts: Vec<ChartView>,
     samples: Vec<SampleImage>,
-    /// (label, tooltip) of the columns after the benchmark: the leaderboard's, so that the
-    /// headers always match [`cells`].
+    /// (label, tooltip) of the columns after the benchmark: the leaderboard's that any of the
+    /// model's evaluations has, the rows' cells cut to the same.
     columns: Vec<(&'static str, &'static str)>,
     rows: Vec<RowView>,
 }
@@ -393,7 +393,16 @@ pub async fn model(
     .into_iter()
     .flatten()
     .collect();
-    let rows = data.evaluations.iter().map(RowView::from).collect();
+    let mut rows: Vec<RowView> = data.evaluations.iter().map(RowView::from).collect();
+    // A model's evaluations are all on its page, so a column none of them has (a generator's
+    // PSNR, a tokenizer's FID) is left out rather than shown as a column of dashes.
+    let shown: Vec<bool> = (0..COLUMNS.len())
+        .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != "–"))
+        .collect();
+    for row in &mut rows {
+        let mut keep = shown.iter();
+        row.cells.retain(|_| keep.next().copied().unwrap_or(true));
+    }
     let view = ModelPageView {
         params: fmt_params(data.model.params),
         model: data.model,
@@ -401,7 +410,9 @@ pub async fn model(
         samples: data.samples,
         columns: COLUMNS
             .iter()
-            .map(|&(label, _, title)| (label, title))
+            .zip(&shown)
+            .filter(|(_, shown)| **shown)
+            .map(|(&(label, _, title), _)| (label, title))
             .collect(),
         rows,
     };
