@@ -249,13 +249,32 @@ pub async fn leaderboard(
             title: "benchmark",
         },
     ];
-    headers.extend(COLUMNS.iter().map(|&(label, key, title)| Header {
-        label,
-        href: q.with_sort(key),
-        arrow: if label == "size" { "" } else { arrow(key) },
-        title,
-    }));
-    let rows = page.rows.iter().map(RowView::from).collect();
+    // Filtered to one kind of model, the other kind's columns would be dashes only.
+    let shown: Vec<bool> = COLUMNS
+        .iter()
+        .map(|&(_, key, _)| match (q.kind, key.kind()) {
+            (Some(wanted), Some(kind)) => wanted == kind,
+            _ => true,
+        })
+        .collect();
+    headers.extend(COLUMNS.iter().zip(&shown).filter(|(_, shown)| **shown).map(
+        |(&(label, key, title), _)| Header {
+            label,
+            href: q.with_sort(key),
+            arrow: if label == "size" { "" } else { arrow(key) },
+            title,
+        },
+    ));
+    let rows = page
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = RowView::from(r);
+            let mut keep = shown.iter();
+            row.cells.retain(|_| keep.next().copied().unwrap_or(true));
+            row
+        })
+        .collect();
     let options = |values: Vec<(String, String)>, selected: Option<&str>| {
         let mut all = vec![SelectOption {
             value: String::new(),

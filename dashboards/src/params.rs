@@ -73,6 +73,14 @@ impl Metric {
         }
     }
 
+    /// The kind of model it measures: a tokenizer's reconstructions, or a generator's samples.
+    pub fn kind(self) -> Kind {
+        match self {
+            Metric::Rfid | Metric::Psnr | Metric::Ssim | Metric::CodebookUsage => Kind::Tokenizer,
+            _ => Kind::Generator,
+        }
+    }
+
     /// FIDs and KID are distances; every other headline metric is better when higher.
     pub fn lower_is_better(self) -> bool {
         matches!(
@@ -112,6 +120,16 @@ pub enum Column {
 }
 
 impl SortKey {
+    /// The kind of model its column is for (the guidance scale is a generator's), or `None`
+    /// for columns of every model.
+    pub fn kind(self) -> Option<Kind> {
+        match self {
+            SortKey::Metric(m) => Some(m.kind()),
+            SortKey::Column(Column::Cfg) => Some(Kind::Generator),
+            SortKey::Column(_) => None,
+        }
+    }
+
     pub fn metric(self) -> Option<Metric> {
         match self {
             SortKey::Metric(m) => Some(m),

@@ -640,6 +640,24 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
         assert_eq!(eval(&tab, "typeof window.pwned").as_str(), Some("undefined"));
 
+        // Filtered to one kind of model, the other kind's columns are left out.
+        let labels = |kind: &str| {
+            tab.navigate_to(&format!("{base}/?kind={kind}"))
+                .unwrap()
+                .wait_until_navigated()
+                .unwrap();
+            tab.wait_for_element("#leaderboard tbody tr").unwrap();
+            assert_rows_fit_their_headers(&tab, "leaderboard")
+                .iter()
+                .map(|h| h.trim_end_matches([' ', '▲', '▼']).to_string())
+                .collect::<Vec<_>>()
+        };
+        let tokenizers = labels("tokenizer");
+        assert!(tokenizers.iter().any(|h| h == "rFID"), "{tokenizers:?}");
+        assert!(!tokenizers.iter().any(|h| h == "FID" || h == "cfg"), "{tokenizers:?}");
+        let generators = labels("generator");
+        assert!(generators.iter().any(|h| h == "FID" && !generators.contains(&"rFID".to_string())), "{generators:?}");
+
         // A bad parameter in the address bar gets the 400 page.
         tab.navigate_to(&format!("{base}/?sort=fid%3BDROP")).unwrap().wait_until_navigated().unwrap();
         let message = eval(&tab, "document.getElementById('error-message').textContent");
