@@ -176,6 +176,15 @@ impl From<&LeaderboardRow> for RowView {
     }
 }
 
+impl RowView {
+    /// The row with the cells of the columns `shown` marks (one flag per [`COLUMNS`] entry).
+    fn with_columns(mut self, shown: &[bool]) -> Self {
+        let mut keep = shown.iter();
+        self.cells.retain(|_| keep.next().copied().unwrap_or(true));
+        self
+    }
+}
+
 /// One cell per column of [`COLUMNS`], in its order (the array length holds them equal).
 fn cells(r: &LeaderboardRow) -> [Cell; COLUMNS.len()] {
     [
@@ -268,12 +277,7 @@ pub async fn leaderboard(
     let rows = page
         .rows
         .iter()
-        .map(|r| {
-            let mut row = RowView::from(r);
-            let mut keep = shown.iter();
-            row.cells.retain(|_| keep.next().copied().unwrap_or(true));
-            row
-        })
+        .map(|r| RowView::from(r).with_columns(&shown))
         .collect();
     let options = |values: Vec<(String, String)>, selected: Option<&str>| {
         let mut all = vec![SelectOption {
@@ -412,16 +416,13 @@ pub async fn model(
     .into_iter()
     .flatten()
     .collect();
-    let mut rows: Vec<RowView> = data.evaluations.iter().map(RowView::from).collect();
+    let rows: Vec<RowView> = data.evaluations.iter().map(RowView::from).collect();
     // A model's evaluations are all on its page, so a column none of them has (a generator's
     // PSNR, a tokenizer's FID) is left out rather than shown as a column of dashes.
     let shown: Vec<bool> = (0..COLUMNS.len())
         .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != "–"))
         .collect();
-    for row in &mut rows {
-        let mut keep = shown.iter();
-        row.cells.retain(|_| keep.next().copied().unwrap_or(true));
-    }
+    let rows: Vec<RowView> = rows.into_iter().map(|r| r.with_columns(&shown)).collect();
     let view = ModelPageView {
         params: fmt_params(data.model.params),
         model: data.model,
