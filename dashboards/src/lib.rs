@@ -223,11 +223,14 @@ pub async fn serve(
 }
 
 /// Numbers as a leaderboard prints them: FIDs with two decimals as in the paper's tables.
+/// What a cell shows for a value that was not measured or recorded.
+pub(crate) const MISSING: &str = "–";
+
 pub(crate) fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
         Some(v) => v.to_string(),
-        None => "–".into(),
+        None => MISSING.into(),
     }
 }
 
@@ -237,7 +240,7 @@ pub(crate) fn fmt_params(params: Option<i64>) -> String {
         Some(p) if p >= 1_000_000_000 => format!("{:.1}B", p as f64 / 1e9),
         Some(p) if p >= 1_000_000 => format!("{:.0}M", p as f64 / 1e6),
         Some(p) => p.to_string(),
-        None => "–".into(),
+        None => MISSING.into(),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::params::SortKey::{Column as C, Metric as M};
 use crate::params::{Column, Kind, LeaderboardQuery, Metric, SortKey};
 use crate::queries::{self, LeaderboardRow};
 use crate::samples::SampleImage;
-use crate::{AppState, DashboardError, api, fmt_opt, fmt_params};
+use crate::{AppState, DashboardError, MISSING, api, fmt_opt, fmt_params};
 
 fn render(template: &impl Template) -> Response {
     match template.render() {
@@ -193,11 +193,11 @@ fn cells(r: &LeaderboardRow) -> [Cell; COLUMNS.len()] {
         fmt_opt(r.epoch, 1).into(),
         r.tokens_seen
             .map(fmt_count)
-            .unwrap_or_else(|| "–".into())
+            .unwrap_or_else(|| MISSING.into())
             .into(),
         r.image_size
             .map(|s| s.to_string())
-            .unwrap_or_else(|| "–".into())
+            .unwrap_or_else(|| MISSING.into())
             .into(),
         fmt_opt(r.cfg_scale, 2).into(),
         with_interval(r.fid, r.fid_low, r.fid_high, 2, 1.0),
@@ -213,9 +213,9 @@ fn cells(r: &LeaderboardRow) -> [Cell; COLUMNS.len()] {
         with_interval(r.ssim, r.ssim_low, r.ssim_high, 4, 1.0),
         r.codebook_usage
             .map(|u| format!("{:.1}%", u * 100.0))
-            .unwrap_or_else(|| "–".into())
+            .unwrap_or_else(|| MISSING.into())
             .into(),
-        r.size.clone().unwrap_or_else(|| "–".into()).into(),
+        r.size.clone().unwrap_or_else(|| MISSING.into()).into(),
     ]
 }
 
@@ -420,7 +420,7 @@ pub async fn model(
     // A model's evaluations are all on its page, so a column none of them has (a generator's
     // PSNR, a tokenizer's FID) is left out rather than shown as a column of dashes.
     let shown: Vec<bool> = (0..COLUMNS.len())
-        .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != "–"))
+        .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != MISSING))
         .collect();
     let rows: Vec<RowView> = rows.into_iter().map(|r| r.with_columns(&shown)).collect();
     let view = ModelPageView {
@@ -452,7 +452,7 @@ pub struct RunView {
 /// A duration as a person reads it: "12.3 s", "4 min 05 s", "2 h 05 min", "3 d 07 h".
 fn fmt_seconds(seconds: f64) -> String {
     if !seconds.is_finite() || seconds < 0.0 {
-        return "–".into();
+        return MISSING.into();
     }
     if seconds < 60.0 {
         return format!("{seconds:.1} s");
@@ -472,7 +472,7 @@ fn run_view(r: &queries::PipelineRun) -> RunView {
         trigger: r.trigger.clone(),
         status: r.status.clone(),
         started: r.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        duration: r.seconds.map(fmt_seconds).unwrap_or_else(|| "–".into()),
+        duration: r.seconds.map(fmt_seconds).unwrap_or_else(|| MISSING.into()),
         error: r.error.clone().unwrap_or_default(),
     }
 }
@@ -613,7 +613,7 @@ pub async fn pipeline_run(
                 took: s
                     .finished_at
                     .map(|end| fmt_seconds((end - s.started_at).as_seconds_f64()))
-                    .unwrap_or_else(|| "–".into()),
+                    .unwrap_or_else(|| MISSING.into()),
                 output: s.output_path.clone().unwrap_or_default(),
                 error: s.error.clone().unwrap_or_default(),
             }
