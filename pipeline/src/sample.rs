@@ -297,10 +297,11 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
             _ => "the CPU".into(),
         };
         let count = tch::Cuda::device_count();
+        let message = format!("--device auto chose {chosen}: {count} CUDA device(s), {cuda}");
         if CHOICE_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::debug!("--device auto chose {chosen}: {count} CUDA device(s), {cuda}");
+            tracing::debug!("{message}");
         } else {
-            tracing::info!("--device auto chose {chosen}: {count} CUDA device(s), {cuda}");
+            tracing::info!("{message}");
         }
     }
     Ok(device)
@@ -695,10 +696,8 @@ pub fn sample_with(
         let (cond, prefix_mask) = match prompt_encoder {
             None => (Tensor::from_slice(&labels).to_device(device), None),
             Some(encoder) => {
-                let batch_prompts: Vec<&str> = batch
-                    .iter()
-                    .map(|&i| prompts[(i % prompts.len() as u64) as usize].as_str())
-                    .collect();
+                let batch_prompts: Vec<&str> =
+                    batch.iter().map(|&i| nth_prompt(&prompts, i)).collect();
                 let (features, mask) = encoder.embed(&batch_prompts)?;
                 (
                     features.to_device(device).to_kind(gpt_kind),
@@ -731,8 +730,7 @@ pub fn sample_with(
         for (row, &index) in batch.iter().enumerate() {
             if !prompts.is_empty() {
                 // Before the PNG, which marks the sample finished.
-                let prompt = &prompts[(index % prompts.len() as u64) as usize];
-                write_prompt(&args.out, index, prompt)?;
+                write_prompt(&args.out, index, nth_prompt(&prompts, index))?;
             }
             write_png(&args.out, index, &pixels.get(row as i64))?;
         }
@@ -800,6 +798,11 @@ fn write_png(out: &Path, index: u64, pixels: &Tensor) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
+}
+
+/// The prompt of sample `index`: the prompts in turn. `prompts` is not empty.
+fn nth_prompt(prompts: &[String], index: u64) -> &str {
+    &prompts[(index % prompts.len() as u64) as usize]
 }
 
 /// `NNNNNN.txt`: the prompt of text-to-image sample `index`, renamed into place like the PNG.
