@@ -83,8 +83,8 @@ pub struct GeneratorArgs {
     #[arg(long, value_delimiter = ',')]
     pub cfg_scales: Vec<f64>,
     /// What each scale's sample folder keeps once the sweep is recorded (printed, with
-    /// --no-record): all of it; grid, the first 16 PNGs (what the dashboard shows) and
-    /// sampling.json; or none.
+    /// --no-record): all of it; grid, the first 16 PNGs (what the dashboard shows) with their
+    /// prompts, and sampling.json; or none.
     #[arg(long, value_enum, default_value_t = KeepSamples::All)]
     pub keep_samples: KeepSamples,
     #[command(flatten)]
