@@ -2,7 +2,7 @@
 # scripts/package.sh lays them out (docs/deploy.md), on Debian 12.
 #
 #   docker build -t llamagen-rs:cpu .                           # CPU workers (about 0.9 GB)
-#   docker build --build-arg FLAVOR=cuda -t llamagen-rs:cuda .  # GPU hosts (about 4.3 GB)
+#   docker build --build-arg FLAVOR=cuda -t llamagen-rs:cuda .  # GPU hosts (about 4.6 GB)
 #
 # The two flavours build the same binary; they differ in what is packed beside it. cpu: what the
 # binary links (libtorch's CPU half) and ONNX Runtime's CPU build. cuda: all of libtorch, the

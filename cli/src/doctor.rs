@@ -45,9 +45,11 @@ pub async fn run(data_dir: &Path, check_db: bool) -> anyhow::Result<ExitCode> {
                 format!("{version} in {}", dir.display()),
             );
         }
-        Err(e) if std::env::var_os("DATABASE_URL").is_some() => report.info(
+        // A worker of a shared server (a container image, a Slurm node) has no server
+        // binaries and needs none: say so without the private cluster's install advice.
+        Err(_) if std::env::var_os("DATABASE_URL").is_some() => report.info(
             "PostgreSQL",
-            format!("no server binaries ({e}); using DATABASE_URL"),
+            "no server binaries here (the private cluster needs them); using DATABASE_URL",
         ),
         Err(e) => report.line(false, "PostgreSQL", e),
     }

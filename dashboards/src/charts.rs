@@ -44,12 +44,14 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[Point]) -
         series.entry(&p.series).or_default().push(p);
     }
     let (x_range, y_range) = ranges(&finite);
+    let integral = finite.iter().all(|p| p.x.fract() == 0.0);
+    let (x_range, x_labels) = whole_ticks(x_range, integral);
 
     let mut svg = String::new();
     let drawn = {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         draw(
-            &root, title, x_label, y_label, &order, &series, x_range, y_range,
+            &root, title, x_label, y_label, &order, &series, x_range, x_labels, y_range,
         )
         .and_then(|()| root.present().map_err(|e| e.to_string()))
     };
@@ -71,6 +73,7 @@ fn draw<DB: DrawingBackend>(
     order: &[&str],
     series: &BTreeMap<&str, Vec<&Point>>,
     x_range: std::ops::Range<f64>,
+    x_labels: usize,
     y_range: std::ops::Range<f64>,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
@@ -89,8 +92,8 @@ fn draw<DB: DrawingBackend>(
         .build_cartesian_2d(x_range, y_range)
         .map_err(err)?;
     let (x_decimals, y_decimals) = (
-        tick_decimals(&chart.x_range()),
-        tick_decimals(&chart.y_range()),
+        tick_decimals(&chart.x_range(), x_labels),
+        tick_decimals(&chart.y_range(), MAX_LABELS),
     );
     let x_tick = move |v: &f64| tick(*v, x_decimals);
     let y_tick = move |v: &f64| tick(*v, y_decimals);
@@ -98,6 +101,8 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_labels(x_labels)
+        .y_labels(MAX_LABELS)
         .x_label_formatter(&x_tick)
         .y_label_formatter(&y_tick)
         .light_line_style(RGBColor(235, 235, 235))
@@ -155,12 +160,28 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
-/// How many decimals tell the ticks of `range` apart. plotters puts at most ten labels on an
-/// axis, a step of 1, 2 or 5 times a power of ten: the smallest such step that spans the range
-/// in nine gives the power (an IS axis from 1.003250 to 1.003258 steps by 0.000001 and needs six
-/// decimals; an FID axis from 900 to 1150 steps by 50 and needs none).
-fn tick_decimals(range: &std::ops::Range<f64>) -> usize {
-    let least = (range.end - range.start) / 9.0;
+/// plotters' default and largest number of labels on an axis.
+const MAX_LABELS: usize = 10;
+
+/// An x axis of whole numbers (training steps, guidance scales 1 and 2) narrower than ten
+/// units, widened to whole ends with one label per whole number, so that a single checkpoint at
+/// step 0 reads -1, 0, 1 rather than -0.10 to 0.10 in fifths. Otherwise the range as it is,
+/// with plotters' ten labels at most; an axis ten units or wider ticks on whole numbers anyway.
+fn whole_ticks(range: std::ops::Range<f64>, integral: bool) -> (std::ops::Range<f64>, usize) {
+    let (lo, hi) = (range.start.floor(), range.end.ceil());
+    if !integral || hi - lo >= MAX_LABELS as f64 - 1.0 {
+        return (range, MAX_LABELS);
+    }
+    let labels = (hi - lo) as usize + 1;
+    (lo..hi, labels)
+}
+
+/// How many decimals tell apart the ticks of `range` with at most `labels` labels. plotters
+/// steps by 1, 2 or 5 times a power of ten: the smallest such step that spans the range in
+/// `labels - 1` gives the power (an IS axis from 1.003250 to 1.003258 steps by 0.000001 and
+/// needs six decimals; an FID axis from 900 to 1150 steps by 50 and needs none).
+fn tick_decimals(range: &std::ops::Range<f64>, labels: usize) -> usize {
+    let least = (range.end - range.start) / labels.saturating_sub(1).max(1) as f64;
     if !(least.is_finite() && least > 0.0) {
         return 1;
     }
@@ -269,16 +290,17 @@ mod tests {
 
     #[test]
     fn tick_labels_have_the_decimals_their_steps_need() {
-        assert_eq!(tick_decimals(&(900.0..1150.0)), 0);
-        assert_eq!(tick_decimals(&(2.5..3.9)), 1);
-        assert_eq!(tick_decimals(&(1.003_250..1.003_258)), 6);
-        assert_eq!(tick_decimals(&(35_000.0..56_000.0)), 0);
+        assert_eq!(tick_decimals(&(900.0..1150.0), 10), 0);
+        assert_eq!(tick_decimals(&(2.5..3.9), 10), 1);
+        assert_eq!(tick_decimals(&(1.003_250..1.003_258), 10), 6);
+        assert_eq!(tick_decimals(&(35_000.0..56_000.0), 10), 0);
+        assert_eq!(tick_decimals(&(-1.0..1.0), 3), 0);
         assert_eq!(tick(1.003_251_4, 6), "1.003251");
         assert_eq!(tick(-0.000_01, 2), "0.00");
         assert_eq!(tick(-1.5, 1), "-1.5");
         // Distinct ticks stay distinct: every multiple of the finest step plotters takes.
         let range = 1.003_250..1.003_258;
-        let d = tick_decimals(&range);
+        let d = tick_decimals(&range, 10);
         let labels: Vec<String> = (0..9)
             .map(|i| tick(1.003_250 + i as f64 * 1e-6, d))
             .collect();
@@ -369,6 +391,32 @@ mod tests {
         // One error bar: its stem and two caps in the series' colour; the y axis reaches 30.
         assert_eq!((bars(&svg), bars(&plain)), (3, 0), "{svg}");
         assert!(svg.lines().any(|l| l.trim() == "30"), "{svg}");
+    }
+
+    #[test]
+    fn a_single_checkpoint_has_whole_step_ticks() {
+        let labels = |svg: &str| -> Vec<String> {
+            svg.lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('<') && !l.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        for (step, ticks) in [(0.0, ["-1", "0", "1"]), (5.0, ["4", "5", "6"])] {
+            let svg = line_chart("loss", "step", "loss", &[point("a", step, 1000.0)]).unwrap();
+            let text = labels(&svg);
+            for t in ticks {
+                assert!(text.iter().any(|l| l == t), "{t} in {text:?}");
+            }
+            assert!(
+                !text.iter().any(|l| l.contains(".1") || l.contains(".5")),
+                "{text:?}"
+            );
+        }
+        // Ten whole units or wider, or fractional: as plotters chooses.
+        assert_eq!(whole_ticks(-2.1..44.1, true), (-2.1..44.1, 10));
+        assert_eq!(whole_ticks(1.45..1.55, false), (1.45..1.55, 10));
+        assert_eq!(whole_ticks(0.95..2.05, true), (0.0..3.0, 4));
     }
 
     #[test]

@@ -141,11 +141,15 @@ impl PrivateCluster {
             .application_name("llamagen")
     }
 
-    /// A `postgresql://` URL for `psql` and other clients.
+    /// A `postgresql://` URL that libpq (`psql`, notebooks, BI tools) and sqlx (another
+    /// llamagen's `DATABASE_URL`) both read: the socket folder and the user go in the query,
+    /// because a user before an empty host (`llamagen@/`) is libpq's alone, and the folder is
+    /// percent-encoded so that spaces, `&`, `+` or `#` in it survive both parsers.
     pub fn url(&self, database: &str) -> String {
+        use std::os::unix::ffi::OsStrExt as _;
         format!(
-            "postgresql://{SUPERUSER}@/{database}?host={}&port={PORT}",
-            self.socket_dir.display()
+            "postgresql:///{database}?host={}&port={PORT}&user={SUPERUSER}",
+            percent_encode(self.socket_dir.as_os_str().as_bytes())
         )
     }
 
@@ -530,6 +534,20 @@ fn run_as_user() -> Result<Option<RunAs>, StoreError> {
         "running as root and none of the users {candidates:?} exists to run PostgreSQL: \
          create one, set LLAMAGEN_PG_USER, or set DATABASE_URL"
     )))
+}
+
+/// `bytes` with everything but unreserved characters and `/` as `%XX`, which libpq and the url
+/// crate both decode in a query value (form decoding would read a bare `+` as a space).
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn socket_dir_for(pgdata: &Path) -> PathBuf {

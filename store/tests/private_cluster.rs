@@ -207,3 +207,41 @@ async fn only_the_user_running_llamagen_may_connect() {
     );
     cluster.stop().unwrap();
 }
+
+/// `llamagen db url` is for psql (libpq) and for another llamagen's `DATABASE_URL` (sqlx), and
+/// both must read it, from a data folder whose path has characters a URL must escape.
+#[tokio::test]
+async fn the_url_reaches_the_server_through_libpq_and_sqlx() {
+    let dir = tempfile::Builder::new()
+        .prefix("a b+c&d#e%")
+        .tempdir()
+        .unwrap();
+    let cluster = PrivateCluster::start(dir.path(), &ClusterOptions { durable: false }).unwrap();
+    let url = cluster.url("postgres");
+
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let mut conn = options.connect().await.unwrap();
+    let socket: String = sqlx::query_scalar("SELECT current_setting('unix_socket_directories')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert!(
+        socket.starts_with(&*dir.path().to_string_lossy()),
+        "{socket} under {}",
+        dir.path().display()
+    );
+
+    let psql = std::process::Command::new(cluster.bin_dir().join("psql"))
+        .arg(&url)
+        .args(["-X", "-A", "-t", "-c", "SELECT current_user"])
+        .output()
+        .unwrap();
+    assert!(
+        psql.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "llamagen");
+    cluster.stop().unwrap();
+}
