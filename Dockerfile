@@ -29,10 +29,13 @@ RUN --mount=type=cache,target=/src/target \
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/llamagen /opt/llamagen
+# The data folder is /data, where a volume is mounted: with the CLI's default (`data` under the
+# working directory) a pod's shards and checkpoints would stay in its container and go with it.
 ENV PATH=/opt/llamagen/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LLAMAGEN_DATA_DIR=/data \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
-RUN useradd --create-home --uid 1000 llamagen
+RUN useradd --create-home --uid 1000 llamagen && mkdir /data && chown llamagen:llamagen /data
 USER llamagen
 WORKDIR /home/llamagen
 ENTRYPOINT ["llamagen"]
