@@ -65,6 +65,29 @@ fn a_packaged_binary_runs_on_its_own_libraries_wherever_it_is_moved() {
     assert!(printed.contains(&ort), "{printed}");
     assert!(printed.contains("tiny MLP ran"), "{printed}");
     assert!(printed.contains("d/dx sum(x^2)"), "{printed}");
+
+    // A package on a worker without server binaries or DATABASE_URL: the advice is the
+    // package's, not the checkout's scripts/setup.sh.
+    let out = Command::new(moved.join("bin/llamagen"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("doctor")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LLAMAGEN_PG_BIN", dir.path().join("no-server-binaries"))
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(
+        printed.contains("2 problem(s); this package carries its own libraries and takes its database from DATABASE_URL"),
+        "{printed}"
+    );
+    assert!(!printed.contains("scripts/setup.sh"), "{printed}");
+    assert!(
+        printed.contains("the Dockerfile's cuda flavour carries onnxruntime-gpu"),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -243,10 +243,16 @@ pub fn cuda_unavailable() -> Option<String> {
         Err(e) => return Some(e.to_string()),
     };
     if !providers.iter().any(|p| p == CUDA_PROVIDER) {
-        let library = dylib_path().map_or_else(|e| e.to_string(), |p| p.display().to_string());
+        let library = dylib_path().ok();
+        // A package's ONNX Runtime is the one its build had; no setup.sh is beside it.
+        let advice = if library.is_some() && library == packaged_dylib() {
+            "the Dockerfile's cuda flavour carries onnxruntime-gpu (docs/deploy.md)"
+        } else {
+            "scripts/setup.sh installs onnxruntime-gpu where an NVIDIA driver is present"
+        };
+        let library = library.map_or_else(|| "?".to_string(), |p| p.display().to_string());
         return Some(format!(
-            "the ONNX Runtime at {library} has no {CUDA_PROVIDER} (it lists {}); \
-             scripts/setup.sh installs onnxruntime-gpu where an NVIDIA driver is present",
+            "the ONNX Runtime at {library} has no {CUDA_PROVIDER} (it lists {}); {advice}",
             providers.join(", ")
         ));
     }
