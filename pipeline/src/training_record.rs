@@ -167,7 +167,7 @@ impl TrainingRecord {
     ) -> anyhow::Result<()> {
         let shown = path.display().to_string();
         let bytes = std::fs::metadata(path)?.len() as i64;
-        results::register_checkpoint(
+        let id = results::register_checkpoint(
             self.store.pool(),
             &NewCheckpoint {
                 model_id: self.model_id,
@@ -186,6 +186,16 @@ impl TrainingRecord {
             },
         )
         .await?;
+        // Otherwise the benchmark stages would sample nothing for this model, unexplained.
+        if let Some((model, at)) =
+            results::checkpoint_held_by_another_model(self.store.pool(), id, self.model_id).await?
+        {
+            tracing::warn!(
+                "{shown} has the same bytes as model {model:?}'s checkpoint at step {at}: it \
+                 stays that model's (with its evaluations), and this model gets no row for it; \
+                 train with another seed or other data to get checkpoints of its own"
+            );
+        }
         Ok(())
     }
 

@@ -115,6 +115,24 @@ pub async fn register_checkpoint(pool: &PgPool, c: &NewCheckpoint<'_>) -> Result
     })
 }
 
+/// The model that holds checkpoint `checkpoint_id` when it is not `model_id`: its name and the
+/// checkpoint's step. The same bytes trained again under another name (the same data, seed
+/// and settings) are the first model's row, as [`register_checkpoint`] keeps it.
+pub async fn checkpoint_held_by_another_model(
+    pool: &PgPool,
+    checkpoint_id: i64,
+    model_id: i64,
+) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT m.name, c.step FROM checkpoints c JOIN models m ON m.id = c.model_id
+         WHERE c.id = $1 AND c.model_id <> $2",
+    )
+    .bind(checkpoint_id)
+    .bind(model_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// A reference set, recorded whenever one is used or made; matched by content.
 #[derive(Debug, Clone)]
 pub struct NewReferenceSet<'a> {

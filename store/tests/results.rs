@@ -70,6 +70,42 @@ async fn another_file_at_a_step_the_model_has_is_a_clear_error() {
             ..retrained
         };
         assert!(results::register_checkpoint(&pool, &ema).await.is_ok());
+
+        // The same bytes from another model's training are the first model's row, and say so.
+        let other = checkpoint(&pool, "LlamaGen-B-again", "B", 40).await;
+        let other_model: i64 = sqlx::query_scalar("SELECT model_id FROM checkpoints WHERE id = $1")
+            .bind(other)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let sha: String = sqlx::query_scalar("SELECT sha256 FROM checkpoints WHERE id = $1")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let same_bytes = NewCheckpoint {
+            model_id: other_model,
+            path: "/again/0000020.safetensors",
+            sha256: &sha,
+            step: 20,
+            ..Default::default()
+        };
+        let id = results::register_checkpoint(&pool, &same_bytes)
+            .await
+            .unwrap();
+        assert_eq!(id, first);
+        assert_eq!(
+            results::checkpoint_held_by_another_model(&pool, id, other_model)
+                .await
+                .unwrap(),
+            Some(("LlamaGen-B".to_string(), 20))
+        );
+        assert_eq!(
+            results::checkpoint_held_by_another_model(&pool, id, model_id)
+                .await
+                .unwrap(),
+            None
+        );
     })
     .await;
 }
