@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks a container image built from the Dockerfile against this checkout's own build, on the
-# demo's data: the image must find its libraries, reach a database through DATABASE_URL, run
-# encode -> train -> sample -> evaluate into the leaderboard, and train to the same checkpoint
-# bytes as the host's binary did.
+# demo's data: the image must find its libraries, reach a database through DATABASE_URL, train
+# to the same checkpoint bytes as the host's binary did, run encode -> train -> sample ->
+# evaluate into the leaderboard, and serve the dashboard that shows it.
 #
 # Usage: scripts/check_image.sh IMAGE [DATA_DIR]
 #   IMAGE     e.g. llamagen-rs:cpu (docker build -t llamagen-rs:cpu .)
@@ -83,4 +83,17 @@ grep -E '^(== |[0-9]+ shard|trained|[0-9]+ checkpoint|evaluator|run #)' "$data/.
 rows="$(PGCONNECT_TIMEOUT=5 "$host_bin" --data-dir "$data" db shell -- -tA \
     -c "SELECT count(*) FROM leaderboard WHERE model = '$model-GPT' AND fid IS NOT NULL")"
 [ "${rows//[[:space:]]/}" -gt 0 ] 2>/dev/null || fail "no leaderboard rows for $model-GPT"
-log "ok: $image runs the pipeline; $rows leaderboard row(s) for $model-GPT"
+
+# The dashboard from the image, over the same database.
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+log "the dashboard in $image on 127.0.0.1:$port"
+dashboard="$("$docker" run -d --network host --user "$(id -u):$(id -g)" -v "$data:$data" \
+    -e DATABASE_URL="$url" "$image" --data-dir "$data" serve --listen "127.0.0.1:$port")"
+trap '"$docker" rm -f "$dashboard" >/dev/null 2>&1 || true; kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true' EXIT
+page=""
+for _ in $(seq 100); do
+    page="$(curl -fsS "http://127.0.0.1:$port/?benchmark=demo-shards-c2i" 2>/dev/null)" && break
+    sleep 0.2
+done
+[[ "$page" == *"$model-GPT"* ]] || fail "the image's dashboard does not list $model-GPT: $("$docker" logs "$dashboard" 2>&1 | tail -n 5)"
+log "ok: $image runs the pipeline ($rows leaderboard row(s) for $model-GPT) and serves the dashboard"
