@@ -41,7 +41,13 @@ ls "$data"/demo/train/*.safetensors >/dev/null 2>&1 || fail "$data holds no demo
 url_file="$data/.check-image-url"
 "$host_bin" --data-dir "$data" db url --hold >"$url_file" 2>"$data/.check-image-hold.log" &
 holder=$!
-trap 'kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true' EXIT
+dashboard=""
+cleanup() {
+    [ -z "$dashboard" ] || "$docker" rm -f "$dashboard" >/dev/null 2>&1 || true
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+}
+trap cleanup EXIT
 for _ in $(seq 100); do [ -s "$url_file" ] && break; sleep 0.1; done
 url="$(head -n1 "$url_file")"
 [ -n "$url" ] || fail "db url --hold printed no URL: $(cat "$data/.check-image-hold.log")"
@@ -89,7 +95,6 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 log "the dashboard in $image on 127.0.0.1:$port"
 dashboard="$("$docker" run -d --network host --user "$(id -u):$(id -g)" -v "$data:$data" \
     -e DATABASE_URL="$url" "$image" --data-dir "$data" serve --listen "127.0.0.1:$port")"
-trap '"$docker" rm -f "$dashboard" >/dev/null 2>&1 || true; kill $holder 2>/dev/null || true; wait $holder 2>/dev/null || true' EXIT
 page=""
 for _ in $(seq 100); do
     page="$(curl -fsS "http://127.0.0.1:$port/?benchmark=demo-shards-c2i" 2>/dev/null)" && break

@@ -222,10 +222,10 @@ pub async fn serve(
         .await
 }
 
-/// Numbers as a leaderboard prints them: FIDs with two decimals as in the paper's tables.
 /// What a cell shows for a value that was not measured or recorded.
 pub(crate) const MISSING: &str = "–";
 
+/// Numbers as a leaderboard prints them: FIDs with two decimals as in the paper's tables.
 pub(crate) fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
