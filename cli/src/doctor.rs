@@ -80,7 +80,7 @@ pub async fn run(data_dir: &Path, check_db: bool) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         // A package (a container image, a copied folder) has no scripts/setup.sh beside it.
-        let advice = if packaged() {
+        let advice = if llamagen_native::packaged() {
             "this package carries its own libraries and takes its database from DATABASE_URL \
              (docs/deploy.md)"
         } else {
@@ -89,14 +89,6 @@ pub async fn run(data_dir: &Path, check_db: bool) -> anyhow::Result<ExitCode> {
         println!("{} problem(s); {advice}", report.problems);
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// Whether this binary runs from scripts/package.sh's layout (`BIN/../lib/torch/lib`).
-fn packaged() -> bool {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("lib/torch/lib").is_dir()))
-        .unwrap_or(false)
 }
 
 /// Checks libtorch and ONNX Runtime, one line each; returns the number of problems.

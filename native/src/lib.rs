@@ -12,6 +12,18 @@ pub mod onnx;
 pub mod testing;
 pub mod torch;
 
+/// `BIN/../lib` of the running binary: where scripts/package.sh's layout (a copied folder, a
+/// container image) puts libtorch (`torch/lib`) and ONNX Runtime (`onnxruntime/`).
+pub fn lib_dir_beside_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("lib"))
+}
+
+/// Whether the running binary sits in scripts/package.sh's layout, with its own libtorch.
+pub fn packaged() -> bool {
+    lib_dir_beside_binary().is_some_and(|lib| lib.join("torch").join("lib").is_dir())
+}
+
 /// What can go wrong while locating or loading the native libraries.
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {

@@ -27,8 +27,7 @@ pub fn dylib_path() -> Result<PathBuf, NativeError> {
 
 /// `libonnxruntime.so*` in `lib/onnxruntime/` next to the folder of the running binary.
 fn packaged_dylib() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?.join("lib").join("onnxruntime");
+    let dir = crate::lib_dir_beside_binary()?.join("onnxruntime");
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
