@@ -129,7 +129,7 @@ keep_samples = "grid"
     trainer.arg("run").arg(&config).env("RUST_LOG", "warn");
     let trainer = spawn(trainer);
     let claimed_by_first = format!(
-        "SELECT count(*) FROM checkpoint_queue WHERE status = 'running' AND worker LIKE '%:{}'",
+        "SELECT count(*) FROM checkpoint_queue WHERE status = 'running' AND worker LIKE '%:{}-%'",
         killed.id()
     );
     let held = wait_for(&db, &claimed_by_first, 1, Duration::from_secs(120)).await;
@@ -173,9 +173,9 @@ keep_samples = "grid"
     let steps: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(steps, [2, 4, 6]);
     assert!(rows.iter().all(|r| r.3 == 1), "{rows:?}");
-    let survivor_name = format!(":{survivor_id}");
+    let survivor_name = format!(":{survivor_id}-");
     assert!(
-        rows.iter().all(|r| r.2.ends_with(&survivor_name)),
+        rows.iter().all(|r| r.2.contains(&survivor_name)),
         "every checkpoint ends with the surviving evaluator: {rows:?}"
     );
     assert_eq!(

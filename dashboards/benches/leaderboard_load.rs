@@ -9,7 +9,7 @@
 //! omission). First the leaderboard page and its API as first opened (the goal's subject),
 //! then a mix of filtered and re-sorted views; after each, the same leaderboard SQL run
 //! directly on the pool at the same rate, for reference: the gap is the server's own cost.
-//! Last, if `wrk` is installed, wrk drives the page closed-loop as an independent load tool.
+//! Then the comparison of six models, beside the page of one model at the same rate. Last, if `wrk` is installed, wrk drives the page closed-loop as an independent load tool.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ struct Options {
     rate: f64,
     /// Rate of the filtered mix (its hard case costs ~30 ms of database time).
     mix_rate: f64,
+    /// Rate of the comparison page and of one model's page beside it.
+    compare_rate: f64,
     seconds: f64,
     models: i64,
     checkpoints: i64,
@@ -33,6 +35,7 @@ fn options() -> Options {
     let mut o = Options {
         rate: 200.0,
         mix_rate: 50.0,
+        compare_rate: 2.0,
         seconds: 20.0,
         models: 49,
         checkpoints: 100,
@@ -46,6 +49,7 @@ fn options() -> Options {
         match args[i].as_str() {
             "--rate" => o.rate = value().parse().expect("--rate N"),
             "--mix-rate" => o.mix_rate = value().parse().expect("--mix-rate N"),
+            "--compare-rate" => o.compare_rate = value().parse().expect("--compare-rate N"),
             "--seconds" => o.seconds = value().parse().expect("--seconds N"),
             "--checkpoints" => o.checkpoints = value().parse().expect("--checkpoints N"),
             // Seed, print the URL and serve until killed (to look at the pages).
@@ -257,6 +261,21 @@ async fn main() {
             async move { queries::leaderboard(&pool, &q).await.is_ok() }
         })
     };
+    // Six models side by side against the page of one of them, at the same rate.
+    let ids: Vec<String> = seeded.models[..6]
+        .iter()
+        .map(|(id, _)| format!("model={id}"))
+        .collect();
+    let compare: &'static [&'static str] = Box::leak(Box::new([&*Box::leak(
+        format!("/compare?{}", ids.join("&")).into_boxed_str(),
+    )]));
+    let one_model: &'static [&'static str] = Box::leak(Box::new([&*Box::leak(
+        format!("/models/{}", seeded.models[0].0).into_boxed_str(),
+    )]));
+    for path in compare.iter().chain(one_model) {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
     let mut rows = Vec::new();
     let (l, e) = http(&DEFAULT_PATHS, o.rate).await;
     rows.push((
@@ -272,6 +291,13 @@ async fn main() {
     ));
     let (l, e) = sql(&FILTERED_PATHS, o.mix_rate).await;
     rows.push(("  its SQL alone".into(), summarise(l, e)));
+    let (l, e) = http(compare, o.compare_rate).await;
+    rows.push((
+        format!("compare 6 models at {}/s (HTTP)", o.compare_rate),
+        summarise(l, e),
+    ));
+    let (l, e) = http(one_model, o.compare_rate).await;
+    rows.push(("  one model's page, same rate".into(), summarise(l, e)));
 
     println!(
         "\n{:<34} {:>9} {:>9} {:>9} {:>7} {:>7}",

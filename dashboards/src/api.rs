@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::pages::{RunsQuery, parse_query};
-use crate::params::{LeaderboardQuery, Metric};
+use crate::params::{CompareAxis, CompareQuery, LeaderboardQuery, Metric};
 use crate::queries::{self, LeaderboardRow, Point};
 use crate::samples::{self, SampleImage};
 use crate::{AppState, DashboardError};
@@ -105,6 +105,112 @@ pub async fn model(
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
     Ok(Json(model_data(&state, id).await?).into_response())
+}
+
+/// Everything the comparison page shows.
+#[derive(Debug, Serialize)]
+pub struct CompareData {
+    /// The compared models, in the order asked for (which is each one's colour).
+    pub models: Vec<queries::Model>,
+    /// Every benchmark and protocol any of them has results on, the widest first.
+    pub suites: Vec<queries::Suite>,
+    /// The one compared on: asked for, or the widest; `None` while none has results.
+    pub suite: Option<queries::Suite>,
+    pub axis: CompareAxis,
+    /// FID (rFID for tokenizers) at each checkpoint's best guidance scale against `axis`.
+    pub fid_by_axis: Vec<Point>,
+    /// At each model's latest checkpoint evaluated with guidance.
+    pub fid_by_cfg: Vec<Point>,
+    pub is_by_cfg: Vec<Point>,
+    /// Training loss and tokens/s against the step, at most 400 points per model.
+    pub loss: Vec<Point>,
+    pub tokens_per_s: Vec<Point>,
+    /// Each model's best evaluation on the suite, the best first.
+    pub best: Vec<LeaderboardRow>,
+}
+
+pub async fn compare_data(pool: &PgPool, q: &CompareQuery) -> Result<CompareData, DashboardError> {
+    let mut models = Vec::with_capacity(q.models.len());
+    for &id in &q.models {
+        models.push(
+            queries::model(pool, id)
+                .await?
+                .ok_or_else(|| DashboardError::NotFound(format!("no model {id}")))?,
+        );
+    }
+    if let Some(other) = models.iter().find(|m| m.kind != models[0].kind) {
+        return Err(DashboardError::BadRequest(format!(
+            "{} is a {} and {} a {}: compare models of one kind",
+            models[0].name, models[0].kind, other.name, other.kind
+        )));
+    }
+    let fid = if models[0].kind == "tokenizer" {
+        Metric::Rfid
+    } else {
+        Metric::Fid
+    };
+    let ids = &q.models;
+    let suites = queries::suites(pool, ids).await?;
+    let wanted = |s: &&queries::Suite| {
+        q.benchmark.as_ref().is_none_or(|b| *b == s.benchmark)
+            && q.protocol.is_none_or(|p| s.protocol_id == Some(p))
+    };
+    let suite = suites.iter().find(wanted).cloned();
+    if suite.is_none() && (q.benchmark.is_some() || q.protocol.is_some()) {
+        return Err(DashboardError::NotFound(format!(
+            "none of these models has results on {}{}",
+            q.benchmark.as_deref().unwrap_or("any benchmark"),
+            q.protocol
+                .map(|p| format!(" under protocol {p}"))
+                .unwrap_or_default()
+        )));
+    }
+    // The charts' queries are independent: run them side by side on the pool.
+    let training = async {
+        tokio::try_join!(
+            queries::training_metric_of_models(pool, ids, "loss", 400),
+            queries::training_metric_of_models(pool, ids, "tokens_per_s", 400),
+        )
+    };
+    let results = async {
+        let Some(suite) = &suite else {
+            return Ok(Default::default());
+        };
+        let inception = async {
+            match fid {
+                Metric::Fid => {
+                    queries::metric_by_cfg_of_models(pool, ids, suite, Metric::InceptionScore).await
+                }
+                _ => Ok(Vec::new()),
+            }
+        };
+        tokio::try_join!(
+            queries::metric_by_axis(pool, ids, suite, fid, q.x),
+            queries::metric_by_cfg_of_models(pool, ids, suite, fid),
+            inception,
+            queries::best_of_models(pool, ids, suite, fid),
+        )
+    };
+    let ((loss, tokens_per_s), (fid_by_axis, fid_by_cfg, is_by_cfg, best)) =
+        tokio::try_join!(training, results)?;
+    Ok(CompareData {
+        models,
+        suites,
+        suite,
+        axis: q.x,
+        fid_by_axis,
+        fid_by_cfg,
+        is_by_cfg,
+        loss,
+        tokens_per_s,
+        best,
+    })
+}
+
+/// `GET /api/compare?model=ID&model=ID...`: the parameters of `/compare`.
+pub async fn compare(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let q = CompareQuery::parse(uri.query().unwrap_or_default())?;
+    Ok(Json(compare_data(&state.pool, &q).await?).into_response())
 }
 
 /// `GET /api/runs?pipeline=NAME&limit=N`.

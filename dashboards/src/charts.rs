@@ -28,34 +28,65 @@ const MAX_SERIES: usize = COLOURS.len();
 /// An SVG line chart of `points` (one line per series, in the order of first appearance of
 /// each series name), or `None` when there is nothing to draw.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[Point]) -> Option<String> {
-    let finite: Vec<&Point> = points
-        .iter()
-        .filter(|p| p.x.is_finite() && p.y.is_finite())
-        .collect();
-    if finite.is_empty() {
-        return None;
-    }
     let mut order: Vec<&str> = Vec::new();
-    let mut series: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
-    for p in &finite {
-        if !series.contains_key(p.series.as_str()) {
+    for p in points.iter().filter(|p| p.x.is_finite() && p.y.is_finite()) {
+        if !order.contains(&p.series.as_str()) {
             order.push(&p.series);
         }
-        series.entry(&p.series).or_default().push(p);
     }
-    let (x_range, y_range) = ranges(&finite);
-    let integral = finite.iter().all(|p| p.x.fract() == 0.0);
+    line_chart_keyed(title, x_label, y_label, points, &order)
+}
+
+/// An SVG line chart whose series `i` of `series` is drawn in colour `i` whether or not the
+/// series before it has points, so that one model keeps its colour on every chart of a page.
+/// Points of series not named are left out; `None` when nothing is left to draw.
+pub fn line_chart_keyed(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[Point],
+    series: &[&str],
+) -> Option<String> {
+    let mut by_series: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
+    for p in points.iter().filter(|p| p.x.is_finite() && p.y.is_finite()) {
+        if series.contains(&p.series.as_str()) {
+            by_series.entry(&p.series).or_default().push(p);
+        }
+    }
+    let present = series.iter().filter(|s| by_series.contains_key(*s)).count();
+    let lines: Vec<(RGBColor, &str)> = series
+        .iter()
+        .take(MAX_SERIES)
+        .enumerate()
+        .filter(|(_, name)| by_series.contains_key(*name))
+        .map(|(i, name)| (COLOURS[i], *name))
+        .collect();
+    let drawn: Vec<&Point> = lines
+        .iter()
+        .flat_map(|(_, name)| by_series[name].iter().copied())
+        .collect();
+    if drawn.is_empty() {
+        return None;
+    }
+    let (x_range, y_range) = ranges(&drawn);
+    let integral = drawn.iter().all(|p| p.x.fract() == 0.0);
     let (x_range, x_labels) = whole_ticks(x_range, integral);
+    let caption = if present > lines.len() {
+        format!("{title} (first {} of {present} series)", lines.len())
+    } else {
+        title.to_string()
+    };
 
     let mut svg = String::new();
-    let drawn = {
+    let result = {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         draw(
-            &root, title, x_label, y_label, &order, &series, x_range, x_labels, y_range,
+            &root, &caption, x_label, y_label, &lines, &by_series, &drawn, x_range, x_labels,
+            y_range,
         )
         .and_then(|()| root.present().map_err(|e| e.to_string()))
     };
-    match drawn {
+    match result {
         Ok(()) => Some(svg),
         Err(e) => {
             tracing::warn!("chart {title:?} could not be drawn: {e}");
@@ -64,25 +95,28 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[Point]) -
     }
 }
 
+/// The colour of series `i` of [`line_chart_keyed`], as CSS, for a legend outside the chart.
+pub fn colour_css(i: usize) -> Option<String> {
+    COLOURS
+        .get(i)
+        .map(|c| format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
+    caption: &str,
     x_label: &str,
     y_label: &str,
-    order: &[&str],
+    lines: &[(RGBColor, &str)],
     series: &BTreeMap<&str, Vec<&Point>>,
+    drawn: &[&Point],
     x_range: std::ops::Range<f64>,
     x_labels: usize,
     y_range: std::ops::Range<f64>,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let caption = if order.len() > MAX_SERIES {
-        format!("{title} (first {MAX_SERIES} of {} series)", order.len())
-    } else {
-        title.to_string()
-    };
     let mut chart = ChartBuilder::on(root)
         .caption(caption, ("sans-serif", 16))
         .margin(10)
@@ -108,8 +142,7 @@ fn draw<DB: DrawingBackend>(
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(err)?;
-    for (i, name) in order.iter().take(MAX_SERIES).enumerate() {
-        let colour = COLOURS[i];
+    for &(colour, name) in lines {
         let mut points = series[name].clone();
         points.sort_by(|a, b| a.x.total_cmp(&b.x));
         let line: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
@@ -119,7 +152,7 @@ fn draw<DB: DrawingBackend>(
                 colour.stroke_width(2),
             ))
             .map_err(err)?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
         chart
             .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
@@ -139,17 +172,7 @@ fn draw<DB: DrawingBackend>(
             }))
             .map_err(err)?;
     }
-    let drawn: Vec<&Point> = order
-        .iter()
-        .take(MAX_SERIES)
-        .flat_map(|name| series[name].iter().copied())
-        .collect();
-    let corner = legend_corner(
-        &drawn,
-        &chart.x_range(),
-        &chart.y_range(),
-        order.len().min(MAX_SERIES),
-    );
+    let corner = legend_corner(drawn, &chart.x_range(), &chart.y_range(), lines.len());
     chart
         .configure_series_labels()
         .position(corner)
@@ -368,6 +391,26 @@ mod tests {
         assert!(svg.contains("cfg &lt;b&gt;2&lt;/b&gt;"));
         assert!(svg.contains("FID &amp; step"));
         assert!(!svg.contains("<b>"));
+    }
+
+    #[test]
+    fn a_keyed_series_keeps_its_colour_when_the_one_before_has_no_points() {
+        let points = [
+            point("second", 1.0, 2.0),
+            point("second", 2.0, 1.0),
+            point("other", 1.0, 5.0),
+        ];
+        let svg = line_chart_keyed("loss", "step", "loss", &points, &["first", "second"]).unwrap();
+        let lines_in = |colour: &str| {
+            svg.lines()
+                .filter(|l| l.starts_with("<polyline") && l.contains(colour))
+                .count()
+        };
+        assert_eq!(lines_in("#1F77B4"), 0, "{svg}");
+        assert_eq!(lines_in("#FF7F0E"), 2, "the second colour: line and legend");
+        assert!(!svg.contains(">other<"), "an unnamed series is left out");
+        assert_eq!(colour_css(1).as_deref(), Some("#ff7f0e"));
+        assert!(line_chart_keyed("t", "x", "y", &points, &["first"]).is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! - [`pages`]: server-rendered HTML (askama templates, escaped by default): the leaderboard,
 //!   a page per model (FID against step, FID/IS against guidance scale, loss, sample grid),
-//!   and the pipeline runs (stages, shard progress, filter funnel, scheduler decisions).
+//!   models side by side, and the pipeline runs (stages, shard progress, filter funnel, scheduler decisions).
 //! - [`api`]: the same data as JSON under `/api/`.
 //! - [`metrics`]: Prometheus text at `/metrics` (requests, latencies, row counts).
 //! - [`params`]: query parameters parsed into closed types; anything unknown is a 400.
@@ -95,11 +95,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(pages::leaderboard))
         .route("/models/{id}", get(pages::model))
+        .route("/compare", get(pages::compare))
         .route("/pipelines", get(pages::pipelines))
         .route("/pipelines/runs/{id}", get(pages::pipeline_run))
         .route("/samples/{evaluation_id}/{index}", get(samples::image))
         .route("/api/leaderboard", get(api::leaderboard))
         .route("/api/models/{id}", get(api::model))
+        .route("/api/compare", get(api::compare))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{id}", get(api::run))
         .route("/metrics", get(metrics::export))

@@ -8,7 +8,7 @@ use axum::http::Uri;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::params::SortKey::{Column as C, Metric as M};
-use crate::params::{Column, Kind, LeaderboardQuery, Metric, SortKey};
+use crate::params::{Column, CompareAxis, CompareQuery, Kind, LeaderboardQuery, Metric, SortKey};
 use crate::queries::{self, LeaderboardRow};
 use crate::samples::SampleImage;
 use crate::{AppState, DashboardError, MISSING, api, fmt_opt, fmt_params};
@@ -133,6 +133,10 @@ struct LeaderboardPageView {
     order: &'static str,
     prev: Option<String>,
     next: Option<String>,
+    /// The benchmark and protocol the page is filtered to, which a comparison started from it
+    /// keeps.
+    compare_benchmark: String,
+    compare_protocol: String,
 }
 
 /// (label, key, tooltip) of the sortable columns after the model name and benchmark.
@@ -219,6 +223,21 @@ fn cells(r: &LeaderboardRow) -> [Cell; COLUMNS.len()] {
     ]
 }
 
+/// Which of [`COLUMNS`] any of `rows` has a value in (all of them when there are no rows),
+/// so that a table leaves out a column of dashes; and those columns' (label, tooltip).
+fn columns_with_values(rows: &[RowView]) -> (Vec<bool>, Vec<(&'static str, &'static str)>) {
+    let shown: Vec<bool> = (0..COLUMNS.len())
+        .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != MISSING))
+        .collect();
+    let labels = COLUMNS
+        .iter()
+        .zip(&shown)
+        .filter(|(_, shown)| **shown)
+        .map(|(&(label, _, title), _)| (label, title))
+        .collect();
+    (shown, labels)
+}
+
 fn fmt_count(n: i64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
@@ -258,12 +277,20 @@ pub async fn leaderboard(
             title: "benchmark",
         },
     ];
-    // Filtered to one kind of model, the other kind's columns would be dashes only.
+    // Filtered to one kind of model, the other kind's columns would be dashes only; so is a
+    // column none of the page's rows has, unless the page is sorted by it.
+    let all_rows: Vec<RowView> = page.rows.iter().map(RowView::from).collect();
+    let (with_values, _) = columns_with_values(&all_rows);
     let shown: Vec<bool> = COLUMNS
         .iter()
-        .map(|&(_, key, _)| match (q.kind, key.kind()) {
-            (Some(wanted), Some(kind)) => wanted == kind,
-            _ => true,
+        .zip(with_values)
+        .map(|(&(label, key, _), has_values)| {
+            let of_kind = match (q.kind, key.kind()) {
+                (Some(wanted), Some(kind)) => wanted == kind,
+                _ => true,
+            };
+            let sorted_by = key == q.sort && label != "size";
+            of_kind && (has_values || sorted_by)
         })
         .collect();
     headers.extend(COLUMNS.iter().zip(&shown).filter(|(_, shown)| **shown).map(
@@ -274,10 +301,9 @@ pub async fn leaderboard(
             title,
         },
     ));
-    let rows = page
-        .rows
-        .iter()
-        .map(|r| RowView::from(r).with_columns(&shown))
+    let rows = all_rows
+        .into_iter()
+        .map(|r| r.with_columns(&shown))
         .collect();
     let options = |values: Vec<(String, String)>, selected: Option<&str>| {
         let mut all = vec![SelectOption {
@@ -334,13 +360,15 @@ pub async fn leaderboard(
         prev: (page_no > 1).then(|| q.with_page(page_no - 1)),
         next: (last < page.total || page.total_is_lower_bound).then(|| q.with_page(page_no + 1)),
         more: page.total_is_lower_bound,
+        compare_benchmark: q.benchmark.clone().unwrap_or_default(),
+        compare_protocol: q.protocol.map(|p| p.to_string()).unwrap_or_default(),
     };
     Ok(render(&view))
 }
 
+/// A chart and the id of its figure; its title is drawn in the SVG.
 pub struct ChartView {
     pub id: &'static str,
-    pub title: &'static str,
     pub svg: String,
 }
 
@@ -378,7 +406,7 @@ pub async fn model(
         )
     };
     let chart = |id, title, x, y, points: &[queries::Point]| {
-        crate::charts::line_chart(title, x, y, points).map(|svg| ChartView { id, title, svg })
+        crate::charts::line_chart(title, x, y, points).map(|svg| ChartView { id, svg })
     };
     let charts = [
         chart("fid-step", step_title, "step", fid, &data.fid_by_step),
@@ -419,22 +447,166 @@ pub async fn model(
     let rows: Vec<RowView> = data.evaluations.iter().map(RowView::from).collect();
     // A model's evaluations are all on its page, so a column none of them has (a generator's
     // PSNR, a tokenizer's FID) is left out rather than shown as a column of dashes.
-    let shown: Vec<bool> = (0..COLUMNS.len())
-        .map(|i| rows.is_empty() || rows.iter().any(|r| r.cells[i].text != MISSING))
-        .collect();
+    let (shown, columns) = columns_with_values(&rows);
     let rows: Vec<RowView> = rows.into_iter().map(|r| r.with_columns(&shown)).collect();
     let view = ModelPageView {
         params: fmt_params(data.model.params),
         model: data.model,
         charts,
         samples: data.samples,
-        columns: COLUMNS
-            .iter()
-            .zip(&shown)
-            .filter(|(_, shown)| **shown)
-            .map(|(&(label, _, title), _)| (label, title))
-            .collect(),
+        columns,
         rows,
+    };
+    Ok(render(&view))
+}
+
+/// A link among the comparison's choices (a suite, an axis); the current one is not a link.
+pub struct Choice {
+    pub label: String,
+    pub href: String,
+    pub current: bool,
+}
+
+pub struct ComparedModel {
+    pub id: i64,
+    pub name: String,
+    /// Its line's colour on every chart of the page.
+    pub colour: String,
+    pub description: String,
+}
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+struct ComparePageView {
+    models: Vec<ComparedModel>,
+    suites: Vec<Choice>,
+    axes: Vec<Choice>,
+    charts: Vec<ChartView>,
+    /// Charts of the suite's metrics are left out: none of the models has results yet.
+    no_results: bool,
+    columns: Vec<(&'static str, &'static str)>,
+    rows: Vec<RowView>,
+}
+
+/// `GET /compare?model=ID&model=ID...`: models side by side on one benchmark and protocol.
+pub async fn compare(State(state): State<AppState>, uri: Uri) -> Result<Response, DashboardError> {
+    let q = CompareQuery::parse(uri.query().unwrap_or_default())?;
+    let data = api::compare_data(&state.pool, &q).await?;
+    let names: Vec<&str> = data.models.iter().map(|m| m.name.as_str()).collect();
+    let tokenizer = data.models.first().is_some_and(|m| m.kind == "tokenizer");
+    let fid = if tokenizer { "rFID" } else { "FID" };
+    let chart = |id, title: String, x, y, points: &[queries::Point]| {
+        crate::charts::line_chart_keyed(&title, x, y, points, &names)
+            .map(|svg| ChartView { id, svg })
+    };
+    let charts = [
+        chart(
+            "fid-axis",
+            format!("{fid} at each checkpoint's best guidance scale"),
+            data.axis.label(),
+            fid,
+            &data.fid_by_axis,
+        ),
+        chart(
+            "fid-cfg",
+            format!("{fid} against guidance scale, latest checkpoint of each"),
+            "cfg scale",
+            fid,
+            &data.fid_by_cfg,
+        ),
+        chart(
+            "is-cfg",
+            "Inception Score against guidance scale, latest checkpoint of each".into(),
+            "cfg scale",
+            "IS",
+            &data.is_by_cfg,
+        ),
+        chart("loss", "training loss".into(), "step", "loss", &data.loss),
+        chart(
+            "tokens",
+            "training speed".into(),
+            "step",
+            "tokens/s",
+            &data.tokens_per_s,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let suites = data
+        .suites
+        .iter()
+        .map(|s| {
+            let asked = CompareQuery {
+                benchmark: Some(s.benchmark.clone()),
+                protocol: s.protocol_id,
+                ..q.clone()
+            };
+            let protocol = match (s.protocol_id, &s.protocol) {
+                (Some(id), Some(name)) => format!(" · P{id}: {name}"),
+                (Some(id), None) => format!(" · P{id}"),
+                (None, _) => String::new(),
+            };
+            Choice {
+                label: format!(
+                    "{}{protocol} ({} of {} models, {} evaluations)",
+                    s.benchmark,
+                    s.models,
+                    data.models.len(),
+                    s.evaluations
+                ),
+                href: asked.to_query_string(),
+                current: data.suite.as_ref() == Some(s),
+            }
+        })
+        .collect();
+    let axes = [CompareAxis::Step, CompareAxis::Epoch, CompareAxis::Tokens]
+        .into_iter()
+        .map(|x| {
+            // The axis link stays on the suite shown.
+            let asked = CompareQuery {
+                benchmark: data.suite.as_ref().map(|s| s.benchmark.clone()),
+                protocol: data.suite.as_ref().and_then(|s| s.protocol_id),
+                x,
+                ..q.clone()
+            };
+            Choice {
+                label: x.label().into(),
+                href: asked.to_query_string(),
+                current: x == data.axis,
+            }
+        })
+        .collect();
+    let rows: Vec<RowView> = data.best.iter().map(RowView::from).collect();
+    let (shown, columns) = columns_with_values(&rows);
+    let view = ComparePageView {
+        models: data
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ComparedModel {
+                id: m.id,
+                name: m.name.clone(),
+                colour: crate::charts::colour_css(i).unwrap_or_default(),
+                description: [
+                    Some(m.kind.clone()),
+                    Some(m.architecture.clone()),
+                    m.size.clone(),
+                    Some(format!("{} parameters", fmt_params(m.params))),
+                    m.image_size.map(|s| format!("{s} px")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" · "),
+            })
+            .collect(),
+        suites,
+        axes,
+        charts,
+        no_results: data.suite.is_none(),
+        columns,
+        rows: rows.into_iter().map(|r| r.with_columns(&shown)).collect(),
     };
     Ok(render(&view))
 }
@@ -540,7 +712,7 @@ pub struct StageView {
     pub rows_out: i64,
     pub rows_failed: i64,
     /// For a stage without shards (training, sampling, a stage run in one process): what it
-    /// recorded it did, as `name value` pairs.
+    /// recorded it did, as `name value` pairs ("–" when it recorded nothing).
     pub summary: String,
     /// How long it took; "–" while it runs.
     pub took: String,
@@ -605,10 +777,10 @@ pub async fn pipeline_run(
                 shards_failed: s.shards_failed,
                 rows_out: s.rows_out,
                 rows_failed: s.rows_failed,
-                summary: if shards_total == 0 {
-                    counts_text(&s.counts)
-                } else {
-                    String::new()
+                summary: match counts_text(&s.counts) {
+                    _ if shards_total > 0 => String::new(),
+                    text if text.is_empty() => MISSING.into(),
+                    text => text,
                 },
                 took: s
                     .finished_at

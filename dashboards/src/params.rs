@@ -370,6 +370,142 @@ impl LeaderboardQuery {
     }
 }
 
+/// How many models one comparison holds: each gets a line, and the charts have as many colours.
+pub const MAX_COMPARED: usize = 6;
+
+/// What the comparison's training-curve axis counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareAxis {
+    /// Optimizer steps: the same for models trained with the same global batch.
+    #[default]
+    Step,
+    /// Passes over the training set, as the paper's tables count training.
+    Epoch,
+    /// Image tokens seen, for models trained with different batches or image sizes.
+    Tokens,
+}
+
+impl CompareAxis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareAxis::Step => "step",
+            CompareAxis::Epoch => "epoch",
+            CompareAxis::Tokens => "tokens",
+        }
+    }
+
+    /// The `leaderboard_rows` expression for x (a fixed string, never request text); tokens in
+    /// millions, so that the axis labels stay short.
+    pub fn expression(self) -> &'static str {
+        match self {
+            CompareAxis::Step => "step::float8",
+            CompareAxis::Epoch => "epoch",
+            CompareAxis::Tokens => "tokens_seen::float8 / 1e6",
+        }
+    }
+
+    /// The axis title.
+    pub fn label(self) -> &'static str {
+        match self {
+            CompareAxis::Step => "step",
+            CompareAxis::Epoch => "epoch",
+            CompareAxis::Tokens => "tokens seen (millions)",
+        }
+    }
+}
+
+/// `/compare?model=ID&model=ID[&benchmark=NAME][&protocol=ID][&x=step|epoch|tokens]`: up to
+/// [`MAX_COMPARED`] models side by side on one benchmark and protocol. `model` repeats, which
+/// a derived struct cannot read, so the pairs are walked by hand; anything unknown is a 400
+/// all the same.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CompareQuery {
+    /// Distinct model ids, in the order first given.
+    pub models: Vec<i64>,
+    pub benchmark: Option<String>,
+    pub protocol: Option<i64>,
+    pub x: CompareAxis,
+}
+
+impl CompareQuery {
+    pub fn parse(query: &str) -> Result<Self, DashboardError> {
+        let bad = |m: String| DashboardError::BadRequest(m);
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query).map_err(|e| bad(format!("query string: {e}")))?;
+        let mut q = CompareQuery::default();
+        for (key, value) in pairs {
+            let value = value.trim();
+            match key.as_str() {
+                "model" => {
+                    let id: i64 = value
+                        .parse()
+                        .map_err(|_| bad(format!("model must be a model id, not {value:?}")))?;
+                    if !q.models.contains(&id) {
+                        q.models.push(id);
+                    }
+                }
+                "benchmark" if value.is_empty() => q.benchmark = None,
+                "benchmark" => {
+                    if value.chars().count() > MAX_TEXT || value.chars().any(char::is_control) {
+                        return Err(bad(format!(
+                            "benchmark must be at most {MAX_TEXT} printable characters"
+                        )));
+                    }
+                    q.benchmark = Some(value.to_string());
+                }
+                "protocol" if value.is_empty() => q.protocol = None,
+                "protocol" => {
+                    q.protocol = Some(value.parse().map_err(|_| {
+                        bad(format!("protocol must be a protocol id, not {value:?}"))
+                    })?)
+                }
+                "x" => {
+                    use serde::de::IntoDeserializer as _;
+                    q.x = CompareAxis::deserialize(value.into_deserializer()).map_err(
+                        |_: serde::de::value::Error| {
+                            bad(format!("x must be step, epoch or tokens, not {value:?}"))
+                        },
+                    )?
+                }
+                other => return Err(bad(format!("unknown parameter {other:?}"))),
+            }
+        }
+        if q.models.is_empty() {
+            return Err(bad(
+                "nothing to compare: tick models on the leaderboard, or ask for \
+                 /compare?model=ID&model=ID"
+                    .into(),
+            ));
+        }
+        if q.models.len() > MAX_COMPARED {
+            return Err(bad(format!(
+                "{} models asked for; a comparison holds at most {MAX_COMPARED}",
+                q.models.len()
+            )));
+        }
+        Ok(q)
+    }
+
+    /// The query string that asks for this comparison.
+    pub fn to_query_string(&self) -> String {
+        let mut pairs: Vec<(&str, String)> = self
+            .models
+            .iter()
+            .map(|id| ("model", id.to_string()))
+            .collect();
+        if let Some(b) = &self.benchmark {
+            pairs.push(("benchmark", b.clone()));
+        }
+        if let Some(p) = self.protocol {
+            pairs.push(("protocol", p.to_string()));
+        }
+        pairs.push(("x", self.x.as_str().to_string()));
+        // Pairs of plain strings always serialise.
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +571,44 @@ mod tests {
         let back = parse(&toggled).unwrap();
         assert_eq!(back.benchmark.as_deref(), Some("imagenet256-c2i"));
         assert!(back.descending());
+    }
+
+    #[test]
+    fn a_comparison_reads_repeated_models_and_refuses_the_rest() {
+        let q =
+            CompareQuery::parse("model=3&model=1&model=3&benchmark=&protocol=&x=epoch").unwrap();
+        assert_eq!(q.models, [3, 1], "duplicates dropped, order kept");
+        assert_eq!(
+            (q.benchmark, q.protocol, q.x),
+            (None, None, CompareAxis::Epoch)
+        );
+        let q = CompareQuery::parse("model=2&benchmark=imagenet256-c2i&protocol=7").unwrap();
+        assert_eq!(q.benchmark.as_deref(), Some("imagenet256-c2i"));
+        assert_eq!((q.protocol, q.x), (Some(7), CompareAxis::Step));
+        let asked = CompareQuery {
+            benchmark: Some("a&b=c".into()),
+            protocol: None,
+            ..q
+        };
+        let back = CompareQuery::parse(&asked.to_query_string()).unwrap();
+        assert_eq!(
+            (back.benchmark.as_deref(), back.protocol),
+            (Some("a&b=c"), None)
+        );
+        assert_eq!(back.models, [2]);
+        for bad in [
+            "",
+            "benchmark=x",
+            "model=abc",
+            "model=1;DROP",
+            "model=1&x=loss",
+            "model=1&protocol=P3",
+            "model=1&colour=red",
+            "model=1&model=2&model=3&model=4&model=5&model=6&model=7",
+        ] {
+            assert!(CompareQuery::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let long = "b".repeat(MAX_TEXT + 1);
+        assert!(CompareQuery::parse(&format!("model=1&benchmark={long}")).is_err());
     }
 }

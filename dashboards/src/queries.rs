@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::params::{LeaderboardQuery, Metric};
+use crate::params::{CompareAxis, LeaderboardQuery, Metric};
 
 /// One row of the leaderboard (one evaluation of one checkpoint).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -408,12 +408,16 @@ pub async fn training_metric(
     name: &str,
     buckets: i32,
 ) -> Result<Vec<Point>, sqlx::Error> {
+    // Each run's first and last step are two index probes, not a pass over its points; made
+    // once (MATERIALIZED), or PostgreSQL would probe again for every point in the grouping.
     sqlx::query_as(
-        "WITH runs AS (
-            SELECT t.id, min(tm.step) AS lo, max(tm.step) AS hi
-            FROM training_runs t JOIN training_metrics tm ON tm.training_run_id = t.id
-            WHERE t.model_id = $1 AND tm.name = $3
-            GROUP BY t.id)
+        "WITH runs AS MATERIALIZED (
+            SELECT t.id,
+                   (SELECT min(step) FROM training_metrics
+                    WHERE training_run_id = t.id AND name = $3) AS lo,
+                   (SELECT max(step) FROM training_metrics
+                    WHERE training_run_id = t.id AND name = $3) AS hi
+            FROM training_runs t WHERE t.model_id = $1)
          SELECT 'run ' || runs.id::text AS series, avg(tm.step)::float8 AS x, avg(tm.value) AS y
          FROM runs JOIN training_metrics tm ON tm.training_run_id = runs.id AND tm.name = $3
          GROUP BY runs.id,
@@ -426,6 +430,187 @@ pub async fn training_metric(
     .bind(name)
     .fetch_all(pool)
     .await
+}
+
+/// A benchmark and protocol that some of the compared models have results on: rows of one
+/// suite are comparable, rows of two are not.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Suite {
+    pub benchmark: String,
+    pub protocol_id: Option<i64>,
+    pub protocol: Option<String>,
+    /// How many of the compared models have results in it, and how many evaluations.
+    pub models: i64,
+    pub evaluations: i64,
+}
+
+/// The suites the models have results on, the widest first (most models, then most
+/// evaluations).
+pub async fn suites(pool: &PgPool, model_ids: &[i64]) -> Result<Vec<Suite>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT benchmark, protocol_id, max(protocol) AS protocol,
+                count(DISTINCT model_id) AS models, count(*) AS evaluations
+         FROM leaderboard_rows WHERE model_id = ANY($1)
+         GROUP BY benchmark, protocol_id
+         ORDER BY 4 DESC, 5 DESC, benchmark, protocol_id NULLS FIRST",
+    )
+    .bind(model_ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// SQL for the best of a group of `metric` values (the lowest distance, the highest score) and
+/// that row's interval.
+fn best_with_interval(metric: Metric, table: &str) -> String {
+    let col = metric.as_str();
+    let (best, order) = if metric.lower_is_better() {
+        ("min", "ASC")
+    } else {
+        ("max", "DESC")
+    };
+    let interval = match metric.interval_columns() {
+        Some((low, high)) => format!(
+            "(array_agg({table}{low} ORDER BY {table}{col} {order}))[1] AS low,
+             (array_agg({table}{high} ORDER BY {table}{col} {order}))[1] AS high"
+        ),
+        None => "NULL::float8 AS low, NULL::float8 AS high".into(),
+    };
+    format!("{best}({table}{col}) AS y, {interval}")
+}
+
+/// Each model's best `metric` per checkpoint (over its guidance sweep, as the paper reports a
+/// checkpoint at its best scale) on one suite, against `axis`: one series per model, named
+/// after it, in the order of `model_ids`.
+pub async fn metric_by_axis(
+    pool: &PgPool,
+    model_ids: &[i64],
+    suite: &Suite,
+    metric: Metric,
+    axis: CompareAxis,
+) -> Result<Vec<Point>, sqlx::Error> {
+    let col = metric.as_str();
+    let x = axis.expression();
+    let y = best_with_interval(metric, "");
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT model AS series, {x} AS x, {y}
+         FROM leaderboard_rows
+         WHERE model_id = ANY($1) AND benchmark = $2 AND COALESCE(protocol_id, 0) = COALESCE($3, 0)
+           AND {col} IS NOT NULL AND {x} IS NOT NULL
+         GROUP BY model_id, model, checkpoint_id, 2
+         ORDER BY array_position($1, model_id), 2"
+    )))
+    .bind(model_ids)
+    .bind(&suite.benchmark)
+    .bind(suite.protocol_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// `metric` against the guidance scale at each model's latest checkpoint evaluated on the
+/// suite with a guidance scale: one series per model, named after it.
+pub async fn metric_by_cfg_of_models(
+    pool: &PgPool,
+    model_ids: &[i64],
+    suite: &Suite,
+    metric: Metric,
+) -> Result<Vec<Point>, sqlx::Error> {
+    let col = metric.as_str();
+    let y = best_with_interval(metric, "r.");
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH latest AS (
+            SELECT DISTINCT ON (model_id) model_id, checkpoint_id FROM leaderboard_rows
+            WHERE model_id = ANY($1) AND benchmark = $2 AND COALESCE(protocol_id, 0) = COALESCE($3, 0)
+              AND cfg_scale IS NOT NULL AND {col} IS NOT NULL
+            ORDER BY model_id, step DESC, checkpoint_id DESC)
+         SELECT r.model AS series, r.cfg_scale AS x, {y}
+         FROM latest JOIN leaderboard_rows r ON r.checkpoint_id = latest.checkpoint_id
+         WHERE r.benchmark = $2 AND COALESCE(r.protocol_id, 0) = COALESCE($3, 0)
+           AND r.cfg_scale IS NOT NULL AND r.{col} IS NOT NULL
+         GROUP BY r.model_id, r.model, 2
+         ORDER BY array_position($1, r.model_id), 2"
+    )))
+    .bind(model_ids)
+    .bind(&suite.benchmark)
+    .bind(suite.protocol_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// A logged training metric of each model against the step, all of a model's training runs
+/// together (a resumed run continues its steps), averaged into at most `buckets` step ranges
+/// per model: one series per model, named after it.
+pub async fn training_metric_of_models(
+    pool: &PgPool,
+    model_ids: &[i64],
+    name: &str,
+    buckets: i32,
+) -> Result<Vec<Point>, sqlx::Error> {
+    // Each run's first and last step are two index probes, not a pass over its points.
+    sqlx::query_as(
+        "WITH runs AS MATERIALIZED (
+            SELECT t.model_id,
+                   (SELECT min(step) FROM training_metrics
+                    WHERE training_run_id = t.id AND name = $3) AS lo,
+                   (SELECT max(step) FROM training_metrics
+                    WHERE training_run_id = t.id AND name = $3) AS hi
+            FROM training_runs t WHERE t.model_id = ANY($1)),
+         span AS (
+            SELECT model_id, min(lo) AS lo, max(hi) AS hi FROM runs
+            WHERE lo IS NOT NULL GROUP BY model_id)
+         SELECT m.name AS series, avg(tm.step)::float8 AS x, avg(tm.value) AS y
+         FROM span
+         JOIN models m ON m.id = span.model_id
+         JOIN training_runs t ON t.model_id = span.model_id
+         JOIN training_metrics tm ON tm.training_run_id = t.id AND tm.name = $3
+         GROUP BY span.model_id, m.name,
+                  CASE WHEN span.hi = span.lo THEN 0
+                       ELSE floor((tm.step - span.lo)::float8 * $2 / (span.hi - span.lo + 1)) END
+         ORDER BY array_position($1, span.model_id), 2",
+    )
+    .bind(model_ids)
+    .bind(buckets)
+    .bind(name)
+    .fetch_all(pool)
+    .await
+}
+
+/// Each model's best evaluation on the suite by `metric` (lowest first), best model first,
+/// with the leader and the rows whose interval overlaps the leader's marked.
+pub async fn best_of_models(
+    pool: &PgPool,
+    model_ids: &[i64],
+    suite: &Suite,
+    metric: Metric,
+) -> Result<Vec<LeaderboardRow>, sqlx::Error> {
+    let col = metric.as_str();
+    // One probe of the (model, benchmark, protocol, FID) index per model.
+    let mut rows: Vec<LeaderboardRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT best.* FROM unnest($1::bigint[]) AS p(model_id)
+         CROSS JOIN LATERAL (
+            SELECT {VIEW_COLUMNS} FROM leaderboard_rows
+            WHERE model_id = p.model_id AND benchmark = $2
+              AND COALESCE(protocol_id, 0) = COALESCE($3, 0) AND {col} IS NOT NULL
+            ORDER BY {col} ASC, evaluation_id LIMIT 1) best
+         ORDER BY best.{col} ASC, best.evaluation_id"
+    )))
+    .bind(model_ids)
+    .bind(&suite.benchmark)
+    .bind(suite.protocol_id)
+    .fetch_all(pool)
+    .await?;
+    let leader = rows.first().and_then(|r| r.ranking().1);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.best_of_model = true;
+        row.leader = i == 0;
+        row.tied_with_leader = i > 0
+            && match (row.ranking().1, leader) {
+                (Some((low, high)), Some((leader_low, leader_high))) => {
+                    low <= leader_high && leader_low <= high
+                }
+                _ => false,
+            };
+    }
+    Ok(rows)
 }
 
 /// The model's newest `limit` evaluations that recorded a samples folder, newest first, with

@@ -629,13 +629,6 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         let leaderboard = assert_rows_fit_their_headers(&tab, "leaderboard");
         let ranked: Vec<&str> = leaderboard.iter().map(|h| h.trim_end_matches([' ', '▲', '▼'])).collect();
         assert_eq!(ranked[..2], ["model", "benchmark"]);
-        // Both model pages' columns are the leaderboard's, in its order.
-        for page in [&model_page, &tokenizer_page] {
-            let mut rest = ranked[2..].iter();
-            for column in &page[1..] {
-                assert!(rest.any(|c| c == column), "{column} out of the leaderboard's order: {page:?}");
-            }
-        }
         assert!(names.as_str().unwrap().starts_with(HOSTILE_NAME), "{names:?}");
         assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
         assert_eq!(eval(&tab, "typeof window.pwned").as_str(), Some("undefined"));
@@ -657,6 +650,75 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         assert!(!tokenizers.iter().any(|h| h == "FID" || h == "cfg"), "{tokenizers:?}");
         let generators = labels("generator");
         assert!(generators.iter().any(|h| h == "FID" && !generators.contains(&"rFID".to_string())), "{generators:?}");
+        // Both model pages' columns are the leaderboard's of their kind, in its order.
+        for (page, leaderboard) in [(&model_page, &generators), (&tokenizer_page, &tokenizers)] {
+            let mut rest = leaderboard[2..].iter();
+            for column in &page[1..] {
+                assert!(rest.any(|c| c == column), "{column} out of the leaderboard's order: {page:?}");
+            }
+        }
+        // Unfiltered, a page of generators leaves out the tokenizers' columns, and the other
+        // way round; the column sorted by stays whatever the page holds.
+        let unfiltered = |query: &str| {
+            tab.navigate_to(&format!("{base}/?{query}")).unwrap().wait_until_navigated().unwrap();
+            tab.wait_for_element("#leaderboard tbody tr").unwrap();
+            assert_rows_fit_their_headers(&tab, "leaderboard")
+                .iter()
+                .map(|h| h.trim_end_matches([' ', '▲', '▼']).to_string())
+                .collect::<Vec<_>>()
+        };
+        let by_fid = unfiltered("sort=fid");
+        assert!(by_fid.contains(&"FID".into()) && !by_fid.contains(&"rFID".into()), "{by_fid:?}");
+        let vq_only = unfiltered("model=VQ-16&sort=sfid");
+        assert!(vq_only.contains(&"rFID".into()) && !vq_only.contains(&"FID".into()), "{vq_only:?}");
+        assert!(vq_only.contains(&"sFID".into()), "the sorted column stays: {vq_only:?}");
+
+        // Tick a row of two models on the leaderboard and compare them.
+        tab.navigate_to(&format!("{base}/?sort=fid&per_page=100")).unwrap().wait_until_navigated().unwrap();
+        tab.wait_for_element("#leaderboard tbody tr").unwrap();
+        let picked: Vec<(i64, i64)> = serde_json::from_str(
+            eval(
+                &tab,
+                "JSON.stringify([...document.querySelectorAll('#leaderboard tbody tr')].map(r => \
+                 [+r.dataset.evaluation, +r.querySelector('input[name=model]').value]))",
+            )
+            .as_str()
+            .unwrap(),
+        )
+        .unwrap();
+        let first = picked[0];
+        let second = *picked.iter().find(|(_, model)| *model != first.1).unwrap();
+        for (evaluation, _) in [first, second] {
+            tab.find_element(&format!("#leaderboard tr[data-evaluation='{evaluation}'] input"))
+                .unwrap()
+                .click()
+                .unwrap();
+        }
+        tab.find_element("#compare-button").unwrap().click().unwrap();
+        wait_for_location(&tab, "/compare?");
+        let compared = eval(&tab, "[...document.querySelectorAll('#compared li a')].map(a => a.getAttribute('href')).join(',')");
+        assert_eq!(
+            compared.as_str().unwrap(),
+            format!("/models/{},/models/{}", first.1, second.1)
+        );
+        for chart in ["fid-axis", "fid-cfg", "is-cfg", "loss", "tokens"] {
+            for colour in ["#1F77B4", "#FF7F0E"] {
+                let lines = eval(
+                    &tab,
+                    &format!("document.querySelectorAll('#chart-{chart} svg polyline[stroke=\"{colour}\"]').length"),
+                );
+                assert!(lines.as_u64().unwrap() >= 2, "{chart} {colour}: {lines:?}");
+            }
+        }
+        let best = assert_rows_fit_their_headers(&tab, "best");
+        assert!(best.contains(&"FID".into()) && !best.contains(&"rFID".into()), "{best:?}");
+        let leaders = eval(&tab, "[...document.querySelectorAll('#best tbody tr')].map(r => !!r.querySelector('span.leader')).join(',')");
+        assert_eq!(leaders.as_str(), Some("true,false"));
+        tab.find_element("a.axis[href*='x=epoch']").unwrap().click().unwrap();
+        wait_for_location(&tab, "x=epoch");
+        let axis = eval(&tab, "document.querySelector('#chart-fid-axis svg').textContent");
+        assert!(axis.as_str().unwrap().contains("epoch"), "{axis:?}");
+        assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
 
         // A bad parameter in the address bar gets the 400 page.
         tab.navigate_to(&format!("{base}/?sort=fid%3BDROP")).unwrap().wait_until_navigated().unwrap();
@@ -794,5 +856,199 @@ async fn two_protocols_on_one_benchmark_never_share_a_ranking() {
     );
     let (status, _) = get(&format!("{}/api/leaderboard?protocol=x", server.base)).await;
     assert_eq!(status, 400);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_comparison_charts_each_models_best_per_checkpoint_on_one_suite() {
+    use llamagen_store::results::{self, Metric, NewEvaluation};
+    let server = start().await;
+    let base = server.base.clone();
+    let (small, small_name) = server.seeded.models[0].clone();
+    let (large, large_name) = server.seeded.models[1].clone();
+    let json = |url: String| async move {
+        let (status, body) = get(&url).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    // One more suite, for the small model only: a benchmark the other never ran.
+    let pool = &server.db.pool;
+    let checkpoint: i64 = sqlx::query_scalar(
+        "SELECT id FROM checkpoints WHERE model_id = $1 ORDER BY step DESC LIMIT 1",
+    )
+    .bind(small)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let other = results::begin_evaluation(
+        pool,
+        &NewEvaluation {
+            checkpoint_id: checkpoint,
+            benchmark: "other-bench",
+            cfg_scale: Some(1.5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    results::finish_evaluation(pool, other, &[Metric::new("fid", 99.0)], None)
+        .await
+        .unwrap();
+
+    let compared = json(format!(
+        "{base}/api/compare?model={large}&model={small}&model={large}"
+    ))
+    .await;
+    let names: Vec<&str> = compared["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [large_name.as_str(), small_name.as_str()],
+        "asked order, once each"
+    );
+    // The widest suite: the benchmark both models have, not the one only the small one ran.
+    assert_eq!(compared["suite"]["benchmark"], "imagenet256-c2i");
+    assert_eq!(compared["suite"]["models"], 2);
+    assert_eq!(compared["suites"].as_array().unwrap().len(), 2);
+    // Each point: the model's lowest FID of that checkpoint's guidance sweep, and its interval.
+    for (id, name) in [(large, &large_name), (small, &small_name)] {
+        let rows = json(format!("{base}/api/leaderboard?model={name}&per_page=500")).await;
+        let mut best_at: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+        for r in rows["rows"].as_array().unwrap() {
+            if r["benchmark"] != "imagenet256-c2i" {
+                continue;
+            }
+            let (step, fid) = (r["step"].as_i64().unwrap(), r["fid"].as_f64().unwrap());
+            let entry = best_at.entry(step).or_insert((f64::INFINITY, 0.0));
+            if fid < entry.0 {
+                *entry = (fid, r["fid_high"].as_f64().unwrap());
+            }
+        }
+        let points: Vec<(i64, f64, f64)> = compared["fid_by_axis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["series"] == name.as_str())
+            .map(|p| {
+                (
+                    p["x"].as_f64().unwrap() as i64,
+                    p["y"].as_f64().unwrap(),
+                    p["high"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(i64, f64, f64)> =
+            best_at.iter().map(|(s, (f, h))| (*s, *f, *h)).collect();
+        assert_eq!(points, expected, "model {id}");
+        let at_cfg = compared["fid_by_cfg"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["series"] == name.as_str())
+            .count();
+        assert_eq!(at_cfg, 5, "the guidance sweep of the latest checkpoint");
+        assert!(
+            compared["loss"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["series"] == name.as_str()),
+            "loss of {name}"
+        );
+        let best = compared["best"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model_id"] == id)
+            .unwrap();
+        let lowest = best_at.values().map(|v| v.0).fold(f64::INFINITY, f64::min);
+        assert_eq!(best["fid"].as_f64().unwrap(), lowest);
+    }
+    // The larger model is better at every step: it leads, and the series come in asked order.
+    assert_eq!(compared["best"][0]["model_id"], large);
+    assert_eq!(compared["best"][0]["leader"], true);
+    assert_eq!(compared["fid_by_axis"][0]["series"], large_name.as_str());
+
+    // Epochs and tokens (in millions) as the axis.
+    let by_epoch = json(format!("{base}/api/compare?model={small}&x=epoch")).await;
+    let xs: Vec<f64> = by_epoch["fid_by_axis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["x"].as_f64().unwrap())
+        .collect();
+    assert_eq!(xs.len(), 5);
+    assert!(
+        (xs[0] - 10_000.0 * 256.0 / 1_281_167.0).abs() < 1e-9,
+        "{xs:?}"
+    );
+    let by_tokens = json(format!("{base}/api/compare?model={small}&x=tokens")).await;
+    assert_eq!(
+        by_tokens["fid_by_axis"][0]["x"].as_f64().unwrap(),
+        10_000.0 * 256.0 * 256.0 / 1e6
+    );
+
+    // Asked for the small model's own suite: its row alone.
+    let own = json(format!(
+        "{base}/api/compare?model={small}&model={large}&benchmark=other-bench"
+    ))
+    .await;
+    assert_eq!(own["best"].as_array().unwrap().len(), 1);
+    assert_eq!(own["best"][0]["fid"], 99.0);
+
+    // The page: every name escaped, a chart per figure, a swatch per model.
+    let hostile = server.seeded.hostile_model_id;
+    let (status, html) = get(&format!("{base}/compare?model={hostile}&model={small}")).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(!html.contains("<script") && !html.contains(HOSTILE_NAME));
+    assert!(html.contains("&#60;script&#62;window.pwned="));
+    for chart in ["fid-axis", "fid-cfg", "is-cfg", "loss", "tokens"] {
+        assert!(html.contains(&format!("id=\"chart-{chart}\"")), "{chart}");
+    }
+    assert!(html.contains("color: #1f77b4") && html.contains("color: #ff7f0e"));
+
+    let tokenizer = server.seeded.tokenizer_model_id;
+    for (probe, status, says) in [
+        ("/compare".to_string(), 400, "nothing to compare"),
+        ("/compare?model=999999".into(), 404, "no model 999999"),
+        (
+            format!("/compare?model={small}&model={tokenizer}"),
+            400,
+            "one kind",
+        ),
+        (
+            format!("/api/compare?model={small}&benchmark=nope"),
+            404,
+            "none of these models",
+        ),
+        (
+            format!("/api/compare?model={small}&protocol=abc"),
+            400,
+            "protocol",
+        ),
+        (format!("/compare?model={small}&x=loss"), 400, "x must be"),
+        (
+            format!("/compare?model={small}&sort=fid"),
+            400,
+            "unknown parameter",
+        ),
+        (
+            "/compare?model=1&model=2&model=3&model=4&model=5&model=6&model=7".into(),
+            400,
+            "at most 6",
+        ),
+    ] {
+        let (got, body) = get(&format!("{base}{probe}")).await;
+        assert_eq!(got, status, "{probe}: {body}");
+        assert!(body.contains(says), "{probe}: {body}");
+    }
+    // A tokenizer compared alone: its rFID, and no guidance charts.
+    let vq = json(format!("{base}/api/compare?model={tokenizer}")).await;
+    assert_eq!(vq["best"][0]["rfid"], 2.19);
+    assert!(vq["fid_by_cfg"].as_array().unwrap().is_empty());
     server.finish().await;
 }

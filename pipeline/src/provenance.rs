@@ -164,7 +164,7 @@ pub fn folder_sha256(dir: &std::path::Path) -> anyhow::Result<String> {
         .collect())
 }
 
-/// This machine's name, as workers and evaluators name themselves (`HOST:PID`).
+/// This machine's name, the first part of a worker's name (`HOST:PID-TAG`).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

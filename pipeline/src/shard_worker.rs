@@ -321,7 +321,7 @@ where
 /// How a claiming worker runs.
 #[derive(Debug, Clone)]
 pub struct ClaimOptions {
-    /// `HOST:PID` by default ([`worker_name`]).
+    /// `HOST:PID-TAG` by default ([`worker_name`]).
     pub worker: String,
     pub lease: Duration,
     pub grace: Duration,
@@ -348,9 +348,26 @@ pub fn tar_shards(dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
     Ok((tars, names))
 }
 
-/// `HOST:PID`, how workers name themselves in the shards table.
+/// `HOST:PID-TAG`, how this process names itself in the shards table and the checkpoint queue:
+/// its host and process id, then four hex digits drawn once per process. The tag is there
+/// because the first two need not tell processes apart: containers on host networking share
+/// the host's name, and each may run as PID 1.
 pub fn worker_name() -> String {
-    format!("{}:{}", crate::provenance::hostname(), std::process::id())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        // std's hasher keys are seeded from the operating system's randomness per process.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let tag = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            & 0xffff;
+        format!(
+            "{}:{}-{tag:04x}",
+            crate::provenance::hostname(),
+            std::process::id()
+        )
+    })
+    .clone()
 }
 
 /// The claim loop over an open stage run: claims shards until none is left (or a stop, or
@@ -903,6 +920,20 @@ impl WorkerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_name_is_host_pid_and_a_tag_drawn_once() {
+        let name = worker_name();
+        let (host, rest) = name.rsplit_once(':').unwrap();
+        let (pid, tag) = rest.split_once('-').unwrap();
+        assert_eq!(host, crate::provenance::hostname());
+        assert_eq!(pid, std::process::id().to_string());
+        assert!(
+            tag.len() == 4 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        assert_eq!(worker_name(), name, "one name for the whole process");
+    }
 
     fn walk_static(index: usize, count: usize, fail: Option<usize>) -> anyhow::Result<Walked> {
         let names: Vec<String> = (0..7).map(|i| format!("{i:05}")).collect();

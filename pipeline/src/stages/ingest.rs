@@ -57,7 +57,7 @@ pub struct IngestArgs {
     /// Stop after this many shards.
     #[arg(long)]
     pub max_shards: Option<u32>,
-    /// Name of this worker in PostgreSQL (default: host:pid).
+    /// Name of this worker in PostgreSQL (default: HOST:PID-TAG, four random hex digits).
     #[arg(long)]
     pub worker_name: Option<String>,
     /// On SIGTERM or Ctrl-C no new shard is claimed, and the shard in hand gets this many
