@@ -459,6 +459,25 @@ pub async fn suites(pool: &PgPool, model_ids: &[i64]) -> Result<Vec<Suite>, sqlx
     .await
 }
 
+/// The rows of `sql`, whose `$1` is the compared models, `$2` the suite's benchmark and `$3`
+/// its protocol (0 standing for none, as the best-row indexes have it).
+async fn on_suite<T>(
+    pool: &PgPool,
+    model_ids: &[i64],
+    suite: &Suite,
+    sql: String,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(model_ids)
+        .bind(&suite.benchmark)
+        .bind(suite.protocol_id)
+        .fetch_all(pool)
+        .await
+}
+
 /// SQL for the best of a group of `metric` values (the lowest distance, the highest score) and
 /// that row's interval.
 fn best_with_interval(metric: Metric, table: &str) -> String {
@@ -491,19 +510,15 @@ pub async fn metric_by_axis(
     let col = metric.as_str();
     let x = axis.expression();
     let y = best_with_interval(metric, "");
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "SELECT model AS series, {x} AS x, {y}
          FROM leaderboard_rows
          WHERE model_id = ANY($1) AND benchmark = $2 AND COALESCE(protocol_id, 0) = COALESCE($3, 0)
            AND {col} IS NOT NULL AND {x} IS NOT NULL
          GROUP BY model_id, model, checkpoint_id, 2
          ORDER BY array_position($1, model_id), 2"
-    )))
-    .bind(model_ids)
-    .bind(&suite.benchmark)
-    .bind(suite.protocol_id)
-    .fetch_all(pool)
-    .await
+    );
+    on_suite(pool, model_ids, suite, sql).await
 }
 
 /// `metric` against the guidance scale at each model's latest checkpoint evaluated on the
@@ -516,7 +531,7 @@ pub async fn metric_by_cfg_of_models(
 ) -> Result<Vec<Point>, sqlx::Error> {
     let col = metric.as_str();
     let y = best_with_interval(metric, "r.");
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "WITH latest AS (
             SELECT DISTINCT ON (model_id) model_id, checkpoint_id FROM leaderboard_rows
             WHERE model_id = ANY($1) AND benchmark = $2 AND COALESCE(protocol_id, 0) = COALESCE($3, 0)
@@ -528,12 +543,8 @@ pub async fn metric_by_cfg_of_models(
            AND r.cfg_scale IS NOT NULL AND r.{col} IS NOT NULL
          GROUP BY r.model_id, r.model, 2
          ORDER BY array_position($1, r.model_id), 2"
-    )))
-    .bind(model_ids)
-    .bind(&suite.benchmark)
-    .bind(suite.protocol_id)
-    .fetch_all(pool)
-    .await
+    );
+    on_suite(pool, model_ids, suite, sql).await
 }
 
 /// A logged training metric of each model against the step, all of a model's training runs
@@ -545,7 +556,8 @@ pub async fn training_metric_of_models(
     name: &str,
     buckets: i32,
 ) -> Result<Vec<Point>, sqlx::Error> {
-    // Each run's first and last step are two index probes, not a pass over its points.
+    // Each run's first and last step are two index probes, not a pass over its points, made
+    // once (as on the model page).
     sqlx::query_as(
         "WITH runs AS MATERIALIZED (
             SELECT t.model_id,
@@ -584,7 +596,7 @@ pub async fn best_of_models(
 ) -> Result<Vec<LeaderboardRow>, sqlx::Error> {
     let col = metric.as_str();
     // One probe of the (model, benchmark, protocol, FID) index per model.
-    let mut rows: Vec<LeaderboardRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "SELECT best.* FROM unnest($1::bigint[]) AS p(model_id)
          CROSS JOIN LATERAL (
             SELECT {VIEW_COLUMNS} FROM leaderboard_rows
@@ -592,12 +604,8 @@ pub async fn best_of_models(
               AND COALESCE(protocol_id, 0) = COALESCE($3, 0) AND {col} IS NOT NULL
             ORDER BY {col} ASC, evaluation_id LIMIT 1) best
          ORDER BY best.{col} ASC, best.evaluation_id"
-    )))
-    .bind(model_ids)
-    .bind(&suite.benchmark)
-    .bind(suite.protocol_id)
-    .fetch_all(pool)
-    .await?;
+    );
+    let mut rows: Vec<LeaderboardRow> = on_suite(pool, model_ids, suite, sql).await?;
     let leader = rows.first().and_then(|r| r.ranking().1);
     for (i, row) in rows.iter_mut().enumerate() {
         row.best_of_model = true;
