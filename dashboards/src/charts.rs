@@ -23,7 +23,7 @@ const COLOURS: [RGBColor; 6] = [
 ];
 
 /// At most this many series are drawn; the rest are named in the caption as left out.
-const MAX_SERIES: usize = COLOURS.len();
+pub const MAX_SERIES: usize = COLOURS.len();
 
 /// An SVG line chart of `points` (one line per series, in the order of first appearance of
 /// each series name), or `None` when there is nothing to draw.

@@ -370,10 +370,11 @@ impl LeaderboardQuery {
     }
 }
 
-/// How many models one comparison holds: each gets a line, and the charts have as many colours.
-pub const MAX_COMPARED: usize = 6;
+/// How many models one comparison holds: a line each, in as many colours as a chart has.
+pub const MAX_COMPARED: usize = crate::charts::MAX_SERIES;
 
-/// What the comparison's training-curve axis counts.
+/// What the x axis of the comparison's FID chart counts (its training curves are logged by
+/// step only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompareAxis {
