@@ -67,11 +67,7 @@ pub async fn model_data(state: &AppState, id: i64) -> Result<ModelData, Dashboar
     let model = queries::model(pool, id)
         .await?
         .ok_or_else(|| DashboardError::NotFound(format!("no model {id}")))?;
-    let fid = if model.kind == "tokenizer" {
-        Metric::Rfid
-    } else {
-        Metric::Fid
-    };
+    let fid = model.ranking_metric();
     // The newest grid still on disk: a benchmark may clear its folders once recorded.
     let candidates = queries::latest_samples(pool, id, 20).await?;
     let listings = state.listings.clone();
@@ -144,11 +140,7 @@ pub async fn compare_data(pool: &PgPool, q: &CompareQuery) -> Result<CompareData
             models[0].name, models[0].kind, other.name, other.kind
         )));
     }
-    let fid = if models[0].kind == "tokenizer" {
-        Metric::Rfid
-    } else {
-        Metric::Fid
-    };
+    let fid = models[0].ranking_metric();
     let ids = &q.models;
     let suites = queries::suites(pool, ids).await?;
     let wanted = |s: &&queries::Suite| {

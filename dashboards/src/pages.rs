@@ -777,10 +777,12 @@ pub async fn pipeline_run(
                 shards_failed: s.shards_failed,
                 rows_out: s.rows_out,
                 rows_failed: s.rows_failed,
-                summary: match counts_text(&s.counts) {
-                    _ if shards_total > 0 => String::new(),
-                    text if text.is_empty() => MISSING.into(),
-                    text => text,
+                summary: if shards_total > 0 {
+                    String::new()
+                } else {
+                    Some(counts_text(&s.counts))
+                        .filter(|text| !text.is_empty())
+                        .unwrap_or_else(|| MISSING.into())
                 },
                 took: s
                     .finished_at

@@ -84,6 +84,17 @@ impl LeaderboardRow {
         };
         (value, low.zip(high))
     }
+
+    /// Its ranking metric's interval overlaps `leader`'s: the samples measured cannot tell the
+    /// two apart. False when either has no interval.
+    fn ties_with(&self, leader: &LeaderboardRow) -> bool {
+        match (self.ranking().1, leader.ranking().1) {
+            (Some((low, high)), Some((leader_low, leader_high))) => {
+                low <= leader_high && leader_low <= high
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One page of the leaderboard and the number of rows that match the filters.
@@ -239,13 +250,7 @@ pub async fn leaderboard(
             continue;
         };
         row.leader = leader.evaluation_id == row.evaluation_id;
-        row.tied_with_leader = !row.leader
-            && match (row.ranking().1, leader.ranking().1) {
-                (Some((low, high)), Some((leader_low, leader_high))) => {
-                    low <= leader_high && leader_low <= high
-                }
-                _ => false,
-            };
+        row.tied_with_leader = !row.leader && row.ties_with(leader);
     }
     Ok(LeaderboardPage {
         total: counted.min(COUNT_CAP),
@@ -318,6 +323,17 @@ pub struct Model {
     pub created_at: DateTime<Utc>,
 }
 
+impl Model {
+    /// What ranks it: rFID for a tokenizer, FID for a generator.
+    pub fn ranking_metric(&self) -> Metric {
+        if self.kind == "tokenizer" {
+            Metric::Rfid
+        } else {
+            Metric::Fid
+        }
+    }
+}
+
 pub async fn model(pool: &PgPool, id: i64) -> Result<Option<Model>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, name, kind, architecture, size, task, params, image_size, created_at
@@ -343,11 +359,16 @@ pub struct Point {
 
 /// SQL for the interval of the best (lowest) `col` value of a group, or NULLs.
 fn interval_of_min(metric: Metric, table: &str) -> String {
+    interval_of_first(metric, table, "ASC")
+}
+
+/// SQL for the interval of the group's first row by `col` in `order` (`ASC`, `DESC`), or NULLs.
+fn interval_of_first(metric: Metric, table: &str, order: &str) -> String {
     let col = metric.as_str();
     match metric.interval_columns() {
         Some((low, high)) => format!(
-            "(array_agg({table}{low} ORDER BY {table}{col}))[1] AS low,
-             (array_agg({table}{high} ORDER BY {table}{col}))[1] AS high"
+            "(array_agg({table}{low} ORDER BY {table}{col} {order}))[1] AS low,
+             (array_agg({table}{high} ORDER BY {table}{col} {order}))[1] AS high"
         ),
         None => "NULL::float8 AS low, NULL::float8 AS high".into(),
     }
@@ -481,20 +502,13 @@ where
 /// SQL for the best of a group of `metric` values (the lowest distance, the highest score) and
 /// that row's interval.
 fn best_with_interval(metric: Metric, table: &str) -> String {
-    let col = metric.as_str();
     let (best, order) = if metric.lower_is_better() {
         ("min", "ASC")
     } else {
         ("max", "DESC")
     };
-    let interval = match metric.interval_columns() {
-        Some((low, high)) => format!(
-            "(array_agg({table}{low} ORDER BY {table}{col} {order}))[1] AS low,
-             (array_agg({table}{high} ORDER BY {table}{col} {order}))[1] AS high"
-        ),
-        None => "NULL::float8 AS low, NULL::float8 AS high".into(),
-    };
-    format!("{best}({table}{col}) AS y, {interval}")
+    let interval = interval_of_first(metric, table, order);
+    format!("{best}({table}{}) AS y, {interval}", metric.as_str())
 }
 
 /// Each model's best `metric` per checkpoint (over its guidance sweep, as the paper reports a
@@ -606,17 +620,11 @@ pub async fn best_of_models(
          ORDER BY best.{col} ASC, best.evaluation_id"
     );
     let mut rows: Vec<LeaderboardRow> = on_suite(pool, model_ids, suite, sql).await?;
-    let leader = rows.first().and_then(|r| r.ranking().1);
+    let leader = rows.first().cloned();
     for (i, row) in rows.iter_mut().enumerate() {
         row.best_of_model = true;
         row.leader = i == 0;
-        row.tied_with_leader = i > 0
-            && match (row.ranking().1, leader) {
-                (Some((low, high)), Some((leader_low, leader_high))) => {
-                    low <= leader_high && leader_low <= high
-                }
-                _ => false,
-            };
+        row.tied_with_leader = i > 0 && leader.as_ref().is_some_and(|l| row.ties_with(l));
     }
     Ok(rows)
 }
