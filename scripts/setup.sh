@@ -44,6 +44,21 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# --- Disk ----------------------------------------------------------------------------------
+# Said up front: short of room, the install or the build fails many minutes later with a bare
+# "No space left on device" from pip or the linker. The figures are docs/BENCHMARKS.md's
+# ("Build and test"): the virtualenv about 5.5 GB (torch's CUDA libraries are half of it), a
+# debug test build about 4 GB under target/.
+if [ "$scope" = all ]; then
+    need_gb=0
+    [ -s "$stamp" ] || need_gb=$((need_gb + 6))
+    [ -d "$root/target/debug" ] || need_gb=$((need_gb + 4))
+    free_gb=$(( $(df -Pk "$root" | awk 'NR == 2 { print $4 }') / 1048576 ))
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        log "warning: $free_gb GB free under $root; installing and building the tests needs about $need_gb GB"
+    fi
+fi
+
 # --- Python virtualenv with torch and onnxruntime ------------------------------------------
 python="${PYTHON:-python3}"
 if ! command -v "$python" >/dev/null; then apt_install python3 python3-venv python3-pip; fi

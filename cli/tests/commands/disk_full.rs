@@ -5,13 +5,11 @@
 //!
 //! Mounting a tmpfs needs root (or CAP_SYS_ADMIN); elsewhere the test says so and skips.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::text;
+use crate::common::{self, text};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_shards::{ShardPaths, manifest};
 use llamagen_store::testing::TestDatabase;

@@ -3,15 +3,13 @@
 //! by the Python `webdataset` library; then resume, two workers sharing a run, and a worker
 //! killed with SIGKILL whose shard another worker redoes.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{repo, text};
+use crate::common::{self, repo, text};
 use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::LoopbackServer;
 use llamagen_shards::manifest::{self, Status};

@@ -2,14 +2,11 @@
 //! server: two schedulers competing for one fast cron pipeline never run it twice at once,
 //! missed ticks follow the stated policy, and SIGTERM releases the shard in hand.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::scheduled_ingest as pipeline;
-use common::{output_within, text};
+use crate::common::{self, output_within, scheduled_ingest as pipeline, text};
 use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_store::testing::TestDatabase;

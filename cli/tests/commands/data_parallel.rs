@@ -5,9 +5,7 @@
 //! between rank counts at a checkpoint and reads the same samples; a rank killed mid-run
 //! stops the others with an error.
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{self, repo, text};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

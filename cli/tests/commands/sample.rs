@@ -2,9 +2,7 @@
 //! `llamagen_models::tiny`: PNGs and an ADM npz come out, a re-run keeps finished images, a
 //! deleted image comes back identical, and a folder refuses other settings.
 
-mod common;
-
-use common::text;
+use crate::common::text;
 
 use std::path::Path;
 use std::process::{Command, Output};

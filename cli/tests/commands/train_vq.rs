@@ -7,13 +7,11 @@
 //! the uninterrupted run's final checkpoint, byte for byte; an undecodable image is left out.
 //! Two ranks under torchrun train as one process on the same global batch.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{llamagen_on, repo, text};
+use crate::common::{self, llamagen_on, repo, text};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
 

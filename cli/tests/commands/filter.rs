@@ -2,11 +2,9 @@
 //! decisions next to the shards, the funnel in PostgreSQL recounted (never doubled) on a
 //! re-run, captions only for the kept samples, and a clear error for a folder of wrong models.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{repo, text};
+use crate::common::{self, repo, text};
 use llamagen_filter::output::{filter_path, read_filter};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;

@@ -2,9 +2,7 @@
 //! wherever it is moved, with no environment variable: libtorch through the binary's
 //! `$ORIGIN`-relative RUNPATH, ONNX Runtime found beside the binary.
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{repo, text};
 
 use std::path::Path;
 use std::process::Command;

@@ -4,14 +4,12 @@
 //! a failed attempt, and no temporary file may be left. Each run prints its line and the test
 //! its summary. `LLAMAGEN_FAULT_RUNS=20` runs the long variant (CI runs 4 seeds).
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::text;
+use crate::common::{self, text};
 use llamagen_ingest::reader::{MetaRow, write_metadata};
 use llamagen_ingest::testing::{LoopbackServer, bundled_photos};
 use llamagen_shards::manifest::{self, Status};

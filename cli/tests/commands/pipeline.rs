@@ -6,11 +6,9 @@
 //! CLIP score with their intervals), one leaderboard row per checkpoint and scale; a second run
 //! redoes nothing; the checkpoint then samples from prompts.
 
-mod common;
-
 use std::process::Command;
 
-use common::{llamagen_on, repo, text};
+use crate::common::{llamagen_on, repo, text};
 
 use llamagen_caption::output::{CaptionStatus, captions_path, write_captions};
 use llamagen_caption::testing::record;

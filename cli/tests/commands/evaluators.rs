@@ -3,12 +3,10 @@
 //! checkpoint; every checkpoint ends with exactly one evaluation, the killed evaluator's taken
 //! over by the other once its lease ran out.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{llamagen_on, repo, text};
+use crate::common::{self, llamagen_on, repo, text};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::testing::TestDatabase;
 

@@ -1,9 +1,7 @@
 //! The `llamagen` binary as a user runs it: help, unbuilt stages, configs, doctor, db and demo,
 //! against the private cluster (a fresh data directory) and against `DATABASE_URL`.
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{self, repo, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

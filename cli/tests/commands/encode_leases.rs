@@ -2,13 +2,11 @@
 //! started together never encode a shard twice; they stay while a shard is held by a worker
 //! that died, and take it over once its lease runs out; every worker joins the same run.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{llamagen_on, text};
+use crate::common::{self, llamagen_on, text};
 use llamagen_shards::webdataset::TarWriter;
 use llamagen_store::runs;
 use llamagen_store::testing::TestDatabase;

@@ -5,13 +5,11 @@
 //! moments after a claim, three times per run, then run to the end (`LLAMAGEN_FAULT_RUNS=10`
 //! runs the long variant; CI runs 2 seeds per stage).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{llamagen_on, repo, text};
+use crate::common::{self, llamagen_on, repo, text};
 use llamagen_caption::output::{CaptionStatus, captions_path, journal_path, read_captions};
 use llamagen_caption::testing::{CaptionServer, MODEL};
 use llamagen_filter::output::{filter_path, read_filter};

@@ -2,9 +2,7 @@
 //! `extract_codes_c2i.py` writes them), against a real PostgreSQL: checkpoints every N steps,
 //! the loss curve and checkpoints recorded, and a second invocation resuming the same run.
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{self, repo, text};
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,11 +1,9 @@
 //! `llamagen caption` as a process: killed with SIGKILL mid-shard, then run again, it asks the
 //! server only for the samples without an answer and finishes the shard.
 
-mod common;
-
 use std::time::Duration;
 
-use common::text;
+use crate::common::{self, text};
 use llamagen_caption::output::{CaptionStatus, captions_path, journal_path, read_captions};
 use llamagen_caption::testing::{CaptionServer, MODEL};
 use llamagen_shards::webdataset::TarWriter;

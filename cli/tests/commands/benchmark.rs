@@ -3,9 +3,7 @@
 //! evaluation per scale with its sampling configuration, a re-run updates instead of
 //! duplicating, and the tokenizer mode records rFID, PSNR, SSIM and codebook usage.
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{self, repo, text};
 
 use std::path::Path;
 use std::process::Command;
