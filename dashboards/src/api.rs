@@ -1,5 +1,7 @@
 //! The JSON API under `/api/`: the same data as the pages, for scripts and notebooks.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::Uri;
@@ -118,9 +120,12 @@ pub struct CompareData {
     /// At each model's latest checkpoint evaluated with guidance.
     pub fid_by_cfg: Vec<Point>,
     pub is_by_cfg: Vec<Point>,
-    /// Training loss and tokens/s against the step, at most 400 points per model.
+    /// Training loss and tokens/s against `axis`, at most 400 points per model.
     pub loss: Vec<Point>,
     pub tokens_per_s: Vec<Point>,
+    /// Models whose training curves cannot be put on `axis`: no checkpoint of theirs records
+    /// it. Always empty on the step axis.
+    pub training_off_axis: Vec<String>,
     /// Each model's best evaluation on the suite, the best first.
     pub best: Vec<LeaderboardRow>,
 }
@@ -162,6 +167,7 @@ pub async fn compare_data(pool: &PgPool, q: &CompareQuery) -> Result<CompareData
         tokio::try_join!(
             queries::training_metric_of_models(pool, ids, "loss", 400),
             queries::training_metric_of_models(pool, ids, "tokens_per_s", 400),
+            queries::per_step_of_models(pool, ids, q.x),
         )
     };
     let results = async {
@@ -183,8 +189,29 @@ pub async fn compare_data(pool: &PgPool, q: &CompareQuery) -> Result<CompareData
             queries::best_of_models(pool, ids, suite, fid),
         )
     };
-    let ((loss, tokens_per_s), (fid_by_axis, fid_by_cfg, is_by_cfg, best)) =
+    let ((loss, tokens_per_s, per_step), (fid_by_axis, fid_by_cfg, is_by_cfg, best)) =
         tokio::try_join!(training, results)?;
+    // Training curves are logged by step; each model's factor moves them onto the axis.
+    let per_step: HashMap<i64, f64> = per_step.into_iter().collect();
+    let factor: HashMap<&str, f64> = models
+        .iter()
+        .filter_map(|m| Some((m.name.as_str(), *per_step.get(&m.id)?)))
+        .collect();
+    let on_axis = |points: Vec<Point>| -> Vec<Point> {
+        points
+            .into_iter()
+            .filter_map(|p| {
+                let x = p.x * factor.get(p.series.as_str())?;
+                Some(Point { x, ..p })
+            })
+            .collect()
+    };
+    let (loss, tokens_per_s) = (on_axis(loss), on_axis(tokens_per_s));
+    let training_off_axis = models
+        .iter()
+        .filter(|m| !per_step.contains_key(&m.id))
+        .map(|m| m.name.clone())
+        .collect();
     Ok(CompareData {
         models,
         suites,
@@ -195,6 +222,7 @@ pub async fn compare_data(pool: &PgPool, q: &CompareQuery) -> Result<CompareData
         is_by_cfg,
         loss,
         tokens_per_s,
+        training_off_axis,
         best,
     })
 }

@@ -484,6 +484,8 @@ struct ComparePageView {
     charts: Vec<ChartView>,
     /// Charts of the suite's metrics are left out: none of the models has results yet.
     no_results: bool,
+    /// Models left out of the training charts on this axis (comma-separated; empty if none).
+    training_off_axis: String,
     columns: Vec<(&'static str, &'static str)>,
     rows: Vec<RowView>,
 }
@@ -521,11 +523,17 @@ pub async fn compare(State(state): State<AppState>, uri: Uri) -> Result<Response
             "IS",
             &data.is_by_cfg,
         ),
-        chart("loss", "training loss".into(), "step", "loss", &data.loss),
+        chart(
+            "loss",
+            "training loss".into(),
+            data.axis.label(),
+            "loss",
+            &data.loss,
+        ),
         chart(
             "tokens",
             "training speed".into(),
-            "step",
+            data.axis.label(),
             "tokens/s",
             &data.tokens_per_s,
         ),
@@ -605,6 +613,7 @@ pub async fn compare(State(state): State<AppState>, uri: Uri) -> Result<Response
         axes,
         charts,
         no_results: data.suite.is_none(),
+        training_off_axis: data.training_off_axis.join(", "),
         columns,
         rows: rows.into_iter().map(|r| r.with_columns(&shown)).collect(),
     };

@@ -373,8 +373,8 @@ impl LeaderboardQuery {
 /// How many models one comparison holds: a line each, in as many colours as a chart has.
 pub const MAX_COMPARED: usize = crate::charts::MAX_SERIES;
 
-/// What the x axis of the comparison's FID chart counts (its training curves are logged by
-/// step only).
+/// What the x axis of the comparison's charts against training progress counts: its FID chart
+/// and its training curves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompareAxis {
@@ -396,8 +396,9 @@ impl CompareAxis {
         }
     }
 
-    /// The `leaderboard_rows` expression for x (a fixed string, never request text); tokens in
-    /// millions, so that the axis labels stay short.
+    /// The expression for x over `leaderboard_rows` or `checkpoints`, which name the columns
+    /// alike (a fixed string, never request text); tokens in millions, so that the axis labels
+    /// stay short.
     pub fn expression(self) -> &'static str {
         match self {
             CompareAxis::Step => "step::float8",

@@ -600,6 +600,30 @@ pub async fn training_metric_of_models(
     .await
 }
 
+/// Each model's units of `axis` per optimizer step, from its latest checkpoint that records
+/// them: with a fixed global batch and image size a model sees the same tokens (and the same
+/// share of an epoch) at every step, so one factor moves its training curves from the step
+/// onto that axis. Models without such a checkpoint are absent; on the step axis, all are 1.
+pub async fn per_step_of_models(
+    pool: &PgPool,
+    model_ids: &[i64],
+    axis: CompareAxis,
+) -> Result<Vec<(i64, f64)>, sqlx::Error> {
+    if axis == CompareAxis::Step {
+        return Ok(model_ids.iter().map(|&id| (id, 1.0)).collect());
+    }
+    // One probe of the (model, step) index per model; `x` is the axis' fixed expression.
+    let x = axis.expression();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT ON (model_id) model_id, ({x}) / step AS per_step FROM checkpoints
+         WHERE model_id = ANY($1) AND step > 0 AND ({x}) IS NOT NULL
+         ORDER BY model_id, step DESC"
+    )))
+    .bind(model_ids)
+    .fetch_all(pool)
+    .await
+}
+
 /// Each model's best evaluation on the suite by `metric` (lowest first), best model first,
 /// with the leader and the rows whose interval overlaps the leader's marked.
 pub async fn best_of_models(

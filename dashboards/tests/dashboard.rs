@@ -716,8 +716,10 @@ async fn chromium_sorts_the_leaderboard_draws_charts_and_shows_hostile_text_as_t
         assert_eq!(leaders.as_str(), Some("true,false"));
         tab.find_element("a.axis[href*='x=epoch']").unwrap().click().unwrap();
         wait_for_location(&tab, "x=epoch");
-        let axis = eval(&tab, "document.querySelector('#chart-fid-axis svg').textContent");
-        assert!(axis.as_str().unwrap().contains("epoch"), "{axis:?}");
+        for chart in ["fid-axis", "loss", "tokens"] {
+            let axis = eval(&tab, &format!("document.querySelector('#chart-{chart} svg').textContent"));
+            assert!(axis.as_str().unwrap().contains("epoch"), "{chart}: {axis:?}");
+        }
         assert_eq!(eval(&tab, "document.scripts.length").as_u64(), Some(0));
 
         // A bad parameter in the address bar gets the 400 page.
@@ -991,6 +993,45 @@ async fn a_comparison_charts_each_models_best_per_checkpoint_on_one_suite() {
         by_tokens["fid_by_axis"][0]["x"].as_f64().unwrap(),
         10_000.0 * 256.0 * 256.0 / 1e6
     );
+    // The training curves move with it, by the model's 256 x 256 tokens per step; a model
+    // whose checkpoints record no tokens (the tokenizer's one, at step 0) is named instead.
+    let by_step = json(format!("{base}/api/compare?model={small}")).await;
+    let xs_of = |v: &serde_json::Value, chart: &str| -> Vec<f64> {
+        v[chart]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["x"].as_f64().unwrap())
+            .collect()
+    };
+    for chart in ["loss", "tokens_per_s"] {
+        let (steps, tokens) = (xs_of(&by_step, chart), xs_of(&by_tokens, chart));
+        assert!(!steps.is_empty() && steps.len() == tokens.len(), "{chart}");
+        for (s, t) in steps.iter().zip(&tokens) {
+            let want = s * 256.0 * 256.0 / 1e6;
+            assert!(
+                (t - want).abs() <= 1e-9 * want.max(1.0),
+                "{chart}: {t} vs {want}"
+            );
+        }
+        let epochs = xs_of(&by_epoch, chart);
+        assert!(
+            (epochs[1] - steps[1] * 256.0 / 1_281_167.0).abs() < 1e-9,
+            "{chart}"
+        );
+    }
+    assert_eq!(by_tokens["training_off_axis"], serde_json::json!([]));
+    let tokenizer = server.seeded.tokenizer_model_id;
+    let off = json(format!("{base}/api/compare?model={tokenizer}&x=tokens")).await;
+    assert_eq!(off["training_off_axis"], serde_json::json!(["VQ-16"]));
+    let (status, page) = get(&format!("{base}/compare?model={tokenizer}&x=epoch")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("id=\"off-axis\"") && page.contains("VQ-16"),
+        "{page}"
+    );
+    let on_steps = json(format!("{base}/api/compare?model={tokenizer}")).await;
+    assert_eq!(on_steps["training_off_axis"], serde_json::json!([]));
 
     // Asked for the small model's own suite: its row alone.
     let own = json(format!(
