@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::Uri;
+use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -42,6 +42,25 @@ pub async fn leaderboard(State(state): State<AppState>, uri: Uri) -> Result<Resp
     let q: LeaderboardQuery = parse_query(&uri)?;
     q.validate()?;
     Ok(Json(queries::leaderboard(&state.pool, &q).await?).into_response())
+}
+
+/// `GET /api/leaderboard.csv`: the rows `/api/leaderboard` answers for the same parameters,
+/// as a CSV file (crate::export).
+pub async fn leaderboard_csv(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let q: LeaderboardQuery = parse_query(&uri)?;
+    q.validate()?;
+    let page = queries::leaderboard(&state.pool, &q).await?;
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"leaderboard.csv\"",
+        ),
+    ];
+    Ok((headers, crate::export::leaderboard_csv(&page.rows)).into_response())
 }
 
 /// Everything the model page shows.

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod charts;
+pub mod export;
 pub mod metrics;
 pub mod pages;
 pub mod params;
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/pipelines/runs/{id}", get(pages::pipeline_run))
         .route("/samples/{evaluation_id}/{index}", get(samples::image))
         .route("/api/leaderboard", get(api::leaderboard))
+        .route("/api/leaderboard.csv", get(api::leaderboard_csv))
         .route("/api/models/{id}", get(api::model))
         .route("/api/compare", get(api::compare))
         .route("/api/runs", get(api::runs))

@@ -133,6 +133,8 @@ struct LeaderboardPageView {
     order: &'static str,
     prev: Option<String>,
     next: Option<String>,
+    /// This page's query, for its CSV link.
+    this: String,
     /// The benchmark and protocol the page is filtered to, which a comparison started from it
     /// keeps.
     compare_benchmark: String,
@@ -358,6 +360,7 @@ pub async fn leaderboard(
         sort: q.sort.as_str(),
         order: if q.descending() { "desc" } else { "asc" },
         prev: (page_no > 1).then(|| q.with_page(page_no - 1)),
+        this: q.with_page(page_no),
         next: (last < page.total || page.total_is_lower_bound).then(|| q.with_page(page_no + 1)),
         more: page.total_is_lower_bound,
         compare_benchmark: q.benchmark.clone().unwrap_or_default(),

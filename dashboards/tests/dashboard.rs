@@ -1093,3 +1093,162 @@ async fn a_comparison_charts_each_models_best_per_checkpoint_on_one_suite() {
     assert!(vq["fid_by_cfg"].as_array().unwrap().is_empty());
     server.finish().await;
 }
+
+#[tokio::test]
+async fn the_leaderboard_exports_as_csv_that_a_spreadsheet_reads_as_data() {
+    use llamagen_store::results::{self, Metric, NewEvaluation};
+    let server = start().await;
+    let base = server.base.clone();
+    let pool = &server.db.pool;
+    // A model named like a spreadsheet formula, with quotes and a comma in it, whose FID needs
+    // all 17 digits.
+    let formula = "=HYPERLINK(\"http://x.test/\",\"click\")";
+    let model: i64 = sqlx::query_scalar(
+        "INSERT INTO models (name, kind, architecture, size, task, params, image_size)
+         VALUES ($1, 'generator', 'llamagen-gpt', 'B', 'c2i', 111000000, 256) RETURNING id",
+    )
+    .bind(formula)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let checkpoint: i64 = sqlx::query_scalar(
+        "INSERT INTO checkpoints (model_id, path, sha256, step)
+         VALUES ($1, 'f.safetensors', repeat('f', 64), 10) RETURNING id",
+    )
+    .bind(model)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let evaluation = results::begin_evaluation(
+        pool,
+        &NewEvaluation {
+            checkpoint_id: checkpoint,
+            benchmark: "imagenet256-c2i",
+            cfg_scale: Some(2.0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let fid = 0.1 + 0.2;
+    results::finish_evaluation(pool, evaluation, &[Metric::new("fid", fid)], None)
+        .await
+        .unwrap();
+
+    let query = "per_page=500&sort=fid";
+    let (status, body) = get(&format!("{base}/api/leaderboard?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 127);
+
+    let response = reqwest::get(format!("{base}/api/leaderboard.csv?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("content-type"), "text/csv; charset=utf-8");
+    assert!(header("content-disposition").starts_with("attachment"));
+    let csv = response.text().await.unwrap();
+    assert!(csv.ends_with("\r\n"));
+
+    // Read back by Python's csv module, as a spreadsheet import would.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leaderboard.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<std::collections::HashMap<String, String>> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read.len(), rows.len());
+    type Stored = (
+        i64,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    );
+    let stored: std::collections::HashMap<i64, [Option<f64>; 6]> = sqlx::query_as::<_, Stored>(
+        "SELECT evaluation_id, fid, fid_low, fid_high, inception_score, rfid, ssim_high
+         FROM leaderboard_rows",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, a, b, c, d, e, f)| (id, [a, b, c, d, e, f]))
+    .collect();
+    let mut formulas = 0;
+    for (cells, row) in read.iter().zip(rows) {
+        assert_eq!(cells["evaluation_id"], row["evaluation_id"].to_string());
+        let name = row["model"].as_str().unwrap();
+        if name == formula {
+            // Defused: the leading quote keeps it text; the rest is intact.
+            assert_eq!(cells["model"], format!("'{formula}"));
+            assert_eq!(cells["fid"].parse::<f64>().unwrap(), fid);
+            formulas += 1;
+        } else {
+            assert_eq!(cells["model"], name);
+        }
+        // Exactly the stored doubles (the JSON client's float parsing is only close).
+        let id = row["evaluation_id"].as_i64().unwrap();
+        for (metric, stored) in [
+            "fid",
+            "fid_low",
+            "fid_high",
+            "inception_score",
+            "rfid",
+            "ssim_high",
+        ]
+        .iter()
+        .zip(&stored[&id])
+        {
+            match stored {
+                Some(v) => assert_eq!(cells[*metric].parse::<f64>().unwrap(), *v, "{metric}"),
+                None => assert_eq!(cells[*metric], "", "{metric}"),
+            }
+        }
+        for flag in ["best_of_model", "leader", "tied_with_leader"] {
+            assert_eq!(cells[flag], row[flag].to_string(), "{flag}");
+        }
+        assert_eq!(cells["protocol"], row["protocol"].as_str().unwrap_or(""));
+    }
+    assert_eq!(formulas, 1);
+    assert!(read.iter().any(|c| c["model"] == HOSTILE_NAME));
+
+    // The leaderboard links its page's CSV with its filters; bad parameters are refused alike.
+    let (_, html) = get(&format!("{base}/?model=evil&sort=fid")).await;
+    let link = html
+        .split("<a id=\"csv\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSV link: {html}"))
+        .replace("&#38;", "&");
+    assert!(link.starts_with("/api/leaderboard.csv?"), "{link}");
+    let (status, evil) = get(&format!("{base}{link}")).await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = evil.split_terminator("\r\n").collect();
+    // The header and the hostile model's 25 evaluations, nothing else.
+    assert_eq!(lines.len(), 26, "{evil}");
+    assert!(
+        lines[1..].iter().all(|l| l.contains(HOSTILE_NAME)),
+        "{evil}"
+    );
+    let (status, _) = get(&format!("{base}/api/leaderboard.csv?sort=fid%3BDROP")).await;
+    assert_eq!(status, 400);
+    server.finish().await;
+}
