@@ -734,13 +734,17 @@ impl HeldShard<'_> {
         cancel: Cancel,
     ) -> (ShardLease, Ended) {
         let lost = Arc::new(tokio::sync::Notify::new());
+        // Set by the renewer before it cancels the work, so that work ending on that cancel
+        // still counts as lost below.
+        let gave_up = Arc::new(AtomicBool::new(false));
         let lease_time = self.lease_time;
         let _renewer = {
-            let (pool, held, cancel, lost) = (
+            let (pool, held, cancel, lost, gave_up) = (
                 self.pool.clone(),
                 self.held.clone(),
                 cancel.clone(),
                 lost.clone(),
+                gave_up.clone(),
             );
             let claimed_at = self.claimed_at;
             AbortOnDrop(tokio::spawn(async move {
@@ -765,6 +769,7 @@ impl HeldShard<'_> {
                     match renewal {
                         Ok(_) => granted = asked,
                         Err(StoreError::LeaseLost { .. }) => {
+                            gave_up.store(true, Ordering::SeqCst);
                             cancel.cancel();
                             lost.notify_one();
                             return;
@@ -782,6 +787,7 @@ impl HeldShard<'_> {
                                 held.shard_index,
                                 granted.elapsed().as_secs()
                             );
+                            gave_up.store(true, Ordering::SeqCst);
                             cancel.cancel();
                             lost.notify_one();
                             return;
@@ -810,6 +816,13 @@ impl HeldShard<'_> {
             (name, result) = work => Ended::Worked(name, result),
             () = stop_then_grace => Ended::Stopped,
             () = lost.notified() => Ended::Lost,
+        };
+        // Work that saw the renewer's cancel can end before the select sees the notice; the
+        // lease is given up all the same, and what the work returned is not recorded: another
+        // worker may hold the shard by now.
+        let ended = match ended {
+            Ended::Worked(..) if gave_up.load(Ordering::SeqCst) => Ended::Lost,
+            ended => ended,
         };
         if let Ended::Stopped = ended {
             cancel.cancel();
