@@ -768,12 +768,7 @@ impl HeldShard<'_> {
                     });
                     match renewal {
                         Ok(_) => granted = asked,
-                        Err(StoreError::LeaseLost { .. }) => {
-                            gave_up.store(true, Ordering::SeqCst);
-                            cancel.cancel();
-                            lost.notify_one();
-                            return;
-                        }
+                        Err(StoreError::LeaseLost { .. }) => break,
                         // A passing database error: the next renewal may get through before
                         // the lease runs out. The work stops a third of a lease before that
                         // (the next try could not come in time), so that it has ended before
@@ -787,13 +782,15 @@ impl HeldShard<'_> {
                                 held.shard_index,
                                 granted.elapsed().as_secs()
                             );
-                            gave_up.store(true, Ordering::SeqCst);
-                            cancel.cancel();
-                            lost.notify_one();
-                            return;
+                            break;
                         }
                     }
                 }
+                // Lost, or about to be: flagged before the cancel, which the work may see
+                // first.
+                gave_up.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                lost.notify_one();
             }))
         };
         let index = self.held.shard_index;
