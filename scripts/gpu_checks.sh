@@ -5,11 +5,16 @@
 # every log into one folder.
 #
 #   scripts/gpu_checks.sh pack [LLAMAGEN_CHECKOUT]   # here; the checkout feeds the peer benches
-#   scripts/gpu_checks.sh run [OUT_DIR]              # there, from the repository root
+#   scripts/gpu_checks.sh run [OUT_DIR] [SECONDS]    # there, from the repository root
 #
 # `run` takes libtorch from the GPU machine's own torch (LD_LIBRARY_PATH, which comes before the
 # binaries' build-tree rpath) and its python for the peers (LlamaGen's code and the safetensors
-# package travel in gpu-checks/). What it runs, each bounded by a timeout, in order of value:
+# package travel in gpu-checks/). What it runs, each bounded by a timeout and all of it by
+# SECONDS (default 520, inside a 540 s call: a step that would outlast them is cut to what is
+# left, and the steps after it are listed as skipped), in order of value:
+#   0. `llamagen doctor --no-db`: libtorch's CUDA half loaded by the binary itself, the devices,
+#      NCCL, the CUDA-graph shim and ONNX Runtime (the release binary and ONNX Runtime 1.31's
+#      CPU library travel xz-compressed: the GPU image's onnxruntime is 1.30);
 #   1. the GPU cases of `llamagen-models --test cuda_graph --test sampling` (a graph replays;
 #      graph, fixed-shape and eager decoding sample the same tokens) and of
 #      `llamagen-distributed --test nccl` (a group of one reduces CUDA buckets during the
@@ -39,6 +44,7 @@ pack() {
                 --bench sampling_vs_llamagen --bench training_vs_pytorch --bench adamw_vs_pytorch
             cargo bench --no-run --message-format=json -p llamagen-pipeline \
                 --bench data_parallel_vs_pytorch
+            cargo build --release --message-format=json -p llamagen-cli --bin llamagen
         } | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -50,6 +56,12 @@ for line in sys.stdin:
         # The name without cargo's hash: bin/cuda_graph, bin/sampling_vs_llamagen, ...
         strip -o "$dir/bin/$(basename "$exe" | sed 's/-[0-9a-f]*$//')" "$exe"
     done
+    # The two largest files travel compressed (about a sixth of their size each).
+    xz -T0 -6 "$dir/bin/llamagen"
+    local ort
+    ort=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*)
+    # Named as the wheel names it: doctor reads the version from the name.
+    xz -T0 -6 -c "$ort" > "$dir/$(basename "$ort").xz"
     # The binaries find fixtures and scripts under the folder they were built in.
     pwd > "$dir/built_in"
     if [ -d "$llamagen/autoregressive" ]; then
@@ -65,6 +77,7 @@ for line in sys.stdin:
 
 run() {
     local out=${1:-${OUT:-gpu-checks/out}}
+    local deadline=$((SECONDS + ${2:-520}))
     mkdir -p "$out"
     local python
     python=$(command -v python3)
@@ -79,7 +92,14 @@ run() {
     step() {
         local name=$1 limit=$2
         shift 2
-        echo "== $name: $*" | tee -a "$out/summary.txt"
+        local left=$((deadline - SECONDS))
+        if [ "$left" -lt 30 ]; then
+            echo "== $name: skipped, ${left} s left" | tee -a "$out/summary.txt"
+            status=1
+            return
+        fi
+        [ "$limit" -gt "$left" ] && limit=$left
+        echo "== $name (at most $limit s): $*" | tee -a "$out/summary.txt"
         local start=$SECONDS
         if timeout "$limit" "$@" > "$out/$name.log" 2>&1; then
             echo "   ok ($((SECONDS - start)) s)" | tee -a "$out/summary.txt"
@@ -95,6 +115,20 @@ run() {
     if [ ! -e "$built_in" ]; then
         mkdir -p "$(dirname "$built_in")" && ln -s "$PWD" "$built_in"
     fi
+    local tools=/tmp/llamagen-gpu-tools
+    mkdir -p "$tools"
+    # Python's lzma rather than xz(1), which an image need not have.
+    unxz_to() {
+        "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$@"
+    }
+    unxz_to "$dir/bin/llamagen.xz" "$tools/llamagen" && chmod +x "$tools/llamagen"
+    local ort
+    ort=$(basename "$dir"/libonnxruntime.so.*.xz .xz)
+    unxz_to "$dir/$ort.xz" "$tools/$ort"
+    # No PostgreSQL there: a DATABASE_URL says a shared server is meant, which doctor accepts.
+    step doctor 60 env ORT_DYLIB_PATH="$tools/$ort" \
+        DATABASE_URL=postgresql://llamagen@db.invalid/llamagen \
+        "$tools/llamagen" --data-dir "$tools/data" doctor --no-db
     step cuda_graph 120 "$dir/bin/cuda_graph" --nocapture
     step sampling 300 "$dir/bin/sampling" --nocapture
     step nccl 120 "$dir/bin/nccl" --nocapture

@@ -67,7 +67,11 @@ fn main() {
                 device = match args.next().as_deref() {
                     Some("cuda") => {
                         // libtorch's CUDA half, which the linker leaves out (no LD_PRELOAD needed).
-                        let _ = llamagen_native::torch::load_cuda();
+                        let load = llamagen_native::torch::load_cuda();
+                        assert!(
+                            tch::Cuda::is_available(),
+                            "--device cuda, but no CUDA device: {load}"
+                        );
                         Device::Cuda(0)
                     }
                     _ => Device::Cpu,
