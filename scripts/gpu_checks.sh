@@ -64,6 +64,7 @@ for line in sys.stdin:
     xz -T0 -6 -c "$ort" > "$dir/$(basename "$ort").xz"
     # The binaries find fixtures and scripts under the folder they were built in.
     pwd > "$dir/built_in"
+    git describe --always --dirty > "$dir/commit"
     if [ -d "$llamagen/autoregressive" ]; then
         mkdir -p "$dir/llamagen"
         cp -r "$llamagen/autoregressive" "$llamagen/tokenizer" "$dir/llamagen/"
@@ -86,7 +87,8 @@ run() {
     export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export LLAMAGEN_PYTHON=$python
     export PYTHONPATH=$PWD/$dir/pylib${PYTHONPATH:+:$PYTHONPATH}
-    (nvidia-smi; "$python" -c 'import torch; print(torch.__version__, torch.version.cuda)') \
+    (echo "checks built from $(cat "$dir/commit")"; nvidia-smi
+        "$python" -c 'import torch; print(torch.__version__, torch.version.cuda)') \
         > "$out/machine.txt" 2>&1 || true
     local status=0
     step() {
