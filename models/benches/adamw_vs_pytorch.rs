@@ -31,12 +31,8 @@ fn main() {
             "--model" => model = args.next().unwrap_or_default(),
             "--steps" => steps = args.next().and_then(|s| s.parse().ok()).unwrap_or(5),
             "--device" if args.next().as_deref() == Some("cuda") => {
-                let load = llamagen_native::torch::load_cuda();
-                assert!(
-                    tch::Cuda::is_available(),
-                    "--device cuda, but no CUDA device: {load}"
-                );
-                device = Device::Cuda(0);
+                device = llamagen_native::torch::cuda_device()
+                    .unwrap_or_else(|why| panic!("--device cuda: {why}"));
             }
             _ => {}
         }

@@ -65,15 +65,9 @@ fn main() {
             "--batch" => batch = args.next().and_then(|s| s.parse().ok()),
             "--device" => {
                 device = match args.next().as_deref() {
-                    Some("cuda") => {
-                        // libtorch's CUDA half, which the linker leaves out (no LD_PRELOAD needed).
-                        let load = llamagen_native::torch::load_cuda();
-                        assert!(
-                            tch::Cuda::is_available(),
-                            "--device cuda, but no CUDA device: {load}"
-                        );
-                        Device::Cuda(0)
-                    }
+                    // libtorch's CUDA half, which the linker leaves out, is loaded on the way.
+                    Some("cuda") => llamagen_native::torch::cuda_device()
+                        .unwrap_or_else(|why| panic!("--device cuda: {why}")),
                     _ => Device::Cpu,
                 }
             }

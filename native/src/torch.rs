@@ -55,6 +55,17 @@ pub fn default_device() -> tch::Device {
     tch::Device::cuda_if_available()
 }
 
+/// The first CUDA device, or why libtorch sees none (for a `--device cuda` that must not fall
+/// back to the CPU).
+pub fn cuda_device() -> Result<tch::Device, String> {
+    let load = load_cuda();
+    if tch::Cuda::is_available() {
+        Ok(tch::Device::Cuda(0))
+    } else {
+        Err(format!("no CUDA device: {load}"))
+    }
+}
+
 /// What became of libtorch's CUDA half (`libtorch_cuda.so`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CudaLoad {

@@ -36,6 +36,17 @@ fn libtorch_cuda_loads_from_the_running_libtorch_s_folder() {
     }
     let y: Vec<f32> = Vec::try_from(&x * 2.0).unwrap();
     assert_eq!(y, [2.0, 4.0]);
+    // `--device cuda` gets the device, or an error that says what the load found.
+    match llamagen_native::torch::cuda_device() {
+        Ok(device) => {
+            assert!(tch::Cuda::is_available());
+            assert_eq!(device, tch::Device::Cuda(0));
+        }
+        Err(why) => {
+            assert!(!tch::Cuda::is_available());
+            assert_eq!(why, format!("no CUDA device: {}", load_cuda()));
+        }
+    }
 }
 
 /// Two shims loaded one after the other are two libraries, each with its own symbols, even once

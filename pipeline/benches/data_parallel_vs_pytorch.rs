@@ -69,11 +69,8 @@ fn options() -> Options {
             "--device" => {
                 o.device = match value().as_str() {
                     "cpu" => Device::Cpu,
-                    "cuda" => {
-                        llamagen_native::torch::load_cuda();
-                        assert!(tch::Cuda::is_available(), "--device cuda: no CUDA device");
-                        Device::Cuda(0)
-                    }
+                    "cuda" => llamagen_native::torch::cuda_device()
+                        .unwrap_or_else(|why| panic!("--device cuda: {why}")),
                     other => panic!("--device cpu|cuda, not {other}"),
                 }
             }
